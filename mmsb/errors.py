@@ -37,6 +37,10 @@ class CycleError(MMSBError, ValueError):
         self.cycle = list(cycle or [])
 
 
+class DependencyError(MMSBError, ValueError):
+    """A page cannot be dropped or changed because rules depend on it."""
+
+
 class ConflictError(MMSBError):
     """An optimistic transaction read or reserved data that a later commit changed."""
 
@@ -121,7 +125,7 @@ class TornWriteWarning(UserWarning):
 
 
 __all__ = [
-    "MMSBError", "PageNotFoundError", "PageExistsError", "InvalidDeltaError", "CycleError", "ConflictError",
+    "MMSBError", "PageNotFoundError", "PageExistsError", "InvalidDeltaError", "CycleError", "DependencyError", "ConflictError",
     "CorruptionError", "StoreLockedError", "ReadOnlyError", "SemiringError", "PluginError", "DeviceError",
     "MemoryBudgetError", "ClosedError", "HistoryError", "LogPoisonedError", "DeviceFallbackWarning",
     "TornWriteWarning",

@@ -1,0 +1,409 @@
+"""Page allocator: power-of-two size classes carved from large 64-byte aligned arenas, a freelist per class.
+
+Arenas are reserved lazily. Requests above ``max_class`` get their own block. Handles are ints that encode a slot
+and a generation, so a stale, freed or unknown handle is detected. ``view`` returns a zero-copy numpy array whose
+base keeps the arena (or own block) alive: memory behind a view never dangles, even after ``free`` or after the
+allocator is gone. The pure-numpy twin with the same API is ``mmsb._ref.alloc``.
+"""
+import time
+
+import numpy as np
+
+from cpython.buffer cimport PyBUF_WRITABLE
+from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint32_t
+from libc.stdlib cimport free, realloc
+
+cdef extern from *:
+    """
+    #include <stdlib.h>
+    #ifdef _WIN32
+    #include <malloc.h>
+    static void *mmsb_aligned_alloc(size_t n) { return _aligned_malloc(n ? n : 64, 64); }
+    static void mmsb_aligned_free(void *p) { _aligned_free(p); }
+    #else
+    static void *mmsb_aligned_alloc(size_t n) {
+        void *p = NULL;
+        if (posix_memalign(&p, 64, n ? n : 64) != 0) return NULL;
+        return p;
+    }
+    static void mmsb_aligned_free(void *p) { free(p); }
+    #endif
+    """
+    void *mmsb_aligned_alloc(size_t n) nogil
+    void mmsb_aligned_free(void *p) nogil
+
+cdef extern from *:
+    """
+    /* A tiny test-and-set spin lock: critical sections are a few C statements, never Python code. */
+    #if defined(_MSC_VER)
+    #include <windows.h>
+    static int mmsb_try_lock(volatile long *l) { return InterlockedExchange(l, 1) == 0; }
+    static void mmsb_unlock(volatile long *l) { InterlockedExchange(l, 0); }
+    static void mmsb_lock_wait(volatile long *l) { while (!mmsb_try_lock(l)) SwitchToThread(); }
+    #else
+    #include <sched.h>
+    static int mmsb_try_lock(volatile long *l) { return __atomic_exchange_n(l, 1, __ATOMIC_ACQUIRE) == 0; }
+    static void mmsb_unlock(volatile long *l) { __atomic_store_n(l, 0, __ATOMIC_RELEASE); }
+    static void mmsb_lock_wait(volatile long *l) {
+        while (!mmsb_try_lock(l)) {
+            while (__atomic_load_n(l, __ATOMIC_RELAXED)) sched_yield();
+        }
+    }
+    #endif
+    """
+    bint mmsb_try_lock(volatile long *l) noexcept nogil
+    void mmsb_unlock(volatile long *l) noexcept nogil
+    void mmsb_lock_wait(volatile long *l) noexcept nogil
+
+cdef enum:
+    MAX_CLASSES = 48
+    ST_EMPTY = 0
+    ST_USED = 1
+    ST_FREE = 2
+
+ctypedef struct Entry:
+    char *ptr          # start of the block
+    int64_t nbytes     # bytes requested by the current allocation
+    int32_t next       # next slot in a class freelist or in the empty-slot list, -1 ends it
+    uint32_t gen       # generation, part of the handle; bumped on every free
+    int32_t region     # arena number, -1 for an own block
+    int16_t cls        # size class, -1 for an own block
+    uint8_t state      # ST_EMPTY, ST_USED or ST_FREE
+
+
+cdef class _Region:
+    """One arena or own block of 64-byte aligned memory, released when the last reference goes away."""
+    cdef char *ptr
+    cdef Py_ssize_t size
+    cdef Py_ssize_t _shape[1]
+    cdef Py_ssize_t _strides[1]
+
+    def __cinit__(self, Py_ssize_t size):
+        self.ptr = <char *>mmsb_aligned_alloc(<size_t>size)
+        if self.ptr == NULL:
+            raise MemoryError(f"cannot allocate {size} bytes")
+        self.size = size
+        self._shape[0] = size
+        self._strides[0] = 1
+
+    def __dealloc__(self):
+        if self.ptr != NULL:
+            mmsb_aligned_free(self.ptr)
+            self.ptr = NULL
+
+    def __getbuffer__(self, Py_buffer *buf, int flags):
+        buf.buf = self.ptr
+        buf.obj = self
+        buf.len = self.size
+        buf.readonly = 0
+        buf.itemsize = 1
+        buf.format = b"B"
+        buf.ndim = 1
+        buf.shape = self._shape
+        buf.strides = self._strides
+        buf.suboffsets = NULL
+        buf.internal = NULL
+
+    def __releasebuffer__(self, Py_buffer *buf):
+        pass
+
+    def __len__(self):
+        return self.size
+
+
+cdef class Allocator:
+    """Size-class page allocator. Thread-safe; see the module docstring."""
+    cdef readonly Py_ssize_t arena_bytes, min_class, max_class
+    cdef int n_classes
+    cdef Entry *entries
+    cdef int32_t n_entries, cap_entries, empty_head
+    cdef int32_t free_head[MAX_CLASSES]
+    cdef int64_t cls_used[MAX_CLASSES]
+    cdef int64_t cls_free[MAX_CLASSES]
+    cdef list arenas
+    cdef dict own
+    cdef char *cur
+    cdef Py_ssize_t cur_left
+    cdef int64_t allocations, frees, bytes_in_use, bytes_reserved, high_water, reuse_hits, lock_waits
+    cdef volatile long lock
+
+    def __cinit__(self, Py_ssize_t arena_bytes=64 * 2 ** 20, Py_ssize_t min_class=64,
+                  Py_ssize_t max_class=2 ** 20):
+        cdef int i
+        if min_class < 1 or min_class & (min_class - 1):
+            raise ValueError(f"min_class must be a power of two, got {min_class}")
+        if max_class < min_class or max_class & (max_class - 1):
+            raise ValueError(f"max_class must be a power of two >= min_class, got {max_class}")
+        if arena_bytes < max_class:
+            raise ValueError(f"arena_bytes ({arena_bytes}) must be at least max_class ({max_class})")
+        self.arena_bytes = arena_bytes
+        self.min_class = min_class
+        self.max_class = max_class
+        self.n_classes = 1
+        while (min_class << (self.n_classes - 1)) < max_class:
+            self.n_classes += 1
+        if self.n_classes > MAX_CLASSES:
+            raise ValueError("too many size classes")
+        for i in range(MAX_CLASSES):
+            self.free_head[i] = -1
+            self.cls_used[i] = 0
+            self.cls_free[i] = 0
+        self.empty_head = -1
+        self.arenas = []
+        self.own = {}
+        self.lock = 0
+
+    def __dealloc__(self):
+        if self.entries != NULL:
+            free(self.entries)
+
+    cdef inline void _acquire(self) noexcept:
+        if not mmsb_try_lock(&self.lock):
+            with nogil:
+                mmsb_lock_wait(&self.lock)
+            self.lock_waits += 1
+
+    cdef inline void _release(self) noexcept:
+        mmsb_unlock(&self.lock)
+
+    cdef inline int _class_of(self, Py_ssize_t nbytes) noexcept:
+        cdef int c = 0
+        while (self.min_class << c) < nbytes:
+            c += 1
+        return c
+
+    cdef int32_t _new_slot(self) noexcept:
+        """A slot with no block (reused or appended); -1 when out of memory. Lock held."""
+        cdef int32_t slot
+        cdef int32_t cap
+        cdef Entry *grown
+        if self.empty_head >= 0:
+            slot = self.empty_head
+            self.empty_head = self.entries[slot].next
+            return slot
+        if self.n_entries == self.cap_entries:
+            cap = self.cap_entries * 2 if self.cap_entries else 1024
+            grown = <Entry *>realloc(self.entries, <size_t>cap * sizeof(Entry))
+            if grown == NULL:
+                return -1
+            self.entries = grown
+            self.cap_entries = cap
+        slot = self.n_entries
+        self.n_entries += 1
+        self.entries[slot].gen = 1
+        return slot
+
+    cdef inline void _account(self, int64_t size) noexcept:
+        self.allocations += 1
+        self.bytes_in_use += size
+        if self.bytes_in_use > self.high_water:
+            self.high_water = self.bytes_in_use
+
+    cdef int64_t _take(self, int cls, Py_ssize_t nbytes) noexcept:
+        """Handle of a block of class cls, or -1 when the current arena is exhausted, -2 when out of memory.
+        Lock held."""
+        cdef int32_t slot = self.free_head[cls]
+        cdef Py_ssize_t size = self.min_class << cls
+        cdef Entry *e
+        if slot >= 0:
+            e = &self.entries[slot]
+            self.free_head[cls] = e.next
+            self.cls_free[cls] -= 1
+            self.reuse_hits += 1
+        else:
+            if self.cur == NULL or self.cur_left < size:
+                return -1
+            slot = self._new_slot()
+            if slot < 0:
+                return -2
+            e = &self.entries[slot]
+            e.ptr = self.cur
+            e.region = <int32_t>(len(self.arenas) - 1)
+            e.cls = <int16_t>cls
+            self.cur += size
+            self.cur_left -= size
+        e.state = ST_USED
+        e.nbytes = nbytes
+        e.next = -1
+        self.cls_used[cls] += 1
+        self._account(size)
+        return (<int64_t>e.gen << 32) | slot
+
+    cdef int64_t _alloc(self, Py_ssize_t nbytes) except -1:
+        cdef int cls
+        cdef int64_t handle
+        cdef int32_t slot
+        cdef _Region region
+        cdef Entry *e
+        if nbytes < 0:
+            raise ValueError(f"nbytes must be >= 0, got {nbytes}")
+        if nbytes <= self.max_class:
+            cls = self._class_of(nbytes)
+            self._acquire()
+            handle = self._take(cls, nbytes)
+            self._release()
+            if handle >= 0:
+                return handle
+            while handle == -1:
+                region = _Region(self.arena_bytes)
+                self._acquire()
+                self.arenas.append(region)
+                self.bytes_reserved += self.arena_bytes
+                self.cur = region.ptr
+                self.cur_left = self.arena_bytes
+                handle = self._take(cls, nbytes)
+                self._release()
+            if handle < 0:
+                raise MemoryError("cannot grow the allocator's block table")
+            return handle
+        region = _Region(nbytes)
+        self._acquire()
+        slot = self._new_slot()
+        if slot < 0:
+            self._release()
+            raise MemoryError("cannot grow the allocator's block table")
+        self.own[slot] = region
+        e = &self.entries[slot]
+        e.ptr = region.ptr
+        e.nbytes = nbytes
+        e.next = -1
+        e.region = -1
+        e.cls = -1
+        e.state = ST_USED
+        self.bytes_reserved += nbytes
+        self._account(nbytes)
+        handle = (<int64_t>e.gen << 32) | slot
+        self._release()
+        return handle
+
+    cdef Entry *_lookup(self, int64_t handle) noexcept:
+        """The in-use entry of handle, or NULL. Lock held."""
+        cdef int64_t slot = handle & 0xFFFFFFFF
+        cdef Entry *e
+        if handle < 0 or slot >= self.n_entries:
+            return NULL
+        e = &self.entries[slot]
+        if e.state != ST_USED or e.gen != <uint32_t>(handle >> 32):
+            return NULL
+        return e
+
+    cdef int _free(self, int64_t handle) except -1:
+        cdef Entry *e
+        cdef int32_t slot = <int32_t>(handle & 0xFFFFFFFF)
+        cdef object region = None
+        cdef int cls
+        self._acquire()
+        e = self._lookup(handle)
+        if e == NULL:
+            self._release()
+            raise ValueError(f"unknown or already freed handle {handle}")
+        e.gen += 1
+        self.frees += 1
+        if e.cls >= 0:
+            cls = e.cls
+            e.state = ST_FREE
+            e.next = self.free_head[cls]
+            self.free_head[cls] = slot
+            self.cls_used[cls] -= 1
+            self.cls_free[cls] += 1
+            self.bytes_in_use -= self.min_class << cls
+        else:
+            e.state = ST_EMPTY
+            e.ptr = NULL
+            e.next = self.empty_head
+            self.empty_head = slot
+            self.bytes_in_use -= e.nbytes
+            self.bytes_reserved -= e.nbytes
+            region = self.own.pop(slot)
+        self._release()
+        return 0
+
+    def alloc(self, nbytes):
+        """Reserve a block of at least ``nbytes`` bytes (64-byte aligned) and return its handle (an int)."""
+        return self._alloc(nbytes)
+
+    def free(self, handle):
+        """Release a block; a freed, stale or unknown handle raises ValueError. Existing views stay valid."""
+        try:
+            h = int(handle)
+        except (TypeError, ValueError):
+            raise ValueError(f"unknown handle {handle!r}") from None
+        if h < 0 or h >= 2 ** 63:
+            raise ValueError(f"unknown handle {handle!r}")
+        self._free(h)
+
+    def view(self, handle, dtype, shape):
+        """A writable, C-contiguous, zero-copy array over the block; it keeps the memory alive."""
+        cdef Entry *e
+        cdef Py_ssize_t offset, nbytes
+        dt = np.dtype(dtype)
+        if dt.hasobject:
+            raise TypeError("object dtypes cannot be placed in allocator blocks")
+        shp = (int(shape),) if np.ndim(shape) == 0 else tuple(int(s) for s in shape)
+        if any(s < 0 for s in shp):
+            raise ValueError(f"negative dimension in shape {shp}")
+        count = 1
+        for s in shp:
+            count *= s
+        try:
+            h = int(handle)
+        except (TypeError, ValueError):
+            raise ValueError(f"unknown handle {handle!r}") from None
+        self._acquire()
+        e = self._lookup(h) if 0 <= h < 2 ** 63 else NULL
+        if e == NULL:
+            self._release()
+            raise ValueError(f"unknown or freed handle {handle!r}")
+        nbytes = e.nbytes
+        if e.region >= 0:
+            region = self.arenas[e.region]
+        else:
+            region = self.own[<int32_t>(h & 0xFFFFFFFF)]
+        offset = e.ptr - (<_Region>region).ptr
+        self._release()
+        if count * dt.itemsize > nbytes:
+            raise ValueError(f"shape {shp} of {dt} needs {count * dt.itemsize} bytes, block has {nbytes}")
+        return np.frombuffer(region, dtype=dt, count=count, offset=offset).reshape(shp)
+
+    def stats(self):
+        """Counters and per-class figures (class size -> in_use, free, bytes_in_use, bytes_reserved)."""
+        cdef int c
+        cdef int64_t size
+        cdef int64_t used[MAX_CLASSES]
+        cdef int64_t freed[MAX_CLASSES]
+        cdef int64_t counters[8]
+        self._acquire()
+        for c in range(self.n_classes):
+            used[c] = self.cls_used[c]
+            freed[c] = self.cls_free[c]
+        counters[0] = self.allocations
+        counters[1] = self.frees
+        counters[2] = self.bytes_in_use
+        counters[3] = self.bytes_reserved
+        counters[4] = self.high_water
+        counters[5] = self.reuse_hits
+        counters[6] = self.lock_waits
+        counters[7] = len(self.arenas)
+        n_own = len(self.own)
+        self._release()
+        classes = {}
+        for c in range(self.n_classes):
+            size = self.min_class << c
+            classes[size] = {"in_use": used[c], "free": freed[c], "bytes_in_use": used[c] * size,
+                             "bytes_reserved": (used[c] + freed[c]) * size}
+        return {"allocations": counters[0], "frees": counters[1], "bytes_in_use": counters[2],
+                "bytes_reserved": counters[3], "high_water": counters[4], "reuse_hits": counters[5],
+                "lock_waits": counters[6], "arenas": counters[7], "own_blocks": n_own, "classes": classes}
+
+    def bench_cycle(self, Py_ssize_t n, Py_ssize_t nbytes):
+        """Run n alloc+free cycles of nbytes in C and return nanoseconds per cycle."""
+        cdef Py_ssize_t i
+        cdef int64_t h
+        if n <= 0:
+            raise ValueError(f"n must be positive, got {n}")
+        self._free(self._alloc(nbytes))
+        t0 = time.perf_counter_ns()
+        for i in range(n):
+            h = self._alloc(nbytes)
+            self._free(h)
+        return (time.perf_counter_ns() - t0) / n

@@ -1,0 +1,448 @@
+"""Compiled delta-merge kernels: merge sparse or masked deltas into 1-D pages with an op.
+
+Every function has a pure-numpy twin with the same API and results in ``mmsb._ref.merge``. Ops are the codes of
+``mmsb._ops`` (``OP_ASSIGN``, ``OP_PLUS``, ``OP_TIMES``, ``OP_MIN``, ``OP_MAX``); min/max keep the page value when
+the update is NaN (``b < a ? b : a``). Bool arrays are handled as uint8 views; callers map or -> max, and -> min.
+"""
+import numpy as np
+
+from cython.parallel cimport parallel, prange, threadid
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
+
+from mmsb._ext._types cimport (OP_ASSIGN, OP_MAX, OP_MIN, OP_PLUS, OP_TIMES, apply_op, numeric_t, op_max,
+                               op_min, op_plus, op_times, valid_op)
+
+cdef extern from *:
+    """
+    #if defined(__GNUC__) || defined(__clang__)
+    #define MMSB_PREFETCH_W(p) __builtin_prefetch((const void *)(p), 1, 0)
+    #else
+    #define MMSB_PREFETCH_W(p) ((void)0)
+    #endif
+    #ifdef _OPENMP
+    #include <omp.h>
+    static int mmsb_merge_num_threads(void) { return omp_get_num_threads(); }
+    static int mmsb_merge_max_threads(void) { return omp_get_max_threads(); }
+    #else
+    static int mmsb_merge_num_threads(void) { return 1; }
+    static int mmsb_merge_max_threads(void) { return 1; }
+    #endif
+    """
+    void MMSB_PREFETCH_W(const void *p) noexcept nogil
+    int mmsb_merge_num_threads() noexcept nogil
+    int mmsb_merge_max_threads() noexcept nogil
+
+cdef enum:
+    PREFETCH_DIST = 32
+    SCATTER_BLOCK = 2048
+    PAR_UPDATES = 1 << 15
+    PAR_ELEMENTS = 1 << 16
+    MAX_PARTS = 8
+    MASK_CHUNK = 1 << 16
+
+
+cdef inline int _parts() noexcept nogil:
+    cdef int p = mmsb_merge_max_threads()
+    if p < 1:
+        return 1
+    return p if p < MAX_PARTS else MAX_PARTS
+
+
+cdef void _scatter_range(numeric_t *page, const int64_t *index, const numeric_t *values, Py_ssize_t n,
+                         int64_t lo, int64_t hi, int op) noexcept nogil:
+    """Apply, in order, the updates k in [0, n) whose index lies in [lo, hi).
+
+    Works in blocks: a branchless pass collects the positions that fall in range, then a prefetching pass applies
+    them (a data-dependent branch per update would mispredict half of the time).
+    """
+    cdef Py_ssize_t start, stop, k
+    cdef int c, q
+    cdef int64_t i
+    cdef uint64_t width = <uint64_t>(hi - lo)
+    cdef int32_t pos[SCATTER_BLOCK]
+    start = 0
+    while start < n:
+        stop = start + SCATTER_BLOCK
+        if stop > n:
+            stop = n
+        c = 0
+        for k in range(start, stop):
+            pos[c] = <int32_t>(k - start)
+            c += <uint64_t>(index[k] - lo) < width
+        for q in range(c):
+            if q + PREFETCH_DIST < c:
+                MMSB_PREFETCH_W(page + index[start + pos[q + PREFETCH_DIST]])
+            k = start + pos[q]
+            i = index[k]
+            page[i] = apply_op(op, page[i], values[k])
+        start = stop
+
+
+cdef void _scatter_all(numeric_t *page, const int64_t *index, const numeric_t *values, Py_ssize_t start,
+                       Py_ssize_t stop, int op) noexcept nogil:
+    """Apply the updates k in [start, stop), in order, with no range filter."""
+    cdef Py_ssize_t k
+    cdef int64_t i
+    for k in range(start, stop):
+        if k + PREFETCH_DIST < stop:
+            MMSB_PREFETCH_W(page + index[k + PREFETCH_DIST])
+        i = index[k]
+        page[i] = apply_op(op, page[i], values[k])
+
+
+cdef void _scatter_kernel(numeric_t[::1] page, const int64_t[::1] index, const numeric_t[::1] values, int op,
+                          bint is_sorted) noexcept nogil:
+    cdef Py_ssize_t n = index.shape[0], size = page.shape[0]
+    cdef int parts = _parts(), p, t, nt
+    cdef Py_ssize_t c, cut
+    cdef Py_ssize_t bounds[MAX_PARTS + 1]
+    cdef int64_t lo, hi
+    if n == 0:
+        return
+    if parts == 1 or n < PAR_UPDATES or size < PAR_ELEMENTS:
+        _scatter_all(&page[0], &index[0], &values[0], 0, n, op)
+        return
+    if is_sorted:
+        # contiguous chunks of updates, each cut moved forward to a run boundary so equal indices stay together
+        bounds[0] = 0
+        for p in range(1, parts):
+            cut = (n * p) // parts
+            if cut < bounds[p - 1]:
+                cut = bounds[p - 1]
+            while 0 < cut < n and index[cut] == index[cut - 1]:
+                cut += 1
+            bounds[p] = cut
+        bounds[parts] = n
+        for c in prange(parts, num_threads=parts, schedule='static'):
+            _scatter_all(&page[0], &index[0], &values[0], bounds[c], bounds[c + 1], op)
+        return
+    # every thread scans all updates and applies those that fall in its slice of the page: per-element order is
+    # kept and no atomics are needed
+    with parallel(num_threads=parts):
+        t = threadid()
+        nt = mmsb_merge_num_threads()
+        p = t
+        while p < parts:
+            lo = (<int64_t>size * p) // parts
+            hi = (<int64_t>size * (p + 1)) // parts
+            _scatter_range(&page[0], &index[0], &values[0], n, lo, hi, op)
+            p = p + nt
+
+
+cdef void _masked_range(numeric_t *page, const uint8_t *mask, const numeric_t *values, Py_ssize_t start,
+                        Py_ssize_t stop, int op) noexcept nogil:
+    """Branchless select per element, one loop per op so that gcc vectorises it."""
+    cdef Py_ssize_t i
+    cdef numeric_t a, r
+    if op == OP_PLUS:
+        for i in range(start, stop):
+            a = page[i]
+            r = op_plus(a, values[i])
+            page[i] = r if mask[i] else a
+    elif op == OP_TIMES:
+        for i in range(start, stop):
+            a = page[i]
+            r = op_times(a, values[i])
+            page[i] = r if mask[i] else a
+    elif op == OP_MIN:
+        for i in range(start, stop):
+            a = page[i]
+            r = op_min(a, values[i])
+            page[i] = r if mask[i] else a
+    elif op == OP_MAX:
+        for i in range(start, stop):
+            a = page[i]
+            r = op_max(a, values[i])
+            page[i] = r if mask[i] else a
+    else:
+        for i in range(start, stop):
+            a = page[i]
+            r = values[i]
+            page[i] = r if mask[i] else a
+
+
+cdef void _masked_kernel(numeric_t[::1] page, const uint8_t[::1] mask, const numeric_t[::1] values,
+                         int op) noexcept nogil:
+    cdef Py_ssize_t n = page.shape[0], nchunks, c, start, stop
+    cdef int parts = _parts()
+    if n == 0:
+        return
+    if parts == 1 or n < 4 * MASK_CHUNK:
+        _masked_range(&page[0], &mask[0], &values[0], 0, n, op)
+        return
+    nchunks = (n + MASK_CHUNK - 1) // MASK_CHUNK
+    for c in prange(nchunks, num_threads=parts, schedule='static'):
+        start = c * MASK_CHUNK
+        stop = start + MASK_CHUNK
+        if stop > n:
+            stop = n
+        _masked_range(&page[0], &mask[0], &values[0], start, stop, op)
+
+
+cdef Py_ssize_t _combine_sorted(int64_t[::1] index, numeric_t[::1] values, int op) noexcept nogil:
+    """Fold runs of equal indices in place (in order); returns the number of unique indices."""
+    cdef Py_ssize_t n = index.shape[0], k, m = 0
+    if n == 0:
+        return 0
+    for k in range(1, n):
+        if index[k] == index[m]:
+            values[m] = apply_op(op, values[m], values[k])
+        else:
+            m += 1
+            index[m] = index[k]
+            values[m] = values[k]
+    return m + 1
+
+
+cdef int _order(const int64_t[::1] index) noexcept nogil:
+    """2 if strictly increasing, 1 if non-decreasing, 0 otherwise."""
+    cdef Py_ssize_t k, n = index.shape[0]
+    cdef int result = 2
+    for k in range(1, n):
+        if index[k] < index[k - 1]:
+            return 0
+        if index[k] == index[k - 1]:
+            result = 1
+    return result
+
+
+cdef Py_ssize_t _union(const int64_t[::1] ia, const numeric_t[::1] va, const int64_t[::1] ib,
+                       const numeric_t[::1] vb, int64_t[::1] io, numeric_t[::1] vo, int op) noexcept nogil:
+    cdef Py_ssize_t na = ia.shape[0], nb = ib.shape[0], a = 0, b = 0, m = 0
+    while a < na and b < nb:
+        if ia[a] < ib[b]:
+            io[m] = ia[a]
+            vo[m] = va[a]
+            a += 1
+        elif ib[b] < ia[a]:
+            io[m] = ib[b]
+            vo[m] = vb[b]
+            b += 1
+        else:
+            io[m] = ia[a]
+            vo[m] = apply_op(op, va[a], vb[b])
+            a += 1
+            b += 1
+        m += 1
+    while a < na:
+        io[m] = ia[a]
+        vo[m] = va[a]
+        a += 1
+        m += 1
+    while b < nb:
+        io[m] = ib[b]
+        vo[m] = vb[b]
+        b += 1
+        m += 1
+    return m
+
+
+cdef void _apply_kernel(numeric_t[::1] page, const int64_t[::1] index, const numeric_t[::1] values,
+                        numeric_t[::1] old, uint8_t[::1] changed, int op) noexcept nogil:
+    cdef Py_ssize_t k, n = index.shape[0]
+    cdef int64_t i
+    cdef numeric_t a, r
+    for k in range(n):
+        if k + PREFETCH_DIST < n:
+            MMSB_PREFETCH_W(&page[0] + index[k + PREFETCH_DIST])
+        i = index[k]
+        a = page[i]
+        r = apply_op(op, a, values[k])
+        page[i] = r
+        old[k] = a
+        if numeric_t is float or numeric_t is double:
+            changed[k] = (r != a) and not (r != r and a != a)  # NaN -> NaN is no change
+        else:
+            changed[k] = r != a
+
+
+def _scatter(numeric_t[::1] page, const int64_t[::1] index, const numeric_t[::1] values, int op,
+             bint is_sorted):
+    with nogil:
+        _scatter_kernel(page, index, values, op, is_sorted)
+
+
+def _masked(numeric_t[::1] page, const uint8_t[::1] mask, const numeric_t[::1] values, int op):
+    with nogil:
+        _masked_kernel(page, mask, values, op)
+
+
+def _combine(int64_t[::1] index, numeric_t[::1] values, int op):
+    cdef Py_ssize_t m
+    with nogil:
+        m = _combine_sorted(index, values, op)
+    return m
+
+
+def _merge(const int64_t[::1] ia, const numeric_t[::1] va, const int64_t[::1] ib, const numeric_t[::1] vb,
+           int64_t[::1] io, numeric_t[::1] vo, int op):
+    cdef Py_ssize_t m
+    with nogil:
+        m = _union(ia, va, ib, vb, io, vo, op)
+    return m
+
+
+def _apply(numeric_t[::1] page, const int64_t[::1] index, const numeric_t[::1] values, numeric_t[::1] old,
+           uint8_t[::1] changed, int op):
+    with nogil:
+        _apply_kernel(page, index, values, old, changed, op)
+
+
+def _is_ordered(const int64_t[::1] index):
+    return _order(index)
+
+
+cdef object _check_op(object op):
+    cdef int code
+    try:
+        code = op
+    except (TypeError, OverflowError):
+        raise ValueError(f"unknown op {op!r}") from None
+    if not valid_op(code):
+        raise ValueError(f"unknown op {op!r}")
+    return code
+
+
+cdef object _as_kernel(object arr, str name):
+    """A 1-D C-contiguous numeric array, bool viewed as uint8."""
+    if not isinstance(arr, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array, not {type(arr).__name__}")
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
+    if arr.dtype == np.bool_:
+        arr = arr.view(np.uint8)
+    return arr
+
+
+cdef object _as_index(object index, str name):
+    index = np.asarray(index)
+    if index.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {index.shape}")
+    if index.dtype != np.int64:
+        if index.size and index.dtype.kind not in "iu":
+            raise ValueError(f"{name} must be an integer array, got {index.dtype}")
+        index = index.astype(np.int64)
+    return np.ascontiguousarray(index)
+
+
+cdef object _same_dtype(object a, object b, str na, str nb):
+    if a.dtype != b.dtype:
+        raise ValueError(f"{nb} dtype {b.dtype} does not match {na} dtype {a.dtype}")
+
+
+def scatter(page, index, values, op, is_sorted=False):
+    """In place, in input order: ``page[index[k]] = op(page[index[k]], values[k])``.
+
+    ``page`` is 1-D C-contiguous, ``index`` int64 within range (checked by the caller), ``values`` of page's dtype
+    and index's length. ``OP_ASSIGN``: the last occurrence wins. ``is_sorted=True`` promises a non-decreasing index.
+    Runs without the GIL; large unsorted deltas are split by page slice across OpenMP threads.
+    """
+    cdef int code = _check_op(op)
+    page = _as_kernel(page, "page")
+    index = _as_index(index, "index")
+    values = _as_kernel(np.asarray(values), "values")
+    if index.shape[0] != values.shape[0]:
+        raise ValueError(f"index has {index.shape[0]} entries but values has {values.shape[0]}")
+    _same_dtype(page, values, "page", "values")
+    if index.shape[0] == 0:
+        return None
+    _scatter(page, index, np.ascontiguousarray(values), code, bool(is_sorted))
+    return None
+
+
+def masked_merge(page, mask, values, op):
+    """In place: where ``mask[i]``, ``page[i] = op(page[i], values[i])``.
+
+    All arrays 1-D of one length; ``mask`` is uint8 or bool, ``values`` of page's dtype.
+    """
+    cdef int code = _check_op(op)
+    page = _as_kernel(page, "page")
+    mask = _as_kernel(np.asarray(mask), "mask")
+    values = _as_kernel(np.asarray(values), "values")
+    if mask.dtype != np.uint8:
+        raise ValueError(f"mask must be bool or uint8, got {mask.dtype}")
+    if mask.shape[0] != page.shape[0] or values.shape[0] != page.shape[0]:
+        raise ValueError(f"page, mask and values lengths differ: {page.shape[0]}, {mask.shape[0]}, "
+                         f"{values.shape[0]}")
+    _same_dtype(page, values, "page", "values")
+    if page.shape[0] == 0:
+        return None
+    _masked(page, np.ascontiguousarray(mask), np.ascontiguousarray(values), code)
+    return None
+
+
+def normalize(index, values, op):
+    """Return new ``(index_out, values_out)``: sorted unique int64 indices, duplicates folded with op in input
+    order (``OP_ASSIGN``: last occurrence wins). The inputs are not modified."""
+    cdef int code = _check_op(op)
+    cdef int order
+    index = _as_index(index, "index")
+    values = np.asarray(values)
+    dtype = values.dtype
+    values = _as_kernel(values, "values")
+    if index.shape[0] != values.shape[0]:
+        raise ValueError(f"index has {index.shape[0]} entries but values has {values.shape[0]}")
+    order = _is_ordered(index) if index.shape[0] else 2
+    if order == 2:
+        return index.copy(), values.copy().view(dtype)
+    if order == 1:
+        idx = index.copy()
+        val = np.array(values, copy=True, order="C")
+    else:
+        perm = np.argsort(index, kind="stable")
+        idx = index[perm]
+        val = values[perm]
+    m = _combine(idx, val, code)
+    if m < idx.shape[0]:
+        idx = idx[:m].copy()
+        val = val[:m].copy()
+    return idx, val.view(dtype)
+
+
+def merge_sparse(idx_a, val_a, idx_b, val_b, op):
+    """Sorted union of two normalized sparse deltas; where both hold an index the value is ``op(a, b)``
+    (``OP_ASSIGN``: b wins). Returns new ``(index, values)``."""
+    cdef int code = _check_op(op)
+    idx_a = _as_index(idx_a, "idx_a")
+    idx_b = _as_index(idx_b, "idx_b")
+    val_a = np.asarray(val_a)
+    dtype = val_a.dtype
+    val_a = _as_kernel(val_a, "val_a")
+    val_b = _as_kernel(np.asarray(val_b), "val_b")
+    if idx_a.shape[0] != val_a.shape[0]:
+        raise ValueError(f"idx_a has {idx_a.shape[0]} entries but val_a has {val_a.shape[0]}")
+    if idx_b.shape[0] != val_b.shape[0]:
+        raise ValueError(f"idx_b has {idx_b.shape[0]} entries but val_b has {val_b.shape[0]}")
+    _same_dtype(val_a, val_b, "val_a", "val_b")
+    n = idx_a.shape[0] + idx_b.shape[0]
+    io = np.empty(n, dtype=np.int64)
+    vo = np.empty(n, dtype=val_a.dtype)
+    if n == 0:
+        return io, vo.view(dtype)
+    m = _merge(idx_a, np.ascontiguousarray(val_a), idx_b, np.ascontiguousarray(val_b), io, vo, code)
+    if m < n:
+        io = io[:m].copy()
+        vo = vo[:m].copy()
+    return io, vo.view(dtype)
+
+
+def apply_normalized(page, index, values, op):
+    """Apply a normalized sparse delta in place and return ``(old_values, changed)``.
+
+    ``old_values`` is ``page[index]`` before the update; ``changed`` (uint8) is 1 where the new value differs
+    from the old one (NaN -> NaN counts as unchanged).
+    """
+    cdef int code = _check_op(op)
+    dtype = page.dtype if isinstance(page, np.ndarray) else None
+    page = _as_kernel(page, "page")
+    index = _as_index(index, "index")
+    values = _as_kernel(np.asarray(values), "values")
+    if index.shape[0] != values.shape[0]:
+        raise ValueError(f"index has {index.shape[0]} entries but values has {values.shape[0]}")
+    _same_dtype(page, values, "page", "values")
+    n = index.shape[0]
+    old = np.empty(n, dtype=page.dtype)
+    changed = np.zeros(n, dtype=np.uint8)
+    if n:
+        _apply(page, index, np.ascontiguousarray(values), old, changed, code)
+    return old.view(dtype), changed

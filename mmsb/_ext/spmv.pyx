@@ -1,0 +1,484 @@
+"""Compiled semiring sparse kernels: pull SpMV, sparse push (saxpy) and semi-naive closure over CSR matrices.
+
+Every function has a pure-numpy twin with the same API and results in ``mmsb._ref.spmv`` (which also provides
+the argument checks shared by both). A semiring is given by its op codes ``add_op`` / ``mul_op`` (those of
+``mmsb._ops``) and its ``zero``; ``(A ⊗ x)[i] = ⊕_j A[i, j] ⊗ x[j]`` with A's value on the left of ⊗, and
+entries ``x[j] == zero`` are skipped. Bool arrays are handled as uint8 views (or -> max, and -> min).
+
+Array lengths, op codes, ``rows`` / ``idx`` / ``frontier`` entries and the zero are validated before any memory
+is touched. The matrix's ``indices`` are bounds-checked while the loops run (memory is never read out of
+range); a bad index raises ValueError afterwards, when outputs may already be partly updated.
+"""
+import numpy as np
+
+from cython.parallel cimport prange
+from libc.stdint cimport int64_t, uint8_t, uint64_t
+from libc.stdlib cimport calloc, free, malloc, realloc
+
+from mmsb._ext._types cimport OP_MAX, OP_MIN, OP_PLUS, OP_TIMES, apply_op, numeric_t
+
+from mmsb._ref.spmv import (_check_csr, _check_ops, _check_range, _index_array, _same_dtype, _value_array,
+                            _zero)
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    static int mmsb_spmv_max_threads(void) { return omp_get_max_threads(); }
+    #else
+    static int mmsb_spmv_max_threads(void) { return 1; }
+    #endif
+    """
+    int mmsb_spmv_max_threads() noexcept nogil
+
+__all__ = ["spmv", "push", "closure"]
+
+DEF ST_OK = 0
+DEF ST_BAD_INDEX = 1
+DEF ST_NO_MEMORY = 2
+DEF ST_NO_CONVERGENCE = 3
+
+
+cdef struct IndexBuf:
+    int64_t *ptr
+    uint8_t *mark
+    Py_ssize_t size
+    Py_ssize_t cap
+    Py_ssize_t n
+
+
+cdef int _buf_init(IndexBuf *buf, Py_ssize_t n) noexcept:
+    """An empty set of indices in [0, n) (a calloc'd bitmap plus a growable list); -1 when out of memory."""
+    buf.ptr = NULL
+    buf.size = buf.cap = 0
+    buf.n = n
+    buf.mark = <uint8_t *>calloc(n if n else 1, sizeof(uint8_t))
+    return -1 if buf.mark == NULL else 0
+
+
+cdef inline int _buf_add(IndexBuf *buf, int64_t value) noexcept nogil:
+    """Add value (once), growing the list geometrically; -1 when out of memory."""
+    cdef Py_ssize_t cap
+    cdef int64_t *ptr
+    if buf.mark[value]:
+        return 0
+    if buf.size == buf.cap:
+        cap = buf.cap * 2 if buf.cap else 256
+        ptr = <int64_t *>realloc(buf.ptr, cap * sizeof(int64_t))
+        if ptr == NULL:
+            return -1
+        buf.ptr = ptr
+        buf.cap = cap
+    buf.mark[value] = 1
+    buf.ptr[buf.size] = value
+    buf.size += 1
+    return 0
+
+
+cdef object _buf_sorted(IndexBuf *buf):
+    """The entries of buf as a new sorted int64 array (a bitmap scan when dense, a sort otherwise); frees buf."""
+    try:
+        if buf.size == 0:
+            return np.empty(0, dtype=np.int64)
+        if buf.size > (buf.n >> 5):
+            return np.flatnonzero(np.asarray(<uint8_t[:buf.n]> buf.mark)).astype(np.int64, copy=False)
+        return np.sort(np.asarray(<int64_t[:buf.size]> buf.ptr))
+    finally:
+        free(buf.ptr)
+        free(buf.mark)
+        buf.ptr = NULL
+        buf.mark = NULL
+        buf.size = buf.cap = 0
+
+
+cdef object _raise_status(int status):
+    """Translate a kernel status into an exception."""
+    if status == ST_BAD_INDEX:
+        raise ValueError("matrix indices/indptr out of range or not non-decreasing")
+    if status == ST_NO_MEMORY:
+        raise MemoryError("spmv kernel: out of memory")
+    if status == ST_NO_CONVERGENCE:
+        raise ValueError("closure does not converge")
+
+
+# ---------------------------------------------------------------------------------------------------- spmv
+
+cdef inline int _row(const int64_t *indptr, const int64_t *indices, const numeric_t *data, const numeric_t *x,
+                     numeric_t *y, int64_t i, int64_t nnz, int64_t nx, int add_op, int mul_op,
+                     numeric_t zero) noexcept nogil:
+    """y[i] = zero ⊕ (⊕_k data[k] ⊗ x[indices[k]]) over row i; 1 on a bad index (y[i] untouched)."""
+    cdef int64_t k, j
+    cdef int64_t ks = indptr[i]
+    cdef int64_t ke = indptr[i + 1]
+    cdef numeric_t acc = zero
+    cdef numeric_t xv
+    if ks < 0 or ke > nnz or ks > ke:
+        return 1
+    for k in range(ks, ke):
+        j = indices[k]
+        if <uint64_t>j >= <uint64_t>nx:
+            return 1
+        xv = x[j]
+        if xv != zero:
+            acc = apply_op(add_op, acc, apply_op(mul_op, data[k], xv))
+    y[i] = acc
+    return 0
+
+
+cdef int _spmv_kernel(const int64_t *indptr, const int64_t *indices, const numeric_t *data,
+                      const numeric_t *x, numeric_t *y, const int64_t *rows, int64_t count, int64_t nnz,
+                      int64_t nx, int add_op, int mul_op, numeric_t zero, int nthreads) noexcept nogil:
+    """Rows 0..count-1 (or rows[0..count-1]) in parallel; the common semirings get constant-folded loops."""
+    cdef int64_t r, i
+    cdef int bad = 0
+    for r in prange(count, schedule="guided", num_threads=nthreads):
+        i = r if rows == NULL else rows[r]
+        if add_op == OP_PLUS and mul_op == OP_TIMES:
+            bad += _row(indptr, indices, data, x, y, i, nnz, nx, OP_PLUS, OP_TIMES, zero)
+        elif add_op == OP_MIN and mul_op == OP_PLUS:
+            bad += _row(indptr, indices, data, x, y, i, nnz, nx, OP_MIN, OP_PLUS, zero)
+        elif add_op == OP_MAX and mul_op == OP_PLUS:
+            bad += _row(indptr, indices, data, x, y, i, nnz, nx, OP_MAX, OP_PLUS, zero)
+        elif add_op == OP_MAX and mul_op == OP_TIMES:
+            bad += _row(indptr, indices, data, x, y, i, nnz, nx, OP_MAX, OP_TIMES, zero)
+        elif add_op == OP_MAX and mul_op == OP_MIN:
+            bad += _row(indptr, indices, data, x, y, i, nnz, nx, OP_MAX, OP_MIN, zero)
+        elif add_op == OP_MIN and mul_op == OP_MAX:
+            bad += _row(indptr, indices, data, x, y, i, nnz, nx, OP_MIN, OP_MAX, zero)
+        else:
+            bad += _row(indptr, indices, data, x, y, i, nnz, nx, add_op, mul_op, zero)
+    return ST_BAD_INDEX if bad else ST_OK
+
+
+def _spmv_typed(const int64_t[::1] indptr, const int64_t[::1] indices, const numeric_t[::1] data,
+                const numeric_t[::1] x, numeric_t[::1] y, const int64_t[::1] rows, bint all_rows,
+                int add_op, int mul_op, const numeric_t[::1] zero, int nthreads):
+    """Typed entry point of spmv (arguments already validated)."""
+    cdef int status
+    cdef const int64_t *rows_ptr = NULL
+    cdef int64_t count = y.shape[0] if all_rows else rows.shape[0]
+    if count == 0:
+        return
+    if not all_rows:
+        rows_ptr = &rows[0]
+    with nogil:
+        status = _spmv_kernel(&indptr[0], &indices[0] if indices.shape[0] else NULL,
+                              &data[0] if data.shape[0] else NULL, &x[0] if x.shape[0] else NULL, &y[0],
+                              rows_ptr, count, indices.shape[0], x.shape[0], add_op, mul_op, zero[0], nthreads)
+    _raise_status(status)
+
+
+def spmv(indptr, indices, data, x, y, int add_op, int mul_op, zero, rows=None, int nthreads=0):
+    """Pull SpMV ``y[i] = zero ⊕ (⊕_k data[k] ⊗ x[indices[k]])`` for all rows, or only the int64 ``rows``.
+
+    ``(indptr, indices, data)`` is A in CSR form (int64 index arrays); ``x`` has one entry per column and ``y``
+    one per row (``len(indptr) - 1``); ``y`` is written in place and rows not listed are left untouched.
+    Entries with ``x[j] == zero`` are skipped. Rows run in parallel on ``nthreads`` OpenMP threads
+    (0: all available).
+    """
+    _check_ops(add_op, mul_op)
+    indptr = _index_array(indptr, "indptr")
+    indices = _index_array(indices, "indices")
+    x = _value_array(x, "x")
+    y = _value_array(y, "y", out=True)
+    data = _value_array(data, "data")
+    data, x = _same_dtype(y, data=data, x=x)
+    n = _check_csr(indptr, indices, data, "")
+    if y.size != n:
+        raise ValueError(f"y has length {y.size}, expected {n} (= len(indptr) - 1)")
+    if rows is None:
+        sel = np.empty(1, dtype=np.int64)
+    else:
+        sel = _index_array(rows, "rows")
+        _check_range(sel, n, "rows")
+    z = _zero(zero, y.dtype)
+    if nthreads <= 0:
+        nthreads = mmsb_spmv_max_threads()
+    _spmv_typed(indptr, indices, data, x, y, sel, rows is None, add_op, mul_op, z, nthreads)
+
+
+# ---------------------------------------------------------------------------------------------------- push
+
+cdef int _push_kernel(const int64_t *indptr_t, const int64_t *indices_t, const numeric_t *data_t,
+                      int64_t nnz, const int64_t *idx, const numeric_t *vals, int64_t count, numeric_t *y,
+                      int64_t ny, int add_op, int mul_op, numeric_t zero, IndexBuf *changed) noexcept nogil:
+    """Sequential saxpy over the given columns, recording every entry of y that changes."""
+    cdef int64_t r, j, k, i, ks, ke
+    cdef numeric_t v, old, new
+    for r in range(count):
+        v = vals[r]
+        if v == zero:
+            continue
+        j = idx[r]
+        ks = indptr_t[j]
+        ke = indptr_t[j + 1]
+        if ks < 0 or ke > nnz or ks > ke:
+            return ST_BAD_INDEX
+        for k in range(ks, ke):
+            i = indices_t[k]
+            if <uint64_t>i >= <uint64_t>ny:
+                return ST_BAD_INDEX
+            old = y[i]
+            new = apply_op(add_op, old, apply_op(mul_op, data_t[k], v))
+            if new != old:
+                y[i] = new
+                if _buf_add(changed, i):
+                    return ST_NO_MEMORY
+    return ST_OK
+
+
+def _push_typed(const int64_t[::1] indptr_t, const int64_t[::1] indices_t, const numeric_t[::1] data_t,
+                const int64_t[::1] idx, const numeric_t[::1] vals, numeric_t[::1] y, int add_op, int mul_op,
+                const numeric_t[::1] zero):
+    """Typed entry point of push (arguments already validated)."""
+    cdef int status = ST_OK
+    cdef IndexBuf changed
+    if _buf_init(&changed, y.shape[0]):
+        raise MemoryError("spmv kernel: out of memory")
+    if idx.shape[0] and y.shape[0]:
+        with nogil:
+            status = _push_kernel(&indptr_t[0], &indices_t[0] if indices_t.shape[0] else NULL,
+                                  &data_t[0] if data_t.shape[0] else NULL, indices_t.shape[0], &idx[0],
+                                  &vals[0], idx.shape[0], &y[0], y.shape[0], add_op, mul_op, zero[0],
+                                  &changed)
+    out = _buf_sorted(&changed)
+    _raise_status(status)
+    return out
+
+
+def push(indptr_t, indices_t, data_t, idx, vals, y, int add_op, int mul_op, zero):
+    """Sparse push (saxpy) with the transposed matrix: ``y[i] = y[i] ⊕ (A[i, j] ⊗ v)`` for each ``(j, v)``.
+
+    ``(indptr_t, indices_t, data_t)`` is Aᵀ in CSR form (row j lists the ``(i, A[i, j])``); ``idx`` / ``vals``
+    is the sparse vector. Pairs with ``v == zero`` are skipped; ``y[i]`` is written only when its value changes.
+    Returns the sorted unique int64 array of the changed entries of ``y``.
+    """
+    _check_ops(add_op, mul_op)
+    indptr_t = _index_array(indptr_t, "indptr_t")
+    indices_t = _index_array(indices_t, "indices_t")
+    y = _value_array(y, "y", out=True)
+    data_t = _value_array(data_t, "data_t")
+    vals = _value_array(vals, "vals")
+    idx = _index_array(idx, "idx")
+    data_t, vals = _same_dtype(y, data_t=data_t, vals=vals)
+    ncols = _check_csr(indptr_t, indices_t, data_t, "_t")
+    if idx.size != vals.size:
+        raise ValueError(f"idx and vals differ in length ({idx.size} != {vals.size})")
+    _check_range(idx, ncols, "idx")
+    z = _zero(zero, y.dtype)
+    return _push_typed(indptr_t, indices_t, data_t, idx, vals, y, add_op, mul_op, z)
+
+
+# ------------------------------------------------------------------------------------------------- closure
+
+cdef inline bint _better(numeric_t a, numeric_t b, bint maxfirst) noexcept nogil:
+    """a strictly better than b for the ⊕ order (larger for max, smaller for min)."""
+    return a > b if maxfirst else a < b
+
+
+cdef int _heap_push(numeric_t **keys, int64_t **ids, Py_ssize_t *size, Py_ssize_t *cap, numeric_t key,
+                    int64_t ident, bint maxfirst) noexcept nogil:
+    """Insert (key, ident) into the binary heap ordered by _better; -1 when out of memory."""
+    cdef Py_ssize_t pos, parent, newcap
+    cdef numeric_t *nk
+    cdef int64_t *ni
+    if size[0] == cap[0]:
+        newcap = cap[0] * 2 if cap[0] else 256
+        nk = <numeric_t *>realloc(keys[0], newcap * sizeof(numeric_t))
+        if nk == NULL:
+            return -1
+        keys[0] = nk
+        ni = <int64_t *>realloc(ids[0], newcap * sizeof(int64_t))
+        if ni == NULL:
+            return -1
+        ids[0] = ni
+        cap[0] = newcap
+    nk = keys[0]
+    ni = ids[0]
+    pos = size[0]
+    size[0] += 1
+    while pos > 0:
+        parent = (pos - 1) >> 1
+        if not _better(key, nk[parent], maxfirst):
+            break
+        nk[pos] = nk[parent]
+        ni[pos] = ni[parent]
+        pos = parent
+    nk[pos] = key
+    ni[pos] = ident
+    return 0
+
+
+cdef void _heap_pop(numeric_t *keys, int64_t *ids, Py_ssize_t *size, bint maxfirst) noexcept nogil:
+    """Remove the top of the heap."""
+    cdef Py_ssize_t n = size[0] - 1
+    cdef Py_ssize_t pos = 0
+    cdef Py_ssize_t child
+    cdef numeric_t key = keys[n]
+    cdef int64_t ident = ids[n]
+    size[0] = n
+    while True:
+        child = 2 * pos + 1
+        if child >= n:
+            break
+        if child + 1 < n and _better(keys[child + 1], keys[child], maxfirst):
+            child += 1
+        if not _better(keys[child], key, maxfirst):
+            break
+        keys[pos] = keys[child]
+        ids[pos] = ids[child]
+        pos = child
+    if n > 0:
+        keys[pos] = key
+        ids[pos] = ident
+
+
+cdef int _closure_kernel(const int64_t *indptr_t, const int64_t *indices_t, const numeric_t *data_t,
+                         int64_t nnz, numeric_t *x, int64_t n, const int64_t *frontier, int64_t count,
+                         int add_op, int mul_op, numeric_t zero, IndexBuf *changed) noexcept nogil:
+    """Label-setting (binary heap) while every improvement is no better than the popped value, then FIFO.
+
+    The heap phase is Dijkstra's order for monotone semirings ((min, plus) with weights >= 0, (max, min),
+    (min, max), ...); the first improvement that beats the value being pushed proves the order invalid, and
+    the remaining work continues as a FIFO label-correcting worklist (with an in-queue bitmap) whose rounds
+    are capped at n + 1.
+    """
+    cdef bint maxfirst = add_op == OP_MAX
+    cdef numeric_t *hkeys = NULL
+    cdef int64_t *hids = NULL
+    cdef Py_ssize_t hsize = 0, hcap = 0, h
+    cdef uint8_t *inq = NULL
+    cdef int64_t *queue = NULL
+    cdef int64_t head = 0, qlen = 0, in_round = 0, rounds = 0
+    cdef int64_t r, j, k, i, ks, ke
+    cdef numeric_t v, old, new
+    cdef bint ordered = True
+    cdef int status = ST_OK
+    for r in range(count):
+        j = frontier[r]
+        if x[j] != zero and _heap_push(&hkeys, &hids, &hsize, &hcap, x[j], j, maxfirst):
+            status = ST_NO_MEMORY
+            break
+    while status == ST_OK and ordered and hsize:
+        j = hids[0]
+        v = hkeys[0]
+        _heap_pop(hkeys, hids, &hsize, maxfirst)
+        if v != x[j] or v == zero:
+            continue
+        ks = indptr_t[j]
+        ke = indptr_t[j + 1]
+        if ks < 0 or ke > nnz or ks > ke:
+            status = ST_BAD_INDEX
+            break
+        for k in range(ks, ke):
+            i = indices_t[k]
+            if <uint64_t>i >= <uint64_t>n:
+                status = ST_BAD_INDEX
+                break
+            old = x[i]
+            new = apply_op(add_op, old, apply_op(mul_op, data_t[k], v))
+            if new != old:
+                x[i] = new
+                if _buf_add(changed, i) or _heap_push(&hkeys, &hids, &hsize, &hcap, new, i, maxfirst):
+                    status = ST_NO_MEMORY
+                    break
+                if _better(new, v, maxfirst):
+                    ordered = False
+    if status == ST_OK and hsize:
+        inq = <uint8_t *>calloc(n, sizeof(uint8_t))
+        queue = <int64_t *>malloc(n * sizeof(int64_t))
+        if inq == NULL or queue == NULL:
+            status = ST_NO_MEMORY
+        else:
+            for h in range(hsize):
+                j = hids[h]
+                if hkeys[h] == x[j] and not inq[j]:
+                    inq[j] = 1
+                    queue[qlen] = j
+                    qlen += 1
+    free(hkeys)
+    free(hids)
+    while status == ST_OK and qlen:
+        if in_round == 0:
+            rounds += 1
+            if rounds > n + 1:
+                status = ST_NO_CONVERGENCE
+                break
+            in_round = qlen
+        j = queue[head]
+        head = head + 1 if head + 1 < n else 0
+        qlen -= 1
+        in_round -= 1
+        inq[j] = 0
+        v = x[j]
+        if v == zero:
+            continue
+        ks = indptr_t[j]
+        ke = indptr_t[j + 1]
+        if ks < 0 or ke > nnz or ks > ke:
+            status = ST_BAD_INDEX
+            break
+        for k in range(ks, ke):
+            i = indices_t[k]
+            if <uint64_t>i >= <uint64_t>n:
+                status = ST_BAD_INDEX
+                break
+            old = x[i]
+            new = apply_op(add_op, old, apply_op(mul_op, data_t[k], v))
+            if new != old:
+                x[i] = new
+                if _buf_add(changed, i):
+                    status = ST_NO_MEMORY
+                    break
+                if not inq[i]:
+                    inq[i] = 1
+                    r = head + qlen
+                    queue[r if r < n else r - n] = i
+                    qlen += 1
+    free(inq)
+    free(queue)
+    return status
+
+
+def _closure_typed(const int64_t[::1] indptr_t, const int64_t[::1] indices_t, const numeric_t[::1] data_t,
+                   numeric_t[::1] x, const int64_t[::1] frontier, int add_op, int mul_op,
+                   const numeric_t[::1] zero):
+    """Typed entry point of closure (arguments already validated)."""
+    cdef int status = ST_OK
+    cdef IndexBuf changed
+    if _buf_init(&changed, x.shape[0]):
+        raise MemoryError("spmv kernel: out of memory")
+    if frontier.shape[0] and x.shape[0]:
+        with nogil:
+            status = _closure_kernel(&indptr_t[0], &indices_t[0] if indices_t.shape[0] else NULL,
+                                     &data_t[0] if data_t.shape[0] else NULL, indices_t.shape[0], &x[0],
+                                     x.shape[0], &frontier[0], frontier.shape[0], add_op, mul_op, zero[0],
+                                     &changed)
+    out = _buf_sorted(&changed)
+    _raise_status(status)
+    return out
+
+
+def closure(indptr_t, indices_t, data_t, x, frontier, int add_op, int mul_op, zero):
+    """Semi-naive least fixpoint ``x[i] = x[i] ⊕ (A[i, j] ⊗ x[j])`` for an idempotent ⊕ (min or max).
+
+    ``(indptr_t, indices_t, data_t)`` is Aᵀ in CSR form (A square); ``x`` holds the current values (sources
+    included) and is updated in place; ``frontier`` lists the entries whose value just improved (all ``j`` with
+    ``x[j] != zero`` to start from scratch). Uses Dijkstra's order (binary heap) while it is valid and a FIFO
+    worklist otherwise. Returns the sorted unique int64 array of the entries changed during the call. Raises
+    ``ValueError("closure does not converge")`` after more than ``n + 1`` FIFO rounds (e.g. a negative cycle);
+    ``x`` then holds the values reached so far.
+    """
+    _check_ops(add_op, mul_op, idempotent=True)
+    indptr_t = _index_array(indptr_t, "indptr_t")
+    indices_t = _index_array(indices_t, "indices_t")
+    x = _value_array(x, "x", out=True)
+    data_t = _value_array(data_t, "data_t")
+    (data_t,) = _same_dtype(x, data_t=data_t)
+    frontier = _index_array(frontier, "frontier")
+    n = _check_csr(indptr_t, indices_t, data_t, "_t")
+    if x.size != n:
+        raise ValueError(f"x has length {x.size}, expected {n} (the matrix must be square)")
+    _check_range(frontier, n, "frontier")
+    z = _zero(zero, x.dtype)
+    return _closure_typed(indptr_t, indices_t, data_t, x, frontier, add_op, mul_op, z)

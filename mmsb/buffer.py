@@ -1,0 +1,918 @@
+"""The :class:`Buffer`: a mapping of named pages, the commit path, rules and propagation, history."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+import warnings
+from contextlib import contextmanager
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
+
+import numpy as np
+
+from mmsb import _kernels, _ops, semirings
+from mmsb.delta import Delta, SchemaOp, Txn
+from mmsb.errors import (ClosedError, DependencyError, DeviceError, HistoryError, InvalidDeltaError, MMSBError,
+                         PageExistsError, PageNotFoundError, ReadOnlyError, SemiringError)
+from mmsb.graph import Graph
+from mmsb.memory import MemoryManager
+from mmsb.pages import Page
+from mmsb.propagate import Change, Engine, UndoLog, changed_positions
+from mmsb.rules import Rule, as_csr
+from mmsb.semiring import Semiring, _kview
+from mmsb.txn import Transaction
+
+PageLike = Union[str, Page]
+
+
+class Buffer:
+    """A paged, semiring-algebraic state buffer. Create one with :func:`mmsb.open`.
+
+    A mapping ``name -> Page`` in creation order. Every change is a delta committed at a new epoch, merged with
+    the page's semiring, logged, and propagated along the rules (eagerly, or on :meth:`propagate`).
+    """
+
+    def __init__(self, *, log: Any, store: Any = None, readonly: bool = False, propagation: str = "eager",
+                 memory_limit: Optional[int] = None, spill_dir: Optional[str] = None, device: str = "cpu",
+                 functions: Optional[dict] = None, cluster: Any = None, view_of: Optional["Buffer"] = None):
+        if propagation not in ("eager", "deferred"):
+            raise ValueError(f"propagation must be 'eager' or 'deferred', got {propagation!r}")
+        self._log = log
+        self._store = store
+        self._readonly = readonly
+        self._eager = propagation == "eager"
+        self._device = device
+        self._pages: dict[str, Page] = {}
+        self._graph = Graph()
+        self._memory = MemoryManager(memory_limit, spill_dir)
+        self._engine = Engine(self._graph, self._array_of, lambda n: self._pages[n].shape,
+                              lambda n: self._pages[n].semiring)
+        self._lock = threading.RLock()
+        self._local = threading.local()
+        self._epoch = 0
+        self._txid = 0
+        self._closed = False
+        self._functions: dict[str, Callable] = dict(functions or {})
+        self._dirty: dict[str, Change] = {}
+        self._force_dirty: set[str] = set()
+        self._open_txns: list[Transaction] = []
+        self._history: list[tuple[int, dict]] = []
+        self._snapshots: dict[int, tuple] = {}
+        self._horizon = 0
+        self._view_of = view_of
+        self._pending_rules: dict[int, Rule] = {}
+        self._to_release: list[Page] = []
+        self._counters = {"commits": 0, "conflicts": 0, "aborts": 0, "lock_waits": 0, "deltas": 0,
+                          "torn_tail_bytes": 0}
+        self._cluster = None
+        if cluster is not None:
+            from mmsb.dask import attach_cluster
+
+            self._cluster = attach_cluster(self, cluster)
+
+    # -- mapping ----------------------------------------------------------------------------------------------
+    def __getitem__(self, name: str) -> Page:
+        return self._page(name)
+
+    def __contains__(self, name: object) -> bool:
+        return (name.name if isinstance(name, Page) else name) in self._pages
+
+    def __len__(self) -> int:
+        return len(self._pages)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._pages))
+
+    def keys(self) -> list[str]:
+        return list(self._pages)
+
+    def values(self) -> list[Page]:
+        return list(self._pages.values())
+
+    def items(self) -> list[tuple[str, Page]]:
+        return list(self._pages.items())
+
+    def __repr__(self) -> str:
+        where = self._store.root if self._store is not None else "memory"
+        state = "closed" if self._closed else ("read-only" if self._readonly else "read-write")
+        return f"<mmsb.Buffer {where} {state} pages={len(self._pages)} epoch={self._epoch}>"
+
+    def __enter__(self) -> "Buffer":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @property
+    def epoch(self) -> int:
+        """The epoch of the last commit (0 for a new buffer)."""
+        return self._epoch
+
+    @property
+    def graph(self) -> Graph:
+        """The dependency DAG."""
+        return self._graph
+
+    @property
+    def log(self) -> "LogView":
+        """The committed history: ``query`` and ``stats``."""
+        return LogView(self)
+
+    @property
+    def readonly(self) -> bool:
+        return self._readonly
+
+    @property
+    def path(self) -> Optional[str]:
+        return self._store.root if self._store is not None else None
+
+    # -- internals used by pages and transactions -------------------------------------------------------------
+    def _page(self, p: PageLike) -> Page:
+        self._check_open()
+        name = p.name if isinstance(p, Page) else p
+        page = self._pages.get(name) if isinstance(name, str) else None
+        if page is None or (isinstance(p, Page) and page is not p):
+            raise PageNotFoundError(f"no page named {name!r}")
+        return page
+
+    def _array_of(self, name: str) -> np.ndarray:
+        return self._memory.array(self._pages[name])
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError("the buffer is closed")
+
+    def _check_writable(self) -> None:
+        self._check_open()
+        if self._readonly:
+            raise ReadOnlyError("this buffer is read-only" + (" (a view of a past epoch)" if self._view_of else ""))
+        if self._store is not None:
+            self._store.check_healthy()
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        if not self._lock.acquire(blocking=False):
+            self._counters["lock_waits"] += 1
+            self._lock.acquire()
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    def _read(self, page: Page, index: Any = None) -> np.ndarray:
+        with self._locked():
+            self._check_open()
+            arr = self._memory.array(page)
+            if index is None:
+                return arr.reshape(page.shape).copy()
+            idx = self._index(page, index)
+            return arr[idx]
+
+    def _read_device(self, page: Page) -> Any:
+        if page.device != "cpu":
+            from mmsb.gpu import read_device
+
+            return read_device(self, page)
+        return self._read(page)
+
+    def _index(self, page: Page, index: Any) -> np.ndarray:
+        idx = np.asarray(index)
+        if idx.dtype.kind not in "iu":
+            raise InvalidDeltaError(f"page {page.name!r}: index must be integer, got dtype {idx.dtype}")
+        idx = idx.astype(np.int64, copy=False)
+        if idx.size and (idx.min() < 0 or idx.max() >= page.size):
+            raise InvalidDeltaError(f"page {page.name!r}: index out of range [0, {page.size})")
+        return idx
+
+    def _pin(self, page: Page, step: int) -> None:
+        with self._locked():
+            if step > 0:
+                self._memory.array(page)
+            page._pins += step
+
+    def _move(self, page: Page, device: str) -> None:
+        device = _normalize_device(device)
+        if device == page.device:
+            return
+        if device != "cpu" or page.device != "cpu":
+            from mmsb.gpu import move_page
+
+            with self._locked():
+                move_page(self, page, device)
+            return
+        page.device = device
+
+    # -- pages ------------------------------------------------------------------------------------------------
+    def create_page(self, name: str, shape: Union[int, Sequence[int]], dtype: Any = "float64",
+                    semiring: Union[str, Semiring] = "plus_times", fill: Any = None, device: Optional[str] = None,
+                    metadata: Optional[dict] = None) -> Page:
+        """Create a page filled with ``fill`` (default: the semiring's zero) and commit it as an epoch."""
+        self._check_writable()
+        if not isinstance(name, str) or not name or "/" in name or "\0" in name:
+            raise InvalidDeltaError(f"a page name must be a non-empty string without '/', got {name!r}")
+        shape_t = _shape(shape, name)
+        try:
+            dt = np.dtype(dtype)
+        except TypeError as exc:
+            raise InvalidDeltaError(f"page {name!r}: unknown dtype {dtype!r}") from exc
+        sr = semirings.get(semiring)
+        sr.check_dtype(dt, name)
+        if fill is None:
+            fill_v = sr.zero_for(dt)
+        else:
+            f = np.asarray(fill)
+            if f.ndim or f.dtype.kind not in "biuf" or not np.can_cast(f.dtype, dt, "same_kind"):
+                raise InvalidDeltaError(f"page {name!r}: fill {fill!r} is not a scalar castable to {dt}")
+            fill_v = f.astype(dt)[()]
+        dev = _normalize_device(device or self._device)
+        meta = _json_metadata(metadata, name)
+        op = SchemaOp("page_created", {"name": name, "shape": list(shape_t), "dtype": dt.str, "semiring": sr.name,
+                                       "device": dev, "metadata": meta},
+                      {"fill": np.array([fill_v], dtype=dt)})
+        with self._locked():
+            if name in self._pages:
+                raise PageExistsError(f"a page named {name!r} already exists")
+            self._commit_schema([op])
+            page = self._pages[name]
+        if dev != "cpu":
+            page.device = "cpu"
+            self._move(page, dev)
+        return page
+
+    def drop_page(self, p: PageLike, cascade: bool = False) -> int:
+        """Drop a page. Rules reading it are dropped too when ``cascade``; otherwise they make it an error."""
+        self._check_writable()
+        with self._locked():
+            page = self._page(p)
+            readers = self._graph.rules_from(page.name)
+            if readers and not cascade:
+                deps = sorted({r.dst for r in readers})
+                raise DependencyError(f"page {page.name!r} has dependents {deps}; drop them first or pass "
+                                      "cascade=True")
+            ops = [SchemaOp("rule_removed", {"id": r.id, "dst": r.dst})
+                   for r in readers + self._graph.rules_into(page.name)]
+            ops.append(SchemaOp("page_dropped", {"name": page.name}))
+            return self._commit_schema(ops)
+
+    # -- writes -----------------------------------------------------------------------------------------------
+    def write(self, p: PageLike, values: Any, index: Any = None, mask: Any = None, accumulate: bool = False,
+              source: Optional[str] = None, metadata: Optional[dict] = None) -> Optional[int]:
+        """Write one delta: sparse (``index``), dense (``mask``) or the whole page; assign or ``accumulate``.
+
+        Returns the epoch of its commit, or None inside :meth:`batch` or a transaction block.
+        """
+        self._check_writable()
+        page = self._page(p)
+        delta = self._prepare(page, values, index, mask, accumulate, source, metadata)
+        tx = self._current()
+        if tx is not None:
+            tx.ops.append(delta)
+            return None
+        return self._commit([delta])
+
+    def _prepare(self, page: Page, values: Any, index: Any, mask: Any, accumulate: bool, source: Optional[str],
+                 metadata: Optional[dict]) -> Delta:
+        """Validate a delta against its page and normalise it; raises InvalidDeltaError naming the page."""
+        name = page.name
+        if self._graph.is_derived(name):
+            raise InvalidDeltaError(f"page {name!r} is derived (the target of rules); write to its inputs")
+        if index is not None and mask is not None:
+            raise InvalidDeltaError(f"page {name!r}: give index or mask, not both")
+        try:
+            vals = np.array(values, copy=True)
+        except (TypeError, ValueError) as exc:
+            raise InvalidDeltaError(f"page {name!r}: values are not an array: {exc}") from exc
+        if vals.dtype.kind not in "biuf":
+            raise InvalidDeltaError(f"page {name!r}: values must be numeric or bool, got dtype {vals.dtype}")
+        if not np.can_cast(vals.dtype, page.dtype, "same_kind"):
+            raise InvalidDeltaError(f"page {name!r}: values of dtype {vals.dtype} cannot be cast to {page.dtype} "
+                                    "under the 'same_kind' rule")
+        sr = page.semiring
+        if index is not None:
+            idx = np.asarray(index)
+            if idx.dtype.kind not in "iu" and not (idx.size == 0 and idx.dtype.kind == "f"):
+                raise InvalidDeltaError(f"page {name!r}: index must be integer, got dtype {idx.dtype}")
+            idx = idx.reshape(-1).astype(np.int64)
+            if idx.size and idx.min() < 0:
+                raise InvalidDeltaError(f"page {name!r}: negative index {int(idx.min())} (indices lie in "
+                                        f"[0, {page.size}))")
+            if idx.size and idx.max() >= page.size:
+                raise InvalidDeltaError(f"page {name!r}: index {int(idx.max())} out of range [0, {page.size})")
+            if vals.ndim == 0:
+                vals = np.full(idx.size, vals)
+            vals = vals.reshape(-1) if vals.ndim == 1 or vals.size == idx.size else vals
+            if vals.ndim != 1 or vals.size != idx.size:
+                raise InvalidDeltaError(f"page {name!r}: {idx.size} indices but values of shape {vals.shape}")
+            vals = vals.astype(page.dtype)
+            self._check_nan(page, vals)
+            op = sr.codes_for(page.dtype)[0] if (accumulate and sr.codes_for(page.dtype)) else _ops.OP_ASSIGN
+            if accumulate and sr.codes_for(page.dtype) is None:
+                idx, vals = sr.reduce_duplicates(idx, vals)
+            else:
+                idx, kv = _kernels.merge.normalize(idx, _kview(vals), op)
+                vals = kv.view(page.dtype)
+            return Delta(name, vals, index=idx, accumulate=bool(accumulate), source=source,
+                         metadata=_json_metadata(metadata, name))
+        if mask is not None:
+            m = np.asarray(mask)
+            if m.dtype != np.bool_:
+                raise InvalidDeltaError(f"page {name!r}: mask must be a bool array, got dtype {m.dtype}")
+            if m.shape != page.shape:
+                raise InvalidDeltaError(f"page {name!r}: mask of shape {m.shape}, page has shape {page.shape}")
+            m = m.reshape(-1).copy()
+        else:
+            m = np.ones(page.size, dtype=bool)
+        if vals.ndim == 0:
+            vals = np.full(page.shape, vals)
+        if vals.shape != page.shape:
+            raise InvalidDeltaError(f"page {name!r}: values of shape {vals.shape}, page has shape {page.shape}")
+        vals = np.ascontiguousarray(vals.reshape(-1)[m], dtype=page.dtype)
+        self._check_nan(page, vals)
+        return Delta(name, vals, mask=m, accumulate=bool(accumulate), source=source,
+                     metadata=_json_metadata(metadata, name))
+
+    @staticmethod
+    def _check_nan(page: Page, vals: np.ndarray) -> None:
+        if page.semiring.idempotent and vals.dtype.kind == "f" and np.isnan(vals).any():
+            raise InvalidDeltaError(f"page {page.name!r}: NaN is not allowed on a page whose ⊕ is idempotent "
+                                    f"({page.semiring.name})")
+
+    # -- batches and transactions -----------------------------------------------------------------------------
+    def _current(self) -> Optional[Transaction]:
+        stack = getattr(self._local, "stack", None)
+        return stack[-1] if stack else None
+
+    def _push_current(self, tx: Transaction) -> None:
+        if not hasattr(self._local, "stack"):
+            self._local.stack = []
+        self._local.stack.append(tx)
+
+    def _pop_current(self, tx: Transaction) -> None:
+        stack = getattr(self._local, "stack", [])
+        if stack and stack[-1] is tx:
+            stack.pop()
+
+    @contextmanager
+    def batch(self) -> Iterator[Transaction]:
+        """Many writes, one commit, one propagation wave. An exception inside the block commits nothing."""
+        self._check_writable()
+        tx = Transaction(self, track_reads=False)
+        with tx:
+            yield tx
+
+    def transaction(self, intents: Optional[Iterable] = None) -> Transaction:
+        """An optimistic transaction; ``intents`` = [(page, index or None), ...] reserves regions up front."""
+        self._check_writable()
+        return Transaction(self, intents)
+
+    def _txn_open(self, tx: Transaction) -> None:
+        with self._locked():
+            for other in self._open_txns:
+                hit = tx.intents_overlap(other)
+                if hit is not None:
+                    self._counters["conflicts"] += 1
+                    from mmsb.errors import ConflictError
+
+                    raise ConflictError(f"intents overlap those of another open transaction on {hit}")
+            self._open_txns.append(tx)
+
+    def _txn_close(self, tx: Transaction) -> None:
+        with self._locked():
+            if tx in self._open_txns:
+                self._open_txns.remove(tx)
+            if tx.state == "aborted":
+                self._counters["aborts"] += 1
+            oldest = min((t.start_epoch for t in self._open_txns if t.track_reads or t.intents), default=None)
+            if oldest is None:
+                self._history.clear()
+            else:
+                self._history = [h for h in self._history if h[0] > oldest]
+
+    def _read_in_txn(self, page: Page, index: Any, tx: Transaction) -> np.ndarray:
+        with self._locked():
+            arr = self._memory.array(page).copy()
+        for d in tx.ops:
+            if d.page == page.name:
+                idx, vals = d.sparse()
+                if d.accumulate:
+                    page.semiring.accumulate(arr, idx, vals)
+                else:
+                    arr[idx] = vals
+        if index is None:
+            return arr.reshape(page.shape)
+        return arr[self._index(page, index)]
+
+    # -- the commit path --------------------------------------------------------------------------------------
+    def _commit_schema(self, ops: list) -> int:
+        return self._commit(ops)
+
+    def _commit(self, ops: list, tx: Optional[Transaction] = None) -> int:
+        """Apply ``ops`` atomically at a new epoch, propagate, log; on any failure restore everything."""
+        with self._locked():
+            self._check_writable()
+            if tx is not None:
+                try:
+                    tx.validate(self._history)
+                except MMSBError:
+                    self._counters["conflicts"] += 1
+                    raise
+            epoch = self._epoch + 1
+            undo = UndoLog()
+            self._to_release = []
+            changes: dict[str, Change] = {}
+            force: set[str] = set()
+            logged: list = []
+            try:
+                for op in ops:
+                    if isinstance(op, Delta):
+                        page = self._page(op.page)
+                        if self._graph.is_derived(page.name):
+                            raise InvalidDeltaError(f"page {page.name!r} became derived; the write is refused")
+                        ch = self._apply_delta(page, op, undo)
+                        if ch is not None:
+                            changes[page.name] = changes[page.name].merged_after(ch) \
+                                if page.name in changes else ch
+                    else:
+                        self._apply_schema(op, undo, force, changes)
+                    logged.append(op)
+                if self._eager:
+                    derived = self._engine.wave(changes, undo, force)
+                else:
+                    derived = {}
+                    self._defer(changes, force, undo)
+                for name, ch in derived.items():
+                    logged.append(Delta(name, self._array_of(name)[ch.idx].copy(), index=ch.idx, derived=True))
+                for op in logged:
+                    if isinstance(op, Delta):
+                        op.epoch = epoch
+                self._txid += 1
+                token = self._log.append(Txn(epoch, self._txid, logged))
+            except BaseException:
+                undo.rollback()
+                self._to_release = []
+                raise
+            for page in self._to_release:
+                self._memory.release(page)
+            self._to_release = []
+            self._epoch = epoch
+            touched = {op.page for op in logged if isinstance(op, Delta)}
+            for name in touched:
+                if name in self._pages:
+                    self._pages[name].epoch = epoch
+            if any(t.track_reads or t.intents for t in self._open_txns):
+                rec = {n: c.idx for n, c in changes.items()}
+                rec.update({n: c.idx for n, c in derived.items()})
+                rec.update({n: None for n in force})
+                self._history.append((epoch, rec))
+            self._counters["commits"] += 1
+            self._counters["deltas"] += sum(isinstance(op, Delta) for op in logged)
+            self._memory.enforce()
+        self._log.sync(token)
+        if self._cluster is not None:
+            self._cluster.after_commit(epoch)
+        return epoch
+
+    def _apply_delta(self, page: Page, d: Delta, undo: Optional[UndoLog]) -> Optional[Change]:
+        arr = self._memory.array(page)
+        idx, vals = d.sparse()
+        sr = page.semiring
+        codes = sr.codes_for(page.dtype)
+        if codes is not None or not d.accumulate:
+            op = codes[0] if d.accumulate else _ops.OP_ASSIGN
+            old, changed = _kernels.merge.apply_normalized(_kview(arr), idx, _kview(vals), op)
+            old = old.view(page.dtype)
+            changed = changed.view(bool)
+        else:
+            old = arr[idx].copy()
+            arr[idx] = sr.add_arrays(old, vals)
+            changed = changed_positions(arr[idx], old)
+        if undo is not None:
+            undo.record(lambda n=page.name: self._array_of(n), idx, old)
+        if not changed.any():
+            return None
+        return Change(idx[changed], old[changed])
+
+    def _apply_schema(self, op: SchemaOp, undo: Optional[UndoLog], force: set, changes: dict) -> None:
+        kind, pl = op.kind, op.payload
+        if kind == "page_created":
+            dt = np.dtype(pl["dtype"])
+            page = Page(self, pl["name"], tuple(pl["shape"]), dt, semirings.get(pl["semiring"]), "cpu",
+                        pl.get("metadata"), self._epoch + 1)
+            self._memory.allocate(page, op.arrays["fill"][0])
+            self._pages[page.name] = page
+            self._graph.add_node(page.name)
+            if undo is not None:
+                undo.action(lambda: self._forget_page(page))
+        elif kind == "page_dropped":
+            page = self._pages.pop(pl["name"])
+            self._graph.remove_node(page.name)
+            self._dirty.pop(page.name, None)
+            changes.pop(page.name, None)
+            if undo is None:
+                self._memory.release(page)
+            else:
+                def restore(page: Page = page) -> None:
+                    self._pages[page.name] = page
+                    self._graph.add_node(page.name)
+                undo.action(restore)
+                self._to_release.append(page)
+        elif kind == "rule_added":
+            rule = self._rule_from_schema(op)
+            self._graph.add_rule(rule)
+            if undo is not None:
+                undo.action(lambda rid=rule.id: self._graph.remove_rule(rid))
+                force.add(rule.dst)
+        elif kind == "rule_removed":
+            rule = self._graph.remove_rule(pl["id"])
+            if undo is not None:
+                undo.action(lambda rule=rule: self._graph.add_rule(rule))
+        else:
+            raise InvalidDeltaError(f"unknown schema operation {kind!r}")
+
+    def _forget_page(self, page: Page) -> None:
+        self._pages.pop(page.name, None)
+        self._graph.remove_node(page.name)
+        self._memory.release(page)
+
+    def _defer(self, changes: dict, force: set, undo: UndoLog) -> None:
+        saved_dirty, saved_force = dict(self._dirty), set(self._force_dirty)
+
+        def restore() -> None:
+            self._dirty, self._force_dirty = saved_dirty, saved_force
+
+        undo.action(restore)
+        for name, ch in changes.items():
+            if self._graph.rules_from(name):
+                self._dirty[name] = self._dirty[name].merged_after(ch) if name in self._dirty else ch
+        self._force_dirty |= force
+
+    # -- rules ------------------------------------------------------------------------------------------------
+    def _rule_semiring(self, dst: Page, semiring: Any) -> Semiring:
+        sr = dst.semiring if semiring is None else semirings.get(semiring)
+        sr.check_dtype(dst.dtype, dst.name)
+        return sr
+
+    def _check_new_rule(self, dst: Page, kind: str) -> None:
+        existing = self._graph.rules_into(dst.name)
+        if existing and (kind != "link" or existing[0].kind != "link"):
+            raise InvalidDeltaError(f"page {dst.name!r} already has a {existing[0].kind} rule; a page is computed "
+                                    "by one or more links, or one derive, or one closure")
+
+    def link(self, dst: PageLike, src: PageLike, matrix: Any, semiring: Any = None) -> int:
+        """dst = A ⊗ src (several links into one dst are ⊕-combined); commits and returns the epoch."""
+        self._check_writable()
+        with self._locked():
+            d, s = self._page(dst), self._page(src)
+            self._check_new_rule(d, "link")
+            sr = self._rule_semiring(d, semiring)
+            others = self._graph.rules_into(d.name)
+            if others and others[0].semiring.name != sr.name:
+                raise SemiringError(f"links into page {d.name!r} use semiring {others[0].semiring.name!r}; "
+                                    f"a link with {sr.name!r} cannot be ⊕-combined with them")
+            self._check_src_dtype(d, s)
+            A = as_csr(matrix, (d.size, s.size), d.dtype, f"link {d.name!r} <- {s.name!r}")
+            rule = Rule(self._graph.next_rule_id(), "link", d.name, [s.name], sr, A)
+            return self._add_rule(rule)
+
+    def closure(self, dst: PageLike, src: PageLike, matrix: Any, semiring: Any = None) -> int:
+        """dst = least fixpoint of x = src ⊕ A ⊗ x; commits and returns the epoch."""
+        self._check_writable()
+        with self._locked():
+            d, s = self._page(dst), self._page(src)
+            self._check_new_rule(d, "closure")
+            sr = self._rule_semiring(d, semiring)
+            if not sr.idempotent and not sr.convergence_bound:
+                raise SemiringError(f"closure on page {d.name!r}: semiring {sr.name!r} is not idempotent and "
+                                    "declares no convergence bound, so the fixpoint may not exist")
+            if d.size != s.size:
+                raise InvalidDeltaError(f"closure {d.name!r} <- {s.name!r}: pages must have the same size "
+                                        f"({d.size} != {s.size})")
+            self._check_src_dtype(d, s)
+            A = as_csr(matrix, (d.size, d.size), d.dtype, f"closure {d.name!r} <- {s.name!r}")
+            rule = Rule(self._graph.next_rule_id(), "closure", d.name, [s.name], sr, A)
+            return self._add_rule(rule)
+
+    def derive(self, dst: PageLike, inputs: Sequence[PageLike], fn: Union[Callable, str]) -> int:
+        """dst = fn(*input arrays), recomputed when an input changes; commits and returns the epoch.
+
+        ``fn`` is a callable or the name of a function given to :meth:`register_function`. A store records the
+        function by name; register it again after reopening (or pass ``functions=`` to :func:`mmsb.open`).
+        """
+        self._check_writable()
+        with self._locked():
+            d = self._page(dst)
+            ins = [self._page(p).name for p in inputs]
+            if not ins:
+                raise InvalidDeltaError(f"derive for page {d.name!r} needs at least one input")
+            self._check_new_rule(d, "derive")
+            if isinstance(fn, str):
+                name, func = fn, self._functions.get(fn)
+                if func is None:
+                    raise MMSBError(f"no function registered as {fn!r}; call buf.register_function first")
+            elif callable(fn):
+                func = fn
+                name = next((k for k, v in self._functions.items() if v is fn), None)
+                if name is None:
+                    name = getattr(fn, "__module__", "?") + ":" + getattr(fn, "__qualname__", repr(fn))
+            else:
+                raise InvalidDeltaError(f"derive for page {d.name!r}: fn must be callable or a registered name")
+            rule = Rule(self._graph.next_rule_id(), "derive", d.name, ins, None, None, func, name)
+            return self._add_rule(rule)
+
+    def register_function(self, name: str, fn: Callable) -> None:
+        """Register ``fn`` under ``name``; derive rules recorded with that name are re-bound to it."""
+        if not callable(fn):
+            raise TypeError(f"register_function({name!r}): fn must be callable")
+        with self._locked():
+            self._functions[name] = fn
+            for r in self._graph.rules():
+                if r.kind == "derive" and r.fn_name == name:
+                    r.fn = fn
+
+    def unlink(self, dst: PageLike, src: Optional[PageLike] = None) -> int:
+        """Remove the rules into ``dst`` (only those reading ``src`` if given); dst keeps its values."""
+        self._check_writable()
+        with self._locked():
+            d = self._page(dst)
+            rules = self._graph.rules_into(d.name)
+            if src is not None:
+                s = self._page(src).name
+                rules = [r for r in rules if s in r.srcs]
+            if not rules:
+                raise InvalidDeltaError(f"page {d.name!r} has no such rule")
+            return self._commit_schema([SchemaOp("rule_removed", {"id": r.id, "dst": r.dst}) for r in rules])
+
+    def _check_src_dtype(self, d: Page, s: Page) -> None:
+        if not np.can_cast(s.dtype, d.dtype, "same_kind"):
+            raise InvalidDeltaError(f"rule {d.name!r} <- {s.name!r}: {s.dtype} does not cast to {d.dtype}")
+
+    def _add_rule(self, rule: Rule) -> int:
+        self._graph.add_rule(rule)            # CycleError here leaves the graph unchanged
+        self._graph.remove_rule(rule.id)
+        self._pending_rules[rule.id] = rule
+        try:
+            return self._commit_schema([rule.to_schema()])
+        finally:
+            self._pending_rules.pop(rule.id, None)
+
+    def _rule_from_schema(self, op: SchemaOp) -> Rule:
+        pl = op.payload
+        if pl["id"] in self._pending_rules:
+            return self._pending_rules.pop(pl["id"])
+        sr = semirings.get(pl["semiring"]) if pl.get("semiring") else None
+        matrix = None
+        if "shape" in pl:
+            from mmsb.rules import CSR
+
+            matrix = CSR(tuple(pl["shape"]), op.arrays["indptr"], op.arrays["indices"], op.arrays["data"])
+        fn = self._functions.get(pl["function"]) if pl.get("function") else None
+        if pl["kind"] == "derive" and fn is None:
+            warnings.warn(f"derive rule for page {pl['dst']!r} is inactive until its function "
+                          f"{pl['function']!r} is registered (buf.register_function)", RuntimeWarning,
+                          stacklevel=3)
+        return Rule(pl["id"], pl["kind"], pl["dst"], list(pl["srcs"]), sr, matrix, fn, pl.get("function"))
+
+    # -- propagation ------------------------------------------------------------------------------------------
+    def propagate(self) -> int:
+        """Run one wave for every change queued in deferred mode; commits it and returns the epoch."""
+        self._check_writable()
+        with self._locked():
+            if self._eager and not self._dirty and not self._force_dirty:
+                return self._epoch
+            return self._commit_wave()
+
+    def _commit_wave(self) -> int:
+        epoch = self._epoch + 1
+        undo = UndoLog()
+        dirty, force = self._dirty, self._force_dirty
+        try:
+            derived = self._engine.wave(dirty, undo, force)
+            logged = [Delta(n, self._array_of(n)[c.idx].copy(), index=c.idx, derived=True, epoch=epoch)
+                      for n, c in derived.items()]
+            self._txid += 1
+            token = self._log.append(Txn(epoch, self._txid, logged))
+        except BaseException:
+            undo.rollback()
+            raise
+        self._dirty, self._force_dirty = {}, set()
+        self._epoch = epoch
+        for n in derived:
+            self._pages[n].epoch = epoch
+        if any(t.track_reads or t.intents for t in self._open_txns):
+            self._history.append((epoch, {n: c.idx for n, c in derived.items()}))
+        self._counters["commits"] += 1
+        self._log.sync(token)
+        return epoch
+
+    # -- history ----------------------------------------------------------------------------------------------
+    def checkpoint(self) -> int:
+        """Write a full snapshot at the current epoch (history is kept); returns the epoch."""
+        self._check_writable()
+        with self._locked():
+            if self._store is not None:
+                self._store.checkpoint(self)
+            else:
+                self._snapshots[self._epoch] = self._snapshot()
+            return self._epoch
+
+    def _snapshot(self) -> tuple:
+        pages = [(self._page_meta(p), self._memory.array(p).reshape(p.shape).copy()) for p in self._pages.values()]
+        rules = [r.to_schema() for r in self._graph.rules()]
+        return self._epoch, pages, rules
+
+    @staticmethod
+    def _page_meta(p: Page) -> dict:
+        return {"name": p.name, "shape": list(p.shape), "dtype": p.dtype.str, "semiring": p.semiring.name,
+                "device": p.device, "metadata": p.metadata, "epoch": p.epoch}
+
+    def at(self, epoch: int) -> "Buffer":
+        """A read-only view of the state at ``epoch``."""
+        self._check_open()
+        epoch = int(epoch)
+        with self._locked():
+            if epoch > self._epoch or epoch < 0:
+                raise HistoryError(f"epoch {epoch} is not in the history (0..{self._epoch})")
+            if epoch < self._horizon:
+                raise HistoryError(f"epoch {epoch} is before the kept history horizon {self._horizon} "
+                                   "(removed by compact)")
+            if self._store is not None:
+                return self._store.view_at(self, epoch)
+            base = max((e for e in self._snapshots if e <= epoch), default=None)
+            view = Buffer(log=_NullLog(), readonly=True, view_of=self)
+            start = 0
+            if base is not None:
+                view._load_snapshot(*self._snapshots[base])
+                start = base
+            for txn in self._log.txns(since=start, until=epoch):
+                view._replay(txn)
+            view._readonly = True
+            return view
+
+    def _load_snapshot(self, epoch: int, pages: list, rules: list) -> None:
+        for meta, arr in pages:
+            dt = np.dtype(meta["dtype"])
+            page = Page(self, meta["name"], tuple(meta["shape"]), dt, semirings.get(meta["semiring"]), "cpu",
+                        meta.get("metadata"), meta.get("epoch", epoch))
+            self._memory.allocate(page, 0)
+            self._memory.array(page)[...] = np.asarray(arr).reshape(-1)
+            self._pages[page.name] = page
+            self._graph.add_node(page.name)
+        for op in rules:
+            self._graph.add_rule(self._rule_from_schema(op))
+        self._epoch = epoch
+
+    def _replay(self, txn: Txn) -> None:
+        """Apply a committed transaction as recorded (no propagation, no logging)."""
+        for op in txn.ops:
+            if isinstance(op, Delta):
+                self._apply_delta(self._pages[op.page], op, None)
+                self._pages[op.page].epoch = txn.epoch
+            else:
+                self._epoch = txn.epoch - 1
+                self._apply_schema(op, None, set(), {})
+        self._epoch = txn.epoch
+        self._txid = max(self._txid, txn.txid)
+
+    def compact(self, keep: int = 0) -> int:
+        """Checkpoint, then drop history older than ``keep`` epochs before now; returns the new horizon."""
+        self._check_writable()
+        with self._locked():
+            if self._store is not None:
+                self._horizon = self._store.compact(self, keep)
+            else:
+                self._snapshots[self._epoch] = self._snapshot()
+                target = self._epoch - max(0, int(keep))
+                base = max(e for e in self._snapshots if e <= max(target, min(self._snapshots)))
+                self._snapshots = {e: s for e, s in self._snapshots.items() if e >= base}
+                self._log.drop_segments_before(base)
+                self._horizon = base
+            return self._horizon
+
+    # -- stats and lifecycle ----------------------------------------------------------------------------------
+    def stats(self) -> dict:
+        """Nested figures: allocator, log, propagation, memory, device, transactions."""
+        with self._locked():
+            out = {
+                "epoch": self._epoch,
+                "pages": len(self._pages),
+                "kernels": _kernels.KIND,
+                "allocator": self._memory.allocator.stats(),
+                "log": self._log.stats(),
+                "propagation": self._engine.stats.as_dict(),
+                "memory": self._memory.stats(),
+                "device": _device_stats(self),
+                "transactions": dict(self._counters, open=len(self._open_txns)),
+            }
+            if self._store is not None:
+                out["store"] = self._store.stats()
+            if self._cluster is not None:
+                out["cluster"] = self._cluster.stats()
+            return out
+
+    def close(self) -> None:
+        """Flush and close the log, release the store lock and free page memory. Idempotent."""
+        if self._closed:
+            return
+        with self._locked():
+            if self._closed:
+                return
+            try:
+                self._log.close()
+                if self._store is not None:
+                    self._store.close()
+            finally:
+                self._closed = True
+                for p in list(self._pages.values()):
+                    self._memory.release(p)
+                self._memory.close()
+                if self._cluster is not None:
+                    self._cluster.close()
+
+    def __del__(self) -> None:
+        try:
+            if not self._closed and self._view_of is None:
+                self.close()
+        except Exception:
+            pass
+
+
+class LogView:
+    """``buf.log``: query committed deltas and log figures."""
+
+    def __init__(self, buf: Buffer):
+        self._buf = buf
+
+    def query(self, page: Optional[PageLike] = None, since: Optional[int] = None, until: Optional[int] = None,
+              source: Optional[str] = None) -> Iterator[Delta]:
+        """Data deltas (user and derived) in log order, filtered by page, epoch range (since, until] and source."""
+        name = page.name if isinstance(page, Page) else page
+        for txn in self._buf._log.txns(since=since, until=until):
+            for op in txn.ops:
+                if isinstance(op, Delta) and (name is None or op.page == name) and \
+                        (source is None or op.source == source):
+                    yield op
+
+    def stats(self) -> dict:
+        return self._buf._log.stats()
+
+
+class _NullLog:
+    """The log of a read-only view: nothing to append."""
+
+    def txns(self, since: Optional[int] = None, until: Optional[int] = None) -> Iterator[Txn]:
+        return iter(())
+
+    def append(self, txn: Txn) -> int:
+        raise ReadOnlyError("a view of a past epoch is read-only")
+
+    def sync(self, token: int) -> None:
+        return None
+
+    def stats(self) -> dict:
+        return {}
+
+    def close(self) -> None:
+        return None
+
+    def drop_segments_before(self, epoch: int) -> int:
+        return 0
+
+
+def _shape(shape: Any, name: str) -> tuple:
+    try:
+        t = (int(shape),) if np.ndim(shape) == 0 else tuple(int(s) for s in shape)
+    except (TypeError, ValueError) as exc:
+        raise InvalidDeltaError(f"page {name!r}: bad shape {shape!r}") from exc
+    if not t or any(s < 0 for s in t):
+        raise InvalidDeltaError(f"page {name!r}: shape must be non-empty and non-negative, got {shape!r}")
+    return t
+
+
+def _json_metadata(metadata: Optional[dict], name: str) -> Optional[dict]:
+    if metadata is None:
+        return None
+    if not isinstance(metadata, dict):
+        raise InvalidDeltaError(f"page {name!r}: metadata must be a dict, got {type(metadata).__name__}")
+    try:
+        return json.loads(json.dumps(metadata, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise InvalidDeltaError(f"page {name!r}: metadata must be JSON-able: {exc}") from exc
+
+
+def _normalize_device(device: Optional[str]) -> str:
+    if device is None or device == "cpu":
+        return "cpu"
+    if device == "cuda":
+        return "cuda:0"
+    if isinstance(device, str) and device.startswith("cuda:") and device[5:].isdigit():
+        return device
+    raise DeviceError(f"unknown device {device!r} (use 'cpu', 'cuda' or 'cuda:N')")
+
+
+def _device_stats(buf: Buffer) -> dict:
+    out = {"cpu": _kernels.cpu.features()}
+    import sys
+
+    if "mmsb.gpu" in sys.modules:
+        out["gpu"] = sys.modules["mmsb.gpu"].stats(buf)
+    return out

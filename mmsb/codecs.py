@@ -1,0 +1,273 @@
+"""mmsb's codec interface: codec ids (u8), encoders that pick the smallest encoding, checked decoders.
+
+Every decoder raises :class:`mmsb.errors.CorruptionError` on bad input (never another exception, never a crash,
+never an allocation larger than the declared element count, which callers take from checksummed headers).
+
+Codec ids (stable, part of the file format; see docs/FORMAT.md):
+
+====  ==================  ==============================================================
+ id    name                payload
+====  ==================  ==============================================================
+ 0     RAW                 the array's bytes, little-endian, C order (index: int64; mask: 1 byte per entry)
+ 1     INDEX_DELTA_PACK    delta-of-index + bit-pack (kernels ``encode_index``)
+ 2     MASK_RLE            first value + LEB128 run lengths (kernels ``encode_mask_rle``)
+ 3     MASK_BITPACK        1 bit per entry, LSB first (kernels ``encode_bitpack``)
+ 4     BLOSC2              u32 chunk count, u64 compressed length per chunk, then blosc2 chunks
+                           (shuffle by itemsize, LZ4 or ZSTD; each chunk <= 64 MiB of raw data)
+====  ==================  ==============================================================
+"""
+from __future__ import annotations
+
+import os
+import struct
+import threading
+from typing import Optional
+
+import numpy as np
+
+try:
+    from mmsb import _kernels
+    _k = _kernels.codecs
+except ImportError:  # pragma: no cover - sibling kernels missing during development
+    try:
+        from mmsb._ext import codecs as _k
+    except ImportError:
+        from mmsb._ref import codecs as _k
+
+import blosc2
+
+from mmsb.errors import CorruptionError
+
+RAW = 0
+INDEX_DELTA_PACK = 1
+MASK_RLE = 2
+MASK_BITPACK = 3
+BLOSC2 = 4
+
+CODECS = {
+    RAW: "raw",
+    INDEX_DELTA_PACK: "index-delta-bitpack",
+    MASK_RLE: "mask-rle",
+    MASK_BITPACK: "mask-bitpack",
+    BLOSC2: "blosc2",
+}
+
+#: dtypes a page or value array may have (numpy ``dtype.str`` in little-endian form).
+ALLOWED_DTYPES = frozenset(np.dtype(t).newbyteorder("<").str for t in (
+    "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+    "float16", "float32", "float64", "complex64", "complex128"))
+
+BLOSC_CHUNK = 64 * 2**20
+SMALL = 256  # below this many raw bytes values are stored raw
+NTHREADS = max(1, min(8, os.cpu_count() or 1))
+
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+
+
+class CodecStats:
+    """Thread-safe running totals of raw vs encoded bytes."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.raw_bytes = 0
+        self.encoded_bytes = 0
+
+    def add(self, raw: int, encoded: int) -> None:
+        with self._lock:
+            self.raw_bytes += raw
+            self.encoded_bytes += encoded
+
+    def as_dict(self) -> dict:
+        with self._lock:
+            r, e = self.raw_bytes, self.encoded_bytes
+        return {"raw_bytes": r, "encoded_bytes": e, "compression_ratio": (r / e) if e else 1.0}
+
+
+#: process-wide totals (the log keeps its own as well)
+STATS = CodecStats()
+
+
+def dtype_str(dtype) -> str:
+    """The canonical little-endian dtype string of an allowed dtype (ValueError otherwise)."""
+    dt = np.dtype(dtype)
+    s = dt.newbyteorder("<").str if dt.byteorder not in ("|",) else dt.str
+    if s not in ALLOWED_DTYPES:
+        raise ValueError(f"dtype {dt} cannot be stored")
+    return s
+
+
+def parse_dtype(s: str) -> np.dtype:
+    """Inverse of :func:`dtype_str`; CorruptionError for anything else."""
+    if not isinstance(s, str) or s not in ALLOWED_DTYPES:
+        raise CorruptionError(f"unknown dtype {s!r}", what="dtype")
+    return np.dtype(s)
+
+
+def _le(arr: np.ndarray) -> np.ndarray:
+    a = np.ascontiguousarray(arr)
+    if a.dtype.byteorder == ">" or (a.dtype.byteorder == "=" and not _LITTLE):
+        a = a.astype(a.dtype.newbyteorder("<"))
+    return a
+
+
+_LITTLE = np.little_endian
+
+
+# ---------------------------------------------------------------- index
+
+def encode_index(idx) -> tuple[int, bytes]:
+    a = np.ascontiguousarray(idx, dtype=np.int64).reshape(-1)
+    raw = _le(a).tobytes()
+    if a.size > 1 and not (a[1:] >= a[:-1]).all():
+        return RAW, raw
+    enc = _k.encode_index(a)
+    return (INDEX_DELTA_PACK, enc) if len(enc) < len(raw) else (RAW, raw)
+
+
+def decode_index(codec_id: int, buf, n: int) -> np.ndarray:
+    n = _count(n)
+    if codec_id == RAW:
+        return _raw(buf, np.dtype("<i8"), n).astype(np.int64, copy=False)
+    if codec_id == INDEX_DELTA_PACK:
+        return _k.decode_index(buf, n)
+    raise CorruptionError(f"codec {codec_id} is not an index codec", what="codec id")
+
+
+# ---------------------------------------------------------------- mask
+
+def encode_mask(mask) -> tuple[int, bytes]:
+    m = np.ascontiguousarray(mask, dtype=bool).reshape(-1)
+    best = (MASK_BITPACK, _k.encode_bitpack(m))
+    rle = _k.encode_mask_rle(m)
+    if len(rle) < len(best[1]):
+        best = (MASK_RLE, rle)
+    if m.size < len(best[1]):
+        best = (RAW, m.view(np.uint8).tobytes())
+    return best
+
+
+def decode_mask(codec_id: int, buf, n: int) -> np.ndarray:
+    n = _count(n)
+    if codec_id == MASK_BITPACK:
+        return _k.decode_bitpack(buf, n)
+    if codec_id == MASK_RLE:
+        return _k.decode_mask_rle(buf, n)
+    if codec_id == RAW:
+        u = _raw(buf, np.dtype(np.uint8), n)
+        if (u > 1).any():
+            raise CorruptionError("raw mask byte other than 0/1", what="mask")
+        return u.view(bool)
+    raise CorruptionError(f"codec {codec_id} is not a mask codec", what="codec id")
+
+
+# ---------------------------------------------------------------- values
+
+def encode_values(arr, *, codec: str = "lz4", clevel: int = 5, nthreads: Optional[int] = None,
+                  allow_compress: bool = True) -> tuple[int, bytes]:
+    """Encode a flat array's bytes: blosc2 (shuffle by itemsize) when smaller than raw, else raw."""
+    a = _le(np.asarray(arr))
+    mv = memoryview(a.reshape(-1)).cast("B") if a.size else memoryview(b"")
+    nbytes = mv.nbytes
+    if not allow_compress or nbytes < SMALL:
+        return RAW, mv.tobytes()
+    enc = _blosc_encode(mv, a.dtype.itemsize, codec, clevel, nthreads or NTHREADS)
+    if enc is None or len(enc) >= nbytes:
+        return RAW, mv.tobytes()
+    return BLOSC2, enc
+
+
+def _blosc_encode(mv: memoryview, typesize: int, codec: str, clevel: int, nthreads: int) -> Optional[bytes]:
+    cd = blosc2.Codec.ZSTD if codec == "zstd" else blosc2.Codec.LZ4
+    chunks = []
+    total = 0
+    for off in range(0, mv.nbytes, BLOSC_CHUNK):
+        piece = mv[off:off + BLOSC_CHUNK]
+        c = blosc2.compress2(piece, typesize=typesize, clevel=clevel, codec=cd,
+                             filters=[blosc2.Filter.SHUFFLE], nthreads=nthreads)
+        chunks.append(c)
+        total += len(c)
+        if total >= mv.nbytes:
+            return None
+    head = _U32.pack(len(chunks)) + b"".join(_U64.pack(len(c)) for c in chunks)
+    return head + b"".join(chunks)
+
+
+def decode_values(codec_id: int, buf, dtype, n: int, out: Optional[np.ndarray] = None,
+                  nthreads: Optional[int] = None) -> np.ndarray:
+    """Decode ``n`` values of ``dtype``; into ``out`` (a flat contiguous array of that dtype/size) if given."""
+    n = _count(n)
+    dt = parse_dtype(dtype) if isinstance(dtype, str) else np.dtype(dtype)
+    if codec_id == RAW:
+        a = _raw(buf, dt, n)
+        if dt.kind == "b" and (a.view(np.uint8) > 1).any():
+            raise CorruptionError("bool value byte other than 0/1", what="values")
+        if out is not None:
+            out[...] = a
+            return out
+        return a
+    if codec_id == BLOSC2:
+        return _blosc_decode(buf, dt, n, out, nthreads or NTHREADS)
+    raise CorruptionError(f"codec {codec_id} is not a values codec", what="codec id")
+
+
+def _blosc_decode(buf, dt: np.dtype, n: int, out, nthreads: int) -> np.ndarray:
+    mv = memoryview(buf).cast("B")
+    L = mv.nbytes
+    expect = n * dt.itemsize
+    if L < 4:
+        raise CorruptionError("blosc2: buffer too short", what="blosc2 header")
+    nch = _U32.unpack_from(mv, 0)[0]
+    if nch == 0 or 4 + 8 * nch > L or nch != max(1, -(-expect // BLOSC_CHUNK)):
+        raise CorruptionError(f"blosc2: bad chunk count {nch}", what="blosc2 header")
+    lens = struct.unpack_from(f"<{nch}Q", mv, 4)
+    pos = 4 + 8 * nch
+    if pos + sum(lens) != L:
+        raise CorruptionError("blosc2: chunk lengths do not match the buffer", what="blosc2 header")
+    if out is None:
+        out = np.empty(n, dtype=dt)
+    dst = memoryview(out.reshape(-1)).cast("B") if n else memoryview(bytearray(0))
+    if dst.nbytes != expect:
+        raise ValueError("decode_values: out has the wrong size")
+    raw_off = 0
+    for i, ln in enumerate(lens):
+        chunk = mv[pos:pos + ln]
+        want = min(BLOSC_CHUNK, expect - raw_off)
+        try:
+            nbytes, cbytes, _bs = blosc2.get_cbuffer_sizes(chunk)
+        except Exception as exc:
+            raise CorruptionError(f"blosc2: bad chunk header ({exc})", what="blosc2 chunk") from None
+        if nbytes != want or cbytes != ln:
+            raise CorruptionError("blosc2: chunk sizes do not match", what="blosc2 chunk")
+        try:
+            got = blosc2.decompress2(chunk, dst=dst[raw_off:raw_off + want], nthreads=nthreads)
+        except Exception as exc:
+            raise CorruptionError(f"blosc2: decompression failed ({exc})", what="blosc2 chunk") from None
+        if got is not None and got != want and not isinstance(got, (bytes, bytearray)):
+            raise CorruptionError("blosc2: short decompression", what="blosc2 chunk")
+        pos += ln
+        raw_off += want
+    if dt.kind == "b" and n and (out.reshape(-1).view(np.uint8) > 1).any():
+        raise CorruptionError("bool value byte other than 0/1", what="values")
+    return out
+
+
+# ---------------------------------------------------------------- helpers
+
+def _count(n) -> int:
+    n = int(n)
+    if n < 0:
+        raise CorruptionError(f"negative element count {n}", what="count")
+    return n
+
+
+def _raw(buf, dt: np.dtype, n: int) -> np.ndarray:
+    mv = memoryview(buf).cast("B")
+    if mv.nbytes != n * dt.itemsize:
+        raise CorruptionError(f"raw: {mv.nbytes} bytes for {n} x {dt}", what="raw length")
+    return np.frombuffer(mv, dtype=dt.newbyteorder("<") if dt.itemsize > 1 else dt, count=n)
+
+
+__all__ = ["RAW", "INDEX_DELTA_PACK", "MASK_RLE", "MASK_BITPACK", "BLOSC2", "CODECS", "CodecStats", "STATS",
+           "encode_index", "decode_index", "encode_mask", "decode_mask", "encode_values", "decode_values",
+           "dtype_str", "parse_dtype", "ALLOWED_DTYPES"]

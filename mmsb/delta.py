@@ -1,0 +1,79 @@
+"""Deltas (changes to one page) and committed transactions (what the log records)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+import numpy as np
+
+
+@dataclass
+class Delta:
+    """A change to one page.
+
+    Sparse: ``index`` (int64 flat positions, sorted and unique once committed) and ``values`` of the same length.
+    Dense: ``mask`` (bool, flat, one entry per page element) and ``values`` holding the masked entries in order.
+    ``accumulate``: ``page[i] = page[i] ⊕ v``; otherwise assign (last writer wins). ``derived``: produced by
+    propagation, not by a user. ``epoch`` is the commit that holds it (None until committed).
+    """
+
+    page: str
+    values: np.ndarray
+    index: Optional[np.ndarray] = None
+    mask: Optional[np.ndarray] = None
+    accumulate: bool = False
+    source: Optional[str] = None
+    metadata: Optional[dict] = None
+    derived: bool = False
+    epoch: Optional[int] = None
+
+    @property
+    def kind(self) -> str:
+        """``"sparse"`` or ``"dense"``."""
+        return "dense" if self.mask is not None else "sparse"
+
+    @property
+    def nnz(self) -> int:
+        """Number of entries the delta touches (duplicates counted)."""
+        return int(self.mask.sum()) if self.mask is not None else int(self.values.size)
+
+    def sparse(self) -> tuple[np.ndarray, np.ndarray]:
+        """The delta as ``(index, values)`` (a dense delta restricted to its mask)."""
+        if self.mask is None:
+            return self.index, self.values
+        return np.flatnonzero(self.mask).astype(np.int64, copy=False), self.values
+
+    def __repr__(self) -> str:
+        op = "accumulate" if self.accumulate else "assign"
+        tag = ", derived" if self.derived else ""
+        return f"Delta(page={self.page!r}, epoch={self.epoch}, {self.kind}, {op}, nnz={self.nnz}{tag})"
+
+
+@dataclass
+class SchemaOp:
+    """A schema change inside a transaction: page created/dropped, rule added/removed, function bound.
+
+    ``payload`` is JSON-able; ``arrays`` holds named numpy arrays (e.g. a rule's CSR matrix).
+    """
+
+    kind: str
+    payload: dict
+    arrays: dict = field(default_factory=dict)
+
+
+SCHEMA_KINDS = ("page_created", "page_dropped", "rule_added", "rule_removed")
+
+Op = Union[Delta, SchemaOp]
+
+
+@dataclass
+class Txn:
+    """A committed transaction: its epoch, a transaction id and its operations in order."""
+
+    epoch: int
+    txid: int
+    ops: list = field(default_factory=list)
+
+    def deltas(self) -> list[Delta]:
+        return [op for op in self.ops if isinstance(op, Delta)]
+

@@ -1,0 +1,157 @@
+"""A store directory: the writer lock, open modes, recovery (checkpoint + log replay), checkpoints, compaction.
+
+Layout (docs/FORMAT.md): ``LOCK`` (the writer's OS lock, no data), ``STORE`` (identity and format version),
+``log/`` (segments), ``checkpoints/`` and ``spill/`` (cold pages while the buffer is open).
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+from typing import Any, Callable, Optional
+
+from mmsb.buffer import Buffer, _NullLog
+from mmsb.checkpoint import list_checkpoints, load_checkpoint, remove_checkpoint, write_checkpoint
+from mmsb.errors import StoreLockedError
+from mmsb.log import DurableLog
+
+STORE_FILE = "STORE"
+LOCK_FILE = "LOCK"
+
+
+def is_store(root: str) -> bool:
+    return os.path.isfile(os.path.join(root, STORE_FILE))
+
+
+class Store:
+    """The files behind a durable :class:`~mmsb.buffer.Buffer`."""
+
+    def __init__(self, root: str, writable: bool):
+        self.root = root
+        self.writable = writable
+        self._lock_fd: Optional[int] = None
+        self.horizon = 0
+
+    # -- lock -------------------------------------------------------------------------------------------------
+    def lock(self) -> None:
+        """Take the exclusive, non-blocking writer lock on ``LOCK``; raise StoreLockedError if held."""
+        fd = os.open(os.path.join(self.root, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StoreLockedError(f"store {self.root!r} is locked by another writer; open it with mode='r' "
+                                   "to read beside it") from None
+        self._lock_fd = fd
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            finally:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+
+    def check_healthy(self) -> None:
+        """The log itself refuses writes once poisoned; nothing else to check here."""
+
+    # -- checkpoints and history ------------------------------------------------------------------------------
+    def checkpoint(self, buf: Buffer) -> int:
+        epoch = buf.epoch
+        if epoch in list_checkpoints(self.root):
+            return epoch
+        _, pages, rules = buf._snapshot()
+        fsync = buf._log.durability != "none"
+        write_checkpoint(self.root, epoch, pages, rules, extra={"txid": buf._txid}, fsync=fsync)
+        buf._log.mark_checkpoint(epoch)
+        return epoch
+
+    def compact(self, buf: Buffer, keep: int) -> int:
+        self.checkpoint(buf)
+        target = buf.epoch - max(0, int(keep))
+        ckpts = list_checkpoints(self.root)
+        base = max((e for e in ckpts if e <= target), default=min(ckpts))
+        for e in ckpts:
+            if e < base:
+                remove_checkpoint(self.root, e)
+        buf._log.drop_segments_before(base)
+        self.horizon = base
+        return base
+
+    def view_at(self, buf: Buffer, epoch: int) -> Buffer:
+        snap = load_checkpoint(self.root, max_epoch=epoch)
+        view = Buffer(log=_NullLog(), readonly=True, view_of=buf, functions=buf._functions)
+        start = 0
+        if snap is not None:
+            view._load_snapshot(snap.epoch, snap.pages, snap.rules)
+            start = snap.epoch
+        for txn in buf._log.txns(since=start, until=epoch):
+            view._replay(txn)
+        return view
+
+    def stats(self) -> dict:
+        return {"root": self.root, "checkpoints": list_checkpoints(self.root), "horizon": self.horizon}
+
+
+def _wipe(root: str) -> None:
+    for name in os.listdir(root):
+        if name == LOCK_FILE:
+            continue
+        path = os.path.join(root, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
+
+
+def open_store(root: str, mode: str, *, durability: str, memory_limit: Optional[int], device: str,
+               propagation: str, cluster: Any, recovery: str, functions: Optional[dict[str, Callable]],
+               segment_bytes: int) -> Buffer:
+    """Open (or create) the store at ``root`` and recover its committed state."""
+    from mmsb.checkpoint import read_store_file, write_store_file
+
+    exists = is_store(root)
+    if mode in ("r", "r+") and not exists:
+        raise FileNotFoundError(f"no mmsb store at {root!r}")
+    if mode == "x" and os.path.exists(root) and (exists or os.listdir(root)):
+        raise FileExistsError(f"{root!r} already exists")
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise FileExistsError(f"{root!r} exists and is not a store directory")
+    if not exists and os.path.isdir(root) and [n for n in os.listdir(root) if n != LOCK_FILE]:
+        raise FileExistsError(f"{root!r} is a non-empty directory that is not an mmsb store")
+    writable = mode != "r"
+    store = Store(root, writable)
+    if writable:
+        os.makedirs(root, exist_ok=True)
+        store.lock()
+    try:
+        if writable and (mode == "w" or not exists):
+            _wipe(root)
+            write_store_file(root)
+            from mmsb.log.durable import fsync_dir
+
+            fsync_dir(root)
+        else:
+            read_store_file(root)
+        snap = load_checkpoint(root)
+        log = DurableLog(root, durability=durability, segment_bytes=segment_bytes, readonly=not writable,
+                         recovery=recovery)
+        buf = Buffer(log=log, store=store, readonly=False, propagation=propagation, memory_limit=memory_limit,
+                     spill_dir=os.path.join(root, "spill") if writable else None, device=device,
+                     functions=functions, cluster=cluster)
+        if snap is not None:
+            buf._load_snapshot(snap.epoch, snap.pages, snap.rules)
+            buf._txid = int((snap.extra or {}).get("txid", 0))
+        for txn in log.txns(since=snap.epoch if snap is not None else 0):
+            buf._replay(txn)
+        ckpts = list_checkpoints(root)
+        first = log.first_epoch
+        if ckpts and (first is None or first > 1):
+            store.horizon = min(ckpts)          # compaction dropped the log before the oldest checkpoint
+        buf._horizon = store.horizon
+        buf._readonly = not writable
+        buf._counters["torn_tail_bytes"] = log.stats().get("torn_tail_bytes", 0)
+        return buf
+    except BaseException:
+        store.close()
+        raise

@@ -1,0 +1,559 @@
+"""The durable, segmented, checksummed transaction log (root/log/<first epoch:020d>.seg).
+
+Concurrency: ``append`` serialises writers on one lock; ``sync`` implements group commit (one leader fsyncs,
+the other waiters sleep on a condition and return once the leader's fsync covered their token).
+A failed write or fsync poisons the log: that call and every later append/sync raise LogPoisonedError.
+"""
+from __future__ import annotations
+
+import bisect
+import os
+import struct
+import threading
+import warnings
+from dataclasses import dataclass, field
+from typing import Iterator, Optional
+
+from mmsb.delta import Txn
+from mmsb.errors import CorruptionError, LogPoisonedError, ReadOnlyError, TornWriteWarning, ClosedError
+from mmsb.log import records as R
+from mmsb.log import segment as S
+
+DURABILITY = ("fsync", "flush", "none")
+RECOVERY = ("strict", "truncate")
+_NONE_BUFFER = 1 << 20
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class _Seg:
+    base: int
+    path: str
+    salt: bytes
+    size: int            # bytes on disk + buffered
+    start: int           # logical offset of byte 0
+    last_epoch: Optional[int] = None
+    txns: int = 0
+
+
+@dataclass
+class _Entry:
+    epoch: int
+    txid: int
+    seg: _Seg
+    start: int           # file offset of the first record of the transaction
+    end: int             # file offset just past its COMMIT
+
+
+def assemble(records, path: str):
+    """Group a segment's records into committed transactions.
+
+    Yields ("txn", epoch, txid, [records], start, end), ("mark", epoch, rec) or ("error", offset, what).
+    Records of a transaction that never commits (or that an ABORT closes) are skipped.
+    """
+    pending: list = []
+    for rec in records:
+        if rec.rtype in (R.DELTA, R.SCHEMA):
+            if pending and (pending[0].txid != rec.txid or pending[0].epoch != rec.epoch):
+                pending = []     # an abandoned (uncommitted) transaction
+            pending.append(rec)
+        elif rec.rtype == R.COMMIT:
+            if len(rec.payload) != 4:
+                yield ("error", rec.offset, "bad COMMIT payload")
+                return
+            (count,) = struct.unpack("<I", rec.payload)
+            if pending and (pending[0].txid != rec.txid or pending[0].epoch != rec.epoch):
+                pending = []
+            if count != len(pending):
+                yield ("error", rec.offset, f"COMMIT says {count} records, found {len(pending)}")
+                return
+            start = pending[0].offset if pending else rec.offset
+            yield ("txn", rec.epoch, rec.txid, pending, start, rec.end)
+            pending = []
+        elif rec.rtype == R.ABORT:
+            pending = []
+        elif rec.rtype == R.CHECKPOINT_MARK:
+            if len(rec.payload) != 0:
+                yield ("error", rec.offset, "bad CHECKPOINT_MARK payload")
+                return
+            pending = []
+            yield ("mark", rec.epoch, rec)
+
+
+class DurableLog:
+    """Append-only log of committed transactions. See docs/FORMAT.md for the bytes."""
+
+    def __init__(self, root: str, durability: str = "fsync", segment_bytes: int = 64 * 2**20,
+                 readonly: bool = False, recovery: str = "strict"):
+        if durability not in DURABILITY:
+            raise ValueError(f"durability must be one of {DURABILITY}")
+        if recovery not in RECOVERY:
+            raise ValueError(f"recovery must be one of {RECOVERY}")
+        self.root = os.fspath(root)
+        self.dir = os.path.join(self.root, "log")
+        self.durability = durability
+        self.segment_bytes = int(segment_bytes)
+        self.readonly = readonly
+        self.recovery = recovery
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(threading.Lock())
+        self._segs: list[_Seg] = []
+        self._index: list[_Entry] = []
+        self._epochs: list[int] = []
+        self._marks: list[int] = []
+        self._fd: Optional[int] = None
+        self._old_fds: list[int] = []
+        self._rfds: dict[str, int] = {}
+        self._wbuf = bytearray()
+        self._poisoned: Optional[str] = None
+        self._closed = False
+        self._syncing = False
+        self._synced = 0
+        self._stats = dict(records=0, transactions=0, bytes=0, raw_bytes=0, encoded_bytes=0, fsyncs=0,
+                           group_commit_batches=0, synced_commits=0, torn_tail_bytes=0, truncated_bytes=0,
+                           appended_transactions=0, appended_bytes=0, dropped_segments=0)
+        if not readonly:
+            os.makedirs(self.dir, exist_ok=True)
+        self._open_scan()
+
+    # ------------------------------------------------------------ open / recovery
+
+    def _truncate(self, path: str, size: int) -> None:
+        if self.readonly:
+            return
+        with open(path, "r+b") as f:
+            f.truncate(size)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _remove(self, path: str) -> None:
+        if not self.readonly:
+            os.unlink(path)
+            fsync_dir(self.dir)
+
+    def _open_scan(self) -> None:
+        segs = S.iter_segments(self.dir)
+        logical = 0
+        last_epoch = 0
+        stop = False
+        for i, (base, path) in enumerate(segs):
+            if stop:
+                self._stats["truncated_bytes"] += os.path.getsize(path)
+                self._remove(path)
+                continue
+            is_last = i == len(segs) - 1
+            res = S.scan_segment(path)
+            size = os.path.getsize(path)
+            if res.header is None:
+                if is_last and res.torn:
+                    warnings.warn(TornWriteWarning(f"mmsb: removing torn segment {path} ({size} bytes)"))
+                    self._stats["torn_tail_bytes"] += size
+                    self._remove(path)
+                    continue
+                if self.recovery == "truncate":
+                    self._stats["truncated_bytes"] += size
+                    self._remove(path)
+                    stop = True
+                    continue
+                raise CorruptionError("bad segment header", file=path, offset=0, what=res.error)
+            if res.header.base_epoch != base:
+                if self.recovery == "truncate":
+                    self._remove(path)
+                    stop = True
+                    continue
+                raise CorruptionError("segment header epoch does not match its name", file=path, offset=32,
+                                      what="segment base epoch")
+            seg = _Seg(base, path, res.header.salt, size, logical)
+            good_end = S.HEADER_SIZE
+            err = None
+            if res.error is not None:
+                err = (res.error_offset, res.error)
+            for item in assemble(res.records, path):
+                if item[0] == "error":
+                    err = (item[1], item[2])
+                    break
+                if item[0] == "mark":
+                    self._marks.append(item[1])
+                    good_end = item[2].end
+                    continue
+                _, epoch, txid, recs, start, end = item
+                if epoch <= last_epoch:
+                    err = (start, f"epoch {epoch} does not follow {last_epoch}")
+                    break
+                last_epoch = epoch
+                self._index.append(_Entry(epoch, txid, seg, start, end))
+                self._epochs.append(epoch)
+                seg.last_epoch = epoch
+                seg.txns += 1
+                self._stats["records"] += len(recs) + 1
+                self._stats["transactions"] += 1
+                good_end = end
+            if err is not None:
+                torn = is_last and res.error is not None and res.torn and err == (res.error_offset, res.error)
+                if torn:
+                    cut = size - good_end
+                    warnings.warn(TornWriteWarning(
+                        f"mmsb: torn write at the end of {path}: {cut} bytes dropped at offset {good_end}"))
+                    self._stats["torn_tail_bytes"] += cut
+                elif self.recovery == "truncate":
+                    self._stats["truncated_bytes"] += size - good_end
+                    stop = True
+                else:
+                    raise CorruptionError(f"log corrupt: {err[1]}", file=path, offset=err[0], what=err[1])
+            if size != good_end:
+                if not is_last and err is None and not stop:
+                    # an earlier segment must end with a complete transaction (zeros are tolerated)
+                    with open(path, "rb") as f:
+                        f.seek(good_end)
+                        tail = f.read()
+                    if any(tail) and self.recovery != "truncate":
+                        raise CorruptionError("uncommitted records before a later segment", file=path,
+                                              offset=good_end, what="dangling records")
+                self._truncate(path, good_end)
+                if not self.readonly:
+                    seg.size = good_end
+            if self.readonly:
+                seg.size = size
+            self._segs.append(seg)
+            logical += seg.size
+        self._last_epoch = last_epoch
+        self._stats["bytes"] = sum(s.size for s in self._segs)
+        self._synced = logical
+        self._logical_end = logical
+
+    # ------------------------------------------------------------ properties
+
+    @property
+    def last_epoch(self) -> int:
+        """Epoch of the last committed transaction (0 for an empty log)."""
+        return self._last_epoch
+
+    @property
+    def first_epoch(self) -> Optional[int]:
+        """Epoch of the oldest kept transaction, or None."""
+        with self._lock:
+            return self._epochs[0] if self._epochs else None
+
+    @property
+    def checkpoint_marks(self) -> list[int]:
+        return list(self._marks)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    # ------------------------------------------------------------ writing
+
+    def _check_writable(self) -> None:
+        if self._closed:
+            raise ClosedError("the log is closed")
+        if self.readonly:
+            raise ReadOnlyError("the log is open read-only")
+        if self._poisoned is not None:
+            raise LogPoisonedError(f"the log is poisoned by an earlier failure: {self._poisoned}")
+
+    def _poison(self, what: str, exc: BaseException) -> LogPoisonedError:
+        self._poisoned = f"{what}: {exc}"
+        with self._cond:
+            self._cond.notify_all()
+        return LogPoisonedError(f"mmsb log: {what} failed ({exc}); the log refuses further commits")
+
+    def _write(self, data) -> None:
+        if self.durability == "none":
+            self._wbuf += data
+            if len(self._wbuf) >= _NONE_BUFFER:
+                self._flush_wbuf()
+            return
+        self._write_fd(data)
+
+    def _write_fd(self, data) -> None:
+        mv = memoryview(data)
+        while mv.nbytes:
+            n = os.write(self._fd, mv)
+            if n <= 0:
+                raise OSError("short write")
+            mv = mv[n:]
+
+    def _flush_wbuf(self) -> None:
+        if self._wbuf:
+            buf, self._wbuf = self._wbuf, bytearray()
+            self._write_fd(buf)
+
+    def _roll(self, epoch: int) -> None:
+        cur = self._segs[-1] if self._segs else None
+        if cur is not None and self._fd is not None:
+            self._flush_wbuf()
+            if self.durability == "fsync":
+                os.fsync(self._fd)
+                self._stats["fsyncs"] += 1
+            self._old_fds.append(self._fd)
+            self._fd = None
+        path = os.path.join(self.dir, S.segment_name(epoch))
+        if os.path.exists(path):
+            raise FileExistsError(path)
+        salt = os.urandom(16)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        header = S.build_header(salt, epoch)
+        self._fd = fd
+        self._write_fd(header)
+        if self.durability == "fsync":
+            os.fsync(fd)
+            self._stats["fsyncs"] += 1
+        fsync_dir(self.dir)
+        start = (cur.start + cur.size) if cur is not None else 0
+        self._segs.append(_Seg(epoch, path, salt, len(header), start))
+        self._logical_end = start + len(header)
+        self._stats["segments_created"] = self._stats.get("segments_created", 0) + 1
+
+    def _open_current(self) -> None:
+        """Open the last segment for appending (lazily, after recovery)."""
+        seg = self._segs[-1]
+        self._fd = os.open(seg.path, os.O_WRONLY)
+        os.lseek(self._fd, seg.size, os.SEEK_SET)
+
+    def append(self, txn: Txn, commit: bool = True) -> int:
+        """Write the transaction's records and its COMMIT; returns a token for :meth:`sync`.
+
+        ``commit=False`` writes the records without a COMMIT (for tests of recovery: they are never replayed).
+        """
+        encoded = [R.encode_op(op) for op in txn.ops]   # the expensive part runs outside the lock
+        with self._lock:
+            self._check_writable()
+            epoch, txid = int(txn.epoch), int(txn.txid)
+            if epoch <= self._last_epoch:
+                raise ValueError(f"epoch {epoch} does not follow the last committed epoch {self._last_epoch}")
+            try:
+                if not self._segs or self._segs[-1].size >= self.segment_bytes:
+                    self._roll(epoch)
+                elif self._fd is None:
+                    self._open_current()
+                seg = self._segs[-1]
+                parts = [S.build_record(rt, epoch, txid, payload, seg.salt) for rt, payload, _, _ in encoded]
+                if commit:
+                    parts.append(S.build_record(R.COMMIT, epoch, txid, struct.pack("<I", len(encoded)),
+                                                seg.salt))
+                data = b"".join(parts)
+                start = seg.size
+                self._write(data)
+            except OSError as exc:
+                raise self._poison("log write", exc) from exc
+            seg.size += len(data)
+            self._logical_end = seg.start + seg.size
+            st = self._stats
+            st["bytes"] += len(data)
+            st["appended_bytes"] += len(data)
+            for _, _, raw, enc in encoded:
+                st["raw_bytes"] += raw
+                st["encoded_bytes"] += enc
+            if commit:
+                st["records"] += len(parts)
+                st["transactions"] += 1
+                st["appended_transactions"] += 1
+                self._last_epoch = epoch
+                self._index.append(_Entry(epoch, txid, seg, start, seg.size))
+                self._epochs.append(epoch)
+                seg.last_epoch = epoch
+                seg.txns += 1
+            return self._logical_end
+
+    def append_abort(self, epoch: int, txid: int) -> int:
+        """Write an ABORT record (closes an uncommitted transaction explicitly)."""
+        return self._standalone(R.ABORT, epoch, txid)
+
+    def mark_checkpoint(self, epoch: int) -> int:
+        """Record that a checkpoint at ``epoch`` was published."""
+        tok = self._standalone(R.CHECKPOINT_MARK, epoch, 0)
+        self._marks.append(int(epoch))
+        return tok
+
+    def _standalone(self, rtype: int, epoch: int, txid: int) -> int:
+        with self._lock:
+            self._check_writable()
+            try:
+                if not self._segs:
+                    self._roll(max(int(epoch), self._last_epoch + 1))
+                elif self._fd is None:
+                    self._open_current()
+                seg = self._segs[-1]
+                data = S.build_record(rtype, int(epoch), int(txid), b"", seg.salt)
+                self._write(data)
+            except OSError as exc:
+                raise self._poison("log write", exc) from exc
+            seg.size += len(data)
+            self._stats["bytes"] += len(data)
+            self._stats["records"] += 1
+            self._logical_end = seg.start + seg.size
+            return self._logical_end
+
+    def sync(self, token: Optional[int] = None) -> None:
+        """Make everything up to ``token`` (default: everything) durable as the durability mode promises."""
+        if self._poisoned is not None:
+            raise LogPoisonedError(f"the log is poisoned by an earlier failure: {self._poisoned}")
+        if self.durability != "fsync":
+            return
+        if token is None:
+            token = self._logical_end
+        with self._cond:
+            while True:
+                if self._poisoned is not None:
+                    raise LogPoisonedError(f"the log is poisoned by an earlier failure: {self._poisoned}")
+                if self._synced >= token:
+                    self._stats["synced_commits"] += 1
+                    return
+                if not self._syncing:
+                    self._syncing = True
+                    break
+                self._cond.wait()
+        # leader
+        try:
+            with self._lock:
+                fd = self._fd
+                target = self._logical_end
+            if fd is not None:
+                os.fsync(fd)
+        except OSError as exc:
+            with self._cond:
+                self._syncing = False
+            raise self._poison("fsync", exc) from exc
+        with self._cond:
+            self._syncing = False
+            if target > self._synced:
+                self._synced = target
+            self._stats["fsyncs"] += 1
+            self._stats["group_commit_batches"] += 1
+            self._stats["synced_commits"] += 1
+            self._cond.notify_all()
+        if self._synced < token:  # pragma: no cover - the target always covers the token
+            self.sync(token)
+
+    def commit(self, txn: Txn) -> int:
+        """append + sync."""
+        tok = self.append(txn)
+        self.sync(tok)
+        return tok
+
+    # ------------------------------------------------------------ reading
+
+    def _rfd(self, path: str) -> int:
+        fd = self._rfds.get(path)
+        if fd is None:
+            fd = os.open(path, os.O_RDONLY)
+            self._rfds[path] = fd
+        return fd
+
+    def txns(self, since: Optional[int] = None, until: Optional[int] = None) -> Iterator[Txn]:
+        """Committed transactions in log order with ``since < epoch <= until``."""
+        with self._lock:
+            if self.durability == "none" and self._wbuf and not self._closed:
+                try:
+                    self._flush_wbuf()
+                except OSError as exc:
+                    raise self._poison("log write", exc) from exc
+            lo = 0 if since is None else bisect.bisect_right(self._epochs, since)
+            hi = len(self._epochs) if until is None else bisect.bisect_right(self._epochs, until)
+            entries = self._index[lo:hi]
+        for e in entries:
+            yield self._read_txn(e)
+
+    def _read_txn(self, e: _Entry) -> Txn:
+        with self._lock:
+            fd = self._rfd(e.seg.path)
+        data = os.pread(fd, e.end - e.start, e.start)
+        if len(data) != e.end - e.start:
+            raise CorruptionError("log segment shrank under the reader", file=e.seg.path, offset=e.start,
+                                  what="short read")
+        mv = memoryview(data)
+        pos = 0
+        ops = []
+        while pos < len(mv):
+            rec, why = S.record_at(mv, pos, e.seg.salt)
+            if rec is None:
+                raise CorruptionError(f"log corrupt: {why}", file=e.seg.path, offset=e.start + pos, what=why)
+            if rec.rtype in (R.DELTA, R.SCHEMA):
+                try:
+                    ops.append(R.decode_op(rec.rtype, rec.payload, e.epoch))
+                except CorruptionError as exc:
+                    raise CorruptionError(f"log record undecodable: {exc}", file=e.seg.path,
+                                          offset=e.start + pos, what=exc.what) from None
+            pos = rec.end
+        return Txn(epoch=e.epoch, txid=e.txid, ops=ops)
+
+    # ------------------------------------------------------------ maintenance
+
+    def drop_segments_before(self, epoch: int) -> int:
+        """Remove whole segments (never the current one) whose every transaction has epoch <= ``epoch``."""
+        with self._lock:
+            self._check_writable()
+            removed = 0
+            keep = []
+            for i, seg in enumerate(self._segs):
+                if i < len(self._segs) - 1 and removed == i and (seg.last_epoch is None or seg.last_epoch <= epoch):
+                    fd = self._rfds.pop(seg.path, None)
+                    if fd is not None:
+                        os.close(fd)
+                    os.unlink(seg.path)
+                    removed += 1
+                    self._stats["bytes"] -= seg.size
+                    continue
+                keep.append(seg)
+            if removed:
+                fsync_dir(self.dir)
+                gone = set(id(s) for s in self._segs) - set(id(s) for s in keep)
+                self._index = [e for e in self._index if id(e.seg) not in gone]
+                self._epochs = [e.epoch for e in self._index]
+                self._segs = keep
+                self._stats["dropped_segments"] += removed
+            return removed
+
+    def stats(self) -> dict:
+        with self._lock:
+            st = dict(self._stats)
+            st["segments"] = len(self._segs)
+            st["last_epoch"] = self._last_epoch
+            st["first_epoch"] = self._epochs[0] if self._epochs else None
+            st["checkpoint_marks"] = len(self._marks)
+            st["durability"] = self.durability
+            st["poisoned"] = self._poisoned is not None
+            enc = st["encoded_bytes"]
+            st["compression_ratio"] = (st["raw_bytes"] / enc) if enc else 1.0
+            sc = st["synced_commits"]
+            st["commits_per_fsync"] = (sc / st["group_commit_batches"]) if st["group_commit_batches"] else 0.0
+            return st
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            err = None
+            try:
+                if self._fd is not None and self._poisoned is None:
+                    self._flush_wbuf()
+                    if self.durability != "none":
+                        os.fsync(self._fd)
+                        self._stats["fsyncs"] += 1
+            except OSError as exc:
+                err = exc
+            for fd in [self._fd] + self._old_fds + list(self._rfds.values()):
+                if fd is not None:
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
+            self._fd = None
+            self._old_fds = []
+            self._rfds = {}
+            if err is not None:
+                raise self._poison("close", err) from err
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,274 @@
+"""Serialisation of log operations (Delta, SchemaOp) to record payloads and back. No pickle: JSON + codecs.
+
+Payload layouts are specified byte by byte in docs/FORMAT.md ("Delta payload", "Schema payload").
+"""
+from __future__ import annotations
+
+import json
+import math
+import struct
+from typing import Any
+
+import numpy as np
+
+from mmsb import codecs
+from mmsb.delta import Delta, SchemaOp
+from mmsb.errors import CorruptionError
+
+# record types
+DELTA = 1
+SCHEMA = 2
+COMMIT = 3
+ABORT = 4
+CHECKPOINT_MARK = 5
+RECORD_TYPES = {DELTA: "DELTA", SCHEMA: "SCHEMA", COMMIT: "COMMIT", ABORT: "ABORT",
+                CHECKPOINT_MARK: "CHECKPOINT_MARK"}
+
+# delta flags
+F_ACCUMULATE = 1
+F_DERIVED = 2
+F_DENSE = 4
+F_SPARSE = 8
+F_SOURCE = 16
+F_METADATA = 32
+_KNOWN_FLAGS = 63
+
+MAX_NDIM = 32
+MAX_ELEMS = 1 << 48
+
+
+# ---------------------------------------------------------------- JSON (±inf / NaN round trip)
+
+def _default(o: Any):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (set, frozenset)):
+        return sorted(o)
+    raise TypeError(f"{type(o).__name__} is not JSON-serialisable")
+
+
+def dumps(obj: Any) -> bytes:
+    """JSON with ``Infinity``, ``-Infinity`` and ``NaN`` tokens for non-finite floats (Python's json dialect)."""
+    return json.dumps(obj, allow_nan=True, separators=(",", ":"), default=_default,
+                      ensure_ascii=False).encode("utf-8")
+
+
+def loads(b, what: str = "json") -> Any:
+    try:
+        return json.loads(bytes(b).decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise CorruptionError(f"bad {what}: {exc}", what=what) from None
+
+
+# ---------------------------------------------------------------- reader
+
+class Reader:
+    """Bounds-checked little-endian reader over a buffer; every overrun is a CorruptionError."""
+
+    __slots__ = ("mv", "pos", "end")
+
+    def __init__(self, buf, pos: int = 0, end: int | None = None):
+        self.mv = memoryview(buf).cast("B")
+        self.pos = pos
+        self.end = self.mv.nbytes if end is None else end
+
+    def take(self, n: int, what: str = "field") -> memoryview:
+        if n < 0 or self.pos + n > self.end:
+            raise CorruptionError(f"payload too short for {what}", offset=self.pos, what=what)
+        b = self.mv[self.pos:self.pos + n]
+        self.pos += n
+        return b
+
+    def u8(self, what="u8") -> int:
+        return self.take(1, what)[0]
+
+    def u16(self, what="u16") -> int:
+        return struct.unpack("<H", self.take(2, what))[0]
+
+    def u32(self, what="u32") -> int:
+        return struct.unpack("<I", self.take(4, what))[0]
+
+    def u64(self, what="u64") -> int:
+        return struct.unpack("<Q", self.take(8, what))[0]
+
+    def text(self, n: int, what: str) -> str:
+        try:
+            return bytes(self.take(n, what)).decode("utf-8")
+        except UnicodeDecodeError:
+            raise CorruptionError(f"bad utf-8 in {what}", offset=self.pos, what=what) from None
+
+    def done(self, what: str) -> None:
+        if self.pos != self.end:
+            raise CorruptionError(f"{self.end - self.pos} unexpected bytes after {what}", offset=self.pos,
+                                  what=what)
+
+
+# ---------------------------------------------------------------- array parts
+
+def _shape_bytes(shape) -> bytes:
+    if len(shape) > MAX_NDIM:
+        raise ValueError("too many dimensions")
+    return struct.pack("<B", len(shape)) + b"".join(struct.pack("<Q", int(d)) for d in shape)
+
+
+def _read_shape(r: Reader) -> tuple:
+    nd = r.u8("ndim")
+    if nd > MAX_NDIM:
+        raise CorruptionError(f"ndim {nd} out of range", offset=r.pos, what="ndim")
+    shape = tuple(r.u64("dim") for _ in range(nd))
+    total = 1
+    for d in shape:
+        total *= d
+        if total > MAX_ELEMS:
+            raise CorruptionError("array too large", offset=r.pos, what="shape")
+    return shape
+
+
+def _part(codec_id: int, data: bytes) -> bytes:
+    return struct.pack("<BQ", codec_id, len(data)) + data
+
+
+def _read_part(r: Reader, what: str) -> tuple[int, memoryview]:
+    cid = r.u8(what + " codec")
+    if cid not in codecs.CODECS:
+        raise CorruptionError(f"unknown codec {cid} for {what}", offset=r.pos - 1, what="codec id")
+    n = r.u64(what + " length")
+    return cid, r.take(n, what)
+
+
+def _str16(s: str) -> bytes:
+    b = s.encode("utf-8")
+    if len(b) > 0xFFFF:
+        raise ValueError("string too long")
+    return struct.pack("<H", len(b)) + b
+
+
+def encode_values_part(arr: np.ndarray) -> tuple[bytes, int, int]:
+    """dtype + shape + values codec part; returns (bytes, raw_bytes, encoded_bytes)."""
+    a = np.asarray(arr)
+    ds = codecs.dtype_str(a.dtype).encode("ascii")
+    cid, data = codecs.encode_values(a)
+    head = struct.pack("<B", len(ds)) + ds + _shape_bytes(a.shape)
+    return head + _part(cid, data), a.nbytes, len(data)
+
+
+def decode_values_part(r: Reader, what: str = "values") -> np.ndarray:
+    ds = r.text(r.u8("dtype length"), "dtype")
+    dt = codecs.parse_dtype(ds)
+    shape = _read_shape(r)
+    cid, data = _read_part(r, what)
+    n = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    return codecs.decode_values(cid, data, dt, n).reshape(shape)
+
+
+# ---------------------------------------------------------------- ops
+
+def encode_op(op) -> tuple[int, bytes, int, int]:
+    """Serialise a Delta or SchemaOp: (record type, payload, raw bytes, encoded bytes)."""
+    if isinstance(op, Delta):
+        return (DELTA,) + encode_delta(op)
+    if isinstance(op, SchemaOp):
+        return (SCHEMA,) + encode_schema(op)
+    raise TypeError(f"cannot log {type(op).__name__}")
+
+
+def decode_op(rtype: int, payload, epoch: int | None = None):
+    if rtype == DELTA:
+        return decode_delta(payload, epoch)
+    if rtype == SCHEMA:
+        return decode_schema(payload)
+    raise CorruptionError(f"record type {rtype} holds no operation", what="record type")
+
+
+def encode_delta(d: Delta) -> tuple[bytes, int, int]:
+    flags = 0
+    if d.accumulate:
+        flags |= F_ACCUMULATE
+    if d.derived:
+        flags |= F_DERIVED
+    if d.mask is not None:
+        flags |= F_DENSE
+    elif d.index is not None:
+        flags |= F_SPARSE
+    if d.source is not None:
+        flags |= F_SOURCE
+    if d.metadata is not None:
+        flags |= F_METADATA
+    out = [_str16(d.page), struct.pack("<B", flags)]
+    if d.source is not None:
+        out.append(_str16(str(d.source)))
+    if d.metadata is not None:
+        m = dumps(d.metadata)
+        out.append(struct.pack("<I", len(m)) + m)
+    raw = enc = 0
+    if d.index is not None and d.mask is None:
+        idx = np.asarray(d.index, dtype=np.int64)
+        cid, data = codecs.encode_index(idx)
+        out.append(_shape_bytes(idx.shape) + _part(cid, data))
+        raw += idx.nbytes
+        enc += len(data)
+    if d.mask is not None:
+        m = np.asarray(d.mask, dtype=bool)
+        cid, data = codecs.encode_mask(m)
+        out.append(_shape_bytes(m.shape) + _part(cid, data))
+        raw += m.nbytes
+        enc += len(data)
+    vb, vr, ve = encode_values_part(d.values)
+    out.append(vb)
+    return b"".join(out), raw + vr, enc + ve
+
+
+def decode_delta(payload, epoch: int | None = None) -> Delta:
+    r = Reader(payload)
+    page = r.text(r.u16("name length"), "page name")
+    flags = r.u8("flags")
+    if flags & ~_KNOWN_FLAGS or (flags & F_DENSE and flags & F_SPARSE):
+        raise CorruptionError(f"bad delta flags {flags:#x}", offset=r.pos - 1, what="delta flags")
+    source = r.text(r.u16("source length"), "source") if flags & F_SOURCE else None
+    metadata = loads(r.take(r.u32("metadata length"), "metadata"), "delta metadata") \
+        if flags & F_METADATA else None
+    index = mask = None
+    if flags & F_SPARSE:
+        shape = _read_shape(r)
+        cid, data = _read_part(r, "index")
+        index = codecs.decode_index(cid, data, int(np.prod(shape, dtype=np.int64))).reshape(shape)
+    if flags & F_DENSE:
+        shape = _read_shape(r)
+        cid, data = _read_part(r, "mask")
+        mask = codecs.decode_mask(cid, data, int(np.prod(shape, dtype=np.int64))).reshape(shape)
+    values = decode_values_part(r)
+    r.done("delta payload")
+    return Delta(page=page, values=values, index=index, mask=mask, accumulate=bool(flags & F_ACCUMULATE),
+                 source=source, metadata=metadata, derived=bool(flags & F_DERIVED), epoch=epoch)
+
+
+def encode_schema(s: SchemaOp) -> tuple[bytes, int, int]:
+    p = dumps(s.payload)
+    out = [_str16(s.kind), struct.pack("<I", len(p)), p, struct.pack("<H", len(s.arrays))]
+    raw = enc = 0
+    for name, arr in s.arrays.items():
+        vb, vr, ve = encode_values_part(np.asarray(arr))
+        out.append(_str16(str(name)) + vb)
+        raw += vr
+        enc += ve
+    return b"".join(out), raw, enc
+
+
+def decode_schema(payload) -> SchemaOp:
+    r = Reader(payload)
+    kind = r.text(r.u16("kind length"), "schema kind")
+    body = loads(r.take(r.u32("payload length"), "schema payload"), "schema payload")
+    if not isinstance(body, dict):
+        raise CorruptionError("schema payload is not an object", what="schema payload")
+    arrays = {}
+    for _ in range(r.u16("array count")):
+        name = r.text(r.u16("array name length"), "array name")
+        arrays[name] = decode_values_part(r, "schema array")
+    r.done("schema payload")
+    return SchemaOp(kind=kind, payload=body, arrays=arrays)
+
+
+def finite_or_token(x: float):  # helper for callers who need strict JSON elsewhere
+    return x if math.isfinite(x) else repr(x)

@@ -1,0 +1,240 @@
+"""Segment files: header, record framing, and a validating scanner (shared by the log, replay and verify).
+
+Segment header (44 bytes)::
+
+    magic b"MMSBLOG\\0" | u16 version | u16 flags | u32 reserved (0) | 16-byte salt | u64 base epoch |
+    u32 masked CRC32C of the 40 bytes before it
+
+Record::
+
+    u32 payload length | u8 type | u64 epoch | u64 txid | u32 masked CRC32C(those 21 bytes + salt)   (25 bytes)
+    payload
+    u32 masked CRC32C(25-byte header + payload + salt)
+
+Masking as LevelDB: ``((crc >> 15) | (crc << 17)) + 0xa282ead8 (mod 2**32)``.
+"""
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass, field
+from typing import Iterator, Optional
+
+import crc32c as _crc
+
+from mmsb.errors import CorruptionError
+from mmsb.log.records import ABORT, CHECKPOINT_MARK, COMMIT, DELTA, RECORD_TYPES, SCHEMA
+
+MAGIC = b"MMSBLOG\0"
+VERSION = 1
+HEADER = struct.Struct("<8sHHI16sQ")   # 40 bytes, then u32 crc
+HEADER_SIZE = HEADER.size + 4          # 44
+RHEAD = struct.Struct("<IBQQ")         # 21 bytes, then u32 crc
+RHEAD_SIZE = RHEAD.size + 4            # 25
+TRAILER_SIZE = 4
+MAX_PAYLOAD = (1 << 32) - 1
+_U32 = struct.Struct("<I")
+_MASK_DELTA = 0xA282EAD8
+
+
+def crc32c(data, value: int = 0) -> int:
+    return _crc.crc32c(data, value)
+
+
+def mask_crc(c: int) -> int:
+    return ((((c >> 15) | (c << 17)) & 0xFFFFFFFF) + _MASK_DELTA) & 0xFFFFFFFF
+
+
+def segment_name(epoch: int) -> str:
+    return f"{epoch:020d}.seg"
+
+
+def parse_segment_name(name: str) -> Optional[int]:
+    if len(name) == 24 and name.endswith(".seg") and name[:20].isdigit():
+        return int(name[:20])
+    return None
+
+
+def build_header(salt: bytes, base_epoch: int, flags: int = 0) -> bytes:
+    h = HEADER.pack(MAGIC, VERSION, flags, 0, salt, base_epoch)
+    return h + _U32.pack(mask_crc(crc32c(h)))
+
+
+@dataclass
+class SegmentHeader:
+    version: int
+    flags: int
+    salt: bytes
+    base_epoch: int
+
+
+def parse_header(buf, file: str = None) -> SegmentHeader:
+    if len(buf) < HEADER_SIZE:
+        raise CorruptionError("segment header is short", file=file, offset=0, what="segment header")
+    h = bytes(buf[:HEADER.size])
+    (crc,) = _U32.unpack_from(buf, HEADER.size)
+    magic, version, flags, reserved, salt, base = HEADER.unpack(h)
+    if magic != MAGIC:
+        raise CorruptionError("bad segment magic", file=file, offset=0, what="segment magic")
+    if mask_crc(crc32c(h)) != crc:
+        raise CorruptionError("segment header checksum mismatch", file=file, offset=0, what="segment header")
+    if version != VERSION:
+        raise CorruptionError(f"unsupported segment format version {version}", file=file, offset=8,
+                              what="segment version")
+    if reserved != 0 or flags != 0:
+        raise CorruptionError("unknown segment flags", file=file, offset=10, what="segment flags")
+    return SegmentHeader(version, flags, salt, base)
+
+
+def build_record(rtype: int, epoch: int, txid: int, payload: bytes, salt: bytes) -> bytes:
+    if len(payload) > MAX_PAYLOAD:
+        raise ValueError("record payload larger than 4 GiB")
+    h = RHEAD.pack(len(payload), rtype, epoch, txid)
+    hc = mask_crc(crc32c(salt, crc32c(h)))
+    head = h + _U32.pack(hc)
+    c = crc32c(salt, crc32c(payload, crc32c(head)))
+    return b"".join((head, payload, _U32.pack(mask_crc(c))))
+
+
+@dataclass
+class Record:
+    offset: int      # of the record header within the file
+    rtype: int
+    epoch: int
+    txid: int
+    payload: memoryview
+    end: int         # offset just past the record
+
+
+def _header_ok(mv, pos: int, salt: bytes):
+    """The record header at pos if its CRC holds (length, type, epoch, txid), else None."""
+    if pos + RHEAD_SIZE > len(mv):
+        return None
+    h = mv[pos:pos + RHEAD.size]
+    (hc,) = _U32.unpack_from(mv, pos + RHEAD.size)
+    if mask_crc(crc32c(salt, crc32c(h))) != hc:
+        return None
+    return RHEAD.unpack(h)
+
+
+def record_at(mv, pos: int, salt: bytes) -> tuple[Optional[Record], str]:
+    """Parse and fully check the record at pos: (record, "") or (None, reason)."""
+    size = len(mv)
+    if pos + RHEAD_SIZE > size:
+        return None, "short header"
+    hd = _header_ok(mv, pos, salt)
+    if hd is None:
+        return None, "record header checksum mismatch"
+    length, rtype, epoch, txid = hd
+    end = pos + RHEAD_SIZE + length + TRAILER_SIZE
+    if end > size:
+        return None, "past end of file"
+    if rtype not in RECORD_TYPES:
+        return None, f"unknown record type {rtype}"
+    c = crc32c(mv[pos:pos + RHEAD_SIZE + length])
+    c = crc32c(salt, c)
+    (stored,) = _U32.unpack_from(mv, end - TRAILER_SIZE)
+    if mask_crc(c) != stored:
+        return None, "record checksum mismatch"
+    return Record(pos, rtype, epoch, txid, mv[pos + RHEAD_SIZE:pos + RHEAD_SIZE + length], end), ""
+
+
+def valid_record_after(mv, pos: int, salt: bytes) -> Optional[int]:
+    """Offset of the first fully valid record strictly after pos (resynchronisation), or None.
+
+    Candidates are filtered with numpy (plausible type byte and length) before any CRC is computed.
+    """
+    import numpy as np
+    size = len(mv)
+    start = pos + 1
+    last = size - RHEAD_SIZE - TRAILER_SIZE   # last possible record start
+    if last < start:
+        return None
+    a = np.frombuffer(mv, dtype=np.uint8)
+    cand = np.arange(start, last + 1, dtype=np.int64)
+    t = a[cand + 4]
+    cand = cand[(t >= 1) & (t <= 5)]
+    if cand.size:
+        lens = (a[cand].astype(np.int64) | (a[cand + 1].astype(np.int64) << 8)
+                | (a[cand + 2].astype(np.int64) << 16) | (a[cand + 3].astype(np.int64) << 24))
+        cand = cand[cand + RHEAD_SIZE + lens + TRAILER_SIZE <= size]
+    for p in cand.tolist():
+        if _header_ok(mv, p, salt) is not None:
+            rec, _ = record_at(mv, p, salt)
+            if rec is not None:
+                return p
+    return None
+
+
+@dataclass
+class ScanResult:
+    """What a scan of one segment found."""
+    path: str
+    header: Optional[SegmentHeader]
+    records: list = field(default_factory=list)   # [Record] (payload views into the data)
+    good_end: int = 0          # end of the last valid record
+    clean_end: int = 0         # end of the last record that closes a transaction (or standalone)
+    error: Optional[str] = None
+    error_offset: Optional[int] = None
+    torn: bool = False         # the error can be a torn write (nothing valid after it)
+    trailing_zero: bool = False  # bytes after the last record are all zero
+
+
+def scan_segment(path: str, data=None) -> ScanResult:
+    """Scan one segment file. Never raises for bad content: the result says what is wrong and where."""
+    if data is None:
+        with open(path, "rb") as f:
+            data = f.read()
+    mv = memoryview(data)
+    try:
+        hdr = parse_header(mv, path)
+    except CorruptionError as exc:
+        res = ScanResult(path, None, error=exc.what, error_offset=0)
+        res.torn = len(mv) < HEADER_SIZE or not any(mv[HEADER_SIZE:])
+        return res
+    res = ScanResult(path, hdr, good_end=HEADER_SIZE, clean_end=HEADER_SIZE)
+    pos = HEADER_SIZE
+    size = len(mv)
+    pending = None
+    while pos < size:
+        rec, why = record_at(mv, pos, hdr.salt)
+        if rec is None:
+            res.error, res.error_offset = why, pos
+            rest = mv[pos:]
+            if not any(rest):
+                res.trailing_zero = True
+                res.error = None
+                res.torn = False
+            else:
+                res.torn = valid_record_after(mv, pos, hdr.salt) is None
+            break
+        res.records.append(rec)
+        res.good_end = rec.end
+        if rec.rtype in (DELTA, SCHEMA):
+            pending = rec.txid
+        else:
+            pending = None
+            res.clean_end = rec.end
+        pos = rec.end
+    return res
+
+
+def iter_segments(logdir: str) -> list[tuple[int, str]]:
+    """(base epoch, path) of every segment file in logdir, ascending."""
+    out = []
+    try:
+        names = os.listdir(logdir)
+    except FileNotFoundError:
+        return []
+    for n in names:
+        e = parse_segment_name(n)
+        if e is not None:
+            out.append((e, os.path.join(logdir, n)))
+    out.sort()
+    return out
+
+
+__all__ = ["MAGIC", "VERSION", "HEADER_SIZE", "RHEAD_SIZE", "TRAILER_SIZE", "build_header", "parse_header",
+           "build_record", "record_at", "scan_segment", "ScanResult", "Record", "segment_name",
+           "parse_segment_name", "iter_segments", "mask_crc", "crc32c", "valid_record_after",
+           "DELTA", "SCHEMA", "COMMIT", "ABORT", "CHECKPOINT_MARK"]

@@ -1,0 +1,187 @@
+"""Page memory: storage from the arena allocator, a resident-bytes budget, LRU spill to disk and reload."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Optional, Union
+
+import numpy as np
+
+from mmsb import _kernels
+from mmsb.errors import MemoryBudgetError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mmsb.pages import Page
+
+_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20, "mib": 2**20,
+          "g": 2**30, "gb": 2**30, "gib": 2**30, "t": 2**40, "tb": 2**40, "tib": 2**40}
+
+
+def parse_bytes(value: Union[int, str, None]) -> Optional[int]:
+    """``2**30``, ``"2GB"``, ``"512 MiB"`` -> bytes (binary units); None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, (int, np.integer)):
+        if value <= 0:
+            raise ValueError(f"memory_limit must be positive, got {value}")
+        return int(value)
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(value))
+    if not m or m.group(2).lower() not in _UNITS:
+        raise ValueError(f"cannot parse memory size {value!r} (use bytes or e.g. '2GB', '512MiB')")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+class MemoryManager:
+    """Allocates page storage and keeps resident page bytes under ``limit`` by spilling cold pages."""
+
+    def __init__(self, limit: Optional[int], spill_dir: Optional[str]):
+        self.limit = limit
+        self.allocator = _kernels.alloc.Allocator()
+        self._spill_root = spill_dir
+        self._own_tmp: Optional[str] = None
+        self._lru: dict[str, "Page"] = {}
+        self.resident_bytes = 0
+        self.spilled_bytes = 0
+        self.evictions = 0
+        self.reloads = 0
+        self.spill_seconds = 0.0
+        self.reload_seconds = 0.0
+        self._gen = 0
+        self._lock = threading.RLock()
+
+    # -- storage --------------------------------------------------------------------------------------------
+    def allocate(self, page: "Page", fill: Any) -> None:
+        """Give ``page`` resident storage filled with ``fill``."""
+        nbytes = page.nbytes
+        if self.limit is not None:
+            self.make_room(nbytes)
+        handle = self.allocator.alloc(max(nbytes, 1))
+        arr = self.allocator.view(handle, page.dtype, (page.size,))
+        arr[...] = fill
+        page._handle, page._data = handle, arr
+        self.resident_bytes += nbytes
+        if self.limit is not None:
+            self._lru[page.name] = page
+
+    def release(self, page: "Page") -> None:
+        """Free ``page``'s storage (resident or spilled)."""
+        with self._lock:
+            if page._data is not None:
+                page._data = None
+                self.allocator.free(page._handle)
+                page._handle = None
+                self.resident_bytes -= page.nbytes
+            if page._spill is not None:
+                self._remove_spill(page)
+            self._lru.pop(page.name, None)
+
+    def array(self, page: "Page") -> np.ndarray:
+        """The page's flat, writable storage, reloaded if it was spilled."""
+        data = page._data
+        if data is None:
+            with self._lock:
+                if page._data is None:
+                    self._reload(page)
+                data = page._data
+        if self.limit is not None:
+            lru = self._lru
+            if lru.pop(page.name, None) is not None or page._data is not None:
+                lru[page.name] = page
+        return data
+
+    # -- budget -----------------------------------------------------------------------------------------------
+    def make_room(self, nbytes: int) -> None:
+        """Evict cold pages so that ``nbytes`` more fit under the limit; raise if pinned pages prevent it."""
+        if self.limit is None:
+            return
+        with self._lock:
+            if nbytes > self.limit:
+                raise MemoryBudgetError(f"a page of {nbytes} bytes cannot fit a memory_limit of {self.limit} bytes")
+            evictable = sum(p.nbytes for p in self._lru.values() if p._data is not None and not p._pins)
+            if self.resident_bytes - evictable + nbytes > self.limit:
+                raise MemoryBudgetError(
+                    f"memory_limit of {self.limit} bytes cannot be met: {self.resident_bytes - evictable} bytes "
+                    f"are pinned and {nbytes} more are needed")
+            for name in list(self._lru):
+                if self.resident_bytes + nbytes <= self.limit:
+                    break
+                p = self._lru[name]
+                if p._data is not None and not p._pins:
+                    self._spill(p)
+
+    def enforce(self) -> None:
+        """Spill cold, unpinned pages until resident bytes are within the limit (best effort)."""
+        if self.limit is None or self.resident_bytes <= self.limit:
+            return
+        with self._lock:
+            for name in list(self._lru):
+                if self.resident_bytes <= self.limit:
+                    break
+                p = self._lru[name]
+                if p._data is not None and not p._pins:
+                    self._spill(p)
+
+    # -- spill ------------------------------------------------------------------------------------------------
+    def _dir(self) -> str:
+        if self._spill_root is None:
+            if self._own_tmp is None:
+                self._own_tmp = tempfile.mkdtemp(prefix="mmsb-spill-")
+            return self._own_tmp
+        os.makedirs(self._spill_root, exist_ok=True)
+        return self._spill_root
+
+    def _spill(self, page: "Page") -> None:
+        from mmsb.checkpoint import write_blob_file
+
+        t0 = time.perf_counter()
+        self._gen += 1
+        path = os.path.join(self._dir(), f"{self._gen:012d}.spill")
+        write_blob_file(path, page._data, {"page": page.name, "dtype": page.dtype.str, "size": page.size})
+        page._spill = path
+        self.allocator.free(page._handle)
+        page._data, page._handle = None, None
+        self.resident_bytes -= page.nbytes
+        self.spilled_bytes += page.nbytes
+        self.evictions += 1
+        self.spill_seconds += time.perf_counter() - t0
+
+    def _reload(self, page: "Page") -> None:
+        from mmsb.checkpoint import read_blob_file
+
+        t0 = time.perf_counter()
+        _, data = read_blob_file(page._spill)
+        self._lru.pop(page.name, None)
+        self.make_room(page.nbytes)
+        handle = self.allocator.alloc(max(page.nbytes, 1))
+        arr = self.allocator.view(handle, page.dtype, (page.size,))
+        arr[...] = np.asarray(data).reshape(-1)
+        self._remove_spill(page)
+        page._handle, page._data = handle, arr
+        self.resident_bytes += page.nbytes
+        self.reloads += 1
+        self._lru[page.name] = page
+        self.reload_seconds += time.perf_counter() - t0
+
+    def _remove_spill(self, page: "Page") -> None:
+        try:
+            os.remove(page._spill)
+        except OSError:
+            pass
+        page._spill = None
+        self.spilled_bytes -= page.nbytes
+
+    def close(self) -> None:
+        if self._own_tmp is not None:
+            shutil.rmtree(self._own_tmp, ignore_errors=True)
+            self._own_tmp = None
+        elif self._spill_root is not None and os.path.isdir(self._spill_root):
+            shutil.rmtree(self._spill_root, ignore_errors=True)
+
+    def stats(self) -> dict:
+        return {"limit": self.limit, "resident_bytes": self.resident_bytes, "spilled_bytes": self.spilled_bytes,
+                "evictions": self.evictions, "reloads": self.reloads, "spill_seconds": self.spill_seconds,
+                "reload_seconds": self.reload_seconds}

@@ -1,0 +1,76 @@
+"""The :class:`Page`: a named, fixed-shape, typed array with a semiring, a device, an epoch and metadata."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Iterator, Optional
+
+import numpy as np
+
+from mmsb.semiring import Semiring
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mmsb.buffer import Buffer
+
+
+class Page:
+    """A page of a :class:`~mmsb.buffer.Buffer`. Read it with :meth:`read` or ``np.asarray(page)``."""
+
+    __slots__ = ("_buf", "name", "shape", "dtype", "semiring", "device", "metadata", "epoch", "size", "_data",
+                 "_handle", "_spill", "_pins", "__weakref__")
+
+    def __init__(self, buf: "Buffer", name: str, shape: tuple, dtype: np.dtype, semiring: Semiring, device: str,
+                 metadata: Optional[dict], epoch: int):
+        self._buf = buf
+        self.name = name
+        self.shape = shape
+        self.dtype = dtype
+        self.semiring = semiring
+        self.device = device
+        self.metadata = metadata or {}
+        self.epoch = epoch
+        self.size = int(np.prod(shape, dtype=np.int64))
+        self._data: Optional[np.ndarray] = None
+        self._handle: Any = None
+        self._spill: Optional[str] = None
+        self._pins = 0
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.dtype.itemsize
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def read(self, index: Any = None) -> np.ndarray:
+        """A numpy copy of the page (or of the flat positions ``index``), as of the last commit."""
+        return self._buf._read(self, index)
+
+    def read_device(self) -> Any:
+        """The page on its device (a CuPy array for a GPU page, numpy otherwise)."""
+        return self._buf._read_device(self)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self.read()
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def to(self, device: str) -> "Page":
+        """Move the page to ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:N"``); returns the page."""
+        self._buf._move(self, device)
+        return self
+
+    @contextmanager
+    def pin(self) -> Iterator["Page"]:
+        """Keep the page resident (never spilled) inside the block."""
+        self._buf._pin(self, +1)
+        try:
+            yield self
+        finally:
+            self._buf._pin(self, -1)
+
+    def __repr__(self) -> str:
+        return (f"Page({self.name!r}, shape={self.shape}, dtype={self.dtype.name}, semiring={self.semiring.name}, "
+                f"device={self.device!r}, epoch={self.epoch})")
+
+    def __len__(self) -> int:
+        return self.shape[0] if self.shape else 1

@@ -1,0 +1,117 @@
+"""Rules: how a derived page depends on others (``link``, ``derive``, ``closure``), and their CSR matrices."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from mmsb.delta import SchemaOp
+from mmsb.errors import InvalidDeltaError
+
+
+@dataclass
+class CSR:
+    """A CSR matrix with int64 indices and its transpose (for push), both in the page dtype."""
+
+    shape: tuple
+    indptr: np.ndarray
+    indices: np.ndarray
+    data: np.ndarray
+    _t: Optional["CSR"] = field(default=None, repr=False)
+
+    @property
+    def nnz(self) -> int:
+        return int(self.data.size)
+
+    @property
+    def T(self) -> "CSR":
+        """The transpose (column j lists the rows i with a stored A[i, j]); computed once."""
+        if self._t is None:
+            n, m = self.shape
+            rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(self.indptr))
+            order = np.argsort(self.indices, kind="stable")
+            indptr_t = np.zeros(m + 1, dtype=np.int64)
+            np.cumsum(np.bincount(self.indices, minlength=m), out=indptr_t[1:])
+            self._t = CSR((m, n), indptr_t, rows[order], self.data[order])
+            self._t._t = self
+        return self._t
+
+    def column_rows(self, cols: np.ndarray) -> np.ndarray:
+        """Sorted unique rows i with a stored A[i, j] for some j in ``cols``."""
+        t = self.T
+        starts, ends = t.indptr[cols], t.indptr[cols + 1]
+        lens = ends - starts
+        total = int(lens.sum())
+        if total == 0:
+            return np.empty(0, dtype=np.int64)
+        offs = np.repeat(starts - np.cumsum(np.r_[0, lens[:-1]]), lens) + np.arange(total)
+        return np.unique(t.indices[offs])
+
+
+def as_csr(matrix: Any, shape: tuple, dtype: np.dtype, what: str) -> CSR:
+    """Convert a scipy.sparse matrix/array, an object with CSR arrays, or a dense ndarray to :class:`CSR`.
+
+    Stored entries are values (even a stored 0); duplicates are summed as scipy does; every entry of a dense
+    ndarray is stored.
+    """
+    if hasattr(matrix, "tocsr") and hasattr(matrix, "format"):
+        m = matrix.tocsr(copy=True)
+        m.sum_duplicates()
+        indptr, indices, data, mshape = m.indptr, m.indices, m.data, m.shape
+    elif all(hasattr(matrix, a) for a in ("indptr", "indices", "data", "shape")):
+        indptr, indices, data, mshape = matrix.indptr, matrix.indices, matrix.data, matrix.shape
+    else:
+        dense = np.asarray(matrix)
+        if dense.ndim != 2:
+            raise InvalidDeltaError(f"{what}: matrix must be 2-D, got shape {dense.shape}")
+        n, m = dense.shape
+        indptr = np.arange(0, n * m + 1, max(m, 1), dtype=np.int64)[: n + 1] if m else np.zeros(n + 1, np.int64)
+        indices = np.tile(np.arange(m, dtype=np.int64), n)
+        data, mshape = dense.ravel(), dense.shape
+    if tuple(mshape) != tuple(shape):
+        raise InvalidDeltaError(f"{what}: matrix has shape {tuple(mshape)}, expected {tuple(shape)} "
+                                "(dst.size, src.size)")
+    data = np.asarray(data)
+    if data.dtype.kind not in "biuf":
+        raise InvalidDeltaError(f"{what}: matrix values must be numeric, got {data.dtype}")
+    cast = data.astype(dtype)
+    if dtype.kind in "iub" and data.dtype.kind == "f" and not np.array_equal(cast, data):
+        raise InvalidDeltaError(f"{what}: matrix values do not fit the page dtype {dtype}")
+    indptr = np.ascontiguousarray(indptr, dtype=np.int64)
+    indices = np.ascontiguousarray(indices, dtype=np.int64)
+    n, m = shape
+    if indptr.size != n + 1 or indptr[0] != 0 or indptr[-1] != indices.size or np.any(np.diff(indptr) < 0):
+        raise InvalidDeltaError(f"{what}: malformed CSR indptr")
+    if indices.size and (indices.min() < 0 or indices.max() >= m):
+        raise InvalidDeltaError(f"{what}: CSR column index out of range")
+    return CSR((n, m), indptr, indices, np.ascontiguousarray(cast))
+
+
+@dataclass
+class Rule:
+    """One rule into ``dst``. ``kind`` is ``link``, ``derive`` or ``closure``."""
+
+    id: int
+    kind: str
+    dst: str
+    srcs: list
+    semiring: Any = None
+    matrix: Optional[CSR] = None
+    fn: Optional[Callable] = None
+    fn_name: Optional[str] = None
+
+    @property
+    def active(self) -> bool:
+        return self.kind != "derive" or self.fn is not None
+
+    def to_schema(self) -> SchemaOp:
+        """The rule as a log/checkpoint record (matrices as arrays, functions by name, never pickled)."""
+        payload = {"id": self.id, "kind": self.kind, "dst": self.dst, "srcs": list(self.srcs),
+                   "semiring": self.semiring.name if self.semiring is not None else None,
+                   "function": self.fn_name}
+        arrays = {}
+        if self.matrix is not None:
+            payload["shape"] = list(self.matrix.shape)
+            arrays = {"indptr": self.matrix.indptr, "indices": self.matrix.indices, "data": self.matrix.data}
+        return SchemaOp("rule_added", payload, arrays)
