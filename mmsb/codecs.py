@@ -29,10 +29,13 @@ try:
     from mmsb import _kernels
     _k = _kernels.codecs
 except ImportError:  # pragma: no cover - sibling kernels missing during development
-    try:
-        from mmsb._ext import codecs as _k
-    except ImportError:
+    if os.environ.get("MMSB_PUREPYTHON") == "1":
         from mmsb._ref import codecs as _k
+    else:
+        try:
+            from mmsb._ext import codecs as _k
+        except ImportError:
+            from mmsb._ref import codecs as _k
 
 import blosc2
 

@@ -159,11 +159,13 @@ def _register(obj: object, name: Optional[str]) -> str:
     with _state.lock:
         if name is None:
             name = pm.get_canonical_name(obj)
+        added = False
         try:
             pm.register(obj, name=name)
+            added = True
             pm.check_pending()
         except Exception as exc:
-            if pm.is_registered(obj) and pm.get_name(obj) == name:
+            if added:
                 pm.unregister(obj)
             raise _fail(PluginError(f"mmsb plugin {name!r} could not be registered: {exc}"), name, exc) from exc
         registry = PluginRegistry(name)
@@ -190,11 +192,11 @@ def unregister_plugin(name: str) -> list[str]:
         err.plugin = name
         notify_error(err, {"op": "plugins.unregister_plugin", "plugin": name})
         raise err
-    pm.unregister(name=name)
     with _state.lock:
+        pm.unregister(name=name)
         if name in _state.entrypoint_plugins:
             _state.entrypoint_plugins.remove(name)
-    return semirings._unregister_provider(name)
+        return semirings._unregister_provider(name)
 
 
 def plugin_names() -> list[str]:

@@ -22,6 +22,11 @@ from mmsb._ref.spmv import (_check_csr, _check_ops, _check_range, _index_array, 
 
 cdef extern from *:
     """
+    #if defined(__GNUC__) || defined(__clang__)
+    #define MMSB_SPMV_PREFETCH(p) __builtin_prefetch((const void *)(p), 0, 1)
+    #else
+    #define MMSB_SPMV_PREFETCH(p) ((void)0)
+    #endif
     #ifdef _OPENMP
     #include <omp.h>
     static int mmsb_spmv_max_threads(void) { return omp_get_max_threads(); }
@@ -30,6 +35,7 @@ cdef extern from *:
     #endif
     """
     int mmsb_spmv_max_threads() noexcept nogil
+    void MMSB_SPMV_PREFETCH(const void *p) noexcept nogil
 
 __all__ = ["spmv", "push", "closure"]
 
@@ -363,6 +369,9 @@ cdef int _closure_kernel(const int64_t *indptr_t, const int64_t *indices_t, cons
         j = hids[0]
         v = hkeys[0]
         _heap_pop(hkeys, hids, &hsize, maxfirst)
+        if hsize:
+            MMSB_SPMV_PREFETCH(&indptr_t[hids[0]])
+            MMSB_SPMV_PREFETCH(&x[hids[0]])
         if v != x[j] or v == zero:
             continue
         ks = indptr_t[j]
@@ -384,6 +393,11 @@ cdef int _closure_kernel(const int64_t *indptr_t, const int64_t *indices_t, cons
                     break
                 if _better(new, v, maxfirst):
                     ordered = False
+        if hsize:
+            ks = indptr_t[hids[0]]
+            if 0 <= ks < nnz:
+                MMSB_SPMV_PREFETCH(&indices_t[ks])
+                MMSB_SPMV_PREFETCH(&data_t[ks])
     if status == ST_OK and hsize:
         inq = <uint8_t *>calloc(n, sizeof(uint8_t))
         queue = <int64_t *>malloc(n * sizeof(int64_t))

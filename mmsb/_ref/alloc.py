@@ -79,7 +79,8 @@ class Allocator:
             raise ValueError(f"nbytes must be >= 0, got {nbytes}")
         if nbytes > self.max_class:
             region = _aligned_bytes(nbytes)
-            with self._lock:
+            self._acquire()
+            try:
                 slot = self._new_slot()
                 self._own[slot] = region
                 entry = self._slots[slot]
@@ -87,6 +88,8 @@ class Allocator:
                 self._counters["bytes_reserved"] += nbytes
                 self._account(nbytes)
                 return (entry[1] << 32) | slot
+            finally:
+                self._lock.release()
         cls = self._class_of(nbytes)
         size = self.min_class << cls
         self._acquire()

@@ -208,6 +208,11 @@ class DurableLog:
                 else:
                     raise CorruptionError(f"log corrupt: {err[1]}", file=path, offset=err[0], what=err[1])
             if size != good_end:
+                if is_last and err is None and not stop:
+                    warnings.warn(TornWriteWarning(
+                        f"mmsb: incomplete transaction at the end of {path}: {size - good_end} bytes dropped "
+                        f"at offset {good_end}"))
+                    self._stats["torn_tail_bytes"] += size - good_end
                 if not is_last and err is None and not stop:
                     # an earlier segment must end with a complete transaction (zeros are tolerated)
                     with open(path, "rb") as f:

@@ -1,0 +1,490 @@
+"""Checkpoints, spill blobs and the STORE identity file.
+
+One checkpoint is ONE file, ``root/checkpoints/<epoch:020d>.ckpt``, a *container*::
+
+    header (32 bytes) | chunk data, contiguous, no gaps | manifest (JSON) | trailer (64 bytes)
+
+Every byte is covered by a checksum: the header and trailer carry their own CRC32C, the manifest is covered by
+the CRC32C and SHA-256 in the trailer, and every chunk by the CRC32C and SHA-256 listed in the manifest; the
+chunks must tile the data region exactly. Parts are addressed by offset inside the file (no paths), so a
+manifest cannot point outside the store. Publication is atomic: a temporary file in the same directory is
+written, fsynced, renamed over the final name, and the directory is fsynced. Spill blobs (``write_blob_file``)
+use the same container with another magic. Byte-level layouts: docs/FORMAT.md.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import threading
+import time
+import uuid
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import crc32c as _crc
+import numpy as np
+
+from mmsb import codecs
+from mmsb.delta import SchemaOp
+from mmsb.errors import CorruptionError
+
+FORMAT_VERSION = 1
+CKPT_MAGIC = b"MMSBCKP\0"
+BLOB_MAGIC = b"MMSBBLB\0"
+END_MAGIC = b"MMSBEND\0"
+STORE_MAGIC = b"MMSBSTOR"
+STORE_FILE = "STORE"
+CKPT_DIR = "checkpoints"
+CHUNK_BYTES = 16 * 2**20
+_HEAD = struct.Struct("<8sHHIQI")      # magic, version, flags, reserved, epoch, reserved2 (28) + crc
+HEAD_SIZE = _HEAD.size + 4             # 32
+_TRAIL = struct.Struct("<QQI32s8s")    # manifest offset, length, crc32c, sha256, END magic (60) + crc
+TRAIL_SIZE = _TRAIL.size + 4           # 64
+_U32 = struct.Struct("<I")
+NTHREADS = max(1, min(8, os.cpu_count() or 1))
+_MASK_DELTA = 0xA282EAD8
+
+
+def _mask(c: int) -> int:
+    return ((((c >> 15) | (c << 17)) & 0xFFFFFFFF) + _MASK_DELTA) & 0xFFFFFFFF
+
+
+def _crc32c(b) -> int:
+    return _crc.crc32c(b)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _dumps(obj) -> bytes:
+    from mmsb.log.records import dumps
+    return dumps(obj)
+
+
+@dataclass
+class Snapshot:
+    """A loaded checkpoint."""
+    epoch: int
+    pages: list = field(default_factory=list)    # [(meta dict, numpy array)]
+    rules: list = field(default_factory=list)    # [SchemaOp]
+    extra: Any = None
+    path: Optional[str] = None
+
+
+# ====================================================================== container writer
+
+class _Writer:
+    def __init__(self, fd: int, path: str):
+        self.fd = fd
+        self.path = path
+        self.pos = HEAD_SIZE
+        self.raw_bytes = 0
+        self.encoded_bytes = 0
+
+    def _write(self, data) -> None:
+        mv = memoryview(data).cast("B")
+        while mv.nbytes:
+            n = os.write(self.fd, mv)
+            mv = mv[n:]
+
+    def array(self, arr: np.ndarray, compress: bool, pool: ThreadPoolExecutor) -> dict:
+        a = np.asarray(arr)
+        if not a.flags.c_contiguous:
+            a = np.array(a, order="C")
+        dts = codecs.dtype_str(a.dtype)
+        if a.dtype.byteorder == ">":
+            a = a.astype(a.dtype.newbyteorder("<"))
+        flat = a.reshape(-1)
+        per = max(1, CHUNK_BYTES // max(1, a.dtype.itemsize))
+        chunks = []
+        futs = []
+        for start in range(0, max(1, flat.size), per):
+            piece = flat[start:start + per]
+            cid, data = codecs.encode_values(piece, allow_compress=compress)
+            if cid == codecs.RAW:
+                data = memoryview(piece).cast("B") if piece.size else b""   # no copy
+            futs.append((cid, piece.size, data, pool.submit(_hash, data)))
+        for cid, n, data, fut in futs:
+            crc, sha = fut.result()
+            ln = memoryview(data).nbytes
+            self._write(data)
+            chunks.append({"offset": self.pos, "length": ln, "codec": cid, "n": n, "crc32c": crc,
+                           "sha256": sha})
+            self.pos += ln
+            self.raw_bytes += n * a.dtype.itemsize
+            self.encoded_bytes += ln
+        return {"dtype": dts, "shape": list(a.shape), "chunks": chunks}
+
+
+def _hash(data) -> tuple[int, str]:
+    mv = memoryview(data).cast("B")
+    return _crc.crc32c(mv), hashlib.sha256(mv).hexdigest()
+
+
+def _write_container(final: str, magic: bytes, epoch: int, pages, rules, extra, fsync: bool,
+                     compress: bool = True, kind: str = "checkpoint") -> dict:
+    d = os.path.dirname(final) or "."
+    tmp = os.path.join(d, f".{os.path.basename(final)}.tmp-{uuid.uuid4().hex[:12]}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    ok = False
+    try:
+        w = _Writer(fd, tmp)
+        head = _HEAD.pack(magic, FORMAT_VERSION, 0, 0, int(epoch), 0)
+        w._write(head + _U32.pack(_mask(_crc32c(head))))
+        man_pages = []
+        with ThreadPoolExecutor(NTHREADS) as pool:
+            for meta, arr in pages:
+                ent = w.array(np.asarray(arr), compress, pool)
+                ent["meta"] = meta
+                man_pages.append(ent)
+            man_rules = []
+            for op in rules or []:
+                arrays = {str(k): w.array(np.asarray(v), compress, pool) for k, v in op.arrays.items()}
+                man_rules.append({"kind": op.kind, "payload": op.payload, "arrays": arrays})
+        manifest = {"format": FORMAT_VERSION, "kind": kind, "epoch": int(epoch), "created": time.time(),
+                    "data_start": HEAD_SIZE, "data_end": w.pos, "pages": man_pages, "rules": man_rules,
+                    "extra": extra, "raw_bytes": w.raw_bytes, "encoded_bytes": w.encoded_bytes}
+        mb = _dumps(manifest)
+        moff = w.pos
+        w._write(mb)
+        tr = _TRAIL.pack(moff, len(mb), _crc32c(mb), hashlib.sha256(mb).digest(), END_MAGIC)
+        w._write(tr + _U32.pack(_mask(_crc32c(tr))))
+        if fsync:
+            os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        os.replace(tmp, final)
+        if fsync:
+            _fsync_dir(d)
+        ok = True
+        return manifest
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        if not ok:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+# ====================================================================== container reader
+
+def _bad(msg: str, path: str, offset=None, what=None):
+    return CorruptionError(msg, file=path, offset=offset, what=what or msg)
+
+
+def _read_manifest(fd: int, path: str, magic: bytes) -> tuple[int, dict]:
+    size = os.fstat(fd).st_size
+    if size < HEAD_SIZE + TRAIL_SIZE:
+        raise _bad("file too short", path, 0, "container size")
+    head = os.pread(fd, HEAD_SIZE, 0)
+    mg, ver, flags, res, epoch, res2 = _HEAD.unpack_from(head)
+    if mg != magic:
+        raise _bad("bad magic", path, 0, "magic")
+    if _mask(_crc32c(head[:_HEAD.size])) != _U32.unpack_from(head, _HEAD.size)[0]:
+        raise _bad("header checksum mismatch", path, 0, "header crc")
+    if ver != FORMAT_VERSION or flags or res or res2:
+        raise _bad(f"unsupported format version {ver} / flags", path, 8, "version")
+    tr = os.pread(fd, TRAIL_SIZE, size - TRAIL_SIZE)
+    if _mask(_crc32c(tr[:_TRAIL.size])) != _U32.unpack_from(tr, _TRAIL.size)[0]:
+        raise _bad("trailer checksum mismatch", path, size - TRAIL_SIZE, "trailer crc")
+    moff, mlen, mcrc, msha, endm = _TRAIL.unpack_from(tr)
+    if endm != END_MAGIC or moff < HEAD_SIZE or moff + mlen != size - TRAIL_SIZE:
+        raise _bad("bad trailer", path, size - TRAIL_SIZE, "trailer")
+    mb = os.pread(fd, mlen, moff)
+    if len(mb) != mlen or _crc32c(mb) != mcrc or hashlib.sha256(mb).digest() != msha:
+        raise _bad("manifest checksum mismatch", path, moff, "manifest checksum")
+    try:
+        man = json.loads(mb.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _bad(f"manifest is not JSON ({exc})", path, moff, "manifest json") from None
+    if not isinstance(man, dict) or man.get("format") != FORMAT_VERSION or man.get("epoch") != epoch:
+        raise _bad("manifest does not match the header", path, moff, "manifest")
+    if man.get("data_start") != HEAD_SIZE or man.get("data_end") != moff:
+        raise _bad("manifest data range is wrong", path, moff, "manifest")
+    return moff, man
+
+
+def _array_plan(ent, path: str, cursor: list, moff: int):
+    """Validate one array entry of a manifest; returns (dtype, shape, chunks)."""
+    try:
+        dt = codecs.parse_dtype(ent["dtype"])
+        shape = tuple(int(s) for s in ent["shape"])
+        chunks = ent["chunks"]
+        if any(s < 0 for s in shape) or not isinstance(chunks, list):
+            raise ValueError
+        n = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        total = 0
+        for c in chunks:
+            if c["offset"] != cursor[0] or c["length"] < 0 or c["n"] < 0 or c["codec"] not in (
+                    codecs.RAW, codecs.BLOSC2) or not isinstance(c["sha256"], str) or len(c["sha256"]) != 64:
+                raise ValueError
+            if c["codec"] == codecs.RAW and c["length"] != c["n"] * dt.itemsize:
+                raise ValueError
+            cursor[0] += c["length"]
+            total += c["n"]
+            if cursor[0] > moff:
+                raise ValueError
+        if total != n and not (n == 0 and total == 0):
+            raise ValueError
+    except (KeyError, TypeError, ValueError, CorruptionError):
+        raise _bad("manifest entry is malformed", path, moff, "manifest entry") from None
+    return dt, shape, chunks
+
+
+def _load_array(fd: int, path: str, dt, shape, chunks, pool: ThreadPoolExecutor, errors: list):
+    out = np.empty(shape, dtype=dt)
+    flat = out.reshape(-1)
+    pos = 0
+    jobs = []
+    for c in chunks:
+        dst = flat[pos:pos + c["n"]]
+        pos += c["n"]
+        jobs.append((c, dst, pool.submit(_read_check, fd, path, c, dst)))
+    for c, dst, fut in jobs:
+        data = fut.result()   # raises CorruptionError
+        if c["codec"] == codecs.BLOSC2:
+            try:
+                codecs.decode_values(codecs.BLOSC2, data, dt, c["n"], out=dst)
+            except CorruptionError as exc:
+                raise _bad(f"chunk does not decode ({exc.what})", path, c["offset"], "chunk") from None
+        elif dt.kind == "b" and dst.size and (dst.view(np.uint8) > 1).any():
+            raise _bad("bool chunk holds bytes other than 0/1", path, c["offset"], "chunk")
+    return out
+
+
+def _read_check(fd: int, path: str, c: dict, dst: np.ndarray):
+    """Read a chunk (raw: straight into dst) and check its CRC32C and SHA-256."""
+    ln = c["length"]
+    if c["codec"] == codecs.RAW and ln:
+        mv = memoryview(dst).cast("B")
+        got = os.preadv(fd, [mv], c["offset"])
+        data = mv
+    else:
+        data = os.pread(fd, ln, c["offset"])
+        got = len(data)
+    if got != ln:
+        raise _bad("chunk is short", path, c["offset"], "chunk length")
+    crc, sha = _hash(data)
+    if crc != c["crc32c"] or sha != c["sha256"]:
+        raise _bad("chunk checksum mismatch", path, c["offset"], "chunk checksum")
+    return data
+
+
+def _read_container(path: str, magic: bytes):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        moff, man = _read_manifest(fd, path, magic)
+        cursor = [HEAD_SIZE]
+        try:
+            pages_in = man["pages"]
+            rules_in = man["rules"]
+            plans = []
+            for p in pages_in:
+                plans.append((p["meta"], _array_plan(p, path, cursor, moff)))
+            rplans = []
+            for r in rules_in:
+                if not isinstance(r["kind"], str) or not isinstance(r["payload"], dict):
+                    raise ValueError
+                rplans.append((r["kind"], r["payload"],
+                               [(str(k), _array_plan(v, path, cursor, moff)) for k, v in r["arrays"].items()]))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise _bad("manifest is malformed", path, moff, "manifest") from None
+        if cursor[0] != moff:
+            raise _bad("chunks do not cover the data region", path, cursor[0], "manifest coverage")
+        errors: list = []
+        with ThreadPoolExecutor(NTHREADS) as pool:
+            pages = [(meta, _load_array(fd, path, *plan, pool, errors)) for meta, plan in plans]
+            rules = [SchemaOp(kind=k, payload=pl, arrays={n: _load_array(fd, path, *pp, pool, errors)
+                                                          for n, pp in arrs}) for k, pl, arrs in rplans]
+        return man, pages, rules
+    finally:
+        os.close(fd)
+
+
+# ====================================================================== checkpoints
+
+def checkpoint_dir(root: str) -> str:
+    return os.path.join(os.fspath(root), CKPT_DIR)
+
+
+def checkpoint_path(root: str, epoch: int) -> str:
+    return os.path.join(checkpoint_dir(root), f"{int(epoch):020d}.ckpt")
+
+
+def parse_checkpoint_name(name: str) -> Optional[int]:
+    if len(name) == 25 and name.endswith(".ckpt") and name[:20].isdigit():
+        return int(name[:20])
+    return None
+
+
+def write_checkpoint(root: str, epoch: int, pages, rules, extra=None, fsync: bool = True,
+                     compress: bool = True) -> str:
+    """Write and atomically publish the checkpoint of ``epoch``; returns its path.
+
+    ``pages``: list of (meta, array) — meta is JSON-able (name, shape, dtype, semiring, device, metadata, epoch).
+    ``rules``: list of SchemaOp. ``extra``: any JSON-able value.
+    """
+    d = checkpoint_dir(root)
+    os.makedirs(d, exist_ok=True)
+    final = checkpoint_path(root, epoch)
+    _write_container(final, CKPT_MAGIC, epoch, pages, rules, extra, fsync, compress)
+    return final
+
+
+def list_checkpoints(root: str) -> list[int]:
+    try:
+        names = os.listdir(checkpoint_dir(root))
+    except FileNotFoundError:
+        return []
+    return sorted(e for e in map(parse_checkpoint_name, names) if e is not None)
+
+
+def load_checkpoint(root: str, epoch: Optional[int] = None, max_epoch: Optional[int] = None,
+                    fallback: bool = False) -> Optional[Snapshot]:
+    """Load (after validating every checksum) the checkpoint of ``epoch``, or the newest one <= ``max_epoch``
+    (the newest overall if both are None). Returns None when there is none. A corrupt one raises
+    CorruptionError, unless ``fallback=True``: then the next older valid one is returned with a warning."""
+    eps = list_checkpoints(root)
+    if epoch is not None:
+        if int(epoch) not in eps:
+            return None
+        cands = [int(epoch)]
+    else:
+        cands = [e for e in eps if max_epoch is None or e <= max_epoch]
+    if epoch is not None and fallback:
+        cands = [e for e in eps if e <= int(epoch)]
+    first_err = None
+    for e in reversed(cands):
+        path = checkpoint_path(root, e)
+        try:
+            man, pages, rules = _read_container(path, CKPT_MAGIC)
+        except CorruptionError as exc:
+            if not fallback:
+                raise
+            warnings.warn(f"mmsb: checkpoint {path} is corrupt ({exc}); falling back to an older one",
+                          RuntimeWarning, stacklevel=2)
+            first_err = first_err or exc
+            continue
+        if man["epoch"] != e:
+            raise _bad("checkpoint epoch does not match its name", path, 0, "epoch")
+        return Snapshot(epoch=e, pages=pages, rules=rules, extra=man.get("extra"), path=path)
+    return None
+
+
+def verify_checkpoint(path: str) -> dict:
+    """Fully validate one checkpoint file (raises CorruptionError); returns a summary."""
+    man, pages, rules = _read_container(path, CKPT_MAGIC)
+    return {"epoch": man["epoch"], "pages": len(pages), "rules": len(rules), "raw_bytes": man.get("raw_bytes"),
+            "encoded_bytes": man.get("encoded_bytes"), "path": path}
+
+
+def remove_checkpoint(root: str, epoch: int) -> None:
+    path = checkpoint_path(root, epoch)
+    os.unlink(path)
+    _fsync_dir(checkpoint_dir(root))
+
+
+def cleanup_temp(root: str) -> int:
+    """Remove temporary files a crash left in root/checkpoints (call with the writer lock held)."""
+    d = checkpoint_dir(root)
+    n = 0
+    try:
+        names = os.listdir(d)
+    except FileNotFoundError:
+        return 0
+    for name in names:
+        if name.startswith(".") and ".tmp-" in name:
+            os.unlink(os.path.join(d, name))
+            n += 1
+    return n
+
+
+def is_temp_name(name: str) -> bool:
+    return name.startswith(".") and ".tmp-" in name
+
+
+# ====================================================================== spill blobs
+
+def write_blob_file(path: str, array, meta: Optional[dict] = None, fsync: bool = False,
+                    compress: bool = True) -> str:
+    """Write one array (+ JSON meta) as a self-checksummed file, atomically (temp + rename)."""
+    _write_container(os.fspath(path), BLOB_MAGIC, 0, [(meta or {}, np.asarray(array))], [], None, fsync,
+                     compress, kind="blob")
+    return os.fspath(path)
+
+
+def read_blob_file(path: str) -> tuple[dict, np.ndarray]:
+    """Read and validate a blob file: (meta, array). CorruptionError when any check fails."""
+    man, pages, _ = _read_container(os.fspath(path), BLOB_MAGIC)
+    if len(pages) != 1:
+        raise _bad("blob file must hold one array", path, None, "blob")
+    return pages[0]
+
+
+# ====================================================================== STORE identity file
+
+_STORE_HEAD = struct.Struct("<8sHHI")   # magic, version, reserved, json length; then json; then u32 masked crc
+
+
+def write_store_file(root: str, info: Optional[dict] = None, fsync: bool = True) -> dict:
+    """Write root/STORE (atomically): identity JSON with format version, a store id and creation time."""
+    body = {"format": "mmsb", "version": FORMAT_VERSION, "store_id": uuid.uuid4().hex, "created": time.time()}
+    if info:
+        body.update(info)
+    jb = _dumps(body)
+    head = _STORE_HEAD.pack(STORE_MAGIC, FORMAT_VERSION, 0, len(jb))
+    data = head + jb
+    data += _U32.pack(_mask(_crc32c(data)))
+    root = os.fspath(root)
+    final = os.path.join(root, STORE_FILE)
+    tmp = os.path.join(root, f".STORE.tmp-{uuid.uuid4().hex[:12]}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        if fsync:
+            os.fsync(f.fileno())
+    os.replace(tmp, final)
+    if fsync:
+        _fsync_dir(root)
+    return body
+
+
+def read_store_file(root: str) -> dict:
+    """Read and validate root/STORE; FileNotFoundError when absent, CorruptionError when damaged."""
+    path = os.path.join(os.fspath(root), STORE_FILE)
+    with open(path, "rb") as f:
+        data = f.read()
+    if len(data) < _STORE_HEAD.size + 4:
+        raise _bad("STORE file too short", path, 0, "store size")
+    magic, ver, res, ln = _STORE_HEAD.unpack_from(data)
+    if magic != STORE_MAGIC:
+        raise _bad("bad STORE magic", path, 0, "store magic")
+    if len(data) != _STORE_HEAD.size + ln + 4:
+        raise _bad("STORE length mismatch", path, 12, "store length")
+    if _mask(_crc32c(data[:-4])) != _U32.unpack_from(data, len(data) - 4)[0]:
+        raise _bad("STORE checksum mismatch", path, len(data) - 4, "store crc")
+    if ver != FORMAT_VERSION or res:
+        raise _bad(f"unsupported STORE version {ver}", path, 8, "store version")
+    try:
+        body = json.loads(data[_STORE_HEAD.size:-4].decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise _bad("STORE body is not JSON", path, _STORE_HEAD.size, "store json") from None
+    if not isinstance(body, dict) or body.get("format") != "mmsb":
+        raise _bad("STORE body is not an mmsb identity", path, _STORE_HEAD.size, "store json")
+    return body
+
+
+__all__ = ["Snapshot", "write_checkpoint", "list_checkpoints", "load_checkpoint", "remove_checkpoint",
+           "verify_checkpoint", "cleanup_temp", "checkpoint_path", "checkpoint_dir", "write_blob_file",
+           "read_blob_file", "write_store_file", "read_store_file", "FORMAT_VERSION", "STORE_FILE"]

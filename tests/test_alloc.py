@@ -1,0 +1,212 @@
+"""Page allocator: compiled (mmsb._ext.alloc) and numpy twin (mmsb._ref.alloc) behave the same."""
+import gc
+import os
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mmsb._ref import alloc as ref_alloc
+
+PURE = os.environ.get("MMSB_PUREPYTHON") == "1"
+
+
+def _modules():
+    out = [ref_alloc]
+    if not PURE:
+        try:
+            from mmsb._ext import alloc as ext_alloc
+            out.append(ext_alloc)
+        except ImportError:
+            pass
+    return out
+
+
+MODULES = _modules()
+KEYS = {"allocations", "frees", "bytes_in_use", "bytes_reserved", "high_water", "reuse_hits", "lock_waits",
+        "arenas", "classes"}
+
+
+@pytest.fixture(params=MODULES, ids=lambda m: m.__name__)
+def mod(request):
+    return request.param
+
+
+def small(mod):
+    return mod.Allocator(arena_bytes=1 << 16, min_class=64, max_class=1 << 12)
+
+
+def test_views_disjoint_and_persistent(mod):
+    a = small(mod)
+    handles = [a.alloc(n) for n in (1, 64, 65, 100, 1000, 4096, 4096, 3000)]
+    views = [a.view(h, np.uint8, a.view(h, np.uint8, 0).shape) for h in handles]
+    for k, h in enumerate(handles):
+        v = a.view(h, np.int8, (1,))
+        assert v.flags.writeable and v.flags.c_contiguous
+        assert v.ctypes.data % 64 == 0
+        v[0] = k
+    spans = []
+    for h, n in zip(handles, (1, 64, 65, 100, 1000, 4096, 4096, 3000)):
+        v = a.view(h, np.uint8, n)
+        spans.append((v.ctypes.data, v.ctypes.data + n))
+    spans.sort()
+    assert all(e <= s for (_, e), (s, _) in zip(spans, spans[1:]))
+    for k, h in enumerate(handles):
+        assert a.view(h, np.int8, (1,))[0] == k
+    del views
+
+
+def test_view_shapes_and_limits(mod):
+    a = small(mod)
+    h = a.alloc(800)
+    v = a.view(h, "float64", (10, 10))
+    v[:] = np.arange(100).reshape(10, 10)
+    w = a.view(h, np.float64, 100)
+    assert w[57] == 57.0
+    with pytest.raises(ValueError):
+        a.view(h, np.float64, 101)
+    with pytest.raises(TypeError):
+        a.view(h, object, 1)
+
+
+def test_reuse_and_stats(mod):
+    a = small(mod)
+    h1 = a.alloc(100)
+    p1 = a.view(h1, np.uint8, 100).ctypes.data
+    a.free(h1)
+    h2 = a.alloc(120)
+    assert a.view(h2, np.uint8, 120).ctypes.data == p1
+    s = a.stats()
+    assert KEYS <= set(s)
+    assert s["reuse_hits"] == 1 and s["allocations"] == 2 and s["frees"] == 1
+    assert s["bytes_in_use"] == 128 and s["high_water"] == 128
+    assert s["classes"][128]["in_use"] == 1 and s["classes"][128]["free"] == 0
+    assert s["arenas"] == 1 and s["bytes_reserved"] == 1 << 16
+
+
+def test_double_free_and_unknown(mod):
+    a = small(mod)
+    h = a.alloc(10)
+    a.free(h)
+    with pytest.raises(ValueError):
+        a.free(h)
+    h2 = a.alloc(10)  # same block, new generation: the stale handle stays invalid
+    with pytest.raises(ValueError):
+        a.free(h)
+    with pytest.raises(ValueError):
+        a.view(h, np.uint8, 1)
+    for bad in (-1, 12345, 2 ** 40, "x"):
+        with pytest.raises(ValueError):
+            a.free(bad)
+    a.free(h2)
+
+
+def test_big_blocks_outlive_free(mod):
+    a = small(mod)
+    h = a.alloc(100_000)
+    v = a.view(h, np.float64, 12_500)
+    v[:] = 7.0
+    s = a.stats()
+    assert s["bytes_in_use"] == 100_000 and s["bytes_reserved"] == 100_000 and s["arenas"] == 0
+    a.free(h)
+    s = a.stats()
+    assert s["bytes_in_use"] == 0 and s["bytes_reserved"] == 0
+    del a
+    gc.collect()
+    v[:] += 1.0  # the view keeps its own block alive
+    assert v.sum() == 8.0 * 12_500
+
+
+def test_arena_outlives_allocator(mod):
+    a = small(mod)
+    h = a.alloc(256)
+    v = a.view(h, np.int32, 64)
+    v[:] = 3
+    a.free(h)
+    del a
+    gc.collect()
+    assert int(v.sum()) == 192
+
+
+def test_many_small_allocations(mod):
+    a = mod.Allocator()
+    handles = [a.alloc(1024) for _ in range(20_000)]
+    s = a.stats()
+    assert s["classes"][1024]["in_use"] == 20_000
+    assert s["bytes_in_use"] == 20_000 * 1024
+    for h in handles:
+        a.free(h)
+    s = a.stats()
+    assert s["bytes_in_use"] == 0 and s["classes"][1024]["free"] == 20_000
+    assert s["high_water"] == 20_000 * 1024
+
+
+def test_thread_safety(mod):
+    a = small(mod)
+    errors = []
+
+    def work(tid):
+        try:
+            for k in range(300):
+                h = a.alloc(64 * (1 + k % 8))
+                v = a.view(h, np.uint8, 64)
+                v[:] = tid
+                assert (v == tid).all()
+                a.free(h)
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    s = a.stats()
+    assert s["allocations"] == s["frees"] == 1200 and s["bytes_in_use"] == 0
+    assert s["lock_waits"] >= 0
+
+
+def test_bench_cycle(mod):
+    a = mod.Allocator()
+    ns = a.bench_cycle(1000, 512)
+    assert ns > 0
+    assert a.stats()["bytes_in_use"] == 0
+
+
+def test_bad_arguments(mod):
+    with pytest.raises(ValueError):
+        mod.Allocator(min_class=48)
+    with pytest.raises(ValueError):
+        mod.Allocator(arena_bytes=1024, max_class=4096)
+    a = small(mod)
+    with pytest.raises(ValueError):
+        a.alloc(-1)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 10_000)), max_size=60))
+def test_twins_agree(ops):
+    allocators = [m.Allocator(arena_bytes=1 << 15, min_class=64, max_class=1 << 12) for m in MODULES]
+    live = [[] for _ in MODULES]
+    for do_alloc, n in ops:
+        for a, hs in zip(allocators, live):
+            if do_alloc or not hs:
+                h = a.alloc(n)
+                a.view(h, np.uint8, n)[:] = n % 251
+                hs.append((h, n))
+            else:
+                h, _ = hs.pop(n % len(hs))
+                a.free(h)
+    stats = [a.stats() for a in allocators]
+    for s in stats[1:]:
+        assert {k: v for k, v in s.items() if k != "lock_waits"} == \
+               {k: v for k, v in stats[0].items() if k != "lock_waits"}
+    for a, hs in zip(allocators, live):
+        for h, n in hs:
+            assert (a.view(h, np.uint8, n) == n % 251).all()
+        s = a.stats()
+        assert s["bytes_in_use"] == sum(c["bytes_in_use"] for c in s["classes"].values()) + \
+            sum(n for _, n in hs if n > a.max_class)

@@ -1,0 +1,259 @@
+"""Delta-merge kernels: compiled (mmsb._ext.merge) == numpy twin (mmsb._ref.merge) == an independent oracle."""
+import os
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mmsb._ops import OP_ASSIGN, OP_MAX, OP_MIN, OP_PLUS, OP_TIMES
+from mmsb._ref import merge as ref
+
+DTYPES = ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float32", "float64", "bool"]
+OPS = [OP_ASSIGN, OP_PLUS, OP_TIMES, OP_MIN, OP_MAX]
+BOOL_OPS = [OP_ASSIGN, OP_MIN, OP_MAX]
+ORACLE_UFUNC = {OP_PLUS: np.add, OP_TIMES: np.multiply, OP_MIN: np.minimum, OP_MAX: np.maximum}
+SETTINGS = settings(max_examples=40, deadline=None)
+
+
+PURE = os.environ.get("MMSB_PUREPYTHON") == "1"
+
+
+def _impls():
+    out = [ref]
+    if PURE:
+        return out
+    try:
+        from mmsb._ext import merge as ext
+        out.append(ext)
+    except ImportError:
+        pass
+    return out
+
+
+IMPLS = _impls()
+
+
+@pytest.fixture(scope="module")
+def ext():
+    if PURE:
+        pytest.skip("MMSB_PUREPYTHON=1")
+    return pytest.importorskip("mmsb._ext.merge")
+
+
+@st.composite
+def cases(draw, max_size=40, max_updates=60):
+    dtype = np.dtype(draw(st.sampled_from(DTYPES)))
+    op = draw(st.sampled_from(BOOL_OPS if dtype == np.bool_ else OPS))
+    size = draw(st.integers(1, max_size))
+    n = draw(st.integers(0, max_updates))
+    seed = draw(st.integers(0, 2 ** 32 - 1))
+    rng = np.random.default_rng(seed)
+    if dtype == np.bool_:
+        page, values = rng.random(size) < 0.5, rng.random(n) < 0.5
+    elif dtype.kind == "f":
+        page = (rng.standard_normal(size) * 4).round(1).astype(dtype)
+        values = (rng.standard_normal(n) * 4).round(1).astype(dtype)
+    else:
+        info = np.iinfo(dtype)
+        page = rng.integers(info.min, info.max, size, dtype=dtype, endpoint=True)
+        values = rng.integers(info.min, info.max, n, dtype=dtype, endpoint=True)
+    index = rng.integers(0, min(size, draw(st.integers(1, max_size))), n).astype(np.int64)
+    return page, index, values, op
+
+
+def _oracle_scatter(page, index, values, op):
+    out = page.copy()
+    if op == OP_ASSIGN:
+        for i, v in zip(index, values):
+            out[i] = v
+    else:
+        ufunc = ORACLE_UFUNC[op]
+        if out.dtype == np.bool_:
+            ufunc = {OP_MIN: np.logical_and, OP_MAX: np.logical_or}[op]
+        ufunc.at(out, index, values)
+    return out
+
+
+def _eq(a, b):
+    np.testing.assert_array_equal(a, b)
+    assert a.dtype == b.dtype
+
+
+@SETTINGS
+@given(cases(), st.booleans())
+def test_scatter_matches_oracle(case, sort):
+    page, index, values, op = case
+    if sort:
+        order = np.argsort(index, kind="stable")
+        index, values = index[order], values[order]
+    expected = _oracle_scatter(page, index, values, op)
+    for impl in IMPLS:
+        got = page.copy()
+        idx_before, val_before = index.copy(), values.copy()
+        impl.scatter(got, index, values, op, is_sorted=sort)
+        _eq(got, expected)
+        _eq(index, idx_before)
+        _eq(values, val_before)
+
+
+@SETTINGS
+@given(cases(), st.integers(0, 2 ** 32 - 1))
+def test_masked_merge_matches_oracle(case, seed):
+    page, _, _, op = case
+    rng = np.random.default_rng(seed)
+    mask = rng.random(page.shape[0]) < 0.5
+    values = rng.permutation(page)
+    expected = page.copy()
+    for i in np.flatnonzero(mask):
+        expected[i:i + 1] = _oracle_scatter(page[i:i + 1], np.zeros(1, np.int64), values[i:i + 1], op)
+    for impl in IMPLS:
+        got = page.copy()
+        impl.masked_merge(got, mask, values, op)
+        _eq(got, expected)
+        got = page.copy()
+        impl.masked_merge(got, mask.view(np.uint8), values, op)
+        _eq(got, expected)
+
+
+@SETTINGS
+@given(cases())
+def test_normalize_then_apply_equals_scatter(case):
+    page, index, values, op = case
+    expected = _oracle_scatter(page, index, values, op)
+    results = []
+    for impl in IMPLS:
+        idx_before, val_before = index.copy(), values.copy()
+        nidx, nval = impl.normalize(index, values, op)
+        _eq(index, idx_before)
+        _eq(values, val_before)
+        assert nidx.dtype == np.int64 and nval.dtype == values.dtype
+        assert np.all(np.diff(nidx) > 0)
+        np.testing.assert_array_equal(nidx, np.unique(index))
+        got = page.copy()
+        old, changed = impl.apply_normalized(got, nidx, nval, op)
+        if op == OP_ASSIGN:
+            _eq(got, expected)
+        else:
+            # folding duplicates first regroups the op, which is exact for min/max/integers only
+            fold_exact = op in (OP_MIN, OP_MAX) or page.dtype.kind != "f"
+            if fold_exact:
+                _eq(got, expected)
+        _eq(old, page[nidx])
+        _eq(changed, (got[nidx] != old).astype(np.uint8))
+        results.append((nidx, nval, got, old, changed))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            _eq(a, b)
+
+
+@SETTINGS
+@given(cases(), cases())
+def test_merge_sparse_equals_sequential(case_a, case_b):
+    page, index_a, values_a, op = case_a
+    _, index_b, values_b, _ = case_b
+    values_b = np.resize(values_a if values_a.size else page, index_b.shape[0]).astype(page.dtype)
+    index_b = index_b % page.shape[0]
+    outs = []
+    for impl in IMPLS:
+        ia, va = impl.normalize(index_a, values_a, op)
+        ib, vb = impl.normalize(index_b, values_b, op)
+        idx, val = impl.merge_sparse(ia, va, ib, vb, op)
+        assert np.all(np.diff(idx) > 0)
+        np.testing.assert_array_equal(idx, np.union1d(ia, ib))
+        seq = page.copy()
+        impl.apply_normalized(seq, ia, va, op)
+        impl.apply_normalized(seq, ib, vb, op)
+        merged = page.copy()
+        impl.apply_normalized(merged, idx, val, op)
+        if op in (OP_ASSIGN, OP_MIN, OP_MAX) or page.dtype.kind != "f":
+            _eq(merged, seq)
+        outs.append((idx, val))
+    for other in outs[1:]:
+        _eq(outs[0][0], other[0])
+        _eq(outs[0][1], other[1])
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int32", "int64", "uint16", "uint64"])
+def test_integer_wraps_like_numpy(dtype):
+    info = np.iinfo(dtype)
+    for op, ufunc in [(OP_PLUS, np.add), (OP_TIMES, np.multiply)]:
+        page = np.array([info.max, info.min, info.max], dtype=dtype)
+        index = np.array([0, 1, 2, 2], dtype=np.int64)
+        values = np.array([info.max, info.max, 3, info.max], dtype=dtype)
+        expected = page.copy()
+        ufunc.at(expected, index, values)
+        for impl in IMPLS:
+            got = page.copy()
+            impl.scatter(got, index, values, op)
+            _eq(got, expected)
+
+
+def test_nan_handling():
+    for impl in IMPLS:
+        page = np.array([np.nan, 1.0, 2.0])
+        old, changed = impl.apply_normalized(page, np.array([0, 1, 2]), np.array([np.nan, 1.0, 3.0]), OP_ASSIGN)
+        assert changed.tolist() == [0, 0, 1]
+        page = np.array([1.0, 2.0])
+        impl.scatter(page, np.array([0, 1]), np.array([np.nan, 0.5]), OP_MIN)
+        assert page.tolist() == [1.0, 0.5]
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=lambda m: m.__name__)
+def test_validation(impl):
+    page = np.zeros(4)
+    with pytest.raises(ValueError):
+        impl.scatter(page, np.array([0, 1]), np.array([1.0]), OP_PLUS)
+    with pytest.raises(ValueError):
+        impl.scatter(page, np.array([0]), np.array([1.0]), 7)
+    with pytest.raises(ValueError):
+        impl.scatter(page, np.array([0]), np.array([1], dtype=np.int64), OP_PLUS)
+    with pytest.raises(ValueError):
+        impl.masked_merge(page, np.ones(3, bool), np.ones(4), OP_PLUS)
+    with pytest.raises(ValueError):
+        impl.masked_merge(page, np.ones(4, bool), np.ones(4), 5)
+    with pytest.raises(ValueError):
+        impl.normalize(np.array([0, 1]), np.array([1.0]), OP_PLUS)
+    with pytest.raises(ValueError):
+        impl.merge_sparse(np.array([0]), np.array([1.0]), np.array([1, 2]), np.array([1.0]), OP_PLUS)
+    with pytest.raises(ValueError):
+        impl.apply_normalized(page, np.array([0]), np.array([1.0]), -2)
+    assert page.tolist() == [0.0] * 4
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=lambda m: m.__name__)
+def test_empty(impl):
+    page = np.arange(3.0)
+    impl.scatter(page, np.empty(0, np.int64), np.empty(0), OP_PLUS)
+    impl.masked_merge(np.empty(0), np.empty(0, bool), np.empty(0), OP_MIN)
+    idx, val = impl.normalize(np.empty(0, np.int64), np.empty(0, np.float32), OP_MIN)
+    assert idx.dtype == np.int64 and val.dtype == np.float32 and idx.size == val.size == 0
+    idx, val = impl.merge_sparse(np.empty(0, np.int64), np.empty(0), np.array([2]), np.array([5.0]), OP_PLUS)
+    assert idx.tolist() == [2] and val.tolist() == [5.0]
+    old, changed = impl.apply_normalized(page, np.empty(0, np.int64), np.empty(0), OP_PLUS)
+    assert old.size == 0 and changed.dtype == np.uint8
+    assert page.tolist() == [0.0, 1.0, 2.0]
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("dtype", ["float64", "int32", "uint8"])
+@pytest.mark.parametrize("sort", [False, True])
+def test_large_parallel_paths(ext, op, dtype, sort):
+    rng = np.random.default_rng(op + 10)
+    size, n = 300_000, 100_000
+    page = (rng.random(size) * 100).astype(dtype)
+    index = rng.integers(0, size, n)
+    if sort:
+        index.sort()
+    values = (rng.random(n) * 100).astype(dtype)
+    expected = page.copy()
+    ref.scatter(expected, index, values, op)
+    got = page.copy()
+    ext.scatter(got, index, values, op, is_sorted=sort)
+    _eq(got, expected)
+    mask = rng.random(size) < 0.3
+    vals = (rng.random(size) * 100).astype(dtype)
+    expected, got = page.copy(), page.copy()
+    ref.masked_merge(expected, mask, vals, op)
+    ext.masked_merge(got, mask, vals, op)
+    _eq(got, expected)

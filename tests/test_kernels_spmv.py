@@ -1,0 +1,324 @@
+"""Semiring sparse kernels: the compiled module equals its numpy twin, and both equal independent references."""
+import importlib
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scipy.sparse.csgraph import bellman_ford, breadth_first_order, dijkstra
+
+from mmsb._ops import OP_MAX, OP_MIN, OP_PLUS, OP_TIMES
+from mmsb._ref import spmv as ref
+
+SETTINGS = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+# name -> (add_op, mul_op, zero as a float (±inf mapped per dtype), dtypes, value range)
+SEMIRINGS = {
+    "plus_times": (OP_PLUS, OP_TIMES, 0.0, ("float64", "float32", "int64", "int32", "uint8"), (-5, 5)),
+    "min_plus": (OP_MIN, OP_PLUS, np.inf, ("float64", "float32", "int64", "int16", "uint32"), (0, 20)),
+    "max_plus": (OP_MAX, OP_PLUS, -np.inf, ("float64", "int32", "int8"), (-20, 20)),
+    "max_times": (OP_MAX, OP_TIMES, 0.0, ("float64", "float32", "uint16", "int64"), (0, 9)),
+    "max_min": (OP_MAX, OP_MIN, -np.inf, ("float64", "int32", "uint64"), (-20, 20)),
+    "min_max": (OP_MIN, OP_MAX, np.inf, ("float32", "int64", "uint8"), (-20, 20)),
+    "or_and": (OP_MAX, OP_MIN, 0, ("uint8",), (0, 1)),
+}
+CASES = [(name, dt) for name, spec in SEMIRINGS.items() for dt in spec[3]]
+UFUNC = {OP_PLUS: np.add, OP_TIMES: np.multiply, OP_MIN: np.minimum, OP_MAX: np.maximum}
+
+
+@pytest.fixture(scope="module", params=["ref", "ext"])
+def kern(request):
+    """The twin, or the compiled module (skipped when it is not built)."""
+    if request.param == "ref":
+        return ref
+    return pytest.importorskip("mmsb._ext.spmv")
+
+
+def ext_module():
+    return pytest.importorskip("mmsb._ext.spmv")
+
+
+def zero_of(name, dtype):
+    return ref._zero(SEMIRINGS[name][2], np.dtype(dtype))[0]
+
+
+def values(rng, name, dtype, size):
+    lo, hi = SEMIRINGS[name][4]
+    lo = max(lo, 0) if np.dtype(dtype).kind == "u" else lo
+    return rng.integers(lo, hi + 1, size).astype(dtype)
+
+
+def random_csr(rng, n, m, density, name, dtype):
+    """A CSR matrix with int64 index arrays (stored entries may hold the value 0)."""
+    nnz = int(rng.binomial(n * m, density))
+    flat = rng.choice(n * m, size=nnz, replace=False) if n * m else np.empty(0, np.int64)
+    rows, cols = np.divmod(flat, m) if m else (flat, flat)
+    A = sp.csr_matrix((values(rng, name, dtype, nnz), (rows, cols)), shape=(n, m), dtype=dtype)
+    A.sort_indices()
+    return A.indptr.astype(np.int64), A.indices.astype(np.int64), A.data.copy(), A
+
+
+def dense_spmv(A, x, name):
+    """np.where(stored, A, zero) combined per semiring (entries with x == zero skipped)."""
+    add, mul, _, _, _ = SEMIRINGS[name]
+    z = zero_of(name, x.dtype)
+    stored = A.copy()
+    stored.data = np.ones_like(stored.data, dtype=bool)
+    mask = stored.toarray().astype(bool) & (x != z)[None, :]
+    prod = UFUNC[mul](A.toarray(), x[None, :])
+    return UFUNC[add].reduce(np.where(mask, prod, z), axis=1, initial=z).astype(x.dtype)
+
+
+params = st.tuples(st.sampled_from(CASES), st.integers(0, 2**32 - 1), st.integers(0, 12), st.integers(0, 12),
+                   st.floats(0.0, 0.7))
+
+
+@SETTINGS
+@given(params, st.booleans())
+def test_spmv_twin_matches_dense_reference(p, subset):
+    (name, dtype), seed, n, m, density = p
+    rng = np.random.default_rng(seed)
+    indptr, indices, data, A = random_csr(rng, n, m, density, name, dtype)
+    x = values(rng, name, dtype, m)
+    z = zero_of(name, dtype)
+    x[rng.random(m) < 0.2] = z
+    y = values(rng, name, dtype, n)
+    before = y.copy()
+    rows = np.flatnonzero(rng.random(n) < 0.5) if subset else None
+    add, mul = SEMIRINGS[name][:2]
+    ref.spmv(indptr, indices, data, x, y, add, mul, SEMIRINGS[name][2], rows=rows)
+    expect = dense_spmv(A, x, name)
+    sel = np.arange(n) if rows is None else rows
+    untouched = np.setdiff1d(np.arange(n), sel)
+    np.testing.assert_array_equal(y[untouched], before[untouched])
+    if np.dtype(dtype).kind == "f" and name == "plus_times":
+        np.testing.assert_allclose(y[sel], expect[sel], rtol=1e-5, atol=1e-4)
+    else:
+        np.testing.assert_array_equal(y[sel], expect[sel])
+
+
+@SETTINGS
+@given(params, st.booleans(), st.sampled_from([0, 1, 2]))
+def test_spmv_compiled_matches_twin(p, subset, nthreads):
+    ext = ext_module()
+    (name, dtype), seed, n, m, density = p
+    rng = np.random.default_rng(seed)
+    indptr, indices, data, _ = random_csr(rng, n, m, density, name, dtype)
+    x = values(rng, name, dtype, m)
+    x[rng.random(m) < 0.2] = zero_of(name, dtype)
+    y0 = values(rng, name, dtype, n)
+    rows = rng.integers(0, n, rng.integers(0, n + 1)) if subset and n else None
+    add, mul, zero = SEMIRINGS[name][:3]
+    y_ref, y_ext = y0.copy(), y0.copy()
+    ref.spmv(indptr, indices, data, x, y_ref, add, mul, zero, rows=rows)
+    ext.spmv(indptr, indices, data, x, y_ext, add, mul, zero, rows=rows, nthreads=nthreads)
+    if np.dtype(dtype).kind == "f" and name == "plus_times":
+        np.testing.assert_allclose(y_ext, y_ref, rtol=1e-5, atol=1e-5)
+    else:
+        np.testing.assert_array_equal(y_ext, y_ref)
+
+
+@SETTINGS
+@given(st.integers(0, 2**32 - 1), st.integers(1, 30), st.integers(1, 30), st.sampled_from(["float64", "float32"]))
+def test_spmv_plus_times_equals_scipy(kern, seed, n, m, dtype):
+    rng = np.random.default_rng(seed)
+    A = sp.random(n, m, density=0.3, format="csr", dtype=dtype, random_state=rng)
+    x = rng.standard_normal(m).astype(dtype)
+    y = np.full(n, 7, dtype=dtype)
+    kern.spmv(A.indptr, A.indices, A.data, x, y, OP_PLUS, OP_TIMES, 0.0)
+    np.testing.assert_allclose(y, A @ x, rtol=1e-4, atol=1e-5)
+
+
+@SETTINGS
+@given(params)
+def test_push_compiled_matches_twin_and_definition(p):
+    (name, dtype), seed, n, m, density = p
+    rng = np.random.default_rng(seed)
+    # A is (n, m); push takes A.T in CSR form, i.e. the CSR of an (m, n) matrix.
+    indptr_t, indices_t, data_t, AT = random_csr(rng, m, n, density, name, dtype)
+    z = zero_of(name, dtype)
+    idx = rng.integers(0, m, rng.integers(0, m + 1)) if m else np.empty(0, np.int64)
+    vals = values(rng, name, dtype, idx.size)
+    vals[rng.random(idx.size) < 0.2] = z
+    y0 = values(rng, name, dtype, n)
+    add, mul, zero = SEMIRINGS[name][:3]
+    y_ref = y0.copy()
+    ch_ref = ref.push(indptr_t, indices_t, data_t, idx, vals, y_ref, add, mul, zero)
+    assert ch_ref.dtype == np.int64
+    np.testing.assert_array_equal(ch_ref, np.unique(ch_ref))
+    if add in (OP_MIN, OP_MAX):
+        # definition: y ⊕ (A ⊗ v) with v the (⊕-combined) sparse vector; changed = where the value moved.
+        v = np.full(m, z, dtype=dtype)
+        UFUNC[add].at(v, idx, vals)
+        expect = np.asarray(UFUNC[add](y0, dense_spmv(AT.T.tocsr(), v, name)), dtype=dtype)
+        np.testing.assert_array_equal(y_ref, expect)
+        np.testing.assert_array_equal(ch_ref, np.flatnonzero(expect != y0))
+    try:
+        ext = importlib.import_module("mmsb._ext.spmv")
+    except ImportError:
+        return
+    y_ext = y0.copy()
+    ch_ext = ext.push(indptr_t, indices_t, data_t, idx, vals, y_ext, add, mul, zero)
+    np.testing.assert_array_equal(y_ext, y_ref)
+    np.testing.assert_array_equal(ch_ext, ch_ref)
+
+
+def random_graph(rng, n, density, lo, hi, dtype="float64"):
+    """W[u, v] = weight of edge u -> v, weights in [lo, hi] (no self loops), CSR with int64 indices."""
+    mask = (rng.random((n, n)) < density) & ~np.eye(n, dtype=bool)
+    u, v = np.nonzero(mask)
+    W = sp.csr_matrix((rng.integers(lo, hi + 1, u.size).astype(dtype), (u, v)), shape=(n, n))
+    W.indptr = W.indptr.astype(np.int64)
+    W.indices = W.indices.astype(np.int64)
+    return W
+
+
+@SETTINGS
+@given(st.integers(0, 2**32 - 1), st.integers(1, 40), st.floats(0.0, 0.3), st.integers(1, 5),
+       st.sampled_from(["float64", "int64"]))
+def test_closure_min_plus_equals_dijkstra_and_incremental(kern, seed, n, density, nsrc, dtype):
+    rng = np.random.default_rng(seed)
+    W = random_graph(rng, n, density, 1, 9, dtype)
+    z = zero_of("min_plus", dtype)
+    sources = rng.choice(n, min(nsrc, n), replace=False)
+    first, later = sources[: max(1, sources.size // 2)], sources[max(1, sources.size // 2):]
+    # x = closure of A = W.T; push uses A's transpose = W in CSR.
+    x = np.full(n, z, dtype=dtype)
+    x[first] = 0
+    ch1 = kern.closure(W.indptr, W.indices, W.data, x, first, OP_MIN, OP_PLUS, np.inf)
+    expect1 = dijkstra(W, indices=first, min_only=True)
+    np.testing.assert_array_equal(np.where(x == z, np.inf, x.astype(float)), expect1)
+    np.testing.assert_array_equal(ch1, np.setdiff1d(np.flatnonzero(np.isfinite(expect1)), first))
+    x[later] = 0
+    kern.closure(W.indptr, W.indices, W.data, x, later, OP_MIN, OP_PLUS, np.inf)
+    scratch = np.full(n, z, dtype=dtype)
+    scratch[sources] = 0
+    kern.closure(W.indptr, W.indices, W.data, scratch, np.flatnonzero(scratch != z), OP_MIN, OP_PLUS, np.inf)
+    np.testing.assert_array_equal(x, scratch)
+    np.testing.assert_array_equal(np.where(x == z, np.inf, x.astype(float)),
+                                  dijkstra(W, indices=sources, min_only=True))
+
+
+@SETTINGS
+@given(st.integers(0, 2**32 - 1), st.integers(1, 40), st.floats(0.0, 0.3), st.integers(1, 4), st.booleans())
+def test_closure_or_and_equals_bfs(kern, seed, n, density, nsrc, as_bool):
+    rng = np.random.default_rng(seed)
+    W = random_graph(rng, n, density, 1, 1, "uint8")
+    sources = rng.choice(n, min(nsrc, n), replace=False)
+    x = np.zeros(n, dtype=bool if as_bool else np.uint8)
+    x[sources] = 1
+    kern.closure(W.indptr, W.indices, W.data.astype(x.dtype), x, sources, OP_MAX, OP_MIN, 0)
+    reach = np.zeros(n, dtype=bool)
+    for s in sources:
+        reach[breadth_first_order(W, s, return_predecessors=False)] = True
+    np.testing.assert_array_equal(x.astype(bool), reach)
+
+
+@SETTINGS
+@given(st.sampled_from(["min_plus", "max_plus", "max_times", "max_min", "min_max", "or_and"]),
+       st.integers(0, 2**32 - 1), st.integers(1, 30), st.floats(0.0, 0.3), st.booleans())
+def test_closure_compiled_matches_twin(name, seed, n, density, dag):
+    ext = ext_module()
+    rng = np.random.default_rng(seed)
+    add, mul, zero = SEMIRINGS[name][:3]
+    dtype = SEMIRINGS[name][3][0]
+    lo, hi = SEMIRINGS[name][4]
+    if name == "max_plus":
+        lo, hi = (-9, 9) if dag else (-9, 0)      # a positive cycle would not converge
+    elif name == "min_plus" and dag:
+        lo, hi = -9, 9                             # negative weights: FIFO worklist
+    elif name == "max_times":
+        lo, hi = 0, 1
+    W = random_graph(rng, n, density, lo, hi, dtype)
+    if dag:
+        W = sp.triu(W, k=1, format="csr")
+        W.indptr, W.indices = W.indptr.astype(np.int64), W.indices.astype(np.int64)
+    z = zero_of(name, dtype)
+    x0 = values(rng, name, dtype, n)
+    x0[rng.random(n) < 0.5] = z
+    for frontier in (np.flatnonzero(x0 != z), rng.integers(0, n, 3)):
+        xr, xe = x0.copy(), x0.copy()
+        chr_ = ref.closure(W.indptr, W.indices, W.data, xr, frontier, add, mul, zero)
+        che = ext.closure(W.indptr, W.indices, W.data, xe, frontier, add, mul, zero)
+        np.testing.assert_array_equal(xe, xr)
+        np.testing.assert_array_equal(che, chr_)
+
+
+@pytest.mark.parametrize("negative_weights", [False, True])
+def test_closure_min_plus_matches_bellman_ford(kern, negative_weights):
+    rng = np.random.default_rng(3)
+    W = random_graph(rng, 60, 0.08, 1, 9)
+    if negative_weights:
+        W = sp.triu(W, k=1, format="csr")
+        W.data -= 4.0
+        W.indptr, W.indices = W.indptr.astype(np.int64), W.indices.astype(np.int64)
+    x = np.full(60, np.inf)
+    x[[0, 5]] = 0.0
+    kern.closure(W.indptr, W.indices, W.data, x, [0, 5], OP_MIN, OP_PLUS, np.inf)
+    expect = bellman_ford(W, indices=[0, 5]).min(axis=0)
+    np.testing.assert_array_equal(x, expect)
+
+
+def test_closure_negative_cycle_raises(kern):
+    W = sp.csr_matrix(np.array([[0, 1.0, 0], [0, 0, -2.0], [0.5, 0, 0]]))
+    W.indptr, W.indices = W.indptr.astype(np.int64), W.indices.astype(np.int64)
+    x = np.array([0.0, np.inf, np.inf])
+    with pytest.raises(ValueError, match="closure does not converge"):
+        kern.closure(W.indptr, W.indices, W.data, x, [0], OP_MIN, OP_PLUS, np.inf)
+
+
+def test_validation(kern):
+    indptr = np.array([0, 1, 2], dtype=np.int64)
+    indices = np.array([1, 0], dtype=np.int64)
+    data = np.array([1.0, 2.0])
+    x = np.array([1.0, 2.0])
+    y = np.zeros(2)
+    with pytest.raises(ValueError):
+        kern.spmv(indptr, indices, data, x, y, 7, OP_TIMES, 0.0)
+    with pytest.raises(ValueError):
+        kern.spmv(indptr, indices, data, x, np.zeros(3), OP_PLUS, OP_TIMES, 0.0)
+    with pytest.raises(ValueError):
+        kern.spmv(indptr, indices, data[:1], x, y, OP_PLUS, OP_TIMES, 0.0)
+    with pytest.raises(ValueError):
+        kern.spmv(indptr, indices, data, x, y, OP_PLUS, OP_TIMES, 0.0, rows=np.array([2]))
+    with pytest.raises(ValueError):
+        kern.spmv(indptr, indices, data, x.astype(np.int32), y.astype(np.int32), OP_PLUS, OP_TIMES, 0)
+    with pytest.raises(ValueError):
+        kern.spmv(indptr, indices, data, x, y.astype(np.float32), OP_PLUS, OP_TIMES, 0.0)
+    ro = np.zeros(2)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError):
+        kern.spmv(indptr, indices, data, x, ro, OP_PLUS, OP_TIMES, 0.0)
+    with pytest.raises(ValueError):
+        kern.push(indptr, indices, data, np.array([2]), np.array([1.0]), y, OP_MIN, OP_PLUS, np.inf)
+    with pytest.raises(ValueError):
+        kern.push(indptr, indices, data, np.array([0, 1]), np.array([1.0]), y, OP_MIN, OP_PLUS, np.inf)
+    with pytest.raises(ValueError):
+        kern.closure(indptr, indices, data, y, [0], OP_PLUS, OP_TIMES, 0.0)
+    with pytest.raises(ValueError):
+        kern.closure(indptr, indices, data, y, [-1], OP_MIN, OP_PLUS, np.inf)
+    with pytest.raises(ValueError):
+        kern.closure(indptr, indices, data, np.zeros(3), [0], OP_MIN, OP_PLUS, np.inf)
+    with pytest.raises(ValueError):
+        kern.spmv(indptr, indices, data.astype(np.int8), x.astype(np.int8), y.astype(np.int8), OP_MIN,
+                  OP_PLUS, 1000)
+    np.testing.assert_array_equal(y, 0.0)
+    # indices out of range are caught while the loop runs (the compiled output may then be partly written)
+    with pytest.raises(ValueError):
+        kern.spmv(indptr, np.array([1, 5]), data, x, y.copy(), OP_PLUS, OP_TIMES, 0.0)
+    with pytest.raises(ValueError):
+        kern.push(indptr, np.array([1, 5]), data, np.array([1]), np.array([1.0]), y.copy(), OP_MIN, OP_PLUS,
+                  np.inf)
+    with pytest.raises(ValueError):
+        kern.closure(indptr, np.array([1, 5]), data, y.copy(), [1], OP_MIN, OP_PLUS, np.inf)
+
+
+def test_integer_zero_maps_infinity(kern):
+    indptr = np.array([0, 2, 2], dtype=np.int64)
+    indices = np.array([0, 1], dtype=np.int64)
+    data = np.array([3, 4], dtype=np.int32)
+    x = np.array([1, np.iinfo(np.int32).max], dtype=np.int32)
+    y = np.zeros(2, dtype=np.int32)
+    kern.spmv(indptr, indices, data, x, y, OP_MIN, OP_PLUS, np.inf)
+    np.testing.assert_array_equal(y, [4, np.iinfo(np.int32).max])
