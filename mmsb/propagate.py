@@ -91,6 +91,7 @@ class Engine:
         self.semiring = semiring
         self.nthreads = nthreads
         self.stats = WaveStats()
+        self._scratch_arrays: dict[str, np.ndarray] = {}
 
     # -- a wave -----------------------------------------------------------------------------------------------
     def wave(self, changes: dict[str, Change], undo: UndoLog, force: Optional[set] = None) -> dict[str, Change]:
@@ -125,6 +126,11 @@ class Engine:
 
     def _update(self, name: str, rules: list[Rule], inputs: dict[str, Change], full: bool,
                 undo: UndoLog) -> Optional[Change]:
+        pages = getattr(self, "pages", None)
+        if pages is not None and pages[name].device != "cpu":   # GPU hook: mmsb.gpu updates GPU pages
+            from mmsb.gpu import update_page
+
+            return update_page(self, name, rules, inputs, full, undo)
         kind = rules[0].kind
         if kind == "derive":
             return self._derive(name, rules[0], undo)
@@ -196,6 +202,11 @@ class Engine:
         before = y[cand].copy()
         for r, idx, vals in pushes:
             self._push(r.matrix, idx, vals, y, sr)
+        if pushes and sr.invertible and y.dtype.kind == "f":
+            # differences through ±inf/NaN are not exact (inf - inf = nan): recompute those rows
+            bad = ~(np.isfinite(y[cand]) & np.isfinite(before))
+            if bad.any():
+                recompute.append(cand[bad])
         if recompute:
             rows = np.unique(np.concatenate(recompute)) if len(recompute) > 1 else recompute[0]
             self._pull_rows(rules, rows, y, sr)
@@ -272,50 +283,81 @@ class Engine:
         sr = rule.semiring
         y = self.array(name)
         src = self._x(rule, y.dtype)
-        before = y.copy()
         zero = sr.zero_for(y.dtype)
-        if not sr.idempotent:
-            self._closure_bounded(rule, src, y, sr)
-        else:
-            if full:
+        if full or not sr.idempotent:
+            before = y.copy()
+            if not sr.idempotent:
+                self._closure_bounded(rule, src, y, sr)
+            else:
                 y[:] = src
                 frontier = np.flatnonzero(changed_positions(y, np.full_like(y, zero))).astype(np.int64)
-            else:
-                if ch is None or not ch.idx.size:
-                    return None
-                new, old = src[ch.idx], ch.old.astype(y.dtype, copy=False)
-                better = ~changed_positions(sr.add_arrays(old, new), new)
-                parts = []
-                if not better.all():
-                    parts.append(self._reset_region(rule, ch.idx[~better], src, y, sr))
-                imp = ch.idx[better]
-                if imp.size:
-                    merged = sr.add_arrays(y[imp], new[better])
-                    moved = changed_positions(merged, y[imp])
-                    y[imp] = merged
-                    parts.append(imp[moved])
-                frontier = np.unique(np.concatenate(parts)) if parts else np.empty(0, np.int64)
-            self._run_closure(rule.matrix, y, frontier, sr)
-        idx = np.flatnonzero(changed_positions(y, before)).astype(np.int64)
-        if not idx.size:
+                self._run_closure(rule.matrix, y, frontier, sr)
+            idx = np.flatnonzero(changed_positions(y, before)).astype(np.int64)
+            return self._record(name, idx, before[idx], undo) if idx.size else None
+        if ch is None or not ch.idx.size:
             return None
-        return self._record(name, idx, before[idx], undo)
+        new, old = src[ch.idx], ch.old.astype(y.dtype, copy=False)
+        better = ~changed_positions(sr.add_arrays(old, new), new)
+        if not better.all():
+            return self._closure_worse(name, rule, ch, better, src, y, sr, undo)
+        imp = ch.idx
+        merged = sr.add_arrays(y[imp], new)
+        moved = changed_positions(merged, y[imp])
+        seeds, seed_old = imp[moved], y[imp][moved]
+        if not seeds.size:
+            return None
+        y[seeds] = merged[moved]
+        old_out = self._scratch(name, y)
+        reached = self._run_closure(rule.matrix, y, seeds, sr, old_out)
+        idx, pos = np.unique(np.concatenate([seeds, reached]), return_index=True)
+        olds = np.concatenate([seed_old, old_out[reached]])[pos]
+        return self._record(name, idx, olds, undo)
 
-    def _run_closure(self, A: CSR, y: np.ndarray, frontier: np.ndarray, sr: Semiring) -> None:
+    def _closure_worse(self, name: str, rule: Rule, ch: Change, better: np.ndarray, src: np.ndarray,
+                       y: np.ndarray, sr: Semiring, undo: UndoLog) -> Optional[Change]:
+        """Some sources got worse: reset the region that depended on them, then re-converge."""
+        before = y.copy()
+        parts = [self._reset_region(rule, ch.idx[~better], src, y, sr)]
+        imp = ch.idx[better]
+        if imp.size:
+            merged = sr.add_arrays(y[imp], src[imp])
+            moved = changed_positions(merged, y[imp])
+            y[imp] = merged
+            parts.append(imp[moved])
+        self._run_closure(rule.matrix, y, np.unique(np.concatenate(parts)), sr)
+        idx = np.flatnonzero(changed_positions(y, before)).astype(np.int64)
+        return self._record(name, idx, before[idx], undo) if idx.size else None
+
+    def _scratch(self, name: str, like: np.ndarray) -> np.ndarray:
+        """A reusable uninitialised array like ``like`` (closure old values land there)."""
+        buf = self._scratch_arrays.get(name)
+        if buf is None or buf.shape != like.shape or buf.dtype != like.dtype:
+            buf = np.empty_like(like)
+            self._scratch_arrays[name] = buf
+        return buf
+
+    def _run_closure(self, A: CSR, y: np.ndarray, frontier: np.ndarray, sr: Semiring,
+                     old_out: Optional[np.ndarray] = None) -> np.ndarray:
+        """Converge y from ``frontier``; returns the entries changed (their old values land in ``old_out``)."""
         if not frontier.size:
-            return
+            return np.empty(0, dtype=np.int64)
         t = A.T
         codes = sr.codes_for(y.dtype)
         zero = sr.zero_for(y.dtype)
         self.stats.entries_pushed += int(frontier.size)
         if codes is not None:
-            _kernels.spmv.closure(t.indptr, t.indices, _kview(t.data), _kview(y), frontier, codes[0], codes[1],
-                                  _kview(np.array([zero]))[0])
-            return
+            return _kernels.spmv.closure(t.indptr, t.indices, _kview(t.data), _kview(y), frontier, codes[0],
+                                         codes[1], _kview(np.array([zero]))[0],
+                                         None if old_out is None else _kview(old_out))
+        start = y.copy()
         while frontier.size:
             before = y.copy()
             self._push(A, frontier, y[frontier].copy(), y, sr)
             frontier = np.flatnonzero(changed_positions(y, before)).astype(np.int64)
+        changed = np.flatnonzero(changed_positions(y, start)).astype(np.int64)
+        if old_out is not None:
+            old_out[changed] = start[changed]
+        return changed
 
     def _reset_region(self, rule: Rule, worse: np.ndarray, src: np.ndarray, y: np.ndarray,
                       sr: Semiring) -> np.ndarray:

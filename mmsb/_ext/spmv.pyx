@@ -341,7 +341,8 @@ cdef void _heap_pop(numeric_t *keys, int64_t *ids, Py_ssize_t *size, bint maxfir
 
 cdef int _closure_kernel(const int64_t *indptr_t, const int64_t *indices_t, const numeric_t *data_t,
                          int64_t nnz, numeric_t *x, int64_t n, const int64_t *frontier, int64_t count,
-                         int add_op, int mul_op, numeric_t zero, IndexBuf *changed) noexcept nogil:
+                         int add_op, int mul_op, numeric_t zero, IndexBuf *changed,
+                         numeric_t *old_out) noexcept nogil:
     """Label-setting (binary heap) while every improvement is no better than the popped value, then FIFO.
 
     The heap phase is Dijkstra's order for monotone semirings ((min, plus) with weights >= 0, (max, min),
@@ -387,6 +388,8 @@ cdef int _closure_kernel(const int64_t *indptr_t, const int64_t *indices_t, cons
             old = x[i]
             new = apply_op(add_op, old, apply_op(mul_op, data_t[k], v))
             if new != old:
+                if old_out != NULL and not changed.mark[i]:
+                    old_out[i] = old
                 x[i] = new
                 if _buf_add(changed, i) or _heap_push(&hkeys, &hids, &hsize, &hcap, new, i, maxfirst):
                     status = ST_NO_MEMORY
@@ -440,6 +443,8 @@ cdef int _closure_kernel(const int64_t *indptr_t, const int64_t *indices_t, cons
             old = x[i]
             new = apply_op(add_op, old, apply_op(mul_op, data_t[k], v))
             if new != old:
+                if old_out != NULL and not changed.mark[i]:
+                    old_out[i] = old
                 x[i] = new
                 if _buf_add(changed, i):
                     status = ST_NO_MEMORY
@@ -456,10 +461,11 @@ cdef int _closure_kernel(const int64_t *indptr_t, const int64_t *indices_t, cons
 
 def _closure_typed(const int64_t[::1] indptr_t, const int64_t[::1] indices_t, const numeric_t[::1] data_t,
                    numeric_t[::1] x, const int64_t[::1] frontier, int add_op, int mul_op,
-                   const numeric_t[::1] zero):
+                   const numeric_t[::1] zero, numeric_t[::1] old_out):
     """Typed entry point of closure (arguments already validated)."""
     cdef int status = ST_OK
     cdef IndexBuf changed
+    cdef numeric_t *old_ptr = &old_out[0] if old_out.shape[0] else NULL
     if _buf_init(&changed, x.shape[0]):
         raise MemoryError("spmv kernel: out of memory")
     if frontier.shape[0] and x.shape[0]:
@@ -467,13 +473,13 @@ def _closure_typed(const int64_t[::1] indptr_t, const int64_t[::1] indices_t, co
             status = _closure_kernel(&indptr_t[0], &indices_t[0] if indices_t.shape[0] else NULL,
                                      &data_t[0] if data_t.shape[0] else NULL, indices_t.shape[0], &x[0],
                                      x.shape[0], &frontier[0], frontier.shape[0], add_op, mul_op, zero[0],
-                                     &changed)
+                                     &changed, old_ptr)
     out = _buf_sorted(&changed)
     _raise_status(status)
     return out
 
 
-def closure(indptr_t, indices_t, data_t, x, frontier, int add_op, int mul_op, zero):
+def closure(indptr_t, indices_t, data_t, x, frontier, int add_op, int mul_op, zero, old_out=None):
     """Semi-naive least fixpoint ``x[i] = x[i] ⊕ (A[i, j] ⊗ x[j])`` for an idempotent ⊕ (min or max).
 
     ``(indptr_t, indices_t, data_t)`` is Aᵀ in CSR form (A square); ``x`` holds the current values (sources
@@ -482,6 +488,7 @@ def closure(indptr_t, indices_t, data_t, x, frontier, int add_op, int mul_op, ze
     worklist otherwise. Returns the sorted unique int64 array of the entries changed during the call. Raises
     ``ValueError("closure does not converge")`` after more than ``n + 1`` FIFO rounds (e.g. a negative cycle);
     ``x`` then holds the values reached so far.
+    ``old_out`` (an array like ``x``), if given, receives at each changed entry its value before the call.
     """
     _check_ops(add_op, mul_op, idempotent=True)
     indptr_t = _index_array(indptr_t, "indptr_t")
@@ -495,4 +502,11 @@ def closure(indptr_t, indices_t, data_t, x, frontier, int add_op, int mul_op, ze
         raise ValueError(f"x has length {x.size}, expected {n} (the matrix must be square)")
     _check_range(frontier, n, "frontier")
     z = _zero(zero, x.dtype)
-    return _closure_typed(indptr_t, indices_t, data_t, x, frontier, add_op, mul_op, z)
+    if old_out is None:
+        old_out = np.empty(0, dtype=x.dtype)
+    else:
+        old_out = _value_array(old_out, "old_out", out=True)
+        (old_out,) = _same_dtype(x, old_out=old_out)
+        if old_out.size != n:
+            raise ValueError(f"old_out has length {old_out.size}, expected {n}")
+    return _closure_typed(indptr_t, indices_t, data_t, x, frontier, add_op, mul_op, z, old_out)

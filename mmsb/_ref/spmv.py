@@ -219,14 +219,15 @@ def push(indptr_t, indices_t, data_t, idx, vals, y, add_op, mul_op, zero):
     return _accumulate(y, indices_t[k], contrib, add_op)
 
 
-def closure(indptr_t, indices_t, data_t, x, frontier, add_op, mul_op, zero):
+def closure(indptr_t, indices_t, data_t, x, frontier, add_op, mul_op, zero, old_out=None):
     """Semi-naive least fixpoint ``x[i] = x[i] ⊕ (A[i, j] ⊗ x[j])`` for an idempotent ⊕ (min or max).
 
     ``x`` holds the current values (sources included) and is updated in place; ``frontier`` lists the entries
     whose value just improved (all ``j`` with ``x[j] != zero`` to start from scratch). Aᵀ is given in CSR form.
     Returns the sorted unique int64 array of the entries changed during the call. Raises
     ``ValueError("closure does not converge")`` after more than ``n + 1`` rounds (e.g. a negative cycle);
-    ``x`` then holds the values reached so far.
+    ``x`` then holds the values reached so far. ``old_out`` (an array like ``x``) receives, at each changed
+    entry, its value before the call.
     """
     _check_ops(add_op, mul_op, idempotent=True)
     indptr_t = _index_array(indptr_t, "indptr_t")
@@ -242,6 +243,7 @@ def closure(indptr_t, indices_t, data_t, x, frontier, add_op, mul_op, zero):
     _check_structure(indptr_t, indices_t, n, "_t")
     z = _zero(zero, x.dtype)[0]
     mul = _UFUNCS[mul_op]
+    before = x.copy() if old_out is not None else None
     changed = []
     front = np.unique(frontier)
     rounds = 0
@@ -258,4 +260,7 @@ def closure(indptr_t, indices_t, data_t, x, frontier, add_op, mul_op, zero):
         changed.append(front)
     if not changed:
         return _EMPTY.copy()
-    return np.unique(np.concatenate(changed))
+    out = np.unique(np.concatenate(changed))
+    if old_out is not None:
+        old_out[out] = before[out]
+    return out
