@@ -14,7 +14,7 @@ from mmsb.plugins import hookimpl
 from mmsb.semiring import Semiring
 from mmsb.store import open
 from mmsb.txn import Transaction, with_transaction
-from mmsb.verify import Report, verify
+from mmsb.verification import Report, verify
 
 
 __version__ = "0.1.0"

@@ -1,12 +1,13 @@
 """The :class:`Buffer`: a mapping of named pages, the commit path, rules and propagation, history."""
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
 import warnings
 from contextlib import contextmanager
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, TypeVar, Union
 
 import numpy as np
 
@@ -23,6 +24,23 @@ from mmsb.semiring import Semiring, _kview
 from mmsb.txn import Transaction
 
 PageLike = Union[str, Page]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _observed(fn: F) -> F:
+    """Report every MMSBError a public call raises to the ``mmsb_on_error`` hook (and logging), then re-raise."""
+
+    @functools.wraps(fn)
+    def wrapper(self: "Buffer", *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(self, *args, **kwargs)
+        except MMSBError as exc:
+            from mmsb import plugins
+
+            plugins.notify_error(exc, {"operation": fn.__name__, "buffer": repr(self)})
+            raise
+
+    return wrapper  # type: ignore[return-value]
 
 
 class Buffer:
@@ -47,6 +65,7 @@ class Buffer:
         self._memory = MemoryManager(memory_limit, spill_dir)
         self._engine = Engine(self._graph, self._array_of, lambda n: self._pages[n].shape,
                               lambda n: self._pages[n].semiring)
+        self._engine.pages = self._pages          # GPU hook: Engine._update routes GPU pages to mmsb.gpu
         self._lock = threading.RLock()
         self._local = threading.local()
         self._epoch = 0
@@ -138,6 +157,14 @@ class Buffer:
     def _array_of(self, name: str) -> np.ndarray:
         return self._memory.array(self._pages[name])
 
+    def _values_at(self, name: str, idx: np.ndarray) -> np.ndarray:
+        page = self._pages[name]
+        if page.device != "cpu":                  # GPU hook: gather on the device
+            from mmsb.gpu import values_at
+
+            return values_at(page, idx)
+        return self._memory.array(page)[idx].copy()
+
     def _check_open(self) -> None:
         if self._closed:
             raise ClosedError("the buffer is closed")
@@ -160,6 +187,10 @@ class Buffer:
             self._lock.release()
 
     def _read(self, page: Page, index: Any = None) -> np.ndarray:
+        if page.device != "cpu":                  # GPU hook: numpy copy gathered on the device
+            from mmsb.gpu import read_host
+
+            return read_host(self, page, index)
         with self._locked():
             self._check_open()
             arr = self._memory.array(page)
@@ -203,6 +234,7 @@ class Buffer:
         page.device = device
 
     # -- pages ------------------------------------------------------------------------------------------------
+    @_observed
     def create_page(self, name: str, shape: Union[int, Sequence[int]], dtype: Any = "float64",
                     semiring: Union[str, Semiring] = "plus_times", fill: Any = None, device: Optional[str] = None,
                     metadata: Optional[dict] = None) -> Page:
@@ -221,10 +253,13 @@ class Buffer:
             fill_v = sr.zero_for(dt)
         else:
             f = np.asarray(fill)
-            if f.ndim or f.dtype.kind not in "biuf" or not np.can_cast(f.dtype, dt, "same_kind"):
+            if f.ndim or f.dtype.kind not in "biuf" or not _castable(fill, f, dt):
                 raise InvalidDeltaError(f"page {name!r}: fill {fill!r} is not a scalar castable to {dt}")
             fill_v = f.astype(dt)[()]
-        dev = _normalize_device(device or self._device)
+        try:
+            dev = _normalize_device(device or self._device)
+        except DeviceError as exc:
+            raise DeviceError(f"page {name!r}: {exc}") from None
         meta = _json_metadata(metadata, name)
         op = SchemaOp("page_created", {"name": name, "shape": list(shape_t), "dtype": dt.str, "semiring": sr.name,
                                        "device": dev, "metadata": meta},
@@ -239,6 +274,7 @@ class Buffer:
             self._move(page, dev)
         return page
 
+    @_observed
     def drop_page(self, p: PageLike, cascade: bool = False) -> int:
         """Drop a page. Rules reading it are dropped too when ``cascade``; otherwise they make it an error."""
         self._check_writable()
@@ -255,6 +291,7 @@ class Buffer:
             return self._commit_schema(ops)
 
     # -- writes -----------------------------------------------------------------------------------------------
+    @_observed
     def write(self, p: PageLike, values: Any, index: Any = None, mask: Any = None, accumulate: bool = False,
               source: Optional[str] = None, metadata: Optional[dict] = None) -> Optional[int]:
         """Write one delta: sparse (``index``), dense (``mask``) or the whole page; assign or ``accumulate``.
@@ -284,7 +321,7 @@ class Buffer:
             raise InvalidDeltaError(f"page {name!r}: values are not an array: {exc}") from exc
         if vals.dtype.kind not in "biuf":
             raise InvalidDeltaError(f"page {name!r}: values must be numeric or bool, got dtype {vals.dtype}")
-        if not np.can_cast(vals.dtype, page.dtype, "same_kind"):
+        if not _castable(values, vals, page.dtype):
             raise InvalidDeltaError(f"page {name!r}: values of dtype {vals.dtype} cannot be cast to {page.dtype} "
                                     "under the 'same_kind' rule")
         sr = page.semiring
@@ -423,12 +460,13 @@ class Buffer:
             force: set[str] = set()
             logged: list = []
             try:
+                pre = _gpu_batch(self, ops, undo)   # GPU hook: command buffer for many GPU pages
                 for op in ops:
                     if isinstance(op, Delta):
                         page = self._page(op.page)
                         if self._graph.is_derived(page.name):
                             raise InvalidDeltaError(f"page {page.name!r} became derived; the write is refused")
-                        ch = self._apply_delta(page, op, undo)
+                        ch = pre.pop(id(op)) if id(op) in pre else self._apply_delta(page, op, undo)
                         if ch is not None:
                             changes[page.name] = changes[page.name].merged_after(ch) \
                                 if page.name in changes else ch
@@ -441,7 +479,7 @@ class Buffer:
                     derived = {}
                     self._defer(changes, force, undo)
                 for name, ch in derived.items():
-                    logged.append(Delta(name, self._array_of(name)[ch.idx].copy(), index=ch.idx, derived=True))
+                    logged.append(Delta(name, self._values_at(name, ch.idx), index=ch.idx, derived=True))
                 for op in logged:
                     if isinstance(op, Delta):
                         op.epoch = epoch
@@ -473,6 +511,10 @@ class Buffer:
         return epoch
 
     def _apply_delta(self, page: Page, d: Delta, undo: Optional[UndoLog]) -> Optional[Change]:
+        if page.device != "cpu":                  # GPU hook: GPU kernels, same Change (numpy idx/old)
+            from mmsb.gpu import apply_delta
+
+            return apply_delta(self, page, d, undo)
         arr = self._memory.array(page)
         idx, vals = d.sparse()
         sr = page.semiring
@@ -558,6 +600,7 @@ class Buffer:
             raise InvalidDeltaError(f"page {dst.name!r} already has a {existing[0].kind} rule; a page is computed "
                                     "by one or more links, or one derive, or one closure")
 
+    @_observed
     def link(self, dst: PageLike, src: PageLike, matrix: Any, semiring: Any = None) -> int:
         """dst = A ⊗ src (several links into one dst are ⊕-combined); commits and returns the epoch."""
         self._check_writable()
@@ -574,6 +617,7 @@ class Buffer:
             rule = Rule(self._graph.next_rule_id(), "link", d.name, [s.name], sr, A)
             return self._add_rule(rule)
 
+    @_observed
     def closure(self, dst: PageLike, src: PageLike, matrix: Any, semiring: Any = None) -> int:
         """dst = least fixpoint of x = src ⊕ A ⊗ x; commits and returns the epoch."""
         self._check_writable()
@@ -592,6 +636,7 @@ class Buffer:
             rule = Rule(self._graph.next_rule_id(), "closure", d.name, [s.name], sr, A)
             return self._add_rule(rule)
 
+    @_observed
     def derive(self, dst: PageLike, inputs: Sequence[PageLike], fn: Union[Callable, str]) -> int:
         """dst = fn(*input arrays), recomputed when an input changes; commits and returns the epoch.
 
@@ -629,6 +674,7 @@ class Buffer:
                 if r.kind == "derive" and r.fn_name == name:
                     r.fn = fn
 
+    @_observed
     def unlink(self, dst: PageLike, src: Optional[PageLike] = None) -> int:
         """Remove the rules into ``dst`` (only those reading ``src`` if given); dst keeps its values."""
         self._check_writable()
@@ -673,6 +719,7 @@ class Buffer:
         return Rule(pl["id"], pl["kind"], pl["dst"], list(pl["srcs"]), sr, matrix, fn, pl.get("function"))
 
     # -- propagation ------------------------------------------------------------------------------------------
+    @_observed
     def propagate(self) -> int:
         """Run one wave for every change queued in deferred mode; commits it and returns the epoch."""
         self._check_writable()
@@ -687,7 +734,7 @@ class Buffer:
         dirty, force = self._dirty, self._force_dirty
         try:
             derived = self._engine.wave(dirty, undo, force)
-            logged = [Delta(n, self._array_of(n)[c.idx].copy(), index=c.idx, derived=True, epoch=epoch)
+            logged = [Delta(n, self._values_at(n, c.idx), index=c.idx, derived=True, epoch=epoch)
                       for n, c in derived.items()]
             self._txid += 1
             token = self._log.append(Txn(epoch, self._txid, logged))
@@ -705,6 +752,7 @@ class Buffer:
         return epoch
 
     # -- history ----------------------------------------------------------------------------------------------
+    @_observed
     def checkpoint(self) -> int:
         """Write a full snapshot at the current epoch (history is kept); returns the epoch."""
         self._check_writable()
@@ -725,6 +773,7 @@ class Buffer:
         return {"name": p.name, "shape": list(p.shape), "dtype": p.dtype.str, "semiring": p.semiring.name,
                 "device": p.device, "metadata": p.metadata, "epoch": p.epoch}
 
+    @_observed
     def at(self, epoch: int) -> "Buffer":
         """A read-only view of the state at ``epoch``."""
         self._check_open()
@@ -738,7 +787,8 @@ class Buffer:
             if self._store is not None:
                 return self._store.view_at(self, epoch)
             base = max((e for e in self._snapshots if e <= epoch), default=None)
-            view = Buffer(log=_NullLog(), readonly=True, view_of=self)
+            fns = {r.fn_name: r.fn for r in self._graph.rules() if r.fn is not None and r.fn_name}
+            view = Buffer(log=_NullLog(), readonly=True, view_of=self, functions={**fns, **self._functions})
             start = 0
             if base is not None:
                 view._load_snapshot(*self._snapshots[base])
@@ -773,6 +823,7 @@ class Buffer:
         self._epoch = txn.epoch
         self._txid = max(self._txid, txn.txid)
 
+    @_observed
     def compact(self, keep: int = 0) -> int:
         """Checkpoint, then drop history older than ``keep`` epochs before now; returns the new horizon."""
         self._check_writable()
@@ -888,6 +939,17 @@ def _shape(shape: Any, name: str) -> tuple:
     return t
 
 
+def _castable(raw: Any, arr: np.ndarray, dt: np.dtype) -> bool:
+    """numpy's "same_kind" rule; Python ints (not numpy arrays/scalars) are weakly typed, as in numpy (NEP 50):
+    they go to any integer dtype that holds them."""
+    if np.can_cast(arr.dtype, dt, "same_kind"):
+        return True
+    if isinstance(raw, (np.ndarray, np.generic)) or arr.dtype.kind not in "iu" or dt.kind not in "iu":
+        return False
+    info = np.iinfo(dt)
+    return arr.size == 0 or (int(arr.min()) >= info.min and int(arr.max()) <= info.max)
+
+
 def _json_metadata(metadata: Optional[dict], name: str) -> Optional[dict]:
     if metadata is None:
         return None
@@ -907,6 +969,16 @@ def _normalize_device(device: Optional[str]) -> str:
     if isinstance(device, str) and device.startswith("cuda:") and device[5:].isdigit():
         return device
     raise DeviceError(f"unknown device {device!r} (use 'cpu', 'cuda' or 'cuda:N')")
+
+
+def _gpu_batch(buf: Buffer, ops: list, undo: UndoLog) -> dict:
+    """Pre-apply the deltas of a multi-delta commit on GPU pages through mmsb.gpu's command buffer."""
+    import sys
+
+    gpu = sys.modules.get("mmsb.gpu")
+    if gpu is None or len(ops) < 2:
+        return {}
+    return gpu.apply_batch(buf, ops, undo)
 
 
 def _device_stats(buf: Buffer) -> dict:

@@ -40,6 +40,7 @@ STORE_MAGIC = b"MMSBSTOR"
 STORE_FILE = "STORE"
 CKPT_DIR = "checkpoints"
 CHUNK_BYTES = 16 * 2**20
+MAX_FRACTION = 0.8   # compress a chunk only when blosc2 saves at least 20% (raw chunks load fastest)
 _HEAD = struct.Struct("<8sHHIQI")      # magic, version, flags, reserved, epoch, reserved2 (28) + crc
 HEAD_SIZE = _HEAD.size + 4             # 32
 _TRAIL = struct.Struct("<QQI32s8s")    # manifest offset, length, crc32c, sha256, END magic (60) + crc
@@ -109,7 +110,7 @@ class _Writer:
         futs = []
         for start in range(0, max(1, flat.size), per):
             piece = flat[start:start + per]
-            cid, data = codecs.encode_values(piece, allow_compress=compress)
+            cid, data = codecs.encode_values(piece, allow_compress=compress, max_fraction=MAX_FRACTION)
             if cid == codecs.RAW:
                 data = memoryview(piece).cast("B") if piece.size else b""   # no copy
             futs.append((cid, piece.size, data, pool.submit(_hash, data)))
@@ -242,7 +243,8 @@ def _array_plan(ent, path: str, cursor: list, moff: int):
     return dt, shape, chunks
 
 
-def _load_array(fd: int, path: str, dt, shape, chunks, pool: ThreadPoolExecutor, errors: list):
+def _load_array(fd: int, path: str, dt, shape, chunks, pool: ThreadPoolExecutor, errors: list,
+                strong: bool = True):
     out = np.empty(shape, dtype=dt)
     flat = out.reshape(-1)
     pos = 0
@@ -250,7 +252,7 @@ def _load_array(fd: int, path: str, dt, shape, chunks, pool: ThreadPoolExecutor,
     for c in chunks:
         dst = flat[pos:pos + c["n"]]
         pos += c["n"]
-        jobs.append((c, dst, pool.submit(_read_check, fd, path, c, dst)))
+        jobs.append((c, dst, pool.submit(_read_check, fd, path, c, dst, strong)))
     for c, dst, fut in jobs:
         data = fut.result()   # raises CorruptionError
         if c["codec"] == codecs.BLOSC2:
@@ -263,8 +265,8 @@ def _load_array(fd: int, path: str, dt, shape, chunks, pool: ThreadPoolExecutor,
     return out
 
 
-def _read_check(fd: int, path: str, c: dict, dst: np.ndarray):
-    """Read a chunk (raw: straight into dst) and check its CRC32C and SHA-256."""
+def _read_check(fd: int, path: str, c: dict, dst: np.ndarray, strong: bool = True):
+    """Read a chunk (raw: straight into dst) and check its CRC32C (and SHA-256 when ``strong``)."""
     ln = c["length"]
     if c["codec"] == codecs.RAW and ln:
         mv = memoryview(dst).cast("B")
@@ -275,13 +277,18 @@ def _read_check(fd: int, path: str, c: dict, dst: np.ndarray):
         got = len(data)
     if got != ln:
         raise _bad("chunk is short", path, c["offset"], "chunk length")
-    crc, sha = _hash(data)
-    if crc != c["crc32c"] or sha != c["sha256"]:
+    if strong:
+        crc, sha = _hash(data)
+        ok = crc == c["crc32c"] and sha == c["sha256"]
+    else:
+        ok = _crc32c(data) == c["crc32c"]
+    if not ok:
         raise _bad("chunk checksum mismatch", path, c["offset"], "chunk checksum")
     return data
 
 
-def _read_container(path: str, magic: bytes):
+def _read_container(path: str, magic: bytes, strong: bool = True):
+    """Read and validate a container. Loading checks every CRC32C; ``strong`` adds SHA-256 (verify)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         moff, man = _read_manifest(fd, path, magic)
@@ -304,8 +311,8 @@ def _read_container(path: str, magic: bytes):
             raise _bad("chunks do not cover the data region", path, cursor[0], "manifest coverage")
         errors: list = []
         with ThreadPoolExecutor(NTHREADS) as pool:
-            pages = [(meta, _load_array(fd, path, *plan, pool, errors)) for meta, plan in plans]
-            rules = [SchemaOp(kind=k, payload=pl, arrays={n: _load_array(fd, path, *pp, pool, errors)
+            pages = [(meta, _load_array(fd, path, *plan, pool, errors, strong)) for meta, plan in plans]
+            rules = [SchemaOp(kind=k, payload=pl, arrays={n: _load_array(fd, path, *pp, pool, errors, strong)
                                                           for n, pp in arrs}) for k, pl, arrs in rplans]
         return man, pages, rules
     finally:
@@ -368,7 +375,7 @@ def load_checkpoint(root: str, epoch: Optional[int] = None, max_epoch: Optional[
     for e in reversed(cands):
         path = checkpoint_path(root, e)
         try:
-            man, pages, rules = _read_container(path, CKPT_MAGIC)
+            man, pages, rules = _read_container(path, CKPT_MAGIC, strong=False)
         except CorruptionError as exc:
             if not fallback:
                 raise
@@ -426,7 +433,7 @@ def write_blob_file(path: str, array, meta: Optional[dict] = None, fsync: bool =
 
 def read_blob_file(path: str) -> tuple[dict, np.ndarray]:
     """Read and validate a blob file: (meta, array). CorruptionError when any check fails."""
-    man, pages, _ = _read_container(os.fspath(path), BLOB_MAGIC)
+    man, pages, _ = _read_container(os.fspath(path), BLOB_MAGIC, strong=False)
     if len(pages) != 1:
         raise _bad("blob file must hold one array", path, None, "blob")
     return pages[0]

@@ -63,6 +63,8 @@ ALLOWED_DTYPES = frozenset(np.dtype(t).newbyteorder("<").str for t in (
 BLOSC_CHUNK = 64 * 2**20
 SMALL = 256  # below this many raw bytes values are stored raw
 NTHREADS = max(1, min(8, os.cpu_count() or 1))
+PARALLEL_BYTES = 4 * 2**20
+SAMPLE_BYTES = 256 * 2**10
 
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
@@ -167,15 +169,23 @@ def decode_mask(codec_id: int, buf, n: int) -> np.ndarray:
 # ---------------------------------------------------------------- values
 
 def encode_values(arr, *, codec: str = "lz4", clevel: int = 5, nthreads: Optional[int] = None,
-                  allow_compress: bool = True) -> tuple[int, bytes]:
-    """Encode a flat array's bytes: blosc2 (shuffle by itemsize) when smaller than raw, else raw."""
+                  allow_compress: bool = True, max_fraction: float = 1.0) -> tuple[int, bytes]:
+    """Encode a flat array's bytes: blosc2 (shuffle by itemsize) when that is smaller than
+    ``max_fraction`` x raw (< 1.0 trades a little size for faster loads), else raw."""
     a = _le(np.asarray(arr))
     mv = memoryview(a.reshape(-1)).cast("B") if a.size else memoryview(b"")
     nbytes = mv.nbytes
     if not allow_compress or nbytes < SMALL:
         return RAW, mv.tobytes()
-    enc = _blosc_encode(mv, a.dtype.itemsize, codec, clevel, nthreads or NTHREADS)
-    if enc is None or len(enc) >= nbytes:
+    if nthreads is None:  # blosc2 threads cost ~80 us to wake: only worth it for large buffers
+        nthreads = NTHREADS if nbytes >= PARALLEL_BYTES else 1
+    if nbytes >= SAMPLE_BYTES * 4 and max_fraction < 1.0:
+        # skip incompressible data cheaply: try a sample first
+        s = _blosc_encode(mv[:SAMPLE_BYTES], a.dtype.itemsize, codec, clevel, 1)
+        if s is None or len(s) > max_fraction * SAMPLE_BYTES:
+            return RAW, mv.tobytes()
+    enc = _blosc_encode(mv, a.dtype.itemsize, codec, clevel, nthreads)
+    if enc is None or len(enc) > max_fraction * nbytes:
         return RAW, mv.tobytes()
     return BLOSC2, enc
 

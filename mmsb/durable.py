@@ -62,6 +62,10 @@ class Store:
             return epoch
         _, pages, rules = buf._snapshot()
         fsync = buf._log.durability != "none"
+        with buf._log._lock:              # the log must be on disk up to the checkpoint before it is published
+            buf._log._flush_wbuf()
+            if fsync and buf._log._fd is not None:
+                os.fsync(buf._log._fd)
         write_checkpoint(self.root, epoch, pages, rules, extra={"txid": buf._txid}, fsync=fsync)
         buf._log.mark_checkpoint(epoch)
         return epoch

@@ -69,6 +69,10 @@ class MemoryManager:
 
     def release(self, page: "Page") -> None:
         """Free ``page``'s storage (resident or spilled)."""
+        if page.device != "cpu":                  # GPU page: device memory goes back to mmsb.gpu's pool
+            page._data = None
+            self._lru.pop(page.name, None)
+            return
         with self._lock:
             if page._data is not None:
                 page._data = None
@@ -81,6 +85,10 @@ class MemoryManager:
 
     def array(self, page: "Page") -> np.ndarray:
         """The page's flat, writable storage, reloaded if it was spilled."""
+        if page.device != "cpu":                  # GPU page: a numpy copy (not host-resident, never spilled)
+            from mmsb.gpu import host_copy
+
+            return host_copy(page)
         data = page._data
         if data is None:
             with self._lock:

@@ -142,7 +142,7 @@ def test_flipped_bytes_detected(tmp_path):
     data = open(path, "rb").read()
     rng = np.random.default_rng(7)
     positions = sorted(set(rng.integers(0, len(data), 200).tolist()) | {0, 8, 20, 43, 44, len(data) - 1})
-    from mmsb.verify import verify
+    from mmsb.verification import verify
     for pos in positions:
         b = bytearray(data)
         b[pos] ^= 1 << int(rng.integers(0, 8))

@@ -8,7 +8,7 @@ from mmsb import checkpoint as C
 from mmsb.delta import Delta, Txn
 from mmsb.log import DurableLog
 from mmsb.log.segment import iter_segments
-from mmsb.verify import verify
+from mmsb.verification import verify
 
 
 def make_store(root):

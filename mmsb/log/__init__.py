@@ -1,7 +1,7 @@
 """mmsb's transaction log: record framing (segment), payloads (records), the durable log and an in-memory twin.
 
 ``DurableLog(root, durability="fsync", segment_bytes=64 MiB, readonly=False, recovery="strict")`` and
-``MemoryLog()`` share ``append / sync / txns / stats / close``. ``scan_store_log`` is used by :mod:`mmsb.verify`.
+``MemoryLog()`` share ``append / sync / txns / stats / close``. ``scan_store_log`` is used by :mod:`mmsb.verification`.
 """
 from __future__ import annotations
 
@@ -60,6 +60,13 @@ def scan_store_log(root: str) -> list[dict]:
                 info["problems"].append(f"{path} @ {res.error_offset}: torn tail ({res.error})")
             else:
                 info["problems"].append(f"{path} @ {res.error_offset}: {res.error}")
+        elif res.clean_end < res.good_end:
+            # valid records of a transaction that never committed (no COMMIT/ABORT after them)
+            if is_last:
+                info["torn"] = True
+                info["problems"].append(f"{path} @ {res.clean_end}: torn tail (uncommitted transaction)")
+            else:
+                info["problems"].append(f"{path} @ {res.clean_end}: uncommitted records before a later segment")
         elif res.trailing_zero:
             info["trailing_zero_bytes"] = os.path.getsize(path) - res.good_end
         out.append(info)

@@ -1,0 +1,74 @@
+"""Dask integration: propagation on a ``distributed`` cluster, dask.array interop and batch replays.
+
+``mmsb.open(path, cluster=client_or_address)`` runs every propagation wave on the cluster's workers (see
+:mod:`mmsb.dask.engine`); ``from_dask_array`` / ``to_dask_array`` move data between pages and dask arrays;
+``run_batch`` (CLI ``mmsb batch``) applies a file of deltas, or replays a store's log, on a cluster.
+Importing ``mmsb`` never imports Dask; importing ``mmsb.dask`` (or passing ``cluster=``) does.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import dask  # noqa: F401  (the integration needs it; fail here with a clear ImportError)
+import distributed
+
+from mmsb.dask._errors import ClusterError
+from mmsb.dask.array import from_dask_array, to_dask_array
+from mmsb.dask.engine import ClusterHandle, DistributedEngine
+
+
+
+def connect(cluster: Any, timeout: Optional[str] = None) -> tuple:
+    """``(client, owned)`` for a ``distributed.Client``, a cluster object or a scheduler address string."""
+    if isinstance(cluster, distributed.Client):
+        if cluster.status not in ("running", "connecting", "newly-created"):
+            raise ClusterError(f"the Dask client is {cluster.status}")
+        return cluster, False
+    if isinstance(cluster, str) or hasattr(cluster, "scheduler_address"):
+        where = cluster if isinstance(cluster, str) else cluster.scheduler_address
+        try:
+            client = distributed.Client(cluster, timeout=timeout or os.environ.get("MMSB_DASK_CONNECT_TIMEOUT", "10s"),
+                                         set_as_default=False)
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise ClusterError(f"cannot connect to the Dask scheduler at {where!r}: {exc}") from exc
+        return client, True
+    raise TypeError(f"cluster must be a distributed.Client or a scheduler address, got {type(cluster).__name__}")
+
+
+def attach_cluster(buf: Any, cluster: Any) -> ClusterHandle:
+    """Install a :class:`DistributedEngine` as ``buf._engine``; returns the handle the buffer keeps."""
+    client, owned = connect(cluster)
+    try:
+        engine = DistributedEngine(buf, client, owned)
+    except BaseException:
+        if owned:
+            client.close()
+        raise
+    buf._engine = engine
+    return ClusterHandle(engine)
+
+
+def place(buf: Any, page: Any, worker: Optional[str]) -> None:
+    """Pin a page (and with it, by default, its component) to a worker address; None unpins. Applies next wave."""
+    if buf._cluster is None:
+        raise ClusterError("this buffer has no cluster (open it with cluster=...)")
+    buf._cluster.place(page, worker)
+
+
+def placement(buf: Any) -> dict:
+    """``{derived page: worker address}``."""
+    if buf._cluster is None:
+        raise ClusterError("this buffer has no cluster (open it with cluster=...)")
+    return buf._cluster.placement()
+
+
+def run_batch(*args: Any, **kwargs: Any) -> dict:
+    """See :func:`mmsb.dask.batch.run_batch`."""
+    from mmsb.dask.batch import run_batch as _run
+
+    return _run(*args, **kwargs)
+
+
+__all__ = ["ClusterError", "ClusterHandle", "DistributedEngine", "attach_cluster", "connect", "from_dask_array",
+           "place", "placement", "run_batch", "to_dask_array"]
