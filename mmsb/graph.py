@@ -19,18 +19,28 @@ class Graph:
         self._nodes: dict[str, None] = {}
         self._rules: dict[int, Rule] = {}
         self._into: dict[str, list[int]] = {}
+        self._out: dict[str, list[int]] = {}
         self._next_id = 1
         self._order_cache: Optional[list[str]] = None
+        self._pos_cache: Optional[dict[str, int]] = None
 
     # -- structure -----------------------------------------------------------------------------------------
     def add_node(self, name: str) -> None:
         self._nodes[name] = None
-        self._order_cache = None
+        if self._order_cache is not None:          # a node without rules can go last
+            self._order_cache.append(name)
+            if self._pos_cache is not None:
+                self._pos_cache[name] = len(self._order_cache) - 1
 
     def remove_node(self, name: str) -> None:
         self._nodes.pop(name, None)
         self._into.pop(name, None)
+        self._out.pop(name, None)
+        self._invalidate()
+
+    def _invalidate(self) -> None:
         self._order_cache = None
+        self._pos_cache = None
 
     def _check(self, p: Any) -> str:
         n = _name(p)
@@ -53,8 +63,10 @@ class Graph:
                                  f"{' -> '.join(cycle)}", cycle)
         self._rules[rule.id] = rule
         self._into.setdefault(rule.dst, []).append(rule.id)
+        for s in dict.fromkeys(rule.srcs):
+            self._out.setdefault(s, []).append(rule.id)
         self._next_id = max(self._next_id, rule.id + 1)
-        self._order_cache = None
+        self._invalidate()
 
     def remove_rule(self, rule_id: int) -> Rule:
         rule = self._rules.pop(rule_id)
@@ -62,7 +74,13 @@ class Graph:
         ids.remove(rule_id)
         if not ids:
             self._into.pop(rule.dst, None)
-        self._order_cache = None
+        for s in dict.fromkeys(rule.srcs):
+            out = self._out.get(s, [])
+            if rule_id in out:
+                out.remove(rule_id)
+            if not out:
+                self._out.pop(s, None)
+        self._invalidate()
         return rule
 
     def _path(self, start: str, goal: str) -> Optional[list[str]]:
@@ -91,18 +109,13 @@ class Graph:
         return list(self._rules.values())
 
     def rules_from(self, p: Any) -> list[Rule]:
-        n = _name(p)
-        return [r for r in self._rules.values() if n in r.srcs]
+        return [self._rules[i] for i in self._out.get(_name(p), [])]
 
     def is_derived(self, p: Any) -> bool:
         return bool(self._into.get(_name(p)))
 
     def _children(self, n: str) -> list[str]:
-        out: dict[str, None] = {}
-        for r in self._rules.values():
-            if n in r.srcs:
-                out[r.dst] = None
-        return list(out)
+        return list(dict.fromkeys(self._rules[i].dst for i in self._out.get(n, [])))
 
     def parents(self, p: Any) -> list[str]:
         """Pages that ``p`` is computed from."""
@@ -149,6 +162,13 @@ class Graph:
                         queue.append(v)
             self._order_cache = order
         return list(self._order_cache)
+
+    def in_order(self, names: Iterable[str]) -> list[str]:
+        """``names`` sorted in topological order."""
+        if self._pos_cache is None:
+            self._pos_cache = {n: i for i, n in enumerate(self.topological_order())}
+        pos = self._pos_cache
+        return sorted(names, key=pos.__getitem__)
 
     def heights(self) -> dict[str, int]:
         """Wave height of each page: 0 for pages without rules, else 1 + the max height of its parents."""

@@ -99,17 +99,21 @@ class Engine:
 
         Returns the changes made to derived pages, each page computed at most once, in topological order.
         """
-        t0 = time.perf_counter()
         force = set(force or ())
+        if not changes and not force:
+            return {}
+        t0 = time.perf_counter()
         affected = set(force)
         for name in list(changes) + list(force):
             affected.update(self.graph.descendants(name))
         pending = dict(changes)
         produced: dict[str, Change] = {}
-        for name in self.graph.topological_order():
-            if name not in affected:
-                continue
-            rules = [r for r in self.graph.rules_into(name)]
+        if not affected:  # nothing downstream: skip the O(pages) walk of the topological order
+            self.stats.waves += 1
+            self.stats.seconds += time.perf_counter() - t0
+            return produced
+        for name in self.graph.in_order(affected):
+            rules = self.graph.rules_into(name)
             if not rules:
                 continue
             inputs = {s: pending[s] for r in rules for s in r.srcs if s in pending}
