@@ -868,9 +868,11 @@ class Buffer:
             if self._closed:
                 return
             try:
-                self._log.close()
-                if self._store is not None:
-                    self._store.close()
+                try:
+                    self._log.close()
+                finally:            # a failed final fsync must still release the writer lock
+                    if self._store is not None:
+                        self._store.close()
             finally:
                 self._closed = True
                 for p in list(self._pages.values()):
@@ -930,6 +932,8 @@ class _NullLog:
 
 
 def _shape(shape: Any, name: str) -> tuple:
+    if type(shape) is int and shape >= 0:
+        return (shape,)
     try:
         t = (int(shape),) if np.ndim(shape) == 0 else tuple(int(s) for s in shape)
     except (TypeError, ValueError) as exc:

@@ -121,7 +121,9 @@ def open_store(root: str, mode: str, *, durability: str, memory_limit: Optional[
         raise FileExistsError(f"{root!r} already exists")
     if os.path.exists(root) and not os.path.isdir(root):
         raise FileExistsError(f"{root!r} exists and is not a store directory")
-    if not exists and os.path.isdir(root) and [n for n in os.listdir(root) if n != LOCK_FILE]:
+    if not exists and os.path.isdir(root) and [n for n in os.listdir(root)
+                                               if n != LOCK_FILE and not n.startswith(".STORE.tmp-")]:
+        # (a ".STORE.tmp-*" is what a creation cut before STORE was renamed in place leaves: not a foreign file)
         raise FileExistsError(f"{root!r} is a non-empty directory that is not an mmsb store")
     writable = mode != "r"
     store = Store(root, writable)

@@ -35,6 +35,25 @@ def parse_bytes(value: Union[int, str, None]) -> Optional[int]:
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
+_MALLOC_TRIM: Any = None
+
+
+def _trim_heap() -> None:
+    """glibc keeps freed blocks (in every thread's arena) mapped; malloc_trim returns them. No-op elsewhere."""
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        _MALLOC_TRIM = False
+        try:
+            import ctypes
+            import ctypes.util
+
+            _MALLOC_TRIM = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            pass
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
 class MemoryManager:
     """Allocates page storage and keeps resident page bytes under ``limit`` by spilling cold pages."""
 
@@ -155,6 +174,7 @@ class MemoryManager:
         self.resident_bytes -= page.nbytes
         self.spilled_bytes += page.nbytes
         self.evictions += 1
+        _trim_heap()      # hand freed page memory back to the OS so that RSS (not only the count) stays bounded
         self.spill_seconds += time.perf_counter() - t0
 
     def _reload(self, page: "Page") -> None:

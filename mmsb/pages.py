@@ -1,6 +1,7 @@
 """The :class:`Page`: a named, fixed-shape, typed array with a semiring, a device, an epoch and metadata."""
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Iterator, Optional
 
@@ -28,7 +29,7 @@ class Page:
         self.device = device
         self.metadata = metadata or {}
         self.epoch = epoch
-        self.size = int(np.prod(shape, dtype=np.int64))
+        self.size = math.prod(shape)
         self._data: Optional[np.ndarray] = None
         self._handle: Any = None
         self._spill: Optional[str] = None

@@ -541,3 +541,19 @@ def test_unlink():
     assert not buf.graph.is_derived(y)
     buf.write(y, 0.0)
     np.testing.assert_array_equal(y.read(), [0.0, 0.0, 0.0])
+
+
+def test_at_with_unregistered_derive_function_does_not_warn():
+    """Regression: buf.at(e) re-created derive rules without their callables and warned 'inactive'."""
+    import warnings
+
+    buf = mmsb.open(None)
+    a = buf.create_page("a", 3)
+    d = buf.create_page("d", 3)
+    buf.derive(d, [a], lambda x: x * 3)
+    buf.write(a, 1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        view = buf.at(buf.epoch)
+        np.testing.assert_array_equal(view["d"].read(), [3.0, 3.0, 3.0])
+        assert buf.at(buf.epoch - 1)["d"].read().tolist() == [0.0, 0.0, 0.0]

@@ -8,6 +8,7 @@ Only this module (and what it imports from mmsb) must be importable on the worke
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any, Optional
 
 import numpy as np
@@ -178,6 +179,7 @@ def run_step(buf_id: str, token: str, wave_id: str, step: int, init: bool, sync:
                 if arr is not None:
                     arr[idx] = new
                 store.pending[name] = Change(idx, old)
+        t0 = time.perf_counter()
         eng = store.engine
         before = WaveStats(**eng.stats.as_dict())
         undo = UndoLog()
@@ -197,6 +199,7 @@ def run_step(buf_id: str, token: str, wave_id: str, step: int, init: bool, sync:
                 out[name] = (ch.idx, ch.old, store.arrays[name][ch.idx].copy())
         now = eng.stats.as_dict()
         stats = {k: now[k] - v for k, v in before.as_dict().items()}
+        stats["seconds"] = time.perf_counter() - t0
         result = {"out": out, "stats": stats}
         store.done[step] = result
         return result

@@ -104,9 +104,14 @@ def bench_closure(mats: list, client: Optional[Any], waves: int, seed: int = 0) 
                 first = dt
             else:
                 times.append(dt)
+        extra = {}
+        if client is not None:
+            st = buf.stats()["cluster"]
+            extra = {"worker_compute_s": st["worker_seconds"], "wait_s": st["cluster_seconds"],
+                     "tasks": st["tasks"]}
         check = float(sum(np.isfinite(buf[f"d{i}"].read()).sum() for i in range(len(mats))))
         return {"build_s": build, "first_wave_s": first, "median_wave_s": statistics.median(times),
-                "reached": check}
+                "reached": check, **extra}
 
 
 def main(argv: Optional[list] = None) -> dict:

@@ -83,7 +83,7 @@ class DistributedEngine:
         self._wave_no = 0
         self._epoch = buf._epoch
         self._counters = {"tasks": 0, "supersteps": 0, "retries": 0, "invalidations": 0, "full_ships": 0,
-                          "full_bytes": 0, "delta_bytes": 0, "result_bytes": 0, "cluster_seconds": 0.0}
+                          "full_bytes": 0, "delta_bytes": 0, "result_bytes": 0, "cluster_seconds": 0.0, "worker_seconds": 0.0}
         self._closed = False
         self._register_plugin()
         self._refresh_workers()
@@ -380,7 +380,10 @@ class DistributedEngine:
         for key, res in zip(keys, values):
             out.append((key[1], key[0], res))
             for st_name, v in res["stats"].items():
-                setattr(self.stats, st_name, getattr(self.stats, st_name) + v)
+                if st_name == "seconds":
+                    self._counters["worker_seconds"] += v
+                else:
+                    setattr(self.stats, st_name, getattr(self.stats, st_name) + v)
         self._deliver = {w: {kw for kw in deliver[w]} for w in workers}
         self._task_pages = {key: tasks[key] for key in tasks}
         return out

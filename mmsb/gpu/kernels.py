@@ -216,7 +216,15 @@ extern "C" __global__ void spmv(const I* __restrict__ indptr, const I* __restric
         long long row = use_rows ? rows[r] : r;
         I s = indptr[row], e = indptr[row + 1];
         T acc = zero;
-        for (I k = s + lane; k < e; k += GROUP) {
+        I k = s + lane;
+        for (; k + GROUP < e; k += 2 * GROUP) {          /* two independent gathers in flight */
+            I j0 = indices[k], j1 = indices[k + GROUP];
+            T d0 = __ldg(data + k), d1 = __ldg(data + k + GROUP);
+            T x0 = __ldg(x + j0), x1 = __ldg(x + j1);
+            if (x0 != zero) acc = op_add(acc, op_mul(d0, x0));
+            if (x1 != zero) acc = op_add(acc, op_mul(d1, x1));
+        }
+        if (k < e) {
             T xv = __ldg(x + indices[k]);
             if (xv != zero) acc = op_add(acc, op_mul(__ldg(data + k), xv));
         }
@@ -273,6 +281,8 @@ extern "C" __global__ void batch_apply(const long long* __restrict__ hdr, int nd
 """
 
 _modules: dict = {}
+_fast: dict = {}
+_fns: dict = {}
 _KERNELS = ("apply_norm", "scatter_atomic", "scatter_sorted", "masked_merge", "spmv", "push", "combine",
             "neq_flags", "batch_apply")
 
@@ -313,6 +323,10 @@ def module(ops: Ops, itype: str = "long long", group: int = 1) -> Any:
     """The compiled RawModule for ``ops`` (cached by a hash of its source)."""
     cp = rt.cupy()
     dt = ops.dtype
+    fastkey = (dt.str, ops.add, ops.mul, ops.add_code, itype, int(group), cp.cuda.Device().id)
+    mod = _fast.get(fastkey)
+    if mod is not None:
+        return mod
     ctype, utype = CTYPES[dt.name]
     fast, atype = _fast_atomic(ops.add_code, dt)
     src = (_TEMPLATE.replace("__TYPE__", ctype).replace("__UTYPE__", utype)
@@ -326,19 +340,25 @@ def module(ops: Ops, itype: str = "long long", group: int = 1) -> Any:
     if mod is None:
         mod = cp.RawModule(code=src, options=("--std=c++17", "--fmad=false"), name_expressions=None)
         _modules[(key, dev)] = mod
+    _fast[fastkey] = mod
     return mod
 
 
 def kernel(ops: Ops, name: str, itype: str = "long long", group: int = 1) -> Any:
-    return module(ops, itype, group).get_function(name)
+    key = (ops.dtype.str, ops.add, ops.mul, ops.add_code, itype, int(group), name)
+    fn = _fns.get(key)
+    if fn is None or rt.cupy().cuda.Device().id != fn[0]:
+        fn = _fns[key] = (rt.cupy().cuda.Device().id, module(ops, itype, group).get_function(name))
+    return fn[1]
 
 
-def launch(fn: Any, n: int, args: tuple, threads: int = 256, per_thread: int = 1) -> None:
+def launch(fn: Any, n: int, args: tuple, threads: int = 256, per_thread: int = 1, cap: int = 132 * 32) -> None:
     """Grid-stride launch over ``n`` items (``per_thread`` items a thread at most in the first pass)."""
-    rt.check_injected("launch")
+    if rt._inject:
+        rt.check_injected("launch")
     if n <= 0:
         return
-    blocks = max(1, min((n + threads * per_thread - 1) // (threads * per_thread), 132 * 32))
+    blocks = max(1, min((n + threads * per_thread - 1) // (threads * per_thread), cap))
     fn((blocks,), (threads,), args)
     rt.counters["kernel_launches"] += 1
 
@@ -427,7 +447,7 @@ class DeviceCSR:
         rows = self.shape[0]
         mean = self.nnz / max(rows, 1)
         g = 1
-        while g < 32 and g * 2 <= max(mean / 2, 1):
+        while g < 32 and g * 2 <= max(mean, 1):
             g *= 2
         self.group = g
         _ = cp
@@ -440,8 +460,8 @@ def spmv(ops: Ops, A: DeviceCSR, x: Any, y: Any, rows: Any = None, compact: bool
     g = A.group if group is None else group
     nrows = A.shape[0] if rows is None else int(rows.size)
     dummy = rows if rows is not None else _dummy(cp)
-    launch(kernel(ops, "spmv", A.itype, g), nrows * g,
-           (A.indptr, A.indices, _kv(A.data), _kv(x), _kv(y), dummy, np.int64(nrows), np.int32(rows is not None),
+    launch(kernel(ops, "spmv", A.itype, g), nrows * g, cap=1 << 30,
+           args=(A.indptr, A.indices, _kv(A.data), _kv(x), _kv(y), dummy, np.int64(nrows), np.int32(rows is not None),
             np.int32(compact), scalar(ops, ops.zero)))
 
 

@@ -139,7 +139,7 @@ def _check(buf, model_hist, lo, hi):
 
 @pytest.mark.parametrize("durability", ["fsync", "flush"])
 def test_crash_loop(tmp_path, LONG, durability):
-    trials = (400 if durability == "fsync" else 100) if LONG else (30 if durability == "fsync" else 10)
+    trials = (200 if durability == "fsync" else 40) if LONG else (30 if durability == "fsync" else 10)
     seed = 20240 + (durability == "flush")
     rnd = random.Random(seed)
     chain_len = 6

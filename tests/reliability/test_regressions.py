@@ -1,0 +1,43 @@
+"""Regression tests for the defects the reliability suite found (see docs/reliability.md)."""
+import errno
+import os
+
+import pytest
+
+import mmsb
+import mmsb.log.durable as LD
+
+pytestmark = pytest.mark.reliability
+
+
+def test_close_releases_lock_when_final_fsync_fails(tmp_path, monkeypatch):
+    """mmsb/buffer.py: Buffer.close() skipped Store.close() (the writer lock) when the log's final fsync raised,
+    so the store stayed locked (StoreLockedError) for the rest of the process."""
+    path = str(tmp_path / "s")
+    buf = mmsb.open(path, "w")
+    buf.create_page("x", 4)
+
+    class OS:
+        def __getattr__(self, n):
+            return getattr(os, n)
+
+        def fsync(self, fd):
+            raise OSError(errno.EIO, "injected")
+    monkeypatch.setattr(LD, "os", OS())
+    with pytest.raises(OSError):
+        buf.close()
+    monkeypatch.undo()
+    with mmsb.open(path, "a") as again:         # was StoreLockedError
+        assert "x" in again
+
+
+def test_creation_cut_before_store_rename_can_be_reopened(tmp_path):
+    """mmsb/durable.py: a creation interrupted after writing .STORE.tmp-* (before the rename) left a directory
+    that every later open refused as "a non-empty directory that is not an mmsb store"."""
+    path = tmp_path / "s"
+    path.mkdir()
+    (path / "LOCK").write_bytes(b"")
+    (path / ".STORE.tmp-0123456789ab").write_bytes(b"MMSBSTOR partial")
+    with mmsb.open(str(path), "a") as buf:
+        buf.create_page("x", 4)
+    assert mmsb.verify(str(path)).ok

@@ -1,0 +1,84 @@
+"""The golden store written by tests/golden/make_golden.py (format 1) must keep opening to exactly the
+recorded state, read-only and with mode "a", at every recorded epoch, and must verify."""
+import json
+import os
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+
+import mmsb
+
+HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden")
+META = json.load(open(os.path.join(HERE, "expected.json")))
+EXPECTED = dict(np.load(os.path.join(HERE, "expected.npz")))
+
+
+def golden_affine(x):
+    return 2 * x + 1
+
+
+def at_epoch(e):
+    assert e in META["epochs"]
+    return {key.split("/", 1)[1]: v for key, v in EXPECTED.items() if int(key.split("/")[0]) == e}
+
+
+@pytest.fixture
+def copy(tmp_path):
+    root = str(tmp_path / "store_v1")
+    shutil.copytree(os.path.join(HERE, "store_v1"), root)   # never open the committed files themselves
+    return root
+
+
+def check_state(buf, exp):
+    assert sorted(buf) == sorted(exp)
+    for name, v in exp.items():
+        got = buf[name].read()
+        assert got.dtype == v.dtype and got.shape == v.shape, name
+        np.testing.assert_array_equal(got, v, err_msg=name)
+
+
+def test_golden_small():
+    size = sum(os.path.getsize(os.path.join(d, n)) for d, _, ns in os.walk(HERE) for n in ns
+               if "__pycache__" not in d)
+    assert size < 200_000
+
+
+def test_golden_verify(copy):
+    rep = mmsb.verify(copy)
+    assert rep.ok, rep.problems
+    assert rep.checkpoints == [META["checkpoint"]]
+
+
+@pytest.mark.parametrize("mode", ["r", "a"])
+def test_golden_state_and_history(copy, mode):
+    with mmsb.open(copy, mode, functions={META["function"]: golden_affine}) as buf:
+        assert buf.epoch == META["final_epoch"]
+        check_state(buf, at_epoch(META["final_epoch"]))
+        for name, sr in META["semirings"].items():
+            assert buf[name].semiring.name == sr
+            assert str(buf[name].dtype) == META["pages"][name]["dtype"]
+            assert list(buf[name].shape) == META["pages"][name]["shape"]
+        assert buf["f"].metadata == {"unit": "m"}
+        assert buf.graph.parents("lk") == ["f"] and buf.graph.parents("dv") == ["f"]
+        assert buf.graph.parents("cl") == ["i"]
+        assert len(META["epochs"]) > 10
+        for e in META["epochs"]:                          # every recorded epoch, across the checkpoint
+            check_state(buf.at(e), at_epoch(e))
+        # derived pages agree with an independent numpy computation
+        f = buf["f"].read()
+        np.testing.assert_array_equal(buf["dv"].read(), 2 * f + 1)
+        assert sum(1 for d in buf.log.query(source="golden")) == 12
+        if mode == "a":
+            buf.write("f", 1.0, index=[3], accumulate=True)
+            f[3] += 1
+            np.testing.assert_array_equal(buf["dv"].read(), 2 * f + 1)
+    assert mmsb.verify(copy).ok
+
+
+def test_golden_without_function_warns_but_reads(copy):
+    with pytest.warns(RuntimeWarning, match=META["function"]):
+        buf = mmsb.open(copy, "r")
+    with buf:
+        check_state(buf, at_epoch(META["final_epoch"]))

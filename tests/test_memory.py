@@ -1,0 +1,199 @@
+"""memory_limit: a working set of 4x the limit gives exact results with resident memory bounded (RSS measured
+in a subprocess), pins are honoured, MemoryBudgetError changes nothing, spill to a temp dir, stats, parsing."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import mmsb
+from mmsb.errors import MemoryBudgetError
+from mmsb.memory import parse_bytes
+
+KB = 1024
+
+
+def test_parse_bytes():
+    assert parse_bytes(None) is None
+    assert parse_bytes(1234) == 1234
+    assert parse_bytes("2GB") == 2 * 2**30
+    assert parse_bytes("2 GiB") == 2 * 2**30
+    assert parse_bytes("512MiB") == 512 * 2**20
+    assert parse_bytes("512 mb") == 512 * 2**20
+    assert parse_bytes("1.5k") == 1536
+    assert parse_bytes("100") == 100
+    assert parse_bytes("3 B") == 3
+    for bad in ("lots", "2XB", "-5MB", "", "GB"):
+        with pytest.raises(ValueError):
+            parse_bytes(bad)
+    for bad in (0, -1):
+        with pytest.raises(ValueError):
+            parse_bytes(bad)
+    with mmsb.open(None, memory_limit="1MB") as buf:
+        assert buf.stats()["memory"]["limit"] == 2**20
+
+
+RSS_CHILD = textwrap.dedent("""
+    import json, os, sys
+    import numpy as np
+    import mmsb
+
+    def rss():
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+
+    limit = None if sys.argv[1] == "none" else int(sys.argv[1])
+    path = None if sys.argv[2] == "none" else sys.argv[2]
+    npages, n = int(sys.argv[3]), int(sys.argv[4])
+    buf = mmsb.open(path, "w" if path else "a", memory_limit=limit, durability="none")
+    base = rss()
+    peak = 0
+    writes = [[] for _ in range(npages)]      # the model, kept small: the writes, replayed at the end
+    for k in range(npages):
+        buf.create_page(f"p{k}", n, dtype="float64")
+        peak = max(peak, rss())
+    rng = np.random.default_rng(0)
+    for rnd in range(3):
+        for k in range(npages):
+            idx = rng.integers(0, n, 64)
+            buf.write(f"p{k}", 1.0 + k, index=idx, accumulate=True)
+            writes[k].append(idx)
+            if rnd == 2:
+                buf[f"p{k}"].read()
+            peak = max(peak, rss())
+    st = buf.stats()["memory"]
+    for k in range(npages):                   # exact results, one page at a time
+        model = np.zeros(n)
+        for idx in writes[k]:
+            np.add.at(model, idx, 1.0 + k)
+        assert np.array_equal(buf[f"p{k}"].read(), model), k
+    buf.close()
+    print(json.dumps({"base": base, "peak": peak, "mem": st}))
+""")
+
+
+def _rss_run(limit, path, npages, n):
+    out = subprocess.run([sys.executable, "-c", RSS_CHILD, str(limit), str(path), str(npages), str(n)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc")
+def test_working_set_4x_limit_bounded_rss(tmp_path):
+    page = 4 * 2**20                                # 4 MiB pages
+    npages = 16                                     # 64 MiB working set
+    limit = 16 * 2**20                              # 4x smaller
+    n = page // 8
+    limited = _rss_run(limit, "none", npages, n)    # path=None: spills to a temporary directory
+    free = _rss_run("none", "none", npages, n)
+    mem = limited["mem"]
+    assert mem["resident_bytes"] <= limit
+    assert mem["evictions"] >= npages and mem["reloads"] > 0
+    grow_limited = limited["peak"] - limited["base"]
+    grow_free = free["peak"] - free["base"]
+    assert grow_free >= 0.9 * npages * page         # the unlimited run holds the whole working set
+    # the limited run stays near the limit (plus transient copies), far below the working set
+    assert grow_limited < limit + 3 * page + 8 * 2**20, (grow_limited, grow_free)
+    assert grow_limited < 0.6 * grow_free, (grow_limited, grow_free)
+
+
+def test_pinned_pages_never_spilled(tmp_path):
+    with mmsb.open(str(tmp_path / "s"), "w", memory_limit=4 * 8 * KB, durability="none") as buf:
+        pages = [buf.create_page(f"p{k}", KB, dtype="float64") for k in range(8)]
+        hot = pages[0]
+        with hot.pin():
+            for rnd in range(3):
+                for p in pages[1:]:
+                    buf.write(p, float(rnd), index=[rnd])
+                    assert hot._data is not None and hot._spill is None
+                    buf.write(hot, 1.0, index=[rnd], accumulate=True)
+                    assert hot._data is not None and hot._spill is None
+            st = buf.stats()["memory"]
+            assert st["evictions"] > 0 and st["reloads"] > 0 and st["resident_bytes"] <= 4 * 8 * KB
+        assert hot.read()[:3].tolist() == [7.0, 7.0, 7.0]
+        for p in pages[1:]:
+            assert p.read()[:3].tolist() == [0.0, 1.0, 2.0]
+        # once unpinned, the hot page can be spilled again
+        for p in pages[1:]:
+            p.read()
+        assert hot._data is None and hot._spill is not None
+        np.testing.assert_array_equal(hot.read()[:3], [7.0, 7.0, 7.0])
+
+
+def test_memory_budget_error_changes_nothing():
+    with mmsb.open(None, memory_limit=2 * 8 * KB) as buf:
+        a = buf.create_page("a", KB)
+        b = buf.create_page("b", KB)
+        c = buf.create_page("c", KB)                  # a is spilled
+        buf.write(c, 3.0, index=[0])
+        epoch, nlog = buf.epoch, len(list(buf.log.query()))
+        with b.pin(), c.pin():
+            with pytest.raises(MemoryBudgetError):
+                a.read()
+            with pytest.raises(MemoryBudgetError):
+                buf.write(a, 1.0, index=[0])
+            with pytest.raises(MemoryBudgetError):
+                buf.create_page("d", KB)
+            assert buf.epoch == epoch and list(buf) == ["a", "b", "c"]
+            assert len(list(buf.log.query())) == nlog
+        with pytest.raises(MemoryBudgetError):
+            buf.create_page("huge", 4 * KB)           # larger than the whole limit
+        assert list(buf) == ["a", "b", "c"] and buf.epoch == epoch
+        np.testing.assert_array_equal(a.read(), np.zeros(KB))
+        assert c.read()[0] == 3.0
+        buf.write(a, 1.0, index=[0])
+        assert a.read()[0] == 1.0
+
+
+def test_in_memory_buffer_spills_to_temp_dir():
+    buf = mmsb.open(None, memory_limit=3 * 8 * KB)
+    model = {}
+    for k in range(6):
+        buf.create_page(f"p{k}", KB)
+        buf.write(f"p{k}", np.arange(KB) * k)
+        model[f"p{k}"] = np.arange(KB) * k
+    st = buf.stats()["memory"]
+    assert st["spilled_bytes"] >= 3 * 8 * KB and st["evictions"] >= 3
+    tmp = buf._memory._own_tmp
+    assert tmp is not None and os.path.isdir(tmp) and os.listdir(tmp)
+    for name, v in model.items():
+        np.testing.assert_array_equal(buf[name].read(), v)
+    st2 = buf.stats()["memory"]
+    assert st2["reloads"] >= 3 and st2["resident_bytes"] <= 3 * 8 * KB
+    # history and replay still exact with spilled pages
+    np.testing.assert_array_equal(buf.at(2)["p0"].read(), np.zeros(KB))
+    buf.close()
+    assert not os.path.exists(tmp)
+
+
+def test_store_with_memory_limit_reopens_equal(tmp_path):
+    root = str(tmp_path / "s")
+    model = {}
+    with mmsb.open(root, "w", memory_limit="24KiB") as buf:
+        for k in range(8):
+            buf.create_page(f"p{k}", KB, dtype="int64", semiring="min_plus")
+        rng = np.random.default_rng(3)
+        for k in range(8):
+            model[f"p{k}"] = np.full(KB, np.iinfo(np.int64).max)
+        for i in range(40):
+            k = int(rng.integers(0, 8))
+            idx = rng.integers(0, KB, 8)
+            vals = rng.integers(0, 1000, 8)
+            buf.write(f"p{k}", vals, index=idx, accumulate=True)
+            np.minimum.at(model[f"p{k}"], idx, vals)
+            if i == 20:
+                buf.checkpoint()
+        assert buf.stats()["memory"]["evictions"] > 0
+        assert os.listdir(os.path.join(root, "spill"))
+        rep = mmsb.verify(root)                    # spill files are checksummed too
+        assert rep.ok, rep.problems
+    assert mmsb.verify(root).ok
+    with mmsb.open(root, "r", memory_limit="16KiB") as buf:
+        for name, v in model.items():
+            np.testing.assert_array_equal(buf[name].read(), v)
