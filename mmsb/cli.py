@@ -211,13 +211,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dot", action="store_true", help="Graphviz text")
     p.set_defaults(fn=cmd_graph)
 
-    try:
-        from mmsb.dask.batch import add_cli
-    except ImportError:
-        add_cli = None
-    if add_cli is not None:
-        add_cli(sub)
+    p = sub.add_parser("batch", help="apply deltas (or replay a store's log) with propagation on a Dask cluster")
+    p.add_argument("store", help="store directory to write (created if missing)")
+    p.add_argument("--scheduler", default=None,
+                   help="Dask scheduler address (tcp://host:8786); default: a LocalCluster started here")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--deltas", help="an .npz file of deltas (format: see mmsb.dask.batch)")
+    src.add_argument("--replay", metavar="SRC_STORE", help="replay SRC_STORE's log into STORE on the cluster")
+    p.add_argument("--workers", type=int, default=None, help="workers of the local cluster (no --scheduler)")
+    p.add_argument("--durability", default="flush", choices=("fsync", "flush", "none"))
+    p.add_argument("--function", action="append", default=[], metavar="NAME=MODULE:ATTR",
+                   help="bind derive function NAME to MODULE:ATTR (repeatable; NAME= may be omitted)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(fn=cmd_batch)
     return ap
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    try:
+        from mmsb.dask.batch import _cli
+    except ImportError as exc:
+        print(f"mmsb batch: needs the dask extra (pip install 'mmsb[dask]'): {exc}", file=sys.stderr)
+        return 2
+    return _cli(args)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

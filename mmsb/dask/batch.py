@@ -214,26 +214,6 @@ def run_batch(store_path: Optional[str], deltas: Any = None, scheduler: Any = No
             cluster.close()
 
 
-def add_cli(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``mmsb batch`` to an argparse subparsers object; the parser's ``func(args) -> int`` runs it."""
-    p = subparsers.add_parser("batch", help="apply deltas (or replay a store's log) with propagation on a Dask "
-                                            "cluster",
-                              description=__doc__.split("\n\n")[0])
-    p.add_argument("store", help="store directory to write (created if missing)")
-    p.add_argument("--scheduler", default=None,
-                   help="Dask scheduler address (tcp://host:8786); default: a LocalCluster started here")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--deltas", help="an .npz file of deltas (format: see mmsb.dask.batch)")
-    src.add_argument("--replay", metavar="SRC_STORE", help="replay SRC_STORE's log into STORE on the cluster")
-    p.add_argument("--workers", type=int, default=None, help="workers of the local cluster (no --scheduler)")
-    p.add_argument("--durability", default="flush", choices=("fsync", "flush", "none"))
-    p.add_argument("--function", action="append", default=[], metavar="NAME=MODULE:ATTR",
-                   help="bind derive function NAME to MODULE:ATTR (repeatable; NAME= may be omitted)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cli)
-    return p
-
-
 def _cli(args: argparse.Namespace) -> int:
     from mmsb.errors import MMSBError
 
@@ -266,11 +246,9 @@ def _functions(specs: list) -> dict:
 
 def main(argv: Optional[list] = None) -> int:
     """``python -m mmsb.dask.batch STORE ...`` (the same as ``mmsb batch``)."""
-    parser = argparse.ArgumentParser(prog="mmsb")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_cli(sub)
-    args = parser.parse_args(["batch", *(sys.argv[1:] if argv is None else argv)])
-    return args.func(args)
+    from mmsb.cli import main as cli_main
+
+    return cli_main(["batch", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":  # pragma: no cover
