@@ -25,7 +25,6 @@ from typing import Any, Optional
 
 import numpy as np
 
-from mmsb.errors import MMSBError
 from mmsb.propagate import Change, UndoLog, WaveStats, changed_positions
 
 from mmsb.dask import _worker
