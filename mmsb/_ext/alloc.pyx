@@ -9,6 +9,15 @@ import time
 
 import numpy as np
 
+cimport numpy as cnp
+from cpython.ref cimport Py_INCREF
+
+cnp.import_array()
+
+cdef extern from "numpy/arrayobject.h":
+    object PyArray_NewFromDescr(object subtype, object descr, int nd, cnp.npy_intp *dims, cnp.npy_intp *strides,
+                                void *data, int flags, object obj)
+
 from cpython.buffer cimport PyBUF_WRITABLE
 from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint32_t
 from libc.stdlib cimport free, realloc
@@ -109,6 +118,23 @@ cdef class _Region:
 
     def __len__(self):
         return self.size
+
+
+cdef object _array_over(object region, Py_ssize_t offset, object dt, tuple shp):
+    """One writable C-contiguous ndarray over region's memory at offset, whose base keeps region alive."""
+    cdef cnp.npy_intp dims[32]
+    cdef int nd = len(shp)
+    cdef int k
+    cdef cnp.dtype descr = <cnp.dtype>dt
+    if nd > 32:
+        raise ValueError(f"too many dimensions: {nd}")
+    for k in range(nd):
+        dims[k] = shp[k]
+    Py_INCREF(descr)                       # PyArray_NewFromDescr steals a reference to the descriptor
+    arr = PyArray_NewFromDescr(np.ndarray, descr, nd, dims, NULL,
+                                   <void *>((<_Region>region).ptr + offset), cnp.NPY_ARRAY_CARRAY, None)
+    cnp.set_array_base(arr, region)
+    return arr
 
 
 cdef class Allocator:
@@ -363,7 +389,7 @@ cdef class Allocator:
         self._release()
         if count * dt.itemsize > nbytes:
             raise ValueError(f"shape {shp} of {dt} needs {count * dt.itemsize} bytes, block has {nbytes}")
-        return np.frombuffer(region, dtype=dt, count=count, offset=offset).reshape(shp)
+        return _array_over(region, offset, dt, shp)
 
     def stats(self):
         """Counters and per-class figures (class size -> in_use, free, bytes_in_use, bytes_reserved)."""
