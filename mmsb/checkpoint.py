@@ -28,6 +28,7 @@ from typing import Any, Optional
 import crc32c as _crc
 import numpy as np
 
+from mmsb.fileio import fsync_dir as _fsync_dir
 from mmsb import codecs
 from mmsb.delta import SchemaOp
 from mmsb.errors import CorruptionError
@@ -56,14 +57,6 @@ def _mask(c: int) -> int:
 
 def _crc32c(b) -> int:
     return _crc.crc32c(b)
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _dumps(obj) -> bytes:
@@ -223,6 +216,11 @@ def _array_plan(ent, path: str, cursor: list, moff: int):
         shape = tuple(int(s) for s in ent["shape"])
         chunks = ent["chunks"]
         if any(s < 0 for s in shape) or not isinstance(chunks, list):
+            raise ValueError
+        big = 1
+        for s in shape:      # exact (no int64 wrap-around), and a 0 dim must not hide a huge one
+            big *= max(s, 1)
+        if big > 1 << 48:
             raise ValueError
         n = int(np.prod(shape, dtype=np.int64)) if shape else 1
         total = 0

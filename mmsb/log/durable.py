@@ -14,6 +14,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
+from mmsb.fileio import fsync_dir
 from mmsb.delta import Txn
 from mmsb.errors import CorruptionError, LogPoisonedError, ReadOnlyError, TornWriteWarning, ClosedError
 from mmsb.log import records as R
@@ -22,14 +23,6 @@ from mmsb.log import segment as S
 DURABILITY = ("fsync", "flush", "none")
 RECOVERY = ("strict", "truncate")
 _NONE_BUFFER = 1 << 20
-
-
-def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass

@@ -18,10 +18,11 @@ import stat
 
 import mmsb.checkpoint
 import mmsb.durable
+import mmsb.fileio
 import mmsb.log.durable
 import mmsb.memory
 
-MODULES = (mmsb.log.durable, mmsb.checkpoint, mmsb.durable, mmsb.memory)
+MODULES = (mmsb.log.durable, mmsb.checkpoint, mmsb.durable, mmsb.memory, mmsb.fileio)
 KINDS = ("write", "fsync", "rename", "dirfsync")
 
 
