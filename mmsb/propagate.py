@@ -16,6 +16,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from mmsb import _kernels, _ops
+from mmsb._sets import unique, unique_first
 from mmsb.errors import InvalidDeltaError, MMSBError, SemiringError
 from mmsb.graph import Graph
 from mmsb.rules import CSR, Rule
@@ -200,7 +201,7 @@ class Engine:
         cand_parts = [r.matrix.column_rows(idx) for r, idx, _ in pushes] + recompute
         if not cand_parts:
             return None
-        cand = np.unique(np.concatenate(cand_parts)) if len(cand_parts) > 1 else cand_parts[0]
+        cand = unique(np.concatenate(cand_parts)) if len(cand_parts) > 1 else cand_parts[0]
         if not cand.size:
             return None
         before = y[cand].copy()
@@ -212,7 +213,7 @@ class Engine:
             if bad.any():
                 recompute.append(cand[bad])
         if recompute:
-            rows = np.unique(np.concatenate(recompute)) if len(recompute) > 1 else recompute[0]
+            rows = unique(np.concatenate(recompute)) if len(recompute) > 1 else recompute[0]
             self._pull_rows(rules, rows, y, sr)
             self.stats.rows_recomputed += int(rows.size)
         diff = changed_positions(y[cand], before)
@@ -313,7 +314,7 @@ class Engine:
         y[seeds] = merged[moved]
         old_out = self._scratch(name, y)
         reached = self._run_closure(rule.matrix, y, seeds, sr, old_out)
-        idx, pos = np.unique(np.concatenate([seeds, reached]), return_index=True)
+        idx, pos = unique_first(np.concatenate([seeds, reached]))
         olds = np.concatenate([seed_old, old_out[reached]])[pos]
         return self._record(name, idx, olds, undo)
 
@@ -328,7 +329,7 @@ class Engine:
             moved = changed_positions(merged, y[imp])
             y[imp] = merged
             parts.append(imp[moved])
-        self._run_closure(rule.matrix, y, np.unique(np.concatenate(parts)), sr)
+        self._run_closure(rule.matrix, y, unique(np.concatenate(parts)), sr)
         idx = np.flatnonzero(changed_positions(y, before)).astype(np.int64)
         return self._record(name, idx, before[idx], undo) if idx.size else None
 
@@ -383,7 +384,7 @@ class Engine:
                 via = sr.mul_arrays(t.data[offs], np.repeat(y[frontier], lens))
                 tight = ~changed_positions(via, y[tgt])
                 tgt = tgt[tight]
-            tgt = np.unique(tgt[~region[tgt]])
+            tgt = unique(tgt[~region[tgt]])
             region[tgt] = True
             frontier = tgt
         rows = np.flatnonzero(region).astype(np.int64)

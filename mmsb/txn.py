@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, TypeVar
 
 import numpy as np
 
+from mmsb._sets import unique
 from mmsb.errors import ConflictError, InvalidDeltaError, MMSBError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -34,7 +35,7 @@ def region_of(page: "Page", index: Any = None, mask: Any = None) -> Optional[np.
     idx = idx.astype(np.int64)
     if idx.size and (idx.min() < 0 or idx.max() >= page.size):
         raise InvalidDeltaError(f"page {page.name!r}: index out of range [0, {page.size})")
-    return np.unique(idx)
+    return unique(idx)
 
 
 def overlap(a: Optional[np.ndarray], b: Optional[np.ndarray]) -> Optional[np.ndarray]:

@@ -105,15 +105,20 @@ def plot_rows(rows: Iterable[Row], path: str) -> None:
     rows = [r for r in rows if r.ratio]
     if not rows:
         raise ValueError("no ratios to plot")
-    labels = [f"{r.group}: {r.name[:60]} vs {r.baseline_name[:40]}" for r in rows]
+    def short(text: str, n: int) -> str:
+        return text if len(text) <= n else text[: n - 1] + "…"
+
+    labels = [f"{r.group}: {short(r.name, 55)}\nvs {short(r.baseline_name, 60)}" for r in rows]
     colors = ["tab:green" if r.met else ("tab:red" if r.met is False else "tab:gray") for r in rows]
-    fig, ax = plt.subplots(figsize=(13, 0.32 * len(rows) + 1.5))
+    fig, ax = plt.subplots(figsize=(14, 0.42 * len(rows) + 1.5))
     y = list(range(len(rows)))[::-1]
     ax.barh(y, [r.ratio for r in rows], color=colors)
     ax.set_xscale("log")
     ax.axvline(1.0, color="black", lw=0.8)
     ax.set_yticks(y)
-    ax.set_yticklabels(labels, fontsize=7)
+    ax.set_yticklabels(labels, fontsize=6.5)
+    for yi, r in zip(y, rows):
+        ax.text(r.ratio, yi, f" {fmt_ratio(r.ratio)}", va="center", fontsize=6.5)
     ax.set_xlabel("baseline time / mmsb time (log scale; > 1: mmsb faster). green: target met, red: missed")
     ax.set_title("mmsb bench")
     fig.tight_layout()

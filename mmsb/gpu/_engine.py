@@ -22,6 +22,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from mmsb._sets import unique
 from mmsb.gpu import _pages as P
 from mmsb.gpu import _runtime as rt
 from mmsb.gpu import kernels as K
@@ -131,7 +132,7 @@ def _links(engine: Any, page: Any, rules: list, ops: K.Ops, inputs: dict, full: 
                 parts.append(r.matrix.column_rows(ch.idx))
         if not parts:
             return None
-        cand = np.unique(np.concatenate(parts)) if len(parts) > 1 else parts[0]
+        cand = unique(np.concatenate(parts)) if len(parts) > 1 else parts[0]
         if not cand.size:
             return None
     rows_d = None if cand is None else rt.to_device(cand.astype(np.int64), dev)

@@ -120,7 +120,7 @@ def _read_shape(r: Reader) -> tuple:
     shape = tuple(r.u64("dim") for _ in range(nd))
     total = 1
     for d in shape:
-        total *= d
+        total *= max(d, 1)   # 0 dims skipped: (0, 2**40, 2**40) must not pass (numpy refuses the reshape)
         if total > MAX_ELEMS:
             raise CorruptionError("array too large", offset=r.pos, what="shape")
     return shape

@@ -2,6 +2,7 @@
 raise CorruptionError, never another exception, a crash or a hang (a per-example deadline)."""
 import os
 import subprocess
+import tempfile
 import sys
 
 import numpy as np
@@ -125,6 +126,6 @@ def test_atheris_harness_runs():
     runs = 200000 if LONG else 3000
     here = os.path.dirname(os.path.abspath(__file__))
     r = subprocess.run([sys.executable, os.path.join(here, "fuzz_atheris.py"), f"-atheris_runs={runs}"],
-                       capture_output=True, text=True, timeout=1800)
+                       capture_output=True, text=True, timeout=1800, cwd=tempfile.gettempdir())
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     count("inputs_fuzzed_atheris", runs)

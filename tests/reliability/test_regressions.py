@@ -41,3 +41,16 @@ def test_creation_cut_before_store_rename_can_be_reopened(tmp_path):
     with mmsb.open(str(path), "a") as buf:
         buf.create_page("x", 4)
     assert mmsb.verify(str(path)).ok
+
+
+def test_zero_dim_beside_huge_dim_is_corruption():
+    """mmsb/log/records.py: a shape like (0, 2**62) passed the size check (the product is 0) and reshape then
+    raised numpy's ValueError instead of CorruptionError (found by the atheris harness)."""
+    import base64
+
+    from mmsb.errors import CorruptionError
+    from mmsb.log import records as R
+
+    data = base64.b64decode("/wAAABgAAAQAAAAnAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAABAAAAAAAAAAAAAAAAAAAA")
+    with pytest.raises(CorruptionError):
+        R.decode_op(R.DELTA, data[2:], 1)

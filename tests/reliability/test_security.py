@@ -86,3 +86,13 @@ def test_builtin_semiring_cannot_be_replaced(name):
         with pytest.raises(SemiringError):
             mmsb.semirings.register(fake, replace=replace)
     assert mmsb.semirings.get(name) is orig
+
+
+@pytest.mark.parametrize("shape", [[0, 2**62, 2**62], [2**32, 2**32], [-1], [2**70]])
+def test_crafted_manifest_shape_refused(tmp_path, shape):
+    """A re-sealed manifest whose shape overflows or hides a huge dim behind a 0 is CorruptionError."""
+    C.write_checkpoint(str(tmp_path), 4, [({"name": "p"}, np.zeros(0))], [], fsync=False)
+    path = C.checkpoint_path(str(tmp_path), 4)
+    _rewrite_manifest(path, lambda m: m["pages"][0].update(shape=shape))
+    with pytest.raises(CorruptionError):
+        C.load_checkpoint(str(tmp_path))
