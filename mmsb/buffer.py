@@ -763,8 +763,12 @@ class Buffer:
                 self._snapshots[self._epoch] = self._snapshot()
             return self._epoch
 
-    def _snapshot(self) -> tuple:
-        pages = [(self._page_meta(p), self._memory.array(p).reshape(p.shape).copy()) for p in self._pages.values()]
+    def _snapshot(self, copy: bool = True) -> tuple:
+        """``(epoch, [(meta, array)], rules)``; ``copy=False`` gives live views (only under the buffer lock)."""
+        pages = []
+        for p in self._pages.values():
+            arr = self._memory.array(p).reshape(p.shape)       # (a reload may spill a page read before)
+            pages.append((self._page_meta(p), arr.copy() if copy else arr))
         rules = [r.to_schema() for r in self._graph.rules()]
         return self._epoch, pages, rules
 
@@ -803,7 +807,7 @@ class Buffer:
             dt = np.dtype(meta["dtype"])
             page = Page(self, meta["name"], tuple(meta["shape"]), dt, semirings.get(meta["semiring"]), "cpu",
                         meta.get("metadata"), meta.get("epoch", epoch))
-            self._memory.allocate(page, 0)
+            self._memory.allocate(page, None)
             self._memory.array(page)[...] = np.asarray(arr).reshape(-1)
             self._pages[page.name] = page
             self._graph.add_node(page.name)

@@ -190,6 +190,26 @@ def encode_values(arr, *, codec: str = "lz4", clevel: int = 5, nthreads: Optiona
     return BLOSC2, enc
 
 
+class AdaptiveValues:
+    """Chooses per stream (e.g. a page) whether to try blosc2: after ``misses`` encodings in a row that did
+    not save 10%, only every ``probe``-th encoding tries again (incompressible data costs no compression)."""
+
+    def __init__(self, misses: int = 4, probe: int = 16):
+        self.misses = misses
+        self.probe = probe
+        self._miss: dict = {}
+
+    def encode(self, key, arr) -> tuple[int, bytes]:
+        miss = self._miss.get(key, 0)
+        if miss >= self.misses and miss % self.probe:
+            self._miss[key] = miss + 1
+            return encode_values(arr, allow_compress=False)
+        cid, data = encode_values(arr)
+        saved = cid != RAW and len(data) <= 0.9 * np.asarray(arr).nbytes
+        self._miss[key] = 0 if saved else miss + 1
+        return cid, data
+
+
 def _blosc_encode(mv: memoryview, typesize: int, codec: str, clevel: int, nthreads: int) -> Optional[bytes]:
     cd = blosc2.Codec.ZSTD if codec == "zstd" else blosc2.Codec.LZ4
     chunks = []

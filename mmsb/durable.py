@@ -60,7 +60,8 @@ class Store:
         epoch = buf.epoch
         if epoch in list_checkpoints(self.root):
             return epoch
-        _, pages, rules = buf._snapshot()
+        # live views are safe under the buffer lock unless a memory limit may spill (and reuse) blocks meanwhile
+        _, pages, rules = buf._snapshot(copy=buf._memory.limit is not None)
         fsync = buf._log.durability != "none"
         with buf._log._lock:              # the log must be on disk up to the checkpoint before it is published
             buf._log._flush_wbuf()

@@ -74,13 +74,14 @@ class MemoryManager:
 
     # -- storage --------------------------------------------------------------------------------------------
     def allocate(self, page: "Page", fill: Any) -> None:
-        """Give ``page`` resident storage filled with ``fill``."""
+        """Give ``page`` resident storage filled with ``fill`` (None: left uninitialised for the caller)."""
         nbytes = page.nbytes
         if self.limit is not None:
             self.make_room(nbytes)
         handle = self.allocator.alloc(max(nbytes, 1))
         arr = self.allocator.view(handle, page.dtype, (page.size,))
-        arr[...] = fill
+        if fill is not None:
+            arr[...] = fill
         page._handle, page._data = handle, arr
         self.resident_bytes += nbytes
         if self.limit is not None:

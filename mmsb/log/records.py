@@ -145,11 +145,16 @@ def _str16(s: str) -> bytes:
     return struct.pack("<H", len(b)) + b
 
 
-def encode_values_part(arr: np.ndarray) -> tuple[bytes, int, int]:
-    """dtype + shape + values codec part; returns (bytes, raw_bytes, encoded_bytes)."""
+_VALUES = codecs.AdaptiveValues()
+
+
+def encode_values_part(arr: np.ndarray, stream=None) -> tuple[bytes, int, int]:
+    """dtype + shape + values codec part; returns (bytes, raw_bytes, encoded_bytes).
+
+    ``stream`` (e.g. the page name) lets incompressible streams skip the compression attempt."""
     a = np.asarray(arr)
     ds = codecs.dtype_str(a.dtype).encode("ascii")
-    cid, data = codecs.encode_values(a)
+    cid, data = codecs.encode_values(a) if stream is None else _VALUES.encode((stream, a.dtype.str), a)
     head = struct.pack("<B", len(ds)) + ds + _shape_bytes(a.shape)
     return head + _part(cid, data), a.nbytes, len(data)
 
@@ -215,7 +220,7 @@ def encode_delta(d: Delta) -> tuple[bytes, int, int]:
         out.append(_shape_bytes(m.shape) + _part(cid, data))
         raw += m.nbytes
         enc += len(data)
-    vb, vr, ve = encode_values_part(d.values)
+    vb, vr, ve = encode_values_part(d.values, d.page)
     out.append(vb)
     return b"".join(out), raw + vr, enc + ve
 
