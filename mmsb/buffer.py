@@ -67,6 +67,7 @@ class Buffer:
                               lambda n: self._pages[n].semiring)
         self._engine.pages = self._pages          # GPU hook: Engine._update routes GPU pages to mmsb.gpu
         self._lock = threading.RLock()
+        self._locked_cm = _Locked(self)
         self._local = threading.local()
         self._epoch = 0
         self._txid = 0
@@ -176,15 +177,9 @@ class Buffer:
         if self._store is not None:
             self._store.check_healthy()
 
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        if not self._lock.acquire(blocking=False):
-            self._counters["lock_waits"] += 1
-            self._lock.acquire()
-        try:
-            yield
-        finally:
-            self._lock.release()
+    def _locked(self) -> "_Locked":
+        """The buffer lock as a context manager that counts waits."""
+        return self._locked_cm
 
     def _read(self, page: Page, index: Any = None) -> np.ndarray:
         if page.device != "cpu":                  # GPU hook: numpy copy gathered on the device
@@ -480,9 +475,11 @@ class Buffer:
                     self._defer(changes, force, undo)
                 for name, ch in derived.items():
                     logged.append(Delta(name, self._values_at(name, ch.idx), index=ch.idx, derived=True))
+                touched = set()
                 for op in logged:
                     if isinstance(op, Delta):
                         op.epoch = epoch
+                        touched.add(op.page)
                 self._txid += 1
                 token = self._log.append(Txn(epoch, self._txid, logged))
             except BaseException:
@@ -493,7 +490,6 @@ class Buffer:
                 self._memory.release(page)
             self._to_release = []
             self._epoch = epoch
-            touched = {op.page for op in logged if isinstance(op, Delta)}
             for name in touched:
                 if name in self._pages:
                     self._pages[name].epoch = epoch
@@ -503,7 +499,7 @@ class Buffer:
                 rec.update({n: None for n in force})
                 self._history.append((epoch, rec))
             self._counters["commits"] += 1
-            self._counters["deltas"] += sum(isinstance(op, Delta) for op in logged)
+            self._counters["deltas"] += len(logged) - len(ops) + sum(isinstance(op, Delta) for op in ops)
             self._memory.enforce()
         self._log.sync(token)
         if self._cluster is not None:
@@ -891,6 +887,24 @@ class Buffer:
                 self.close()
         except Exception:
             pass
+
+
+class _Locked:
+    """``with buf._locked():`` — takes the buffer's RLock, counting a wait when it was not free at once."""
+
+    __slots__ = ("_buf",)
+
+    def __init__(self, buf: Buffer):
+        self._buf = buf
+
+    def __enter__(self) -> None:
+        lock = self._buf._lock
+        if not lock.acquire(blocking=False):
+            self._buf._counters["lock_waits"] += 1
+            lock.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self._buf._lock.release()
 
 
 class LogView:

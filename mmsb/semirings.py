@@ -29,6 +29,10 @@ def get(name: SemiringLike) -> Semiring:
     Raises :class:`SemiringError` for an unknown name (listing the known ones), or for a Semiring object that
     is not the one registered under its name.
     """
+    if type(name) is str:
+        sr = _registry.get(name)           # a dict read is atomic: no lock on the hot path
+        if sr is not None:
+            return sr
     try:
         return _get(name)
     except SemiringError as exc:

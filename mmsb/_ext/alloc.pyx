@@ -15,7 +15,7 @@ from cpython.ref cimport Py_INCREF
 cnp.import_array()
 
 cdef extern from "numpy/arrayobject.h":
-    object PyArray_NewFromDescr(object subtype, object descr, int nd, cnp.npy_intp *dims, cnp.npy_intp *strides,
+    object PyArray_NewFromDescr(void *subtype, object descr, int nd, cnp.npy_intp *dims, cnp.npy_intp *strides,
                                 void *data, int flags, object obj)
 
 from cpython.buffer cimport PyBUF_WRITABLE
@@ -131,7 +131,7 @@ cdef object _array_over(object region, Py_ssize_t offset, object dt, tuple shp):
     for k in range(nd):
         dims[k] = shp[k]
     Py_INCREF(descr)                       # PyArray_NewFromDescr steals a reference to the descriptor
-    arr = PyArray_NewFromDescr(np.ndarray, descr, nd, dims, NULL,
+    arr = PyArray_NewFromDescr(<void *>np.ndarray, descr, nd, dims, NULL,
                                    <void *>((<_Region>region).ptr + offset), cnp.NPY_ARRAY_CARRAY, None)
     cnp.set_array_base(arr, region)
     return arr
@@ -365,7 +365,10 @@ cdef class Allocator:
         dt = np.dtype(dtype)
         if dt.hasobject:
             raise TypeError("object dtypes cannot be placed in allocator blocks")
-        shp = (int(shape),) if np.ndim(shape) == 0 else tuple(int(s) for s in shape)
+        if type(shape) is tuple and all(type(s) is int for s in shape):
+            shp = shape
+        else:
+            shp = (int(shape),) if np.ndim(shape) == 0 else tuple(int(s) for s in shape)
         if any(s < 0 for s in shp):
             raise ValueError(f"negative dimension in shape {shp}")
         count = 1
