@@ -15,7 +15,7 @@ from cpython.ref cimport Py_INCREF
 cnp.import_array()
 
 cdef extern from "numpy/arrayobject.h":
-    object PyArray_NewFromDescr(void *subtype, object descr, int nd, cnp.npy_intp *dims, cnp.npy_intp *strides,
+    object PyArray_NewFromDescr(void *subtype, cnp.dtype descr, int nd, cnp.npy_intp *dims, cnp.npy_intp *strides,
                                 void *data, int flags, object obj)
 
 from cpython.buffer cimport PyBUF_WRITABLE
