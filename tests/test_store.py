@@ -481,7 +481,7 @@ def _two_phase_store(root, durability="fsync"):
     before = state(buf)
     e0 = buf.epoch
     seg = iter_segments(os.path.join(root, "log"))[-1][1]
-    start = os.path.getsize(seg) if durability != "none" else None
+    start = buf._log._segs[-1].size if durability != "none" else None   # the log's end (the file may hold reserved zeros)
     buf.write("p", 1.5, index=[3, 4, 5], accumulate=True)
     buf.close()
     return seg, start, e0, before

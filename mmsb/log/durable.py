@@ -23,6 +23,7 @@ from mmsb.log import segment as S
 DURABILITY = ("fsync", "flush", "none")
 RECOVERY = ("strict", "truncate")
 _NONE_BUFFER = 1 << 20
+_PREALLOC = 1 << 20          # fsync mode: zeros written and synced ahead of the commits that overwrite them
 
 
 @dataclass
@@ -102,6 +103,7 @@ class DurableLog:
         self._epochs: list[int] = []
         self._marks: list[int] = []
         self._fd: Optional[int] = None
+        self._alloc_end = 0
         self._old_fds: list[int] = []
         self._rfds: dict[str, int] = {}
         self._wbuf = bytearray()
@@ -117,6 +119,18 @@ class DurableLog:
         self._open_scan()
 
     # ------------------------------------------------------------ open / recovery
+
+    @staticmethod
+    def _tail_has_data(path: str, offset: int) -> bool:
+        """True when bytes after ``offset`` are not all zero (zeros are space reserved by a writer)."""
+        with open(path, "rb") as f:
+            f.seek(offset)
+            while True:
+                block = f.read(1 << 20)
+                if not block:
+                    return False
+                if any(block):
+                    return True
 
     def _truncate(self, path: str, size: int) -> None:
         if self.readonly:
@@ -201,7 +215,7 @@ class DurableLog:
                 else:
                     raise CorruptionError(f"log corrupt: {err[1]}", file=path, offset=err[0], what=err[1])
             if size != good_end:
-                if is_last and err is None and not stop:
+                if is_last and err is None and not stop and self._tail_has_data(path, good_end):
                     warnings.warn(TornWriteWarning(
                         f"mmsb: incomplete transaction at the end of {path}: {size - good_end} bytes dropped "
                         f"at offset {good_end}"))
@@ -270,7 +284,28 @@ class DurableLog:
             return
         self._write_fd(data)
 
+    def _reserve(self, nbytes: int) -> None:
+        """fsync mode: make sure the next ``nbytes`` land on zeros written and synced ahead of time, so that a
+        commit overwrites allocated blocks and its fsync flushes data, not a growing file's metadata."""
+        pos = os.lseek(self._fd, 0, os.SEEK_CUR)
+        if pos + nbytes <= self._alloc_end:
+            return
+        start = max(pos, self._alloc_end)
+        size = max(_PREALLOC, pos + nbytes - start)
+        os.pwrite(self._fd, bytes(size), start)
+        os.fsync(self._fd)
+        self._stats["fsyncs"] += 1
+        self._alloc_end = start + size
+
+    def _trim(self, fd: int, size: int) -> None:
+        """Drop the zeros reserved past ``size`` (a closed segment ends at its last record)."""
+        if self._alloc_end > size:
+            os.ftruncate(fd, size)
+        self._alloc_end = 0
+
     def _write_fd(self, data) -> None:
+        if self.durability == "fsync":
+            self._reserve(len(data))
         mv = memoryview(data)
         while mv.nbytes:
             n = os.write(self._fd, mv)
@@ -287,6 +322,7 @@ class DurableLog:
         cur = self._segs[-1] if self._segs else None
         if cur is not None and self._fd is not None:
             self._flush_wbuf()
+            self._trim(self._fd, cur.size)
             if self.durability == "fsync":
                 os.fsync(self._fd)
                 self._stats["fsyncs"] += 1
@@ -299,6 +335,7 @@ class DurableLog:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         header = S.build_header(salt, epoch)
         self._fd = fd
+        self._alloc_end = 0
         self._write_fd(header)
         if self.durability == "fsync":
             os.fsync(fd)
@@ -314,6 +351,7 @@ class DurableLog:
         seg = self._segs[-1]
         self._fd = os.open(seg.path, os.O_WRONLY)
         os.lseek(self._fd, seg.size, os.SEEK_SET)
+        self._alloc_end = os.fstat(self._fd).st_size
 
     def append(self, txn: Txn, commit: bool = True) -> int:
         """Write the transaction's records and its COMMIT; returns a token for :meth:`sync`.
@@ -533,6 +571,7 @@ class DurableLog:
             try:
                 if self._fd is not None and self._poisoned is None:
                     self._flush_wbuf()
+                    self._trim(self._fd, self._segs[-1].size)
                     if self.durability != "none":
                         os.fsync(self._fd)
                         self._stats["fsyncs"] += 1
