@@ -143,6 +143,8 @@ def decode_index(codec_id: int, buf, n: int) -> np.ndarray:
 
 def encode_mask(mask) -> tuple[int, bytes]:
     m = np.ascontiguousarray(mask, dtype=bool).reshape(-1)
+    if m.size and (m.all() if m[0] else not m.any()):      # one run (e.g. a whole-page write): RLE wins
+        return MASK_RLE, _k.encode_mask_rle(m)
     best = (MASK_BITPACK, _k.encode_bitpack(m))
     rle = _k.encode_mask_rle(m)
     if len(rle) < len(best[1]):
@@ -191,12 +193,14 @@ def encode_values(arr, *, codec: str = "lz4", clevel: int = 5, nthreads: Optiona
 
 
 class AdaptiveValues:
-    """Chooses per stream (e.g. a page) whether to try blosc2: after ``misses`` encodings in a row that did
-    not save 10%, only every ``probe``-th encoding tries again (incompressible data costs no compression)."""
+    """Chooses per stream (e.g. a page) whether to try blosc2 on the commit path: after ``misses`` encodings in a
+    row that did not save ``min_saving`` (a fifth), only every ``probe``-th encoding tries again, so nearly
+    incompressible data (random floats save ~12%) costs no compression time."""
 
-    def __init__(self, misses: int = 4, probe: int = 16):
+    def __init__(self, misses: int = 4, probe: int = 16, min_saving: float = 0.2):
         self.misses = misses
         self.probe = probe
+        self.min_saving = min_saving
         self._miss: dict = {}
 
     def encode(self, key, arr) -> tuple[int, bytes]:
@@ -205,7 +209,7 @@ class AdaptiveValues:
             self._miss[key] = miss + 1
             return encode_values(arr, allow_compress=False)
         cid, data = encode_values(arr)
-        saved = cid != RAW and len(data) <= 0.9 * np.asarray(arr).nbytes
+        saved = cid != RAW and len(data) <= (1.0 - self.min_saving) * np.asarray(arr).nbytes
         self._miss[key] = 0 if saved else miss + 1
         return cid, data
 
