@@ -1,7 +1,7 @@
 """Build the Cython extensions in mmsb/_ext with one set of directives for the whole build.
 
 MMSB_CYTHON_DEBUG=1 turns bounds checks, wraparound and initialisation checks back on;
-MMSB_EXT_ONLY=merge,spmv builds only those modules (for kernel work).
+MMSB_EXT_ONLY=merge,spmv builds only those modules (for kernel work); MMSB_NATIVE=1 adds -march=native.
 """
 import glob
 import os
@@ -21,6 +21,8 @@ DIRECTIVES = {
     "embedsignature": True,
 }
 CFLAGS = ["-O0", "-g"] if DEBUG else ["-O3"]
+if os.environ.get("MMSB_NATIVE") == "1":     # kernels for this machine's SIMD level (not portable)
+    CFLAGS.append("-march=native")
 OPENMP = [] if os.environ.get("MMSB_NO_OPENMP") == "1" else ["-fopenmp"]
 
 ONLY = [n for n in os.environ.get("MMSB_EXT_ONLY", "").split(",") if n]

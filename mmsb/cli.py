@@ -15,8 +15,26 @@ def _version() -> str:
     from mmsb import _kernels
 
     feats = _kernels.cpu.features()
-    return (f"mmsb {mmsb.__version__} (kernels: {_kernels.KIND}; SIMD build: {','.join(feats.get('build', [])) or '-'}; "
-            f"machine: {feats.get('simd_level', '?')}; numpy {np.__version__})")
+    return (f"mmsb {mmsb.__version__} (kernels: {_kernels.KIND}; SIMD in use: {feats.get('simd_level', '?')}; "
+            f"build: {','.join(feats.get('build', [])) or '-'}; machine: {_machine_best(feats)}; "
+            f"numpy {np.__version__})")
+
+
+def _machine_best(feats: dict) -> str:
+    from mmsb import _kernels
+
+    levels = getattr(_kernels.cpu, "LEVELS", ())
+    return next((lv for lv in levels if lv in feats.get("machine", [])), "?")
+
+
+def _log_ratio(buf) -> tuple[int, int]:
+    """Raw bytes of every logged delta and schema array, and the log's bytes on disk."""
+    raw = 0
+    for txn in buf._log.txns():
+        for op in txn.ops:
+            arrays = [op.values, op.index, op.mask] if hasattr(op, "values") else list(op.arrays.values())
+            raw += sum(np.asarray(a).nbytes for a in arrays if a is not None)
+    return raw, buf.log.stats().get("bytes", 0)
 
 
 def _human(n: float) -> str:
@@ -39,10 +57,12 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"pages       {len(buf)}")
         print(f"log         {log.get('transactions', 0)} transactions, {log.get('records', 0)} records, "
               f"{_human(log.get('bytes', 0))} in {log.get('segments', 0)} segment(s)")
-        print(f"compression {log.get('compression_ratio', 1.0):.2f}x (raw {_human(log.get('raw_bytes', 0))} -> "
-              f"encoded {_human(log.get('encoded_bytes', 0))})")
+        raw, on_disk = _log_ratio(buf)
+        print(f"compression {raw / on_disk if on_disk else 1.0:.2f}x (raw deltas {_human(raw)} -> log "
+              f"{_human(on_disk)}, framing included)")
         print(f"checkpoints {st.get('store', {}).get('checkpoints', [])}")
-        print(f"kernels     {_kernels.KIND}; SIMD {st['device']['cpu'].get('simd_level', '?')}")
+        print(f"kernels     {_kernels.KIND}; SIMD in use {st['device']['cpu'].get('simd_level', '?')}, "
+              f"machine {_machine_best(st['device']['cpu'])}")
         if len(buf):
             print()
             print(f"{'page':<24} {'shape':<14} {'dtype':<8} {'semiring':<12} {'epoch':>6} rule")
