@@ -20,10 +20,7 @@ from typing import Any, Callable, Iterable, Optional, TextIO
 
 import numpy as np
 
-try:  # a project-wide progress bar, when there is one
-    from mmsb.progress import progress as _progress  # type: ignore
-except ImportError:  # pragma: no cover - depends on the tree
-    from mmsb.dask._progress import progress as _progress
+from mmsb.progress import progress as _progress
 
 
 def save_deltas(path: str, deltas: Iterable[dict]) -> None:
