@@ -94,14 +94,6 @@ def scratch_dir(tag: str) -> Iterator[str]:
         shutil.rmtree(d, ignore_errors=True)
 
 
-def fsync_path(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def missing(group: str, name: str, mmsb_value: Optional[float], baseline_name: str, why: str,
             unit: str = "s", target: str = "") -> Row:
     """A row whose baseline could not run (not installed): mmsb's figure alone, with a note."""

@@ -8,7 +8,8 @@ from typing import Iterator
 import numpy as np
 
 import mmsb
-from mmsb.bench._common import Row, fsync_path, scratch_dir
+from mmsb.bench._common import Row, scratch_dir
+from mmsb.fileio import fsync_dir as fsync_path
 
 GROUP = "checkpoint"
 
