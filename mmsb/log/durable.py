@@ -303,8 +303,8 @@ class DurableLog:
             os.ftruncate(fd, size)
         self._alloc_end = 0
 
-    def _write_fd(self, data) -> None:
-        if self.durability == "fsync":
+    def _write_fd(self, data, reserve: bool = True) -> None:
+        if reserve and self.durability == "fsync":
             self._reserve(len(data))
         mv = memoryview(data)
         while mv.nbytes:
@@ -335,8 +335,8 @@ class DurableLog:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         header = S.build_header(salt, epoch)
         self._fd = fd
-        self._alloc_end = 0
-        self._write_fd(header)
+        self._write_fd(header, reserve=False)      # the header is made durable before any space is reserved
+        self._alloc_end = len(header)
         if self.durability == "fsync":
             os.fsync(fd)
             self._stats["fsyncs"] += 1
