@@ -63,10 +63,7 @@ class Store:
         # live views are safe under the buffer lock unless a memory limit may spill (and reuse) blocks meanwhile
         _, pages, rules = buf._snapshot(copy=buf._memory.limit is not None)
         fsync = buf._log.durability != "none"
-        with buf._log._lock:              # the log must be on disk up to the checkpoint before it is published
-            buf._log._flush_wbuf()
-            if fsync and buf._log._fd is not None:
-                os.fsync(buf._log._fd)
+        buf._log.flush(fsync)             # the log must be on disk up to the checkpoint before it is published
         write_checkpoint(self.root, epoch, pages, rules, extra={"txid": buf._txid}, fsync=fsync)
         buf._log.mark_checkpoint(epoch)
         return epoch

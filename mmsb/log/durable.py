@@ -427,6 +427,18 @@ class DurableLog:
             self._logical_end = seg.start + seg.size
             return self._logical_end
 
+    def flush(self, fsync: bool = True) -> None:
+        """Write every buffered record to the OS and, with ``fsync``, to disk (e.g. before a checkpoint)."""
+        with self._lock:
+            self._check_writable()
+            try:
+                self._flush_wbuf()
+                if fsync and self._fd is not None:
+                    os.fsync(self._fd)
+                    self._stats["fsyncs"] += 1
+            except OSError as exc:
+                raise self._poison("log flush", exc) from exc
+
     def sync(self, token: Optional[int] = None) -> None:
         """Make everything up to ``token`` (default: everything) durable as the durability mode promises."""
         if self._poisoned is not None:
