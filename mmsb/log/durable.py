@@ -14,6 +14,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
+from mmsb.log.base import LogBase
 from mmsb.fileio import fsync_dir
 from mmsb.delta import Txn
 from mmsb.errors import CorruptionError, LogPoisonedError, ReadOnlyError, TornWriteWarning, ClosedError
@@ -81,7 +82,7 @@ def assemble(records, path: str):
             yield ("mark", rec.epoch, rec)
 
 
-class DurableLog:
+class DurableLog(LogBase):
     """Append-only log of committed transactions. See docs/FORMAT.md for the bytes."""
 
     def __init__(self, root: str, durability: str = "fsync", segment_bytes: int = 64 * 2**20,
@@ -239,26 +240,6 @@ class DurableLog:
         self._stats["bytes"] = sum(s.size for s in self._segs)
         self._synced = logical
         self._logical_end = logical
-
-    # ------------------------------------------------------------ properties
-
-    @property
-    def last_epoch(self) -> int:
-        """Epoch of the last committed transaction (0 for an empty log)."""
-        return self._last_epoch
-
-    @property
-    def first_epoch(self) -> Optional[int]:
-        """Epoch of the oldest kept transaction, or None."""
-        with self._lock:
-            return self._epochs[0] if self._epochs else None
-
-    @property
-    def checkpoint_marks(self) -> list[int]:
-        return list(self._marks)
-
-    def __len__(self) -> int:
-        return len(self._index)
 
     # ------------------------------------------------------------ writing
 

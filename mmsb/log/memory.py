@@ -5,11 +5,14 @@ import bisect
 import threading
 from typing import Iterator, Optional
 
+from mmsb.log.base import LogBase
 from mmsb.delta import Txn
 from mmsb.errors import ClosedError
 
 
-class MemoryLog:
+class MemoryLog(LogBase):
+    """The log of an in-memory buffer: committed :class:`Txn` objects kept as they are (history in memory)."""
+
     durability = "none"
     readonly = False
 
@@ -22,22 +25,6 @@ class MemoryLog:
         self._closed = False
         self._stats = dict(records=0, transactions=0, bytes=0, raw_bytes=0, encoded_bytes=0, fsyncs=0,
                            group_commit_batches=0, torn_tail_bytes=0, segments=0)
-
-    @property
-    def last_epoch(self) -> int:
-        return self._last_epoch
-
-    @property
-    def first_epoch(self) -> Optional[int]:
-        with self._lock:
-            return self._epochs[0] if self._epochs else None
-
-    @property
-    def checkpoint_marks(self) -> list[int]:
-        return list(self._marks)
-
-    def __len__(self) -> int:
-        return len(self._txns)
 
     def append(self, txn: Txn, commit: bool = True) -> int:
         with self._lock:

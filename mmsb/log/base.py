@@ -1,0 +1,31 @@
+"""What the durable and the in-memory log share: the committed epochs in order and the checkpoint marks."""
+from __future__ import annotations
+
+from typing import Optional
+
+
+class LogBase:
+    """Subclasses keep ``_lock``, ``_epochs`` (committed epochs, ascending), ``_marks`` and ``_last_epoch``."""
+
+    _epochs: list
+    _marks: list
+    _last_epoch: int
+
+    @property
+    def last_epoch(self) -> int:
+        """Epoch of the last committed transaction (0 for an empty log)."""
+        return self._last_epoch
+
+    @property
+    def first_epoch(self) -> Optional[int]:
+        """Epoch of the oldest kept transaction, or None."""
+        with self._lock:
+            return self._epochs[0] if self._epochs else None
+
+    @property
+    def checkpoint_marks(self) -> list[int]:
+        """Epochs of the checkpoints recorded in the log."""
+        return list(self._marks)
+
+    def __len__(self) -> int:
+        return len(self._epochs)
