@@ -4,7 +4,6 @@ from __future__ import annotations
 import functools
 import json
 import threading
-import time
 import warnings
 from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, TypeVar, Union

@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import struct
-import threading
 import time
 import uuid
 import warnings

@@ -1,5 +1,4 @@
 """dask.array interop: blocks to pages and pages to a dask array, computed on a LocalCluster."""
-import os
 
 import numpy as np
 import pytest
@@ -13,15 +12,10 @@ import mmsb.dask  # noqa: E402
 
 @pytest.fixture(scope="module")
 def client():
-    saved = dict(os.environ)
-    try:
-        with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                      dashboard_address=None, host="127.0.0.1") as cluster:
-            with distributed.Client(cluster) as c:
-                yield c
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    from _localcluster import local_client
+
+    with local_client() as c:
+        yield c
 
 
 def test_round_trip_uneven_chunks(client):

@@ -37,16 +37,13 @@ def killer(a):
 def client():
     import cloudpickle
 
+    from _localcluster import local_client
+
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    saved = dict(os.environ)
     try:
-        with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                      dashboard_address=None, host="127.0.0.1") as cluster:
-            with distributed.Client(cluster) as c:
-                yield c
+        with local_client() as c:
+            yield c
     finally:
-        os.environ.clear()
-        os.environ.update(saved)
         cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
 

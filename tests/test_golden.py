@@ -3,7 +3,6 @@ recorded state, read-only and with mode "a", at every recorded epoch, and must v
 import json
 import os
 import shutil
-import warnings
 
 import numpy as np
 import pytest

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 import mmsb
 from mmsb.log.segment import HEADER_SIZE, iter_segments, scan_segment

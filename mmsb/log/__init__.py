@@ -17,7 +17,7 @@ def scan_store_log(root: str) -> list[dict]:
     Keys: path, records, transactions, torn (bool), problems (list of str), trailing_zero_bytes.
     """
     import os
-    from mmsb.log import segment as S
+
     out = []
     segs = iter_segments(os.path.join(root, "log"))
     last_epoch = 0

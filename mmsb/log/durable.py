@@ -11,7 +11,7 @@ import os
 import struct
 import threading
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator, Optional
 
 from mmsb.log.base import LogBase

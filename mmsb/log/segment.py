@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import struct
 from dataclasses import dataclass, field
-from typing import Iterator, Optional
+from typing import Optional
 
 import crc32c as _crc
 
@@ -195,7 +195,6 @@ def scan_segment(path: str, data=None) -> ScanResult:
     res = ScanResult(path, hdr, good_end=HEADER_SIZE, clean_end=HEADER_SIZE)
     pos = HEADER_SIZE
     size = len(mv)
-    pending = None
     while pos < size:
         rec, why = record_at(mv, pos, hdr.salt)
         if rec is None:
@@ -210,10 +209,7 @@ def scan_segment(path: str, data=None) -> ScanResult:
             break
         res.records.append(rec)
         res.good_end = rec.end
-        if rec.rtype in (DELTA, SCHEMA):
-            pending = rec.txid
-        else:
-            pending = None
+        if rec.rtype not in (DELTA, SCHEMA):
             res.clean_end = rec.end
         pos = rec.end
     return res
