@@ -7,7 +7,6 @@ import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import numpy as np  # noqa: E402
 
 import mmsb  # noqa: E402
 from mmsb.errors import TornWriteWarning  # noqa: E402

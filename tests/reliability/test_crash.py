@@ -11,7 +11,6 @@ import sys
 import time
 import warnings
 
-import numpy as np
 import pytest
 
 import mmsb

@@ -2,7 +2,6 @@
 N-th file operation (then drop, cut or garble every byte written after the last fsync). After each fault the
 store must reopen to a state consistent with the acknowledged commits; a failed log write or fsync poisons the
 buffer (LogPoisonedError on every later commit); a failed commit is either rolled back or poisons the log."""
-import os
 import shutil
 import warnings
 
