@@ -353,7 +353,7 @@ class Engine:
         if codes is not None:
             return _kernels.spmv.closure(t.indptr, t.indices, _kview(t.data), _kview(y), frontier, codes[0],
                                          codes[1], _kview(np.array([zero]))[0],
-                                         None if old_out is None else _kview(old_out))
+                                         None if old_out is None else _kview(old_out), t.weight_range)
         start = y.copy()
         while frontier.size:
             before = y.copy()

@@ -19,10 +19,19 @@ class CSR:
     indices: np.ndarray
     data: np.ndarray
     _t: Optional["CSR"] = field(default=None, repr=False)
+    _range: Optional[tuple] = field(default=None, repr=False)
 
     @property
     def nnz(self) -> int:
         return int(self.data.size)
+
+    @property
+    def weight_range(self) -> tuple:
+        """(min, max) of the stored values as floats ((0, 0) when empty); computed once."""
+        if self._range is None:
+            d = self.data
+            self._range = (float(d.min()), float(d.max())) if d.size and d.dtype.kind in "iuf" else (0.0, 0.0)
+        return self._range
 
     @property
     def T(self) -> "CSR":

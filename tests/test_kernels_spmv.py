@@ -201,6 +201,42 @@ def test_closure_min_plus_equals_dijkstra_and_incremental(kern, seed, n, density
 
 
 @SETTINGS
+@given(st.integers(0, 2**32 - 1), st.integers(1, 60), st.floats(0.0, 0.3), st.integers(1, 6),
+       st.sampled_from(["float64", "float32", "int64"]), st.sampled_from([1.0, 0.25, 3.0]))
+def test_closure_bucket_queue_equals_heap_and_dijkstra(seed, n, density, nsrc, dtype, scale):
+    """(min, plus) with a weight range > 0 takes Dial's bucket queue: the same values, changed entries and old
+    values as the heap path and the twin, and dijkstra's distances; incrementally from a fixpoint too."""
+    ext = ext_module()
+    rng = np.random.default_rng(seed)
+    W = random_graph(rng, n, density, 1, 9, dtype)
+    if dtype != "int64":
+        W.data = (W.data * scale).astype(dtype)
+    if not W.nnz:
+        return
+    z = zero_of("min_plus", dtype)
+    wr = (float(W.data.min()), float(W.data.max()))
+    sources = rng.choice(n, min(nsrc, n), replace=False)
+    first, later = sources[: max(1, sources.size // 2)], sources[max(1, sources.size // 2):]
+    runs = []
+    for mod, hint in ((ext, wr), (ext, None), (ref, None)):
+        x = np.full(n, z, dtype=dtype)
+        x[first] = 0
+        mod.closure(W.indptr, W.indices, W.data, x, first, OP_MIN, OP_PLUS, np.inf, None, hint)
+        x[later] = 0
+        before = x.copy()
+        old = np.zeros(n, dtype=dtype)
+        ch = mod.closure(W.indptr, W.indices, W.data, x, later, OP_MIN, OP_PLUS, np.inf, old, hint)
+        runs.append((x, ch, old[ch], before[ch]))
+    for x, ch, old, before in runs:
+        np.testing.assert_array_equal(x, runs[1][0])
+        np.testing.assert_array_equal(ch, runs[1][1])
+        np.testing.assert_array_equal(old, before)
+    got = np.where(runs[0][0] == z, np.inf, runs[0][0].astype(np.float64))
+    expect = dijkstra(W.astype(np.float64), indices=sources, min_only=True)
+    np.testing.assert_allclose(got, expect, rtol=1e-6 if dtype == "float32" else 0)
+
+
+@SETTINGS
 @given(st.integers(0, 2**32 - 1), st.integers(1, 40), st.floats(0.0, 0.3), st.integers(1, 4), st.booleans())
 def test_closure_or_and_equals_bfs(kern, seed, n, density, nsrc, as_bool):
     rng = np.random.default_rng(seed)

@@ -43,5 +43,6 @@ def closure(
     mul_op: int,
     zero: Any,
     old_out: Optional[npt.NDArray[Any]] = ...,
+    weight_range: Optional[tuple[float, float]] = ...,
 ) -> npt.NDArray[np.int64]:
     """Semi-naive least fixpoint (idempotent ⊕) from ``frontier``; returns the sorted unique changed entries."""

@@ -459,27 +459,146 @@ cdef int _closure_kernel(const int64_t *indptr_t, const int64_t *indices_t, cons
     return status
 
 
+cdef struct Bucket:
+    int64_t *ids
+    Py_ssize_t size
+    Py_ssize_t cap
+
+
+cdef inline int _bucket_push(Bucket *b, int64_t ident) noexcept nogil:
+    """Append ident to bucket b; -1 when out of memory."""
+    cdef int64_t *p
+    cdef Py_ssize_t cap
+    if b.size == b.cap:
+        cap = b.cap * 2 if b.cap else 64
+        p = <int64_t *>realloc(b.ids, cap * sizeof(int64_t))
+        if p == NULL:
+            return -1
+        b.ids = p
+        b.cap = cap
+    b.ids[b.size] = ident
+    b.size += 1
+    return 0
+
+
+cdef int _closure_buckets(const int64_t *indptr_t, const int64_t *indices_t, const numeric_t *data_t,
+                          int64_t nnz, numeric_t *x, int64_t n, const int64_t *frontier, int64_t count,
+                          int add_op, int mul_op, numeric_t zero, double wmin, double wmax,
+                          IndexBuf *changed, numeric_t *old_out, bint *disordered) noexcept nogil:
+    """Dial's bucket queue for (min, plus) with every weight in [wmin, wmax], wmin > 0.
+
+    Bucket b holds the entries whose value lies in [base + b wmin, base + (b + 1) wmin): an entry popped from
+    bucket b can only improve others into buckets > b, so each bucket is settled in any order (no heap, no log
+    factor). ``frontier`` must be sorted by value. ``disordered`` is set if a value ever falls outside the
+    window (integer wrap-around): the caller then finishes with the general kernel.
+    """
+    cdef int64_t nb = <int64_t>(wmax / wmin) + 2
+    cdef Bucket *bk = <Bucket *>calloc(nb, sizeof(Bucket))
+    cdef Bucket *b
+    cdef double base
+    cdef int64_t cur = 0, fi = 0, pending = 0, bi, j, i, k, ks, ke
+    cdef Py_ssize_t q
+    cdef numeric_t v, old, new
+    cdef int status = ST_OK
+    if bk == NULL:
+        return ST_NO_MEMORY
+    base = <double>x[frontier[0]]
+    while status == ST_OK:
+        while fi < count and <int64_t>((<double>x[frontier[fi]] - base) / wmin) <= cur:
+            if _bucket_push(&bk[cur % nb], frontier[fi]):
+                status = ST_NO_MEMORY
+                break
+            pending += 1
+            fi += 1
+        if status != ST_OK:
+            break
+        if pending == 0:
+            if fi >= count:
+                break
+            cur = <int64_t>((<double>x[frontier[fi]] - base) / wmin)
+            continue
+        b = &bk[cur % nb]
+        q = 0
+        while q < b.size and status == ST_OK:
+            j = b.ids[q]
+            q += 1
+            v = x[j]
+            if v == zero or <int64_t>((<double>v - base) / wmin) != cur:
+                continue
+            ks = indptr_t[j]
+            ke = indptr_t[j + 1]
+            if ks < 0 or ke > nnz or ks > ke:
+                status = ST_BAD_INDEX
+                break
+            for k in range(ks, ke):
+                i = indices_t[k]
+                if <uint64_t>i >= <uint64_t>n:
+                    status = ST_BAD_INDEX
+                    break
+                old = x[i]
+                new = apply_op(add_op, old, apply_op(mul_op, data_t[k], v))
+                if new != old:
+                    if old_out != NULL and not changed.mark[i]:
+                        old_out[i] = old
+                    x[i] = new
+                    if _buf_add(changed, i):
+                        status = ST_NO_MEMORY
+                        break
+                    bi = <int64_t>((<double>new - base) / wmin)
+                    if bi < cur or bi >= cur + nb:
+                        disordered[0] = True
+                        continue
+                    if _bucket_push(&bk[bi % nb], i):
+                        status = ST_NO_MEMORY
+                        break
+                    pending += 1
+        pending -= b.size
+        b.size = 0
+        cur += 1
+    for k in range(nb):
+        free(bk[k].ids)
+    free(bk)
+    return status
+
+
 def _closure_typed(const int64_t[::1] indptr_t, const int64_t[::1] indices_t, const numeric_t[::1] data_t,
                    numeric_t[::1] x, const int64_t[::1] frontier, int add_op, int mul_op,
-                   const numeric_t[::1] zero, numeric_t[::1] old_out):
-    """Typed entry point of closure (arguments already validated)."""
+                   const numeric_t[::1] zero, numeric_t[::1] old_out, double wmin, double wmax):
+    """Typed entry point of closure (arguments already validated; wmin > 0 selects the bucket queue)."""
     cdef int status = ST_OK
     cdef IndexBuf changed
     cdef numeric_t *old_ptr = &old_out[0] if old_out.shape[0] else NULL
+    cdef bint disordered = False
+    cdef const int64_t[::1] again
     if _buf_init(&changed, x.shape[0]):
         raise MemoryError("spmv kernel: out of memory")
     if frontier.shape[0] and x.shape[0]:
         with nogil:
-            status = _closure_kernel(&indptr_t[0], &indices_t[0] if indices_t.shape[0] else NULL,
-                                     &data_t[0] if data_t.shape[0] else NULL, indices_t.shape[0], &x[0],
-                                     x.shape[0], &frontier[0], frontier.shape[0], add_op, mul_op, zero[0],
-                                     &changed, old_ptr)
+            if wmin > 0:
+                status = _closure_buckets(&indptr_t[0], &indices_t[0] if indices_t.shape[0] else NULL,
+                                          &data_t[0] if data_t.shape[0] else NULL, indices_t.shape[0], &x[0],
+                                          x.shape[0], &frontier[0], frontier.shape[0], add_op, mul_op, zero[0],
+                                          wmin, wmax, &changed, old_ptr, &disordered)
+            else:
+                status = _closure_kernel(&indptr_t[0], &indices_t[0] if indices_t.shape[0] else NULL,
+                                         &data_t[0] if data_t.shape[0] else NULL, indices_t.shape[0], &x[0],
+                                         x.shape[0], &frontier[0], frontier.shape[0], add_op, mul_op, zero[0],
+                                         &changed, old_ptr)
+        if disordered and status == ST_OK:
+            # values left the bucket window (wrap-around): converge from everything touched, generally
+            again = np.concatenate([np.asarray(frontier), np.asarray(<int64_t[:changed.size]> changed.ptr)])
+            with nogil:
+                status = _closure_kernel(&indptr_t[0], &indices_t[0] if indices_t.shape[0] else NULL,
+                                         &data_t[0] if data_t.shape[0] else NULL, indices_t.shape[0], &x[0],
+                                         x.shape[0], &again[0], again.shape[0], add_op, mul_op, zero[0],
+                                         &changed, old_ptr)
     out = _buf_sorted(&changed)
     _raise_status(status)
     return out
 
 
-def closure(indptr_t, indices_t, data_t, x, frontier, int add_op, int mul_op, zero, old_out=None):
+def closure(indptr_t, indices_t, data_t, x, frontier, int add_op, int mul_op, zero, old_out=None,
+            weight_range=None):
     """Semi-naive least fixpoint ``x[i] = x[i] ⊕ (A[i, j] ⊗ x[j])`` for an idempotent ⊕ (min or max).
 
     ``(indptr_t, indices_t, data_t)`` is Aᵀ in CSR form (A square); ``x`` holds the current values (sources
@@ -489,6 +608,8 @@ def closure(indptr_t, indices_t, data_t, x, frontier, int add_op, int mul_op, ze
     ``ValueError("closure does not converge")`` after more than ``n + 1`` FIFO rounds (e.g. a negative cycle);
     ``x`` then holds the values reached so far.
     ``old_out`` (an array like ``x``), if given, receives at each changed entry its value before the call.
+    ``weight_range=(wmin, wmax)``, the range of the stored weights, lets (min, plus) with ``wmin > 0`` use Dial's
+    bucket queue instead of the heap (the same result, faster).
     """
     _check_ops(add_op, mul_op, idempotent=True)
     indptr_t = _index_array(indptr_t, "indptr_t")
@@ -509,4 +630,15 @@ def closure(indptr_t, indices_t, data_t, x, frontier, int add_op, int mul_op, ze
         (old_out,) = _same_dtype(x, old_out=old_out)
         if old_out.size != n:
             raise ValueError(f"old_out has length {old_out.size}, expected {n}")
-    return _closure_typed(indptr_t, indices_t, data_t, x, frontier, add_op, mul_op, z, old_out)
+    wmin = wmax = 0.0
+    if weight_range is not None and add_op == OP_MIN and mul_op == OP_PLUS and frontier.size:
+        lo, hi = float(weight_range[0]), float(weight_range[1])
+        vals = x[frontier]
+        live = vals != z[0]
+        if 0 < lo and hi < float("inf") and hi / lo < 2 ** 20 and (x.dtype.kind != "f" or
+                                                                   np.isfinite(vals[live]).all()):
+            wmin, wmax = lo, hi
+            frontier = np.ascontiguousarray(frontier[live][np.argsort(vals[live], kind="stable")])
+            if not frontier.size:
+                return np.empty(0, dtype=np.int64)
+    return _closure_typed(indptr_t, indices_t, data_t, x, frontier, add_op, mul_op, z, old_out, wmin, wmax)
