@@ -339,6 +339,24 @@ cdef void _heap_pop(numeric_t *keys, int64_t *ids, Py_ssize_t *size, bint maxfir
         ids[pos] = ident
 
 
+cdef inline int _relax(numeric_t *x, int64_t i, int64_t n, numeric_t w, numeric_t v, int add_op, int mul_op,
+                       IndexBuf *changed, numeric_t *old_out) noexcept nogil:
+    """x[i] = x[i] ⊕ (w ⊗ v), recording i (and its first old value) when it changes.
+
+    Returns 1 when x[i] changed, 0 when not, -1 for an index out of range, -2 when out of memory."""
+    cdef numeric_t old, new
+    if <uint64_t>i >= <uint64_t>n:
+        return -1
+    old = x[i]
+    new = apply_op(add_op, old, apply_op(mul_op, w, v))
+    if new == old:
+        return 0
+    if old_out != NULL and not changed.mark[i]:
+        old_out[i] = old
+    x[i] = new
+    return -2 if _buf_add(changed, i) else 1
+
+
 cdef int _closure_kernel(const int64_t *indptr_t, const int64_t *indices_t, const numeric_t *data_t,
                          int64_t nnz, numeric_t *x, int64_t n, const int64_t *frontier, int64_t count,
                          int add_op, int mul_op, numeric_t zero, IndexBuf *changed,
@@ -358,9 +376,9 @@ cdef int _closure_kernel(const int64_t *indptr_t, const int64_t *indices_t, cons
     cdef int64_t *queue = NULL
     cdef int64_t head = 0, qlen = 0, in_round = 0, rounds = 0
     cdef int64_t r, j, k, i, ks, ke
-    cdef numeric_t v, old, new
+    cdef numeric_t v, new
     cdef bint ordered = True
-    cdef int status = ST_OK
+    cdef int status = ST_OK, rc
     for r in range(count):
         j = frontier[r]
         if x[j] != zero and _heap_push(&hkeys, &hids, &hsize, &hcap, x[j], j, maxfirst):
@@ -382,20 +400,18 @@ cdef int _closure_kernel(const int64_t *indptr_t, const int64_t *indices_t, cons
             break
         for k in range(ks, ke):
             i = indices_t[k]
-            if <uint64_t>i >= <uint64_t>n:
-                status = ST_BAD_INDEX
+            rc = _relax(x, i, n, data_t[k], v, add_op, mul_op, changed, old_out)
+            if rc == 0:
+                continue
+            if rc < 0:
+                status = ST_BAD_INDEX if rc == -1 else ST_NO_MEMORY
                 break
-            old = x[i]
-            new = apply_op(add_op, old, apply_op(mul_op, data_t[k], v))
-            if new != old:
-                if old_out != NULL and not changed.mark[i]:
-                    old_out[i] = old
-                x[i] = new
-                if _buf_add(changed, i) or _heap_push(&hkeys, &hids, &hsize, &hcap, new, i, maxfirst):
-                    status = ST_NO_MEMORY
-                    break
-                if _better(new, v, maxfirst):
-                    ordered = False
+            new = x[i]
+            if _heap_push(&hkeys, &hids, &hsize, &hcap, new, i, maxfirst):
+                status = ST_NO_MEMORY
+                break
+            if _better(new, v, maxfirst):
+                ordered = False
         if hsize:
             ks = indptr_t[hids[0]]
             if 0 <= ks < nnz:
@@ -437,23 +453,17 @@ cdef int _closure_kernel(const int64_t *indptr_t, const int64_t *indices_t, cons
             break
         for k in range(ks, ke):
             i = indices_t[k]
-            if <uint64_t>i >= <uint64_t>n:
-                status = ST_BAD_INDEX
+            rc = _relax(x, i, n, data_t[k], v, add_op, mul_op, changed, old_out)
+            if rc == 0:
+                continue
+            if rc < 0:
+                status = ST_BAD_INDEX if rc == -1 else ST_NO_MEMORY
                 break
-            old = x[i]
-            new = apply_op(add_op, old, apply_op(mul_op, data_t[k], v))
-            if new != old:
-                if old_out != NULL and not changed.mark[i]:
-                    old_out[i] = old
-                x[i] = new
-                if _buf_add(changed, i):
-                    status = ST_NO_MEMORY
-                    break
-                if not inq[i]:
-                    inq[i] = 1
-                    r = head + qlen
-                    queue[r if r < n else r - n] = i
-                    qlen += 1
+            if not inq[i]:
+                inq[i] = 1
+                r = head + qlen
+                queue[r if r < n else r - n] = i
+                qlen += 1
     free(inq)
     free(queue)
     return status
@@ -498,8 +508,8 @@ cdef int _closure_buckets(const int64_t *indptr_t, const int64_t *indices_t, con
     cdef double base
     cdef int64_t cur = 0, fi = 0, pending = 0, bi, j, i, k, ks, ke
     cdef Py_ssize_t q
-    cdef numeric_t v, old, new
-    cdef int status = ST_OK
+    cdef numeric_t v
+    cdef int status = ST_OK, rc
     if bk == NULL:
         return ST_NO_MEMORY
     base = <double>x[frontier[0]]
@@ -532,26 +542,20 @@ cdef int _closure_buckets(const int64_t *indptr_t, const int64_t *indices_t, con
                 break
             for k in range(ks, ke):
                 i = indices_t[k]
-                if <uint64_t>i >= <uint64_t>n:
-                    status = ST_BAD_INDEX
+                rc = _relax(x, i, n, data_t[k], v, add_op, mul_op, changed, old_out)
+                if rc == 0:
+                    continue
+                if rc < 0:
+                    status = ST_BAD_INDEX if rc == -1 else ST_NO_MEMORY
                     break
-                old = x[i]
-                new = apply_op(add_op, old, apply_op(mul_op, data_t[k], v))
-                if new != old:
-                    if old_out != NULL and not changed.mark[i]:
-                        old_out[i] = old
-                    x[i] = new
-                    if _buf_add(changed, i):
-                        status = ST_NO_MEMORY
-                        break
-                    bi = <int64_t>((<double>new - base) / wmin)
-                    if bi < cur or bi >= cur + nb:
-                        disordered[0] = True
-                        continue
-                    if _bucket_push(&bk[bi % nb], i):
-                        status = ST_NO_MEMORY
-                        break
-                    pending += 1
+                bi = <int64_t>((<double>x[i] - base) / wmin)
+                if bi < cur or bi >= cur + nb:
+                    disordered[0] = True
+                    continue
+                if _bucket_push(&bk[bi % nb], i):
+                    status = ST_NO_MEMORY
+                    break
+                pending += 1
         pending -= b.size
         b.size = 0
         cur += 1
