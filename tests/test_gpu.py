@@ -199,7 +199,7 @@ def test_kernels_spmv_push_closure_equal_cpu(K, sr, dt):
     M.data = _values(rng, dt, M.nnz, 0, 4).astype(np.float64) if np.dtype(dt).kind != "b" else np.ones(M.nnz)
     A = as_csr(M, (n, n), np.dtype(dt), "t")
     x = _values(rng, dt, n, 0, 4)
-    for group in (1, None):
+    for group in (1, 2, 8, None):
         dA = K.DeviceCSR(A, 0, np.dtype(dt))
         y = np.empty(n, dtype=dt)
         _kernels.spmv.spmv(A.indptr, A.indices, kv(A.data), kv(x), kv(y), add, mul, kv(np.array([zero]))[0],

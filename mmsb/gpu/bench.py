@@ -100,16 +100,23 @@ def bench_spmv(cp: Any, K: Any, rows: int, per_row: int) -> dict:
     y = cp.empty(rows)
     M = csp.csr_matrix((cp.asarray(data), cp.asarray(indices.astype(np.int32)), cp.asarray(indptr.astype(np.int32))),
                        shape=(rows, rows))
-    t_cusparse = _time(cp, lambda: M @ x)
-    out: dict = {"rows": rows, "nnz": nnz, "cusparse_plus_times_s": t_cusparse, "default_group": dA.group}
+    t_before = _time(cp, lambda: M @ x)
+    out: dict = {"rows": rows, "nnz": nnz, "default_group": dA.group}
     for name in ("plus_times", "min_plus"):
         sr = semirings.get(name)
         ops = K.ops_for(sr, np.dtype("float64"))
         times = {}
         for g in (1, 2, 4, 8, 16, 32):
             times[g] = _time(cp, lambda: K.spmv(ops, dA, x, y, group=g))
-        out[name] = {"default_s": times[dA.group], "by_group_s": times, "best_s": min(times.values()),
-                     "vs_cusparse_default": t_cusparse / times[dA.group], "vs_cusparse_best": t_cusparse / min(times.values())}
+        out[name] = {"default_s": times[dA.group], "by_group_s": times, "best_s": min(times.values())}
+    t_after = _time(cp, lambda: M @ x)
+    t_cusparse = min(t_before, t_after)          # the faster of cuSPARSE's two runs (before and after mmsb's)
+    out["cusparse_plus_times_s"] = t_cusparse
+    out["cusparse_runs_s"] = [t_before, t_after]
+    for name in ("plus_times", "min_plus"):
+        r = out[name]
+        r["vs_cusparse_default"] = t_cusparse / r["default_s"]
+        r["vs_cusparse_best"] = t_cusparse / r["best_s"]
     return out
 
 

@@ -11,7 +11,8 @@ Kernels: ``apply_norm`` (sorted unique sparse delta -> old values and changed fl
 (unsorted accumulate: hardware atomics for add/min/max where CUDA has them, a CAS loop otherwise),
 ``scatter_sorted`` (sort-and-segment: one thread folds each run of equal indices in input order; exact),
 ``masked_merge`` (dense, 16-byte vector loads: double2 / float4 / ...), ``spmv`` (CSR pull, a group of
-``GROUP`` lanes per row reduced with shuffles), ``push`` (sparse push with atomics and changed flags),
+``GROUP`` lanes per row, paired vector loads streamed past the cache, reduced with shuffles), ``push``
+(sparse push with atomics and changed flags),
 ``combine`` (elementwise ⊕) and ``batch_apply`` (the command buffer: many deltas on many pages, one launch).
 """
 from __future__ import annotations
@@ -205,7 +206,37 @@ extern "C" __global__ void masked_merge(T* __restrict__ page, const unsigned cha
         if (mask[i]) page[i] = assign ? vals[i] : op_add(page[i], vals[i]);
 }
 
-/* y[out] = zero (+) (+)_k data[k] (x) x[indices[k]] over stored k with x != zero; GROUP lanes per row */
+/* two neighbouring entries in one vector load, streamed past L1/L2 (evict-first) so that x keeps the cache */
+struct TP { T a, b; };
+__device__ __forceinline__ TP ld2_stream(const T* p) {
+    TP r;
+    if constexpr (sizeof(T) == 8) { ulonglong2 v = __ldcs((const ulonglong2*)p); r.a = bitc<T>(v.x); r.b = bitc<T>(v.y); }
+    else if constexpr (sizeof(T) == 4) { uint2 v = __ldcs((const uint2*)p); r.a = bitc<T>(v.x); r.b = bitc<T>(v.y); }
+    else if constexpr (sizeof(T) == 2) { ushort2 v = __ldcs((const ushort2*)p); r.a = bitc<T>(v.x); r.b = bitc<T>(v.y); }
+    else { uchar2 v = __ldcs((const uchar2*)p); r.a = bitc<T>(v.x); r.b = bitc<T>(v.y); }
+    return r;
+}
+struct IPair { I a, b; };
+__device__ __forceinline__ IPair ldi2_stream(const I* p) {
+    IPair r;
+    if constexpr (sizeof(I) == 8) { longlong2 v = __ldcs((const longlong2*)p); r.a = v.x; r.b = v.y; }
+    else { int2 v = __ldcs((const int2*)p); r.a = v.x; r.b = v.y; }
+    return r;
+}
+__device__ __forceinline__ T ld_stream(const T* p) {
+    if constexpr (sizeof(T) == 8) return bitc<T>(__ldcs((const unsigned long long*)p));
+    else if constexpr (sizeof(T) == 4) return bitc<T>(__ldcs((const unsigned int*)p));
+    else if constexpr (sizeof(T) == 2) return bitc<T>(__ldcs((const unsigned short*)p));
+    else return bitc<T>(__ldcs((const unsigned char*)p));
+}
+__device__ __forceinline__ T fma_step(T acc, T d, T xv, T zero) {
+    return (xv != zero) ? op_add(acc, op_mul(d, xv)) : acc;
+}
+
+/* y[out] = zero (+) (+)_k data[k] (x) x[indices[k]] over stored k with x != zero.
+   GROUP lanes per row; each lane takes two neighbouring entries per step with one vector load of indices and
+   one of data (an odd row start is peeled), two steps in flight on long rows. Index and data loads stream
+   (evict-first), so the gathered x stays in L2. */
 extern "C" __global__ void spmv(const I* __restrict__ indptr, const I* __restrict__ indices,
                                 const T* __restrict__ data, const T* __restrict__ x, T* __restrict__ y,
                                 const long long* __restrict__ rows, long long nrows, int use_rows, int compact,
@@ -216,18 +247,28 @@ extern "C" __global__ void spmv(const I* __restrict__ indptr, const I* __restric
         long long row = use_rows ? rows[r] : r;
         I s = indptr[row], e = indptr[row + 1];
         T acc = zero;
-        I k = s + lane;
-        for (; k + GROUP < e; k += 2 * GROUP) {          /* two independent gathers in flight */
-            I j0 = indices[k], j1 = indices[k + GROUP];
-            T d0 = __ldg(data + k), d1 = __ldg(data + k + GROUP);
-            T x0 = __ldg(x + j0), x1 = __ldg(x + j1);
-            if (x0 != zero) acc = op_add(acc, op_mul(d0, x0));
-            if (x1 != zero) acc = op_add(acc, op_mul(d1, x1));
+        if ((s & 1) && s < e) {
+            if (lane == 0) acc = fma_step(acc, ld_stream(data + s), __ldg(x + __ldcs(indices + s)), zero);
+            s += 1;
         }
-        if (k < e) {
-            T xv = __ldg(x + indices[k]);
-            if (xv != zero) acc = op_add(acc, op_mul(__ldg(data + k), xv));
+        I k = s + 2 * lane;
+        for (; k + 2 * GROUP + 1 < e; k += 4 * GROUP) {
+            IPair j0 = ldi2_stream(indices + k), j1 = ldi2_stream(indices + k + 2 * GROUP);
+            TP d0 = ld2_stream(data + k), d1 = ld2_stream(data + k + 2 * GROUP);
+            T x0 = __ldg(x + j0.a), x1 = __ldg(x + j0.b), x2 = __ldg(x + j1.a), x3 = __ldg(x + j1.b);
+            acc = fma_step(acc, d0.a, x0, zero);
+            acc = fma_step(acc, d0.b, x1, zero);
+            acc = fma_step(acc, d1.a, x2, zero);
+            acc = fma_step(acc, d1.b, x3, zero);
         }
+        for (; k + 1 < e; k += 2 * GROUP) {
+            IPair j = ldi2_stream(indices + k);
+            TP d = ld2_stream(data + k);
+            T x0 = __ldg(x + j.a), x1 = __ldg(x + j.b);
+            acc = fma_step(acc, d.a, x0, zero);
+            acc = fma_step(acc, d.b, x1, zero);
+        }
+        if (k < e) acc = fma_step(acc, ld_stream(data + k), __ldg(x + __ldcs(indices + k)), zero);
 #pragma unroll
         for (int off = GROUP / 2; off > 0; off >>= 1) {
             T o = shfl_down(gmask, acc, off);
@@ -446,8 +487,8 @@ class DeviceCSR:
                                      else np.asarray(csr.data).astype(dtype), dev)
         rows = self.shape[0]
         mean = self.nnz / max(rows, 1)
-        g = 1
-        while g < 32 and g * 2 <= max(mean, 1):
+        g = 1                          # lanes per row: each lane takes two entries a step
+        while g < 32 and g * 4 <= max(mean, 1):
             g *= 2
         self.group = g
         _ = cp
