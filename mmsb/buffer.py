@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, TypeVa
 import numpy as np
 
 from mmsb import _kernels, _ops, semirings
-from mmsb.delta import Delta, SchemaOp, Txn
+from mmsb.delta import Delta, SchemaOp, Txn, full_mask
 from mmsb.errors import (ClosedError, DependencyError, DeviceError, HistoryError, InvalidDeltaError, MMSBError,
                          PageExistsError, PageNotFoundError, ReadOnlyError, SemiringError)
 from mmsb.graph import Graph
@@ -352,12 +352,13 @@ class Buffer:
                 raise InvalidDeltaError(f"page {name!r}: mask of shape {m.shape}, page has shape {page.shape}")
             m = m.reshape(-1).copy()
         else:
-            m = np.ones(page.size, dtype=bool)
+            m = full_mask(page.size)
         if vals.ndim == 0:
             vals = np.full(page.shape, vals)
         if vals.shape != page.shape:
             raise InvalidDeltaError(f"page {name!r}: values of shape {vals.shape}, page has shape {page.shape}")
-        vals = np.ascontiguousarray(vals.reshape(-1)[m], dtype=page.dtype)
+        flat = vals.reshape(-1)             # vals is this delta's own copy: a whole-page write keeps it as is
+        vals = np.ascontiguousarray(flat if mask is None else flat[m], dtype=page.dtype)
         self._check_nan(page, vals)
         return Delta(name, vals, mask=m, accumulate=bool(accumulate), source=source,
                      metadata=_json_metadata(metadata, name))
@@ -525,8 +526,11 @@ class Buffer:
             changed = changed_positions(arr[idx], old)
         if undo is not None:
             undo.record(lambda n=page.name: self._array_of(n), idx, old)
-        if not changed.any():
+        moved = int(np.count_nonzero(changed))
+        if moved == 0:
             return None
+        if moved == changed.size:
+            return Change(idx, old)
         return Change(idx[changed], old[changed])
 
     def _apply_schema(self, op: SchemaOp, undo: Optional[UndoLog], force: set, changes: dict) -> None:

@@ -197,7 +197,7 @@ class AdaptiveValues:
     row that did not save ``min_saving`` (a fifth), only every ``probe``-th encoding tries again, so nearly
     incompressible data (random floats save ~12%) costs no compression time."""
 
-    def __init__(self, misses: int = 4, probe: int = 16, min_saving: float = 0.2):
+    def __init__(self, misses: int = 4, probe: int = 64, min_saving: float = 0.2):
         self.misses = misses
         self.probe = probe
         self.min_saving = min_saving

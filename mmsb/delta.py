@@ -7,6 +7,36 @@ from typing import Optional, Union
 import numpy as np
 
 
+_FULL_MAX = 1 << 20          # whole-page masks shared up to this many entries (the arange then takes 8 MiB)
+_FULL: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def full_mask(n: int) -> np.ndarray:
+    """An all-True mask of ``n`` entries for a whole-page delta: shared and read-only for pages of up to 2^20
+    entries (so that such deltas cost no mask of their own), a fresh array above that."""
+    hit = _FULL.get(n)
+    if hit is not None:
+        return hit[0]
+    m = np.ones(n, dtype=bool)
+    if n > _FULL_MAX:
+        return m
+    if len(_FULL) >= 16:
+        _FULL.clear()
+    a = np.arange(n, dtype=np.int64)
+    m.flags.writeable = False
+    a.flags.writeable = False
+    _FULL[n] = (m, a)
+    return m
+
+
+def is_full_mask(mask: Optional[np.ndarray]) -> bool:
+    """True when ``mask`` is the shared whole-page mask of its size."""
+    if mask is None:
+        return False
+    hit = _FULL.get(mask.size)
+    return hit is not None and mask is hit[0]
+
+
 @dataclass
 class Delta:
     """A change to one page.
@@ -41,6 +71,9 @@ class Delta:
         """The delta as ``(index, values)`` (a dense delta restricted to its mask)."""
         if self.mask is None:
             return self.index, self.values
+        hit = _FULL.get(self.mask.size)
+        if hit is not None and self.mask is hit[0]:
+            return hit[1], self.values
         return np.flatnonzero(self.mask).astype(np.int64, copy=False), self.values
 
     def __repr__(self) -> str:

@@ -130,6 +130,11 @@ class Graph:
         """Pages computed from ``p``."""
         return self._children(self._check(p))
 
+    @property
+    def rule_count(self) -> int:
+        """How many rules the graph holds."""
+        return len(self._rules)
+
     def descendants(self, p: Any) -> list[str]:
         """Every page downstream of ``p``, in breadth-first order."""
         start = self._check(p)

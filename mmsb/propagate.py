@@ -100,9 +100,12 @@ class Engine:
 
         Returns the changes made to derived pages, each page computed at most once, in topological order.
         """
-        force = set(force or ())
         if not changes and not force:
             return {}
+        if not force and not self.graph.rule_count:   # no rules at all: nothing downstream of anything
+            self.stats.waves += 1
+            return {}
+        force = set(force or ())
         t0 = time.perf_counter()
         affected = set(force)
         for name in list(changes) + list(force):

@@ -531,3 +531,28 @@ def test_context_manager():
         buf.write("p", 1.0)
     with pytest.raises(E.ClosedError):
         p.read()
+
+
+def test_whole_page_writes_share_one_read_only_mask():
+    """Whole-page deltas share a read-only all-True mask (no per-delta mask): the log keeps them right, nobody can
+    write through it, and pages above 2^20 entries get masks of their own."""
+    from mmsb.delta import full_mask, is_full_mask
+
+    buf = mmsb.open(None)
+    p = buf.create_page("p", 64)
+    q = buf.create_page("q", 64)
+    rng = np.random.default_rng(1)
+    a, b = rng.random(64), rng.random(64)
+    buf.write(p, a)
+    buf.write(q, b, accumulate=True)
+    d1, d2 = [d for d in buf.log.query() if d.page in ("p", "q")][-2:]
+    assert d1.mask is d2.mask and is_full_mask(d1.mask) and d1.mask.all()
+    with pytest.raises(ValueError):
+        d1.mask[0] = False
+    idx, vals = d1.sparse()
+    np.testing.assert_array_equal(idx, np.arange(64))
+    np.testing.assert_array_equal(vals, a)
+    np.testing.assert_array_equal(buf.at(d1.epoch)["p"].read(), a)
+    np.testing.assert_array_equal(q.read(), b)                 # accumulate onto zeros (plus_times)
+    big = full_mask((1 << 20) + 1)
+    assert big.flags.writeable and big.all() and not is_full_mask(big)

@@ -613,3 +613,35 @@ def test_checkpoint_flushes_log_first_under_durability_none(tmp_path):
         buf.write("p", 5.0, index=[1])
         for e, v in snaps.items():
             np.testing.assert_array_equal(buf.at(e)["p"].read(), v)
+
+
+def test_large_records_append_past_the_reserved_zeros(tmp_path):
+    """Under fsync a record of 1/4 MiB or more never waits for zeros to be reserved ahead of it (one fsync per
+    commit); small records after it reserve again; the segment is trimmed on close and reopens to the same state."""
+    root = str(tmp_path / "s")
+    rng = np.random.default_rng(4)
+    n = 1 << 16                                  # 512 KiB of float64: one whole-page write is a large record
+    model = np.zeros(n)
+    with mmsb.open(root, mode="w", durability="fsync") as buf:
+        p = buf.create_page("p", n)
+        buf.write(p, 1.0, index=[1])
+        model[1] = 1.0
+        seg = buf._log._segs[-1]
+        assert os.path.getsize(seg.path) > seg.size           # a small commit sits on reserved zeros
+        ended = 0
+        for _ in range(6):
+            f0 = buf.log.stats()["fsyncs"]
+            v = rng.random(n)
+            buf.write(p, v)
+            model[:] = v
+            assert buf.log.stats()["fsyncs"] - f0 == 1        # the commit's own fsync, no reservation
+            ended += os.path.getsize(seg.path) == seg.size    # past the reserved zeros: the record ends the file
+        assert ended >= 4
+        f0 = buf.log.stats()["fsyncs"]
+        buf.write(p, 2.0, index=[5])
+        model[5] = 2.0
+        assert buf.log.stats()["fsyncs"] - f0 == 2            # zeros reserved (and synced) again, then the commit
+        assert os.path.getsize(seg.path) > seg.size
+    assert os.path.getsize(seg.path) == seg.size              # trimmed on close
+    with mmsb.open(root, mode="r") as ro:
+        np.testing.assert_array_equal(ro["p"].read(), model)

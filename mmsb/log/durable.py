@@ -271,6 +271,11 @@ class DurableLog(LogBase):
         pos = os.lseek(self._fd, 0, os.SEEK_CUR)
         if pos + nbytes <= self._alloc_end:
             return
+        if nbytes >= _PREALLOC // 4:
+            # A large record: zeros ahead of it would double its bytes on disk, while the file-size update its
+            # fsync then carries is small beside the data. Append it; reserve again for the small ones after.
+            self._alloc_end = pos + nbytes
+            return
         start = max(pos, self._alloc_end)
         size = max(_PREALLOC, pos + nbytes - start)
         os.pwrite(self._fd, bytes(size), start)

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from mmsb import codecs
-from mmsb.delta import Delta, SchemaOp
+from mmsb.delta import Delta, SchemaOp, is_full_mask
 from mmsb.errors import CorruptionError
 
 # record types
@@ -146,6 +146,7 @@ def _str16(s: str) -> bytes:
 
 
 _VALUES = codecs.AdaptiveValues()
+_HEADS: dict[tuple, bytes] = {}          # (dtype, shape) -> dtype + shape header of a values part
 
 
 def encode_values_part(arr: np.ndarray, stream=None) -> tuple[bytes, int, int]:
@@ -153,10 +154,16 @@ def encode_values_part(arr: np.ndarray, stream=None) -> tuple[bytes, int, int]:
 
     ``stream`` (e.g. the page name) lets incompressible streams skip the compression attempt."""
     a = np.asarray(arr)
-    ds = codecs.dtype_str(a.dtype).encode("ascii")
+    key = (a.dtype.str, a.shape)
+    head = _HEADS.get(key)
+    if head is None:
+        ds = codecs.dtype_str(a.dtype).encode("ascii")
+        head = struct.pack("<B", len(ds)) + ds + _shape_bytes(a.shape)
+        if len(_HEADS) >= 256:
+            _HEADS.clear()
+        _HEADS[key] = head
     cid, data = codecs.encode_values(a) if stream is None else _VALUES.encode((stream, a.dtype.str), a)
-    head = struct.pack("<B", len(ds)) + ds + _shape_bytes(a.shape)
-    return head + _part(cid, data), a.nbytes, len(data)
+    return b"".join((head, _part(cid, data))), a.nbytes, len(data)
 
 
 def decode_values_part(r: Reader, what: str = "values") -> np.ndarray:
@@ -187,6 +194,9 @@ def decode_op(rtype: int, payload, epoch: int | None = None):
     raise CorruptionError(f"record type {rtype} holds no operation", what="record type")
 
 
+_FULL_MASK_PARTS: dict[int, tuple[bytes, int]] = {}     # size -> encoded whole-page mask part
+
+
 def encode_delta(d: Delta) -> tuple[bytes, int, int]:
     flags = 0
     if d.accumulate:
@@ -215,11 +225,18 @@ def encode_delta(d: Delta) -> tuple[bytes, int, int]:
         raw += idx.nbytes
         enc += len(data)
     if d.mask is not None:
-        m = np.asarray(d.mask, dtype=bool)
-        cid, data = codecs.encode_mask(m)
-        out.append(_shape_bytes(m.shape) + _part(cid, data))
-        raw += m.nbytes
-        enc += len(data)
+        part = _FULL_MASK_PARTS.get(d.mask.size) if is_full_mask(d.mask) else None
+        if part is None:
+            m = np.asarray(d.mask, dtype=bool)
+            cid, data = codecs.encode_mask(m)
+            part = (_shape_bytes(m.shape) + _part(cid, data), len(data))
+            if is_full_mask(d.mask):
+                if len(_FULL_MASK_PARTS) >= 64:
+                    _FULL_MASK_PARTS.clear()
+                _FULL_MASK_PARTS[d.mask.size] = part
+        out.append(part[0])
+        raw += d.mask.size
+        enc += part[1]
     vb, vr, ve = encode_values_part(d.values, d.page)
     out.append(vb)
     return b"".join(out), raw + vr, enc + ve
