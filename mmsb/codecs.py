@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import struct
 import threading
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -171,24 +171,26 @@ def decode_mask(codec_id: int, buf, n: int) -> np.ndarray:
 # ---------------------------------------------------------------- values
 
 def encode_values(arr, *, codec: str = "lz4", clevel: int = 5, nthreads: Optional[int] = None,
-                  allow_compress: bool = True, max_fraction: float = 1.0) -> tuple[int, bytes]:
+                  allow_compress: bool = True, max_fraction: float = 1.0, view: bool = False) -> tuple[int, Any]:
     """Encode a flat array's bytes: blosc2 (shuffle by itemsize) when that is smaller than
-    ``max_fraction`` x raw (< 1.0 trades a little size for faster loads), else raw."""
+    ``max_fraction`` x raw (< 1.0 trades a little size for faster loads), else raw.
+
+    ``view``: raw bytes come back as a memoryview of the array (no copy; use it before the array changes)."""
     a = _le(np.asarray(arr))
     mv = memoryview(a.reshape(-1)).cast("B") if a.size else memoryview(b"")
     nbytes = mv.nbytes
     if not allow_compress or nbytes < SMALL:
-        return RAW, mv.tobytes()
+        return RAW, (mv if view else mv.tobytes())
     if nthreads is None:  # blosc2 threads cost ~80 us to wake: only worth it for large buffers
         nthreads = NTHREADS if nbytes >= PARALLEL_BYTES else 1
     if nbytes >= SAMPLE_BYTES * 4 and max_fraction < 1.0:
         # skip incompressible data cheaply: try a sample first
         s = _blosc_encode(mv[:SAMPLE_BYTES], a.dtype.itemsize, codec, clevel, 1)
         if s is None or len(s) > max_fraction * SAMPLE_BYTES:
-            return RAW, mv.tobytes()
+            return RAW, (mv if view else mv.tobytes())
     enc = _blosc_encode(mv, a.dtype.itemsize, codec, clevel, nthreads)
     if enc is None or len(enc) > max_fraction * nbytes:
-        return RAW, mv.tobytes()
+        return RAW, (mv if view else mv.tobytes())
     return BLOSC2, enc
 
 
@@ -203,12 +205,12 @@ class AdaptiveValues:
         self.min_saving = min_saving
         self._miss: dict = {}
 
-    def encode(self, key, arr) -> tuple[int, bytes]:
+    def encode(self, key, arr, view: bool = False) -> tuple[int, Any]:
         miss = self._miss.get(key, 0)
         if miss >= self.misses and miss % self.probe:
             self._miss[key] = miss + 1
-            return encode_values(arr, allow_compress=False)
-        cid, data = encode_values(arr)
+            return encode_values(arr, allow_compress=False, view=view)
+        cid, data = encode_values(arr, view=view)
         saved = cid != RAW and len(data) <= (1.0 - self.min_saving) * np.asarray(arr).nbytes
         self._miss[key] = 0 if saved else miss + 1
         return cid, data

@@ -256,6 +256,7 @@ def test_poison_on_failed_write(tmp_path, monkeypatch):
         raise OSError(28, "ENOSPC")
 
     monkeypatch.setattr(os, "write", bad_write)
+    monkeypatch.setattr(os, "writev", bad_write)
     with pytest.raises(LogPoisonedError):
         log.append(Txn(2, 2, [Delta("p", np.ones(3))]))
     monkeypatch.undo()
@@ -321,3 +322,39 @@ def test_records_fuzz_raise_only_corruption():
                 pass
 
     run()
+
+
+@pytest.mark.parametrize("durability", ["fsync", "flush"])
+def test_short_gathered_writes_are_resumed(tmp_path, monkeypatch, durability):
+    """The OS may take part of a gathered write (at most 1000 bytes here, splitting buffers mid-way): the log
+    writes the rest in order and the records read back whole."""
+    real = os.writev
+    calls = []
+
+    def short_writev(fd, buffers):
+        out, room = [], 1000
+        for b in buffers:
+            mv = memoryview(b).cast("B")
+            out.append(mv[:room])
+            room -= len(out[-1])
+            if not room:
+                break
+        calls.append(len(out))
+        return real(fd, out)
+
+    monkeypatch.setattr(os, "writev", short_writev)
+    rng = np.random.default_rng(3)
+    txns = [Txn(e, e, [Delta("p", rng.random(700 + 37 * e), index=np.arange(700 + 37 * e)),
+                       Delta("q", rng.random(5))]) for e in range(1, 6)]
+    with DurableLog(tmp_path, durability=durability) as log:
+        for t in txns:
+            log.sync(log.append(t))
+    monkeypatch.undo()
+    assert len(calls) > 5 * 6
+    with DurableLog(tmp_path) as log:
+        got = list(log.txns())
+    assert [t.epoch for t in got] == [1, 2, 3, 4, 5]
+    for want, have in zip(txns, got):
+        for a, b in zip(want.ops, have.ops):
+            np.testing.assert_array_equal(a.values, b.values)
+            np.testing.assert_array_equal(a.index, b.index)

@@ -126,8 +126,11 @@ def _read_shape(r: Reader) -> tuple:
     return shape
 
 
+_PART = struct.Struct("<BQ")
+
+
 def _part(codec_id: int, data: bytes) -> bytes:
-    return struct.pack("<BQ", codec_id, len(data)) + data
+    return _PART.pack(codec_id, len(data)) + data
 
 
 def _read_part(r: Reader, what: str) -> tuple[int, memoryview]:
@@ -149,8 +152,9 @@ _VALUES = codecs.AdaptiveValues()
 _HEADS: dict[tuple, bytes] = {}          # (dtype, shape) -> dtype + shape header of a values part
 
 
-def encode_values_part(arr: np.ndarray, stream=None) -> tuple[bytes, int, int]:
-    """dtype + shape + values codec part; returns (bytes, raw_bytes, encoded_bytes).
+def values_pieces(arr: np.ndarray, stream=None) -> tuple[list, int, int]:
+    """dtype + shape + values codec part as buffers to write in order; returns (buffers, raw_bytes,
+    encoded_bytes). Raw values are a view of ``arr``: write them before it changes.
 
     ``stream`` (e.g. the page name) lets incompressible streams skip the compression attempt."""
     a = np.asarray(arr)
@@ -162,8 +166,17 @@ def encode_values_part(arr: np.ndarray, stream=None) -> tuple[bytes, int, int]:
         if len(_HEADS) >= 256:
             _HEADS.clear()
         _HEADS[key] = head
-    cid, data = codecs.encode_values(a) if stream is None else _VALUES.encode((stream, a.dtype.str), a)
-    return b"".join((head, _part(cid, data))), a.nbytes, len(data)
+    if stream is None:
+        cid, data = codecs.encode_values(a, view=True)
+    else:
+        cid, data = _VALUES.encode((stream, a.dtype.str), a, view=True)
+    return [head, _PART.pack(cid, len(data)), data], a.nbytes, len(data)
+
+
+def encode_values_part(arr: np.ndarray, stream=None) -> tuple[bytes, int, int]:
+    """dtype + shape + values codec part; returns (bytes, raw_bytes, encoded_bytes)."""
+    pieces, raw, enc = values_pieces(arr, stream)
+    return b"".join(pieces), raw, enc
 
 
 def decode_values_part(r: Reader, what: str = "values") -> np.ndarray:
@@ -179,10 +192,17 @@ def decode_values_part(r: Reader, what: str = "values") -> np.ndarray:
 
 def encode_op(op) -> tuple[int, bytes, int, int]:
     """Serialise a Delta or SchemaOp: (record type, payload, raw bytes, encoded bytes)."""
+    rtype, pieces, raw, enc = op_pieces(op)
+    return rtype, b"".join(pieces), raw, enc
+
+
+def op_pieces(op) -> tuple[int, list, int, int]:
+    """:func:`encode_op` with the payload as buffers to write in order (a delta's raw values are a view)."""
     if isinstance(op, Delta):
-        return (DELTA,) + encode_delta(op)
+        return (DELTA,) + delta_pieces(op)
     if isinstance(op, SchemaOp):
-        return (SCHEMA,) + encode_schema(op)
+        payload, raw, enc = encode_schema(op)
+        return SCHEMA, [payload], raw, enc
     raise TypeError(f"cannot log {type(op).__name__}")
 
 
@@ -198,6 +218,13 @@ _FULL_MASK_PARTS: dict[int, tuple[bytes, int]] = {}     # size -> encoded whole-
 
 
 def encode_delta(d: Delta) -> tuple[bytes, int, int]:
+    """A delta's record payload: (bytes, raw bytes, encoded bytes)."""
+    pieces, raw, enc = delta_pieces(d)
+    return b"".join(pieces), raw, enc
+
+
+def delta_pieces(d: Delta) -> tuple[list, int, int]:
+    """:func:`encode_delta` as buffers to write in order (raw values are a view of ``d.values``)."""
     flags = 0
     if d.accumulate:
         flags |= F_ACCUMULATE
@@ -237,9 +264,9 @@ def encode_delta(d: Delta) -> tuple[bytes, int, int]:
         out.append(part[0])
         raw += d.mask.size
         enc += part[1]
-    vb, vr, ve = encode_values_part(d.values, d.page)
-    out.append(vb)
-    return b"".join(out), raw + vr, enc + ve
+    vp, vr, ve = values_pieces(d.values, d.page)
+    out.extend(vp)
+    return out, raw + vr, enc + ve
 
 
 def decode_delta(payload, epoch: int | None = None) -> Delta:

@@ -87,13 +87,24 @@ def parse_header(buf, file: str = None) -> SegmentHeader:
 
 
 def build_record(rtype: int, epoch: int, txid: int, payload: bytes, salt: bytes) -> bytes:
-    if len(payload) > MAX_PAYLOAD:
+    pieces, _ = frame_record(rtype, epoch, txid, [payload], salt)
+    return b"".join(pieces)
+
+
+def frame_record(rtype: int, epoch: int, txid: int, payload: list, salt: bytes) -> tuple[list, int]:
+    """A record as buffers to write in order (header, the payload's buffers, CRC trailer) and its length."""
+    n = 0
+    for p in payload:
+        n += len(p)
+    if n > MAX_PAYLOAD:
         raise ValueError("record payload larger than 4 GiB")
-    h = RHEAD.pack(len(payload), rtype, epoch, txid)
-    hc = mask_crc(crc32c(salt, crc32c(h)))
-    head = h + _U32.pack(hc)
-    c = crc32c(salt, crc32c(payload, crc32c(head)))
-    return b"".join((head, payload, _U32.pack(mask_crc(c))))
+    h = RHEAD.pack(n, rtype, epoch, txid)
+    head = h + _U32.pack(mask_crc(crc32c(salt, crc32c(h))))
+    c = crc32c(head)
+    for p in payload:
+        c = crc32c(p, c)
+    c = crc32c(salt, c)
+    return [head, *payload, _U32.pack(mask_crc(c))], RHEAD_SIZE + n + TRAILER_SIZE
 
 
 @dataclass
@@ -231,6 +242,6 @@ def iter_segments(logdir: str) -> list[tuple[int, str]]:
 
 
 __all__ = ["MAGIC", "VERSION", "HEADER_SIZE", "RHEAD_SIZE", "TRAILER_SIZE", "build_header", "parse_header",
-           "build_record", "record_at", "scan_segment", "ScanResult", "Record", "segment_name",
+           "build_record", "frame_record", "record_at", "scan_segment", "ScanResult", "Record", "segment_name",
            "parse_segment_name", "iter_segments", "mask_crc", "crc32c", "valid_record_after",
            "DELTA", "SCHEMA", "COMMIT", "ABORT", "CHECKPOINT_MARK"]

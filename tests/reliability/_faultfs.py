@@ -55,6 +55,10 @@ class _OSProxy:
         self._fs.tick("write")
         return _os.write(fd, data)
 
+    def writev(self, fd, buffers):
+        self._fs.tick("write")
+        return _os.writev(fd, buffers)
+
     def fsync(self, fd):
         fs = self._fs
         isdir = stat.S_ISDIR(_os.fstat(fd).st_mode)
