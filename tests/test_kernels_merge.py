@@ -257,3 +257,26 @@ def test_large_parallel_paths(ext, op, dtype, sort):
     ref.masked_merge(expected, mask, vals, op)
     ext.masked_merge(got, mask, vals, op)
     _eq(got, expected)
+
+
+@pytest.mark.parametrize("op", [OP_ASSIGN, OP_PLUS, OP_MIN, OP_MAX])
+@pytest.mark.parametrize("n", [32_768, 8 * 4096 + 123, 100_003])
+def test_large_unsorted_keeps_input_order_bitwise(ext, op, n):
+    """The prefetching, two-thread scatter applies duplicates in input order, across blocks and the thread split:
+    heavy duplicates, NaN and ±inf come out bit for bit as in the sequential reference (and -0.0/0.0 for assign
+    and plus; for min/max the reference, numpy's ufunc, breaks ±0 ties its own way, so they are left out)."""
+    rng = np.random.default_rng(n + op)
+    size = 70_001                                   # above the parallel threshold; the split falls at ~35_000
+    hot = np.r_[np.arange(34_990, 35_010), rng.integers(0, size, 40)]
+    index = np.where(rng.random(n) < 0.7, rng.choice(hot, n), rng.integers(0, size, n)).astype(np.int64)
+    signed_zeros = op in (OP_ASSIGN, OP_PLUS)
+    values = rng.choice(np.array([0.0, -0.0 if signed_zeros else 0.0, np.nan, 1.0, -1.0, np.inf, -np.inf, 2.5]), n)
+    if op == OP_PLUS:
+        values = np.where(np.isnan(values) | np.isinf(values), 0.5, values)
+    page = rng.choice(np.array([0.0, -0.0 if signed_zeros else 3.0, 1.0, np.nan]), size)
+    expected, got = page.copy(), page.copy()
+    ref.scatter(expected, index, values, op)
+    ext.scatter(got, index, values, op)
+    if op == OP_PLUS:            # same order of additions here, so even plus is exact
+        np.testing.assert_array_equal(got, expected)
+    assert got.tobytes() == expected.tobytes()

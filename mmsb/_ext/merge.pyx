@@ -15,9 +15,13 @@ from mmsb._ext._types cimport (OP_ASSIGN, OP_MAX, OP_MIN, OP_PLUS, OP_TIMES, app
 cdef extern from *:
     """
     #if defined(__GNUC__) || defined(__clang__)
-    #define MMSB_PREFETCH_W(p) __builtin_prefetch((const void *)(p), 1, 0)
+    /* far: into L2 only (prefetcht2), so that many misses can be in flight without holding L1 fill buffers;
+       near: into L1 (prefetcht0), shortly before the read-modify-write */
+    #define MMSB_PREFETCH_FAR(p) __builtin_prefetch((const void *)(p), 0, 1)
+    #define MMSB_PREFETCH_NEAR(p) __builtin_prefetch((const void *)(p), 0, 3)
     #else
-    #define MMSB_PREFETCH_W(p) ((void)0)
+    #define MMSB_PREFETCH_FAR(p) ((void)0)
+    #define MMSB_PREFETCH_NEAR(p) ((void)0)
     #endif
     #ifdef _OPENMP
     #include <omp.h>
@@ -28,13 +32,15 @@ cdef extern from *:
     static int mmsb_merge_max_threads(void) { return 1; }
     #endif
     """
-    void MMSB_PREFETCH_W(const void *p) noexcept nogil
+    void MMSB_PREFETCH_FAR(const void *p) noexcept nogil
+    void MMSB_PREFETCH_NEAR(const void *p) noexcept nogil
     int mmsb_merge_num_threads() noexcept nogil
     int mmsb_merge_max_threads() noexcept nogil
 
 cdef enum:
-    PREFETCH_DIST = 32
-    SCATTER_BLOCK = 2048
+    PREFETCH_FAR = 128      # updates ahead, into L2: random updates of a large page are bound by misses in flight
+    PREFETCH_NEAR = 16      # updates ahead, into L1
+    SCATTER_BLOCK = 4096
     PAR_UPDATES = 1 << 15
     PAR_ELEMENTS = 1 << 16
     MAX_PARTS = 8
@@ -75,8 +81,10 @@ cdef void _scatter_range(numeric_t *page, const int64_t *index, const numeric_t 
             _apply_picked_min(page, index + start, values + start, pos, c)
         else:
             for q in range(c):
-                if q + PREFETCH_DIST < c:
-                    MMSB_PREFETCH_W(page + index[start + pos[q + PREFETCH_DIST]])
+                if q + PREFETCH_FAR < c:
+                    MMSB_PREFETCH_FAR(page + index[start + pos[q + PREFETCH_FAR]])
+                if q + PREFETCH_NEAR < c:
+                    MMSB_PREFETCH_NEAR(page + index[start + pos[q + PREFETCH_NEAR]])
                 k = start + pos[q]
                 i = index[k]
                 page[i] = apply_op(op, page[i], values[k])
@@ -89,8 +97,10 @@ cdef inline void _apply_picked_plus(numeric_t *page, const int64_t *index, const
     cdef int q
     cdef int64_t i
     for q in range(c):
-        if q + PREFETCH_DIST < c:
-            MMSB_PREFETCH_W(page + index[pos[q + PREFETCH_DIST]])
+        if q + PREFETCH_FAR < c:
+            MMSB_PREFETCH_FAR(page + index[pos[q + PREFETCH_FAR]])
+        if q + PREFETCH_NEAR < c:
+            MMSB_PREFETCH_NEAR(page + index[pos[q + PREFETCH_NEAR]])
         i = index[pos[q]]
         page[i] = op_plus(page[i], values[pos[q]])
 
@@ -101,8 +111,10 @@ cdef inline void _apply_picked_min(numeric_t *page, const int64_t *index, const 
     cdef int q
     cdef int64_t i
     for q in range(c):
-        if q + PREFETCH_DIST < c:
-            MMSB_PREFETCH_W(page + index[pos[q + PREFETCH_DIST]])
+        if q + PREFETCH_FAR < c:
+            MMSB_PREFETCH_FAR(page + index[pos[q + PREFETCH_FAR]])
+        if q + PREFETCH_NEAR < c:
+            MMSB_PREFETCH_NEAR(page + index[pos[q + PREFETCH_NEAR]])
         i = index[pos[q]]
         page[i] = op_min(page[i], values[pos[q]])
 
@@ -113,8 +125,10 @@ cdef void _scatter_all(numeric_t *page, const int64_t *index, const numeric_t *v
     cdef Py_ssize_t k
     cdef int64_t i
     for k in range(start, stop):
-        if k + PREFETCH_DIST < stop:
-            MMSB_PREFETCH_W(page + index[k + PREFETCH_DIST])
+        if k + PREFETCH_FAR < stop:
+            MMSB_PREFETCH_FAR(page + index[k + PREFETCH_FAR])
+        if k + PREFETCH_NEAR < stop:
+            MMSB_PREFETCH_NEAR(page + index[k + PREFETCH_NEAR])
         i = index[k]
         page[i] = apply_op(op, page[i], values[k])
 
@@ -272,8 +286,10 @@ cdef void _apply_kernel(numeric_t[::1] page, const int64_t[::1] index, const num
     cdef int64_t i
     cdef numeric_t a, r
     for k in range(n):
-        if k + PREFETCH_DIST < n:
-            MMSB_PREFETCH_W(&page[0] + index[k + PREFETCH_DIST])
+        if k + PREFETCH_FAR < n:
+            MMSB_PREFETCH_FAR(&page[0] + index[k + PREFETCH_FAR])
+        if k + PREFETCH_NEAR < n:
+            MMSB_PREFETCH_NEAR(&page[0] + index[k + PREFETCH_NEAR])
         i = index[k]
         a = page[i]
         r = apply_op(op, a, values[k])
