@@ -280,3 +280,25 @@ def test_large_unsorted_keeps_input_order_bitwise(ext, op, n):
     if op == OP_PLUS:            # same order of additions here, so even plus is exact
         np.testing.assert_array_equal(got, expected)
     assert got.tobytes() == expected.tobytes()
+
+
+def test_parallel_scatter_with_a_smaller_team(ext):
+    """The unsorted parallel scatter cuts the page into one slice per requested thread; a team smaller than asked
+    for (OMP_THREAD_LIMIT) still applies every slice, each exactly once."""
+    import subprocess
+    import sys
+
+    code = ("import numpy as np\n"
+            "from mmsb._ext import merge\n"
+            "from mmsb._ref import merge as ref\n"
+            "rng = np.random.default_rng(5)\n"
+            "page = rng.random(200_000); idx = rng.integers(0, 200_000, 80_000); val = rng.random(80_000)\n"
+            "for op in (0, 1, 3):\n"
+            "    a, b = page.copy(), page.copy()\n"
+            "    merge.scatter(a, idx, val, op); ref.scatter(b, idx, val, op)\n"
+            "    assert a.tobytes() == b.tobytes(), op\n"
+            "print('ok')\n")
+    env = dict(os.environ, OMP_NUM_THREADS="4", OMP_THREAD_LIMIT="1", OMP_DYNAMIC="false")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"

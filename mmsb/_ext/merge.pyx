@@ -25,16 +25,21 @@ cdef extern from *:
     #endif
     #ifdef _OPENMP
     #include <omp.h>
-    static int mmsb_merge_num_threads(void) { return omp_get_num_threads(); }
+    static int mmsb_merge_claim(int *flags, int p) {
+        int old;
+        #pragma omp atomic capture
+        { old = flags[p]; flags[p] = 1; }
+        return old == 0;
+    }
     static int mmsb_merge_max_threads(void) { return omp_get_max_threads(); }
     #else
-    static int mmsb_merge_num_threads(void) { return 1; }
+    static int mmsb_merge_claim(int *flags, int p) { if (flags[p]) return 0; flags[p] = 1; return 1; }
     static int mmsb_merge_max_threads(void) { return 1; }
     #endif
     """
     void MMSB_PREFETCH_FAR(const void *p) noexcept nogil
     void MMSB_PREFETCH_NEAR(const void *p) noexcept nogil
-    int mmsb_merge_num_threads() noexcept nogil
+    int mmsb_merge_claim(int *flags, int p) noexcept nogil
     int mmsb_merge_max_threads() noexcept nogil
 
 cdef enum:
@@ -136,9 +141,11 @@ cdef void _scatter_all(numeric_t *page, const int64_t *index, const numeric_t *v
 cdef void _scatter_kernel(numeric_t[::1] page, const int64_t[::1] index, const numeric_t[::1] values, int op,
                           bint is_sorted) noexcept nogil:
     cdef Py_ssize_t n = index.shape[0], size = page.shape[0]
-    cdef int parts = _parts(), p, t, nt
+    cdef int parts = _parts(), p, t
     cdef Py_ssize_t c, cut
     cdef Py_ssize_t bounds[MAX_PARTS + 1]
+    cdef int claimed[MAX_PARTS]
+    cdef int j
     cdef int64_t lo, hi
     if n == 0:
         return
@@ -159,17 +166,20 @@ cdef void _scatter_kernel(numeric_t[::1] page, const int64_t[::1] index, const n
         for c in prange(parts, num_threads=parts, schedule='static'):
             _scatter_all(&page[0], &index[0], &values[0], bounds[c], bounds[c + 1], op)
         return
-    # every thread scans all updates and applies those that fall in its slice of the page: per-element order is
-    # kept and no atomics are needed
+    # the page is cut into one slice per thread; a thread claims a slice (an atomic flag; its own first, then any
+    # left), scans all updates and applies, in order, those that fall in it: per-element order is kept and no
+    # atomics are needed on the page. Claiming lets one thread do all the work when the other is not scheduled.
+    # (More slices than threads would balance better under load, but each slice costs a full scan of the index.)
+    for c in range(parts):
+        claimed[c] = 0
     with parallel(num_threads=parts):
         t = threadid()
-        nt = mmsb_merge_num_threads()
-        p = t
-        while p < parts:
-            lo = (<int64_t>size * p) // parts
-            hi = (<int64_t>size * (p + 1)) // parts
-            _scatter_range(&page[0], &index[0], &values[0], n, lo, hi, op)
-            p = p + nt
+        for j in range(parts):
+            p = (t + j) % parts
+            if mmsb_merge_claim(&claimed[0], p):
+                lo = (<int64_t>size * p) // parts
+                hi = (<int64_t>size * (p + 1)) // parts
+                _scatter_range(&page[0], &index[0], &values[0], n, lo, hi, op)
 
 
 cdef void _masked_range(numeric_t *page, const uint8_t *mask, const numeric_t *values, Py_ssize_t start,
