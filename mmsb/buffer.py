@@ -15,6 +15,7 @@ from mmsb.delta import Delta, SchemaOp, Txn, full_mask
 from mmsb.errors import (ClosedError, DependencyError, DeviceError, HistoryError, InvalidDeltaError, MMSBError,
                          PageExistsError, PageNotFoundError, ReadOnlyError, SemiringError)
 from mmsb.graph import Graph
+from mmsb.log.memory import MemoryLog
 from mmsb.memory import MemoryManager
 from mmsb.pages import Page
 from mmsb.propagate import Change, Engine, UndoLog, changed_positions
@@ -60,7 +61,7 @@ class Buffer:
         self._eager = propagation == "eager"
         self._device = device
         self._pages: dict[str, Page] = {}
-        self._graph = Graph()
+        self._graph = Graph(self._pages)
         self._memory = MemoryManager(memory_limit, spill_dir)
         self._engine = Engine(self._graph, self._array_of, lambda n: self._pages[n].shape,
                               lambda n: self._pages[n].semiring)
@@ -234,38 +235,73 @@ class Buffer:
                     metadata: Optional[dict] = None) -> Page:
         """Create a page filled with ``fill`` (default: the semiring's zero) and commit it as an epoch."""
         self._check_writable()
-        if not isinstance(name, str) or not name or "/" in name or "\0" in name:
-            raise InvalidDeltaError(f"a page name must be a non-empty string without '/', got {name!r}")
+        if type(name) is not str or not name or "/" in name or "\0" in name:
+            if not isinstance(name, str) or not name or "/" in name or "\0" in name:
+                raise InvalidDeltaError(f"a page name must be a non-empty string without '/', got {name!r}")
         shape_t = _shape(shape, name)
-        try:
-            dt = np.dtype(dtype)
-        except TypeError as exc:
-            raise InvalidDeltaError(f"page {name!r}: unknown dtype {dtype!r}") from exc
+        dt = _dtype(dtype, name)
         sr = semirings.get(semiring)
-        sr.check_dtype(dt, name)
         if fill is None:
-            fill_v = sr.zero_for(dt)
+            fill_v = _zero_for(sr, dt, name)
         else:
+            sr.check_dtype(dt, name)
             f = np.asarray(fill)
             if f.ndim or f.dtype.kind not in "biuf" or not _castable(fill, f, dt):
                 raise InvalidDeltaError(f"page {name!r}: fill {fill!r} is not a scalar castable to {dt}")
             fill_v = f.astype(dt)[()]
-        try:
-            dev = _normalize_device(device or self._device)
-        except DeviceError as exc:
-            raise DeviceError(f"page {name!r}: {exc}") from None
+        if device is None and self._device == "cpu":
+            dev = "cpu"
+        else:
+            try:
+                dev = _normalize_device(device or self._device)
+            except DeviceError as exc:
+                raise DeviceError(f"page {name!r}: {exc}") from None
         meta = _json_metadata(metadata, name)
-        op = SchemaOp("page_created", {"name": name, "shape": list(shape_t), "dtype": dt.str, "semiring": sr.name,
-                                       "device": dev, "metadata": meta},
-                      {"fill": np.array([fill_v], dtype=dt)})
-        with self._locked():
-            if name in self._pages:
-                raise PageExistsError(f"a page named {name!r} already exists")
-            self._commit_schema([op])
-            page = self._pages[name]
+        if meta is None and self._cluster is None and type(self._log) is MemoryLog:
+            page = self._commit_page_created(name, shape_t, dt, sr, dev, fill_v)
+        else:
+            op = SchemaOp("page_created", {"name": name, "shape": list(shape_t), "dtype": dt.str,
+                                           "semiring": sr.name, "device": dev, "metadata": meta},
+                          {"fill": np.array([fill_v], dtype=dt)})
+            with self._locked():
+                if name in self._pages:
+                    raise PageExistsError(f"a page named {name!r} already exists")
+                self._commit_schema([op])
+                page = self._pages[name]
         if dev != "cpu":
             page.device = "cpu"
             self._move(page, dev)
+        return page
+
+    def _commit_page_created(self, name: str, shape: tuple, dt: np.dtype, sr: Semiring, dev: str,
+                             fill: Any) -> Page:
+        """The commit of ``create_page`` on an in-memory log, without the general machinery of :meth:`_commit`.
+
+        Same outcome: a new epoch whose transaction is ``[SchemaOp("page_created", ...)]`` (kept compactly by the
+        :class:`~mmsb.log.memory.MemoryLog`), nothing to propagate, and nothing changed if any step fails.
+        """
+        with self._locked():
+            self._check_writable()
+            if name in self._pages:
+                raise PageExistsError(f"a page named {name!r} already exists")
+            epoch = self._epoch + 1
+            page = Page(self, name, shape, dt, sr, "cpu", None, epoch)
+            self._memory.allocate(page, fill)
+            self._pages[name] = page
+            self._graph.add_node(name)
+            try:
+                self._txid += 1
+                token = self._log.append_page_created(epoch, self._txid, name, shape, dt, sr.name, dev, fill)
+            except BaseException:
+                self._txid -= 1
+                self._forget_page(page)
+                raise
+            self._epoch = epoch
+            if self._open_txns and any(t.track_reads or t.intents for t in self._open_txns):
+                self._history.append((epoch, {}))
+            self._counters["commits"] += 1
+            self._memory.enforce()
+        self._log.sync(token)
         return page
 
     @_observed
@@ -774,7 +810,7 @@ class Buffer:
     @staticmethod
     def _page_meta(p: Page) -> dict:
         return {"name": p.name, "shape": list(p.shape), "dtype": p.dtype.str, "semiring": p.semiring.name,
-                "device": p.device, "metadata": p.metadata, "epoch": p.epoch}
+                "device": p.device, "metadata": p._metadata if p._metadata is not None else {}, "epoch": p.epoch}
 
     @_observed
     def at(self, epoch: int) -> "Buffer":
@@ -920,7 +956,9 @@ class LogView:
               source: Optional[str] = None) -> Iterator[Delta]:
         """Data deltas (user and derived) in log order, filtered by page, epoch range (since, until] and source."""
         name = page.name if isinstance(page, Page) else page
-        for txn in self._buf._log.txns(since=since, until=until):
+        log = self._buf._log
+        txns = log.data_txns if hasattr(log, "data_txns") else log.txns      # skips compact page creations
+        for txn in txns(since=since, until=until):
             for op in txn.ops:
                 if isinstance(op, Delta) and (name is None or op.page == name) and \
                         (source is None or op.source == source):
@@ -952,9 +990,17 @@ class _NullLog:
         return 0
 
 
+_SHAPES: dict = {}
+
+
 def _shape(shape: Any, name: str) -> tuple:
     if type(shape) is int and shape >= 0:
-        return (shape,)
+        t = _SHAPES.get(shape)              # one shared tuple per common 1-D shape (pages keep it)
+        if t is None:
+            t = (shape,)
+            if len(_SHAPES) < 4096:
+                _SHAPES[shape] = t
+        return t
     try:
         t = (int(shape),) if np.ndim(shape) == 0 else tuple(int(s) for s in shape)
     except (TypeError, ValueError) as exc:
@@ -973,6 +1019,41 @@ def _castable(raw: Any, arr: np.ndarray, dt: np.dtype) -> bool:
         return False
     info = np.iinfo(dt)
     return arr.size == 0 or (int(arr.min()) >= info.min and int(arr.max()) <= info.max)
+
+
+_DTYPES: dict = {}
+_ZEROS: dict = {}
+
+
+def _dtype(dtype: Any, name: str) -> np.dtype:
+    """``np.dtype(dtype)`` (memoised for hashable specs such as ``"float64"``), InvalidDeltaError if unknown."""
+    try:
+        return _DTYPES[dtype]
+    except (KeyError, TypeError):
+        pass
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as exc:
+        raise InvalidDeltaError(f"page {name!r}: unknown dtype {dtype!r}") from exc
+    try:
+        if len(_DTYPES) < 256 and isinstance(dtype, (str, type, np.dtype)):
+            _DTYPES[dtype] = dt
+    except TypeError:
+        pass
+    return dt
+
+
+def _zero_for(sr: Semiring, dt: np.dtype, name: str) -> Any:
+    """``sr.zero_for(dt)`` after ``sr.check_dtype(dt, name)``, memoised per (semiring object, dtype)."""
+    key = (sr, dt)
+    z = _ZEROS.get(key)
+    if z is None:
+        sr.check_dtype(dt, name)
+        z = sr.zero_for(dt)
+        if len(_ZEROS) >= 1024:
+            _ZEROS.clear()
+        _ZEROS[key] = z
+    return z
 
 
 def _json_metadata(metadata: Optional[dict], name: str) -> Optional[dict]:

@@ -13,10 +13,16 @@ def _name(p: Any) -> str:
 
 
 class Graph:
-    """Pages and the rules between them. Methods take a page or a name and return names."""
+    """Pages and the rules between them. Methods take a page or a name and return names.
 
-    def __init__(self) -> None:
-        self._nodes: dict[str, None] = {}
+    ``nodes``: a dict keyed by page name that the owner keeps (the buffer passes its page mapping, so a page costs
+    no second dict entry); the owner inserts a name before :meth:`add_node` and removes it before
+    :meth:`remove_node`. Without it the graph keeps its own node set.
+    """
+
+    def __init__(self, nodes: Optional[dict] = None) -> None:
+        self._shared = nodes is not None
+        self._nodes: dict[str, Any] = nodes if nodes is not None else {}
         self._rules: dict[int, Rule] = {}
         self._into: dict[str, list[int]] = {}
         self._out: dict[str, list[int]] = {}
@@ -26,14 +32,16 @@ class Graph:
 
     # -- structure -----------------------------------------------------------------------------------------
     def add_node(self, name: str) -> None:
-        self._nodes[name] = None
+        if not self._shared:
+            self._nodes[name] = None
         if self._order_cache is not None:          # a node without rules can go last
             self._order_cache.append(name)
             if self._pos_cache is not None:
                 self._pos_cache[name] = len(self._order_cache) - 1
 
     def remove_node(self, name: str) -> None:
-        self._nodes.pop(name, None)
+        if not self._shared:
+            self._nodes.pop(name, None)
         self._into.pop(name, None)
         self._out.pop(name, None)
         self._invalidate()

@@ -75,13 +75,12 @@ class MemoryManager:
     # -- storage --------------------------------------------------------------------------------------------
     def allocate(self, page: "Page", fill: Any) -> None:
         """Give ``page`` resident storage filled with ``fill`` (None: left uninitialised for the caller)."""
-        nbytes = page.nbytes
+        nbytes = page.size * page.dtype.itemsize
         if self.limit is not None:
             self.make_room(nbytes)
-        handle = self.allocator.alloc(max(nbytes, 1))
-        arr = self.allocator.view(handle, page.dtype, (page.size,))
+        handle, arr = self.allocator.alloc_view(nbytes or 1, page.dtype, (page.size,))
         if fill is not None:
-            arr[...] = fill
+            arr.fill(fill)
         page._handle, page._data = handle, arr
         self.resident_bytes += nbytes
         if self.limit is not None:

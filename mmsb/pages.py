@@ -16,7 +16,7 @@ if TYPE_CHECKING:  # pragma: no cover
 class Page:
     """A page of a :class:`~mmsb.buffer.Buffer`. Read it with :meth:`read` or ``np.asarray(page)``."""
 
-    __slots__ = ("_buf", "name", "shape", "dtype", "semiring", "device", "metadata", "epoch", "size", "_data",
+    __slots__ = ("_buf", "name", "shape", "dtype", "semiring", "device", "_metadata", "epoch", "size", "_data",
                  "_handle", "_spill", "_pins", "__weakref__")
 
     def __init__(self, buf: "Buffer", name: str, shape: tuple, dtype: np.dtype, semiring: Semiring, device: str,
@@ -27,13 +27,24 @@ class Page:
         self.dtype = dtype
         self.semiring = semiring
         self.device = device
-        self.metadata = metadata or {}
+        self._metadata = metadata or None        # None until asked for: most pages have no metadata
         self.epoch = epoch
         self.size = math.prod(shape)
         self._data: Optional[np.ndarray] = None
         self._handle: Any = None
         self._spill: Optional[str] = None
         self._pins = 0
+
+    @property
+    def metadata(self) -> dict:
+        """The page's JSON-able metadata (an empty dict when it has none)."""
+        if self._metadata is None:
+            self._metadata = {}
+        return self._metadata
+
+    @metadata.setter
+    def metadata(self, value: Optional[dict]) -> None:
+        self._metadata = value
 
     @property
     def nbytes(self) -> int:

@@ -210,3 +210,29 @@ def test_twins_agree(ops):
         s = a.stats()
         assert s["bytes_in_use"] == sum(c["bytes_in_use"] for c in s["classes"].values()) + \
             sum(n for _, n in hs if n > a.max_class)
+
+
+def test_alloc_view(mod):
+    a = small(mod)
+    h, v = a.alloc_view(800, np.dtype("float64"), (10, 10))
+    assert v.shape == (10, 10) and v.dtype == np.float64 and v.flags.writeable and v.flags.c_contiguous
+    assert v.ctypes.data % 64 == 0
+    v[...] = np.arange(100).reshape(10, 10)
+    w = a.view(h, np.float64, 100)
+    assert w[57] == 57.0 and w.ctypes.data == v.ctypes.data
+    h2, v2 = a.alloc_view(8 * 1024 * 1024, "int64", (3,))           # an own block, dtype given as a string
+    assert v2.dtype == np.int64 and a.view(h2, np.int64, 3).ctypes.data == v2.ctypes.data
+    before = a.stats()
+    with pytest.raises(ValueError):
+        a.alloc_view(80, np.dtype("float64"), (11,))
+    with pytest.raises(ValueError):
+        a.alloc_view(80, np.dtype("float64"), (-1,))
+    with pytest.raises(TypeError):
+        a.alloc_view(80, np.dtype(object), (1,))
+    after = a.stats()
+    assert after["allocations"] == before["allocations"] and after["bytes_in_use"] == before["bytes_in_use"]
+    a.free(h)
+    a.free(h2)
+    assert a.stats()["bytes_in_use"] == 0
+    with pytest.raises(ValueError):
+        a.free(h)

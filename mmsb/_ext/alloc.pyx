@@ -394,6 +394,38 @@ cdef class Allocator:
             raise ValueError(f"shape {shp} of {dt} needs {count * dt.itemsize} bytes, block has {nbytes}")
         return _array_over(region, offset, dt, shp)
 
+    def alloc_view(self, Py_ssize_t nbytes, dtype, tuple shape):
+        """``alloc(nbytes)`` and ``view(handle, dtype, shape)`` in one call: returns ``(handle, array)``.
+
+        ``dtype`` is a numpy dtype, ``shape`` a tuple of ints; the view must fit in ``nbytes`` (checked before
+        anything is allocated).
+        """
+        cdef Entry *e
+        cdef Py_ssize_t offset, count = 1, s, itemsize
+        cdef int64_t h
+        if not isinstance(dtype, np.dtype):
+            dtype = np.dtype(dtype)
+        if dtype.hasobject:
+            raise TypeError("object dtypes cannot be placed in allocator blocks")
+        itemsize = dtype.itemsize
+        for d in shape:
+            s = d
+            if s < 0:
+                raise ValueError(f"negative dimension in shape {shape}")
+            count *= s
+        if count * itemsize > nbytes:
+            raise ValueError(f"shape {shape} of {dtype} needs {count * itemsize} bytes, block has {nbytes}")
+        h = self._alloc(nbytes)
+        self._acquire()
+        e = self._lookup(h)
+        if e.region >= 0:
+            region = self.arenas[e.region]
+        else:
+            region = self.own[<int32_t>(h & 0xFFFFFFFF)]
+        offset = e.ptr - (<_Region>region).ptr
+        self._release()
+        return h, _array_over(region, offset, dtype, shape)
+
     def stats(self):
         """Counters and per-class figures (class size -> in_use, free, bytes_in_use, bytes_reserved)."""
         cdef int c

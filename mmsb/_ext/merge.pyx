@@ -15,26 +15,37 @@ from mmsb._ext._types cimport (OP_ASSIGN, OP_MAX, OP_MIN, OP_PLUS, OP_TIMES, app
 cdef extern from *:
     """
     #if defined(__GNUC__) || defined(__clang__)
-    #define MMSB_PREFETCH_W(p) __builtin_prefetch((const void *)(p), 1, 0)
+    /* far: into L2 only (prefetcht2), so that many misses can be in flight without holding L1 fill buffers;
+       near: into L1 (prefetcht0), shortly before the read-modify-write */
+    #define MMSB_PREFETCH_FAR(p) __builtin_prefetch((const void *)(p), 0, 1)
+    #define MMSB_PREFETCH_NEAR(p) __builtin_prefetch((const void *)(p), 0, 3)
     #else
-    #define MMSB_PREFETCH_W(p) ((void)0)
+    #define MMSB_PREFETCH_FAR(p) ((void)0)
+    #define MMSB_PREFETCH_NEAR(p) ((void)0)
     #endif
     #ifdef _OPENMP
     #include <omp.h>
-    static int mmsb_merge_num_threads(void) { return omp_get_num_threads(); }
+    static int mmsb_merge_claim(int *flags, int p) {
+        int old;
+        #pragma omp atomic capture
+        { old = flags[p]; flags[p] = 1; }
+        return old == 0;
+    }
     static int mmsb_merge_max_threads(void) { return omp_get_max_threads(); }
     #else
-    static int mmsb_merge_num_threads(void) { return 1; }
+    static int mmsb_merge_claim(int *flags, int p) { if (flags[p]) return 0; flags[p] = 1; return 1; }
     static int mmsb_merge_max_threads(void) { return 1; }
     #endif
     """
-    void MMSB_PREFETCH_W(const void *p) noexcept nogil
-    int mmsb_merge_num_threads() noexcept nogil
+    void MMSB_PREFETCH_FAR(const void *p) noexcept nogil
+    void MMSB_PREFETCH_NEAR(const void *p) noexcept nogil
+    int mmsb_merge_claim(int *flags, int p) noexcept nogil
     int mmsb_merge_max_threads() noexcept nogil
 
 cdef enum:
-    PREFETCH_DIST = 32
-    SCATTER_BLOCK = 2048
+    PREFETCH_FAR = 128      # updates ahead, into L2: random updates of a large page are bound by misses in flight
+    PREFETCH_NEAR = 16      # updates ahead, into L1
+    SCATTER_BLOCK = 4096
     PAR_UPDATES = 1 << 15
     PAR_ELEMENTS = 1 << 16
     MAX_PARTS = 8
@@ -75,8 +86,10 @@ cdef void _scatter_range(numeric_t *page, const int64_t *index, const numeric_t 
             _apply_picked_min(page, index + start, values + start, pos, c)
         else:
             for q in range(c):
-                if q + PREFETCH_DIST < c:
-                    MMSB_PREFETCH_W(page + index[start + pos[q + PREFETCH_DIST]])
+                if q + PREFETCH_FAR < c:
+                    MMSB_PREFETCH_FAR(page + index[start + pos[q + PREFETCH_FAR]])
+                if q + PREFETCH_NEAR < c:
+                    MMSB_PREFETCH_NEAR(page + index[start + pos[q + PREFETCH_NEAR]])
                 k = start + pos[q]
                 i = index[k]
                 page[i] = apply_op(op, page[i], values[k])
@@ -89,8 +102,10 @@ cdef inline void _apply_picked_plus(numeric_t *page, const int64_t *index, const
     cdef int q
     cdef int64_t i
     for q in range(c):
-        if q + PREFETCH_DIST < c:
-            MMSB_PREFETCH_W(page + index[pos[q + PREFETCH_DIST]])
+        if q + PREFETCH_FAR < c:
+            MMSB_PREFETCH_FAR(page + index[pos[q + PREFETCH_FAR]])
+        if q + PREFETCH_NEAR < c:
+            MMSB_PREFETCH_NEAR(page + index[pos[q + PREFETCH_NEAR]])
         i = index[pos[q]]
         page[i] = op_plus(page[i], values[pos[q]])
 
@@ -101,8 +116,10 @@ cdef inline void _apply_picked_min(numeric_t *page, const int64_t *index, const 
     cdef int q
     cdef int64_t i
     for q in range(c):
-        if q + PREFETCH_DIST < c:
-            MMSB_PREFETCH_W(page + index[pos[q + PREFETCH_DIST]])
+        if q + PREFETCH_FAR < c:
+            MMSB_PREFETCH_FAR(page + index[pos[q + PREFETCH_FAR]])
+        if q + PREFETCH_NEAR < c:
+            MMSB_PREFETCH_NEAR(page + index[pos[q + PREFETCH_NEAR]])
         i = index[pos[q]]
         page[i] = op_min(page[i], values[pos[q]])
 
@@ -113,8 +130,10 @@ cdef void _scatter_all(numeric_t *page, const int64_t *index, const numeric_t *v
     cdef Py_ssize_t k
     cdef int64_t i
     for k in range(start, stop):
-        if k + PREFETCH_DIST < stop:
-            MMSB_PREFETCH_W(page + index[k + PREFETCH_DIST])
+        if k + PREFETCH_FAR < stop:
+            MMSB_PREFETCH_FAR(page + index[k + PREFETCH_FAR])
+        if k + PREFETCH_NEAR < stop:
+            MMSB_PREFETCH_NEAR(page + index[k + PREFETCH_NEAR])
         i = index[k]
         page[i] = apply_op(op, page[i], values[k])
 
@@ -122,9 +141,11 @@ cdef void _scatter_all(numeric_t *page, const int64_t *index, const numeric_t *v
 cdef void _scatter_kernel(numeric_t[::1] page, const int64_t[::1] index, const numeric_t[::1] values, int op,
                           bint is_sorted) noexcept nogil:
     cdef Py_ssize_t n = index.shape[0], size = page.shape[0]
-    cdef int parts = _parts(), p, t, nt
+    cdef int parts = _parts(), p, t
     cdef Py_ssize_t c, cut
     cdef Py_ssize_t bounds[MAX_PARTS + 1]
+    cdef int claimed[MAX_PARTS]
+    cdef int j
     cdef int64_t lo, hi
     if n == 0:
         return
@@ -145,17 +166,20 @@ cdef void _scatter_kernel(numeric_t[::1] page, const int64_t[::1] index, const n
         for c in prange(parts, num_threads=parts, schedule='static'):
             _scatter_all(&page[0], &index[0], &values[0], bounds[c], bounds[c + 1], op)
         return
-    # every thread scans all updates and applies those that fall in its slice of the page: per-element order is
-    # kept and no atomics are needed
+    # the page is cut into one slice per thread; a thread claims a slice (an atomic flag; its own first, then any
+    # left), scans all updates and applies, in order, those that fall in it: per-element order is kept and no
+    # atomics are needed on the page. Claiming lets one thread do all the work when the other is not scheduled.
+    # (More slices than threads would balance better under load, but each slice costs a full scan of the index.)
+    for c in range(parts):
+        claimed[c] = 0
     with parallel(num_threads=parts):
         t = threadid()
-        nt = mmsb_merge_num_threads()
-        p = t
-        while p < parts:
-            lo = (<int64_t>size * p) // parts
-            hi = (<int64_t>size * (p + 1)) // parts
-            _scatter_range(&page[0], &index[0], &values[0], n, lo, hi, op)
-            p = p + nt
+        for j in range(parts):
+            p = (t + j) % parts
+            if mmsb_merge_claim(&claimed[0], p):
+                lo = (<int64_t>size * p) // parts
+                hi = (<int64_t>size * (p + 1)) // parts
+                _scatter_range(&page[0], &index[0], &values[0], n, lo, hi, op)
 
 
 cdef void _masked_range(numeric_t *page, const uint8_t *mask, const numeric_t *values, Py_ssize_t start,
@@ -272,8 +296,10 @@ cdef void _apply_kernel(numeric_t[::1] page, const int64_t[::1] index, const num
     cdef int64_t i
     cdef numeric_t a, r
     for k in range(n):
-        if k + PREFETCH_DIST < n:
-            MMSB_PREFETCH_W(&page[0] + index[k + PREFETCH_DIST])
+        if k + PREFETCH_FAR < n:
+            MMSB_PREFETCH_FAR(&page[0] + index[k + PREFETCH_FAR])
+        if k + PREFETCH_NEAR < n:
+            MMSB_PREFETCH_NEAR(&page[0] + index[k + PREFETCH_NEAR])
         i = index[k]
         a = page[i]
         r = apply_op(op, a, values[k])

@@ -174,6 +174,26 @@ class Allocator:
             raise ValueError(f"shape {shp} of {dt} needs {need} bytes, block has {nbytes}")
         return region[offset:offset + need].view(dt).reshape(shp)
 
+    def alloc_view(self, nbytes: int, dtype, shape: tuple) -> tuple[int, np.ndarray]:
+        """``alloc(nbytes)`` and ``view(handle, dtype, shape)`` in one call: returns ``(handle, array)``.
+
+        ``dtype`` is a numpy dtype, ``shape`` a tuple of ints; the view must fit in ``nbytes`` (checked before
+        anything is allocated).
+        """
+        dt = np.dtype(dtype)
+        if dt.hasobject:
+            raise TypeError("object dtypes cannot be placed in allocator blocks")
+        shp = tuple(int(s) for s in shape)
+        if any(s < 0 for s in shp):
+            raise ValueError(f"negative dimension in shape {shp}")
+        count = 1
+        for s in shp:
+            count *= s
+        if count * dt.itemsize > nbytes:
+            raise ValueError(f"shape {shp} of {dt} needs {count * dt.itemsize} bytes, block has {nbytes}")
+        h = self.alloc(nbytes)
+        return h, self.view(h, dt, shp)
+
     def stats(self) -> dict:
         """Counters and per-class figures (class size -> in_use, free, bytes_in_use, bytes_reserved)."""
         self._acquire()

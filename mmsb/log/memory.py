@@ -1,25 +1,43 @@
-"""In-memory log with the DurableLog API (for ``mmsb.open(None)``): keeps Txn objects, no files."""
+"""In-memory log with the DurableLog API (for ``mmsb.open(None)``): keeps committed transactions, no files.
+
+History costs memory for as long as the buffer lives, so the common record is kept compact: a transaction that
+only creates one page without metadata (what ``create_page`` commits) is stored as the page's name (the very
+string the buffer keys the page by), its epoch and transaction id in ``array('q')`` columns, and an index into a
+small table of shared page specs (shape, dtype, semiring, device, fill bytes). :meth:`MemoryLog.txns` rebuilds the
+same :class:`~mmsb.delta.Txn` / :class:`~mmsb.delta.SchemaOp` the buffer would have appended, on demand.
+"""
 from __future__ import annotations
 
 import bisect
 import threading
-from typing import Iterator, Optional
+from array import array
+from typing import Any, Iterator, Optional
 
-from mmsb.log.base import LogBase
-from mmsb.delta import Txn
+import numpy as np
+
+from mmsb.delta import SchemaOp, Txn
 from mmsb.errors import ClosedError
+from mmsb.log.base import LogBase
 
 
 class MemoryLog(LogBase):
-    """The log of an in-memory buffer: committed :class:`Txn` objects kept as they are (history in memory)."""
+    """The log of an in-memory buffer: committed transactions kept in memory (history in memory).
+
+    ``_entries[k]`` is a :class:`Txn` or, for a compact page creation, the page's name; ``_epochs[k]``,
+    ``_txids[k]`` and ``_spec[k]`` (-1 for a full Txn) are the matching columns.
+    """
 
     durability = "none"
     readonly = False
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
-        self._txns: list[Txn] = []
-        self._epochs: list[int] = []
+        self._entries: list[Any] = []
+        self._epochs = array("q")
+        self._txids = array("q")
+        self._spec = array("i")
+        self._specs: list[tuple] = []            # (shape, dtype str, semiring, device, fill bytes)
+        self._spec_ids: dict[tuple, int] = {}
         self._marks: list[int] = []
         self._last_epoch = 0
         self._closed = False
@@ -33,17 +51,60 @@ class MemoryLog(LogBase):
             if int(txn.epoch) <= self._last_epoch:
                 raise ValueError(f"epoch {txn.epoch} does not follow the last committed epoch {self._last_epoch}")
             if not commit:
-                return len(self._txns)
+                return len(self._entries)
             t = Txn(epoch=int(txn.epoch), txid=int(txn.txid), ops=list(txn.ops))
             for op in t.ops:
                 if hasattr(op, "values") and getattr(op, "epoch", None) is None:
                     op.epoch = t.epoch
-            self._txns.append(t)
+            self._entries.append(t)
             self._epochs.append(t.epoch)
+            self._txids.append(t.txid)
+            self._spec.append(-1)
             self._last_epoch = t.epoch
             self._stats["transactions"] += 1
             self._stats["records"] += len(t.ops) + 1
-            return len(self._txns)
+            return len(self._entries)
+
+    def append_page_created(self, epoch: int, txid: int, name: str, shape: tuple, dtype: np.dtype, semiring: str,
+                            device: str, fill: Any) -> int:
+        """Commit the transaction ``[SchemaOp("page_created", ...)]`` of a page without metadata, compactly.
+
+        ``fill`` is a scalar of ``dtype``; it is kept as its bytes, so NaN payloads and -0.0 come back exactly.
+        """
+        if isinstance(fill, np.generic) and fill.dtype == dtype:
+            fb = fill.tobytes()
+        else:
+            fb = np.asarray(fill, dtype=dtype).tobytes()
+        key = (shape, dtype.str, semiring, device, fb)
+        with self._lock:
+            if self._closed:
+                raise ClosedError("the log is closed")
+            if epoch <= self._last_epoch:
+                raise ValueError(f"epoch {epoch} does not follow the last committed epoch {self._last_epoch}")
+            sid = self._spec_ids.get(key)
+            if sid is None:
+                sid = self._spec_ids[key] = len(self._specs)
+                self._specs.append(key)
+            self._entries.append(name)
+            self._epochs.append(epoch)
+            self._txids.append(txid)
+            self._spec.append(sid)
+            self._last_epoch = epoch
+            self._stats["transactions"] += 1
+            self._stats["records"] += 2
+            return len(self._entries)
+
+    def _txn(self, k: int) -> Txn:
+        """Entry ``k`` as a Txn (lock held); a compact page creation is rebuilt as a fresh Txn."""
+        e = self._entries[k]
+        if type(e) is not str:
+            return e
+        shape, dts, semiring, device, fill = self._specs[self._spec[k]]
+        dt = np.dtype(dts)
+        op = SchemaOp("page_created", {"name": e, "shape": list(shape), "dtype": dts, "semiring": semiring,
+                                       "device": device, "metadata": None},
+                      {"fill": np.frombuffer(fill, dtype=dt).copy()})
+        return Txn(epoch=self._epochs[k], txid=self._txids[k], ops=[op])
 
     def sync(self, token: Optional[int] = None) -> None:
         if self._closed:
@@ -55,21 +116,35 @@ class MemoryLog(LogBase):
     def mark_checkpoint(self, epoch: int) -> int:
         with self._lock:
             self._marks.append(int(epoch))
-            return len(self._txns)
+            return len(self._entries)
+
+    def _range(self, since: Optional[int], until: Optional[int]) -> tuple[int, int]:
+        lo = 0 if since is None else bisect.bisect_right(self._epochs, since)
+        hi = len(self._epochs) if until is None else bisect.bisect_right(self._epochs, until)
+        return lo, hi
 
     def txns(self, since: Optional[int] = None, until: Optional[int] = None) -> Iterator[Txn]:
+        """Committed transactions with ``since < epoch <= until``, oldest first (a snapshot taken now)."""
         with self._lock:
-            lo = 0 if since is None else bisect.bisect_right(self._epochs, since)
-            hi = len(self._epochs) if until is None else bisect.bisect_right(self._epochs, until)
-            sel = self._txns[lo:hi]
+            lo, hi = self._range(since, until)
+            sel = [self._txn(k) for k in range(lo, hi)]
+        return iter(sel)
+
+    def data_txns(self, since: Optional[int] = None, until: Optional[int] = None) -> Iterator[Txn]:
+        """Like :meth:`txns` but without the compact page creations (they hold no deltas): for ``log.query``."""
+        with self._lock:
+            lo, hi = self._range(since, until)
+            sel = [e for e in self._entries[lo:hi] if type(e) is not str]
         return iter(sel)
 
     def drop_segments_before(self, epoch: int) -> int:
         """Forget transactions with epoch <= ``epoch`` (all but what a checkpoint covers); returns how many."""
         with self._lock:
             k = bisect.bisect_right(self._epochs, epoch)
-            del self._txns[:k]
+            del self._entries[:k]
             del self._epochs[:k]
+            del self._txids[:k]
+            del self._spec[:k]
             return k
 
     def stats(self) -> dict:
