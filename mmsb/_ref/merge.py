@@ -69,6 +69,28 @@ def _not_nan(values: np.ndarray) -> np.ndarray | None:
     return None if keep.all() else keep
 
 
+def _fold_at(code: int, target: np.ndarray, pos: np.ndarray, vals: np.ndarray) -> None:
+    """``ufunc.at(target, pos, vals)``: each ``target[pos[k]] = op(target[pos[k]], vals[k])`` in input order, with
+    min/max keeping the earlier of two equal values like the kernels' ``b < a ? b : a``. numpy's minimum and
+    maximum may return either zero when 0.0 meets -0.0; a zero result is the first zero in the sequence."""
+    if code not in (OP_MIN, OP_MAX) or target.dtype.kind != "f" or pos.shape[0] == 0:
+        _UFUNCS[code].at(target, pos, vals)
+        return
+    u = np.unique(pos)
+    before = target[u]
+    _UFUNCS[code].at(target, pos, vals)
+    hit = target[u] == 0
+    if not hit.any():
+        return
+    keep = hit & (before == 0)
+    target[u[keep]] = before[keep]
+    z = (hit & ~keep)[np.searchsorted(u, pos)] & (vals == 0)
+    if z.any():
+        zp, zv = pos[z], vals[z]
+        _, first = np.unique(zp, return_index=True)
+        target[zp[first]] = zv[first]
+
+
 def _last_occurrence(index: np.ndarray) -> np.ndarray:
     """Positions of the last occurrence of each distinct index, in index order."""
     rev = index[::-1]
@@ -98,7 +120,7 @@ def scatter(page, index, values, op, is_sorted=False) -> None:
         keep = _not_nan(values)
         if keep is not None:
             index, values = index[keep], values[keep]
-    _UFUNCS[code].at(page, index, values)
+    _fold_at(code, page, index, values)
     return None
 
 
@@ -119,9 +141,8 @@ def masked_merge(page, mask, values, op) -> None:
         np.copyto(page, values, where=where)
         return None
     if code in (OP_MIN, OP_MAX):
-        keep = _not_nan(values)
-        if keep is not None:
-            where = where & keep
+        np.copyto(page, _binop(code, page, values), where=where)
+        return None
     _UFUNCS[code](page, values, out=page, where=where)
     return None
 
@@ -159,7 +180,7 @@ def normalize(index, values, op) -> tuple[np.ndarray, np.ndarray]:
             keep = _not_nan(rval)
             if keep is not None:
                 ridx, rval = ridx[keep], rval[keep]
-        _UFUNCS[code].at(out_val, ridx, rval)
+        _fold_at(code, out_val, ridx, rval)
     return out_idx, out_val.view(dtype)
 
 
