@@ -797,15 +797,27 @@ class Buffer:
             view._readonly = True
             return view
 
-    def _load_snapshot(self, epoch: int, pages: list, rules: list) -> None:
-        for meta, arr in pages:
-            dt = np.dtype(meta["dtype"])
-            page = Page(self, meta["name"], tuple(meta["shape"]), dt, semirings.get(meta["semiring"]), "cpu",
-                        meta.get("metadata"), meta.get("epoch", epoch))
-            self._memory.allocate(page, None)
-            self._memory.array(page)[...] = np.asarray(arr).reshape(-1)
-            self._pages[page.name] = page
-            self._graph.add_node(page.name)
+    def _load_snapshot(self, epoch: int, pages: list, rules: list, blocks: Any = None) -> None:
+        """Install a validated snapshot; arrays that ``blocks`` (a memory.BlockLoader) handed out become the
+        pages' storage as they are (no copy), the rest are copied; blocks not taken are freed."""
+        try:
+            for meta, arr in pages:
+                dt = np.dtype(meta["dtype"])
+                page = Page(self, meta["name"], tuple(meta["shape"]), dt, semirings.get(meta["semiring"]),
+                            "cpu", meta.get("metadata"), meta.get("epoch", epoch))
+                blk = blocks.take(arr) if blocks is not None else None
+                if blk is not None and blk[1].dtype == dt and blk[1].size == page.size:
+                    self._memory.adopt(page, *blk)
+                else:
+                    if blk is not None:
+                        self._memory.allocator.free(blk[0])
+                    self._memory.allocate(page, None)
+                    self._memory.array(page)[...] = np.asarray(arr).reshape(-1)
+                self._pages[page.name] = page
+                self._graph.add_node(page.name)
+        finally:
+            if blocks is not None:
+                blocks.discard()
         for op in rules:
             self._graph.add_rule(self._rule_from_schema(op))
         self._epoch = epoch

@@ -125,6 +125,7 @@ def open_store(root: str, mode: str, *, durability: str, memory_limit: Optional[
         raise FileExistsError(f"{root!r} is a non-empty directory that is not an mmsb store")
     writable = mode != "r"
     store = Store(root, writable)
+    log = None
     if writable:
         os.makedirs(root, exist_ok=True)
         store.lock()
@@ -137,25 +138,31 @@ def open_store(root: str, mode: str, *, durability: str, memory_limit: Optional[
             fsync_dir(root)
         else:
             read_store_file(root)
-        snap = load_checkpoint(root)
+        ckpts = list_checkpoints(root)
+        # segments wholly covered by the newest checkpoint are not read now (indexed lazily; verify checks them)
         log = DurableLog(root, durability=durability, segment_bytes=segment_bytes, readonly=not writable,
-                         recovery=recovery)
+                         recovery=recovery, skip_before=ckpts[-1] if ckpts else None)
         buf = Buffer(log=log, store=store, readonly=False, propagation=propagation, memory_limit=memory_limit,
                      spill_dir=os.path.join(root, "spill") if writable else None, device=device,
                      functions=functions, cluster=cluster)
-        if snap is not None:
-            buf._load_snapshot(snap.epoch, snap.pages, snap.rules)
+        snap = load_checkpoint(root, blocks=buf._memory.block_loader())
+        if snap is not None:     # (a writer beside a reader may have published a newer one meanwhile: fine)
+            buf._load_snapshot(snap.epoch, snap.pages, snap.rules, blocks=snap.blocks)
             buf._txid = int((snap.extra or {}).get("txid", 0))
         for txn in log.txns(since=snap.epoch if snap is not None else 0):
             buf._replay(txn)
-        ckpts = list_checkpoints(root)
-        first = log.first_epoch
+        first = log.first_epoch_hint
         if ckpts and (first is None or first > 1):
             store.horizon = min(ckpts)          # compaction dropped the log before the oldest checkpoint
         buf._horizon = store.horizon
         buf._readonly = not writable
-        buf._counters["torn_tail_bytes"] = log.stats().get("torn_tail_bytes", 0)
+        buf._counters["torn_tail_bytes"] = log.torn_tail_bytes
         return buf
     except BaseException:
+        if log is not None:
+            try:
+                log.close()
+            except Exception:
+                pass
         store.close()
         raise
