@@ -748,12 +748,17 @@ class Buffer:
 
     # -- history ----------------------------------------------------------------------------------------------
     @_observed
-    def checkpoint(self) -> int:
-        """Write a full snapshot at the current epoch (history is kept); returns the epoch."""
+    def checkpoint(self, compress: Optional[bool] = None) -> int:
+        """Write a full snapshot at the current epoch (history is kept); returns the epoch.
+
+        ``compress`` (stores only): True tries blosc2 on every 16 MiB chunk of every page (kept where it saves
+        >= 20%), False writes raw chunks; None follows ``mmsb.checkpoint.checkpoint_compression()`` (env
+        ``MMSB_CHECKPOINT_COMPRESS``=auto/on/off; auto compresses on machines with 4 or more cores, where
+        decoding keeps up with a raw read)."""
         self._check_writable()
         with self._locked():
             if self._store is not None:
-                self._store.checkpoint(self)
+                self._store.checkpoint(self, compress)
             else:
                 self._snapshots[self._epoch] = self._snapshot()
             return self._epoch

@@ -42,7 +42,26 @@ STORE_FILE = "STORE"
 CKPT_DIR = "checkpoints"
 CHUNK_BYTES = 16 * 2**20
 MAX_FRACTION = 0.8   # compress a chunk only when blosc2 saves at least 20% (raw chunks load fastest)
-FLUSH_BYTES = 64 * 2**20   # a background fdatasync starts after every this many bytes written (fsync mode)
+FLUSH_BYTES = 64 * 2**20   # fsync mode: a background fdatasync starts after every this many bytes written
+# Checkpoint page compression ("auto", "on", "off"; env MMSB_CHECKPOINT_COMPRESS). blosc2 (LZ4 + shuffle) decodes
+# at ~3 GB/s per core, a raw read from the page cache runs at memory speed (~10 GB/s): with fewer than
+# AUTO_COMPRESS_CPUS cores a compressed checkpoint loads slower than a raw one, so "auto" writes raw there.
+CHECKPOINT_COMPRESS = os.environ.get("MMSB_CHECKPOINT_COMPRESS", "auto")
+AUTO_COMPRESS_CPUS = 4
+
+
+def checkpoint_compression() -> bool:
+    """Whether ``buf.checkpoint()`` compresses pages by default (see CHECKPOINT_COMPRESS)."""
+    mode = str(CHECKPOINT_COMPRESS).lower()
+    if mode in ("1", "on", "true", "yes"):
+        return True
+    if mode in ("0", "off", "false", "no"):
+        return False
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return cpus >= AUTO_COMPRESS_CPUS
 _HEAD = struct.Struct("<8sHHIQI")      # magic, version, flags, reserved, epoch, reserved2 (28) + crc
 HEAD_SIZE = _HEAD.size + 4             # 32
 _TRAIL = struct.Struct("<QQI32s8s")    # manifest offset, length, crc32c, sha256, END magic (60) + crc
@@ -78,34 +97,59 @@ class Snapshot:
 
 # ====================================================================== container writer
 
-class _Writer:
-    """Writes chunks back to back from a single thread while a pool hashes them (CRC32C + SHA-256 release the
-    GIL on large buffers): RAW chunks are written straight from the caller's memory, no copy. Every
-    ``FLUSH_BYTES`` written, a background ``fdatasync`` starts the disk on what is already written, so that the
-    final fsync waits for little (the publication stays: temp file, fsync, rename, fsync of the directory)."""
+WRITE_PIECE = 512 * 2**10  # chunks are written and hashed in pieces of this size (hashed while cache-hot)
 
-    def __init__(self, fd: int, path: str, pool: ThreadPoolExecutor, flusher: Optional[ThreadPoolExecutor]):
+
+class _Writer:
+    """Lays chunks out back to back (offsets are known once each chunk's codec is chosen) and hands each to a
+    pool of NTHREADS workers that ``pwrite`` it in WRITE_PIECE pieces, straight from the caller's memory for
+    RAW chunks, and feed every piece to CRC32C and SHA-256 right after writing it, while it is still in the
+    CPU cache (pwrite, crc32c and hashlib release the GIL): the data crosses the memory bus about as often as
+    with a plain write, on two cores. Every ``FLUSH_BYTES`` written (fsync mode) a background ``fdatasync``
+    lets the disk start early, so that the final fsync waits for little. Publication stays: temp file, fsync,
+    rename, fsync of the directory."""
+
+    def __init__(self, fd: int, pool: ThreadPoolExecutor, flusher: Optional[ThreadPoolExecutor]):
         self.fd = fd
-        self.path = path
         self.pos = HEAD_SIZE
         self.raw_bytes = 0
         self.encoded_bytes = 0
         self.pool = pool
         self.flusher = flusher
+        self._lock = threading.Lock()
         self._unflushed = 0
         self._flushes: list = []
         self._pending: list = []     # (chunk dict, future of (crc, sha))
 
-    def _write(self, data) -> None:
+    def _put(self, data, offset: int) -> tuple[int, str]:
+        """Worker: write ``data`` at ``offset`` piece by piece, hashing each piece right after it."""
         mv = memoryview(data).cast("B")
-        while mv.nbytes:
-            n = os.write(self.fd, mv)
-            mv = mv[n:]
-            self._unflushed += n
-        if self.flusher is not None and self._unflushed >= FLUSH_BYTES:
-            self._unflushed = 0
-            if not self._flushes or self._flushes[-1].done():
-                self._flushes.append(self.flusher.submit(os.fdatasync, self.fd))
+        crc = 0
+        sha = hashlib.sha256()
+        pos = 0
+        n = mv.nbytes
+        while pos < n:
+            piece = mv[pos:pos + WRITE_PIECE]
+            done = 0
+            while done < piece.nbytes:
+                done += os.pwrite(self.fd, piece[done:], offset + pos + done)
+            crc = _crc.crc32c(piece, crc)
+            sha.update(piece)
+            pos += piece.nbytes
+        if self.flusher is not None:
+            with self._lock:
+                self._unflushed += n
+                if self._unflushed >= FLUSH_BYTES and (not self._flushes or self._flushes[-1].done()):
+                    self._unflushed = 0
+                    self._flushes.append(self.flusher.submit(os.fdatasync, self.fd))
+        return crc, sha.hexdigest()
+
+    def write_at(self, data, offset: int) -> None:
+        """Write small metadata (header, manifest, trailer) synchronously."""
+        mv = memoryview(data).cast("B")
+        done = 0
+        while done < mv.nbytes:
+            done += os.pwrite(self.fd, mv[done:], offset + done)
 
     def array(self, arr: np.ndarray, compress: bool) -> dict:
         a = np.asarray(arr)
@@ -122,25 +166,31 @@ class _Writer:
             cid, data = codecs.encode_values(piece, allow_compress=compress, max_fraction=MAX_FRACTION,
                                              copy_raw=False)
             ln = memoryview(data).nbytes
-            fut = self.pool.submit(_hash, data)
-            self._write(data)
             ch = {"offset": self.pos, "length": ln, "codec": cid, "n": piece.size, "crc32c": 0, "sha256": ""}
-            self._pending.append((ch, fut))
+            self._pending.append((ch, self.pool.submit(self._put, data, self.pos)))
             chunks.append(ch)
             self.pos += ln
             self.raw_bytes += piece.size * a.dtype.itemsize
             self.encoded_bytes += ln
         return {"dtype": dts, "shape": list(a.shape), "chunks": chunks}
 
-    def finish_hashes(self) -> None:
-        for ch, fut in self._pending:
-            ch["crc32c"], ch["sha256"] = fut.result()
-        self._pending = []
-
-    def wait_flushes(self) -> None:
-        for f in self._flushes:
-            f.result()          # an fdatasync failure fails the checkpoint
-        self._flushes = []
+    def finish(self) -> None:
+        """Wait for every chunk (raising the first failure) and fill in the checksums."""
+        try:
+            for ch, fut in self._pending:
+                ch["crc32c"], ch["sha256"] = fut.result()
+        finally:
+            for _, fut in self._pending:
+                fut.cancel()
+            for _, fut in self._pending:
+                if not fut.cancelled():
+                    fut.exception()          # wait: nothing may still write to the file after this returns
+            self._pending = []
+            flushes, self._flushes = self._flushes, []
+            errs = [f.exception() for f in flushes]
+        for e in errs:
+            if e is not None:
+                raise e                      # an fdatasync failure fails the checkpoint
 
 
 def _hash(data) -> tuple[int, str]:
@@ -156,10 +206,10 @@ def _write_container(final: str, magic: bytes, epoch: int, pages, rules, extra, 
     ok = False
     try:
         with ThreadPoolExecutor(NTHREADS) as pool, ThreadPoolExecutor(1) as flusher:
-            w = _Writer(fd, tmp, pool, flusher if fsync else None)
+            w = _Writer(fd, pool, flusher if fsync else None)
             try:
                 head = _HEAD.pack(magic, FORMAT_VERSION, 0, 0, int(epoch), 0)
-                w._write(head + _U32.pack(_mask(_crc32c(head))))
+                w.write_at(head + _U32.pack(_mask(_crc32c(head))), 0)
                 man_pages = []
                 for meta, arr in pages:
                     ent = w.array(np.asarray(arr), compress)
@@ -169,16 +219,15 @@ def _write_container(final: str, magic: bytes, epoch: int, pages, rules, extra, 
                 for op in rules or []:
                     arrays = {str(k): w.array(np.asarray(v), compress) for k, v in op.arrays.items()}
                     man_rules.append({"kind": op.kind, "payload": op.payload, "arrays": arrays})
-                w.finish_hashes()
             finally:
-                w.wait_flushes()
+                w.finish()
         manifest = {"format": FORMAT_VERSION, "kind": kind, "epoch": int(epoch), "created": time.time(),
                     "data_start": HEAD_SIZE, "data_end": w.pos, "pages": man_pages, "rules": man_rules,
                     "extra": extra, "raw_bytes": w.raw_bytes, "encoded_bytes": w.encoded_bytes}
         mb = _dumps(manifest)
         moff = w.pos
         tr = _TRAIL.pack(moff, len(mb), _crc32c(mb), hashlib.sha256(mb).digest(), END_MAGIC)
-        w._write(mb + tr + _U32.pack(_mask(_crc32c(tr))))
+        w.write_at(mb + tr + _U32.pack(_mask(_crc32c(tr))), moff)
         if fsync:
             os.fsync(fd)
         os.close(fd)
@@ -439,12 +488,15 @@ def parse_checkpoint_name(name: str) -> Optional[int]:
 
 
 def write_checkpoint(root: str, epoch: int, pages, rules, extra=None, fsync: bool = True,
-                     compress: bool = True) -> str:
+                     compress: Optional[bool] = True) -> str:
     """Write and atomically publish the checkpoint of ``epoch``; returns its path.
 
     ``pages``: list of (meta, array) — meta is JSON-able (name, shape, dtype, semiring, device, metadata, epoch).
-    ``rules``: list of SchemaOp. ``extra``: any JSON-able value.
+    ``rules``: list of SchemaOp. ``extra``: any JSON-able value. ``compress``: try blosc2 on each chunk
+    (kept only where it saves >= 20%); None: :func:`checkpoint_compression`.
     """
+    if compress is None:
+        compress = checkpoint_compression()
     d = checkpoint_dir(root)
     os.makedirs(d, exist_ok=True)
     final = checkpoint_path(root, epoch)
@@ -600,4 +652,5 @@ def read_store_file(root: str) -> dict:
 
 __all__ = ["Snapshot", "write_checkpoint", "list_checkpoints", "load_checkpoint", "remove_checkpoint",
            "verify_checkpoint", "cleanup_temp", "checkpoint_path", "checkpoint_dir", "write_blob_file",
-           "read_blob_file", "write_store_file", "read_store_file", "FORMAT_VERSION", "STORE_FILE"]
+           "read_blob_file", "write_store_file", "read_store_file", "FORMAT_VERSION", "STORE_FILE",
+           "checkpoint_compression"]

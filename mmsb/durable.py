@@ -11,7 +11,7 @@ import shutil
 from typing import Any, Callable, Optional
 
 from mmsb.buffer import Buffer, _NullLog
-from mmsb.checkpoint import list_checkpoints, load_checkpoint, remove_checkpoint, write_checkpoint
+from mmsb.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint, remove_checkpoint, write_checkpoint
 from mmsb.errors import StoreLockedError
 from mmsb.log import DurableLog
 
@@ -56,7 +56,7 @@ class Store:
         """The log itself refuses writes once poisoned; nothing else to check here."""
 
     # -- checkpoints and history ------------------------------------------------------------------------------
-    def checkpoint(self, buf: Buffer) -> int:
+    def checkpoint(self, buf: Buffer, compress: Optional[bool] = None) -> int:
         epoch = buf.epoch
         if epoch in list_checkpoints(self.root):
             return epoch
@@ -64,9 +64,29 @@ class Store:
         _, pages, rules = buf._snapshot(copy=buf._memory.limit is not None)
         fsync = buf._log.durability != "none"
         buf._log.flush(fsync)             # the log must be on disk up to the checkpoint before it is published
-        write_checkpoint(self.root, epoch, pages, rules, extra={"txid": buf._txid}, fsync=fsync)
+        # what the new checkpoint supersedes (older checkpoints, closed log segments) is cold from now on: let the
+        # kernel drop its clean cached pages, so that writing the checkpoint reuses them instead of new memory
+        self._drop_cold_cache(buf)
+        write_checkpoint(self.root, epoch, pages, rules, extra={"txid": buf._txid}, fsync=fsync, compress=compress)
         buf._log.mark_checkpoint(epoch)
         return epoch
+
+    def _drop_cold_cache(self, buf: Buffer) -> None:
+        if not hasattr(os, "posix_fadvise"):
+            return
+        paths = [checkpoint_path(self.root, e) for e in list_checkpoints(self.root)]
+        paths += buf._log.closed_segment_paths()
+        for path in paths:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
 
     def compact(self, buf: Buffer, keep: int) -> int:
         self.checkpoint(buf)

@@ -636,6 +636,11 @@ class DurableLog(LogBase):
             self._ensure_index()
             return len(self._epochs)
 
+    def closed_segment_paths(self) -> list[str]:
+        """Paths of every segment but the one being appended to."""
+        with self._lock:
+            return [s.path for s in self._segs[:-1]]
+
     @property
     def torn_tail_bytes(self) -> int:
         return self._stats["torn_tail_bytes"]
