@@ -8,6 +8,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional
 
 from mmsb.buffer import Buffer, _NullLog
@@ -159,13 +160,37 @@ def open_store(root: str, mode: str, *, durability: str, memory_limit: Optional[
         else:
             read_store_file(root)
         ckpts = list_checkpoints(root)
-        # segments wholly covered by the newest checkpoint are not read now (indexed lazily; verify checks them)
-        log = DurableLog(root, durability=durability, segment_bytes=segment_bytes, readonly=not writable,
-                         recovery=recovery, skip_before=ckpts[-1] if ckpts else None)
-        buf = Buffer(log=log, store=store, readonly=False, propagation=propagation, memory_limit=memory_limit,
-                     spill_dir=os.path.join(root, "spill") if writable else None, device=device,
-                     functions=functions, cluster=cluster)
-        snap = load_checkpoint(root, blocks=buf._memory.block_loader())
+
+        def open_log() -> DurableLog:
+            # segments wholly covered by the newest checkpoint are not read now (indexed lazily; verify checks
+            # them); the rest is scanned and checked while the checkpoint loads
+            return DurableLog(root, durability=durability, segment_bytes=segment_bytes, readonly=not writable,
+                              recovery=recovery, skip_before=ckpts[-1] if ckpts else None)
+
+        buf = Buffer(log=_NullLog(), store=store, readonly=False, propagation=propagation,
+                     memory_limit=memory_limit, spill_dir=os.path.join(root, "spill") if writable else None,
+                     device=device, functions=functions, cluster=cluster)
+        if ckpts:
+            with ThreadPoolExecutor(1) as ex:
+                fut = ex.submit(open_log)
+                try:
+                    snap = load_checkpoint(root, blocks=buf._memory.block_loader())
+                except BaseException:
+                    try:
+                        fut.result().close()
+                    except BaseException:
+                        pass
+                    raise
+                try:
+                    log = fut.result()
+                except BaseException:
+                    if snap is not None and snap.blocks is not None:
+                        snap.blocks.discard()
+                    raise
+        else:
+            log = open_log()
+            snap = None
+        buf._log = log
         if snap is not None:     # (a writer beside a reader may have published a newer one meanwhile: fine)
             buf._load_snapshot(snap.epoch, snap.pages, snap.rules, blocks=snap.blocks)
             buf._txid = int((snap.extra or {}).get("txid", 0))

@@ -248,3 +248,77 @@ def test_memory_limit_open_still_loads(tmp_path):
     with mmsb.open(root, "r", memory_limit=2000) as buf:     # no block loader under a limit: pages spill
         for a, b in zip(_state_at(buf), states[max(states)]):
             np.testing.assert_array_equal(a, b)
+
+
+def _one_segment_store(root):
+    states = {}
+    with mmsb.open(root, "w") as buf:
+        p = buf.create_page("p", 300)
+        for k in range(8):
+            e = buf.write(p, np.full(300, float(k)))
+            states[e] = np.full(300, float(k))
+            if k == 4:
+                buf.checkpoint()
+                ck = e
+    return states, ck
+
+
+def test_last_segment_records_before_checkpoint_are_not_read_but_checked_on_use(tmp_path):
+    root = str(tmp_path / "s")
+    states, ck = _one_segment_store(root)
+    seg = iter_segments(os.path.join(root, "log"))[0][1]
+    with mmsb.open(root, "r") as buf:
+        log = buf._log
+        first = log._index[0]           # create_page, then the writes; the second entry is epoch 2's write
+        e2 = log._index[1]
+    off = e2.start + 25 + 100           # inside the payload of epoch 2 (before the checkpoint)
+    with open(seg, "r+b") as f:
+        f.seek(off)
+        b = f.read(1)[0]
+        f.seek(off)
+        f.write(bytes([b ^ 0x10]))
+    assert not mmsb.verify(root).ok
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # no torn-tail warning: nothing was cut
+        buf = mmsb.open(root, "r")
+    with buf:
+        np.testing.assert_array_equal(buf["p"].read(), states[max(states)])
+        with pytest.raises(CorruptionError):
+            buf.at(2)
+        np.testing.assert_array_equal(buf.at(ck + 1)["p"].read(), states[ck + 1])   # after the damage: fine
+    assert first.epoch == 1
+
+
+def test_torn_tail_after_checkpoint_still_repaired(tmp_path):
+    root = str(tmp_path / "s")
+    states, ck = _one_segment_store(root)
+    seg = iter_segments(os.path.join(root, "log"))[0][1]
+    with mmsb.open(root, "r") as buf:
+        last = buf._log._index[-1]
+    size = os.path.getsize(seg)
+    for cut in (last.start + 3, last.start + 30, (last.start + last.end) // 2, last.end - 1):
+        path = str(tmp_path / f"c{cut}")
+        import shutil
+        shutil.copytree(root, path)
+        with open(os.path.join(path, "log", os.path.basename(seg)), "r+b") as f:
+            f.truncate(cut)
+        with pytest.warns(mmsb.errors.TornWriteWarning):
+            buf = mmsb.open(path, "a")
+        with buf:
+            assert buf.epoch == max(states) - 1
+            np.testing.assert_array_equal(buf["p"].read(), states[max(states) - 1])
+            buf.write("p", np.zeros(300))
+        assert mmsb.verify(path).ok
+    # a flipped byte in a committed record after the checkpoint (not the last record) is corruption, not torn
+    before_last = None
+    with mmsb.open(root, "r") as buf:
+        before_last = buf._log._index[-2]
+    assert before_last.epoch > ck
+    with open(seg, "r+b") as f:
+        f.seek(before_last.start + 40)
+        b = f.read(1)[0]
+        f.seek(before_last.start + 40)
+        f.write(bytes([b ^ 0x01]))
+    with pytest.raises(CorruptionError):
+        mmsb.open(root, "r")
+    assert size == os.path.getsize(seg)

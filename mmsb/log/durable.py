@@ -183,7 +183,7 @@ class DurableLog(LogBase):
                 self._remove(path)
                 continue
             is_last = i == len(segs) - 1
-            res = S.scan_segment(path)
+            res = S.scan_segment(path, skip_epoch=skip_before)
             size = os.path.getsize(path)
             if res.header is None:
                 if is_last and res.torn:
