@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import struct
+import threading
 import time
 import uuid
 import warnings
@@ -41,6 +42,26 @@ STORE_FILE = "STORE"
 CKPT_DIR = "checkpoints"
 CHUNK_BYTES = 16 * 2**20
 MAX_FRACTION = 0.8   # compress a chunk only when blosc2 saves at least 20% (raw chunks load fastest)
+FLUSH_BYTES = 64 * 2**20   # fsync mode: a background fdatasync starts after every this many bytes written
+# Checkpoint page compression ("auto", "on", "off"; env MMSB_CHECKPOINT_COMPRESS). blosc2 (LZ4 + shuffle) decodes
+# at ~3 GB/s per core, a raw read from the page cache runs at memory speed (~10 GB/s): with fewer than
+# AUTO_COMPRESS_CPUS cores a compressed checkpoint loads slower than a raw one, so "auto" writes raw there.
+CHECKPOINT_COMPRESS = os.environ.get("MMSB_CHECKPOINT_COMPRESS", "auto")
+AUTO_COMPRESS_CPUS = 4
+
+
+def checkpoint_compression() -> bool:
+    """Whether ``buf.checkpoint()`` compresses pages by default (see CHECKPOINT_COMPRESS)."""
+    mode = str(CHECKPOINT_COMPRESS).lower()
+    if mode in ("1", "on", "true", "yes"):
+        return True
+    if mode in ("0", "off", "false", "no"):
+        return False
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return cpus >= AUTO_COMPRESS_CPUS
 _HEAD = struct.Struct("<8sHHIQI")      # magic, version, flags, reserved, epoch, reserved2 (28) + crc
 HEAD_SIZE = _HEAD.size + 4             # 32
 _TRAIL = struct.Struct("<QQI32s8s")    # manifest offset, length, crc32c, sha256, END magic (60) + crc
@@ -71,25 +92,66 @@ class Snapshot:
     rules: list = field(default_factory=list)    # [SchemaOp]
     extra: Any = None
     path: Optional[str] = None
+    blocks: Any = None     # the memory.BlockLoader whose blocks hold the page arrays (None: plain arrays)
 
 
 # ====================================================================== container writer
 
+WRITE_PIECE = 512 * 2**10  # chunks are written and hashed in pieces of this size (hashed while cache-hot)
+
+
 class _Writer:
-    def __init__(self, fd: int, path: str):
+    """Lays chunks out back to back (offsets are known once each chunk's codec is chosen) and hands each to a
+    pool of NTHREADS workers that ``pwrite`` it in WRITE_PIECE pieces, straight from the caller's memory for
+    RAW chunks, and feed every piece to CRC32C and SHA-256 right after writing it, while it is still in the
+    CPU cache (pwrite, crc32c and hashlib release the GIL): the data crosses the memory bus about as often as
+    with a plain write, on two cores. Every ``FLUSH_BYTES`` written (fsync mode) a background ``fdatasync``
+    lets the disk start early, so that the final fsync waits for little. Publication stays: temp file, fsync,
+    rename, fsync of the directory."""
+
+    def __init__(self, fd: int, pool: ThreadPoolExecutor, flusher: Optional[ThreadPoolExecutor]):
         self.fd = fd
-        self.path = path
         self.pos = HEAD_SIZE
         self.raw_bytes = 0
         self.encoded_bytes = 0
+        self.pool = pool
+        self.flusher = flusher
+        self._lock = threading.Lock()
+        self._unflushed = 0
+        self._flushes: list = []
+        self._pending: list = []     # (chunk dict, future of (crc, sha))
 
-    def _write(self, data) -> None:
+    def _put(self, data, offset: int) -> tuple[int, str]:
+        """Worker: write ``data`` at ``offset`` piece by piece, hashing each piece right after it."""
         mv = memoryview(data).cast("B")
-        while mv.nbytes:
-            n = os.write(self.fd, mv)
-            mv = mv[n:]
+        crc = 0
+        sha = hashlib.sha256()
+        pos = 0
+        n = mv.nbytes
+        while pos < n:
+            piece = mv[pos:pos + WRITE_PIECE]
+            done = 0
+            while done < piece.nbytes:
+                done += os.pwrite(self.fd, piece[done:], offset + pos + done)
+            crc = _crc.crc32c(piece, crc)
+            sha.update(piece)
+            pos += piece.nbytes
+        if self.flusher is not None:
+            with self._lock:
+                self._unflushed += n
+                if self._unflushed >= FLUSH_BYTES and (not self._flushes or self._flushes[-1].done()):
+                    self._unflushed = 0
+                    self._flushes.append(self.flusher.submit(os.fdatasync, self.fd))
+        return crc, sha.hexdigest()
 
-    def array(self, arr: np.ndarray, compress: bool, pool: ThreadPoolExecutor) -> dict:
+    def write_at(self, data, offset: int) -> None:
+        """Write small metadata (header, manifest, trailer) synchronously."""
+        mv = memoryview(data).cast("B")
+        done = 0
+        while done < mv.nbytes:
+            done += os.pwrite(self.fd, mv[done:], offset + done)
+
+    def array(self, arr: np.ndarray, compress: bool) -> dict:
         a = np.asarray(arr)
         if not a.flags.c_contiguous:
             a = np.array(a, order="C")
@@ -99,23 +161,36 @@ class _Writer:
         flat = a.reshape(-1)
         per = max(1, CHUNK_BYTES // max(1, a.dtype.itemsize))
         chunks = []
-        futs = []
         for start in range(0, max(1, flat.size), per):
             piece = flat[start:start + per]
-            cid, data = codecs.encode_values(piece, allow_compress=compress, max_fraction=MAX_FRACTION)
-            if cid == codecs.RAW:
-                data = memoryview(piece).cast("B") if piece.size else b""   # no copy
-            futs.append((cid, piece.size, data, pool.submit(_hash, data)))
-        for cid, n, data, fut in futs:
-            crc, sha = fut.result()
+            cid, data = codecs.encode_values(piece, allow_compress=compress, max_fraction=MAX_FRACTION,
+                                             view=True)
             ln = memoryview(data).nbytes
-            self._write(data)
-            chunks.append({"offset": self.pos, "length": ln, "codec": cid, "n": n, "crc32c": crc,
-                           "sha256": sha})
+            ch = {"offset": self.pos, "length": ln, "codec": cid, "n": piece.size, "crc32c": 0, "sha256": ""}
+            self._pending.append((ch, self.pool.submit(self._put, data, self.pos)))
+            chunks.append(ch)
             self.pos += ln
-            self.raw_bytes += n * a.dtype.itemsize
+            self.raw_bytes += piece.size * a.dtype.itemsize
             self.encoded_bytes += ln
         return {"dtype": dts, "shape": list(a.shape), "chunks": chunks}
+
+    def finish(self) -> None:
+        """Wait for every chunk (raising the first failure) and fill in the checksums."""
+        try:
+            for ch, fut in self._pending:
+                ch["crc32c"], ch["sha256"] = fut.result()
+        finally:
+            for _, fut in self._pending:
+                fut.cancel()
+            for _, fut in self._pending:
+                if not fut.cancelled():
+                    fut.exception()          # wait: nothing may still write to the file after this returns
+            self._pending = []
+            flushes, self._flushes = self._flushes, []
+            errs = [f.exception() for f in flushes]
+        for e in errs:
+            if e is not None:
+                raise e                      # an fdatasync failure fails the checkpoint
 
 
 def _hash(data) -> tuple[int, str]:
@@ -130,27 +205,29 @@ def _write_container(final: str, magic: bytes, epoch: int, pages, rules, extra, 
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     ok = False
     try:
-        w = _Writer(fd, tmp)
-        head = _HEAD.pack(magic, FORMAT_VERSION, 0, 0, int(epoch), 0)
-        w._write(head + _U32.pack(_mask(_crc32c(head))))
-        man_pages = []
-        with ThreadPoolExecutor(NTHREADS) as pool:
-            for meta, arr in pages:
-                ent = w.array(np.asarray(arr), compress, pool)
-                ent["meta"] = meta
-                man_pages.append(ent)
-            man_rules = []
-            for op in rules or []:
-                arrays = {str(k): w.array(np.asarray(v), compress, pool) for k, v in op.arrays.items()}
-                man_rules.append({"kind": op.kind, "payload": op.payload, "arrays": arrays})
+        with ThreadPoolExecutor(NTHREADS) as pool, ThreadPoolExecutor(1) as flusher:
+            w = _Writer(fd, pool, flusher if fsync else None)
+            try:
+                head = _HEAD.pack(magic, FORMAT_VERSION, 0, 0, int(epoch), 0)
+                w.write_at(head + _U32.pack(_mask(_crc32c(head))), 0)
+                man_pages = []
+                for meta, arr in pages:
+                    ent = w.array(np.asarray(arr), compress)
+                    ent["meta"] = meta
+                    man_pages.append(ent)
+                man_rules = []
+                for op in rules or []:
+                    arrays = {str(k): w.array(np.asarray(v), compress) for k, v in op.arrays.items()}
+                    man_rules.append({"kind": op.kind, "payload": op.payload, "arrays": arrays})
+            finally:
+                w.finish()
         manifest = {"format": FORMAT_VERSION, "kind": kind, "epoch": int(epoch), "created": time.time(),
                     "data_start": HEAD_SIZE, "data_end": w.pos, "pages": man_pages, "rules": man_rules,
                     "extra": extra, "raw_bytes": w.raw_bytes, "encoded_bytes": w.encoded_bytes}
         mb = _dumps(manifest)
         moff = w.pos
-        w._write(mb)
         tr = _TRAIL.pack(moff, len(mb), _crc32c(mb), hashlib.sha256(mb).digest(), END_MAGIC)
-        w._write(tr + _U32.pack(_mask(_crc32c(tr))))
+        w.write_at(mb + tr + _U32.pack(_mask(_crc32c(tr))), moff)
         if fsync:
             os.fsync(fd)
         os.close(fd)
@@ -240,52 +317,114 @@ def _array_plan(ent, path: str, cursor: list, moff: int):
     return dt, shape, chunks
 
 
-def _load_array(fd: int, path: str, dt, shape, chunks, pool: ThreadPoolExecutor, errors: list,
-                strong: bool = True):
-    out = np.empty(shape, dtype=dt)
-    flat = out.reshape(-1)
-    pos = 0
-    jobs = []
-    for c in chunks:
-        dst = flat[pos:pos + c["n"]]
-        pos += c["n"]
-        jobs.append((c, dst, pool.submit(_read_check, fd, path, c, dst, strong)))
-    for c, dst, fut in jobs:
-        data = fut.result()   # raises CorruptionError
-        if c["codec"] == codecs.BLOSC2:
-            try:
-                codecs.decode_values(codecs.BLOSC2, data, dt, c["n"], out=dst)
-            except CorruptionError as exc:
-                raise _bad(f"chunk does not decode ({exc.what})", path, c["offset"], "chunk") from None
-        elif dt.kind == "b" and dst.size and (dst.view(np.uint8) > 1).any():
-            raise _bad("bool chunk holds bytes other than 0/1", path, c["offset"], "chunk")
-    return out
+READ_PIECE = 2 * 2**20   # raw chunks are read and checksummed in pieces of this size, while cache-hot
 
 
-def _read_check(fd: int, path: str, c: dict, dst: np.ndarray, strong: bool = True):
-    """Read a chunk (raw: straight into dst) and check its CRC32C (and SHA-256 when ``strong``)."""
-    ln = c["length"]
-    if c["codec"] == codecs.RAW and ln:
-        mv = memoryview(dst).cast("B")
-        got = os.preadv(fd, [mv], c["offset"])
-        data = mv
-    else:
-        data = os.pread(fd, ln, c["offset"])
-        got = len(data)
-    if got != ln:
-        raise _bad("chunk is short", path, c["offset"], "chunk length")
+class _Job:
+    """One chunk to read, check and decode into ``dst`` (a flat slice of the destination array)."""
+    __slots__ = ("c", "dst", "dt")
+
+    def __init__(self, c: dict, dst: np.ndarray, dt: np.dtype):
+        self.c, self.dst, self.dt = c, dst, dt
+
+
+def _run_job(fd: int, path: str, job: _Job, strong: bool) -> None:
+    """Read one chunk, check its CRC32C (and SHA-256 when ``strong``), decode it into ``job.dst``.
+
+    RAW chunks are read straight into the destination in READ_PIECE pieces, each checksummed right after it
+    arrived (preadv and crc32c release the GIL). A compressed chunk is decoded only after its checksum passed.
+    Raises CorruptionError."""
+    c, dst, dt = job.c, job.dst, job.dt
+    ln, off = c["length"], c["offset"]
+    sha = hashlib.sha256() if strong else None
+    crc = 0
+    if c["codec"] == codecs.RAW:
+        mv = memoryview(dst).cast("B") if ln else memoryview(b"")
+        pos = 0
+        while pos < ln:
+            piece = mv[pos:pos + READ_PIECE]
+            got = os.preadv(fd, [piece], off + pos)
+            if got != piece.nbytes:
+                raise _bad("chunk is short", path, off, "chunk length")
+            crc = _crc.crc32c(piece, crc)
+            if sha is not None:
+                sha.update(piece)
+            pos += got
+        ok = crc == c["crc32c"] and (sha is None or sha.hexdigest() == c["sha256"])
+        if not ok:
+            raise _bad("chunk checksum mismatch", path, off, "chunk checksum")
+        if dt.kind == "b" and dst.size and (dst.view(np.uint8) > 1).any():
+            raise _bad("bool chunk holds bytes other than 0/1", path, off, "chunk")
+        return
+    data = os.pread(fd, ln, off)
+    if len(data) != ln:
+        raise _bad("chunk is short", path, off, "chunk length")
     if strong:
-        crc, sha = _hash(data)
-        ok = crc == c["crc32c"] and sha == c["sha256"]
+        crc2, sha_hex = _hash(data)
+        ok = crc2 == c["crc32c"] and sha_hex == c["sha256"]
     else:
         ok = _crc32c(data) == c["crc32c"]
     if not ok:
-        raise _bad("chunk checksum mismatch", path, c["offset"], "chunk checksum")
-    return data
+        raise _bad("chunk checksum mismatch", path, off, "chunk checksum")
+    try:
+        codecs.decode_values(codecs.BLOSC2, data, dt, c["n"], out=dst, nthreads=1)
+    except CorruptionError as exc:
+        raise _bad(f"chunk does not decode ({exc.what})", path, off, "chunk") from None
 
 
-def _read_container(path: str, magic: bytes, strong: bool = True):
-    """Read and validate a container. Loading checks every CRC32C; ``strong`` adds SHA-256 (verify)."""
+def _jobs_for(out: np.ndarray, dt: np.dtype, chunks: list) -> list:
+    flat = out.reshape(-1)
+    jobs = []
+    pos = 0
+    for c in chunks:
+        jobs.append(_Job(c, flat[pos:pos + c["n"]], dt))
+        pos += c["n"]
+    return jobs
+
+
+def _run_jobs(fd: int, path: str, jobs: list, strong: bool) -> None:
+    """Run the chunk jobs on NTHREADS threads (each takes the next chunk); the first failure stops the rest and
+    is raised."""
+    if not jobs:
+        return
+    if NTHREADS == 1 or len(jobs) == 1:
+        for j in jobs:
+            _run_job(fd, path, j, strong)
+        return
+    it = iter(jobs)
+    lock = threading.Lock()
+    failed: list = []
+
+    def worker() -> None:
+        while True:
+            with lock:
+                if failed:
+                    return
+                j = next(it, None)
+            if j is None:
+                return
+            try:
+                _run_job(fd, path, j, strong)
+            except BaseException as exc:     # noqa: BLE001 - handed to the caller
+                with lock:
+                    failed.append(exc)
+                return
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(min(NTHREADS, len(jobs)) - 1)]
+    for t in threads:
+        t.start()
+    worker()
+    for t in threads:
+        t.join()
+    if failed:
+        raise failed[0]
+
+
+def _read_container(path: str, magic: bytes, strong: bool = True, blocks=None):
+    """Read and validate a container. Loading checks every CRC32C; ``strong`` adds SHA-256 (verify).
+
+    ``blocks`` (a memory.BlockLoader, optional) gives the destination arrays of the pages: every chunk is read or
+    decoded straight into them; nothing is returned (and the blocks are freed) unless every check passed."""
     fd = os.open(path, os.O_RDONLY)
     try:
         moff, man = _read_manifest(fd, path, magic)
@@ -306,11 +445,27 @@ def _read_container(path: str, magic: bytes, strong: bool = True):
             raise _bad("manifest is malformed", path, moff, "manifest") from None
         if cursor[0] != moff:
             raise _bad("chunks do not cover the data region", path, cursor[0], "manifest coverage")
-        errors: list = []
-        with ThreadPoolExecutor(NTHREADS) as pool:
-            pages = [(meta, _load_array(fd, path, *plan, pool, errors, strong)) for meta, plan in plans]
-            rules = [SchemaOp(kind=k, payload=pl, arrays={n: _load_array(fd, path, *pp, pool, errors, strong)
-                                                          for n, pp in arrs}) for k, pl, arrs in rplans]
+        try:
+            jobs: list = []
+            pages = []
+            for meta, (dt, shape, chunks) in plans:
+                n = int(np.prod(shape, dtype=np.int64)) if shape else 1
+                out = (blocks(dt, n) if blocks is not None else np.empty(n, dtype=dt)).reshape(shape)
+                jobs += _jobs_for(out, dt, chunks)
+                pages.append((meta, out))
+            rules = []
+            for k, pl, arrs in rplans:
+                arrays = {}
+                for name, (dt, shape, chunks) in arrs:
+                    out = np.empty(shape, dtype=dt)
+                    jobs += _jobs_for(out, dt, chunks)
+                    arrays[name] = out
+                rules.append(SchemaOp(kind=k, payload=pl, arrays=arrays))
+            _run_jobs(fd, path, jobs, strong)
+        except BaseException:
+            if blocks is not None:
+                blocks.discard()
+            raise
         return man, pages, rules
     finally:
         os.close(fd)
@@ -333,12 +488,15 @@ def parse_checkpoint_name(name: str) -> Optional[int]:
 
 
 def write_checkpoint(root: str, epoch: int, pages, rules, extra=None, fsync: bool = True,
-                     compress: bool = True) -> str:
+                     compress: Optional[bool] = True) -> str:
     """Write and atomically publish the checkpoint of ``epoch``; returns its path.
 
     ``pages``: list of (meta, array) — meta is JSON-able (name, shape, dtype, semiring, device, metadata, epoch).
-    ``rules``: list of SchemaOp. ``extra``: any JSON-able value.
+    ``rules``: list of SchemaOp. ``extra``: any JSON-able value. ``compress``: try blosc2 on each chunk
+    (kept only where it saves >= 20%); None: :func:`checkpoint_compression`.
     """
+    if compress is None:
+        compress = checkpoint_compression()
     d = checkpoint_dir(root)
     os.makedirs(d, exist_ok=True)
     final = checkpoint_path(root, epoch)
@@ -355,10 +513,11 @@ def list_checkpoints(root: str) -> list[int]:
 
 
 def load_checkpoint(root: str, epoch: Optional[int] = None, max_epoch: Optional[int] = None,
-                    fallback: bool = False) -> Optional[Snapshot]:
+                    fallback: bool = False, blocks=None) -> Optional[Snapshot]:
     """Load (after validating every checksum) the checkpoint of ``epoch``, or the newest one <= ``max_epoch``
     (the newest overall if both are None). Returns None when there is none. A corrupt one raises
-    CorruptionError, unless ``fallback=True``: then the next older valid one is returned with a warning."""
+    CorruptionError, unless ``fallback=True``: then the next older valid one is returned with a warning.
+    ``blocks`` (memory.BlockLoader): page arrays are loaded into its fresh blocks (``Snapshot.blocks``)."""
     eps = list_checkpoints(root)
     if epoch is not None:
         if int(epoch) not in eps:
@@ -372,7 +531,7 @@ def load_checkpoint(root: str, epoch: Optional[int] = None, max_epoch: Optional[
     for e in reversed(cands):
         path = checkpoint_path(root, e)
         try:
-            man, pages, rules = _read_container(path, CKPT_MAGIC, strong=False)
+            man, pages, rules = _read_container(path, CKPT_MAGIC, strong=False, blocks=blocks)
         except CorruptionError as exc:
             if not fallback:
                 raise
@@ -381,8 +540,10 @@ def load_checkpoint(root: str, epoch: Optional[int] = None, max_epoch: Optional[
             first_err = first_err or exc
             continue
         if man["epoch"] != e:
+            if blocks is not None:
+                blocks.discard()
             raise _bad("checkpoint epoch does not match its name", path, 0, "epoch")
-        return Snapshot(epoch=e, pages=pages, rules=rules, extra=man.get("extra"), path=path)
+        return Snapshot(epoch=e, pages=pages, rules=rules, extra=man.get("extra"), path=path, blocks=blocks)
     return None
 
 
@@ -491,4 +652,5 @@ def read_store_file(root: str) -> dict:
 
 __all__ = ["Snapshot", "write_checkpoint", "list_checkpoints", "load_checkpoint", "remove_checkpoint",
            "verify_checkpoint", "cleanup_temp", "checkpoint_path", "checkpoint_dir", "write_blob_file",
-           "read_blob_file", "write_store_file", "read_store_file", "FORMAT_VERSION", "STORE_FILE"]
+           "read_blob_file", "write_store_file", "read_store_file", "FORMAT_VERSION", "STORE_FILE",
+           "checkpoint_compression"]

@@ -175,22 +175,35 @@ def encode_values(arr, *, codec: str = "lz4", clevel: int = 5, nthreads: Optiona
     """Encode a flat array's bytes: blosc2 (shuffle by itemsize) when that is smaller than
     ``max_fraction`` x raw (< 1.0 trades a little size for faster loads), else raw.
 
-    ``view``: raw bytes come back as a memoryview of the array (no copy; use it before the array changes)."""
+    With ``max_fraction < 1`` large arrays are probed first: samples (start, middle, end) are compressed and the
+    whole array is compressed only when they save enough. ``view=True`` returns RAW data as a read-only
+    memoryview of the (little-endian) array instead of a bytes copy: use it before the array changes."""
     a = _le(np.asarray(arr))
     mv = memoryview(a.reshape(-1)).cast("B") if a.size else memoryview(b"")
     nbytes = mv.nbytes
+
+    def raw():
+        return RAW, (mv.toreadonly() if view else mv.tobytes())
+
     if not allow_compress or nbytes < SMALL:
-        return RAW, (mv if view else mv.tobytes())
+        return raw()
     if nthreads is None:  # blosc2 threads cost ~80 us to wake: only worth it for large buffers
         nthreads = NTHREADS if nbytes >= PARALLEL_BYTES else 1
     if nbytes >= SAMPLE_BYTES * 4 and max_fraction < 1.0:
-        # skip incompressible data cheaply: try a sample first
-        s = _blosc_encode(mv[:SAMPLE_BYTES], a.dtype.itemsize, codec, clevel, 1)
-        if s is None or len(s) > max_fraction * SAMPLE_BYTES:
-            return RAW, (mv if view else mv.tobytes())
+        # skip incompressible data cheaply: try samples first
+        item = a.dtype.itemsize
+        part = (SAMPLE_BYTES // 2) // item * item
+        total = 0
+        for off in (0, (nbytes // 2) // item * item, nbytes - part):
+            smp = _blosc_encode(mv[off:off + part], item, codec, clevel, 1)
+            if smp is None:
+                return raw()
+            total += len(smp)
+        if total > max_fraction * 3 * part:
+            return raw()
     enc = _blosc_encode(mv, a.dtype.itemsize, codec, clevel, nthreads)
     if enc is None or len(enc) > max_fraction * nbytes:
-        return RAW, (mv if view else mv.tobytes())
+        return raw()
     return BLOSC2, enc
 
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional
 
 from mmsb.buffer import Buffer, _NullLog
-from mmsb.checkpoint import list_checkpoints, load_checkpoint, remove_checkpoint, write_checkpoint
+from mmsb.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint, remove_checkpoint, write_checkpoint
 from mmsb.errors import StoreLockedError
 from mmsb.log import DurableLog
 
@@ -56,7 +57,7 @@ class Store:
         """The log itself refuses writes once poisoned; nothing else to check here."""
 
     # -- checkpoints and history ------------------------------------------------------------------------------
-    def checkpoint(self, buf: Buffer) -> int:
+    def checkpoint(self, buf: Buffer, compress: Optional[bool] = None) -> int:
         epoch = buf.epoch
         if epoch in list_checkpoints(self.root):
             return epoch
@@ -64,9 +65,29 @@ class Store:
         _, pages, rules = buf._snapshot(copy=buf._memory.limit is not None)
         fsync = buf._log.durability != "none"
         buf._log.flush(fsync)             # the log must be on disk up to the checkpoint before it is published
-        write_checkpoint(self.root, epoch, pages, rules, extra={"txid": buf._txid}, fsync=fsync)
+        # what the new checkpoint supersedes (older checkpoints, closed log segments) is cold from now on: let the
+        # kernel drop its clean cached pages, so that writing the checkpoint reuses them instead of new memory
+        self._drop_cold_cache(buf)
+        write_checkpoint(self.root, epoch, pages, rules, extra={"txid": buf._txid}, fsync=fsync, compress=compress)
         buf._log.mark_checkpoint(epoch)
         return epoch
+
+    def _drop_cold_cache(self, buf: Buffer) -> None:
+        if not hasattr(os, "posix_fadvise"):
+            return
+        paths = [checkpoint_path(self.root, e) for e in list_checkpoints(self.root)]
+        paths += buf._log.closed_segment_paths()
+        for path in paths:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
 
     def compact(self, buf: Buffer, keep: int) -> int:
         self.checkpoint(buf)
@@ -125,6 +146,7 @@ def open_store(root: str, mode: str, *, durability: str, memory_limit: Optional[
         raise FileExistsError(f"{root!r} is a non-empty directory that is not an mmsb store")
     writable = mode != "r"
     store = Store(root, writable)
+    log = None
     if writable:
         os.makedirs(root, exist_ok=True)
         store.lock()
@@ -137,25 +159,55 @@ def open_store(root: str, mode: str, *, durability: str, memory_limit: Optional[
             fsync_dir(root)
         else:
             read_store_file(root)
-        snap = load_checkpoint(root)
-        log = DurableLog(root, durability=durability, segment_bytes=segment_bytes, readonly=not writable,
-                         recovery=recovery)
-        buf = Buffer(log=log, store=store, readonly=False, propagation=propagation, memory_limit=memory_limit,
-                     spill_dir=os.path.join(root, "spill") if writable else None, device=device,
-                     functions=functions, cluster=cluster)
-        if snap is not None:
-            buf._load_snapshot(snap.epoch, snap.pages, snap.rules)
+        ckpts = list_checkpoints(root)
+
+        def open_log() -> DurableLog:
+            # segments wholly covered by the newest checkpoint are not read now (indexed lazily; verify checks
+            # them); the rest is scanned and checked while the checkpoint loads
+            return DurableLog(root, durability=durability, segment_bytes=segment_bytes, readonly=not writable,
+                              recovery=recovery, skip_before=ckpts[-1] if ckpts else None)
+
+        buf = Buffer(log=_NullLog(), store=store, readonly=False, propagation=propagation,
+                     memory_limit=memory_limit, spill_dir=os.path.join(root, "spill") if writable else None,
+                     device=device, functions=functions, cluster=cluster)
+        if ckpts:
+            with ThreadPoolExecutor(1) as ex:
+                fut = ex.submit(open_log)
+                try:
+                    snap = load_checkpoint(root, blocks=buf._memory.block_loader())
+                except BaseException:
+                    try:
+                        fut.result().close()
+                    except BaseException:
+                        pass
+                    raise
+                try:
+                    log = fut.result()
+                except BaseException:
+                    if snap is not None and snap.blocks is not None:
+                        snap.blocks.discard()
+                    raise
+        else:
+            log = open_log()
+            snap = None
+        buf._log = log
+        if snap is not None:     # (a writer beside a reader may have published a newer one meanwhile: fine)
+            buf._load_snapshot(snap.epoch, snap.pages, snap.rules, blocks=snap.blocks)
             buf._txid = int((snap.extra or {}).get("txid", 0))
         for txn in log.txns(since=snap.epoch if snap is not None else 0):
             buf._replay(txn)
-        ckpts = list_checkpoints(root)
-        first = log.first_epoch
+        first = log.first_epoch_hint
         if ckpts and (first is None or first > 1):
             store.horizon = min(ckpts)          # compaction dropped the log before the oldest checkpoint
         buf._horizon = store.horizon
         buf._readonly = not writable
-        buf._counters["torn_tail_bytes"] = log.stats().get("torn_tail_bytes", 0)
+        buf._counters["torn_tail_bytes"] = log.torn_tail_bytes
         return buf
     except BaseException:
+        if log is not None:
+            try:
+                log.close()
+            except Exception:
+                pass
         store.close()
         raise

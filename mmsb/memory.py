@@ -86,6 +86,18 @@ class MemoryManager:
         if self.limit is not None:
             self._lru[page.name] = page
 
+    def block_loader(self) -> Optional["BlockLoader"]:
+        """Fresh allocator blocks for a checkpoint being loaded (None under a memory limit: pages are then
+        allocated one by one, which may spill earlier ones)."""
+        if self.limit is not None:
+            return None
+        return BlockLoader(self)
+
+    def adopt(self, page: "Page", handle: int, arr: np.ndarray) -> None:
+        """Make a block filled by a :class:`BlockLoader` the storage of ``page`` (no copy)."""
+        page._handle, page._data = handle, arr
+        self.resident_bytes += page.nbytes
+
     def release(self, page: "Page") -> None:
         """Free ``page``'s storage (resident or spilled)."""
         if page.device != "cpu":                  # GPU page: device memory goes back to mmsb.gpu's pool
@@ -213,3 +225,70 @@ class MemoryManager:
         return {"limit": self.limit, "resident_bytes": self.resident_bytes, "spilled_bytes": self.spilled_bytes,
                 "evictions": self.evictions, "reloads": self.reloads, "spill_seconds": self.spill_seconds,
                 "reload_seconds": self.reload_seconds}
+
+
+_MADVISE: Any = None
+_HUGE_MIN = 4 * 2**20
+
+
+def advise_hugepages(arr: np.ndarray) -> None:
+    """Ask for transparent huge pages on a large, not yet touched block (as numpy does for its own arrays):
+    filling 1 GiB then takes ~500 page faults instead of ~260,000. Linux only; best effort, a no-op elsewhere."""
+    global _MADVISE
+    if arr.nbytes < _HUGE_MIN:
+        return
+    if _MADVISE is None:
+        _MADVISE = False
+        try:
+            import ctypes
+            import mmap
+            import sys
+
+            if sys.platform.startswith("linux") and hasattr(mmap, "MADV_HUGEPAGE"):
+                fn = ctypes.CDLL(None, use_errno=True).madvise
+                fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+                fn.restype = ctypes.c_int
+                _MADVISE = (fn, mmap.MADV_HUGEPAGE, mmap.PAGESIZE)
+        except (OSError, AttributeError):
+            pass
+    if _MADVISE:
+        fn, advice, ps = _MADVISE
+        start = (arr.ctypes.data + ps - 1) // ps * ps
+        end = (arr.ctypes.data + arr.nbytes) // ps * ps
+        if end > start:
+            fn(start, end - start, advice)      # failure (e.g. THP off) is harmless
+
+
+class BlockLoader:
+    """Hands out fresh allocator blocks (flat arrays) to the checkpoint reader; a page adopts its block only once
+    the whole checkpoint checked out (:meth:`take`); :meth:`discard` frees whatever was not taken."""
+
+    def __init__(self, mm: MemoryManager):
+        self._mm = mm
+        self._blocks: dict[int, tuple[int, np.ndarray]] = {}
+
+    def __call__(self, dtype: Any, n: int) -> np.ndarray:
+        dt = np.dtype(dtype)
+        alloc = self._mm.allocator
+        handle = alloc.alloc(max(int(n) * dt.itemsize, 1))
+        try:
+            arr = alloc.view(handle, dt, (int(n),))
+        except BaseException:
+            alloc.free(handle)
+            raise
+        self._blocks[arr.ctypes.data] = (handle, arr)
+        advise_hugepages(arr)
+        return arr
+
+    def take(self, arr: np.ndarray) -> Optional[tuple[int, np.ndarray]]:
+        """(handle, flat array) of the block behind ``arr`` (a view of a whole block), or None."""
+        ent = self._blocks.get(arr.ctypes.data) if isinstance(arr, np.ndarray) else None
+        if ent is None or ent[1].nbytes != arr.nbytes:
+            return None
+        del self._blocks[arr.ctypes.data]
+        return ent
+
+    def discard(self) -> None:
+        blocks, self._blocks = self._blocks, {}
+        for handle, _ in blocks.values():
+            self._mm.allocator.free(handle)

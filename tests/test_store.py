@@ -573,9 +573,17 @@ def test_flipped_byte_detected(tmp_path):
                 pass
             else:
                 with buf:
-                    assert any(issubclass(x.category, TornWriteWarning) for x in w), (path, off)
-                    assert buf.epoch in snaps and buf.epoch < max(snaps)
-                    assert_state(buf, snaps[buf.epoch])
+                    if any(issubclass(x.category, TornWriteWarning) for x in w):
+                        assert buf.epoch in snaps and buf.epoch < max(snaps)
+                        assert_state(buf, snaps[buf.epoch])
+                    else:
+                        # the flip hit the payload of a record the checkpoint covers: open does not read it
+                        # (nothing in it is replayed), the state is right, and reading that history raises
+                        assert path.endswith(".seg"), (path, off)
+                        assert buf.epoch == max(snaps)
+                        assert_state(buf, snaps[buf.epoch])
+                        with pytest.raises(CorruptionError):
+                            list(buf.log.query())
             if path.endswith(".seg"):
                 # recovery="truncate" opens at the last good committed transaction
                 with warnings.catch_warnings():

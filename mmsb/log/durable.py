@@ -47,6 +47,7 @@ class _Seg:
     start: int           # logical offset of byte 0
     last_epoch: Optional[int] = None
     txns: int = 0
+    lazy: bool = False   # not scanned at open (wholly covered by the checkpoint); indexed on first need
 
 
 @dataclass
@@ -97,7 +98,7 @@ class DurableLog(LogBase):
     """Append-only log of committed transactions. See docs/FORMAT.md for the bytes."""
 
     def __init__(self, root: str, durability: str = "fsync", segment_bytes: int = 64 * 2**20,
-                 readonly: bool = False, recovery: str = "strict"):
+                 readonly: bool = False, recovery: str = "strict", skip_before: Optional[int] = None):
         if durability not in DURABILITY:
             raise ValueError(f"durability must be one of {DURABILITY}")
         if recovery not in RECOVERY:
@@ -128,7 +129,8 @@ class DurableLog(LogBase):
                            appended_transactions=0, appended_bytes=0, dropped_segments=0)
         if not readonly:
             os.makedirs(self.dir, exist_ok=True)
-        self._open_scan()
+        self._lazy_bound = 0     # every epoch in a lazy segment is <= this (the next segment's base - 1)
+        self._open_scan(skip_before if recovery == "strict" else None)
 
     # ------------------------------------------------------------ open / recovery
 
@@ -157,18 +159,42 @@ class DurableLog(LogBase):
             os.unlink(path)
             fsync_dir(self.dir)
 
-    def _open_scan(self) -> None:
+    def _open_scan(self, skip_before: Optional[int] = None) -> None:
+        """Scan and check the segments; with ``skip_before`` (the epoch of the checkpoint the opener loads),
+        segments that hold only epochs <= it are not read (only their 44-byte header is checked): nothing in
+        them is replayed. They are scanned and fully checked on first need (time travel before the checkpoint,
+        ``txns``/``query`` over their epochs, ``stats``, compaction); ``mmsb.verify`` always checks them."""
         segs = S.iter_segments(self.dir)
         logical = 0
         last_epoch = 0
         stop = False
+        nskip = 0
+        if skip_before is not None:
+            # segment k holds epochs < base of segment k+1: wholly covered when that base <= skip_before + 1;
+            # the last segment is always scanned (torn-tail repair)
+            while nskip < len(segs) - 1 and segs[nskip + 1][0] <= int(skip_before) + 1:
+                nskip += 1
+        for base, path in segs[:nskip]:
+            with open(path, "rb") as f:
+                head = f.read(S.HEADER_SIZE)
+            hdr = S.parse_header(head, path)          # raises CorruptionError
+            if hdr.base_epoch != base:
+                raise CorruptionError("segment header epoch does not match its name", file=path, offset=32,
+                                      what="segment base epoch")
+            size = os.path.getsize(path)
+            self._segs.append(_Seg(base, path, hdr.salt, size, logical, lazy=True))
+            logical += size
+        if nskip:
+            self._lazy_bound = segs[nskip][0] - 1
         for i, (base, path) in enumerate(segs):
+            if i < nskip:
+                continue
             if stop:
                 self._stats["truncated_bytes"] += os.path.getsize(path)
                 self._remove(path)
                 continue
             is_last = i == len(segs) - 1
-            res = S.scan_segment(path)
+            res = S.scan_segment(path, skip_epoch=skip_before)
             size = os.path.getsize(path)
             if res.header is None:
                 if is_last and res.torn:
@@ -247,10 +273,76 @@ class DurableLog(LogBase):
                 seg.size = size
             self._segs.append(seg)
             logical += seg.size
-        self._last_epoch = last_epoch
+        self._last_epoch = max(last_epoch, self._lazy_bound)
         self._stats["bytes"] = sum(s.size for s in self._segs)
         self._synced = logical
         self._logical_end = logical
+
+    def _ensure_index(self) -> None:
+        """Scan and index the segments skipped at open (see ``_open_scan``); call with ``_lock`` held.
+
+        The same checks as at open apply: any failure is a CorruptionError naming file and offset (these
+        segments are never the last one, so nothing in them is a torn tail)."""
+        lazy = [s for s in self._segs if s.lazy]
+        if not lazy:
+            return
+        entries: list = []
+        marks: list = []
+        records = 0
+        last_epoch = 0
+        for seg in lazy:
+            res = S.scan_segment(seg.path)
+            if res.header is None:
+                raise CorruptionError("bad segment header", file=seg.path, offset=0, what=res.error)
+            if res.header.salt != seg.salt:
+                raise CorruptionError("segment header changed since open", file=seg.path, offset=16,
+                                      what="segment salt")
+            if res.error is not None:
+                raise CorruptionError(f"log corrupt: {res.error}", file=seg.path, offset=res.error_offset,
+                                      what=res.error)
+            good_end = S.HEADER_SIZE
+            txns = 0
+            seg_last = None
+            for item in assemble(res.records, seg.path):
+                if item[0] == "error":
+                    raise CorruptionError(f"log corrupt: {item[2]}", file=seg.path, offset=item[1], what=item[2])
+                if item[0] == "mark":
+                    marks.append(item[1])
+                    good_end = item[2].end
+                    continue
+                _, epoch, txid, recs, start, end = item
+                if epoch <= last_epoch or epoch > self._lazy_bound:
+                    what = f"epoch {epoch} does not follow {last_epoch}" if epoch <= last_epoch else \
+                        f"epoch {epoch} is not below the next segment's first epoch {self._lazy_bound + 1}"
+                    raise CorruptionError(f"log corrupt: {what}", file=seg.path, offset=start, what=what)
+                last_epoch = epoch
+                entries.append(_Entry(epoch, txid, seg, start, end))
+                seg_last = epoch
+                txns += 1
+                records += len(recs) + 1
+                good_end = end
+            size = os.path.getsize(seg.path)
+            if size != good_end:
+                with open(seg.path, "rb") as f:
+                    f.seek(good_end)
+                    tail = f.read()
+                if any(tail):
+                    raise CorruptionError("uncommitted records before a later segment", file=seg.path,
+                                          offset=good_end, what="dangling records")
+            seg.last_epoch, seg.txns = seg_last, txns
+            del res
+        if self._index and entries and entries[-1].epoch >= self._index[0].epoch:
+            e = self._index[0]
+            what = f"epoch {e.epoch} does not follow {entries[-1].epoch}"
+            raise CorruptionError(f"log corrupt: {what}", file=e.seg.path, offset=e.start, what=what)
+        for seg in lazy:          # all checked: commit the index (zeros after the last record are left as is)
+            seg.lazy = False
+        self._index[:0] = entries
+        self._epochs[:0] = [e.epoch for e in entries]
+        self._marks[:0] = marks
+        self._stats["records"] += records
+        self._stats["transactions"] += len(entries)
+        self._last_epoch = max(self._last_epoch, last_epoch)
 
     # ------------------------------------------------------------ writing
 
@@ -528,6 +620,8 @@ class DurableLog(LogBase):
                     self._flush_wbuf()
                 except OSError as exc:
                     raise self._poison("log write", exc) from exc
+            if since is None or since < self._lazy_bound:
+                self._ensure_index()
             lo = 0 if since is None else bisect.bisect_right(self._epochs, since)
             hi = len(self._epochs) if until is None else bisect.bisect_right(self._epochs, until)
             entries = self._index[lo:hi]
@@ -559,10 +653,52 @@ class DurableLog(LogBase):
 
     # ------------------------------------------------------------ maintenance
 
+    @property
+    def first_epoch(self) -> Optional[int]:
+        """Epoch of the oldest kept transaction, or None (indexes segments skipped at open)."""
+        with self._lock:
+            self._ensure_index()
+            return self._epochs[0] if self._epochs else None
+
+    @property
+    def first_epoch_hint(self) -> Optional[int]:
+        """A lower bound of ``first_epoch`` that reads nothing: the first segment's base epoch while segments
+        skipped at open are not indexed yet (the first committed epoch of a log is its first segment's base)."""
+        with self._lock:
+            if self._segs and self._segs[0].lazy:
+                return self._segs[0].base
+            return self._epochs[0] if self._epochs else None
+
+    @property
+    def checkpoint_marks(self) -> list[int]:
+        with self._lock:
+            self._ensure_index()
+            return list(self._marks)
+
+    def __len__(self) -> int:
+        with self._lock:
+            self._ensure_index()
+            return len(self._epochs)
+
+    def closed_segment_paths(self) -> list[str]:
+        """Paths of every segment but the one being appended to."""
+        with self._lock:
+            return [s.path for s in self._segs[:-1]]
+
+    @property
+    def torn_tail_bytes(self) -> int:
+        return self._stats["torn_tail_bytes"]
+
+    @property
+    def lazy_segments(self) -> int:
+        """How many segments are not indexed yet (skipped at open)."""
+        return sum(1 for s in self._segs if s.lazy)
+
     def drop_segments_before(self, epoch: int) -> int:
         """Remove whole segments (never the current one) whose every transaction has epoch <= ``epoch``."""
         with self._lock:
             self._check_writable()
+            self._ensure_index()
             removed = 0
             keep = []
             for i, seg in enumerate(self._segs):
@@ -586,6 +722,7 @@ class DurableLog(LogBase):
 
     def stats(self) -> dict:
         with self._lock:
+            self._ensure_index()
             st = dict(self._stats)
             st["segments"] = len(self._segs)
             st["last_epoch"] = self._last_epoch
