@@ -793,8 +793,8 @@ class Buffer:
 
         ``compress`` (stores only): True tries blosc2 on every 16 MiB chunk of every page (kept where it saves
         >= 20%), False writes raw chunks; None follows ``mmsb.checkpoint.checkpoint_compression()`` (env
-        ``MMSB_CHECKPOINT_COMPRESS``=auto/on/off; auto compresses on machines with 4 or more cores, where
-        decoding keeps up with a raw read)."""
+        ``MMSB_CHECKPOINT_COMPRESS``=on/off/auto, default on; auto compresses only on machines with 4 or more
+        cores, where decoding keeps up with a raw read from a warm page cache)."""
         self._check_writable()
         with self._locked():
             if self._store is not None:

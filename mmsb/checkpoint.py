@@ -43,10 +43,12 @@ CKPT_DIR = "checkpoints"
 CHUNK_BYTES = 16 * 2**20
 MAX_FRACTION = 0.8   # compress a chunk only when blosc2 saves at least 20% (raw chunks load fastest)
 FLUSH_BYTES = 64 * 2**20   # fsync mode: a background fdatasync starts after every this many bytes written
-# Checkpoint page compression ("auto", "on", "off"; env MMSB_CHECKPOINT_COMPRESS). blosc2 (LZ4 + shuffle) decodes
-# at ~3 GB/s per core, a raw read from the page cache runs at memory speed (~10 GB/s): with fewer than
-# AUTO_COMPRESS_CPUS cores a compressed checkpoint loads slower than a raw one, so "auto" writes raw there.
-CHECKPOINT_COMPRESS = os.environ.get("MMSB_CHECKPOINT_COMPRESS", "auto")
+# Checkpoint page compression ("on", "off", "auto"; env MMSB_CHECKPOINT_COMPRESS; default on). Every 16 MiB chunk
+# is probed and kept raw when blosc2 saves less than 20%. blosc2 (LZ4 + shuffle) decodes at ~3 GB/s per core while
+# a raw read from a warm page cache runs at memory speed (~10 GB/s): on machines with fewer than
+# AUTO_COMPRESS_CPUS cores a raw checkpoint of compressible data reloads faster from cache (but is far larger on
+# disk and slower to read cold); "auto" writes raw there, "off" always.
+CHECKPOINT_COMPRESS = os.environ.get("MMSB_CHECKPOINT_COMPRESS", "on")
 AUTO_COMPRESS_CPUS = 4
 
 

@@ -51,6 +51,36 @@ def test_probe_rejected_and_compressed_chunks_round_trip(tmp_path):
     assert C.verify_checkpoint(path)["pages"] == len(arrs)   # SHA-256 of every chunk, too
 
 
+@pytest.mark.parametrize("mode,cpus,want", [("on", 2, True), ("off", 8, False), ("auto", 2, False),
+                                           ("auto", 4, True)])
+def test_compression_policy(monkeypatch, mode, cpus, want):
+    monkeypatch.setattr(C, "CHECKPOINT_COMPRESS", mode)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
+    assert C.checkpoint_compression() is want
+
+
+def test_store_checkpoints_compress_by_default(tmp_path):
+    """The default policy compresses compressible pages (and stores random ones raw); compress=False writes raw."""
+    arrs = _arrays()
+    with mmsb.open(str(tmp_path / "s"), mode="w", durability="flush") as buf:
+        for k in ("rand", "smooth"):
+            buf.write(buf.create_page(k, N), arrs[k])
+        e1 = buf.checkpoint()
+        buf.write("smooth", 1.0, index=[0])
+        e2 = buf.checkpoint(compress=False)
+    codecs_at = {}
+    for e in (e1, e2):
+        man = _manifest(C.checkpoint_path(str(tmp_path / "s"), e))
+        codecs_at[e] = {p["meta"]["name"]: {c["codec"] for c in p["chunks"]} for p in man["pages"]}
+    assert codecs_at[e1] == {"rand": {codecs.RAW}, "smooth": {codecs.BLOSC2}}
+    assert codecs_at[e2] == {"rand": {codecs.RAW}, "smooth": {codecs.RAW}}
+    with mmsb.open(str(tmp_path / "s"), mode="r") as ro:
+        np.testing.assert_array_equal(ro["rand"].read(), arrs["rand"])
+        want = arrs["smooth"].copy()
+        want[0] = 1.0
+        np.testing.assert_array_equal(ro["smooth"].read(), want)
+
+
 def test_raw_probe_returns_memory_not_copy():
     a = np.random.default_rng(1).random(N)
     cid, data = codecs.encode_values(a, max_fraction=0.8, view=True)
