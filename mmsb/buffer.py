@@ -491,9 +491,11 @@ class Buffer:
             force: set[str] = set()
             logged: list = []
             try:
-                pre = _gpu_batch(self, ops, undo)   # GPU hook: command buffer for many GPU pages
+                pre = _gpu_batch(self, ops, undo) if len(ops) > 1 else _NO_PRE   # GPU hook: command buffer
+                n_user = 0
                 for op in ops:
                     if isinstance(op, Delta):
+                        n_user += 1
                         page = self._page(op.page)
                         if self._graph.is_derived(page.name):
                             raise InvalidDeltaError(f"page {page.name!r} became derived; the write is refused")
@@ -529,13 +531,13 @@ class Buffer:
             for name in touched:
                 if name in self._pages:
                     self._pages[name].epoch = epoch
-            if any(t.track_reads or t.intents for t in self._open_txns):
+            if self._open_txns and any(t.track_reads or t.intents for t in self._open_txns):
                 rec = {n: c.idx for n, c in changes.items()}
                 rec.update({n: c.idx for n, c in derived.items()})
                 rec.update({n: None for n in force})
                 self._history.append((epoch, rec))
             self._counters["commits"] += 1
-            self._counters["deltas"] += len(logged) - len(ops) + sum(isinstance(op, Delta) for op in ops)
+            self._counters["deltas"] += len(logged) - len(ops) + n_user
             self._memory.enforce()
         self._log.sync(token)
         if self._cluster is not None:
@@ -1030,7 +1032,7 @@ def _shape(shape: Any, name: str) -> tuple:
 def _castable(raw: Any, arr: np.ndarray, dt: np.dtype) -> bool:
     """numpy's "same_kind" rule; Python ints (not numpy arrays/scalars) are weakly typed, as in numpy (NEP 50):
     they go to any integer dtype that holds them."""
-    if np.can_cast(arr.dtype, dt, "same_kind"):
+    if arr.dtype == dt or np.can_cast(arr.dtype, dt, "same_kind"):
         return True
     if isinstance(raw, (np.ndarray, np.generic)) or arr.dtype.kind not in "iu" or dt.kind not in "iu":
         return False
@@ -1092,6 +1094,9 @@ def _normalize_device(device: Optional[str]) -> str:
     if isinstance(device, str) and device.startswith("cuda:") and device[5:].isdigit():
         return device
     raise DeviceError(f"unknown device {device!r} (use 'cpu', 'cuda' or 'cuda:N')")
+
+
+_NO_PRE: dict = {}                 # no deltas pre-applied by the GPU command buffer (never written to)
 
 
 def _gpu_batch(buf: Buffer, ops: list, undo: UndoLog) -> dict:

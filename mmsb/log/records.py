@@ -158,7 +158,7 @@ def values_pieces(arr: np.ndarray, stream=None) -> tuple[list, int, int]:
 
     ``stream`` (e.g. the page name) lets incompressible streams skip the compression attempt."""
     a = np.asarray(arr)
-    key = (a.dtype.str, a.shape)
+    key = (a.dtype, a.shape)
     head = _HEADS.get(key)
     if head is None:
         ds = codecs.dtype_str(a.dtype).encode("ascii")
@@ -170,7 +170,7 @@ def values_pieces(arr: np.ndarray, stream=None) -> tuple[list, int, int]:
         cid, data = codecs.encode_values(a, view=True)
     else:
         cid, data = _VALUES.encode((stream, a.dtype.str), a, view=True)
-    return [head, _PART.pack(cid, len(data)), data], a.nbytes, len(data)
+    return [head + _PART.pack(cid, len(data)), data], a.nbytes, len(data)
 
 
 def encode_values_part(arr: np.ndarray, stream=None) -> tuple[bytes, int, int]:
@@ -265,8 +265,8 @@ def delta_pieces(d: Delta) -> tuple[list, int, int]:
         raw += d.mask.size
         enc += part[1]
     vp, vr, ve = values_pieces(d.values, d.page)
-    out.extend(vp)
-    return out, raw + vr, enc + ve
+    out.append(vp[0])
+    return [b"".join(out), vp[1]], raw + vr, enc + ve        # the small parts joined, then the values
 
 
 def decode_delta(payload, epoch: int | None = None) -> Delta:

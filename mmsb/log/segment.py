@@ -98,12 +98,13 @@ def frame_record(rtype: int, epoch: int, txid: int, payload: list, salt: bytes) 
         n += len(p)
     if n > MAX_PAYLOAD:
         raise ValueError("record payload larger than 4 GiB")
+    crc = _crc.crc32c
     h = RHEAD.pack(n, rtype, epoch, txid)
-    head = h + _U32.pack(mask_crc(crc32c(salt, crc32c(h))))
-    c = crc32c(head)
+    head = h + _U32.pack(mask_crc(crc(salt, crc(h))))
+    c = crc(head)
     for p in payload:
-        c = crc32c(p, c)
-    c = crc32c(salt, c)
+        c = crc(p, c)
+    c = crc(salt, c)
     return [head, *payload, _U32.pack(mask_crc(c))], RHEAD_SIZE + n + TRAILER_SIZE
 
 
