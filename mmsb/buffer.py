@@ -856,10 +856,12 @@ class Buffer:
                 if blk is not None and blk[1].dtype == dt and blk[1].size == page.size:
                     self._memory.adopt(page, *blk)
                 else:
-                    if blk is not None:
-                        self._memory.allocator.free(blk[0])
-                    self._memory.allocate(page, None)
-                    self._memory.array(page)[...] = np.asarray(arr).reshape(-1)
+                    try:                            # copy out of the loader's block before freeing it
+                        self._memory.allocate(page, None)
+                        self._memory.array(page)[...] = np.asarray(arr).reshape(-1)
+                    finally:
+                        if blk is not None:
+                            self._memory.allocator.free(blk[0])
                 self._pages[page.name] = page
                 self._graph.add_node(page.name)
         finally:

@@ -25,6 +25,7 @@ def full_mask(n: int) -> np.ndarray:
     a = np.arange(n, dtype=np.int64)
     m.flags.writeable = False
     a.flags.writeable = False
+    m, a = m.view(), a.view()           # views of read-only bases: they cannot be made writable again
     _FULL[n] = (m, a)
     return m
 

@@ -229,6 +229,8 @@ def test_alloc_view(mod):
         a.alloc_view(80, np.dtype("float64"), (-1,))
     with pytest.raises(TypeError):
         a.alloc_view(80, np.dtype(object), (1,))
+    with pytest.raises(ValueError):                                  # 2**64 bytes: no wrap-around to 0
+        a.alloc_view(64, np.dtype("float64"), (2**61,))
     after = a.stats()
     assert after["allocations"] == before["allocations"] and after["bytes_in_use"] == before["bytes_in_use"]
     a.free(h)

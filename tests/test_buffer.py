@@ -549,6 +549,8 @@ def test_whole_page_writes_share_one_read_only_mask():
     assert d1.mask is d2.mask and is_full_mask(d1.mask) and d1.mask.all()
     with pytest.raises(ValueError):
         d1.mask[0] = False
+    with pytest.raises(ValueError):
+        d1.mask.flags.writeable = True                      # a view of a read-only base: stays read-only
     idx, vals = d1.sparse()
     np.testing.assert_array_equal(idx, np.arange(64))
     np.testing.assert_array_equal(vals, a)

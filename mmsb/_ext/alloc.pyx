@@ -401,30 +401,33 @@ cdef class Allocator:
         anything is allocated).
         """
         cdef Entry *e
-        cdef Py_ssize_t offset, count = 1, s, itemsize
+        cdef Py_ssize_t offset
         cdef int64_t h
         if not isinstance(dtype, np.dtype):
             dtype = np.dtype(dtype)
         if dtype.hasobject:
             raise TypeError("object dtypes cannot be placed in allocator blocks")
-        itemsize = dtype.itemsize
+        count = 1                                   # Python ints: no overflow on huge shapes
         for d in shape:
-            s = d
-            if s < 0:
+            if d < 0:
                 raise ValueError(f"negative dimension in shape {shape}")
-            count *= s
-        if count * itemsize > nbytes:
-            raise ValueError(f"shape {shape} of {dtype} needs {count * itemsize} bytes, block has {nbytes}")
+            count *= int(d)
+        if count * dtype.itemsize > nbytes:
+            raise ValueError(f"shape {shape} of {dtype} needs {count * dtype.itemsize} bytes, block has {nbytes}")
         h = self._alloc(nbytes)
-        self._acquire()
-        e = self._lookup(h)
-        if e.region >= 0:
-            region = self.arenas[e.region]
-        else:
-            region = self.own[<int32_t>(h & 0xFFFFFFFF)]
-        offset = e.ptr - (<_Region>region).ptr
-        self._release()
-        return h, _array_over(region, offset, dtype, shape)
+        try:
+            self._acquire()
+            e = self._lookup(h)
+            if e.region >= 0:
+                region = self.arenas[e.region]
+            else:
+                region = self.own[<int32_t>(h & 0xFFFFFFFF)]
+            offset = e.ptr - (<_Region>region).ptr
+            self._release()
+            return h, _array_over(region, offset, dtype, shape)
+        except BaseException:
+            self._free(h)
+            raise
 
     def stats(self):
         """Counters and per-class figures (class size -> in_use, free, bytes_in_use, bytes_reserved)."""

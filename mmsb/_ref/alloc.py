@@ -192,7 +192,11 @@ class Allocator:
         if count * dt.itemsize > nbytes:
             raise ValueError(f"shape {shp} of {dt} needs {count * dt.itemsize} bytes, block has {nbytes}")
         h = self.alloc(nbytes)
-        return h, self.view(h, dt, shp)
+        try:
+            return h, self.view(h, dt, shp)
+        except BaseException:
+            self.free(h)
+            raise
 
     def stats(self) -> dict:
         """Counters and per-class figures (class size -> in_use, free, bytes_in_use, bytes_reserved)."""

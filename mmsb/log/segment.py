@@ -200,8 +200,9 @@ def scan_segment(path: str, data=None, skip_epoch: Optional[int] = None) -> Scan
 
     ``skip_epoch`` (the epoch of the checkpoint an opener loads): the payloads of the DELTA/SCHEMA records at the
     start of the segment whose epoch is <= it are not read (their header CRC is checked; their payload CRC is
-    checked when they are read for time travel or a query, and by verify). Those records are never replayed,
-    and they were on disk before that checkpoint was published, so they cannot be a torn tail."""
+    checked when they are read for time travel or a query, and by verify). Those records are never replayed: the
+    checkpoint holds their effect. Under durability "fsync" they were on disk before it was published; under
+    "flush"/"none" a power loss may have torn them, which shows when that history is read."""
     unchecked: set = set()
     if data is None:
         if skip_epoch is not None:
