@@ -902,6 +902,9 @@ class Buffer:
     # -- stats and lifecycle ----------------------------------------------------------------------------------
     def stats(self) -> dict:
         """Nested figures: allocator, log, propagation, memory, device, transactions."""
+        index = getattr(self._log, "index_skipped", None)
+        if index is not None:
+            index()                                # read segments skipped at open before taking the lock
         with self._locked():
             out = {
                 "epoch": self._epoch,

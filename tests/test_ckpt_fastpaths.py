@@ -352,3 +352,42 @@ def test_torn_tail_after_checkpoint_still_repaired(tmp_path):
     with pytest.raises(CorruptionError):
         mmsb.open(root, "r")
     assert size == os.path.getsize(seg)
+
+
+def test_stats_reads_skipped_segments_without_holding_the_log_lock(tmp_path, monkeypatch):
+    """buf.stats() after a lazy reopen reads the skipped segments with the log's lock free (a committer is never
+    stuck behind that I/O), and the figures are complete afterwards."""
+    import threading
+
+    from mmsb.log import segment as seg_mod
+
+    root = str(tmp_path / "s")
+    states, ck = _history(root)
+    with mmsb.open(root, "a") as buf:
+        log = buf._log
+        assert log.lazy_segments > 0
+        free_during_scan = []
+        real = seg_mod.scan_segment
+
+        def try_lock(got):
+            ok = log._lock.acquire(timeout=5)
+            if ok:
+                log._lock.release()
+            got.append(ok)
+
+        def probe(path, *a, **k):
+            got = []
+            t = threading.Thread(target=try_lock, args=(got,))
+            t.start()
+            t.join()
+            free_during_scan.append(got[0])
+            return real(path, *a, **k)
+
+        monkeypatch.setattr(seg_mod, "scan_segment", probe)
+        st = buf.stats()["log"]
+        monkeypatch.undo()
+        assert free_during_scan and all(free_during_scan)
+        assert log.lazy_segments == 0
+        assert st["transactions"] == len(log._epochs) and st["first_epoch"] == min(log._epochs)
+        e = buf.write("p", 1.0, index=[0])                    # the writer carries on
+        assert buf.log.stats()["last_epoch"] == e

@@ -278,8 +278,25 @@ class DurableLog(LogBase):
         self._synced = logical
         self._logical_end = logical
 
-    def _ensure_index(self) -> None:
+    def index_skipped(self) -> None:
+        """Index the segments skipped at open, reading them without holding the log's lock (commits go on
+        meanwhile); only the final bookkeeping takes the lock. A no-op once everything is indexed."""
+        with self._lock:
+            lazy = [s.path for s in self._segs if s.lazy]
+        if not lazy:
+            return
+        scanned = {}
+        for path in lazy:            # closed segments do not change; a file gone meanwhile is left to the check
+            try:
+                scanned[path] = S.scan_segment(path)
+            except OSError:
+                pass
+        with self._lock:
+            self._ensure_index(scanned)
+
+    def _ensure_index(self, scanned: Optional[dict] = None) -> None:
         """Scan and index the segments skipped at open (see ``_open_scan``); call with ``_lock`` held.
+        ``scanned``: scan results already taken (by :meth:`index_skipped`), by path.
 
         The same checks as at open apply: any failure is a CorruptionError naming file and offset (these
         segments are never the last one, so nothing in them is a torn tail)."""
@@ -291,7 +308,9 @@ class DurableLog(LogBase):
         records = 0
         last_epoch = 0
         for seg in lazy:
-            res = S.scan_segment(seg.path)
+            res = scanned.get(seg.path) if scanned else None
+            if res is None:
+                res = S.scan_segment(seg.path)
             if res.header is None:
                 raise CorruptionError("bad segment header", file=seg.path, offset=0, what=res.error)
             if res.header.salt != seg.salt:
@@ -721,6 +740,7 @@ class DurableLog(LogBase):
             return removed
 
     def stats(self) -> dict:
+        self.index_skipped()
         with self._lock:
             self._ensure_index()
             st = dict(self._stats)
