@@ -902,9 +902,7 @@ class Buffer:
     # -- stats and lifecycle ----------------------------------------------------------------------------------
     def stats(self) -> dict:
         """Nested figures: allocator, log, propagation, memory, device, transactions."""
-        index = getattr(self._log, "index_skipped", None)
-        if index is not None:
-            index()                                # read segments skipped at open before taking the lock
+        self._log.index_skipped()                  # read segments skipped at open before taking the lock
         with self._locked():
             out = {
                 "epoch": self._epoch,
@@ -980,9 +978,7 @@ class LogView:
               source: Optional[str] = None) -> Iterator[Delta]:
         """Data deltas (user and derived) in log order, filtered by page, epoch range (since, until] and source."""
         name = page.name if isinstance(page, Page) else page
-        log = self._buf._log
-        txns = log.data_txns if hasattr(log, "data_txns") else log.txns      # skips compact page creations
-        for txn in txns(since=since, until=until):
+        for txn in self._buf._log.data_txns(since=since, until=until):      # skips compact page creations
             for op in txn.ops:
                 if isinstance(op, Delta) and (name is None or op.page == name) and \
                         (source is None or op.source == source):
@@ -997,6 +993,11 @@ class _NullLog:
 
     def txns(self, since: Optional[int] = None, until: Optional[int] = None) -> Iterator[Txn]:
         return iter(())
+
+    data_txns = txns
+
+    def index_skipped(self) -> None:
+        return None
 
     def append(self, txn: Txn) -> int:
         raise ReadOnlyError("a view of a past epoch is read-only")

@@ -1,7 +1,7 @@
 """What the durable and the in-memory log share: the committed epochs in order and the checkpoint marks."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Iterator, Optional
 
 
 class LogBase:
@@ -29,3 +29,12 @@ class LogBase:
 
     def __len__(self) -> int:
         return len(self._epochs)
+
+    def data_txns(self, since: Optional[int] = None, until: Optional[int] = None) -> Iterator:
+        """The transactions that can hold deltas, for ``log.query`` (all of them unless a log keeps others
+        apart)."""
+        return self.txns(since=since, until=until)
+
+    def index_skipped(self) -> None:
+        """Index whatever was left unread at open (nothing, unless a log skips some of itself)."""
+        return None

@@ -379,14 +379,6 @@ class DurableLog(LogBase):
             self._cond.notify_all()
         return LogPoisonedError(f"mmsb log: {what} failed ({exc}); the log refuses further commits")
 
-    def _write(self, data) -> None:
-        if self.durability == "none":
-            self._wbuf += data
-            if len(self._wbuf) >= _NONE_BUFFER:
-                self._flush_wbuf()
-            return
-        self._write_fd(data)
-
     def _write_buffers(self, bufs: list, total: int) -> None:
         """Write ``bufs`` (``total`` bytes) in order with gathered writes: no joined copy of a large commit."""
         if self.durability == "none":
@@ -554,7 +546,7 @@ class DurableLog(LogBase):
                     self._open_current()
                 seg = self._segs[-1]
                 data = S.build_record(rtype, int(epoch), int(txid), b"", seg.salt)
-                self._write(data)
+                self._write_buffers([data], len(data))
             except OSError as exc:
                 raise self._poison("log write", exc) from exc
             seg.size += len(data)

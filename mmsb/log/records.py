@@ -252,12 +252,13 @@ def delta_pieces(d: Delta) -> tuple[list, int, int]:
         raw += idx.nbytes
         enc += len(data)
     if d.mask is not None:
-        part = _FULL_MASK_PARTS.get(d.mask.size) if is_full_mask(d.mask) else None
+        full = is_full_mask(d.mask)
+        part = _FULL_MASK_PARTS.get(d.mask.size) if full else None
         if part is None:
             m = np.asarray(d.mask, dtype=bool)
             cid, data = codecs.encode_mask(m)
             part = (_shape_bytes(m.shape) + _part(cid, data), len(data))
-            if is_full_mask(d.mask):
+            if full:
                 if len(_FULL_MASK_PARTS) >= 64:
                     _FULL_MASK_PARTS.clear()
                 _FULL_MASK_PARTS[d.mask.size] = part
