@@ -35,12 +35,31 @@ def parse_bytes(value: Union[int, str, None]) -> Optional[int]:
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
+def default_block_cache() -> int:
+    """Bytes of freed large page blocks kept for reuse (see ``mmsb._ext.alloc``): ``MMSB_BLOCK_CACHE`` (e.g.
+    ``"2GiB"``, ``0`` turns it off), else an eighth of physical memory, at most 4 GiB."""
+    env = os.environ.get("MMSB_BLOCK_CACHE")
+    if env is not None and env.strip() not in ("", "0"):
+        return int(parse_bytes(env))
+    if env is not None and env.strip() == "0":
+        return 0
+    try:
+        phys = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        phys = 8 * 2**30
+    return int(min(phys // 8, 4 * 2**30))
+
+
+_kernels.alloc.block_cache_limit(default_block_cache())
+
 _MALLOC_TRIM: Any = None
 
 
 def _trim_heap() -> None:
-    """glibc keeps freed blocks (in every thread's arena) mapped; malloc_trim returns them. No-op elsewhere."""
+    """Hand freed page memory back to the OS: the block cache is emptied, and glibc (which keeps freed blocks of
+    every thread's arena mapped) is asked to ``malloc_trim``. The latter is a no-op elsewhere."""
     global _MALLOC_TRIM
+    _kernels.alloc.block_cache_clear()
     if _MALLOC_TRIM is None:
         _MALLOC_TRIM = False
         try:

@@ -4,6 +4,11 @@ Arenas are reserved lazily. Requests above ``max_class`` get their own block. Ha
 and a generation, so a stale, freed or unknown handle is detected. ``view`` returns a zero-copy numpy array whose
 base keeps the arena (or own block) alive: memory behind a view never dangles, even after ``free`` or after the
 allocator is gone. The pure-numpy twin with the same API is ``mmsb._ref.alloc``.
+
+Own blocks of 1 MiB or more go, once nothing references them any more, to a process-wide block cache (up to
+``block_cache_limit()`` bytes, oldest evicted first) instead of back to the C library, their pages marked
+reclaimable (``MADV_FREE``); a later block of about the same size (at most 1/8 larger) takes one from there, so
+reloading a store does not pay the page faults of fresh memory again.
 """
 import time
 
@@ -64,6 +69,120 @@ cdef extern from *:
     void mmsb_unlock(volatile long *l) noexcept nogil
     void mmsb_lock_wait(volatile long *l) noexcept nogil
 
+cdef extern from *:
+    """
+    /* Process-wide cache of freed own blocks: a short FIFO of (pointer, capacity), guarded by a spin lock. */
+    #if !defined(_WIN32)
+    #include <sys/mman.h>
+    #include <unistd.h>
+    #endif
+    #include <stdint.h>
+    #include <string.h>
+    #define MMSB_CACHE_SLOTS 256
+    #define MMSB_CACHE_MIN ((size_t)1 << 20)
+    static char *mmsb_cache_p[MMSB_CACHE_SLOTS];
+    static size_t mmsb_cache_n[MMSB_CACHE_SLOTS];
+    static int mmsb_cache_len = 0;
+    static size_t mmsb_cache_bytes = 0;
+    static size_t mmsb_cache_limit = 0;
+    static long long mmsb_cache_hits = 0, mmsb_cache_misses = 0, mmsb_cache_evictions = 0;
+    static volatile long mmsb_cache_lock = 0;
+
+    /* Mark the whole pages inside [p, p + n) reclaimable: kept as they are unless memory runs short. */
+    static void mmsb_cache_lazy_free(char *p, size_t n) {
+    #if defined(MADV_FREE)
+        uintptr_t ps = (uintptr_t)sysconf(_SC_PAGESIZE);
+        uintptr_t a = ((uintptr_t)p + ps - 1) & ~(ps - 1);
+        uintptr_t b = ((uintptr_t)p + n) & ~(ps - 1);
+        if (b > a) madvise((void *)a, (size_t)(b - a), MADV_FREE);
+    #else
+        (void)p; (void)n;
+    #endif
+    }
+
+    static void mmsb_cache_drop(int i) {          /* lock held */
+        mmsb_cache_bytes -= mmsb_cache_n[i];
+        memmove(mmsb_cache_p + i, mmsb_cache_p + i + 1, (size_t)(mmsb_cache_len - i - 1) * sizeof(char *));
+        memmove(mmsb_cache_n + i, mmsb_cache_n + i + 1, (size_t)(mmsb_cache_len - i - 1) * sizeof(size_t));
+        mmsb_cache_len--;
+    }
+
+    /* A cached block of n to n + n/8 bytes (the smallest such), or NULL; *cap receives its capacity. */
+    static char *mmsb_cache_take(size_t n, size_t *cap) {
+        char *p = NULL;
+        int i, best = -1;
+        if (n < MMSB_CACHE_MIN) return NULL;
+        mmsb_lock_wait(&mmsb_cache_lock);
+        for (i = 0; i < mmsb_cache_len; i++) {
+            size_t c = mmsb_cache_n[i];
+            if (c >= n && c - n <= n / 8 && (best < 0 || c < mmsb_cache_n[best])) best = i;
+        }
+        if (best >= 0) {
+            p = mmsb_cache_p[best];
+            *cap = mmsb_cache_n[best];
+            mmsb_cache_drop(best);
+            mmsb_cache_hits++;
+        } else {
+            mmsb_cache_misses++;
+        }
+        mmsb_unlock(&mmsb_cache_lock);
+        return p;
+    }
+
+    /* Evict oldest blocks until `need` more bytes fit under the limit (and a slot is free when need > 0);
+       the evicted blocks are freed after the lock is released. */
+    static void mmsb_cache_shrink(size_t limit, size_t need) {
+        char *gone[MMSB_CACHE_SLOTS];
+        int k, ng = 0;
+        mmsb_lock_wait(&mmsb_cache_lock);
+        mmsb_cache_limit = limit;
+        while (mmsb_cache_len > 0 && (mmsb_cache_bytes + need > limit ||
+                                      (need > 0 && mmsb_cache_len == MMSB_CACHE_SLOTS))) {
+            gone[ng++] = mmsb_cache_p[0];
+            mmsb_cache_drop(0);
+            mmsb_cache_evictions++;
+        }
+        mmsb_unlock(&mmsb_cache_lock);
+        for (k = 0; k < ng; k++) mmsb_aligned_free(gone[k]);
+    }
+
+    /* Keep a block nothing references any more: 1 if cached (the caller must not free it), 0 if not. */
+    static int mmsb_cache_put(char *p, size_t n) {
+        char *gone[MMSB_CACHE_SLOTS];
+        int k, ng = 0, kept = 0;
+        if (n < MMSB_CACHE_MIN || n > mmsb_cache_limit) return 0;   /* re-checked under the lock */
+        mmsb_cache_lazy_free(p, n);               /* before it is visible to another thread */
+        mmsb_lock_wait(&mmsb_cache_lock);
+        if (n <= mmsb_cache_limit) {
+            while (mmsb_cache_len > 0 && (mmsb_cache_bytes + n > mmsb_cache_limit ||
+                                          mmsb_cache_len == MMSB_CACHE_SLOTS)) {
+                gone[ng++] = mmsb_cache_p[0];
+                mmsb_cache_drop(0);
+                mmsb_cache_evictions++;
+            }
+            mmsb_cache_p[mmsb_cache_len] = p;
+            mmsb_cache_n[mmsb_cache_len] = n;
+            mmsb_cache_len++;
+            mmsb_cache_bytes += n;
+            kept = 1;
+        }
+        mmsb_unlock(&mmsb_cache_lock);
+        for (k = 0; k < ng; k++) mmsb_aligned_free(gone[k]);
+        return kept;
+    }
+
+    static void mmsb_cache_counts(long long *out) {
+        mmsb_lock_wait(&mmsb_cache_lock);
+        out[0] = (long long)mmsb_cache_bytes; out[1] = mmsb_cache_len; out[2] = (long long)mmsb_cache_limit;
+        out[3] = mmsb_cache_hits; out[4] = mmsb_cache_misses; out[5] = mmsb_cache_evictions;
+        mmsb_unlock(&mmsb_cache_lock);
+    }
+    """
+    char *mmsb_cache_take(size_t n, size_t *cap) noexcept nogil
+    int mmsb_cache_put(char *p, size_t n) noexcept nogil
+    void mmsb_cache_shrink(size_t limit, size_t need) noexcept nogil
+    void mmsb_cache_counts(long long *out) noexcept nogil
+
 cdef enum:
     MAX_CLASSES = 48
     ST_EMPTY = 0
@@ -81,23 +200,31 @@ ctypedef struct Entry:
 
 
 cdef class _Region:
-    """One arena or own block of 64-byte aligned memory, released when the last reference goes away."""
+    """One arena or own block of 64-byte aligned memory, released (or, when large, handed to the block cache)
+    when the last reference goes away."""
     cdef char *ptr
     cdef Py_ssize_t size
+    cdef size_t cap
     cdef Py_ssize_t _shape[1]
     cdef Py_ssize_t _strides[1]
 
     def __cinit__(self, Py_ssize_t size):
-        self.ptr = <char *>mmsb_aligned_alloc(<size_t>size)
+        cdef size_t cap = <size_t>size
+        self.ptr = mmsb_cache_take(<size_t>size, &cap)
+        if self.ptr == NULL:
+            self.ptr = <char *>mmsb_aligned_alloc(<size_t>size)
+            cap = <size_t>size
         if self.ptr == NULL:
             raise MemoryError(f"cannot allocate {size} bytes")
         self.size = size
+        self.cap = cap
         self._shape[0] = size
         self._strides[0] = 1
 
     def __dealloc__(self):
         if self.ptr != NULL:
-            mmsb_aligned_free(self.ptr)
+            if not mmsb_cache_put(self.ptr, self.cap):
+                mmsb_aligned_free(self.ptr)
             self.ptr = NULL
 
     def __getbuffer__(self, Py_buffer *buf, int flags):
@@ -471,3 +598,32 @@ cdef class Allocator:
             h = self._alloc(nbytes)
             self._free(h)
         return (time.perf_counter_ns() - t0) / n
+
+
+def block_cache_limit(nbytes=None):
+    """The block cache's limit in bytes; with ``nbytes``, set it first (0 turns the cache off and empties it;
+    lowering it evicts the oldest blocks). Default: ``MMSB_BLOCK_CACHE`` as set by ``mmsb.memory``."""
+    cdef long long c[6]
+    if nbytes is not None:
+        n = int(nbytes)
+        if n < 0:
+            raise ValueError(f"block cache limit must be >= 0, got {nbytes!r}")
+        mmsb_cache_shrink(<size_t>n, 0)
+    mmsb_cache_counts(c)
+    return int(c[2])
+
+
+def block_cache_clear():
+    """Free every cached block (the limit stays)."""
+    cdef long long c[6]
+    mmsb_cache_counts(c)
+    mmsb_cache_shrink(0, 0)
+    mmsb_cache_shrink(<size_t>c[2], 0)
+
+
+def block_cache_stats():
+    """``{"bytes", "blocks", "limit", "hits", "misses", "evictions"}`` of the process-wide block cache."""
+    cdef long long c[6]
+    mmsb_cache_counts(c)
+    return {"bytes": int(c[0]), "blocks": int(c[1]), "limit": int(c[2]), "hits": int(c[3]), "misses": int(c[4]),
+            "evictions": int(c[5])}

@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-__all__ = ["Allocator"]
+__all__ = ["Allocator", "block_cache_clear", "block_cache_limit", "block_cache_stats"]
 
 _EMPTY, _USED, _FREE = 0, 1, 2
 _ALIGN = 64
@@ -225,3 +225,26 @@ class Allocator:
         for _ in range(n):
             self.free(self.alloc(nbytes))
         return (time.perf_counter_ns() - t0) / n
+
+
+_CACHE_LIMIT = [0]
+
+
+def block_cache_limit(nbytes: int | None = None) -> int:
+    """Same API as ``mmsb._ext.alloc.block_cache_limit``; the twin keeps no block cache (numpy owns its memory),
+    so the limit is only recorded."""
+    if nbytes is not None:
+        n = int(nbytes)
+        if n < 0:
+            raise ValueError(f"block cache limit must be >= 0, got {nbytes!r}")
+        _CACHE_LIMIT[0] = n
+    return _CACHE_LIMIT[0]
+
+
+def block_cache_clear() -> None:
+    """Nothing to free: the twin keeps no block cache."""
+
+
+def block_cache_stats() -> dict[str, int]:
+    """The same keys as the compiled allocator's; always empty here."""
+    return {"bytes": 0, "blocks": 0, "limit": _CACHE_LIMIT[0], "hits": 0, "misses": 0, "evictions": 0}
