@@ -29,6 +29,7 @@ import crc32c as _crc
 import numpy as np
 
 from mmsb.fileio import fsync_dir as _fsync_dir
+from mmsb.fileio import start_writeback
 from mmsb import codecs
 from mmsb.delta import SchemaOp
 from mmsb.errors import CorruptionError
@@ -42,7 +43,7 @@ STORE_FILE = "STORE"
 CKPT_DIR = "checkpoints"
 CHUNK_BYTES = 16 * 2**20
 MAX_FRACTION = 0.8   # compress a chunk only when blosc2 saves at least 20% (raw chunks load fastest)
-FLUSH_BYTES = 64 * 2**20   # fsync mode: a background fdatasync starts after every this many bytes written
+FLUSH_BYTES = 64 * 2**20   # fsync mode without sync_file_range: a background fdatasync after this many bytes
 # Checkpoint page compression ("on", "off", "auto"; env MMSB_CHECKPOINT_COMPRESS; default on). Every 16 MiB chunk
 # is probed and kept raw when blosc2 saves less than 20%. blosc2 (LZ4 + shuffle) decodes at ~3 GB/s per core while
 # a raw read from a warm page cache runs at memory speed (~10 GB/s): on machines with fewer than
@@ -107,8 +108,9 @@ class _Writer:
     pool of NTHREADS workers that ``pwrite`` it in WRITE_PIECE pieces, straight from the caller's memory for
     RAW chunks, and feed every piece to CRC32C and SHA-256 right after writing it, while it is still in the
     CPU cache (pwrite, crc32c and hashlib release the GIL): the data crosses the memory bus about as often as
-    with a plain write, on two cores. Every ``FLUSH_BYTES`` written (fsync mode) a background ``fdatasync``
-    lets the disk start early, so that the final fsync waits for little. Publication stays: temp file, fsync,
+    with a plain write, on two cores. In fsync mode the disk starts early, so that the final fsync waits for
+    little: each chunk's writeback is started as soon as it is written (``sync_file_range``), or where that is
+    unavailable a background ``fdatasync`` runs every ``FLUSH_BYTES``. Publication stays: temp file, fsync,
     rename, fsync of the directory."""
 
     def __init__(self, fd: int, pool: ThreadPoolExecutor, flusher: Optional[ThreadPoolExecutor]):
@@ -138,7 +140,7 @@ class _Writer:
             crc = _crc.crc32c(piece, crc)
             sha.update(piece)
             pos += piece.nbytes
-        if self.flusher is not None:
+        if self.flusher is not None and not start_writeback(self.fd, offset, n):
             with self._lock:
                 self._unflushed += n
                 if self._unflushed >= FLUSH_BYTES and (not self._flushes or self._flushes[-1].done()):

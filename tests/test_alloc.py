@@ -238,3 +238,130 @@ def test_alloc_view(mod):
     assert a.stats()["bytes_in_use"] == 0
     with pytest.raises(ValueError):
         a.free(h)
+
+
+# ---------------------------------------------------------------- block cache (compiled allocator)
+
+EXT = next((m for m in MODULES if m is not ref_alloc), None)
+MIB = 2**20
+
+
+@pytest.fixture
+def cache():
+    """The compiled allocator's block cache, emptied, with its limit restored afterwards."""
+    if EXT is None:
+        pytest.skip("compiled allocator not in use")
+    old = EXT.block_cache_limit()
+    EXT.block_cache_clear()
+    EXT.block_cache_limit(64 * MIB)
+    gc.collect()
+    yield EXT
+    EXT.block_cache_limit(old)
+    EXT.block_cache_clear()
+
+
+def _fill(mod, a, nbytes, value):
+    h = a.alloc(nbytes)
+    v = a.view(h, np.uint8, (nbytes,))
+    v[...] = value
+    return h, v
+
+
+def test_block_cache_reuses_a_dead_block(cache):
+    a = cache.Allocator()
+    h, v = _fill(cache, a, 3 * MIB, 7)
+    ptr = v.ctypes.data
+    a.free(h)
+    s = cache.block_cache_stats()
+    assert s["blocks"] == 0                      # a live view keeps the block out of the cache
+    assert (v == 7).all()
+    del v
+    gc.collect()
+    s = cache.block_cache_stats()
+    assert s["blocks"] == 1 and s["bytes"] == 3 * MIB
+    h2, v2 = _fill(cache, a, 3 * MIB - 4096, 9)  # a little smaller: takes the cached block
+    s2 = cache.block_cache_stats()
+    assert s2["blocks"] == 0 and s2["hits"] == s["hits"] + 1
+    assert v2.ctypes.data == ptr and (v2 == 9).all() and v2.nbytes == 3 * MIB - 4096
+    a.free(h2)
+    del v2
+
+
+def test_block_cache_size_window_and_small_blocks(cache):
+    a = cache.Allocator()
+    h, v = _fill(cache, a, 4 * MIB, 1)
+    a.free(h)
+    del v
+    s = cache.block_cache_stats()
+    assert s["blocks"] == 1
+    h2, v2 = _fill(cache, a, 2 * MIB, 2)         # a block over 1/8 larger is not handed out
+    assert cache.block_cache_stats()["blocks"] == 1
+    h3, v3 = _fill(cache, a, 512 * 1024, 3)      # below 1 MiB: never cached
+    for hh in (h2, h3):
+        a.free(hh)
+    del v2, v3
+    assert cache.block_cache_stats()["blocks"] == 2
+
+
+def test_block_cache_limit_evicts_oldest(cache):
+    a = cache.Allocator()
+    cache.block_cache_limit(5 * MIB)
+    hs = [_fill(cache, a, 2 * MIB, k) for k in range(3)]
+    before = cache.block_cache_stats()["evictions"]
+    for h, _ in hs:
+        a.free(h)
+    del hs, h, _
+    gc.collect()
+    s = cache.block_cache_stats()
+    assert s["blocks"] == 2 and s["bytes"] == 4 * MIB and s["evictions"] == before + 1
+    assert cache.block_cache_limit(2 * MIB) == 2 * MIB     # lowering the limit evicts down to it
+    assert cache.block_cache_stats()["bytes"] == 2 * MIB
+    cache.block_cache_clear()
+    assert cache.block_cache_stats()["bytes"] == 0 and cache.block_cache_limit() == 2 * MIB
+    cache.block_cache_limit(0)                             # off: freed blocks go straight back
+    h, v = _fill(cache, a, 2 * MIB, 5)
+    a.free(h)
+    del v
+    assert cache.block_cache_stats()["blocks"] == 0
+    with pytest.raises(ValueError):
+        cache.block_cache_limit(-1)
+
+
+def test_block_cache_threads_get_distinct_blocks(cache):
+    a = cache.Allocator()
+    for k in range(4):
+        h, v = _fill(cache, a, 2 * MIB, k)
+        a.free(h)
+    del v
+    gc.collect()
+    seen, errors = [], []
+
+    def worker(k):
+        try:
+            for _ in range(50):
+                h, v = _fill(cache, a, 2 * MIB, k)
+                seen.append(v.ctypes.data)
+                assert (v == k).all()
+                a.free(h)
+                del v
+        except AssertionError as exc:            # pragma: no cover - reported below
+            errors.append(exc)
+
+    ts = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors
+    assert cache.block_cache_stats()["hits"] > 0
+
+
+def test_block_cache_api_of_the_twin():
+    old = ref_alloc.block_cache_limit()
+    assert ref_alloc.block_cache_limit(5) == 5
+    ref_alloc.block_cache_clear()
+    assert ref_alloc.block_cache_stats() == {"bytes": 0, "blocks": 0, "limit": 5, "hits": 0, "misses": 0,
+                                             "evictions": 0}
+    ref_alloc.block_cache_limit(old)
+    with pytest.raises(ValueError):
+        ref_alloc.block_cache_limit(-1)

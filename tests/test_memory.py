@@ -197,3 +197,34 @@ def test_store_with_memory_limit_reopens_equal(tmp_path):
     with mmsb.open(root, "r", memory_limit="16KiB") as buf:
         for name, v in model.items():
             np.testing.assert_array_equal(buf[name].read(), v)
+
+
+def test_block_cache_default_from_env(monkeypatch):
+    from mmsb.memory import default_block_cache
+
+    monkeypatch.setenv("MMSB_BLOCK_CACHE", "3MiB")
+    assert default_block_cache() == 3 * 2**20
+    monkeypatch.setenv("MMSB_BLOCK_CACHE", "0")
+    assert default_block_cache() == 0
+    monkeypatch.delenv("MMSB_BLOCK_CACHE")
+    d = default_block_cache()
+    assert 0 < d <= 4 * 2**30
+
+
+def test_spill_empties_the_block_cache():
+    """Under a memory limit freed page memory goes back to the OS: a spill empties the block cache."""
+    from mmsb import _kernels
+
+    alloc = _kernels.alloc
+    old = alloc.block_cache_limit()
+    alloc.block_cache_limit(64 * 2**20)
+    try:
+        with mmsb.open(memory_limit=3 * 2**20) as buf:
+            for k in range(3):
+                buf.create_page(f"p{k}", 2**18)            # 2 MiB each: the third one spills the first
+                buf.write(f"p{k}", float(k + 1))
+            assert buf.stats()["memory"]["evictions"] >= 1
+            assert alloc.block_cache_stats()["bytes"] == 0
+            assert np.array_equal(buf["p0"].read(), np.full(2**18, 1.0))
+    finally:
+        alloc.block_cache_limit(old)
