@@ -9,6 +9,7 @@ import pytest
 from mmsb.delta import Delta, SchemaOp, Txn
 from mmsb.errors import CorruptionError, LogPoisonedError, TornWriteWarning
 from mmsb.log import DurableLog, MemoryLog, scan_store_log
+from mmsb.log import durable as durable_log
 from mmsb.log import records as R
 from mmsb.log.segment import iter_segments
 
@@ -231,6 +232,7 @@ def test_group_commit(tmp_path):
 def test_poison_on_failed_fsync(tmp_path, monkeypatch):
     log = DurableLog(tmp_path)
     log.sync(log.append(Txn(1, 1, [Delta("p", np.ones(3))])))
+    log._dsync = False                    # the group-commit path: append, then one fsync in sync()
 
     def bad_fsync(fd):
         raise OSError(5, "EIO")
@@ -246,6 +248,96 @@ def test_poison_on_failed_fsync(tmp_path, monkeypatch):
         log.sync()
     assert log.stats()["poisoned"]
     log.close()
+
+
+DSYNC = pytest.mark.skipif(not durable_log._RWF_DSYNC, reason="no pwritev2 with RWF_DSYNC here")
+
+
+def _commit_alone(log, epoch):
+    log.sync(log.append(Txn(epoch, epoch, [Delta("p", np.full(4, float(epoch)))])))
+
+
+@DSYNC
+def test_lone_committer_writes_durably_in_one_call(tmp_path, monkeypatch):
+    log = DurableLog(tmp_path)
+    _commit_alone(log, 1)                 # the first commit after the segment header goes the usual way
+    calls = []
+    real = os.pwritev
+
+    def spy(fd, bufs, offset, flags=0):
+        calls.append(flags)
+        return real(fd, bufs, offset, flags)
+
+    monkeypatch.setattr(os, "pwritev", spy)
+    monkeypatch.setattr(os, "fsync", lambda fd: pytest.fail("a lone commit needs no separate fsync"))
+    st0 = log.stats()
+    for e in range(2, 12):
+        _commit_alone(log, e)
+    st = log.stats()
+    assert calls == [os.RWF_DSYNC] * 10
+    assert st["fsyncs"] - st0["fsyncs"] == 10 and st["group_commit_batches"] == st0["group_commit_batches"]
+    assert st["synced_commits"] - st0["synced_commits"] == 10
+    monkeypatch.undo()
+    log.close()
+    with DurableLog(tmp_path) as again:
+        assert again.last_epoch == 11
+        assert [t.epoch for t in again.txns()] == list(range(1, 12))
+
+
+@DSYNC
+def test_overlapping_appends_use_group_commit(tmp_path, monkeypatch):
+    log = DurableLog(tmp_path)
+    _commit_alone(log, 1)
+    monkeypatch.setattr(os, "pwritev", lambda *a: pytest.fail("another append is in flight: no durable write"))
+    with log._cond:
+        log._appending += 1               # as if a second committer were waiting for the lock
+    try:
+        b0 = log.stats()["group_commit_batches"]
+        _commit_alone(log, 2)
+        assert log.stats()["group_commit_batches"] == b0 + 1
+    finally:
+        with log._cond:
+            log._appending -= 1
+    log.close()
+
+
+@DSYNC
+def test_durable_write_refused_falls_back(tmp_path, monkeypatch):
+    import errno
+
+    log = DurableLog(tmp_path)
+    _commit_alone(log, 1)
+
+    def refuse(*a):
+        raise OSError(errno.EOPNOTSUPP, "not supported")
+
+    monkeypatch.setattr(os, "pwritev", refuse)
+    _commit_alone(log, 2)                 # written with writev + fsync instead, and not tried again
+    assert log._dsync is False
+    _commit_alone(log, 3)
+    monkeypatch.undo()
+    log.close()
+    with DurableLog(tmp_path) as again:
+        assert again.last_epoch == 3
+
+
+@DSYNC
+def test_poison_on_failed_durable_write(tmp_path, monkeypatch):
+    log = DurableLog(tmp_path)
+    _commit_alone(log, 1)
+
+    def eio(*a):
+        raise OSError(5, "EIO")
+
+    monkeypatch.setattr(os, "pwritev", eio)
+    with pytest.raises(LogPoisonedError):
+        log.append(Txn(2, 2, [Delta("p", np.ones(4))]))
+    monkeypatch.undo()
+    with pytest.raises(LogPoisonedError):
+        log.append(Txn(3, 3, [Delta("p", np.ones(4))]))
+    log.close()
+    with DurableLog(tmp_path) as again:
+        assert again.last_epoch == 1
 
 
 def test_poison_on_failed_write(tmp_path, monkeypatch):
@@ -342,7 +434,21 @@ def test_short_gathered_writes_are_resumed(tmp_path, monkeypatch, durability):
         calls.append(len(out))
         return real(fd, out)
 
+    real_p = os.pwritev
+
+    def short_pwritev(fd, buffers, offset, flags=0):      # the lone committer's durable write (fsync mode)
+        out, room = [], 1000
+        for b in buffers:
+            mv = memoryview(b).cast("B")
+            out.append(mv[:room])
+            room -= len(out[-1])
+            if not room:
+                break
+        calls.append(len(out))
+        return real_p(fd, out, offset, flags)
+
     monkeypatch.setattr(os, "writev", short_writev)
+    monkeypatch.setattr(os, "pwritev", short_pwritev)
     rng = np.random.default_rng(3)
     txns = [Txn(e, e, [Delta("p", rng.random(700 + 37 * e), index=np.arange(700 + 37 * e)),
                        Delta("q", rng.random(5))]) for e in range(1, 6)]

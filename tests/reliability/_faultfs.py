@@ -59,6 +59,20 @@ class _OSProxy:
         self._fs.tick("write")
         return _os.writev(fd, buffers)
 
+    def pwritev(self, fd, buffers, offset, flags=0):
+        fs = self._fs
+        fs.tick("write")
+        dsync = bool(flags & getattr(_os, "RWF_DSYNC", 0))
+        if dsync:
+            fs.tick("fsync")            # a durable write is a write and an fsync of its range
+        n = _os.pwritev(fd, buffers, offset, flags)
+        if dsync:
+            path = fs.fds.get(fd)
+            if path is not None:
+                end = (_os.lseek(fd, 0, _os.SEEK_CUR) if offset < 0 else offset + n)
+                fs.synced[path] = max(fs.synced.get(path, 0), end)
+        return n
+
     def fsync(self, fd):
         fs = self._fs
         isdir = stat.S_ISDIR(_os.fstat(fd).st_mode)
