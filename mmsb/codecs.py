@@ -227,6 +227,9 @@ class AdaptiveValues:
         miss = self._miss.get(key, 0)
         if miss >= self.misses and miss % self.probe:
             self._miss[key] = miss + 1
+            if view and type(arr) is np.ndarray and arr.size and arr.flags.c_contiguous \
+                    and (arr.dtype.byteorder in "|<" or (arr.dtype.byteorder == "=" and _LITTLE)):
+                return RAW, memoryview(arr).cast("B").toreadonly()      # what encode_values returns, sooner
             return encode_values(arr, allow_compress=False, view=view)
         cid, data = encode_values(arr, view=view)
         saved = cid != RAW and len(data) <= (1.0 - self.min_saving) * np.asarray(arr).nbytes

@@ -38,6 +38,20 @@ def is_full_mask(mask: Optional[np.ndarray]) -> bool:
     return hit is not None and mask is hit[0]
 
 
+def covers_page(mask: Optional[np.ndarray]) -> bool:
+    """True when a dense delta's ``mask`` selects every position: the shared whole-page mask, or (for large
+    pages, whose masks are not shared, and masks decoded from the log) one that is all True."""
+    if mask is None:
+        return False
+    return is_full_mask(mask) or (mask.size > 4096 and bool(mask.all()))
+
+
+def full_index(n: int) -> np.ndarray:
+    """``arange(n)`` as int64: the shared read-only one of a whole-page mask's size where there is one."""
+    hit = _FULL.get(n)
+    return hit[1] if hit is not None else np.arange(n, dtype=np.int64)
+
+
 @dataclass
 class Delta:
     """A change to one page.

@@ -116,6 +116,10 @@ class Graph:
     def rules(self) -> list[Rule]:
         return list(self._rules.values())
 
+    def has_rules_from(self, p: Any) -> bool:
+        """Whether any rule reads page ``p``."""
+        return bool(self._out.get(_name(p)))
+
     def rules_from(self, p: Any) -> list[Rule]:
         return [self._rules[i] for i in self._out.get(_name(p), [])]
 

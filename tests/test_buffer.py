@@ -558,3 +558,49 @@ def test_whole_page_writes_share_one_read_only_mask():
     np.testing.assert_array_equal(q.read(), b)                 # accumulate onto zeros (plus_times)
     big = full_mask((1 << 20) + 1)
     assert big.flags.writeable and big.all() and not is_full_mask(big)
+
+
+@pytest.mark.parametrize("n", [64, (1 << 20) + 3])
+def test_whole_page_assign_copy_path_matches_the_kernel(n, monkeypatch):
+    """A whole-page assignment that no rule reads takes two copies instead of the per-element kernel: the page,
+    its history (at()), a rollback after a failed log write and a page that a rule reads all come out as a
+    numpy model says."""
+    from mmsb import _kernels
+
+    rng = np.random.default_rng(n)
+    calls = []
+    real = _kernels.merge.apply_normalized
+
+    def spy(*a):
+        calls.append(1)
+        return real(*a)
+
+    monkeypatch.setattr(_kernels.merge, "apply_normalized", spy)
+    buf = mmsb.open(None)
+    p = buf.create_page("p", n, dtype="float32")
+    a, b = rng.random(n), rng.integers(0, 1000, n).astype(float)   # b, c: integers, so that the link's
+    e1 = buf.write(p, a)                                             # incremental update is exact
+    buf.write(p, b)
+    assert calls == []                                      # copy path: no kernel call
+    np.testing.assert_array_equal(p.read(), b.astype(np.float32))
+    np.testing.assert_array_equal(buf.at(e1)["p"].read(), a.astype(np.float32))
+
+    def broken(txn, commit=True):
+        raise OSError(5, "EIO")
+
+    monkeypatch.setattr(buf._log, "append", broken)
+    with pytest.raises(OSError):
+        buf.write(p, rng.random(n))
+    monkeypatch.undo()
+    np.testing.assert_array_equal(p.read(), b.astype(np.float32))   # rolled back
+
+    monkeypatch.setattr(_kernels.merge, "apply_normalized", spy)
+    q = buf.create_page("q", n, dtype="float32")
+    import scipy.sparse as sp
+
+    buf.link(q, p, sp.eye(n, format="csr", dtype=np.float32) * 2)   # a rule reads p now: the kernel runs
+    c = b.copy()
+    c[: n // 2] = rng.integers(0, 1000, n // 2)
+    buf.write(p, c)
+    assert calls
+    np.testing.assert_array_equal(q.read(), 2 * c.astype(np.float32))
