@@ -257,10 +257,18 @@ def _commit_alone(log, epoch):
     log.sync(log.append(Txn(epoch, epoch, [Delta("p", np.full(4, float(epoch)))])))
 
 
+WARM = durable_log._DSYNC_AFTER + 2       # commits from one thread before it writes durably in one call
+
+
+def _warm(log):
+    for e in range(1, WARM + 1):
+        _commit_alone(log, e)
+
+
 @DSYNC
 def test_lone_committer_writes_durably_in_one_call(tmp_path, monkeypatch):
     log = DurableLog(tmp_path)
-    _commit_alone(log, 1)                 # the first commit after the segment header goes the usual way
+    _warm(log)
     calls = []
     real = os.pwritev
 
@@ -271,7 +279,7 @@ def test_lone_committer_writes_durably_in_one_call(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "pwritev", spy)
     monkeypatch.setattr(os, "fsync", lambda fd: pytest.fail("a lone commit needs no separate fsync"))
     st0 = log.stats()
-    for e in range(2, 12):
+    for e in range(WARM + 1, WARM + 11):
         _commit_alone(log, e)
     st = log.stats()
     assert calls == [os.RWF_DSYNC] * 10
@@ -280,20 +288,39 @@ def test_lone_committer_writes_durably_in_one_call(tmp_path, monkeypatch):
     monkeypatch.undo()
     log.close()
     with DurableLog(tmp_path) as again:
-        assert again.last_epoch == 11
-        assert [t.epoch for t in again.txns()] == list(range(1, 12))
+        assert again.last_epoch == WARM + 10
+        assert [t.epoch for t in again.txns()] == list(range(1, WARM + 11))
+
+
+@DSYNC
+def test_commits_from_several_threads_keep_group_commit(tmp_path, monkeypatch):
+    log = DurableLog(tmp_path)
+    _warm(log)
+    monkeypatch.setattr(os, "pwritev", lambda *a: pytest.fail("another thread committed lately"))
+    epoch = [WARM]
+
+    def one():
+        epoch[0] += 1
+        _commit_alone(log, epoch[0])
+
+    for _ in range(3):                    # alternate threads: never alone for long enough
+        t = threading.Thread(target=one)
+        t.start()
+        t.join()
+        one()
+    log.close()
 
 
 @DSYNC
 def test_overlapping_appends_use_group_commit(tmp_path, monkeypatch):
     log = DurableLog(tmp_path)
-    _commit_alone(log, 1)
+    _warm(log)
     monkeypatch.setattr(os, "pwritev", lambda *a: pytest.fail("another append is in flight: no durable write"))
     with log._cond:
         log._appending += 1               # as if a second committer were waiting for the lock
     try:
         b0 = log.stats()["group_commit_batches"]
-        _commit_alone(log, 2)
+        _commit_alone(log, WARM + 1)
         assert log.stats()["group_commit_batches"] == b0 + 1
     finally:
         with log._cond:
@@ -306,38 +333,38 @@ def test_durable_write_refused_falls_back(tmp_path, monkeypatch):
     import errno
 
     log = DurableLog(tmp_path)
-    _commit_alone(log, 1)
+    _warm(log)
 
     def refuse(*a):
         raise OSError(errno.EOPNOTSUPP, "not supported")
 
     monkeypatch.setattr(os, "pwritev", refuse)
-    _commit_alone(log, 2)                 # written with writev + fsync instead, and not tried again
+    _commit_alone(log, WARM + 1)          # written with writev + fsync instead, and not tried again
     assert log._dsync is False
-    _commit_alone(log, 3)
+    _commit_alone(log, WARM + 2)
     monkeypatch.undo()
     log.close()
     with DurableLog(tmp_path) as again:
-        assert again.last_epoch == 3
+        assert again.last_epoch == WARM + 2
 
 
 @DSYNC
 def test_poison_on_failed_durable_write(tmp_path, monkeypatch):
     log = DurableLog(tmp_path)
-    _commit_alone(log, 1)
+    _warm(log)
 
     def eio(*a):
         raise OSError(5, "EIO")
 
     monkeypatch.setattr(os, "pwritev", eio)
     with pytest.raises(LogPoisonedError):
-        log.append(Txn(2, 2, [Delta("p", np.ones(4))]))
+        log.append(Txn(WARM + 1, WARM + 1, [Delta("p", np.ones(4))]))
     monkeypatch.undo()
     with pytest.raises(LogPoisonedError):
-        log.append(Txn(3, 3, [Delta("p", np.ones(4))]))
+        log.append(Txn(WARM + 2, WARM + 2, [Delta("p", np.ones(4))]))
     log.close()
     with DurableLog(tmp_path) as again:
-        assert again.last_epoch == 1
+        assert again.last_epoch == WARM
 
 
 def test_poison_on_failed_write(tmp_path, monkeypatch):
@@ -435,6 +462,7 @@ def test_short_gathered_writes_are_resumed(tmp_path, monkeypatch, durability):
         return real(fd, out)
 
     real_p = os.pwritev
+    durable_calls = []
 
     def short_pwritev(fd, buffers, offset, flags=0):      # the lone committer's durable write (fsync mode)
         out, room = [], 1000
@@ -445,13 +473,14 @@ def test_short_gathered_writes_are_resumed(tmp_path, monkeypatch, durability):
             if not room:
                 break
         calls.append(len(out))
+        durable_calls.append(flags)
         return real_p(fd, out, offset, flags)
 
     monkeypatch.setattr(os, "writev", short_writev)
     monkeypatch.setattr(os, "pwritev", short_pwritev)
     rng = np.random.default_rng(3)
     txns = [Txn(e, e, [Delta("p", rng.random(700 + 37 * e), index=np.arange(700 + 37 * e)),
-                       Delta("q", rng.random(5))]) for e in range(1, 6)]
+                       Delta("q", rng.random(5))]) for e in range(1, WARM + 6)]   # the last ones: RWF_DSYNC
     with DurableLog(tmp_path, durability=durability) as log:
         for t in txns:
             log.sync(log.append(t))
@@ -459,7 +488,8 @@ def test_short_gathered_writes_are_resumed(tmp_path, monkeypatch, durability):
     assert len(calls) > 5 * 6
     with DurableLog(tmp_path) as log:
         got = list(log.txns())
-    assert [t.epoch for t in got] == [1, 2, 3, 4, 5]
+    assert [t.epoch for t in got] == list(range(1, WARM + 6))
+    assert bool(durable_calls) == (durability == "fsync" and bool(durable_log._RWF_DSYNC))
     for want, have in zip(txns, got):
         for a, b in zip(want.ops, have.ops):
             np.testing.assert_array_equal(a.values, b.values)

@@ -1,10 +1,10 @@
 """The durable, segmented, checksummed transaction log (root/log/<first epoch:020d>.seg).
 
 Concurrency: ``append`` serialises writers on one lock; ``sync`` implements group commit (one leader fsyncs,
-the other waiters sleep on a condition and return once the leader's fsync covered their token). A committer
-that is alone (no other append in flight, everything before it already durable) writes its transaction with
-``RWF_DSYNC`` instead (Linux): one system call that returns once the bytes are on disk, and its ``sync`` has
-nothing left to do.
+the other waiters sleep on a condition and return once the leader's fsync covered their token). A single
+writer (one thread appending for a while, no other append in flight, everything before it already durable)
+writes its transaction with ``RWF_DSYNC`` instead (Linux): one system call that returns once the bytes are on
+disk, and its ``sync`` has nothing left to do.
 A failed write or fsync poisons the log: that call and every later append/sync raise LogPoisonedError.
 """
 from __future__ import annotations
@@ -42,6 +42,7 @@ def _iov_max() -> int:
 _IOV_MAX = _iov_max()         # buffers per gathered write
 # pwritev2(fd, iov, -1, RWF_DSYNC): write at the file position and return once the bytes are durable
 _RWF_DSYNC = getattr(os, "RWF_DSYNC", 0) if hasattr(os, "pwritev") and sys.platform.startswith("linux") else 0
+_DSYNC_AFTER = 16            # appends in a row from one thread before it writes with RWF_DSYNC
 _PREALLOC = 1 << 20          # fsync mode: zeros written and synced ahead of the commits that overwrite them
 
 
@@ -132,6 +133,8 @@ class DurableLog(LogBase):
         self._syncing = False
         self._synced = 0
         self._appending = 0      # append calls in flight (waiting for the lock included)
+        self._last_thread = 0    # the thread that appended last, and how many appends from that one thread
+        self._same_thread = 0    # in a row: RWF_DSYNC only once one thread has had the log to itself a while
         self._dsync = bool(_RWF_DSYNC) and durability == "fsync"
         self._stats = dict(records=0, transactions=0, bytes=0, raw_bytes=0, encoded_bytes=0, fsyncs=0,
                            group_commit_batches=0, synced_commits=0, torn_tail_bytes=0, truncated_bytes=0,
@@ -412,9 +415,17 @@ class DurableLog(LogBase):
                 todo[0] = memoryview(todo[0]).cast("B")[n:]
 
     def _dsync_alone(self) -> bool:
-        """fsync mode, lock held: this append may sync itself (no other append in flight, no fsync running,
-        every byte before it durable), so that group commit is used whenever committers overlap."""
+        """fsync mode, lock held: this append may sync itself: the last ``_DSYNC_AFTER`` appends came from this
+        thread, no other append is in flight, no fsync is running and every byte before it is durable. Commits
+        from several threads keep group commit (where one thread's append overlaps another's fsync)."""
         if not self._dsync:
+            return False
+        tid = threading.get_ident()
+        if tid != self._last_thread:
+            self._last_thread, self._same_thread = tid, 0
+            return False
+        if self._same_thread < _DSYNC_AFTER:
+            self._same_thread += 1
             return False
         with self._cond:
             return self._appending == 1 and not self._syncing and self._synced >= self._logical_end
