@@ -13,6 +13,7 @@ use the same container with another magic. Byte-level layouts: docs/FORMAT.md.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -34,7 +35,13 @@ from mmsb import codecs
 from mmsb.delta import SchemaOp
 from mmsb.errors import CorruptionError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2            # containers written; 1 (chunks strictly back to back) is still read
+READ_VERSIONS = (1, 2)
+STORE_VERSION = 1
+ALIGN = 4096                  # version 2: a RAW chunk of ALIGN_MIN bytes or more starts at a multiple of ALIGN
+ALIGN_MIN = 64 * 2**10        # (the bytes skipped to get there are zero), so that it can be written with O_DIRECT
+DIRECT_PIECE = 4 * 2**20      # O_DIRECT writes of this size, DIRECT_DEPTH of them in flight
+DIRECT_DEPTH = 4
 CKPT_MAGIC = b"MMSBCKP\0"
 BLOB_MAGIC = b"MMSBBLB\0"
 END_MAGIC = b"MMSBEND\0"
@@ -50,6 +57,8 @@ FLUSH_BYTES = 64 * 2**20   # fsync mode without sync_file_range: a background fd
 # AUTO_COMPRESS_CPUS cores a raw checkpoint of compressible data reloads faster from cache (but is far larger on
 # disk and slower to read cold); "auto" writes raw there, "off" always.
 CHECKPOINT_COMPRESS = os.environ.get("MMSB_CHECKPOINT_COMPRESS", "on")
+# MMSB_DIRECT_IO=0 keeps every checkpoint write in the page cache (leaves a fresh checkpoint cached for a reopen)
+DIRECT_IO = os.environ.get("MMSB_DIRECT_IO", "1") not in ("0", "off", "false", "no")
 AUTO_COMPRESS_CPUS = 4
 
 
@@ -113,8 +122,10 @@ class _Writer:
     unavailable a background ``fdatasync`` runs every ``FLUSH_BYTES``. Publication stays: temp file, fsync,
     rename, fsync of the directory."""
 
-    def __init__(self, fd: int, pool: ThreadPoolExecutor, flusher: Optional[ThreadPoolExecutor]):
+    def __init__(self, fd: int, pool: ThreadPoolExecutor, flusher: Optional[ThreadPoolExecutor],
+                 direct: Optional[tuple] = None):
         self.fd = fd
+        self.direct = direct         # (O_DIRECT descriptor, I/O pool) or None
         self.pos = HEAD_SIZE
         self.raw_bytes = 0
         self.encoded_bytes = 0
@@ -125,8 +136,47 @@ class _Writer:
         self._flushes: list = []
         self._pending: list = []     # (chunk dict, future of (crc, sha))
 
+    def _put_direct(self, data, offset: int) -> Optional[tuple[int, str]]:
+        """Worker: write an aligned RAW chunk with O_DIRECT (the disk reads page memory itself: no copy into
+        the page cache) on the I/O pool, while this thread hashes it; a tail of less than ALIGN bytes goes
+        through the page cache. None (nothing written) when the memory is not aligned or O_DIRECT was refused."""
+        mv = memoryview(data).cast("B")
+        n = mv.nbytes
+        body = n - n % ALIGN
+        dfd, io = self.direct
+        if offset % ALIGN or np.frombuffer(mv[:1], np.uint8).ctypes.data % ALIGN:
+            return None
+        futs = [io.submit(_pwrite_all, dfd, mv[p:min(p + DIRECT_PIECE, body)], offset + p)
+                for p in range(0, body, DIRECT_PIECE)]
+        crc = 0
+        sha = hashlib.sha256()
+        for p in range(0, n, WRITE_PIECE):
+            piece = mv[p:p + WRITE_PIECE]
+            crc = _crc.crc32c(piece, crc)
+            sha.update(piece)
+        if body < n:
+            _pwrite_all(self.fd, mv[body:], offset + body)
+        refused = False
+        for f in futs:
+            exc = f.exception()
+            if exc is None:
+                continue
+            if isinstance(exc, OSError) and exc.errno == errno.EINVAL:
+                refused = True               # this file system takes no O_DIRECT after all
+            else:
+                raise exc
+        if refused:
+            self.direct = None
+            for p in range(0, body, DIRECT_PIECE):
+                _pwrite_all(self.fd, mv[p:min(p + DIRECT_PIECE, body)], offset + p)
+        return crc, sha.hexdigest()
+
     def _put(self, data, offset: int) -> tuple[int, str]:
         """Worker: write ``data`` at ``offset`` piece by piece, hashing each piece right after it."""
+        if self.direct is not None and memoryview(data).nbytes >= ALIGN_MIN and not isinstance(data, bytes):
+            got = self._put_direct(data, offset)
+            if got is not None:
+                return got
         mv = memoryview(data).cast("B")
         crc = 0
         sha = hashlib.sha256()
@@ -170,6 +220,8 @@ class _Writer:
             cid, data = codecs.encode_values(piece, allow_compress=compress, max_fraction=MAX_FRACTION,
                                              view=True)
             ln = memoryview(data).nbytes
+            if cid == codecs.RAW and ln >= ALIGN_MIN:
+                self.pos = _align(self.pos)  # the gap stays a hole of the fresh file: zeros
             ch = {"offset": self.pos, "length": ln, "codec": cid, "n": piece.size, "crc32c": 0, "sha256": ""}
             self._pending.append((ch, self.pool.submit(self._put, data, self.pos)))
             chunks.append(ch)
@@ -197,6 +249,28 @@ class _Writer:
                 raise e                      # an fdatasync failure fails the checkpoint
 
 
+def _align(pos: int) -> int:
+    return -(-pos // ALIGN) * ALIGN
+
+
+def _pwrite_all(fd: int, mv, offset: int) -> None:
+    done = 0
+    while done < mv.nbytes:
+        done += os.pwrite(fd, mv[done:], offset + done)
+
+
+def _open_direct(path: str) -> Optional[int]:
+    """A second, O_DIRECT descriptor on the file being written, or None where the platform or file system has
+    none."""
+    flag = getattr(os, "O_DIRECT", 0)
+    if not flag:
+        return None
+    try:
+        return os.open(path, os.O_WRONLY | flag)
+    except OSError:
+        return None
+
+
 def _hash(data) -> tuple[int, str]:
     mv = memoryview(data).cast("B")
     return _crc.crc32c(mv), hashlib.sha256(mv).hexdigest()
@@ -207,10 +281,13 @@ def _write_container(final: str, magic: bytes, epoch: int, pages, rules, extra, 
     d = os.path.dirname(final) or "."
     tmp = os.path.join(d, f".{os.path.basename(final)}.tmp-{uuid.uuid4().hex[:12]}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    # fsync mode: large RAW chunks bypass the page cache (O_DIRECT); without fsync a buffered write returns sooner
+    dfd = _open_direct(tmp) if fsync and DIRECT_IO else None
     ok = False
     try:
-        with ThreadPoolExecutor(NTHREADS) as pool, ThreadPoolExecutor(1) as flusher:
-            w = _Writer(fd, pool, flusher if fsync else None)
+        with ThreadPoolExecutor(NTHREADS) as pool, ThreadPoolExecutor(1) as flusher, \
+                ThreadPoolExecutor(DIRECT_DEPTH) as io:
+            w = _Writer(fd, pool, flusher if fsync else None, (dfd, io) if dfd is not None else None)
             try:
                 head = _HEAD.pack(magic, FORMAT_VERSION, 0, 0, int(epoch), 0)
                 w.write_at(head + _U32.pack(_mask(_crc32c(head))), 0)
@@ -242,6 +319,8 @@ def _write_container(final: str, magic: bytes, epoch: int, pages, rules, extra, 
         ok = True
         return manifest
     finally:
+        if dfd is not None:
+            os.close(dfd)
         if fd >= 0:
             os.close(fd)
         if not ok:
@@ -267,7 +346,7 @@ def _read_manifest(fd: int, path: str, magic: bytes) -> tuple[int, dict]:
         raise _bad("bad magic", path, 0, "magic")
     if _mask(_crc32c(head[:_HEAD.size])) != _U32.unpack_from(head, _HEAD.size)[0]:
         raise _bad("header checksum mismatch", path, 0, "header crc")
-    if ver != FORMAT_VERSION or flags or res or res2:
+    if ver not in READ_VERSIONS or flags or res or res2:
         raise _bad(f"unsupported format version {ver} / flags", path, 8, "version")
     tr = os.pread(fd, TRAIL_SIZE, size - TRAIL_SIZE)
     if _mask(_crc32c(tr[:_TRAIL.size])) != _U32.unpack_from(tr, _TRAIL.size)[0]:
@@ -282,15 +361,17 @@ def _read_manifest(fd: int, path: str, magic: bytes) -> tuple[int, dict]:
         man = json.loads(mb.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise _bad(f"manifest is not JSON ({exc})", path, moff, "manifest json") from None
-    if not isinstance(man, dict) or man.get("format") != FORMAT_VERSION or man.get("epoch") != epoch:
+    if not isinstance(man, dict) or man.get("format") != ver or man.get("epoch") != epoch:
         raise _bad("manifest does not match the header", path, moff, "manifest")
     if man.get("data_start") != HEAD_SIZE or man.get("data_end") != moff:
         raise _bad("manifest data range is wrong", path, moff, "manifest")
     return moff, man
 
 
-def _array_plan(ent, path: str, cursor: list, moff: int):
-    """Validate one array entry of a manifest; returns (dtype, shape, chunks)."""
+def _array_plan(ent, path: str, cursor: list, moff: int, gaps: Optional[list] = None):
+    """Validate one array entry of a manifest; returns (dtype, shape, chunks). ``gaps`` (version 2): RAW chunks
+    of ALIGN_MIN bytes or more start at the next multiple of ALIGN, and the ``(offset, length)`` of the bytes
+    skipped (which must be zero) are appended to it; otherwise (version 1) chunks lie strictly back to back."""
     try:
         dt = codecs.parse_dtype(ent["dtype"])
         shape = tuple(int(s) for s in ent["shape"])
@@ -305,6 +386,11 @@ def _array_plan(ent, path: str, cursor: list, moff: int):
         n = int(np.prod(shape, dtype=np.int64)) if shape else 1
         total = 0
         for c in chunks:
+            if gaps is not None and c["codec"] == codecs.RAW and c["length"] >= ALIGN_MIN:
+                start = _align(cursor[0])
+                if start > cursor[0]:
+                    gaps.append((cursor[0], start - cursor[0]))
+                cursor[0] = start
             if c["offset"] != cursor[0] or c["length"] < 0 or c["n"] < 0 or c["codec"] not in (
                     codecs.RAW, codecs.BLOSC2) or not isinstance(c["sha256"], str) or len(c["sha256"]) != 64:
                 raise ValueError
@@ -433,22 +519,28 @@ def _read_container(path: str, magic: bytes, strong: bool = True, blocks=None):
     try:
         moff, man = _read_manifest(fd, path, magic)
         cursor = [HEAD_SIZE]
+        gaps: Optional[list] = [] if man["format"] >= 2 else None
         try:
             pages_in = man["pages"]
             rules_in = man["rules"]
             plans = []
             for p in pages_in:
-                plans.append((p["meta"], _array_plan(p, path, cursor, moff)))
+                plans.append((p["meta"], _array_plan(p, path, cursor, moff, gaps)))
             rplans = []
             for r in rules_in:
                 if not isinstance(r["kind"], str) or not isinstance(r["payload"], dict):
                     raise ValueError
                 rplans.append((r["kind"], r["payload"],
-                               [(str(k), _array_plan(v, path, cursor, moff)) for k, v in r["arrays"].items()]))
+                               [(str(k), _array_plan(v, path, cursor, moff, gaps))
+                                for k, v in r["arrays"].items()]))
         except (KeyError, TypeError, ValueError, AttributeError):
             raise _bad("manifest is malformed", path, moff, "manifest") from None
         if cursor[0] != moff:
             raise _bad("chunks do not cover the data region", path, cursor[0], "manifest coverage")
+        for off, ln in gaps or ():        # alignment padding: covered by no checksum, so it must be zeros
+            pad = os.pread(fd, ln, off)
+            if len(pad) != ln or pad.count(0) != ln:
+                raise _bad("alignment padding is not zero", path, off, "padding")
         try:
             jobs: list = []
             pages = []
@@ -608,11 +700,11 @@ _STORE_HEAD = struct.Struct("<8sHHI")   # magic, version, reserved, json length;
 
 def write_store_file(root: str, info: Optional[dict] = None, fsync: bool = True) -> dict:
     """Write root/STORE (atomically): identity JSON with format version, a store id and creation time."""
-    body = {"format": "mmsb", "version": FORMAT_VERSION, "store_id": uuid.uuid4().hex, "created": time.time()}
+    body = {"format": "mmsb", "version": STORE_VERSION, "store_id": uuid.uuid4().hex, "created": time.time()}
     if info:
         body.update(info)
     jb = _dumps(body)
-    head = _STORE_HEAD.pack(STORE_MAGIC, FORMAT_VERSION, 0, len(jb))
+    head = _STORE_HEAD.pack(STORE_MAGIC, STORE_VERSION, 0, len(jb))
     data = head + jb
     data += _U32.pack(_mask(_crc32c(data)))
     root = os.fspath(root)
@@ -643,7 +735,7 @@ def read_store_file(root: str) -> dict:
         raise _bad("STORE length mismatch", path, 12, "store length")
     if _mask(_crc32c(data[:-4])) != _U32.unpack_from(data, len(data) - 4)[0]:
         raise _bad("STORE checksum mismatch", path, len(data) - 4, "store crc")
-    if ver != FORMAT_VERSION or res:
+    if ver != STORE_VERSION or res:
         raise _bad(f"unsupported STORE version {ver}", path, 8, "store version")
     try:
         body = json.loads(data[_STORE_HEAD.size:-4].decode("utf-8"))

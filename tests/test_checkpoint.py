@@ -152,3 +152,101 @@ def test_store_file(tmp_path):
             C.read_store_file(tmp_path)
     with pytest.raises(FileNotFoundError):
         C.read_store_file(tmp_path / "nope")
+
+
+# ---------------------------------------------------------------- version 2: aligned RAW chunks, O_DIRECT writes
+
+def aligned_pages(seed=0):
+    rng = np.random.default_rng(seed)
+    return [({"name": "tiny"}, np.arange(5, dtype=np.int8)),               # leaves the cursor unaligned
+            ({"name": "big"}, rng.random(3 * C.ALIGN_MIN // 8 + 5)),        # RAW, >= 64 KiB: aligned
+            ({"name": "smooth"}, np.repeat(np.arange(100.0), 200)),         # compressed: not aligned
+            ({"name": "big2"}, rng.random(C.ALIGN_MIN // 8))]
+
+
+def test_large_raw_chunks_start_aligned_and_padding_must_be_zero(tmp_path):
+    ps = aligned_pages()
+    path = C.write_checkpoint(tmp_path, 1, ps, RULES)
+    man = C._read_container(path, C.CKPT_MAGIC)[0]
+    assert man["format"] == 2
+    chunks = {p["meta"]["name"]: p["chunks"] for p in man["pages"]}
+    for name in ("big", "big2"):
+        assert all(c["codec"] == C.codecs.RAW and c["offset"] % C.ALIGN == 0 for c in chunks[name])
+    pad_start = chunks["tiny"][0]["offset"] + chunks["tiny"][0]["length"]
+    pad_end = chunks["big"][0]["offset"]
+    assert pad_end - pad_start > 0
+    check_same(C.load_checkpoint(tmp_path, epoch=1), ps)
+    data = open(path, "rb").read()
+    assert data[pad_start:pad_end] == bytes(pad_end - pad_start)
+    for pos in (pad_start, (pad_start + pad_end) // 2, pad_end - 1):       # padding has no checksum of its own
+        b = bytearray(data)
+        b[pos] ^= 0x01
+        open(path, "wb").write(b)
+        with pytest.raises(CorruptionError, match="padding"):
+            C.load_checkpoint(tmp_path, epoch=1)
+    open(path, "wb").write(data)
+    assert C.verify_checkpoint(path)["pages"] == 4
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_direct_and_buffered_writes_give_the_same_container(tmp_path, monkeypatch, direct):
+    opened = []
+    real = C._open_direct
+
+    def spy(path):
+        fd = real(path)
+        opened.append(fd)
+        return fd
+
+    monkeypatch.setattr(C, "DIRECT_IO", direct)
+    monkeypatch.setattr(C, "_open_direct", spy)
+    ps = aligned_pages(3)
+    path = C.write_checkpoint(tmp_path, 2, ps, RULES, fsync=True)
+    assert bool(opened) == direct
+    man = C._read_container(path, C.CKPT_MAGIC)[0]
+    ref = C.write_checkpoint(tmp_path / "ref", 2, ps, RULES, fsync=False)   # never direct
+    man_ref = C._read_container(ref, C.CKPT_MAGIC)[0]
+    assert [p["chunks"] for p in man["pages"]] == [p["chunks"] for p in man_ref["pages"]]
+    check_same(C.load_checkpoint(tmp_path, epoch=2), ps)
+
+
+def test_direct_write_refused_or_unaligned_falls_back(tmp_path, monkeypatch):
+    import errno
+
+    real = os.pwrite
+    direct_fds = []
+    real_open = C._open_direct
+
+    def opening(path):
+        fd = real_open(path)
+        direct_fds.append(fd)
+        return fd
+
+    def pwrite(fd, data, offset):
+        if fd in direct_fds:
+            raise OSError(errno.EINVAL, "no O_DIRECT on this file system")
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(C, "_open_direct", opening)
+    monkeypatch.setattr(C.os, "pwrite", pwrite)
+    rng = np.random.default_rng(5)
+    unaligned = np.empty(C.ALIGN_MIN // 8 + 9)[1:]                 # 8-byte aligned memory: never direct
+    unaligned[...] = rng.random(unaligned.size)
+    ps = aligned_pages(4) + [({"name": "unaligned"}, unaligned)]
+    C.write_checkpoint(tmp_path, 3, ps, RULES, fsync=True)
+    check_same(C.load_checkpoint(tmp_path, epoch=3), ps)
+    assert C.verify_checkpoint(C.checkpoint_path(tmp_path, 3))["pages"] == 5
+
+
+def test_version_1_containers_still_load(tmp_path, monkeypatch):
+    """A version-1 writer (chunks back to back) is emulated by turning alignment off: the reader takes it."""
+    ps = aligned_pages(6)
+    monkeypatch.setattr(C, "FORMAT_VERSION", 1)
+    monkeypatch.setattr(C, "ALIGN_MIN", 1 << 62)
+    path = C.write_checkpoint(tmp_path, 4, ps, RULES)
+    monkeypatch.undo()
+    man = C._read_container(path, C.CKPT_MAGIC)[0]
+    assert man["format"] == 1
+    offs = [c["offset"] for p in man["pages"] for c in p["chunks"]]
+    assert offs[1] % C.ALIGN != 0                                  # not aligned, yet valid in version 1
+    check_same(C.load_checkpoint(tmp_path, epoch=4), ps)

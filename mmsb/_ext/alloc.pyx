@@ -32,12 +32,14 @@ cdef extern from *:
     #include <stdlib.h>
     #ifdef _WIN32
     #include <malloc.h>
-    static void *mmsb_aligned_alloc(size_t n) { return _aligned_malloc(n ? n : 64, 64); }
+    static void *mmsb_aligned_alloc(size_t n) { return _aligned_malloc(n ? n : 64, n >= 65536 ? 4096 : 64); }
     static void mmsb_aligned_free(void *p) { _aligned_free(p); }
     #else
+    /* 64-byte aligned; blocks of 64 KiB or more (arenas, large pages) on a 4 KiB boundary, so that their
+       page-sized pieces can go to disk with O_DIRECT */
     static void *mmsb_aligned_alloc(size_t n) {
         void *p = NULL;
-        if (posix_memalign(&p, 64, n ? n : 64) != 0) return NULL;
+        if (posix_memalign(&p, n >= 65536 ? 4096 : 64, n ? n : 64) != 0) return NULL;
         return p;
     }
     static void mmsb_aligned_free(void *p) { free(p); }
