@@ -556,16 +556,10 @@ class DurableLog(LogBase):
                 elif self._fd is None:
                     self._open_current()
                 seg = self._segs[-1]
-                bufs: list = []
-                total = 0
-                for rt, pieces, _, _ in encoded:
-                    framed, n = S.frame_record(rt, epoch, txid, pieces, seg.salt)
-                    bufs += framed
-                    total += n
+                records = [(rt, pieces) for rt, pieces, _, _ in encoded]
                 if commit:
-                    framed, n = S.frame_record(R.COMMIT, epoch, txid, [struct.pack("<I", len(encoded))], seg.salt)
-                    bufs += framed
-                    total += n
+                    records.append((R.COMMIT, [struct.pack("<I", len(encoded))]))
+                bufs, total = S.frame_records(records, epoch, txid, seg.salt)
                 start = seg.size
                 synced = commit and self._dsync_alone() and self._write_durably(bufs, total)
                 if not synced:

@@ -238,6 +238,29 @@ def delta_pieces(d: Delta) -> tuple[list, int, int]:
         flags |= F_SOURCE
     if d.metadata is not None:
         flags |= F_METADATA
+    if d.mask is not None and not flags & (F_SOURCE | F_METADATA) and is_full_mask(d.mask):
+        # a whole-page delta: everything before the values is the same for every write to that page
+        key = (d.page, flags, d.mask.size, d.values.dtype, d.values.shape)
+        prefix = _WHOLE_PAGE_PREFIX.get(key)
+        vp, vr, ve = values_pieces(d.values, d.page)
+        if prefix is None:
+            out, raw, enc = _delta_head(d, flags)
+            prefix = (b"".join(out), raw, enc)
+            if len(_WHOLE_PAGE_PREFIX) >= 1024:
+                _WHOLE_PAGE_PREFIX.clear()
+            _WHOLE_PAGE_PREFIX[key] = prefix
+        return [prefix[0] + vp[0], vp[1]], prefix[1] + vr, prefix[2] + ve
+    out, raw, enc = _delta_head(d, flags)
+    vp, vr, ve = values_pieces(d.values, d.page)
+    out.append(vp[0])
+    return [b"".join(out), vp[1]], raw + vr, enc + ve        # the small parts joined, then the values
+
+
+_WHOLE_PAGE_PREFIX: dict[tuple, tuple[bytes, int, int]] = {}   # (page, flags, size, dtype, shape) -> head
+
+
+def _delta_head(d: Delta, flags: int) -> tuple[list, int, int]:
+    """The parts of a delta record before its values: name, flags, source, metadata, index or mask."""
     out = [_str16(d.page), struct.pack("<B", flags)]
     if d.source is not None:
         out.append(_str16(str(d.source)))
@@ -265,9 +288,7 @@ def delta_pieces(d: Delta) -> tuple[list, int, int]:
         out.append(part[0])
         raw += d.mask.size
         enc += part[1]
-    vp, vr, ve = values_pieces(d.values, d.page)
-    out.append(vp[0])
-    return [b"".join(out), vp[1]], raw + vr, enc + ve        # the small parts joined, then the values
+    return out, raw, enc
 
 
 def decode_delta(payload, epoch: int | None = None) -> Delta:

@@ -100,12 +100,37 @@ def frame_record(rtype: int, epoch: int, txid: int, payload: list, salt: bytes) 
         raise ValueError("record payload larger than 4 GiB")
     crc = _crc.crc32c
     h = RHEAD.pack(n, rtype, epoch, txid)
-    head = h + _U32.pack(mask_crc(crc(salt, crc(h))))
+    head = h + _U32.pack(mask_crc(crc(h + salt)))         # = crc(salt, crc(h)): one call on the joined bytes
     c = crc(head)
     for p in payload:
         c = crc(p, c)
     c = crc(salt, c)
     return [head, *payload, _U32.pack(mask_crc(c))], RHEAD_SIZE + n + TRAILER_SIZE
+
+
+def frame_records(records: list, epoch: int, txid: int, salt: bytes) -> tuple[list, int]:
+    """:func:`frame_record` for several ``(rtype, payload buffers)`` of one transaction: all buffers in order
+    and their total length."""
+    crc = _crc.crc32c
+    pack, u32, mask = RHEAD.pack, _U32.pack, mask_crc
+    out: list = []
+    total = 0
+    for rtype, payload in records:
+        n = 0
+        for p in payload:
+            n += len(p)
+        if n > MAX_PAYLOAD:
+            raise ValueError("record payload larger than 4 GiB")
+        h = pack(n, rtype, epoch, txid)
+        head = h + u32(mask(crc(h + salt)))
+        c = crc(head)
+        for p in payload:
+            c = crc(p, c)
+        out.append(head)
+        out += payload
+        out.append(u32(mask(crc(salt, c))))
+        total += RHEAD_SIZE + n + TRAILER_SIZE
+    return out, total
 
 
 @dataclass
@@ -318,6 +343,6 @@ def iter_segments(logdir: str) -> list[tuple[int, str]]:
 
 
 __all__ = ["MAGIC", "VERSION", "HEADER_SIZE", "RHEAD_SIZE", "TRAILER_SIZE", "build_header", "parse_header",
-           "build_record", "frame_record", "record_at", "scan_segment", "ScanResult", "Record", "segment_name",
+           "build_record", "frame_record", "frame_records", "record_at", "scan_segment", "ScanResult", "Record", "segment_name",
            "parse_segment_name", "iter_segments", "mask_crc", "crc32c", "valid_record_after",
            "DELTA", "SCHEMA", "COMMIT", "ABORT", "CHECKPOINT_MARK"]
