@@ -11,9 +11,9 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, TypeVa
 import numpy as np
 
 from mmsb import _kernels, _ops, semirings
-from mmsb.delta import Delta, SchemaOp, Txn, covers_page, full_index, full_mask
-from mmsb.errors import (ClosedError, DependencyError, DeviceError, HistoryError, InvalidDeltaError, MMSBError,
-                         PageExistsError, PageNotFoundError, ReadOnlyError, SemiringError)
+from mmsb.delta import Delta, SchemaOp, Txn, covers_page, full_index, full_mask, is_full_mask
+from mmsb.errors import (ClosedError, CorruptionError, DependencyError, DeviceError, HistoryError, InvalidDeltaError,
+                         MMSBError, PageExistsError, PageNotFoundError, ReadOnlyError, SemiringError)
 from mmsb.graph import Graph
 from mmsb.log.memory import MemoryLog
 from mmsb.memory import MemoryManager
@@ -885,13 +885,42 @@ class Buffer:
         """Apply a committed transaction as recorded (no propagation, no logging)."""
         for op in txn.ops:
             if isinstance(op, Delta):
-                self._apply_delta(self._pages[op.page], op, None)
-                self._pages[op.page].epoch = txn.epoch
+                page = self._logged_target(op, txn.epoch)
+                self._apply_delta(page, op, None)
+                page.epoch = txn.epoch
             else:
                 self._epoch = txn.epoch - 1
                 self._apply_schema(op, None, set(), {})
         self._epoch = txn.epoch
         self._txid = max(self._txid, txn.txid)
+
+    def _logged_target(self, d: Delta, epoch: int) -> Page:
+        """The page a logged delta changes, once its record is found consistent with that page (its checksum
+        only shows that the bytes are the ones written): CorruptionError otherwise, before any memory is
+        touched."""
+        page = self._pages.get(d.page) if isinstance(d.page, str) else None
+        why = None
+        if page is None:
+            why = "no such page"
+        elif page.device == "cpu" and d.values.dtype != page.dtype:
+            why = f"values of dtype {d.values.dtype}, page has {page.dtype}"
+        elif d.mask is not None:
+            if d.mask.size != page.size:
+                why = f"mask of {d.mask.size} entries, page has {page.size}"
+            elif d.values.size != (page.size if is_full_mask(d.mask) else int(np.count_nonzero(d.mask))):
+                why = "value count does not match the mask"
+        elif d.index is not None:
+            idx = d.index
+            if idx.size != d.values.size:
+                why = "value count does not match the index"
+            elif idx.size and (int(idx.min()) < 0 or int(idx.max()) >= page.size):
+                why = f"index outside [0, {page.size})"
+        else:
+            why = "neither index nor mask"
+        if why is not None:
+            raise CorruptionError(f"log: the delta of epoch {epoch} to page {d.page!r} does not fit it ({why})",
+                                  what="delta")
+        return page
 
     @_observed
     def compact(self, keep: int = 0) -> int:

@@ -7,6 +7,7 @@ import shutil
 import tempfile
 import threading
 import time
+import warnings
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 import numpy as np
@@ -38,11 +39,15 @@ def parse_bytes(value: Union[int, str, None]) -> Optional[int]:
 def default_block_cache() -> int:
     """Bytes of freed large page blocks kept for reuse (see ``mmsb._ext.alloc``): ``MMSB_BLOCK_CACHE`` (e.g.
     ``"2GiB"``, ``0`` turns it off), else an eighth of physical memory, at most 4 GiB."""
-    env = os.environ.get("MMSB_BLOCK_CACHE")
-    if env is not None and env.strip() not in ("", "0"):
-        return int(parse_bytes(env))
-    if env is not None and env.strip() == "0":
+    env = (os.environ.get("MMSB_BLOCK_CACHE") or "").strip()
+    if env == "0":
         return 0
+    if env:
+        try:
+            return int(parse_bytes(env))
+        except ValueError:
+            warnings.warn(f"mmsb: MMSB_BLOCK_CACHE={env!r} is not a size (e.g. '2GiB' or 0); using the default",
+                          RuntimeWarning, stacklevel=2)
     try:
         phys = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):

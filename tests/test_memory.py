@@ -209,6 +209,9 @@ def test_block_cache_default_from_env(monkeypatch):
     monkeypatch.delenv("MMSB_BLOCK_CACHE")
     d = default_block_cache()
     assert 0 < d <= 4 * 2**30
+    monkeypatch.setenv("MMSB_BLOCK_CACHE", "lots")
+    with pytest.warns(RuntimeWarning, match="MMSB_BLOCK_CACHE"):
+        assert default_block_cache() == d
 
 
 def test_spill_empties_the_block_cache():

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import mmsb
+from mmsb.delta import Delta
 
 TRIALS = int(os.environ.get("MMSB_CRASH_TRIALS", "15"))
 N = 256
@@ -144,3 +145,30 @@ def test_sigkill_loses_no_acknowledged_commit(tmp_path):
             recovered_total += _check_recovered(root, start, printed, rng, checkpoint=trial % 4 == 3)
             trial += 1
     assert recovered_total > 0
+
+
+@pytest.mark.parametrize("delta, why", [
+    (lambda: Delta("p", np.ones(3), index=np.array([2, 5, 10])), "index outside"),
+    (lambda: Delta("p", np.ones(3), index=np.array([-1, 0, 1])), "index outside"),
+    (lambda: Delta("p", np.ones(4), index=np.array([1, 2, 3])), "value count"),
+    (lambda: Delta("p", np.ones(12), mask=np.ones(12, bool)), "mask of 12"),
+    (lambda: Delta("p", np.ones(3), mask=np.arange(10) < 5), "value count"),
+    (lambda: Delta("p", np.ones(3, np.float32), index=np.array([0, 1, 2])), "dtype"),
+    (lambda: Delta("nope", np.ones(1), index=np.array([0])), "no such page"),
+])
+def test_logged_delta_that_does_not_fit_its_page_is_corruption(tmp_path, delta, why):
+    """A record can pass its checksum and still not fit the page it names (a foreign or buggy writer): opening
+    the store raises CorruptionError naming the page and what is wrong, before any page memory is touched."""
+    from mmsb.delta import Txn
+    from mmsb.errors import CorruptionError
+    from mmsb.log import DurableLog
+
+    root = tmp_path / "s"
+    with mmsb.open(root, "w") as buf:
+        buf.create_page("p", 10)
+        buf.write("p", np.arange(10.0))
+        epoch, txid = buf.epoch, buf._txid
+    with DurableLog(str(root)) as log:
+        log.sync(log.append(Txn(epoch + 1, txid + 1, [delta()])))
+    with pytest.raises(CorruptionError, match=why):
+        mmsb.open(root, "r")
