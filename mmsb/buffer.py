@@ -335,7 +335,41 @@ class Buffer:
         if tx is not None:
             tx.ops.append(delta)
             return None
+        if not delta.accumulate and page.device == "cpu" and self._cluster is None and is_full_mask(delta.mask):
+            epoch = self._commit_page_assignment(page, delta)
+            if epoch is not None:
+                return epoch
         return self._commit([delta])
+
+    def _commit_page_assignment(self, page: Page, d: Delta) -> Optional[int]:
+        """:meth:`_commit` of one whole-page assignment to a CPU page that no rule reads and no transaction
+        tracks: the same state, log records and counters, without the undo log, change sets and propagation
+        wave that such a commit does not need. None (nothing done) when the page does not qualify."""
+        with self._locked():
+            self._check_writable()
+            name = page.name
+            if self._pages.get(name) is not page or self._open_txns or self._graph.has_rules_from(name):
+                return None
+            if self._graph.is_derived(name):
+                raise InvalidDeltaError(f"page {name!r} became derived; the write is refused")
+            epoch = self._epoch + 1
+            arr = self._memory.array(page)
+            old = arr.copy()
+            np.copyto(arr, d.values.reshape(arr.shape))
+            d.epoch = epoch
+            self._txid += 1
+            try:
+                token = self._log.append(Txn(epoch, self._txid, [d]))
+            except BaseException:
+                np.copyto(self._memory.array(page), old)
+                raise
+            self._epoch = epoch
+            page.epoch = epoch
+            self._counters["commits"] += 1
+            self._counters["deltas"] += 1
+            self._memory.enforce()
+        self._log.sync(token)
+        return epoch
 
     def _prepare(self, page: Page, values: Any, index: Any, mask: Any, accumulate: bool, source: Optional[str],
                  metadata: Optional[dict]) -> Delta:

@@ -316,14 +316,14 @@ def test_overlapping_appends_use_group_commit(tmp_path, monkeypatch):
     log = DurableLog(tmp_path)
     _warm(log)
     monkeypatch.setattr(os, "pwritev", lambda *a: pytest.fail("another append is in flight: no durable write"))
-    with log._cond:
+    with log._count_lock:
         log._appending += 1               # as if a second committer were waiting for the lock
     try:
         b0 = log.stats()["group_commit_batches"]
         _commit_alone(log, WARM + 1)
         assert log.stats()["group_commit_batches"] == b0 + 1
     finally:
-        with log._cond:
+        with log._count_lock:
             log._appending -= 1
     log.close()
 

@@ -132,7 +132,8 @@ class DurableLog(LogBase):
         self._closed = False
         self._syncing = False
         self._synced = 0
-        self._appending = 0      # append calls in flight (waiting for the lock included)
+        self._appending = 0      # append calls in flight (waiting for the lock included), under _count_lock
+        self._count_lock = threading.Lock()
         self._last_thread = 0    # the thread that appended last, and how many appends from that one thread
         self._same_thread = 0    # in a row: RWF_DSYNC only once one thread has had the log to itself a while
         self._dsync = bool(_RWF_DSYNC) and durability == "fsync"
@@ -459,7 +460,7 @@ class DurableLog(LogBase):
     def _reserve(self, nbytes: int) -> None:
         """fsync mode: make sure the next ``nbytes`` land on zeros written and synced ahead of time, so that a
         commit overwrites allocated blocks and its fsync flushes data, not a growing file's metadata."""
-        pos = os.lseek(self._fd, 0, os.SEEK_CUR)
+        pos = self._segs[-1].size                 # the file position: records are appended at the segment's end
         if pos + nbytes <= self._alloc_end:
             return
         if nbytes >= _PREALLOC // 4:
@@ -536,12 +537,12 @@ class DurableLog(LogBase):
         ``commit=False`` writes the records without a COMMIT (for tests of recovery: they are never replayed).
         """
         encoded = [R.op_pieces(op) for op in txn.ops]   # the expensive part runs outside the lock
-        with self._cond:
+        with self._count_lock:
             self._appending += 1
         try:
             return self._append_encoded(txn, encoded, commit)
         finally:
-            with self._cond:
+            with self._count_lock:
                 self._appending -= 1
 
     def _append_encoded(self, txn: Txn, encoded: list, commit: bool) -> int:
