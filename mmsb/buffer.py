@@ -76,6 +76,7 @@ class Buffer:
         self._dirty: dict[str, Change] = {}
         self._force_dirty: set[str] = set()
         self._open_txns: list[Transaction] = []
+        self._tracking = 0                 # open transactions that track reads or hold intents (need change sets)
         self._history: list[tuple[int, dict]] = []
         self._snapshots: dict[int, tuple] = {}
         self._horizon = 0
@@ -348,7 +349,7 @@ class Buffer:
         with self._locked():
             self._check_writable()
             name = page.name
-            if self._pages.get(name) is not page or self._open_txns or self._graph.has_rules_from(name):
+            if self._pages.get(name) is not page or self._tracking or self._graph.has_rules_from(name):
                 return None
             if self._graph.is_derived(name):
                 raise InvalidDeltaError(f"page {name!r} became derived; the write is refused")
@@ -477,11 +478,15 @@ class Buffer:
 
                     raise ConflictError(f"intents overlap those of another open transaction on {hit}")
             self._open_txns.append(tx)
+            if tx.track_reads or tx.intents:
+                self._tracking += 1
 
     def _txn_close(self, tx: Transaction) -> None:
         with self._locked():
             if tx in self._open_txns:
                 self._open_txns.remove(tx)
+                if tx.track_reads or tx.intents:
+                    self._tracking -= 1
             if tx.state == "aborted":
                 self._counters["aborts"] += 1
             oldest = min((t.start_epoch for t in self._open_txns if t.track_reads or t.intents), default=None)
@@ -584,7 +589,7 @@ class Buffer:
 
             return apply_delta(self, page, d, undo)
         arr = self._memory.array(page)
-        if not d.accumulate and not self._open_txns and not self._graph.has_rules_from(page.name) \
+        if not d.accumulate and not self._tracking and not self._graph.has_rules_from(page.name) \
                 and covers_page(d.mask):
             # A whole-page assignment whose changed positions nobody reads (no rule reads the page, no
             # transaction tracks reads): two copies instead of the per-element kernel; every position counts.
