@@ -229,3 +229,24 @@ def test_stats_counters(buf):
     st = buf.stats()["transactions"]
     for key in ("commits", "conflicts", "aborts", "lock_waits", "open"):
         assert isinstance(st[key], int)
+
+
+def test_whole_page_write_conflicts_with_an_open_reader(buf):
+    """A whole-page assignment to a page no rule reads commits on a short path, except while a transaction
+    that tracks reads is open: then it is recorded, and that transaction's read of the page conflicts."""
+    buf.create_page("r", 10)
+    tx = buf.transaction()
+    tx.read("r", [1])
+    tx.write("q", [5], index=[0])
+    buf.write("r", np.arange(10.0) + 1)                     # whole page, no rule reads r
+    with pytest.raises(ConflictError, match="'r'"):
+        tx.commit()
+    with buf.batch():                                       # no tracking transaction open: the short path
+        buf.write("r", np.arange(10.0) * 2)
+    np.testing.assert_array_equal(buf["r"].read(), np.arange(10.0) * 2)
+    tx2 = buf.transaction()
+    tx2.read("q", [0])
+    buf.write("r", np.zeros(10))                            # tracked, but disjoint from tx2's reads
+    tx2.write("q", [7], index=[0])
+    tx2.commit()
+    assert buf["q"].read()[0] == 7
