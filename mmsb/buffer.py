@@ -354,9 +354,7 @@ class Buffer:
             if self._graph.is_derived(name):
                 raise InvalidDeltaError(f"page {name!r} became derived; the write is refused")
             epoch = self._epoch + 1
-            arr = self._memory.array(page)
-            old = arr.copy()
-            np.copyto(arr, d.values.reshape(arr.shape))
+            old = self._overwrite(page, d.values)
             d.epoch = epoch
             self._txid += 1
             try:
@@ -583,22 +581,28 @@ class Buffer:
             self._cluster.after_commit(epoch)
         return epoch
 
+    def _overwrite(self, page: Page, values: np.ndarray) -> np.ndarray:
+        """Replace a CPU page's whole content with ``values`` (flat, the page dtype); returns the old content."""
+        arr = self._memory.array(page)
+        old = arr.copy()
+        np.copyto(arr, values.reshape(arr.shape))
+        return old
+
     def _apply_delta(self, page: Page, d: Delta, undo: Optional[UndoLog]) -> Optional[Change]:
         if page.device != "cpu":                  # GPU hook: GPU kernels, same Change (numpy idx/old)
             from mmsb.gpu import apply_delta
 
             return apply_delta(self, page, d, undo)
-        arr = self._memory.array(page)
         if not d.accumulate and not self._tracking and not self._graph.has_rules_from(page.name) \
                 and covers_page(d.mask):
             # A whole-page assignment whose changed positions nobody reads (no rule reads the page, no
             # transaction tracks reads): two copies instead of the per-element kernel; every position counts.
-            idx = full_index(arr.size)
-            old = arr.copy()
-            np.copyto(arr, d.values.reshape(arr.shape))
+            idx = full_index(page.size)
+            old = self._overwrite(page, d.values)
             if undo is not None:
                 undo.record(lambda n=page.name: self._array_of(n), idx, old)
             return Change(idx, old)
+        arr = self._memory.array(page)
         idx, vals = d.sparse()
         sr = page.semiring
         codes = sr.codes_for(page.dtype)

@@ -183,6 +183,9 @@ def encode_values(arr, *, codec: str = "lz4", clevel: int = 5, nthreads: Optiona
     With ``max_fraction < 1`` large arrays are probed first: samples (start, middle, end) are compressed and the
     whole array is compressed only when they save enough. ``view=True`` returns RAW data as a read-only
     memoryview of the (little-endian) array instead of a bytes copy: use it before the array changes."""
+    if view and not allow_compress and type(arr) is np.ndarray and arr.size and arr.flags.c_contiguous \
+            and (arr.dtype.byteorder in "|<" or (arr.dtype.byteorder == "=" and _LITTLE)):
+        return RAW, memoryview(arr).cast("B").toreadonly()      # the commit path's case, without the steps below
     a = _le(np.asarray(arr))
     mv = memoryview(a.reshape(-1)).cast("B") if a.size else memoryview(b"")
     nbytes = mv.nbytes
@@ -227,9 +230,6 @@ class AdaptiveValues:
         miss = self._miss.get(key, 0)
         if miss >= self.misses and miss % self.probe:
             self._miss[key] = miss + 1
-            if view and type(arr) is np.ndarray and arr.size and arr.flags.c_contiguous \
-                    and (arr.dtype.byteorder in "|<" or (arr.dtype.byteorder == "=" and _LITTLE)):
-                return RAW, memoryview(arr).cast("B").toreadonly()      # what encode_values returns, sooner
             return encode_values(arr, allow_compress=False, view=view)
         cid, data = encode_values(arr, view=view)
         saved = cid != RAW and len(data) <= (1.0 - self.min_saving) * np.asarray(arr).nbytes

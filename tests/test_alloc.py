@@ -334,13 +334,12 @@ def test_block_cache_threads_get_distinct_blocks(cache):
         a.free(h)
     del v
     gc.collect()
-    seen, errors = [], []
+    errors = []
 
     def worker(k):
         try:
             for _ in range(50):
                 h, v = _fill(cache, a, 2 * MIB, k)
-                seen.append(v.ctypes.data)
                 assert (v == k).all()
                 a.free(h)
                 del v

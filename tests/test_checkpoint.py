@@ -188,8 +188,9 @@ def test_large_raw_chunks_start_aligned_and_padding_must_be_zero(tmp_path):
     assert C.verify_checkpoint(path)["pages"] == 4
 
 
-@pytest.mark.parametrize("direct", [True, False])
-def test_direct_and_buffered_writes_give_the_same_container(tmp_path, monkeypatch, direct):
+@pytest.fixture
+def direct_fds(monkeypatch):
+    """The O_DIRECT descriptors checkpoint writers open (None where the file system refuses O_DIRECT)."""
     opened = []
     real = C._open_direct
 
@@ -198,11 +199,16 @@ def test_direct_and_buffered_writes_give_the_same_container(tmp_path, monkeypatc
         opened.append(fd)
         return fd
 
-    monkeypatch.setattr(C, "DIRECT_IO", direct)
     monkeypatch.setattr(C, "_open_direct", spy)
+    return opened
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_direct_and_buffered_writes_give_the_same_container(tmp_path, monkeypatch, direct_fds, direct):
+    monkeypatch.setattr(C, "DIRECT_IO", direct)
     ps = aligned_pages(3)
     path = C.write_checkpoint(tmp_path, 2, ps, RULES, fsync=True)
-    assert bool(opened) == direct
+    assert bool(direct_fds) == direct
     man = C._read_container(path, C.CKPT_MAGIC)[0]
     ref = C.write_checkpoint(tmp_path / "ref", 2, ps, RULES, fsync=False)   # never direct
     man_ref = C._read_container(ref, C.CKPT_MAGIC)[0]
@@ -210,24 +216,16 @@ def test_direct_and_buffered_writes_give_the_same_container(tmp_path, monkeypatc
     check_same(C.load_checkpoint(tmp_path, epoch=2), ps)
 
 
-def test_direct_write_refused_or_unaligned_falls_back(tmp_path, monkeypatch):
+def test_direct_write_refused_or_unaligned_falls_back(tmp_path, monkeypatch, direct_fds):
     import errno
 
     real = os.pwrite
-    direct_fds = []
-    real_open = C._open_direct
-
-    def opening(path):
-        fd = real_open(path)
-        direct_fds.append(fd)
-        return fd
 
     def pwrite(fd, data, offset):
         if fd in direct_fds:
             raise OSError(errno.EINVAL, "no O_DIRECT on this file system")
         return real(fd, data, offset)
 
-    monkeypatch.setattr(C, "_open_direct", opening)
     monkeypatch.setattr(C.os, "pwrite", pwrite)
     rng = np.random.default_rng(5)
     unaligned = np.empty(C.ALIGN_MIN // 8 + 9)[1:]                 # 8-byte aligned memory: never direct

@@ -450,7 +450,7 @@ def test_short_gathered_writes_are_resumed(tmp_path, monkeypatch, durability):
     real = os.writev
     calls = []
 
-    def short_writev(fd, buffers):
+    def first_1000_bytes(buffers):
         out, room = [], 1000
         for b in buffers:
             mv = memoryview(b).cast("B")
@@ -459,22 +459,17 @@ def test_short_gathered_writes_are_resumed(tmp_path, monkeypatch, durability):
             if not room:
                 break
         calls.append(len(out))
-        return real(fd, out)
+        return out
+
+    def short_writev(fd, buffers):
+        return real(fd, first_1000_bytes(buffers))
 
     real_p = os.pwritev
     durable_calls = []
 
     def short_pwritev(fd, buffers, offset, flags=0):      # the lone committer's durable write (fsync mode)
-        out, room = [], 1000
-        for b in buffers:
-            mv = memoryview(b).cast("B")
-            out.append(mv[:room])
-            room -= len(out[-1])
-            if not room:
-                break
-        calls.append(len(out))
         durable_calls.append(flags)
-        return real_p(fd, out, offset, flags)
+        return real_p(fd, first_1000_bytes(buffers), offset, flags)
 
     monkeypatch.setattr(os, "writev", short_writev)
     monkeypatch.setattr(os, "pwritev", short_pwritev)

@@ -442,6 +442,14 @@ cdef class Allocator:
             return NULL
         return e
 
+    cdef tuple _placement(self, Entry *e, int64_t h):
+        """(region, offset) of the in-use entry ``e`` of handle ``h``. Lock held."""
+        if e.region >= 0:
+            region = self.arenas[e.region]
+        else:
+            region = self.own[<int32_t>(h & 0xFFFFFFFF)]
+        return region, <Py_ssize_t>(e.ptr - (<_Region>region).ptr)
+
     cdef int _free(self, int64_t handle) except -1:
         cdef Entry *e
         cdef int32_t slot = <int32_t>(handle & 0xFFFFFFFF)
@@ -513,11 +521,7 @@ cdef class Allocator:
             self._release()
             raise ValueError(f"unknown or freed handle {handle!r}")
         nbytes = e.nbytes
-        if e.region >= 0:
-            region = self.arenas[e.region]
-        else:
-            region = self.own[<int32_t>(h & 0xFFFFFFFF)]
-        offset = e.ptr - (<_Region>region).ptr
+        region, offset = self._placement(e, h)
         self._release()
         if count * dt.itemsize > nbytes:
             raise ValueError(f"shape {shp} of {dt} needs {count * dt.itemsize} bytes, block has {nbytes}")
@@ -529,7 +533,6 @@ cdef class Allocator:
         ``dtype`` is a numpy dtype, ``shape`` a tuple of ints; the view must fit in ``nbytes`` (checked before
         anything is allocated).
         """
-        cdef Entry *e
         cdef Py_ssize_t offset
         cdef int64_t h
         if not isinstance(dtype, np.dtype):
@@ -546,12 +549,7 @@ cdef class Allocator:
         h = self._alloc(nbytes)
         try:
             self._acquire()
-            e = self._lookup(h)
-            if e.region >= 0:
-                region = self.arenas[e.region]
-            else:
-                region = self.own[<int32_t>(h & 0xFFFFFFFF)]
-            offset = e.ptr - (<_Region>region).ptr
+            region, offset = self._placement(self._lookup(h), h)
             self._release()
             return h, _array_over(region, offset, dtype, shape)
         except BaseException:

@@ -46,6 +46,23 @@ _DSYNC_AFTER = 16            # appends in a row from one thread before it writes
 _PREALLOC = 1 << 20          # fsync mode: zeros written and synced ahead of the commits that overwrite them
 
 
+def _gathered(bufs: list, write) -> None:
+    """Hand ``bufs`` in order to ``write(list of buffers) -> bytes taken`` (a gathered write, at most _IOV_MAX
+    buffers a call), resuming after a short write in the middle of a buffer."""
+    todo = [b for b in bufs if len(b)]
+    while todo:
+        n = write(todo[:_IOV_MAX])
+        if n <= 0:
+            raise OSError("short write")
+        i = 0
+        while i < len(todo) and n >= len(todo[i]):
+            n -= len(todo[i])
+            i += 1
+        todo = todo[i:]
+        if n:
+            todo[0] = memoryview(todo[0]).cast("B")[n:]
+
+
 @dataclass
 class _Seg:
     base: int
@@ -402,18 +419,8 @@ class DurableLog(LogBase):
             return
         if self.durability == "fsync":
             self._reserve(total)
-        todo = [b for b in bufs if len(b)]
-        while todo:
-            n = os.writev(self._fd, todo[:_IOV_MAX])
-            if n <= 0:
-                raise OSError("short write")
-            i = 0
-            while i < len(todo) and n >= len(todo[i]):
-                n -= len(todo[i])
-                i += 1
-            todo = todo[i:]
-            if n:
-                todo[0] = memoryview(todo[0]).cast("B")[n:]
+        fd = self._fd
+        _gathered(bufs, lambda iov: os.writev(fd, iov))
 
     def _dsync_alone(self) -> bool:
         """fsync mode, lock held: this append may sync itself: the last ``_DSYNC_AFTER`` appends came from this
@@ -435,26 +442,21 @@ class DurableLog(LogBase):
         """Write ``bufs`` at the file position with RWF_DSYNC (returns once durable); False, having written
         nothing, when the kernel refuses the flag (it is then not tried again)."""
         self._reserve(total)
-        todo = [b for b in bufs if len(b)]
-        first = True
-        while todo:
-            try:
-                n = os.pwritev(self._fd, todo[:_IOV_MAX], -1, _RWF_DSYNC)
-            except OSError as exc:
-                if first and exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-                    self._dsync = False
-                    return False
-                raise
-            if n <= 0:
-                raise OSError("short write")
-            first = False
-            i = 0
-            while i < len(todo) and n >= len(todo[i]):
-                n -= len(todo[i])
-                i += 1
-            todo = todo[i:]
-            if n:
-                todo[0] = memoryview(todo[0]).cast("B")[n:]
+        fd = self._fd
+        calls = 0
+
+        def write(iov: list) -> int:
+            nonlocal calls
+            calls += 1
+            return os.pwritev(fd, iov, -1, _RWF_DSYNC)
+
+        try:
+            _gathered(bufs, write)
+        except OSError as exc:
+            if calls == 1 and exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                self._dsync = False
+                return False
+            raise
         return True
 
     def _reserve(self, nbytes: int) -> None:
