@@ -1,46 +1,31 @@
 """The :class:`Buffer`: a mapping of named pages, the commit path, rules and propagation, history."""
 from __future__ import annotations
 
-import functools
 import json
 import threading
 import warnings
 from contextlib import contextmanager
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from mmsb import _kernels, _ops, semirings
-from mmsb.delta import Delta, SchemaOp, Txn, covers_page, full_index, full_mask, is_full_mask
-from mmsb.errors import (ClosedError, CorruptionError, DependencyError, DeviceError, HistoryError, InvalidDeltaError,
-                         MMSBError, PageExistsError, PageNotFoundError, ReadOnlyError, SemiringError)
+from mmsb import _kernels, _ops, devices, engines, semirings
+from mmsb.commit import CommitPipeline
+from mmsb.delta import Delta, SchemaOp, Txn, full_index, full_mask, is_full_mask
+from mmsb.errors import (ClosedError, ConflictError, CorruptionError, DependencyError, DeviceError, HistoryError,
+                         InvalidDeltaError, MMSBError, PageExistsError, PageNotFoundError, ReadOnlyError,
+                         SemiringError)
 from mmsb.graph import Graph
-from mmsb.log.memory import MemoryLog
 from mmsb.memory import MemoryManager
+from mmsb.observe import observed
 from mmsb.pages import Page
-from mmsb.propagate import Change, Engine, UndoLog, changed_positions
+from mmsb.propagate import Change, UndoLog, changed_positions
 from mmsb.rules import Rule, as_csr
 from mmsb.semiring import Semiring, _kview
 from mmsb.txn import Transaction
 
 PageLike = Union[str, Page]
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _observed(fn: F) -> F:
-    """Report every MMSBError a public call raises to the ``mmsb_on_error`` hook (and logging), then re-raise."""
-
-    @functools.wraps(fn)
-    def wrapper(self: "Buffer", *args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(self, *args, **kwargs)
-        except MMSBError as exc:
-            from mmsb import plugins
-
-            plugins.notify_error(exc, {"operation": fn.__name__, "buffer": repr(self)})
-            raise
-
-    return wrapper  # type: ignore[return-value]
+_observed = observed
 
 
 class Buffer:
@@ -58,38 +43,24 @@ class Buffer:
         self._log = log
         self._store = store
         self._readonly = readonly
-        self._eager = propagation == "eager"
         self._device = device
         self._pages: dict[str, Page] = {}
         self._graph = Graph(self._pages)
         self._memory = MemoryManager(memory_limit, spill_dir)
-        self._engine = Engine(self._graph, self._array_of, lambda n: self._pages[n].shape,
-                              lambda n: self._pages[n].semiring)
-        self._engine.pages = self._pages          # GPU hook: Engine._update routes GPU pages to mmsb.gpu
+        self._pipe = CommitPipeline(self, eager=propagation == "eager")
         self._lock = threading.RLock()
         self._locked_cm = _Locked(self)
         self._local = threading.local()
-        self._epoch = 0
-        self._txid = 0
         self._closed = False
         self._functions: dict[str, Callable] = dict(functions or {})
-        self._dirty: dict[str, Change] = {}
-        self._force_dirty: set[str] = set()
         self._open_txns: list[Transaction] = []
-        self._tracking = 0                 # open transactions that track reads or hold intents (need change sets)
-        self._history: list[tuple[int, dict]] = []
         self._snapshots: dict[int, tuple] = {}
         self._horizon = 0
         self._view_of = view_of
         self._pending_rules: dict[int, Rule] = {}
-        self._to_release: list[Page] = []
-        self._counters = {"commits": 0, "conflicts": 0, "aborts": 0, "lock_waits": 0, "deltas": 0,
-                          "torn_tail_bytes": 0}
-        self._cluster = None
-        if cluster is not None:
-            from mmsb.dask import attach_cluster
-
-            self._cluster = attach_cluster(self, cluster)
+        self._engine, self._cluster = engines.create(self, cluster)
+        if self._cluster is not None:
+            self._pipe.after_commit.append(self._cluster.after_commit)
 
     # -- mapping ----------------------------------------------------------------------------------------------
     def __getitem__(self, name: str) -> Page:
@@ -116,7 +87,7 @@ class Buffer:
     def __repr__(self) -> str:
         where = self._store.root if self._store is not None else "memory"
         state = "closed" if self._closed else ("read-only" if self._readonly else "read-write")
-        return f"<mmsb.Buffer {where} {state} pages={len(self._pages)} epoch={self._epoch}>"
+        return f"<mmsb.Buffer {where} {state} pages={len(self._pages)} epoch={self._pipe.epoch}>"
 
     def __enter__(self) -> "Buffer":
         return self
@@ -127,7 +98,23 @@ class Buffer:
     @property
     def epoch(self) -> int:
         """The epoch of the last commit (0 for a new buffer)."""
-        return self._epoch
+        return self._pipe.epoch
+
+    @property
+    def _epoch(self) -> int:
+        return self._pipe.epoch
+
+    @property
+    def _txid(self) -> int:
+        return self._pipe.txid
+
+    @_txid.setter
+    def _txid(self, value: int) -> None:
+        self._pipe.txid = int(value)
+
+    @property
+    def _counters(self) -> dict:
+        return self._pipe.counters
 
     @property
     def graph(self) -> Graph:
@@ -161,11 +148,7 @@ class Buffer:
 
     def _values_at(self, name: str, idx: np.ndarray) -> np.ndarray:
         page = self._pages[name]
-        if page.device != "cpu":                  # GPU hook: gather on the device
-            from mmsb.gpu import values_at
-
-            return values_at(page, idx)
-        return self._memory.array(page)[idx].copy()
+        return devices.backend_for(page.device).values_at(self, page, idx)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -175,32 +158,20 @@ class Buffer:
         self._check_open()
         if self._readonly:
             raise ReadOnlyError("this buffer is read-only" + (" (a view of a past epoch)" if self._view_of else ""))
-        if self._store is not None:
-            self._store.check_healthy()
 
     def _locked(self) -> "_Locked":
         """The buffer lock as a context manager that counts waits."""
         return self._locked_cm
 
     def _read(self, page: Page, index: Any = None) -> np.ndarray:
-        if page.device != "cpu":                  # GPU hook: numpy copy gathered on the device
-            from mmsb.gpu import read_host
-
-            return read_host(self, page, index)
         with self._locked():
             self._check_open()
-            arr = self._memory.array(page)
-            if index is None:
-                return arr.reshape(page.shape).copy()
-            idx = self._index(page, index)
-            return arr[idx]
+            return devices.backend_for(page.device).read(self, page, index)
 
     def _read_device(self, page: Page) -> Any:
-        if page.device != "cpu":
-            from mmsb.gpu import read_device
-
-            return read_device(self, page)
-        return self._read(page)
+        with self._locked():
+            self._check_open()
+            return devices.backend_for(page.device).read_device(self, page)
 
     def _index(self, page: Page, index: Any) -> np.ndarray:
         idx = np.asarray(index)
@@ -218,16 +189,17 @@ class Buffer:
             page._pins += step
 
     def _move(self, page: Page, device: str) -> None:
-        device = _normalize_device(device)
+        device = devices.normalize(device)
         if device == page.device:
             return
-        if device != "cpu" or page.device != "cpu":
-            from mmsb.gpu import move_page
+        with self._locked():
+            devices.backend_for(page.device).move(self, page, device)
 
-            with self._locked():
-                move_page(self, page, device)
-            return
-        page.device = device
+    def _place_pages(self) -> None:
+        """Put every page on the buffer's default device (after a store's state was recovered on the CPU)."""
+        if self._device != "cpu":
+            for page in list(self._pages.values()):
+                self._move(page, self._device)
 
     # -- pages ------------------------------------------------------------------------------------------------
     @_observed
@@ -254,55 +226,20 @@ class Buffer:
             dev = "cpu"
         else:
             try:
-                dev = _normalize_device(device or self._device)
+                dev = devices.normalize(device or self._device)
             except DeviceError as exc:
                 raise DeviceError(f"page {name!r}: {exc}") from None
         meta = _json_metadata(metadata, name)
-        if meta is None and self._cluster is None and type(self._log) is MemoryLog:
-            page = self._commit_page_created(name, shape_t, dt, sr, dev, fill_v)
-        else:
-            op = SchemaOp("page_created", {"name": name, "shape": list(shape_t), "dtype": dt.str,
-                                           "semiring": sr.name, "device": dev, "metadata": meta},
-                          {"fill": np.array([fill_v], dtype=dt)})
-            with self._locked():
-                if name in self._pages:
-                    raise PageExistsError(f"a page named {name!r} already exists")
-                self._commit_schema([op])
-                page = self._pages[name]
-        if dev != "cpu":
-            page.device = "cpu"
-            self._move(page, dev)
-        return page
-
-    def _commit_page_created(self, name: str, shape: tuple, dt: np.dtype, sr: Semiring, dev: str,
-                             fill: Any) -> Page:
-        """The commit of ``create_page`` on an in-memory log, without the general machinery of :meth:`_commit`.
-
-        Same outcome: a new epoch whose transaction is ``[SchemaOp("page_created", ...)]`` (kept compactly by the
-        :class:`~mmsb.log.memory.MemoryLog`), nothing to propagate, and nothing changed if any step fails.
-        """
+        op = SchemaOp("page_created", {"name": name, "shape": list(shape_t), "dtype": dt.str,
+                                       "semiring": sr.name, "device": dev, "metadata": meta},
+                      {"fill": np.array([fill_v], dtype=dt)})
         with self._locked():
-            self._check_writable()
             if name in self._pages:
                 raise PageExistsError(f"a page named {name!r} already exists")
-            epoch = self._epoch + 1
-            page = Page(self, name, shape, dt, sr, "cpu", None, epoch)
-            self._memory.allocate(page, fill)
-            self._pages[name] = page
-            self._graph.add_node(name)
-            try:
-                self._txid += 1
-                token = self._log.append_page_created(epoch, self._txid, name, shape, dt, sr.name, dev, fill)
-            except BaseException:
-                self._txid -= 1
-                self._forget_page(page)
-                raise
-            self._epoch = epoch
-            if self._open_txns and any(t.track_reads or t.intents for t in self._open_txns):
-                self._history.append((epoch, {}))
-            self._counters["commits"] += 1
-            self._memory.enforce()
-        self._log.sync(token)
+            self._pipe.commit([op])
+            page = self._pages[name]
+        if dev != "cpu":
+            self._move(page, dev)
         return page
 
     @_observed
@@ -319,7 +256,7 @@ class Buffer:
             ops = [SchemaOp("rule_removed", {"id": r.id, "dst": r.dst})
                    for r in readers + self._graph.rules_into(page.name)]
             ops.append(SchemaOp("page_dropped", {"name": page.name}))
-            return self._commit_schema(ops)
+            return self._pipe.commit(ops)
 
     # -- writes -----------------------------------------------------------------------------------------------
     @_observed
@@ -336,39 +273,7 @@ class Buffer:
         if tx is not None:
             tx.ops.append(delta)
             return None
-        if not delta.accumulate and page.device == "cpu" and self._cluster is None and is_full_mask(delta.mask):
-            epoch = self._commit_page_assignment(page, delta)
-            if epoch is not None:
-                return epoch
-        return self._commit([delta])
-
-    def _commit_page_assignment(self, page: Page, d: Delta) -> Optional[int]:
-        """:meth:`_commit` of one whole-page assignment to a CPU page that no rule reads and no transaction
-        tracks: the same state, log records and counters, without the undo log, change sets and propagation
-        wave that such a commit does not need. None (nothing done) when the page does not qualify."""
-        with self._locked():
-            self._check_writable()
-            name = page.name
-            if self._pages.get(name) is not page or self._tracking or self._graph.has_rules_from(name):
-                return None
-            if self._graph.is_derived(name):
-                raise InvalidDeltaError(f"page {name!r} became derived; the write is refused")
-            epoch = self._epoch + 1
-            old = self._overwrite(page, d.values)
-            d.epoch = epoch
-            self._txid += 1
-            try:
-                token = self._log.append(Txn(epoch, self._txid, [d]))
-            except BaseException:
-                np.copyto(self._memory.array(page), old)
-                raise
-            self._epoch = epoch
-            page.epoch = epoch
-            self._counters["commits"] += 1
-            self._counters["deltas"] += 1
-            self._memory.enforce()
-        self._log.sync(token)
-        return epoch
+        return self._pipe.commit([delta])
 
     def _prepare(self, page: Page, values: Any, index: Any, mask: Any, accumulate: bool, source: Optional[str],
                  metadata: Optional[dict]) -> Delta:
@@ -461,6 +366,7 @@ class Buffer:
         with tx:
             yield tx
 
+    @_observed
     def transaction(self, intents: Optional[Iterable] = None) -> Transaction:
         """An optimistic transaction; ``intents`` = [(page, index or None), ...] reserves regions up front."""
         self._check_writable()
@@ -472,26 +378,21 @@ class Buffer:
                 hit = tx.intents_overlap(other)
                 if hit is not None:
                     self._counters["conflicts"] += 1
-                    from mmsb.errors import ConflictError
-
                     raise ConflictError(f"intents overlap those of another open transaction on {hit}")
             self._open_txns.append(tx)
             if tx.track_reads or tx.intents:
-                self._tracking += 1
+                self._pipe.track(+1)
 
     def _txn_close(self, tx: Transaction) -> None:
         with self._locked():
             if tx in self._open_txns:
                 self._open_txns.remove(tx)
                 if tx.track_reads or tx.intents:
-                    self._tracking -= 1
+                    self._pipe.track(-1)
             if tx.state == "aborted":
                 self._counters["aborts"] += 1
-            oldest = min((t.start_epoch for t in self._open_txns if t.track_reads or t.intents), default=None)
-            if oldest is None:
-                self._history.clear()
-            else:
-                self._history = [h for h in self._history if h[0] > oldest]
+            self._pipe.history.trim(min((t.start_epoch for t in self._open_txns if t.track_reads or t.intents),
+                                        default=None))
 
     def _read_in_txn(self, page: Page, index: Any, tx: Transaction) -> np.ndarray:
         with self._locked():
@@ -507,101 +408,19 @@ class Buffer:
             return arr.reshape(page.shape)
         return arr[self._index(page, index)]
 
-    # -- the commit path --------------------------------------------------------------------------------------
-    def _commit_schema(self, ops: list) -> int:
-        return self._commit(ops)
-
-    def _commit(self, ops: list, tx: Optional[Transaction] = None) -> int:
-        """Apply ``ops`` atomically at a new epoch, propagate, log; on any failure restore everything."""
-        with self._locked():
-            self._check_writable()
-            if tx is not None:
-                try:
-                    tx.validate(self._history)
-                except MMSBError:
-                    self._counters["conflicts"] += 1
-                    raise
-            epoch = self._epoch + 1
-            undo = UndoLog()
-            self._to_release = []
-            changes: dict[str, Change] = {}
-            force: set[str] = set()
-            logged: list = []
-            try:
-                pre = _gpu_batch(self, ops, undo) if len(ops) > 1 else _NO_PRE   # GPU hook: command buffer
-                n_user = 0
-                for op in ops:
-                    if isinstance(op, Delta):
-                        n_user += 1
-                        page = self._page(op.page)
-                        if self._graph.is_derived(page.name):
-                            raise InvalidDeltaError(f"page {page.name!r} became derived; the write is refused")
-                        ch = pre.pop(id(op)) if id(op) in pre else self._apply_delta(page, op, undo)
-                        if ch is not None:
-                            changes[page.name] = changes[page.name].merged_after(ch) \
-                                if page.name in changes else ch
-                    else:
-                        self._apply_schema(op, undo, force, changes)
-                    logged.append(op)
-                if self._eager:
-                    derived = self._engine.wave(changes, undo, force)
-                else:
-                    derived = {}
-                    self._defer(changes, force, undo)
-                for name, ch in derived.items():
-                    logged.append(Delta(name, self._values_at(name, ch.idx), index=ch.idx, derived=True))
-                touched = set()
-                for op in logged:
-                    if isinstance(op, Delta):
-                        op.epoch = epoch
-                        touched.add(op.page)
-                self._txid += 1
-                token = self._log.append(Txn(epoch, self._txid, logged))
-            except BaseException:
-                undo.rollback()
-                self._to_release = []
-                raise
-            for page in self._to_release:
-                self._memory.release(page)
-            self._to_release = []
-            self._epoch = epoch
-            for name in touched:
-                if name in self._pages:
-                    self._pages[name].epoch = epoch
-            if self._open_txns and any(t.track_reads or t.intents for t in self._open_txns):
-                rec = {n: c.idx for n, c in changes.items()}
-                rec.update({n: c.idx for n, c in derived.items()})
-                rec.update({n: None for n in force})
-                self._history.append((epoch, rec))
-            self._counters["commits"] += 1
-            self._counters["deltas"] += len(logged) - len(ops) + n_user
-            self._memory.enforce()
-        self._log.sync(token)
-        if self._cluster is not None:
-            self._cluster.after_commit(epoch)
-        return epoch
-
-    def _overwrite(self, page: Page, values: np.ndarray) -> np.ndarray:
-        """Replace a CPU page's whole content with ``values`` (flat, the page dtype); returns the old content."""
+    # -- applying operations (called by the commit pipeline and by replay) ------------------------------------
+    def _overwrite(self, page: Page, values: np.ndarray, undo: Optional[UndoLog]) -> Change:
+        """Replace a CPU page's whole content with ``values`` (flat, the page dtype); every position counts as
+        changed (the pipeline chooses this only where nobody reads the changed positions)."""
         arr = self._memory.array(page)
         old = arr.copy()
         np.copyto(arr, values.reshape(arr.shape))
-        return old
+        if undo is not None:
+            undo.record(lambda n=page.name: self._array_of(n), slice(None), old)
+        return Change(full_index(page.size), old)
 
-    def _apply_delta(self, page: Page, d: Delta, undo: Optional[UndoLog]) -> Optional[Change]:
-        if page.device != "cpu":                  # GPU hook: GPU kernels, same Change (numpy idx/old)
-            from mmsb.gpu import apply_delta
-
-            return apply_delta(self, page, d, undo)
-        if not d.accumulate and not self._tracking and not self._graph.has_rules_from(page.name) \
-                and covers_page(d.mask):
-            # A whole-page assignment whose changed positions nobody reads (no rule reads the page, no
-            # transaction tracks reads): two copies instead of the per-element kernel; every position counts.
-            idx = full_index(page.size)
-            old = self._overwrite(page, d.values)
-            if undo is not None:
-                undo.record(lambda n=page.name: self._array_of(n), idx, old)
-            return Change(idx, old)
+    def _apply_host_delta(self, page: Page, d: Delta, undo: Optional[UndoLog]) -> Optional[Change]:
+        """Merge ``d`` into a CPU page with the merge kernel; the positions that changed and their old values."""
         arr = self._memory.array(page)
         idx, vals = d.sparse()
         sr = page.semiring
@@ -624,12 +443,15 @@ class Buffer:
             return Change(idx, old)
         return Change(idx[changed], old[changed])
 
-    def _apply_schema(self, op: SchemaOp, undo: Optional[UndoLog], force: set, changes: dict) -> None:
+    def _apply_schema(self, op: SchemaOp, c: Any = None) -> None:
+        """Apply a schema operation; ``c`` is the pipeline's commit in flight (its undo log, forced pages and
+        pages to release), or None when replaying the log."""
         kind, pl = op.kind, op.payload
+        undo = c.undo if c is not None else None
         if kind == "page_created":
             dt = np.dtype(pl["dtype"])
             page = Page(self, pl["name"], tuple(pl["shape"]), dt, semirings.get(pl["semiring"]), "cpu",
-                        pl.get("metadata"), self._epoch + 1)
+                        pl.get("metadata"), self._pipe.epoch + 1)
             self._memory.allocate(page, op.arrays["fill"][0])
             self._pages[page.name] = page
             self._graph.add_node(page.name)
@@ -638,8 +460,10 @@ class Buffer:
         elif kind == "page_dropped":
             page = self._pages.pop(pl["name"])
             self._graph.remove_node(page.name)
-            self._dirty.pop(page.name, None)
-            changes.pop(page.name, None)
+            self._forget_pending(page.name, undo)
+            if c is not None:
+                c.changes.pop(page.name, None)
+                c.force.discard(page.name)
             if undo is None:
                 self._memory.release(page)
             else:
@@ -647,13 +471,14 @@ class Buffer:
                     self._pages[page.name] = page
                     self._graph.add_node(page.name)
                 undo.action(restore)
-                self._to_release.append(page)
+                c.released.append(page)
         elif kind == "rule_added":
             rule = self._rule_from_schema(op)
             self._graph.add_rule(rule)
             if undo is not None:
                 undo.action(lambda rid=rule.id: self._graph.remove_rule(rid))
-                force.add(rule.dst)
+            if c is not None:
+                c.force.add(rule.dst)
         elif kind == "rule_removed":
             rule = self._graph.remove_rule(pl["id"])
             if undo is not None:
@@ -661,22 +486,26 @@ class Buffer:
         else:
             raise InvalidDeltaError(f"unknown schema operation {kind!r}")
 
+    def _forget_pending(self, name: str, undo: Optional[UndoLog]) -> None:
+        """A dropped page leaves the deferred queue (restored by ``undo``)."""
+        pending = self._pipe.pending
+        if name in pending.changes or name in pending.force:
+            ch, forced = pending.changes.get(name), name in pending.force
+
+            def restore() -> None:
+                if ch is not None:
+                    pending.changes[name] = ch
+                if forced:
+                    pending.force.add(name)
+
+            pending.forget_page(name)
+            if undo is not None:
+                undo.action(restore)
+
     def _forget_page(self, page: Page) -> None:
         self._pages.pop(page.name, None)
         self._graph.remove_node(page.name)
         self._memory.release(page)
-
-    def _defer(self, changes: dict, force: set, undo: UndoLog) -> None:
-        saved_dirty, saved_force = dict(self._dirty), set(self._force_dirty)
-
-        def restore() -> None:
-            self._dirty, self._force_dirty = saved_dirty, saved_force
-
-        undo.action(restore)
-        for name, ch in changes.items():
-            if self._graph.rules_from(name):
-                self._dirty[name] = self._dirty[name].merged_after(ch) if name in self._dirty else ch
-        self._force_dirty |= force
 
     # -- rules ------------------------------------------------------------------------------------------------
     def _rule_semiring(self, dst: Page, semiring: Any) -> Semiring:
@@ -776,7 +605,7 @@ class Buffer:
                 rules = [r for r in rules if s in r.srcs]
             if not rules:
                 raise InvalidDeltaError(f"page {d.name!r} has no such rule")
-            return self._commit_schema([SchemaOp("rule_removed", {"id": r.id, "dst": r.dst}) for r in rules])
+            return self._pipe.commit([SchemaOp("rule_removed", {"id": r.id, "dst": r.dst}) for r in rules])
 
     def _check_src_dtype(self, d: Page, s: Page) -> None:
         if not np.can_cast(s.dtype, d.dtype, "same_kind"):
@@ -787,7 +616,7 @@ class Buffer:
         self._graph.remove_rule(rule.id)
         self._pending_rules[rule.id] = rule
         try:
-            return self._commit_schema([rule.to_schema()])
+            return self._pipe.commit([rule.to_schema()])
         finally:
             self._pending_rules.pop(rule.id, None)
 
@@ -814,32 +643,9 @@ class Buffer:
         """Run one wave for every change queued in deferred mode; commits it and returns the epoch."""
         self._check_writable()
         with self._locked():
-            if self._eager and not self._dirty and not self._force_dirty:
-                return self._epoch
-            return self._commit_wave()
-
-    def _commit_wave(self) -> int:
-        epoch = self._epoch + 1
-        undo = UndoLog()
-        dirty, force = self._dirty, self._force_dirty
-        try:
-            derived = self._engine.wave(dirty, undo, force)
-            logged = [Delta(n, self._values_at(n, c.idx), index=c.idx, derived=True, epoch=epoch)
-                      for n, c in derived.items()]
-            self._txid += 1
-            token = self._log.append(Txn(epoch, self._txid, logged))
-        except BaseException:
-            undo.rollback()
-            raise
-        self._dirty, self._force_dirty = {}, set()
-        self._epoch = epoch
-        for n in derived:
-            self._pages[n].epoch = epoch
-        if any(t.track_reads or t.intents for t in self._open_txns):
-            self._history.append((epoch, {n: c.idx for n, c in derived.items()}))
-        self._counters["commits"] += 1
-        self._log.sync(token)
-        return epoch
+            if self._pipe.eager and not self._pipe.pending:
+                return self._pipe.epoch
+            return self._pipe.commit([], propagate=True)
 
     # -- history ----------------------------------------------------------------------------------------------
     @_observed
@@ -855,8 +661,8 @@ class Buffer:
             if self._store is not None:
                 self._store.checkpoint(self, compress)
             else:
-                self._snapshots[self._epoch] = self._snapshot()
-            return self._epoch
+                self._snapshots[self._pipe.epoch] = self._snapshot()
+            return self._pipe.epoch
 
     def _snapshot(self, copy: bool = True) -> tuple:
         """``(epoch, [(meta, array)], rules)``; ``copy=False`` gives live views (only under the buffer lock)."""
@@ -865,7 +671,7 @@ class Buffer:
             arr = self._memory.array(p).reshape(p.shape)       # (a reload may spill a page read before)
             pages.append((self._page_meta(p), arr.copy() if copy else arr))
         rules = [r.to_schema() for r in self._graph.rules()]
-        return self._epoch, pages, rules
+        return self._pipe.epoch, pages, rules
 
     @staticmethod
     def _page_meta(p: Page) -> dict:
@@ -874,28 +680,33 @@ class Buffer:
 
     @_observed
     def at(self, epoch: int) -> "Buffer":
-        """A read-only view of the state at ``epoch``."""
+        """A read-only view of the state at ``epoch``: the newest snapshot at or before it (a checkpoint of a
+        store, or one kept in memory) and the log replayed up to ``epoch``."""
         self._check_open()
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)):
+            raise HistoryError(f"an epoch is an integer, got {epoch!r}")
         epoch = int(epoch)
         with self._locked():
-            if epoch > self._epoch or epoch < 0:
-                raise HistoryError(f"epoch {epoch} is not in the history (0..{self._epoch})")
+            if epoch > self._pipe.epoch or epoch < 0:
+                raise HistoryError(f"epoch {epoch} is not in the history (0..{self._pipe.epoch})")
             if epoch < self._horizon:
                 raise HistoryError(f"epoch {epoch} is before the kept history horizon {self._horizon} "
                                    "(removed by compact)")
-            if self._store is not None:
-                return self._store.view_at(self, epoch)
-            base = max((e for e in self._snapshots if e <= epoch), default=None)
+            base = self._store.snapshot_at(epoch) if self._store is not None else self._memory_snapshot_at(epoch)
             fns = {r.fn_name: r.fn for r in self._graph.rules() if r.fn is not None and r.fn_name}
             view = Buffer(log=_NullLog(), readonly=True, view_of=self, functions={**fns, **self._functions})
             start = 0
             if base is not None:
-                view._load_snapshot(*self._snapshots[base])
-                start = base
+                view._load_snapshot(*base)
+                start = base[0]
             for txn in self._log.txns(since=start, until=epoch):
                 view._replay(txn)
-            view._readonly = True
             return view
+
+    def _memory_snapshot_at(self, epoch: int) -> Optional[tuple]:
+        """The newest in-memory snapshot at or before ``epoch`` (``checkpoint()`` of a buffer without a store)."""
+        base = max((e for e in self._snapshots if e <= epoch), default=None)
+        return None if base is None else self._snapshots[base]
 
     def _load_snapshot(self, epoch: int, pages: list, rules: list, blocks: Any = None) -> None:
         """Install a validated snapshot; arrays that ``blocks`` (a memory.BlockLoader) handed out become the
@@ -922,20 +733,46 @@ class Buffer:
                 blocks.discard()
         for op in rules:
             self._graph.add_rule(self._rule_from_schema(op))
-        self._epoch = epoch
+        self._pipe.epoch = epoch
 
     def _replay(self, txn: Txn) -> None:
-        """Apply a committed transaction as recorded (no propagation, no logging)."""
+        """Apply a committed transaction as recorded (no propagation, no logging).
+
+        The deferred queue follows the log: a transaction with user changes and no derived deltas leaves its
+        changes (and the targets of rules it added) pending, as the buffer that committed it may have; a
+        transaction with derived deltas ran a wave, which took everything pending. (An eager commit whose wave
+        changed nothing is queued too: recomputing it again is a no-op.)
+        """
+        pipe = self._pipe
+        track = self._view_of is None
+        changes: dict[str, Change] = {}
+        force: set[str] = set()
+        derived = False
         for op in txn.ops:
-            if isinstance(op, Delta):
+            if type(op) is Delta:
                 page = self._logged_target(op, txn.epoch)
-                self._apply_delta(page, op, None)
+                ch = devices.backend_for(page.device).apply_delta(self, page, op, None)
                 page.epoch = txn.epoch
+                if op.derived:
+                    derived = True
+                elif track and ch is not None:
+                    changes[page.name] = changes[page.name].merged_after(ch) if page.name in changes else ch
             else:
-                self._epoch = txn.epoch - 1
-                self._apply_schema(op, None, set(), {})
-        self._epoch = txn.epoch
-        self._txid = max(self._txid, txn.txid)
+                pipe.epoch = txn.epoch - 1
+                self._apply_schema(op, None)
+                if op.kind == "rule_added":
+                    force.add(op.payload["dst"])
+                elif op.kind == "page_dropped":
+                    changes.pop(op.payload["name"], None)
+                    force.discard(op.payload["name"])
+        if track:
+            if derived or (not txn.ops):
+                pipe.pending.changes.clear()
+                pipe.pending.force.clear()
+            if not derived and (changes or force):
+                pipe.pending.add(changes, {n for n in force if n in self._pages}, UndoLog(),
+                                 self._graph.has_rules_from)
+        pipe.replayed(txn.epoch, txn.txid)
 
     def _logged_target(self, d: Delta, epoch: int) -> Page:
         """The page a logged delta changes, once its record is found consistent with that page (its checksum
@@ -973,8 +810,8 @@ class Buffer:
             if self._store is not None:
                 self._horizon = self._store.compact(self, keep)
             else:
-                self._snapshots[self._epoch] = self._snapshot()
-                target = self._epoch - max(0, int(keep))
+                self._snapshots[self._pipe.epoch] = self._snapshot()
+                target = self._pipe.epoch - max(0, int(keep))
                 base = max(e for e in self._snapshots if e <= max(target, min(self._snapshots)))
                 self._snapshots = {e: s for e, s in self._snapshots.items() if e >= base}
                 self._log.drop_segments_before(base)
@@ -987,14 +824,15 @@ class Buffer:
         self._log.index_skipped()                  # read segments skipped at open before taking the lock
         with self._locked():
             out = {
-                "epoch": self._epoch,
+                "epoch": self._pipe.epoch,
                 "pages": len(self._pages),
                 "kernels": _kernels.KIND,
                 "allocator": self._memory.allocator.stats(),
                 "log": self._log.stats(),
                 "propagation": self._engine.stats.as_dict(),
                 "memory": self._memory.stats(),
-                "device": _device_stats(self),
+                "device": {("gpu" if fam == "cuda" else fam): b.stats(self)
+                           for fam, b in devices.loaded().items()},
                 "transactions": dict(self._counters, open=len(self._open_txns)),
             }
             if self._store is not None:
@@ -1172,35 +1010,3 @@ def _json_metadata(metadata: Optional[dict], name: str) -> Optional[dict]:
         return json.loads(json.dumps(metadata, allow_nan=False))
     except (TypeError, ValueError) as exc:
         raise InvalidDeltaError(f"page {name!r}: metadata must be JSON-able: {exc}") from exc
-
-
-def _normalize_device(device: Optional[str]) -> str:
-    if device is None or device == "cpu":
-        return "cpu"
-    if device == "cuda":
-        return "cuda:0"
-    if isinstance(device, str) and device.startswith("cuda:") and device[5:].isdigit():
-        return device
-    raise DeviceError(f"unknown device {device!r} (use 'cpu', 'cuda' or 'cuda:N')")
-
-
-_NO_PRE: dict = {}                 # no deltas pre-applied by the GPU command buffer (never written to)
-
-
-def _gpu_batch(buf: Buffer, ops: list, undo: UndoLog) -> dict:
-    """Pre-apply the deltas of a multi-delta commit on GPU pages through mmsb.gpu's command buffer."""
-    import sys
-
-    gpu = sys.modules.get("mmsb.gpu")
-    if gpu is None or len(ops) < 2:
-        return {}
-    return gpu.apply_batch(buf, ops, undo)
-
-
-def _device_stats(buf: Buffer) -> dict:
-    out = {"cpu": _kernels.cpu.features()}
-    import sys
-
-    if "mmsb.gpu" in sys.modules:
-        out["gpu"] = sys.modules["mmsb.gpu"].stats(buf)
-    return out

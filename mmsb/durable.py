@@ -53,9 +53,6 @@ class Store:
                 os.close(self._lock_fd)
                 self._lock_fd = None
 
-    def check_healthy(self) -> None:
-        """The log itself refuses writes once poisoned; nothing else to check here."""
-
     # -- checkpoints and history ------------------------------------------------------------------------------
     def checkpoint(self, buf: Buffer, compress: Optional[bool] = None) -> int:
         epoch = buf.epoch
@@ -101,16 +98,11 @@ class Store:
         self.horizon = base
         return base
 
-    def view_at(self, buf: Buffer, epoch: int) -> Buffer:
+    def snapshot_at(self, epoch: int) -> Optional[tuple]:
+        """``(epoch, pages, rules)`` of the newest valid checkpoint at or before ``epoch`` (None if there is
+        none): the base that time travel replays the log onto."""
         snap = load_checkpoint(self.root, max_epoch=epoch)
-        view = Buffer(log=_NullLog(), readonly=True, view_of=buf, functions=buf._functions)
-        start = 0
-        if snap is not None:
-            view._load_snapshot(snap.epoch, snap.pages, snap.rules)
-            start = snap.epoch
-        for txn in buf._log.txns(since=start, until=epoch):
-            view._replay(txn)
-        return view
+        return None if snap is None else (snap.epoch, snap.pages, snap.rules)
 
     def stats(self) -> dict:
         return {"root": self.root, "checkpoints": list_checkpoints(self.root), "horizon": self.horizon}
@@ -201,6 +193,7 @@ def open_store(root: str, mode: str, *, durability: str, memory_limit: Optional[
             store.horizon = min(ckpts)          # compaction dropped the log before the oldest checkpoint
         buf._horizon = store.horizon
         buf._readonly = not writable
+        buf._place_pages()
         buf._counters["torn_tail_bytes"] = log.torn_tail_bytes
         return buf
     except BaseException:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 import numpy as np
 
+from mmsb.observe import observed
 from mmsb.semiring import Semiring
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -54,10 +55,12 @@ class Page:
     def ndim(self) -> int:
         return len(self.shape)
 
+    @observed(op="page.read")
     def read(self, index: Any = None) -> np.ndarray:
         """A numpy copy of the page (or of the flat positions ``index``), as of the last commit."""
         return self._buf._read(self, index)
 
+    @observed(op="page.read_device")
     def read_device(self) -> Any:
         """The page on its device (a CuPy array for a GPU page, numpy otherwise)."""
         return self._buf._read_device(self)
@@ -66,6 +69,7 @@ class Page:
         out = self.read()
         return out if dtype is None else out.astype(dtype, copy=False)
 
+    @observed(op="page.to")
     def to(self, device: str) -> "Page":
         """Move the page to ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:N"``); returns the page."""
         self._buf._move(self, device)

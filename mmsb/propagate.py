@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
 from mmsb import _kernels, _ops
 from mmsb._sets import unique, unique_first
 from mmsb.errors import InvalidDeltaError, MMSBError, SemiringError
+from mmsb.devices import backend_for
 from mmsb.graph import Graph
 from mmsb.rules import CSR, Rule
 from mmsb.semiring import Semiring, _is_ufunc, _kview
 
+_MISSING = object()
 _SELECTIVE = (np.minimum, np.maximum, np.fmin, np.fmax, np.logical_or)
 
 
@@ -85,12 +87,14 @@ class Engine:
     """Runs propagation waves over a :class:`Graph` of rules."""
 
     def __init__(self, graph: Graph, array: Callable[[str], np.ndarray], shape: Callable[[str], tuple],
-                 semiring: Callable[[str], Semiring], nthreads: int = 0):
+                 semiring: Callable[[str], Semiring], nthreads: int = 0,
+                 pages: Optional[Callable[[str], Any]] = None):
         self.graph = graph
         self.array = array          # name -> flat, writable, resident array
         self.shape = shape
         self.semiring = semiring
         self.nthreads = nthreads
+        self._pages = pages         # name -> Page (routes pages of other devices to their backend), or None
         self.stats = WaveStats()
         self._scratch_arrays: dict[str, np.ndarray] = {}
 
@@ -123,7 +127,7 @@ class Engine:
             inputs = {s: pending[s] for r in rules for s in r.srcs if s in pending}
             if not inputs and name not in force:
                 continue
-            ch = self._update(name, rules, inputs, name in force, undo)
+            ch = self.update(name, rules, inputs, name in force, undo)
             self.stats.pages_touched += 1
             if ch is not None and ch.idx.size:
                 pending[name] = ch
@@ -132,13 +136,22 @@ class Engine:
         self.stats.seconds += time.perf_counter() - t0
         return produced
 
-    def _update(self, name: str, rules: list[Rule], inputs: dict[str, Change], full: bool,
-                undo: UndoLog) -> Optional[Change]:
-        pages = getattr(self, "pages", None)
-        if pages is not None and pages[name].device != "cpu":   # GPU hook: mmsb.gpu updates GPU pages
-            from mmsb.gpu import update_page
+    def page(self, name: str, default: Any = _MISSING) -> Any:
+        """The Page object named ``name`` (``default``, or KeyError, when there is none)."""
+        try:
+            return self._pages(name)            # type: ignore[misc]
+        except (KeyError, TypeError):
+            if default is _MISSING:
+                raise KeyError(name) from None
+            return default
 
-            return update_page(self, name, rules, inputs, full, undo)
+    def update(self, name: str, rules: list[Rule], inputs: dict[str, Change], full: bool,
+               undo: UndoLog) -> Optional[Change]:
+        """One page's step of a wave: apply ``rules`` into page ``name`` given its inputs' changes."""
+        if self._pages is not None:
+            page = self._pages(name)
+            if page.device != "cpu":            # another device family runs the step where the page lives
+                return backend_for(page.device).update_page(self, page, rules, inputs, full, undo)
         kind = rules[0].kind
         if kind == "derive":
             return self._derive(name, rules[0], undo)

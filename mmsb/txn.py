@@ -9,6 +9,7 @@ import numpy as np
 
 from mmsb._sets import unique
 from mmsb.errors import ConflictError, InvalidDeltaError, MMSBError
+from mmsb.observe import observed
 
 if TYPE_CHECKING:  # pragma: no cover
     from mmsb.buffer import Buffer
@@ -81,6 +82,7 @@ class Transaction:
         buf._txn_open(self)
 
     # -- operations -------------------------------------------------------------------------------------------
+    @observed(op="transaction.read")
     def read(self, page: Any, index: Any = None) -> np.ndarray:
         """Read ``page`` (or flat positions ``index``) as this transaction sees it; records the read set."""
         self._check_open()
@@ -90,6 +92,7 @@ class Transaction:
             self.reads.append((p.name, region))
         return self._buf._read_in_txn(p, index, self)
 
+    @observed(op="transaction.write")
     def write(self, page: Any, values: Any, index: Any = None, mask: Any = None, accumulate: bool = False,
               source: Optional[str] = None, metadata: Optional[dict] = None) -> None:
         """Stage a delta (validated now; applied only at commit)."""
@@ -97,11 +100,12 @@ class Transaction:
         p = self._buf._page(page)
         self.ops.append(self._buf._prepare(p, values, index, mask, accumulate, source, metadata))
 
+    @observed(op="transaction.commit")
     def commit(self) -> int:
         """Validate and commit; returns the epoch. Raises :class:`ConflictError` on a conflicting overlap."""
         self._check_open()
         try:
-            epoch = self._buf._commit(self.ops, self)
+            epoch = self._buf._pipe.commit(self.ops, self)
         except BaseException:
             self.state = "aborted"
             self._buf._txn_close(self)

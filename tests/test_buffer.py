@@ -607,8 +607,10 @@ def test_whole_page_assign_copy_path_matches_the_kernel(n, monkeypatch):
 
 
 def test_whole_page_assignment_commit_matches_the_general_path(tmp_path, monkeypatch):
-    """Whole-page assignments to pages no rule reads take a shorter commit: state, epochs, counters and the
-    logged transactions are the same as through the general commit, for every write pattern around them."""
+    """Whole-page assignments to pages no rule reads take the overwrite strategy (two copies, chosen by the
+    commit pipeline): state, epochs, counters and the logged transactions are the same as through the merge
+    kernel, for every write pattern around them."""
+    from mmsb import commit
     from mmsb.buffer import Buffer
 
     rng = np.random.default_rng(7)
@@ -620,13 +622,15 @@ def test_whole_page_assignment_commit_matches_the_general_path(tmp_path, monkeyp
 
     def run(root, fast):
         calls = []
-        real = Buffer._commit_page_assignment
+        real = Buffer._overwrite
 
-        def spy(self, page, d):
+        def spy(self, page, values, undo):
             calls.append(page.name)
-            return real(self, page, d) if fast else None
+            return real(self, page, values, undo)
 
-        monkeypatch.setattr(Buffer, "_commit_page_assignment", spy)
+        monkeypatch.setattr(Buffer, "_overwrite", spy)
+        if not fast:                                    # the pipeline never picks the strategy
+            monkeypatch.setattr(commit, "covers_page", lambda mask: False)
         with mmsb.open(root, "w") as buf:
             for i in range(3):
                 buf.create_page(f"p{i}", 32)

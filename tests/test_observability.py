@@ -14,7 +14,7 @@ class _Observer:
 
     @mmsb.hookimpl
     def mmsb_on_error(self, error, context):
-        self.seen.append((type(error), context.get("operation")))
+        self.seen.append((type(error), context.get("op")))
 
 
 @pytest.fixture
@@ -40,6 +40,26 @@ def test_errors_reach_the_hook(observer, caplog):
     assert observer.seen == [(errors.InvalidDeltaError, "write"), (errors.PageExistsError, "create_page"),
                              (errors.HistoryError, "at")]
     assert "InvalidDeltaError" in caplog.text
+
+
+def test_errors_of_transactions_and_pages_reach_the_hook(observer):
+    """ConflictError from tx.commit(), an intent conflict at open, and errors from Page.read arrive too,
+    each once, with the "op" key."""
+    buf = mmsb.open(None)
+    p = buf.create_page("x", 4)
+    tx = buf.transaction()
+    tx.read(p, [1])
+    buf.write(p, [5.0], index=[1])
+    with pytest.raises(errors.ConflictError):
+        tx.commit()
+    held = buf.transaction(intents=[(p, [2])])
+    with pytest.raises(errors.ConflictError):
+        buf.transaction(intents=[(p, [2, 3])])
+    held.abort()
+    with pytest.raises(errors.InvalidDeltaError):
+        p.read([9])
+    assert observer.seen == [(errors.ConflictError, "transaction.commit"),
+                             (errors.ConflictError, "transaction"), (errors.InvalidDeltaError, "page.read")]
 
 
 def test_a_failing_observer_does_not_mask_the_error():

@@ -36,8 +36,9 @@ def connect(cluster: Any, timeout: Optional[str] = None) -> tuple:
     raise TypeError(f"cluster must be a distributed.Client or a scheduler address, got {type(cluster).__name__}")
 
 
-def attach_cluster(buf: Any, cluster: Any) -> ClusterHandle:
-    """Install a :class:`DistributedEngine` as ``buf._engine``; returns the handle the buffer keeps."""
+def attach_cluster(buf: Any, cluster: Any) -> tuple:
+    """The ``"dask"`` engine factory (see :mod:`mmsb.engines`): a :class:`DistributedEngine` for ``buf`` on
+    ``cluster`` and the handle the buffer keeps (commit hook, stats, close)."""
     client, owned = connect(cluster)
     try:
         engine = DistributedEngine(buf, client, owned)
@@ -45,8 +46,7 @@ def attach_cluster(buf: Any, cluster: Any) -> ClusterHandle:
         if owned:
             client.close()
         raise
-    buf._engine = engine
-    return ClusterHandle(engine)
+    return engine, ClusterHandle(engine)
 
 
 def place(buf: Any, page: Any, worker: Optional[str]) -> None:

@@ -192,7 +192,7 @@ def run_step(buf_id: str, token: str, wave_id: str, step: int, init: bool, sync:
             inputs = {s: store.pending[s] for r in rules for s in r.srcs if s in store.pending}
             if not inputs and name not in forced:
                 continue
-            ch = eng._update(name, rules, inputs, name in forced, undo)
+            ch = eng.update(name, rules, inputs, name in forced, undo)
             eng.stats.pages_touched += 1
             if ch is not None and ch.idx.size:
                 store.pending[name] = ch

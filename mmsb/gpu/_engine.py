@@ -1,6 +1,6 @@
 """Propagation for pages on a GPU: the engine's per-page update, prefetch, and CUDA-graph waves.
 
-``update_page`` is what ``Engine._update`` calls for a destination page on a GPU. It produces the same
+``update_page`` is what ``Engine.update`` calls (through the cuda backend) for a destination page on a GPU. It produces the same
 :class:`~mmsb.propagate.Change` (numpy idx / old values) as the CPU engine:
 
 * ``link`` rules (built-in or cuda_add/cuda_mul semirings): the candidate rows (those reading a changed source
@@ -48,7 +48,7 @@ def device_csr(csr: Any, dev: int, dtype: np.dtype) -> K.DeviceCSR:
 def _src_on(engine: Any, name: str, dev: int, dtype: np.dtype) -> Any:
     """Source page ``name`` as a CuPy array on ``dev`` in ``dtype`` (peer copy or upload as needed)."""
     cp = rt.cupy()
-    page = engine.pages[name]
+    page = engine.page(name)
     if page.device == "cpu":
         x = rt.to_device(engine.array(name), dev)
     elif rt.device_id(page.device) != dev:
@@ -63,7 +63,7 @@ def _src_on(engine: Any, name: str, dev: int, dtype: np.dtype) -> Any:
 def prefetch(engine: Any, names: list) -> None:
     """Upload the matrices of the rules into ``names`` (GPU pages) before a wave touches them."""
     for name in names:
-        page = engine.pages.get(name)
+        page = engine.page(name, None)
         if page is None or page.device == "cpu":
             continue
         dev = rt.device_id(page.device)
@@ -76,8 +76,10 @@ def prefetch(engine: Any, names: list) -> None:
                 rt.counters["prefetches"] += 1
 
 
-def update_page(engine: Any, name: str, rules: list, inputs: dict, full: bool, undo: Any) -> Any:
-    page = engine.pages[name]
+def update_page(engine: Any, page: Any, rules: list, inputs: dict, full: bool, undo: Any) -> Any:
+    """One propagation step into the GPU page ``page`` (the CPU engine's step on a host copy where the semiring
+    has no GPU kernels; the CPU engine itself after a CUDA failure moved the page back)."""
+    name = page.name
     buf = page._buf
     try:
         kind = rules[0].kind
@@ -94,7 +96,7 @@ def update_page(engine: Any, name: str, rules: list, inputs: dict, full: bool, u
         if not rt.is_cuda_failure(exc) or page.device == "cpu":
             raise
         P.fallback(buf, page, f"{type(exc).__name__}: {exc}")
-        return engine._update(name, rules, inputs, full, undo)
+        return engine.update(name, rules, inputs, full, undo)
 
 
 def _finish(page: Any, y_new: Any, cand: Optional[np.ndarray], before: Any, ops: K.Ops, undo: Any) -> Any:
@@ -336,36 +338,36 @@ class GraphWave:
             rt.counters["graph_replays"] += 1
 
     def commit(self) -> int:
-        """Run the wave and commit what changed as derived deltas of a new epoch; returns the epoch."""
-        from mmsb.delta import Delta, Txn
-
+        """Run the wave and commit what changed as derived deltas of a new epoch; returns the epoch (the current
+        one when nothing changed). The commit goes through the buffer's commit pipeline."""
         buf = self.buf
         with buf._locked():
             buf._check_writable()
-            targets = [n for n, _ in self._targets()]
-            before = {}
-            for n in targets:
-                p = buf._pages[n]
-                with rt.on(rt.device_id(p.device)):
-                    before[n] = p._data.copy()
-            self.run()
-            logged = []
-            epoch = buf._epoch + 1
-            for n in targets:
-                p = buf._pages[n]
-                with rt.on(rt.device_id(p.device)):
-                    ops = K.ops_for(buf._graph.rules_into(n)[0].semiring, p.dtype)
-                    pos = rt.cupy().flatnonzero(K.changed_mask(ops, K._kv(p._data), K._kv(before[n])))
-                    if int(pos.size):
-                        idx = rt.to_host(pos).astype(np.int64)
-                        logged.append(Delta(n, rt.to_host(p._data[pos]), index=idx, derived=True, epoch=epoch))
-            if not logged:
-                return buf._epoch
-            buf._txid += 1
-            token = buf._log.append(Txn(epoch, buf._txid, logged))
-            buf._epoch = epoch
-            for d in logged:
-                buf._pages[d.page].epoch = epoch
-            buf._counters["commits"] += 1
-        buf._log.sync(token)
-        return epoch
+            if not self._targets():
+                return buf.epoch
+            return buf._pipe.commit([], device_wave=self._run_recorded, skip_empty=True)
+
+    def _run_recorded(self, undo: Any) -> dict:
+        """Run the wave; ``{page: Change}`` of what it changed, each recorded in ``undo``."""
+        from mmsb.propagate import Change
+
+        buf = self.buf
+        targets = [n for n, _ in self._targets()]
+        before = {}
+        for n in targets:
+            p = buf._pages[n]
+            with rt.on(rt.device_id(p.device)):
+                before[n] = p._data.copy()
+        self.run()
+        out = {}
+        for n in targets:
+            p = buf._pages[n]
+            with rt.on(rt.device_id(p.device)):
+                ops = K.ops_for(buf._graph.rules_into(n)[0].semiring, p.dtype)
+                pos = rt.cupy().flatnonzero(K.changed_mask(ops, K._kv(p._data), K._kv(before[n])))
+                if int(pos.size):
+                    idx = rt.to_host(pos).astype(np.int64)
+                    old = rt.to_host(before[n][pos])
+                    out[n] = Change(idx, old)
+                    undo.action(lambda p=p, b=before[n]: p._data.__setitem__(slice(None), b))
+        return out

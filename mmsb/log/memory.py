@@ -45,6 +45,13 @@ class MemoryLog(LogBase):
                            group_commit_batches=0, torn_tail_bytes=0, segments=0)
 
     def append(self, txn: Txn, commit: bool = True) -> int:
+        ops = txn.ops
+        if commit and len(ops) == 1 and type(ops[0]) is SchemaOp and ops[0].kind == "page_created" \
+                and ops[0].payload.get("metadata") is None:
+            pl = ops[0].payload
+            dt = np.dtype(pl["dtype"])
+            return self.append_page_created(int(txn.epoch), int(txn.txid), pl["name"], tuple(pl["shape"]), dt,
+                                            pl["semiring"], pl["device"], ops[0].arrays["fill"][0])
         with self._lock:
             if self._closed:
                 raise ClosedError("the log is closed")

@@ -1,0 +1,257 @@
+"""The commit pipeline: the one path every commit takes.
+
+A write, a batch, a transaction, a schema change, a deferred wave and a device wave all become one call of
+:meth:`CommitPipeline.commit`. It owns the epoch and transaction-id counters, validation against the history of
+open transactions, apply with undo, the propagation wave (eager, deferred or given by a device), the log append and
+sync, the conflict history, the counters, memory enforcement and the after-commit hooks. A failure at any step
+rolls every earlier step back: the buffer, the log and the counters are exactly as before.
+
+The one special case, a whole-page assignment whose changed positions nobody needs (no rule reads the page, no
+transaction tracks it), is chosen here (:meth:`CommitPipeline._apply`), not threaded through the general code.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable, Iterable, Optional
+
+from mmsb.delta import Delta, Txn, covers_page
+from mmsb.devices import backend_for
+from mmsb.errors import InvalidDeltaError, MMSBError
+from mmsb.propagate import Change, UndoLog
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mmsb.buffer import Buffer
+    from mmsb.pages import Page
+    from mmsb.txn import Transaction
+
+#: a device wave: given the undo log, run the wave on the device and return ``{page name: Change}``
+DeviceWave = Callable[[UndoLog], dict]
+
+
+class ConflictHistory:
+    """What each commit changed (``{page: positions or None}``), kept only while a transaction that tracks reads
+    or holds intents is open, so that such a transaction can be validated at its commit."""
+
+    __slots__ = ("entries", "tracking")
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[int, dict]] = []
+        self.tracking = 0
+
+    def record(self, epoch: int, changed: dict) -> None:
+        if self.tracking:
+            self.entries.append((epoch, changed))
+
+    def trim(self, oldest_start: Optional[int]) -> None:
+        """Forget what no open tracking transaction can conflict with."""
+        if oldest_start is None:
+            self.entries.clear()
+        else:
+            self.entries = [h for h in self.entries if h[0] > oldest_start]
+
+
+class PendingWave:
+    """Deferred propagation: the changes and forced recomputes waiting for :meth:`Buffer.propagate`."""
+
+    __slots__ = ("changes", "force")
+
+    def __init__(self) -> None:
+        self.changes: dict[str, Change] = {}
+        self.force: set[str] = set()
+
+    def __bool__(self) -> bool:
+        return bool(self.changes or self.force)
+
+    def add(self, changes: dict, force: Iterable[str], undo: UndoLog, reads: Callable[[str], bool]) -> None:
+        """Queue ``changes`` (of pages that ``reads`` says rules read) and ``force``; ``undo`` restores."""
+        saved_changes, saved_force = dict(self.changes), set(self.force)
+
+        def restore() -> None:
+            self.changes, self.force = saved_changes, saved_force
+
+        undo.action(restore)
+        for name, ch in changes.items():
+            if reads(name):
+                self.changes[name] = self.changes[name].merged_after(ch) if name in self.changes else ch
+        self.force |= set(force)
+
+    def take(self, undo: UndoLog) -> tuple[dict, set]:
+        """Everything queued (the queue is empty after it; ``undo`` puts it back)."""
+        changes, force = self.changes, self.force
+        self.changes, self.force = {}, set()
+
+        def restore() -> None:
+            self.changes, self.force = changes, force
+
+        undo.action(restore)
+        return changes, force
+
+    def forget_page(self, name: str) -> None:
+        """A dropped page is neither an input nor a target of a wave any more."""
+        self.changes.pop(name, None)
+        self.force.discard(name)
+
+
+class _Commit:
+    """The state of one commit in flight."""
+
+    __slots__ = ("epoch", "undo", "changes", "force", "logged", "n_user", "released")
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.undo = UndoLog()
+        self.changes: dict[str, Change] = {}
+        self.force: set[str] = set()
+        self.logged: list = []
+        self.n_user = 0
+        self.released: list = []
+
+
+class CommitPipeline:
+    """The commit path of one :class:`~mmsb.buffer.Buffer` (see the module docstring)."""
+
+    def __init__(self, buf: "Buffer", eager: bool = True) -> None:
+        self.buf = buf
+        self.eager = eager
+        self.epoch = 0
+        self.txid = 0
+        self.history = ConflictHistory()
+        self.pending = PendingWave()
+        self.counters = {"commits": 0, "conflicts": 0, "aborts": 0, "lock_waits": 0, "deltas": 0,
+                         "torn_tail_bytes": 0}
+        self.after_commit: list[Callable[[int], None]] = []
+
+    # -- the pipeline ---------------------------------------------------------------------------------------
+    def commit(self, ops: list, tx: Optional["Transaction"] = None, *, propagate: bool = False,
+               device_wave: Optional[DeviceWave] = None, skip_empty: bool = False) -> int:
+        """Commit ``ops`` (deltas and schema operations) atomically at a new epoch and return it.
+
+        ``propagate``: run the queued deferred wave. ``device_wave``: the derived changes come from a device
+        (a GPU graph wave) instead of the engine. ``skip_empty``: a commit that would log nothing takes no epoch
+        (the current one is returned). Nothing is left applied, logged or counted if any step fails.
+        """
+        buf = self.buf
+        with buf._locked():
+            buf._check_writable()
+            if tx is not None and self.history.tracking:
+                try:
+                    tx.validate(self.history.entries)
+                except MMSBError:
+                    self.counters["conflicts"] += 1
+                    raise
+            c = _Commit(self.epoch + 1)
+            try:
+                self._apply(ops, c)
+                derived = self._wave(c, propagate, device_wave)
+                values_at = buf._values_at
+                for name, ch in derived.items():
+                    c.logged.append(Delta(name, values_at(name, ch.idx), index=ch.idx, derived=True))
+                if skip_empty and not c.logged:
+                    c.undo.rollback()
+                    return self.epoch
+                token = self._append(c)
+            except BaseException:
+                c.undo.rollback()
+                raise
+            self._publish(c, derived)
+        buf._log.sync(token)
+        for hook in self.after_commit:
+            hook(c.epoch)
+        return c.epoch
+
+    def _apply(self, ops: list, c: _Commit) -> None:
+        """Apply every operation in order, recording undo steps; collect the changed positions per page."""
+        buf = self.buf
+        graph = buf._graph
+        pre = {}
+        if len(ops) > 1:
+            pre = self._device_batches(ops, c.undo)
+        for op in ops:
+            if type(op) is Delta:
+                c.n_user += 1
+                page = buf._page(op.page)
+                name = page.name
+                if graph.is_derived(name):
+                    raise InvalidDeltaError(f"page {name!r} became derived; the write is refused")
+                if id(op) in pre:
+                    ch = pre.pop(id(op))
+                elif not op.accumulate and page.device == "cpu" and not self.history.tracking \
+                        and not graph.has_rules_from(name) and covers_page(op.mask):
+                    # nobody needs the changed positions: two copies instead of the per-element kernel
+                    ch = buf._overwrite(page, op.values, c.undo)
+                else:
+                    ch = backend_for(page.device).apply_delta(buf, page, op, c.undo)
+                if ch is not None:
+                    c.changes[name] = c.changes[name].merged_after(ch) if name in c.changes else ch
+            else:
+                buf._apply_schema(op, c)
+            c.logged.append(op)
+
+    def _device_batches(self, ops: list, undo: UndoLog) -> dict:
+        """Deltas that a device applies together (one launch per group): ``{id(delta): Change or None}``."""
+        from mmsb import devices
+
+        out: dict = {}
+        for fam, backend in devices.loaded().items():
+            if fam != "cpu":
+                out.update(backend.apply_batch(self.buf, ops, undo))
+        return out
+
+    def _wave(self, c: _Commit, propagate: bool, device_wave: Optional[DeviceWave]) -> dict:
+        """The derived changes of this commit: from the engine (eager, or the deferred queue) or a device."""
+        buf = self.buf
+        if device_wave is not None:
+            return device_wave(c.undo)
+        if propagate or (self.eager and self.pending):
+            changes, force = self.pending.take(c.undo)
+            for name, ch in c.changes.items():
+                changes[name] = changes[name].merged_after(ch) if name in changes else ch
+            force |= c.force
+            return buf._engine.wave(changes, c.undo, force)
+        if self.eager:
+            return buf._engine.wave(c.changes, c.undo, c.force)
+        self.pending.add(c.changes, c.force, c.undo, buf._graph.has_rules_from)
+        return {}
+
+    def _append(self, c: _Commit) -> int:
+        """Log the transaction (user operations, then derived deltas); the txid is taken only on success."""
+        epoch = c.epoch
+        for op in c.logged:
+            if type(op) is Delta:
+                op.epoch = epoch
+        token = self.buf._log.append(Txn(epoch, self.txid + 1, c.logged))
+        self.txid += 1
+        return token
+
+    def _publish(self, c: _Commit, derived: dict) -> None:
+        """The commit is logged: make it visible (epoch, page epochs, history, counters, memory)."""
+        buf = self.buf
+        epoch = c.epoch
+        for page in c.released:
+            buf._memory.release(page)
+        self.epoch = epoch
+        pages = buf._pages
+        for op in c.logged:
+            if type(op) is Delta:
+                page = pages.get(op.page)
+                if page is not None:
+                    page.epoch = epoch
+        if self.history.tracking:
+            rec = {n: ch.idx for n, ch in c.changes.items()}
+            rec.update({n: ch.idx for n, ch in derived.items()})
+            rec.update({n: None for n in c.force})
+            self.history.record(epoch, rec)
+        self.counters["commits"] += 1
+        self.counters["deltas"] += c.n_user + len(derived)
+        buf._memory.enforce()
+
+    # -- transactions -----------------------------------------------------------------------------------------
+    def track(self, step: int) -> None:
+        """An open transaction that tracks reads or holds intents starts (+1) or ends (-1)."""
+        self.history.tracking += step
+
+    # -- recovery ---------------------------------------------------------------------------------------------
+    def replayed(self, epoch: int, txid: int) -> None:
+        """A transaction of the log was replayed (open, time travel): the counters follow it."""
+        self.epoch = epoch
+        if txid > self.txid:
+            self.txid = txid

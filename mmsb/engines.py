@@ -1,0 +1,78 @@
+"""Propagation engines behind one small interface, chosen when a buffer opens.
+
+The in-process :class:`~mmsb.propagate.Engine` is built in (``"local"``); the Dask engine is registered lazily
+(``"dask"``: :mod:`mmsb.dask` and distributed are imported only for a buffer opened with ``cluster=``), as dask
+registers its array backends. A factory takes the buffer and the cluster argument and returns the engine and,
+for a cluster, a handle with ``after_commit(epoch)``, ``stats()`` and ``close()`` (None in-process).
+"""
+from __future__ import annotations
+
+import importlib
+import threading
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, runtime_checkable
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mmsb.buffer import Buffer
+    from mmsb.propagate import Change, UndoLog, WaveStats
+
+
+@runtime_checkable
+class PropagationEngine(Protocol):
+    """What the commit pipeline needs of an engine."""
+
+    stats: "WaveStats"
+
+    def wave(self, changes: dict[str, "Change"], undo: "UndoLog", force: Optional[set] = None) \
+            -> dict[str, "Change"]:
+        """Push ``changes`` (and full recomputes of ``force``) down the rules; return the derived changes."""
+        ...
+
+
+Factory = Callable[["Buffer", Any], tuple]
+
+
+def _local(buf: "Buffer", cluster: Any) -> tuple:
+    from mmsb.propagate import Engine
+
+    pages = buf._pages
+    return Engine(buf._graph, buf._array_of, lambda n: pages[n].shape, lambda n: pages[n].semiring,
+                  pages=pages.__getitem__), None
+
+
+_lock = threading.Lock()
+_factories: dict[str, Factory] = {"local": _local}
+_lazy: dict[str, str] = {"dask": "mmsb.dask:attach_cluster"}
+
+
+def register(name: str, factory: Factory) -> None:
+    """Register an engine factory ``factory(buf, cluster) -> (engine, handle or None)``."""
+    with _lock:
+        _factories[name] = factory
+        _lazy.pop(name, None)
+
+
+def register_lazy(name: str, target: str) -> None:
+    """Register ``"module:function"`` as the factory ``name``; imported on first use."""
+    with _lock:
+        if name not in _factories:
+            _lazy[name] = target
+
+
+def factory(name: str) -> Factory:
+    """The factory registered as ``name`` (importing a lazy one)."""
+    f = _factories.get(name)
+    if f is not None:
+        return f
+    with _lock:
+        if name not in _factories:
+            target = _lazy.get(name)
+            if target is None:
+                raise KeyError(f"no propagation engine named {name!r}")
+            mod, _, fn = target.partition(":")
+            _factories[name] = getattr(importlib.import_module(mod), fn)
+        return _factories[name]
+
+
+def create(buf: "Buffer", cluster: Any = None) -> tuple:
+    """The engine for ``buf``: in-process, or the Dask engine when ``cluster`` is given."""
+    return factory("local" if cluster is None else "dask")(buf, cluster)
