@@ -9,14 +9,14 @@ import warnings
 
 KIND = "python"
 if os.environ.get("MMSB_PUREPYTHON") == "1":
-    from mmsb._ref import alloc, codecs, cpu, merge, spmv
+    from mmsb._ref import alloc, codecs, cpu, merge, packed, spmv
 else:
     try:
-        from mmsb._ext import alloc, codecs, cpu, merge, spmv
+        from mmsb._ext import alloc, codecs, cpu, merge, packed, spmv
         KIND = "compiled"
     except ImportError as exc:  # pragma: no cover - only on a broken install
         warnings.warn(f"mmsb: compiled kernels unavailable ({exc}); using the numpy reference kernels",
                       RuntimeWarning, stacklevel=2)
-        from mmsb._ref import alloc, codecs, cpu, merge, spmv
+        from mmsb._ref import alloc, codecs, cpu, merge, packed, spmv
 
-__all__ = ["KIND", "alloc", "codecs", "cpu", "merge", "spmv"]
+__all__ = ["KIND", "alloc", "codecs", "cpu", "merge", "packed", "spmv"]

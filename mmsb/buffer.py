@@ -11,7 +11,7 @@ import numpy as np
 
 from mmsb import _kernels, _ops, devices, engines, semirings
 from mmsb.commit import CommitPipeline
-from mmsb.delta import Delta, SchemaOp, Txn, full_index, full_mask, is_full_mask
+from mmsb.delta import Delta, SchemaOp, Txn, covers_page, full_index, full_mask, is_full_mask
 from mmsb.errors import (ClosedError, ConflictError, CorruptionError, DependencyError, DeviceError, HistoryError,
                          InvalidDeltaError, MMSBError, PageExistsError, PageNotFoundError, ReadOnlyError,
                          SemiringError)
@@ -277,65 +277,78 @@ class Buffer:
 
     def _prepare(self, page: Page, values: Any, index: Any, mask: Any, accumulate: bool, source: Optional[str],
                  metadata: Optional[dict]) -> Delta:
-        """Validate a delta against its page and normalise it; raises InvalidDeltaError naming the page."""
+        """Validate a delta against its page and take its own copy of the data; InvalidDeltaError names the page.
+
+        A sparse delta keeps its indices in the order given (``Delta.normalized`` says whether they are already
+        sorted and unique); the commit pipeline sorts and folds them where it needs the changed positions. A
+        dense delta keeps the masked values packed, in order.
+        """
         name = page.name
         if self._graph.is_derived(name):
             raise InvalidDeltaError(f"page {name!r} is derived (the target of rules); write to its inputs")
         if index is not None and mask is not None:
             raise InvalidDeltaError(f"page {name!r}: give index or mask, not both")
         try:
-            vals = np.array(values, copy=True)
+            vals = np.asarray(values)
         except (TypeError, ValueError) as exc:
             raise InvalidDeltaError(f"page {name!r}: values are not an array: {exc}") from exc
         if vals.dtype.kind not in "biuf":
             raise InvalidDeltaError(f"page {name!r}: values must be numeric or bool, got dtype {vals.dtype}")
-        if not _castable(values, vals, page.dtype):
-            raise InvalidDeltaError(f"page {name!r}: values of dtype {vals.dtype} cannot be cast to {page.dtype} "
+        dt = page.dtype
+        if vals.dtype != dt and not _castable(values, vals, dt):
+            raise InvalidDeltaError(f"page {name!r}: values of dtype {vals.dtype} cannot be cast to {dt} "
                                     "under the 'same_kind' rule")
-        sr = page.semiring
+        meta = None if metadata is None else _json_metadata(metadata, name)
         if index is not None:
             idx = np.asarray(index)
             if idx.dtype.kind not in "iu" and not (idx.size == 0 and idx.dtype.kind == "f"):
                 raise InvalidDeltaError(f"page {name!r}: index must be integer, got dtype {idx.dtype}")
-            idx = idx.reshape(-1).astype(np.int64)
-            if idx.size and idx.min() < 0:
-                raise InvalidDeltaError(f"page {name!r}: negative index {int(idx.min())} (indices lie in "
-                                        f"[0, {page.size}))")
-            if idx.size and idx.max() >= page.size:
-                raise InvalidDeltaError(f"page {name!r}: index {int(idx.max())} out of range [0, {page.size})")
+            idx = np.array(idx.reshape(-1), dtype=np.int64)
+            n = idx.size
+            if n:
+                lo, hi = (int(idx[0]), int(idx[0])) if n == 1 else (int(idx.min()), int(idx.max()))
+                if lo < 0:
+                    raise InvalidDeltaError(f"page {name!r}: negative index {lo} (indices lie in [0, {page.size}))")
+                if hi >= page.size:
+                    raise InvalidDeltaError(f"page {name!r}: index {hi} out of range [0, {page.size})")
             if vals.ndim == 0:
-                vals = np.full(idx.size, vals)
-            vals = vals.reshape(-1) if vals.ndim == 1 or vals.size == idx.size else vals
-            if vals.ndim != 1 or vals.size != idx.size:
-                raise InvalidDeltaError(f"page {name!r}: {idx.size} indices but values of shape {vals.shape}")
-            vals = vals.astype(page.dtype)
+                vals = np.full(n, vals, dtype=dt)
+            elif vals.ndim != 1 and vals.size == n:
+                vals = vals.reshape(-1)
+            if vals.ndim != 1 or vals.size != n:
+                raise InvalidDeltaError(f"page {name!r}: {n} indices but values of shape {vals.shape}")
+            vals = np.array(vals, dtype=dt)
             self._check_nan(page, vals)
-            op = sr.codes_for(page.dtype)[0] if (accumulate and sr.codes_for(page.dtype)) else _ops.OP_ASSIGN
-            if accumulate and sr.codes_for(page.dtype) is None:
-                idx, vals = sr.reduce_duplicates(idx, vals)
+            codes = page.semiring.codes_for(dt)
+            if accumulate and codes is None:
+                idx, vals = page.semiring.reduce_duplicates(idx, vals)
+                ordered = True
             else:
-                idx, kv = _kernels.merge.normalize(idx, _kview(vals), op)
-                vals = kv.view(page.dtype)
-            return Delta(name, vals, index=idx, accumulate=bool(accumulate), source=source,
-                         metadata=_json_metadata(metadata, name))
-        if mask is not None:
+                ordered = n < 2 or bool((idx[1:] > idx[:-1]).all())
+            d = Delta(name, vals, index=idx, accumulate=bool(accumulate), source=source, metadata=meta,
+                      normalized=ordered, fold_op=codes[0] if (accumulate and codes) else _ops.OP_ASSIGN)
+            return d if ordered or n > _RAW_MIN else d.normalize()
+        if vals.ndim == 0:
+            vals = np.full(page.shape, vals, dtype=dt)
+        if vals.shape != page.shape:
+            raise InvalidDeltaError(f"page {name!r}: values of shape {vals.shape}, page has shape {page.shape}")
+        if mask is None:
+            m = full_mask(page.size)
+            packed = np.array(vals.reshape(-1), dtype=dt)
+        else:
             m = np.asarray(mask)
             if m.dtype != np.bool_:
                 raise InvalidDeltaError(f"page {name!r}: mask must be a bool array, got dtype {m.dtype}")
             if m.shape != page.shape:
                 raise InvalidDeltaError(f"page {name!r}: mask of shape {m.shape}, page has shape {page.shape}")
             m = m.reshape(-1).copy()
-        else:
-            m = full_mask(page.size)
-        if vals.ndim == 0:
-            vals = np.full(page.shape, vals)
-        if vals.shape != page.shape:
-            raise InvalidDeltaError(f"page {name!r}: values of shape {vals.shape}, page has shape {page.shape}")
-        flat = vals.reshape(-1)             # vals is this delta's own copy: a whole-page write keeps it as is
-        vals = np.ascontiguousarray(flat if mask is None else flat[m], dtype=page.dtype)
-        self._check_nan(page, vals)
-        return Delta(name, vals, mask=m, accumulate=bool(accumulate), source=source,
-                     metadata=_json_metadata(metadata, name))
+            flat = np.ascontiguousarray(vals.reshape(-1))
+            packed = np.empty(int(np.count_nonzero(m)), dtype=flat.dtype)
+            _kernels.packed.pack(_kview(flat), m.view(np.uint8), _kview(packed))
+            if packed.dtype != dt:
+                packed = packed.astype(dt)
+        self._check_nan(page, packed)
+        return Delta(name, packed, mask=m, accumulate=bool(accumulate), source=source, metadata=meta)
 
     @staticmethod
     def _check_nan(page: Page, vals: np.ndarray) -> None:
@@ -399,7 +412,7 @@ class Buffer:
             arr = self._memory.array(page).copy()
         for d in tx.ops:
             if d.page == page.name:
-                idx, vals = d.sparse()
+                idx, vals = d.normalize().sparse()
                 if d.accumulate:
                     page.semiring.accumulate(arr, idx, vals)
                 else:
@@ -418,6 +431,18 @@ class Buffer:
         if undo is not None:
             undo.record(lambda n=page.name: self._array_of(n), slice(None), old)
         return Change(full_index(page.size), old)
+
+    def _apply_blind(self, page: Page, d: Delta, arr: np.ndarray) -> None:
+        """Merge ``d`` into a CPU page's storage ``arr`` in place, keeping nothing (no old values): sparse deltas
+        in the order given (duplicates fold in order), dense ones from their packed values."""
+        codes = page.semiring.codes_for(page.dtype)
+        op = codes[0] if d.accumulate else _ops.OP_ASSIGN
+        if d.mask is None:
+            _kernels.merge.scatter(_kview(arr), d.index, _kview(d.values), op, d.normalized)
+        elif op == _ops.OP_ASSIGN and covers_page(d.mask):
+            np.copyto(arr, d.values)
+        else:
+            _kernels.packed.merge_packed(_kview(arr), d.mask.view(np.uint8), _kview(d.values), op)
 
     def _apply_host_delta(self, page: Page, d: Delta, undo: Optional[UndoLog]) -> Optional[Change]:
         """Merge ``d`` into a CPU page with the merge kernel; the positions that changed and their old values."""
@@ -751,6 +776,7 @@ class Buffer:
         for op in txn.ops:
             if type(op) is Delta:
                 page = self._logged_target(op, txn.epoch)
+                op.normalize()
                 ch = devices.backend_for(page.device).apply_delta(self, page, op, None)
                 page.epoch = txn.epoch
                 if op.derived:
@@ -902,7 +928,7 @@ class LogView:
             for op in txn.ops:
                 if isinstance(op, Delta) and (name is None or op.page == name) and \
                         (source is None or op.source == source):
-                    yield op
+                    yield op.normalize()
 
     def stats(self) -> dict:
         return self._buf._log.stats()
@@ -910,6 +936,8 @@ class LogView:
 
 class _NullLog:
     """The log of a read-only view: nothing to append."""
+
+    keeps_deltas = False
 
     def txns(self, since: Optional[int] = None, until: Optional[int] = None) -> Iterator[Txn]:
         return iter(())
@@ -934,6 +962,9 @@ class _NullLog:
     def drop_segments_before(self, epoch: int) -> int:
         return 0
 
+
+#: a sparse delta of more entries than this is kept in the order given until something needs it sorted
+_RAW_MIN = 4096
 
 _SHAPES: dict = {}
 

@@ -85,6 +85,13 @@ class PendingWave:
         undo.action(restore)
         return changes, force
 
+    def targets(self, rules_from: Callable[[str], list]) -> list[str]:
+        """The pages a full recompute must refresh to apply everything queued (for a checkpoint to record)."""
+        out = set(self.force)
+        for name in self.changes:
+            out.update(r.dst for r in rules_from(name))
+        return sorted(out)
+
     def forget_page(self, name: str) -> None:
         """A dropped page is neither an input nor a target of a wave any more."""
         self.changes.pop(name, None)
@@ -139,24 +146,66 @@ class CommitPipeline:
                     self.counters["conflicts"] += 1
                     raise
             c = _Commit(self.epoch + 1)
-            try:
-                self._apply(ops, c)
-                derived = self._wave(c, propagate, device_wave)
-                values_at = buf._values_at
-                for name, ch in derived.items():
-                    c.logged.append(Delta(name, values_at(name, ch.idx), index=ch.idx, derived=True))
-                if skip_empty and not c.logged:
+            blind = self._blind(ops) if ops else None
+            if blind is not None:
+                token = self._log_then_apply(c, ops, blind)
+            else:
+                try:
+                    self._apply(ops, c)
+                    derived = self._wave(c, propagate, device_wave)
+                    values_at = buf._values_at
+                    for name, ch in derived.items():
+                        c.logged.append(Delta(name, values_at(name, ch.idx), index=ch.idx, derived=True))
+                    if skip_empty and not c.logged:
+                        c.undo.rollback()
+                        return self.epoch
+                    token = self._append(c)
+                except BaseException:
                     c.undo.rollback()
-                    return self.epoch
-                token = self._append(c)
-            except BaseException:
-                c.undo.rollback()
-                raise
-            self._publish(c, derived)
+                    raise
+                self._publish(c, derived)
         buf._log.sync(token)
         for hook in self.after_commit:
             hook(c.epoch)
         return c.epoch
+
+    def _blind(self, ops: list) -> Optional[list]:
+        """The strategy for a commit whose changed positions nobody needs: every op a delta to a CPU page that no
+        rule reads, no transaction tracking reads, nothing queued, no cluster. Then ``[(page, array), ...]`` (the
+        pages' storage, loaded now so that nothing can fail once the log has the commit), else None."""
+        buf = self.buf
+        if self.history.tracking or self.pending or buf._cluster is not None:
+            return None
+        if len(ops) > 1 and buf._memory.limit is not None:
+            return None                     # (loading one page may evict another one held here)
+        graph = buf._graph
+        out = []
+        for op in ops:
+            if type(op) is not Delta:
+                return None
+            page = buf._pages.get(op.page)
+            if page is None or page.device != "cpu" or graph.is_derived(page.name) \
+                    or graph.has_rules_from(page.name):
+                return None
+            if op.accumulate and page.semiring.codes_for(page.dtype) is None:
+                return None
+            out.append((page, buf._memory.array(page)))
+        return out
+
+    def _log_then_apply(self, c: _Commit, ops: list, targets: list) -> int:
+        """Log first, then merge each delta in place with no undo log, no old values and no wave (the pages'
+        storage is resident and the deltas are validated: applying them cannot fail). Returns the log token."""
+        buf = self.buf
+        c.logged = list(ops)
+        c.n_user = len(ops)
+        if not buf._log.keeps_deltas:               # a log that encodes deltas stores them sorted
+            for op in ops:
+                op.normalize()
+        token = self._append(c)
+        for (page, arr), op in zip(targets, ops):
+            buf._apply_blind(page, op, arr)
+        self._publish(c, {})
+        return token
 
     def _apply(self, ops: list, c: _Commit) -> None:
         """Apply every operation in order, recording undo steps; collect the changed positions per page."""
@@ -164,6 +213,9 @@ class CommitPipeline:
         graph = buf._graph
         pre = {}
         if len(ops) > 1:
+            for op in ops:
+                if type(op) is Delta and not op.normalized:
+                    op.normalize()
             pre = self._device_batches(ops, c.undo)
         for op in ops:
             if type(op) is Delta:
@@ -172,6 +224,8 @@ class CommitPipeline:
                 name = page.name
                 if graph.is_derived(name):
                     raise InvalidDeltaError(f"page {name!r} became derived; the write is refused")
+                if not op.normalized:
+                    op.normalize()
                 if id(op) in pre:
                     ch = pre.pop(id(op))
                 elif not op.accumulate and page.device == "cpu" and not self.history.tracking \

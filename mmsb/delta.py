@@ -60,6 +60,9 @@ class Delta:
     Dense: ``mask`` (bool, flat, one entry per page element) and ``values`` holding the masked entries in order.
     ``accumulate``: ``page[i] = page[i] ⊕ v``; otherwise assign (last writer wins). ``derived``: produced by
     propagation, not by a user. ``epoch`` is the commit that holds it (None until committed).
+    ``normalized``: a sparse delta's indices are sorted and unique. A user's delta is kept in the order it was
+    given in until something needs it sorted (duplicates fold in order either way, as the semantics say):
+    :meth:`normalize` sorts it and folds duplicates with ``fold_op`` (a kernel op code of ``mmsb._ops``).
     """
 
     page: str
@@ -71,6 +74,8 @@ class Delta:
     metadata: Optional[dict] = None
     derived: bool = False
     epoch: Optional[int] = None
+    normalized: bool = True
+    fold_op: int = -1
 
     @property
     def kind(self) -> str:
@@ -90,6 +95,18 @@ class Delta:
         if hit is not None and self.mask is hit[0]:
             return hit[1], self.values
         return np.flatnonzero(self.mask).astype(np.int64, copy=False), self.values
+
+    def normalize(self) -> "Delta":
+        """Sort a sparse delta's indices and fold duplicates (in order) in place; returns the delta."""
+        if not self.normalized and self.index is not None:
+            from mmsb import _kernels
+
+            dt = self.values.dtype
+            kv = self.values.view(np.uint8) if dt == np.bool_ else self.values
+            self.index, vals = _kernels.merge.normalize(self.index, kv, self.fold_op)
+            self.values = vals.view(dt)
+        self.normalized = True
+        return self
 
     def __repr__(self) -> str:
         op = "accumulate" if self.accumulate else "assign"

@@ -65,7 +65,8 @@ class Store:
         # what the new checkpoint supersedes (older checkpoints, closed log segments) is cold from now on: let the
         # kernel drop its clean cached pages, so that writing the checkpoint reuses them instead of new memory
         self._drop_cold_cache(buf)
-        write_checkpoint(self.root, epoch, pages, rules, extra={"txid": buf._txid}, fsync=fsync, compress=compress)
+        write_checkpoint(self.root, epoch, pages, rules, extra={"txid": buf._txid,
+                         "pending": buf._pipe.pending.targets(buf._graph.rules_from)}, fsync=fsync, compress=compress)
         buf._log.mark_checkpoint(epoch)
         return epoch
 
@@ -186,6 +187,8 @@ def open_store(root: str, mode: str, *, durability: str, memory_limit: Optional[
         if snap is not None:     # (a writer beside a reader may have published a newer one meanwhile: fine)
             buf._load_snapshot(snap.epoch, snap.pages, snap.rules, blocks=snap.blocks)
             buf._txid = int((snap.extra or {}).get("txid", 0))
+            pending = (snap.extra or {}).get("pending") or []
+            buf._pipe.pending.force.update(n for n in pending if isinstance(n, str) and n in buf._pages)
         for txn in log.txns(since=snap.epoch if snap is not None else 0):
             buf._replay(txn)
         first = log.first_epoch_hint

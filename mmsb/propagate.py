@@ -130,7 +130,9 @@ class Engine:
             ch = self.update(name, rules, inputs, name in force, undo)
             self.stats.pages_touched += 1
             if ch is not None and ch.idx.size:
-                pending[name] = ch
+                # a page that had a change of its own in this wave (written, then made a rule target before a
+                # deferred wave) changed from its oldest value as far as its readers are concerned
+                pending[name] = pending[name].merged_after(ch) if name in pending else ch
                 produced[name] = ch
         self.stats.waves += 1
         self.stats.seconds += time.perf_counter() - t0

@@ -10,6 +10,9 @@ class LogBase:
     _epochs: list
     _marks: list
     _last_epoch: int
+    #: True when the log keeps the Delta objects it is given (in memory): a sparse delta may then be appended in
+    #: the order the user gave it and sorted only when read back (``Delta.normalize``)
+    keeps_deltas: bool = False
 
     @property
     def last_epoch(self) -> int:

@@ -29,6 +29,7 @@ class MemoryLog(LogBase):
 
     durability = "none"
     readonly = False
+    keeps_deltas = True
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
