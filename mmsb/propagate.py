@@ -18,12 +18,15 @@ import numpy as np
 from mmsb import _kernels, _ops
 from mmsb._sets import unique, unique_first
 from mmsb.errors import InvalidDeltaError, MMSBError, SemiringError
+from mmsb.delta import full_index
 from mmsb.devices import backend_for
 from mmsb.graph import Graph
 from mmsb.rules import CSR, Rule
 from mmsb.semiring import Semiring, _is_ufunc, _kview
 
 _MISSING = object()
+_PULL_FRACTION = 8          # a link change of >= 1/8 of its inputs' entries is recomputed by one pull ...
+_PULL_MIN = 4096            # ... once it is big enough for the pull's fixed costs not to matter
 _SELECTIVE = (np.minimum, np.maximum, np.fmin, np.fmax, np.logical_or)
 
 
@@ -196,6 +199,8 @@ class Engine:
         y = self.array(name)
         pushes: list[tuple[Rule, np.ndarray, np.ndarray]] = []
         recompute: list[np.ndarray] = []
+        if not full and self._pull_is_cheaper(rules, inputs):
+            return self._links_all_rows(name, rules, y, sr, undo)
         if full:
             rows = np.arange(y.size, dtype=np.int64)
             recompute.append(rows)
@@ -239,6 +244,29 @@ class Engine:
             return None
         return self._record(name, cand[diff], before[diff], undo)
 
+    @staticmethod
+    def _pull_is_cheaper(rules: list[Rule], inputs: dict[str, Change]) -> bool:
+        """A change that touches a large part of the inputs costs less as one pull over every row (a streaming
+        SpMV) than as a push through the changed columns plus the bookkeeping of the candidate rows."""
+        changed = sum(inputs[r.srcs[0]].idx.size for r in rules if r.srcs[0] in inputs)
+        cols = sum(r.matrix.shape[1] for r in rules)
+        return changed * _PULL_FRACTION >= cols and changed >= _PULL_MIN
+
+    def _links_all_rows(self, name: str, rules: list[Rule], y: np.ndarray, sr: Semiring,
+                        undo: UndoLog) -> Optional[Change]:
+        """Recompute every row of a link target; the positions that changed and their old values."""
+        before = y.copy()
+        self._pull_rows(rules, None, y, sr)
+        self.stats.rows_recomputed += int(y.size)
+        moved = changed_positions(y, before)
+        count = int(np.count_nonzero(moved))
+        if not count:
+            return None
+        if count == y.size:
+            return self._record(name, full_index(y.size), before, undo)
+        idx = np.flatnonzero(moved).astype(np.int64, copy=False)
+        return self._record(name, idx, before[idx], undo)
+
     def _x(self, rule: Rule, dtype: np.dtype) -> np.ndarray:
         x = self.array(rule.srcs[0])
         return x if x.dtype == dtype else x.astype(dtype)
@@ -263,10 +291,17 @@ class Engine:
         contrib = sr.mul_arrays(t.data[offs], np.repeat(vals, lens))
         sr.accumulate(y, t.indices[offs], contrib)
 
-    def _pull_rows(self, rules: list[Rule], rows: np.ndarray, y: np.ndarray, sr: Semiring) -> None:
-        """y[rows] = ⊕ over the rules of (A ⊗ x)[rows]."""
+    def _pull_rows(self, rules: list[Rule], rows: Optional[np.ndarray], y: np.ndarray, sr: Semiring) -> None:
+        """y[rows] = ⊕ over the rules of (A ⊗ x)[rows] (every row when ``rows`` is None)."""
         zero = sr.zero_for(y.dtype)
         codes = sr.codes_for(y.dtype)
+        if rows is None and codes is not None and len(rules) == 1:
+            A = rules[0].matrix                      # one rule over every row: straight into y, no gather
+            _kernels.spmv.spmv(A.indptr, A.indices, _kview(A.data), _kview(self._x(rules[0], y.dtype)),
+                               _kview(y), codes[0], codes[1], _kview(np.array([zero]))[0], None, self.nthreads)
+            return
+        sel = slice(None) if rows is None else rows
+        every = np.arange(y.size, dtype=np.int64) if rows is None else rows
         acc = None
         for r in rules:
             x = self._x(r, y.dtype)
@@ -275,11 +310,11 @@ class Engine:
                 A = r.matrix
                 _kernels.spmv.spmv(A.indptr, A.indices, _kview(A.data), _kview(x), _kview(target), codes[0],
                                    codes[1], _kview(np.array([zero]))[0], rows, self.nthreads)
-                part = target[rows]
+                part = target[sel].copy() if target is y else target[sel]
             else:
-                part = self._pull_numpy(r.matrix, x, rows, sr, zero)
+                part = self._pull_numpy(r.matrix, x, every, sr, zero)
             acc = part if acc is None else sr.add_arrays(acc, part)
-        y[rows] = acc
+        y[sel] = acc
 
     @staticmethod
     def _pull_numpy(A: CSR, x: np.ndarray, rows: np.ndarray, sr: Semiring, zero) -> np.ndarray:

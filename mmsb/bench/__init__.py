@@ -1,7 +1,7 @@
 """``mmsb bench``: mmsb against what a user would use instead, measured side by side in one run.
 
 Each row gives mmsb's figure, the baseline's and ``ratio = baseline / mmsb`` (> 1: mmsb is faster or smaller).
-Groups (one module each): merge, alloc, spmv, closure, log, checkpoint, txn. ``quick=True`` runs every group at
+Groups (one module each): path, merge, alloc, spmv, closure, log, checkpoint, txn. ``quick=True`` runs every group at
 reduced sizes. Baselines that are not installed are skipped with a note. No figure here is asserted in tests.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Iterable, Optional, Sequence, Union
 
 from mmsb.bench._common import Row, fmt_ratio, fmt_value
 
-GROUPS = ("merge", "alloc", "spmv", "closure", "log", "checkpoint", "txn")
+GROUPS = ("path", "merge", "alloc", "spmv", "closure", "log", "checkpoint", "txn")
 
 __all__ = ["GROUPS", "Row", "main", "run", "environment"]
 
