@@ -5,13 +5,13 @@ import json
 import threading
 import warnings
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
 from mmsb import _kernels, _ops, devices, engines, semirings
 from mmsb.commit import CommitPipeline
-from mmsb.delta import Delta, SchemaOp, Txn, covers_page, full_index, full_mask, is_full_mask
+from mmsb.delta import Delta, SchemaOp, Txn, full_mask, is_full_mask
 from mmsb.errors import (ClosedError, ConflictError, CorruptionError, DependencyError, DeviceError, HistoryError,
                          InvalidDeltaError, MMSBError, PageExistsError, PageNotFoundError, ReadOnlyError,
                          SemiringError)
@@ -19,7 +19,7 @@ from mmsb.graph import Graph
 from mmsb.memory import MemoryManager
 from mmsb.observe import observed
 from mmsb.pages import Page
-from mmsb.propagate import Change, UndoLog, changed_positions
+from mmsb.propagate import Change, UndoLog
 from mmsb.rules import Rule, as_csr
 from mmsb.semiring import Semiring, _kview
 from mmsb.txn import Transaction
@@ -146,9 +146,6 @@ class Buffer:
     def _array_of(self, name: str) -> np.ndarray:
         return self._memory.array(self._pages[name])
 
-    def _values_at(self, name: str, idx: np.ndarray) -> np.ndarray:
-        page = self._pages[name]
-        return devices.backend_for(page.device).values_at(self, page, idx)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -421,53 +418,7 @@ class Buffer:
             return arr.reshape(page.shape)
         return arr[self._index(page, index)]
 
-    # -- applying operations (called by the commit pipeline and by replay) ------------------------------------
-    def _overwrite(self, page: Page, values: np.ndarray, undo: Optional[UndoLog]) -> Change:
-        """Replace a CPU page's whole content with ``values`` (flat, the page dtype); every position counts as
-        changed (the pipeline chooses this only where nobody reads the changed positions)."""
-        arr = self._memory.array(page)
-        old = arr.copy()
-        np.copyto(arr, values.reshape(arr.shape))
-        if undo is not None:
-            undo.record(lambda n=page.name: self._array_of(n), slice(None), old)
-        return Change(full_index(page.size), old)
-
-    def _apply_blind(self, page: Page, d: Delta, arr: np.ndarray) -> None:
-        """Merge ``d`` into a CPU page's storage ``arr`` in place, keeping nothing (no old values): sparse deltas
-        in the order given (duplicates fold in order), dense ones from their packed values."""
-        codes = page.semiring.codes_for(page.dtype)
-        op = codes[0] if d.accumulate else _ops.OP_ASSIGN
-        if d.mask is None:
-            _kernels.merge.scatter(_kview(arr), d.index, _kview(d.values), op, d.normalized)
-        elif op == _ops.OP_ASSIGN and covers_page(d.mask):
-            np.copyto(arr, d.values)
-        else:
-            _kernels.packed.merge_packed(_kview(arr), d.mask.view(np.uint8), _kview(d.values), op)
-
-    def _apply_host_delta(self, page: Page, d: Delta, undo: Optional[UndoLog]) -> Optional[Change]:
-        """Merge ``d`` into a CPU page with the merge kernel; the positions that changed and their old values."""
-        arr = self._memory.array(page)
-        idx, vals = d.sparse()
-        sr = page.semiring
-        codes = sr.codes_for(page.dtype)
-        if codes is not None or not d.accumulate:
-            op = codes[0] if d.accumulate else _ops.OP_ASSIGN
-            old, changed = _kernels.merge.apply_normalized(_kview(arr), idx, _kview(vals), op)
-            old = old.view(page.dtype)
-            changed = changed.view(bool)
-        else:
-            old = arr[idx].copy()
-            arr[idx] = sr.add_arrays(old, vals)
-            changed = changed_positions(arr[idx], old)
-        if undo is not None:
-            undo.record(lambda n=page.name: self._array_of(n), idx, old)
-        moved = int(np.count_nonzero(changed))
-        if moved == 0:
-            return None
-        if moved == changed.size:
-            return Change(idx, old)
-        return Change(idx[changed], old[changed])
-
+    # -- schema operations (applied by the commit pipeline and by replay) ---------------------------------------
     def _apply_schema(self, op: SchemaOp, c: Any = None) -> None:
         """Apply a schema operation; ``c`` is the pipeline's commit in flight (its undo log, forced pages and
         pages to release), or None when replaying the log."""

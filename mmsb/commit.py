@@ -14,13 +14,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable, Iterable, Optional
 
 from mmsb.delta import Delta, Txn, covers_page
-from mmsb.devices import backend_for
-from mmsb.errors import InvalidDeltaError, MMSBError
+from mmsb.devices import CPU, backend_for
+from mmsb.errors import InvalidDeltaError, MMSBError, PageNotFoundError
 from mmsb.propagate import Change, UndoLog
 
 if TYPE_CHECKING:  # pragma: no cover
     from mmsb.buffer import Buffer
-    from mmsb.pages import Page
     from mmsb.txn import Transaction
 
 #: a device wave: given the undo log, run the wave on the device and return ``{page name: Change}``
@@ -153,9 +152,11 @@ class CommitPipeline:
                 try:
                     self._apply(ops, c)
                     derived = self._wave(c, propagate, device_wave)
-                    values_at = buf._values_at
+                    pages = buf._pages
                     for name, ch in derived.items():
-                        c.logged.append(Delta(name, values_at(name, ch.idx), index=ch.idx, derived=True))
+                        page = pages[name]
+                        vals = backend_for(page.device).values_at(buf, page, ch.idx)
+                        c.logged.append(Delta(name, vals, index=ch.idx, derived=True))
                     if skip_empty and not c.logged:
                         c.undo.rollback()
                         return self.epoch
@@ -203,7 +204,7 @@ class CommitPipeline:
                 op.normalize()
         token = self._append(c)
         for (page, arr), op in zip(targets, ops):
-            buf._apply_blind(page, op, arr)
+            CPU.apply_blind(page, op, arr)
         self._publish(c, {})
         return token
 
@@ -220,7 +221,9 @@ class CommitPipeline:
         for op in ops:
             if type(op) is Delta:
                 c.n_user += 1
-                page = buf._page(op.page)
+                page = buf._pages.get(op.page)
+                if page is None:
+                    raise PageNotFoundError(f"no page named {op.page!r}")
                 name = page.name
                 if graph.is_derived(name):
                     raise InvalidDeltaError(f"page {name!r} became derived; the write is refused")
@@ -231,7 +234,7 @@ class CommitPipeline:
                 elif not op.accumulate and page.device == "cpu" and not self.history.tracking \
                         and not graph.has_rules_from(name) and covers_page(op.mask):
                     # nobody needs the changed positions: two copies instead of the per-element kernel
-                    ch = buf._overwrite(page, op.values, c.undo)
+                    ch = CPU.overwrite(buf, page, op.values, c.undo)
                 else:
                     ch = backend_for(page.device).apply_delta(buf, page, op, c.undo)
                 if ch is not None:

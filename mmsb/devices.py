@@ -76,7 +76,59 @@ class CPUBackend(DeviceBackend):
 
     def apply_delta(self, buf: "Buffer", page: "Page", delta: "Delta", undo: Optional["UndoLog"]) \
             -> Optional["Change"]:
-        return buf._apply_host_delta(page, delta, undo)
+        """Merge ``delta`` with the merge kernel; the positions that changed and their old values."""
+        from mmsb import _kernels, _ops
+        from mmsb.propagate import Change, changed_positions
+
+        arr = buf._memory.array(page)
+        idx, vals = delta.sparse()
+        sr = page.semiring
+        codes = sr.codes_for(page.dtype)
+        if codes is not None or not delta.accumulate:
+            op = codes[0] if delta.accumulate else _ops.OP_ASSIGN
+            old, changed = _kernels.merge.apply_normalized(_kview(arr), idx, _kview(vals), op)
+            old = old.view(page.dtype)
+            changed = changed.view(bool)
+        else:
+            old = arr[idx].copy()
+            arr[idx] = sr.add_arrays(old, vals)
+            changed = changed_positions(arr[idx], old)
+        if undo is not None:
+            undo.record(_storage(buf, page.name), idx, old)
+        moved = int(np.count_nonzero(changed))
+        if moved == 0:
+            return None
+        if moved == changed.size:
+            return Change(idx, old)
+        return Change(idx[changed], old[changed])
+
+    def overwrite(self, buf: "Buffer", page: "Page", values: np.ndarray, undo: Optional["UndoLog"]) -> "Change":
+        """Replace the whole page with ``values`` (flat, the page dtype) by two copies; every position counts as
+        changed (the commit pipeline chooses this where nobody reads the changed positions)."""
+        from mmsb.delta import full_index
+        from mmsb.propagate import Change
+
+        arr = buf._memory.array(page)
+        old = arr.copy()
+        np.copyto(arr, values.reshape(arr.shape))
+        if undo is not None:
+            undo.record(_storage(buf, page.name), slice(None), old)
+        return Change(full_index(page.size), old)
+
+    def apply_blind(self, page: "Page", delta: "Delta", arr: np.ndarray) -> None:
+        """Merge ``delta`` into the page's storage ``arr`` in place, keeping nothing (no old values): sparse
+        deltas in the order given (duplicates fold in order), dense ones from their packed values."""
+        from mmsb import _kernels, _ops
+        from mmsb.delta import covers_page
+
+        codes = page.semiring.codes_for(page.dtype)
+        op = codes[0] if delta.accumulate else _ops.OP_ASSIGN
+        if delta.mask is None:
+            _kernels.merge.scatter(_kview(arr), delta.index, _kview(delta.values), op, delta.normalized)
+        elif op == _ops.OP_ASSIGN and covers_page(delta.mask):
+            np.copyto(arr, delta.values)
+        else:
+            _kernels.packed.merge_packed(_kview(arr), delta.mask.view(np.uint8), _kview(delta.values), op)
 
     def values_at(self, buf: "Buffer", page: "Page", idx: np.ndarray) -> np.ndarray:
         return buf._memory.array(page)[idx]
@@ -99,8 +151,21 @@ class CPUBackend(DeviceBackend):
         return _kernels.cpu.features()
 
 
+def _kview(a: np.ndarray) -> np.ndarray:
+    """Kernels see bool arrays as uint8."""
+    return a.view(np.uint8) if a.dtype == np.bool_ else a
+
+
+def _storage(buf: "Buffer", name: str) -> Any:
+    """The current storage of page ``name`` (looked up when an undo step runs: a spill may have moved it)."""
+    memory, pages = buf._memory, buf._pages
+    return lambda: memory.array(pages[name])
+
+
+CPU = CPUBackend()
+
 _lock = threading.Lock()
-_backends: dict[str, DeviceBackend] = {"cpu": CPUBackend()}
+_backends: dict[str, DeviceBackend] = {"cpu": CPU}
 _lazy: dict[str, str] = {"cuda": "mmsb.gpu.backend:CudaBackend"}
 
 

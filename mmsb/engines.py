@@ -34,9 +34,9 @@ Factory = Callable[["Buffer", Any], tuple]
 def _local(buf: "Buffer", cluster: Any) -> tuple:
     from mmsb.propagate import Engine
 
-    pages = buf._pages
-    return Engine(buf._graph, buf._array_of, lambda n: pages[n].shape, lambda n: pages[n].semiring,
-                  pages=pages.__getitem__), None
+    pages, memory = buf._pages, buf._memory
+    return Engine(buf._graph, lambda n: memory.array(pages[n]), lambda n: pages[n].shape,
+                  lambda n: pages[n].semiring, pages=pages.__getitem__), None
 
 
 _lock = threading.Lock()

@@ -607,11 +607,11 @@ def test_whole_page_assign_copy_path_matches_the_kernel(n, monkeypatch):
 
 
 def test_whole_page_assignment_commit_matches_the_general_path(tmp_path, monkeypatch):
-    """Whole-page assignments to pages no rule reads take the overwrite strategy (two copies, chosen by the
-    commit pipeline): state, epochs, counters and the logged transactions are the same as through the merge
-    kernel, for every write pattern around them."""
+    """Writes nobody reads take the pipeline's strategies (log first and merge in place; whole-page overwrite
+    by two copies): state, epochs, counters and the logged transactions are the same as through the general
+    path with the merge kernel, for every write pattern around them."""
     from mmsb import commit
-    from mmsb.buffer import Buffer
+    from mmsb.devices import CPUBackend
 
     rng = np.random.default_rng(7)
     script = []
@@ -622,15 +622,23 @@ def test_whole_page_assignment_commit_matches_the_general_path(tmp_path, monkeyp
 
     def run(root, fast):
         calls = []
-        real = Buffer._overwrite
+        real_overwrite, real_blind = CPUBackend.overwrite, commit.CommitPipeline._blind
 
-        def spy(self, page, values, undo):
+        def spy_overwrite(self, buf, page, values, undo):
             calls.append(page.name)
-            return real(self, page, values, undo)
+            return real_overwrite(self, buf, page, values, undo)
 
-        monkeypatch.setattr(Buffer, "_overwrite", spy)
-        if not fast:                                    # the pipeline never picks the strategy
+        def spy_blind(self, ops):
+            out = real_blind(self, ops)
+            if out is not None:
+                calls.extend(op.page for op in ops)
+            return out
+
+        monkeypatch.setattr(CPUBackend, "overwrite", spy_overwrite)
+        monkeypatch.setattr(commit.CommitPipeline, "_blind", spy_blind)
+        if not fast:                                    # the pipeline never picks a strategy
             monkeypatch.setattr(commit, "covers_page", lambda mask: False)
+            monkeypatch.setattr(commit.CommitPipeline, "_blind", lambda self, ops: None)
         with mmsb.open(root, "w") as buf:
             for i in range(3):
                 buf.create_page(f"p{i}", 32)

@@ -1,7 +1,7 @@
 """Propagation for pages on a GPU: the engine's per-page update, prefetch, and CUDA-graph waves.
 
-``update_page`` is what ``Engine.update`` calls (through the cuda backend) for a destination page on a GPU. It produces the same
-:class:`~mmsb.propagate.Change` (numpy idx / old values) as the CPU engine:
+``update_page`` is what ``Engine.update`` calls (through the cuda backend) for a destination page on a GPU.
+It produces the same :class:`~mmsb.propagate.Change` (numpy idx / old values) as the CPU engine:
 
 * ``link`` rules (built-in or cuda_add/cuda_mul semirings): the candidate rows (those reading a changed source
   entry, from the CSR structure, or all rows for a full recompute) are recomputed by the CSR SpMV kernel on the

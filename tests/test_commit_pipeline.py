@@ -1,0 +1,178 @@
+"""Every commit goes through one pipeline: the paths that used to diverge agree (counters, memory enforcement,
+transaction ids on failure, conflict history for device waves), and a failed commit leaves nothing behind."""
+import numpy as np
+import pytest
+
+import mmsb
+from mmsb.errors import ConflictError
+from mmsb.memory import MemoryManager
+from mmsb.propagate import Change
+
+
+def _script(buf):
+    a = buf.create_page("a", 6, semiring="min_plus")
+    b = buf.create_page("b", 6, semiring="min_plus")
+    c = buf.create_page("c", 6)
+    buf.link(b, a, np.eye(6) + np.eye(6, k=1))
+    buf.derive(c, [b], lambda v: np.where(np.isfinite(v), v * 2, 0.0))
+    for k in range(5):
+        buf.write(a, [float(k)], index=[k], accumulate=True)
+        buf.propagate()
+    with buf.batch():
+        buf.write(a, [0.5], index=[5])
+        buf.write(a, [0.25], index=[4])
+    buf.propagate()
+    return {n: buf[n].read() for n in buf}
+
+
+def test_eager_and_deferred_count_the_same_deltas():
+    eager = mmsb.open(None)
+    deferred = mmsb.open(None, propagation="deferred")
+    s1, s2 = _script(eager), _script(deferred)
+    for name in s1:
+        np.testing.assert_array_equal(s1[name], s2[name])
+    t1, t2 = eager.stats()["transactions"], deferred.stats()["transactions"]
+    assert t1["deltas"] == t2["deltas"] > 0
+    assert sum(1 for _ in eager.log.query()) == t1["deltas"]
+    assert sum(1 for _ in deferred.log.query()) == t2["deltas"]
+
+
+@pytest.mark.parametrize("propagation", ["eager", "deferred"])
+def test_memory_is_enforced_after_every_kind_of_commit(monkeypatch, propagation):
+    calls = []
+    real = MemoryManager.enforce
+    monkeypatch.setattr(MemoryManager, "enforce", lambda self: (calls.append(1), real(self))[1])
+    buf = mmsb.open(None, memory_limit="1 MiB", propagation=propagation)
+    kinds = {}
+
+    def step(name, fn):
+        before = len(calls)
+        fn()
+        kinds[name] = len(calls) - before
+
+    step("create_page", lambda: buf.create_page("x", 1000))
+    step("create_page 2", lambda: buf.create_page("y", 1000))
+    step("link", lambda: buf.link("y", "x", np.eye(1000)))
+    step("write", lambda: buf.write("x", [1.0], index=[3]))
+
+    def batch():
+        with buf.batch():
+            buf.write("x", [2.0], index=[4])
+    step("batch", batch)
+
+    def txn():
+        with buf.transaction() as tx:
+            tx.read("x", [1])
+            tx.write("x", [3.0], index=[1])
+    step("transaction", txn)
+    step("propagate", buf.propagate)
+    step("drop_page", lambda: buf.drop_page("y"))
+    expected = {k: 1 for k in kinds}
+    if propagation == "eager":
+        expected["propagate"] = 0                     # nothing queued: no commit at all
+    assert kinds == expected
+
+
+def test_a_failed_log_append_takes_no_epoch_and_no_transaction_id(monkeypatch):
+    buf = mmsb.open(None)
+    x, y = buf.create_page("x", 4), buf.create_page("y", 4)
+    buf.link(y, x, np.eye(4) * 3)
+    buf.write(x, [1.0], index=[0])
+    epoch, txid = buf.epoch, buf._pipe.txid
+    before = {n: buf[n].read() for n in buf}
+    stats = dict(buf.stats()["transactions"])
+
+    def broken(txn):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(buf._log, "append", broken)
+    for attempt in (lambda: buf.write(x, [5.0], index=[2]), lambda: buf.write(x, np.arange(4.0)),
+                    lambda: buf.create_page("z", 2), lambda: buf.unlink(y)):
+        with pytest.raises(OSError):
+            attempt()
+        assert (buf.epoch, buf._pipe.txid) == (epoch, txid)
+        for n, v in before.items():
+            np.testing.assert_array_equal(buf[n].read(), v)
+        assert "z" not in buf and buf.graph.parents(y) == ["x"]
+    assert buf.stats()["transactions"] == stats
+    monkeypatch.undo()
+    assert buf.write(x, [5.0], index=[2]) == epoch + 1 and buf._pipe.txid == txid + 1
+    txns = list(buf._log.txns())
+    assert [t.txid for t in txns] == list(range(1, len(txns) + 1))
+    np.testing.assert_array_equal(y.read(), [3.0, 0.0, 15.0, 0.0])
+
+
+def test_a_device_wave_is_recorded_for_conflicts():
+    """The GPU graph wave commits through the pipeline with a device wave: an open transaction that read what
+    the wave changed conflicts, as for any other commit."""
+    buf = mmsb.open(None)
+    y = buf.create_page("y", 4)
+    tx = buf.transaction()
+    tx.read(y, [2])
+
+    def device_wave(undo):
+        arr = buf._memory.array(y)
+        old = arr[[2]].copy()
+        arr[2] = 7.0
+        undo.record(lambda: buf._memory.array(y), np.array([2]), old)
+        return {"y": Change(np.array([2], dtype=np.int64), old)}
+
+    e = buf._pipe.commit([], device_wave=device_wave)
+    assert e == buf.epoch and y.read()[2] == 7.0
+    assert [d.page for d in buf.log.query(since=e - 1)] == ["y"] and buf.stats()["transactions"]["deltas"] == 1
+    tx.write(y, [1.0], index=[0])
+    with pytest.raises(ConflictError):
+        tx.commit()
+    assert buf.stats()["transactions"]["conflicts"] == 1
+
+
+def test_a_device_wave_that_changes_nothing_takes_no_epoch():
+    buf = mmsb.open(None)
+    buf.create_page("y", 4)
+    e = buf.epoch
+    assert buf._pipe.commit([], device_wave=lambda undo: {}, skip_empty=True) == e == buf.epoch
+
+
+def test_deferred_drop_of_a_page_with_a_pending_rule():
+    b = mmsb.open(None, propagation="deferred")
+    a = b.create_page("a", 3)
+    c = b.create_page("c", 3)
+    b.derive(c, [a], lambda x: x + 1)
+    b.drop_page("c")
+    e = b.propagate()
+    assert e == b.epoch and "c" not in b
+    b.write(a, [1.0, 2.0, 3.0])
+    b.propagate()                                    # keeps working
+    np.testing.assert_array_equal(a.read(), [1.0, 2.0, 3.0])
+
+
+def test_deferred_written_page_that_becomes_a_target_updates_its_readers():
+    b = mmsb.open(None, propagation="deferred")
+    z = b.create_page("z", 1)
+    x = b.create_page("x", 1, semiring="min_plus")
+    y = b.create_page("y", 1, semiring="min_plus")
+    b.write(x, [1.0])
+    b.link(y, x, np.zeros((1, 1)))
+    b.propagate()
+    b.write(x, [5.0])
+    b.derive(x, [z], lambda v: v + 3)
+    b.propagate()
+    assert x.read()[0] == 3.0 and y.read()[0] == 3.0      # y = min over x ⊗ 0 = x
+
+
+@pytest.mark.parametrize("checkpoint", [False, True])
+def test_deferred_pending_work_survives_reopen(tmp_path, checkpoint):
+    with mmsb.open(tmp_path / "s", "w", propagation="deferred") as b:
+        x, y = b.create_page("x", 3), b.create_page("y", 3)
+        b.link(y, x, np.eye(3) * 2)
+        b.propagate()
+        b.write(x, [1.0, 2.0, 3.0])
+        if checkpoint:
+            b.checkpoint()
+    with mmsb.open(tmp_path / "s", "a", propagation="deferred") as b:
+        np.testing.assert_array_equal(b["y"].read(), [0.0, 0.0, 0.0])     # stale until propagate, as before
+        b.propagate()
+        np.testing.assert_array_equal(b["y"].read(), [2.0, 4.0, 6.0])
+        b.write("x", [1.0], index=[0], accumulate=True)
+        b.propagate()
+        np.testing.assert_array_equal(b["y"].read(), [4.0, 4.0, 6.0])
