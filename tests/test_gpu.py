@@ -422,3 +422,47 @@ def test_two_gpus_peer_propagation_and_nccl():
         shards = multi.allgather_pages(buf, [a, b])
         assert shards[1].device.id == 1 and float(shards[1][n]) == 3.0 and float(shards[0][0]) == 1.0
         _ = cp
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_reopen_with_a_device_puts_the_pages_there(tmp_path):
+    path = str(tmp_path / "s")
+    with mmsb.open(path, "w") as buf:
+        x, y = buf.create_page("x", 8), buf.create_page("y", 8)
+        buf.link(y, x, np.eye(8) * 2)
+        buf.checkpoint()
+        buf.write(x, np.arange(8.0))
+    with mmsb.open(path, "a", device="cuda") as buf:
+        assert {buf[n].device for n in buf} == {"cuda:0"}
+        np.testing.assert_array_equal(buf["y"].read(), 2 * np.arange(8.0))
+        buf.write("x", np.ones(8))
+        np.testing.assert_array_equal(buf["y"].read(), 2 * np.ones(8))
+    with mmsb.open(path, "r") as buf:
+        assert {buf[n].device for n in buf} == {"cpu"}
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_graph_wave_commit_is_recorded_for_conflicts():
+    """GraphWave.commit goes through the commit pipeline: an open transaction that read what the wave changed
+    conflicts, the counters count its deltas, and the log holds them."""
+    import mmsb.gpu as g
+
+    n = 16
+    with mmsb.open(None, propagation="deferred") as buf:
+        x = buf.create_page("x", n, "float64", device="cuda")
+        y = buf.create_page("y", n, "float64", device="cuda")
+        buf.link(y, x, np.eye(n) * 3.0)
+        buf.propagate()
+        tx = buf.transaction()
+        tx.read(y, [4])
+        buf.write(x, np.ones(n))
+        deltas = buf.stats()["transactions"]["deltas"]
+        e = g.GraphWave(buf).commit()
+        assert e == buf.epoch and buf["y"].read()[4] == 3.0
+        assert buf.stats()["transactions"]["deltas"] == deltas + 1
+        assert [d.page for d in buf.log.query(since=e - 1)] == ["y"]
+        tx.write(x, [2.0], index=[0])
+        with pytest.raises(mmsb.errors.ConflictError):
+            tx.commit()
