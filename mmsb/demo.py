@@ -54,6 +54,7 @@ def run_demo(side: int = 1000, path: Optional[str] = None, updates: int = 20, pl
              seed: int = 7, out=print) -> int:
     """Run the demo; returns 0 when every check agreed, 1 otherwise."""
     import mmsb
+    from mmsb.cli import log_records
     from mmsb.progress import Progress
 
     rng = np.random.default_rng(seed)
@@ -147,6 +148,7 @@ def run_demo(side: int = 1000, path: Optional[str] = None, updates: int = 20, pl
         buf = mmsb.open(path, mode="r", functions={"within_budget": _within})
         t_open = time.perf_counter() - t
         reopen_ok = buf.epoch == epoch and np.array_equal(buf["dist"].read(), final)
+        n_txns, n_records = log_records(buf)     # the definition mmsb info and mmsb verify use
         t = time.perf_counter()
         past = buf.at(e_initial)["dist"].read()
         t_at = time.perf_counter() - t
@@ -162,7 +164,7 @@ def run_demo(side: int = 1000, path: Optional[str] = None, updates: int = 20, pl
         ok &= report.ok
         rows.append(("verify", f"{'ok' if report.ok else 'PROBLEMS: ' + '; '.join(report.problems)} in "
                                f"{time.perf_counter() - t:.2f} s"))
-        rows.append(("log", f"{log.get('transactions', 0)} transactions, {log.get('records', 0)} records, "
+        rows.append(("log", f"{n_txns} transactions, {n_records} records, "
                             f"{log.get('bytes', 0) / 2**20:.1f} MiB, compression {log.get('compression_ratio', 1):.1f}x"))
         if plot:
             rows.append(("plot", _plot(plot, dist_initial, final, side)))
