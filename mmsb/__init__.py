@@ -4,37 +4,42 @@
 >>> buf = mmsb.open(None)
 >>> p = buf.create_page("x", 4, semiring="min_plus")
 
-``mmsb.hookimpl``, ``mmsb.verify``, ``mmsb.Report`` and the submodules ``mmsb.testing``, ``mmsb.plugins`` and
-``mmsb.codecs`` load on first use, so that ``import mmsb`` stays cheap.
+``import mmsb`` loads numpy, the semirings, the errors and the kernels; the buffer, the log, the store, the
+plugin manager and the submodules ``mmsb.testing``, ``mmsb.plugins`` and ``mmsb.codecs`` load on first use of a
+name that needs them (``mmsb.open``, ``mmsb.Buffer``, ``mmsb.hookimpl``, ``mmsb.verify``...), and blosc2 only
+when a codec first needs it.
 """
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mmsb import errors, semirings
 from mmsb._kernels import KIND as kernels
-from mmsb.buffer import Buffer, LogView
-from mmsb.delta import Delta
-from mmsb.graph import Graph
-from mmsb.pages import Page
 from mmsb.semiring import Semiring
-from mmsb.store import open
-from mmsb.txn import Transaction, with_transaction
 
+if TYPE_CHECKING:  # pragma: no cover - the names below load lazily at run time
+    from mmsb.buffer import Buffer, LogView
+    from mmsb.delta import Delta
+    from mmsb.graph import Graph
+    from mmsb.pages import Page
+    from mmsb.plugins import hookimpl
+    from mmsb.store import open
+    from mmsb.txn import Transaction, with_transaction
+    from mmsb.verification import Report, verify
 
 __version__ = "0.1.0"
 
 __all__ = ["Buffer", "Delta", "Graph", "LogView", "Page", "Report", "Semiring", "Transaction", "errors",
            "hookimpl", "kernels", "open", "semirings", "verify", "with_transaction", "__version__"]
 
-_LAZY = {"hookimpl": ("mmsb.plugins", "hookimpl"), "Report": ("mmsb.verification", "Report"),
-         "verify": ("mmsb.verification", "verify")}
+_LAZY = {"Buffer": "mmsb.buffer", "LogView": "mmsb.buffer", "Delta": "mmsb.delta", "Graph": "mmsb.graph",
+         "Page": "mmsb.pages", "hookimpl": "mmsb.plugins", "open": "mmsb.store", "Transaction": "mmsb.txn",
+         "with_transaction": "mmsb.txn", "Report": "mmsb.verification", "verify": "mmsb.verification"}
 _SUBMODULES = ("testing", "plugins", "codecs", "hookspecs")
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        module, attr = _LAZY[name]
-        value = getattr(importlib.import_module(module), attr)
+        value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
         return value
     if name in _SUBMODULES:
