@@ -165,8 +165,8 @@ class _Laws:
             law("idempotent=True: a ⊕ a == a", f"{sa} ⊕ {sa}", add(a, a), "a", a)
         if self.sr.invertible and self.finite(a, b):
             if self.sr.sub is None:
-                raise AssertionError(f"semiring {self.sr.name!r}: invertible=True needs the argument sub=, the inverse "
-                                     f"of ⊕ (e.g. sub=np.subtract for add=np.add); none was given")
+                raise AssertionError(f"semiring {self.sr.name!r}: declared invertible (invertible=True) but the argument "
+                                     f"sub=, the inverse of ⊕, was not given (e.g. sub=np.subtract for add=np.add)")
             back = np.asarray(self.sr.sub(np.asarray(add(a, b), dtype=self.dt), np.asarray(b, dtype=self.dt)))
             law("invertible=True: sub(a ⊕ b, b) == a", f"({ab}) ⊖ {sb}", back.astype(self.dt)[()], "a", a)
         if self.sr.terminal is not None:
