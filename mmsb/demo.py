@@ -178,8 +178,8 @@ def run_demo(side: int = 1000, path: Optional[str] = None, updates: int = 20, pl
         ok &= report.ok
         rows.append(("verify", f"{'ok' if report.ok else 'PROBLEMS: ' + '; '.join(report.problems)} in "
                                f"{ph.seconds:.2f} s"))
-        rows.append(("log", f"{n_txns} transactions, {n_records} records, "
-                            f"{log.get('bytes', 0) / 2**20:.1f} MiB, compression {log.get('compression_ratio', 1):.1f}x"))
+        rows.append(("log", f"{n_txns} transactions, {n_records} records, {log.get('bytes', 0) / 2**20:.1f} MiB, "
+                            f"compression {log.get('compression_ratio', 1):.1f}x"))
         if plot:
             with phase("plot"):
                 rows.append(("plot", _plot(plot, dist_initial, final, side, initial_sources, added, closed)))

@@ -5,8 +5,6 @@ import subprocess
 import sys
 import types
 
-import pytest
-
 from mmsb.bench import _common as C
 from mmsb.bench import _missing_dependencies, main
 

@@ -276,14 +276,16 @@ def render_markdown(res: dict) -> str:
         for name in ("plus_times", "min_plus"):
             r = spmv.get(name, {})
             lines.append(f"| {name} | {_num(r.get('default_s', 0) * 1e3, '.3f')} | "
-                         f"**{_num(r.get('vs_cusparse_default'), '.2f')}x** | {_num(r.get('best_s', 0) * 1e3, '.3f')} | "
+                         f"**{_num(r.get('vs_cusparse_default'), '.2f')}x** | "
+                         f"{_num(r.get('best_s', 0) * 1e3, '.3f')} | "
                          f"{_num(r.get('vs_cusparse_best'), '.2f')}x |")
         lines.append("")
     graph = section("CUDA-graph replay of a propagation wave", "graph")
     if graph is not None:
         lines += ["| pages | page size | kernels per wave | eager ms | graph ms | speedup |",
                   "| --- | --- | --- | --- | --- | --- |",
-                  f"| {graph.get('pages', '–')} | {graph.get('page_size', '–')} | {graph.get('kernels_per_wave', '–')} | "
+                  f"| {graph.get('pages', '–')} | {graph.get('page_size', '–')} | "
+                  f"{graph.get('kernels_per_wave', '–')} | "
                   f"{_num(graph.get('eager_s', 0) * 1e3, '.3f')} | {_num(graph.get('graph_s', 0) * 1e3, '.3f')} | "
                   f"**{_num(graph.get('speedup'), '.2f')}x** |", ""]
     nccl = section("NCCL all-reduce across the devices", "nccl")
