@@ -533,7 +533,7 @@ class Buffer:
 
     @_observed
     def derive(self, dst: PageLike, inputs: Sequence[PageLike], fn: Union[Callable, str]) -> int:
-        """dst = fn(*input arrays), recomputed when an input changes; commits and returns the epoch.
+        r"""dst = fn(\*input arrays), recomputed when an input changes; commits and returns the epoch.
 
         ``fn`` is a callable or the name of a function given to :meth:`register_function`. A store records the
         function by name; register it again after reopening (or pass ``functions=`` to :func:`mmsb.open`).
@@ -630,7 +630,7 @@ class Buffer:
 
         ``compress`` (stores only): True tries blosc2 on every 16 MiB chunk of every page (kept where it saves
         >= 20%), False writes raw chunks; None follows ``mmsb.checkpoint.checkpoint_compression()`` (env
-        ``MMSB_CHECKPOINT_COMPRESS``=on/off/auto, default on; auto compresses only on machines with 4 or more
+        ``MMSB_CHECKPOINT_COMPRESS`` = on/off/auto, default on; auto compresses only on machines with 4 or more
         cores, where decoding keeps up with a raw read from a warm page cache)."""
         self._check_writable()
         with self._locked():

@@ -37,14 +37,25 @@ except ImportError:  # pragma: no cover - sibling kernels missing during develop
         except ImportError:
             from mmsb._ref import codecs as _k
 
-import blosc2
-
 from mmsb.errors import CorruptionError
 
-# blosc2 keeps the GIL during (de)compression unless told otherwise; released, the checkpoint loader decodes its
-# chunks on several threads at once (2 threads: ~1.9x). Process-wide, and harmless for other blosc2 callers.
-if hasattr(blosc2, "set_releasegil"):
-    blosc2.set_releasegil(True)
+_blosc2_module: Any = None
+
+
+def _blosc2() -> Any:
+    """blosc2, imported on first use (it costs ~0.2 s and brings pydantic, httpx and rich with it).
+
+    blosc2 keeps the GIL during (de)compression unless told otherwise; released, the checkpoint loader decodes its
+    chunks on several threads at once (2 threads: ~1.9x). Process-wide, and harmless for other blosc2 callers.
+    """
+    global _blosc2_module
+    if _blosc2_module is None:
+        import blosc2
+
+        if hasattr(blosc2, "set_releasegil"):
+            blosc2.set_releasegil(True)
+        _blosc2_module = blosc2
+    return _blosc2_module
 
 RAW = 0
 INDEX_DELTA_PACK = 1
@@ -238,6 +249,7 @@ class AdaptiveValues:
 
 
 def _blosc_encode(mv: memoryview, typesize: int, codec: str, clevel: int, nthreads: int) -> Optional[bytes]:
+    blosc2 = _blosc2()
     cd = blosc2.Codec.ZSTD if codec == "zstd" else blosc2.Codec.LZ4
     chunks = []
     total = 0
@@ -272,6 +284,7 @@ def decode_values(codec_id: int, buf, dtype, n: int, out: Optional[np.ndarray] =
 
 
 def _blosc_decode(buf, dt: np.dtype, n: int, out, nthreads: int) -> np.ndarray:
+    blosc2 = _blosc2()
     mv = memoryview(buf).cast("B")
     L = mv.nbytes
     expect = n * dt.itemsize

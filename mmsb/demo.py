@@ -52,10 +52,17 @@ def _within(d: np.ndarray) -> np.ndarray:
 
 def run_demo(side: int = 1000, path: Optional[str] = None, updates: int = 20, plot: Optional[str] = None,
              seed: int = 7, out=print) -> int:
-    """Run the demo; returns 0 when every check agreed, 1 otherwise."""
-    import mmsb
-    from mmsb.progress import Progress
+    """Run the demo; returns 0 when every check agreed, 1 otherwise.
 
+    Each phase that can take more than about a second shows a progress bar on a terminal (see
+    :mod:`mmsb.progress`); ``out`` receives the header and the result table.
+    """
+    import mmsb
+    from mmsb.cli import log_records
+    from mmsb.progress import Progress, phase
+
+    if side < 1 or updates < 0:
+        raise ValueError(f"side must be >= 1 and updates >= 0, got side={side}, updates={updates}")
     rng = np.random.default_rng(seed)
     n = side * side
     tmp = None
@@ -66,47 +73,52 @@ def run_demo(side: int = 1000, path: Optional[str] = None, updates: int = 20, pl
     ok = True
     try:
         out(f"mmsb demo: {side}x{side} grid ({n:,} vertices), store at {path}")
-        t = time.perf_counter()
-        u, v, w = grid_graph(side, rng)
-        A = _csr(v, u, w, (n, n))          # A[v, u] = travel time u -> v, so dist = sources ⊕ A ⊗ dist
-        districts_per_row = max(1, side // DISTRICT)
-        vr, vc = np.divmod(np.arange(n), side)
-        district = np.minimum(vr // DISTRICT, districts_per_row - 1) * districts_per_row + \
-            np.minimum(vc // DISTRICT, districts_per_row - 1)
-        n_d = districts_per_row ** 2
-        D = _csr(district.astype(np.int64), np.arange(n, dtype=np.int64), np.ones(n), (n_d, n))
-        rows.append(("build graph", f"{u.size:,} edges in {time.perf_counter() - t:.2f} s"))
+        with phase("build the grid graph") as ph:
+            u, v, w = grid_graph(side, rng)
+            A = _csr(v, u, w, (n, n))          # A[v, u] = travel time u -> v, so dist = sources ⊕ A ⊗ dist
+            districts_per_row = max(1, side // DISTRICT)
+            vr, vc = np.divmod(np.arange(n), side)
+            district = np.minimum(vr // DISTRICT, districts_per_row - 1) * districts_per_row + \
+                np.minimum(vc // DISTRICT, districts_per_row - 1)
+            n_d = districts_per_row ** 2
+            D = _csr(district.astype(np.int64), np.arange(n, dtype=np.int64), np.ones(n), (n_d, n))
+        rows.append(("build graph", f"{u.size:,} edges in {ph.seconds:.2f} s"))
 
-        buf = mmsb.open(path, mode="w", durability="flush")
-        buf.register_function("within_budget", _within)
-        fac = buf.create_page("facilities", n, semiring="min_plus", metadata={"unit": "minutes"})
-        dist = buf.create_page("dist", n, semiring="min_plus")
-        cov = buf.create_page("covered", n, dtype="bool", semiring="or_and")
-        demand = buf.create_page("demand", n, semiring="plus_times")
-        per_d = buf.create_page("district_demand", n_d, semiring="plus_times")
-        buf.closure(dist, fac, A)
-        buf.derive(cov, [dist], "within_budget")
-        buf.link(per_d, demand, D)
+        with phase("create the store and its rules"):
+            buf = mmsb.open(path, mode="w", durability="flush")
+            buf.register_function("within_budget", _within)
+            fac = buf.create_page("facilities", n, semiring="min_plus", metadata={"unit": "minutes"})
+            dist = buf.create_page("dist", n, semiring="min_plus")
+            cov = buf.create_page("covered", n, dtype="bool", semiring="or_and")
+            demand = buf.create_page("demand", n, semiring="plus_times")
+            per_d = buf.create_page("district_demand", n_d, semiring="plus_times")
+            buf.closure(dist, fac, A)
+            buf.derive(cov, [dist], "within_budget")
+            buf.link(per_d, demand, D)
         sources = [int(s) for s in rng.choice(n, size=max(1, n // 5000), replace=False)]
-        t = time.perf_counter()
-        with buf.batch():
-            buf.write(fac, np.zeros(len(sources)), index=np.array(sources), accumulate=True, source="initial")
-            buf.write(demand, rng.integers(0, 20, n).astype("float64"), source="initial")
+        initial_sources = list(sources)
+        with phase("initial closure") as ph:
+            with buf.batch():
+                buf.write(fac, np.zeros(len(sources)), index=np.array(sources), accumulate=True, source="initial")
+                buf.write(demand, rng.integers(0, 20, n).astype("float64"), source="initial")
         e_initial = buf.epoch
-        t_init = time.perf_counter() - t
         dist_initial = dist.read()
-        rows.append(("initial closure", f"{len(sources)} facilities, all {n:,} distances in {t_init:.2f} s"))
+        rows.append(("initial closure", f"{len(sources)} facilities, all {n:,} distances in {ph.seconds:.2f} s"))
 
         inc_times, compare = [], None
-        with Progress(updates, "update stream") as bar:
+        added: list[int] = []
+        closed: list[int] = []
+        with Progress(updates, "update stream", leave=True, unit=" txn") as bar:
             for k in range(updates):
                 t = time.perf_counter()
                 if k == updates // 2 and len(sources) > 1:
                     gone = sources.pop(0)
+                    closed.append(gone)
                     buf.write(fac, np.array([np.inf]), index=np.array([gone]), source="closure")
                 else:
                     s = int(rng.integers(0, n))
                     sources.append(s)
+                    added.append(s)
                     with buf.transaction() as tx:
                         tx.write(fac, np.zeros(1), index=np.array([s]), accumulate=True, source="new facility")
                         idx = rng.integers(0, n, 100)
@@ -116,9 +128,12 @@ def run_demo(side: int = 1000, path: Optional[str] = None, updates: int = 20, pl
                 if k == 0:
                     compare = _compare(A, sources, dist.read(), inc_times[-1])
                 bar.update()
-        inc = np.array(inc_times)
-        rows.append(("incremental updates", f"{updates} transactions, median {np.median(inc) * 1e3:.1f} ms, "
-                                            f"max {inc.max() * 1e3:.1f} ms"))
+        if updates:
+            inc = np.array(inc_times)
+            rows.append(("incremental updates", f"{updates} transactions, median {np.median(inc) * 1e3:.1f} ms, "
+                                                f"max {inc.max() * 1e3:.1f} ms"))
+        else:
+            rows.append(("incremental updates", "none (--updates 0)"))
         if compare is not None:
             agree, t_scipy, t_inc = compare
             ok &= agree
@@ -126,7 +141,8 @@ def run_demo(side: int = 1000, path: Optional[str] = None, updates: int = 20, pl
                                                     f"({t_scipy / t_inc:.0f}x); results "
                                                     f"{'agree' if agree else 'DIFFER'}"))
         else:
-            rows.append(("scipy csgraph recompute", "skipped (scipy not installed)"))
+            rows.append(("scipy csgraph recompute", "skipped (scipy not installed)" if updates else
+                         "skipped (no update)"))
         expect_cov = dist.read() <= BUDGET
         cov_ok = bool(np.array_equal(cov.read(), expect_cov))
         dem = demand.read()
@@ -136,36 +152,37 @@ def run_demo(side: int = 1000, path: Optional[str] = None, updates: int = 20, pl
                                       f"district demand {'agrees' if agg_ok else 'DIFFERS'}; coverage "
                                       f"{'agrees' if cov_ok else 'DIFFERS'}"))
 
-        t = time.perf_counter()
-        buf.checkpoint()
-        t_ckpt = time.perf_counter() - t
+        with phase("checkpoint") as ph:
+            buf.checkpoint()
+        t_ckpt = ph.seconds
         final = dist.read()
         epoch = buf.epoch
         log = buf.log.stats()              # this session wrote the whole log: its raw/encoded figures are complete
         buf.close()
-        t = time.perf_counter()
-        buf = mmsb.open(path, mode="r", functions={"within_budget": _within})
-        t_open = time.perf_counter() - t
+        with phase("reopen") as ph:
+            buf = mmsb.open(path, mode="r", functions={"within_budget": _within})
+        t_open = ph.seconds
         reopen_ok = buf.epoch == epoch and np.array_equal(buf["dist"].read(), final)
-        t = time.perf_counter()
-        past = buf.at(e_initial)["dist"].read()
-        t_at = time.perf_counter() - t
+        n_txns, n_records = log_records(buf)     # the definition mmsb info and mmsb verify use
+        with phase("time travel") as ph:
+            past = buf.at(e_initial)["dist"].read()
         travel_ok = np.array_equal(past, dist_initial)
         ok &= bool(reopen_ok and travel_ok)
         rows.append(("checkpoint + reopen", f"checkpoint {t_ckpt:.2f} s, reopen {t_open:.2f} s, state "
                                             f"{'identical' if reopen_ok else 'DIFFERS'}"))
-        rows.append(("time travel", f"epoch {e_initial} rebuilt in {t_at:.2f} s, "
+        rows.append(("time travel", f"epoch {e_initial} rebuilt in {ph.seconds:.2f} s, "
                                     f"{'identical' if travel_ok else 'DIFFERS'}"))
         buf.close()
-        t = time.perf_counter()
-        report = mmsb.verify(path)
+        with phase("verify") as ph:
+            report = mmsb.verify(path)
         ok &= report.ok
         rows.append(("verify", f"{'ok' if report.ok else 'PROBLEMS: ' + '; '.join(report.problems)} in "
-                               f"{time.perf_counter() - t:.2f} s"))
-        rows.append(("log", f"{log.get('transactions', 0)} transactions, {log.get('records', 0)} records, "
-                            f"{log.get('bytes', 0) / 2**20:.1f} MiB, compression {log.get('compression_ratio', 1):.1f}x"))
+                               f"{ph.seconds:.2f} s"))
+        rows.append(("log", f"{n_txns} transactions, {n_records} records, {log.get('bytes', 0) / 2**20:.1f} MiB, "
+                            f"compression {log.get('compression_ratio', 1):.1f}x"))
         if plot:
-            rows.append(("plot", _plot(plot, dist_initial, final, side)))
+            with phase("plot"):
+                rows.append(("plot", _plot(plot, dist_initial, final, side, initial_sources, added, closed)))
         width = max(len(k) for k, _ in rows)
         out("")
         out(f"{'step':<{width}}  result")
@@ -194,21 +211,57 @@ def _compare(A, sources: list, got: np.ndarray, t_inc: float):
     return bool(np.allclose(got, ref, rtol=1e-12, atol=0)), t_scipy, t_inc
 
 
-def _plot(path: str, before: np.ndarray, after: np.ndarray, side: int) -> str:
+def _plot(path: str, before: np.ndarray, after: np.ndarray, side: int, initial: list, added: list,
+          closed: list) -> str:
+    """Three panels: the distance field before and after the update stream, and their difference, with the
+    initial facilities (white dots), the new ones (red triangles) and the closed ones (black crosses) marked."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.colors import TwoSlopeNorm
     except ImportError:
         return "skipped (matplotlib not installed)"
-    fig, axes = plt.subplots(1, 2, figsize=(11, 5))
-    for ax, data, title in zip(axes, (before, after), ("initial", "after the update stream")):
-        im = ax.imshow(np.minimum(data, 3 * BUDGET).reshape(side, side), cmap="viridis")
+    cap = 3 * BUDGET
+    b = np.minimum(before, cap).reshape(side, side)
+    a = np.minimum(after, cap).reshape(side, side)
+    diff = (np.minimum(after, 1e300) - np.minimum(before, 1e300)).reshape(side, side)
+    span = min(float(np.max(np.abs(diff))), cap) or 1.0     # changes beyond 3x the budget saturate
+    fig, axes = plt.subplots(1, 3, figsize=(16.5, 5.6), layout="constrained")
+    panels = [(b, "before the update stream", "viridis", dict(vmin=0, vmax=cap), "minutes (capped at 3x budget)"),
+              (a, f"after {len(added)} new and {len(closed)} closed facilities", "viridis", dict(vmin=0, vmax=cap),
+               "minutes (capped at 3x budget)"),
+              (diff, "change: after - before", "RdBu_r", dict(norm=TwoSlopeNorm(0.0, -span, span)),
+               "minutes (blue: nearer, red: farther)")]
+
+    def mark(ax, ids, **kw):
+        if len(ids):
+            r, c = np.divmod(np.asarray(ids), side)
+            ax.scatter(c, r, clip_on=False, zorder=3, **kw)
+
+    size = max(12.0, 3000.0 / side)
+    for k, (ax, (img, title, cmap, scale, label)) in enumerate(zip(axes, panels)):
+        im = ax.imshow(img, cmap=cmap, interpolation="nearest", **scale)
         ax.set_title(title)
-        ax.axis("off")
-    fig.suptitle("travel time to the nearest facility (capped at 3x the budget)")
-    fig.colorbar(im, ax=axes, shrink=0.7, label="minutes")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        fig.colorbar(im, ax=ax, shrink=0.85, pad=0.02, label=label)
+        mark(ax, initial, s=size * 0.6, c="white", edgecolors="black", linewidths=0.5,
+             label="facility" if k == 0 else None)
+        if k > 0:
+            mark(ax, added, s=size * 2, c="red", marker="^", edgecolors="white", linewidths=0.8,
+                 label="new facility")
+            mark(ax, closed, s=size * 4, c="black", marker="X", edgecolors="white", linewidths=0.8,
+                 label="closed facility")
+    handles, labels = [], []
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), frameon=False, markerscale=1.5)
+    fig.suptitle(f"travel time to the nearest facility on a {side}x{side} grid (budget {BUDGET:g} min)")
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return f"wrote {path}"

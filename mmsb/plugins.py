@@ -230,7 +230,10 @@ def _fail(err: PluginError, plugin: str, cause: BaseException) -> PluginError:
 
 
 def _warn(err: PluginError) -> None:
-    warnings.warn(f"{err} (the plugin is skipped; see mmsb.plugins.failures())", PluginWarning, stacklevel=4)
+    """Emit ``err`` as a :class:`PluginWarning` located at the plugin (``<mmsb plugin NAME>``), not at mmsb's source."""
+    plugin = getattr(err, "plugin", None) or "?"
+    warnings.warn_explicit(f"{err} (the plugin is skipped; see mmsb.plugins.failures())", PluginWarning,
+                           filename=f"<mmsb plugin {plugin}>", lineno=0, module="mmsb.plugins")
 
 
 def notify_error(error: BaseException, context: Optional[dict] = None) -> None:

@@ -244,9 +244,10 @@ def check_laws(sr: Semiring, samples: Optional[Iterable[Any]] = None) -> list[st
     mul = lambda a, b: sr.mul_arrays(np.asarray(a, dtype=dt), np.asarray(b, dtype=dt))  # noqa: E731
     problems: list[str] = []
 
-    def law(name: str, ok: bool, *args: Any) -> None:
+    def law(name: str, ok: bool, *args: Any, hint: str = "") -> None:
         if not ok and not any(p.startswith(name) for p in problems):
-            problems.append(f"{name} fails for {', '.join(repr(a.item() if hasattr(a, 'item') else a) for a in args)}")
+            values = ", ".join(repr(a.item() if hasattr(a, "item") else a) for a in args)
+            problems.append(f"{name} fails for {values}{hint}")
 
     try:
         with np.errstate(all="ignore"):
@@ -258,7 +259,7 @@ def check_laws(sr: Semiring, samples: Optional[Iterable[Any]] = None) -> list[st
                 if dt.kind != "f" or np.isfinite(a):
                     law("zero annihilates ⊗", _same(mul(a, zero), zero) and _same(mul(zero, a), zero), a)
                 if sr.idempotent:
-                    law("⊕ idempotent (declared)", _same(add(a, a), a), a)
+                    law("idempotent=True: a ⊕ a == a", _same(add(a, a), a), a, hint=" (declared by idempotent=True)")
             for a, b, c in itertools.product(vals, repeat=3):
                 law("⊕ associative", _same(add(add(a, b), c), add(a, add(b, c))), a, b, c)
                 law("⊗ associative", _same(mul(mul(a, b), c), mul(a, mul(b, c))), a, b, c)
@@ -266,17 +267,21 @@ def check_laws(sr: Semiring, samples: Optional[Iterable[Any]] = None) -> list[st
                 law("⊗ distributes over ⊕ (right)", _same(mul(add(b, c), a), add(mul(b, a), mul(c, a))), a, b, c)
             if sr.invertible:
                 if sr.sub is None:
-                    problems.append("invertible declared but no inverse (sub) given")
+                    problems.append("invertible=True needs the argument sub=, the inverse of ⊕ with sub(a ⊕ b, b) == a "
+                                    "(e.g. sub=np.subtract for add=np.add, sub=np.bitwise_xor for add=np.bitwise_xor); "
+                                    "none was given")
                 else:
                     for a, b in itertools.product(vals, repeat=2):
                         if dt.kind == "f" and not (np.isfinite(a) and np.isfinite(b)):
                             continue
                         back = np.asarray(sr.sub(add(a, b), np.asarray(b, dtype=dt))).astype(dt)
-                        law("⊕ invertible (declared)", _same(back, a), a, b)
+                        law("invertible=True: sub(a ⊕ b, b) == a", _same(back, a), a, b,
+                            hint=" (the sub= given does not undo ⊕)")
             if sr.terminal is not None:
                 t = _scalar_for(sr.terminal, dt)
                 for a in vals:
-                    law("terminal absorbs ⊕", _same(add(a, t), t), a)
+                    law(f"terminal={sr.terminal!r}: a ⊕ terminal == terminal", _same(add(a, t), t), a,
+                        hint=" (declared by terminal=)")
     except Exception as exc:  # a broken callable is a failed law, not a crash
         problems.append(f"evaluating the operations raised {type(exc).__name__}: {exc}")
     return problems

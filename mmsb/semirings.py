@@ -103,7 +103,7 @@ def _register(sr: Semiring, replace: bool, provider: str) -> Optional[Semiring]:
                             "(choose another name)")
     problems = check_laws(sr)
     if problems:
-        raise SemiringError(f"semiring {sr.name!r} is not a semiring, nothing was registered: "
+        raise SemiringError(f"semiring {sr.name!r} was not registered (nothing changed): "
                             + "; ".join(problems))
     with _lock:
         previous = _registry.get(sr.name)

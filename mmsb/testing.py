@@ -162,15 +162,16 @@ class _Laws:
             law("zero annihilates ⊗", f"{sa} ⊗ zero", mul(a, z), "zero", z)
             law("zero annihilates ⊗", f"zero ⊗ {sa}", mul(z, a), "zero", z)
         if self.sr.idempotent:
-            law("⊕ idempotent (declared)", f"{sa} ⊕ {sa}", add(a, a), "a", a)
+            law("idempotent=True: a ⊕ a == a", f"{sa} ⊕ {sa}", add(a, a), "a", a)
         if self.sr.invertible and self.finite(a, b):
             if self.sr.sub is None:
-                raise AssertionError(f"semiring {self.sr.name!r}: declared invertible but has no inverse (sub)")
+                raise AssertionError(f"semiring {self.sr.name!r}: declared invertible (invertible=True) but the argument "
+                                     f"sub=, the inverse of ⊕, was not given (e.g. sub=np.subtract for add=np.add)")
             back = np.asarray(self.sr.sub(np.asarray(add(a, b), dtype=self.dt), np.asarray(b, dtype=self.dt)))
-            law("⊕ invertible (declared)", f"({ab}) ⊖ {sb}", back.astype(self.dt)[()], "a", a)
+            law("invertible=True: sub(a ⊕ b, b) == a", f"({ab}) ⊖ {sb}", back.astype(self.dt)[()], "a", a)
         if self.sr.terminal is not None:
             t = _scalar_for(self.sr.terminal, self.dt)
-            law("terminal absorbs ⊕ (declared)", f"{sa} ⊕ terminal", add(a, t), "terminal", t)
+            law("terminal=: a ⊕ terminal == terminal", f"{sa} ⊕ terminal", add(a, t), "terminal", t)
 
 
 def _show(x: Any) -> str:

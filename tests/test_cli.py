@@ -112,8 +112,9 @@ def test_info(store, runs, capsys):
     for name in "abcd":
         assert f"\n{name} " in out.stdout
     assert "link(a)" in out.stdout and "derive(a)" in out.stdout and "min_plus" in out.stdout
-    bad = main("info", os.path.join(store, "missing"), check=2, capsys=capsys)
-    assert "FileNotFoundError" in bad.stderr
+    missing = os.path.join(store, "missing")
+    bad = main("info", missing, check=3, capsys=capsys)
+    assert bad.stderr == f"mmsb info: error: no store at {missing}\n"
 
 
 def test_verify_json_and_corruption(store, runs, tmp_path, capsys):
@@ -197,8 +198,8 @@ def test_checkpoint_compact_graph_plugins(store, runs, tmp_path, capsys):
     assert f"checkpoint at epoch {top}" in out.stdout
     with mmsb.open(root, "a", functions={"plus_one": plus_one}) as buf:   # the writer lock is held here
         assert top in buf.stats()["store"]["checkpoints"]
-        locked = main("checkpoint", root, check=2, capsys=capsys)
-        assert "StoreLockedError" in locked.stderr
+        locked = main("checkpoint", root, check=3, capsys=capsys)
+        assert "StoreLockedError" in locked.stderr and len(locked.stderr.splitlines()) == 1
     out = cli("compact", root, "--keep", 0, check=0)
     assert "compacted" in out.stdout
     assert mmsb.verify(root).ok
@@ -215,3 +216,176 @@ def test_checkpoint_compact_graph_plugins(store, runs, tmp_path, capsys):
     plug = _check(runs["plugins"], 0).stdout
     for name in ("plus_times", "min_plus", "max_plus", "max_times", "max_min", "min_max", "or_and"):
         assert name in plug
+
+
+# -- help, usage and errors (issue 19, issue 16 item 10) ---------------------------------------------------------
+def _one_line_error(out, command):
+    lines = out.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"mmsb {command}: error: "), out.stderr
+    assert "Traceback" not in out.stderr and ".py:" not in out.stderr
+    return lines[0]
+
+
+def test_every_argument_has_help():
+    from mmsb.cli import build_parser
+
+    ap = build_parser()
+    sub = next(a for a in ap._actions if a.__class__.__name__ == "_SubParsersAction")
+    assert set(sub.choices) >= {"demo", "info", "stats", "verify", "log", "replay", "checkpoint", "compact", "bench",
+                                "plugins", "graph", "batch"}
+    for name, parser in sub.choices.items():
+        for action in parser._actions:
+            assert action.help, f"mmsb {name}: argument {action.dest} has no help"
+        text = parser.format_help()
+        assert "exit status:" in text and "130" in text, name
+
+
+def test_exit_codes_documented():
+    from mmsb.cli import EXIT_CODES, build_parser
+
+    text = build_parser().format_help()
+    docs = open(os.path.join(os.path.dirname(__file__), "..", "docs", "cli.md")).read()
+    for code, what in EXIT_CODES.items():
+        assert f"  {code:<4} {what}" in text
+        assert f"| {code} |" in docs, f"docs/cli.md lacks exit status {code}"
+
+
+def test_version_is_one_line():
+    env = dict(ENV, COLUMNS="40")
+    out = subprocess.run([sys.executable, "-m", "mmsb", "--version"], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert out.returncode == 0 and len(out.stdout.splitlines()) == 1, out.stdout
+    from mmsb.cli import simd_level
+
+    assert f"SIMD in use: {simd_level()};" in out.stdout
+
+
+def test_unknown_option_shows_the_subcommands_usage(store, capsys):
+    out = main("info", store, "--bogus", check=2, capsys=capsys)
+    assert out.stderr.startswith("usage: mmsb info ")
+    assert "unrecognized arguments: --bogus" in out.stderr
+
+
+@pytest.mark.parametrize("args", [("--side", "0"), ("--side", "-3"), ("--updates", "-1"), ("--side", "ten")])
+def test_demo_rejects_bad_numbers_in_the_parser(args, capsys, tmp_path):
+    out = main("demo", "--path", tmp_path / "s", *args, check=2, capsys=capsys)
+    assert out.stderr.startswith("usage: mmsb demo") and f"argument {args[0]}:" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "s").exists()
+
+
+def test_demo_refuses_an_existing_store_without_force(tmp_path, capsys):
+    root = tmp_path / "keep"
+    with mmsb.open(str(root), "w") as buf:
+        buf.write(buf.create_page("precious", 3), [1.0, 2.0, 3.0])
+    out = main("demo", "--path", root, "--side", 8, "--updates", 1, check=2, capsys=capsys)
+    assert "--force" in _one_line_error(out, "demo")
+    with mmsb.open(str(root), "r") as buf:
+        assert list(buf) == ["precious"] and buf["precious"].read().tolist() == [1.0, 2.0, 3.0]
+    out = main("demo", "--path", root, "--side", 8, "--updates", 1, "--force", check=0, capsys=capsys)
+    assert "all checks passed" in out.stdout
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with mmsb.open(str(root), "r") as buf:
+            assert "precious" not in buf and "dist" in buf
+    other = tmp_path / "not-a-store"
+    other.mkdir()
+    (other / "mine.txt").write_text("mine")
+    out = main("demo", "--path", other, "--side", 8, "--updates", 1, "--force", check=3, capsys=capsys)
+    assert "not an mmsb store" in _one_line_error(out, "demo")
+    assert (other / "mine.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("command", ["checkpoint", "compact"])
+def test_writing_commands_never_create_a_store(command, tmp_path, capsys):
+    missing = tmp_path / "typo"
+    out = main(command, missing, check=3, capsys=capsys)
+    assert "no store at" in _one_line_error(out, command)
+    assert not missing.exists()
+
+
+def test_replay_out_onto_a_file(store, tmp_path, capsys):
+    target = tmp_path / "file.txt"
+    target.write_text("keep")
+    out = main("replay", store, "--epoch", 3, "--out", target, check=2, capsys=capsys)
+    assert "is a file" in _one_line_error(out, "replay")
+    assert target.read_text() == "keep"
+
+
+def test_log_of_a_missing_page_is_an_error(store, capsys):
+    out = main("log", store, "--page", "nosuchpage", check=2, capsys=capsys)
+    assert "'nosuchpage'" in _one_line_error(out, "log")
+
+
+def test_read_only_commands_print_no_internal_warning(store):
+    """The store's derive function is not registered in a fresh process: no RuntimeWarning, no file:line."""
+    env = {k: v for k, v in ENV.items() if k != "PYTHONWARNINGS"}
+    for args in (("info", store), ("log", store, "--limit", "1"), ("graph", store), ("stats", store)):
+        out = subprocess.run([sys.executable, "-m", "mmsb", *args], capture_output=True, text=True, env=env,
+                             timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert out.stderr == "", (args, out.stderr)
+
+
+def test_recovery_truncate(store, tmp_path, capsys):
+    import shutil
+
+    root = str(tmp_path / "torn")
+    shutil.copytree(store, root)
+    seg = os.path.join(root, "log", sorted(os.listdir(os.path.join(root, "log")))[-1])
+    data = bytearray(open(seg, "rb").read())
+    data[len(data) - 40] ^= 0xFF          # inside the last committed transaction: strict recovery refuses
+    open(seg, "wb").write(bytes(data))
+    strict = main("info", root, check=3, capsys=capsys)
+    assert "Corruption" in _one_line_error(strict, "info")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with mmsb.open(root, "r", recovery="truncate") as buf:
+            expect = buf.epoch
+    out = main("info", root, "--recovery", "truncate", check=0, capsys=capsys)
+    assert f"epoch       {expect}\n" in out.stdout
+
+
+def test_record_counts_agree_between_demo_info_stats_and_verify(tmp_path, capsys):
+    from mmsb.demo import run_demo
+
+    root = str(tmp_path / "demo")
+    lines = []
+    assert run_demo(side=12, updates=3, path=root, out=lines.append) == 0
+    demo_row = next(ln for ln in lines if ln.startswith("log "))
+    demo_records = int(demo_row.split(" transactions, ")[1].split()[0])
+    info = main("info", root, check=0, capsys=capsys).stdout
+    info_records = int(next(ln for ln in info.splitlines() if ln.startswith("log ")).split(", ")[1].split()[0])
+    stats = json.loads(main("stats", "--json", root, check=0, capsys=capsys).stdout)
+    report = mmsb.verify(root)
+    assert demo_records == info_records == stats["log"]["records"] == report.records_checked
+
+
+def test_stats(store, capsys):
+    out = main("stats", store, check=0, capsys=capsys).stdout
+    st = json.loads(main("stats", store, "--json", check=0, capsys=capsys).stdout)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with mmsb.open(store, "r") as buf:
+            ref = buf.stats()
+    assert st["epoch"] == ref["epoch"] and st["memory"]["resident_bytes"] == ref["memory"]["resident_bytes"]
+    assert set(st) == set(ref)
+    for section in ref:
+        assert section in out
+    assert f"epoch{' ' * 9}{ref['epoch']}" in out or f"epoch {ref['epoch']}" in " ".join(out.split())
+
+
+def test_batch_rejects_a_bad_deltas_file_before_starting(tmp_path, capsys):
+    pytest.importorskip("distributed")
+    target = tmp_path / "new-store"
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"this is not an npz archive")
+    out = main("batch", target, "--deltas", bad, check=2, capsys=capsys)
+    line = _one_line_error(out, "batch")
+    assert str(bad) in line and "allow_pickle" not in line
+    np.savez(tmp_path / "nopages.npz", values_0=np.zeros(3))
+    out = main("batch", target, "--deltas", tmp_path / "nopages.npz", check=2, capsys=capsys)
+    assert "'pages'" in _one_line_error(out, "batch")
+    out = main("batch", target, "--deltas", tmp_path / "missing.npz", check=2, capsys=capsys)
+    assert "no such file" in _one_line_error(out, "batch")
+    assert not target.exists()

@@ -24,3 +24,23 @@ def test_cli_demo(tmp_path):
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "all checks passed" in proc.stdout
+
+
+def test_demo_plot_marks_the_change(tmp_path):
+    """The PNG has three panels side by side (before, after, difference): a wide image, written without error."""
+    mpl = __import__("pytest").importorskip("matplotlib")
+    png = tmp_path / "demo.png"
+    lines = []
+    assert run_demo(side=40, updates=4, path=str(tmp_path / "s"), plot=str(png), out=lines.append) == 0
+    assert any(ln.startswith("plot") and "wrote" in ln for ln in lines), lines
+    import matplotlib.image as mpimg
+
+    img = mpimg.imread(str(png))
+    assert img.shape[1] > 2.5 * img.shape[0], img.shape
+    assert mpl is not None
+
+
+def test_demo_with_no_updates(tmp_path):
+    lines = []
+    assert run_demo(side=10, updates=0, path=str(tmp_path / "s"), out=lines.append) == 0, lines
+    assert any("none (--updates 0)" in ln for ln in lines)

@@ -1,8 +1,11 @@
 """``mmsb bench``: mmsb against what a user would use instead, measured side by side in one run.
 
 Each row gives mmsb's figure, the baseline's and ``ratio = baseline / mmsb`` (> 1: mmsb is faster or smaller).
-Groups (one module each): path, merge, alloc, spmv, closure, log, checkpoint, txn. ``quick=True`` runs every group at
-reduced sizes. Baselines that are not installed are skipped with a note. No figure here is asserted in tests.
+Groups (one module each): path, merge, alloc, spmv, closure, log, checkpoint, txn. ``quick=True`` runs every group
+at reduced sizes and prints the ratios without judging any target (targets are judged on full runs only).
+Baselines that are not installed, or installed without a dependency they need, keep their row, which names what
+is missing. The machine's load (load average, busy competing processes) is measured before and after and printed
+next to the table. No figure here is asserted in tests.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import time
 import traceback
 from typing import Iterable, Optional, Sequence, Union
 
-from mmsb.bench._common import Row, fmt_ratio, fmt_value
+from mmsb.bench._common import Row, fmt_load, fmt_ratio, fmt_value, machine_load
 
 GROUPS = ("path", "merge", "alloc", "spmv", "closure", "log", "checkpoint", "txn")
 
@@ -81,8 +84,8 @@ def run(quick: bool = False, only: Union[str, Sequence[str], None] = None,
     return rows
 
 
-def _line(r: Row) -> str:
-    met = {True: "met", False: "MISSED", None: "not judged"}[r.met]
+def _line(r: Row, quick: bool = False) -> str:
+    met = "not judged (--quick)" if quick else {True: "met", False: "MISSED", None: "not judged"}[r.met]
     tgt = f"[{r.target}: {met}]" if r.target else ""
     base = f"{r.baseline_name}: {fmt_value(r.baseline, r.unit)}" if r.baseline_name else ""
     s = f"  {r.name}\n      mmsb {fmt_value(r.mmsb, r.unit)}"
@@ -126,19 +129,38 @@ def plot_rows(rows: Iterable[Row], path: str) -> None:
     plt.close(fig)
 
 
+def _missing_dependencies(rows: Iterable[Row]) -> list[str]:
+    """The reasons of every skipped baseline and failed group, once each (e.g. a missing optional dependency)."""
+    seen: list[str] = []
+    for r in rows:
+        why = r.note[len("baseline skipped: "):] if r.note.startswith("baseline skipped: ") else (
+            r.note if r.name == "group failed" and "Import" in r.note.split(":")[0] else "")
+        if why and why not in seen:
+            seen.append(why)
+    return seen
+
+
 def main(quick: bool = False, as_json: bool = False, plot: Optional[str] = None,
          only: Union[str, Sequence[str], None] = None) -> int:
-    """The ``mmsb bench`` command. Returns the exit code: 0, or 1 when a group failed, 2 on bad arguments."""
+    """The ``mmsb bench`` command. Returns the exit code: 0, or 1 when a group failed, 2 on bad arguments.
+
+    A full run judges each row against its target; ``quick=True`` prints the ratios and judges none. The
+    machine's load before and after is printed next to the table (and is in the JSON as ``load``).
+    """
     try:
         groups = _parse_only(only)
     except ValueError as exc:
         print(f"mmsb bench: {exc}", file=sys.stderr)
         return 2
     env = environment()
+    load_before = machine_load()
     if not as_json:
         print(f"mmsb bench{' --quick' if quick else ''}: {', '.join(groups)}")
         print("  " + ", ".join(f"{k}={v}" for k, v in env.items()))
         print("  ratio = baseline / mmsb (> 1: mmsb faster or smaller)")
+        if quick:
+            print("  --quick: reduced sizes; ratios are printed, targets are NOT judged (run without --quick)")
+        print("  before: " + fmt_load(load_before))
 
     def on_group(g: str) -> None:
         if not as_json:
@@ -146,21 +168,29 @@ def main(quick: bool = False, as_json: bool = False, plot: Optional[str] = None,
 
     def on_row(r: Row) -> None:
         if not as_json:
-            print(_line(r), flush=True)
+            print(_line(r, quick), flush=True)
 
     rows = run(quick=quick, only=groups, on_row=on_row, on_group=on_group)
+    load_after = machine_load()
+    if quick:
+        for r in rows:
+            r.met = None
     failed = [r for r in rows if r.name == "group failed"]
+    missing = _missing_dependencies(rows)
     if as_json:
-        json.dump({"quick": quick, "environment": env, "rows": [r.as_dict() for r in rows]}, sys.stdout,
-                  indent=1, default=str, allow_nan=False)
+        json.dump({"quick": quick, "judged": not quick, "environment": env,
+                   "load": {"before": load_before, "after": load_after}, "missing": missing,
+                   "rows": [r.as_dict() for r in rows]}, sys.stdout, indent=1, default=str, allow_nan=False)
         sys.stdout.write("\n")
     else:
-        judged = [r for r in rows if r.met is not None]
-        print(f"targets met: {sum(bool(r.met) for r in judged)} of {len(judged)} judged")
-        try:
-            print(f"load average at the end: {os.getloadavg()}")
-        except OSError:  # pragma: no cover
-            pass
+        if quick:
+            print(f"targets: not judged (--quick); {sum(1 for r in rows if r.target)} rows have a target")
+        else:
+            judged = [r for r in rows if r.met is not None]
+            print(f"targets met: {sum(bool(r.met) for r in judged)} of {len(judged)} judged")
+        for why in missing:
+            print(f"not measured: {why}")
+        print("after: " + fmt_load(load_after))
         for r in failed:
             print(f"group {r.group} failed: {r.note}", file=sys.stderr)
     if plot:

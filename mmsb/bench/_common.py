@@ -121,10 +121,84 @@ def fmt_ratio(r: Optional[float]) -> str:
     return f"{r:.3g}x" if r < 100 else f"{r:.0f}x"
 
 
+#: What a baseline needs beyond ``import module``: attributes touched here load its lazy dependencies (e.g.
+#: python-graphblas imports donfig only when its configuration is first used).
+PROBES: dict[str, tuple[str, ...]] = {"graphblas": ("ss.config", "Matrix", "semiring.min_plus", "io")}
+
+
 def have(module: str) -> Optional[str]:
-    """None when ``module`` imports, else the reason it does not."""
+    """None when ``module`` imports and works far enough to run a baseline, else the reason, naming what is missing."""
     try:
-        __import__(module)
+        mod = __import__(module)
+        for path in PROBES.get(module, ()):
+            obj = mod
+            for part in path.split("."):
+                obj = getattr(obj, part)
         return None
-    except Exception as exc:  # ImportError, or a broken install
+    except Exception as exc:  # ImportError, or a broken install (a dependency of the module missing)
+        name = getattr(exc, "name", None)
+        if isinstance(exc, ImportError) and name and name.split(".")[0] != module:
+            return f"{module} is installed but its dependency {name} is missing (pip install {name})"
         return f"{module} not installed ({type(exc).__name__}: {exc})"
+
+
+def machine_load(sample: float = 0.5, busy_fraction: float = 0.2) -> dict:
+    """How loaded the machine is while benchmarking: load averages, CPUs, and competing busy processes.
+
+    ``busy`` lists the other processes that used more than ``busy_fraction`` of a core over ``sample`` seconds
+    (Linux ``/proc``; elsewhere only the load average). ``loaded`` is True when the 1-minute load average exceeds
+    three quarters of the CPUs or a competing process is busy: figures measured then are noisy.
+    """
+    cpus = os.cpu_count() or 1
+    try:
+        load = tuple(round(x, 2) for x in os.getloadavg())
+    except (OSError, AttributeError):  # pragma: no cover - not on Linux/macOS
+        load = None
+    busy: list[dict] = []
+    if os.path.isdir("/proc") and sample > 0:
+        tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        first = _proc_times()
+        time.sleep(sample)
+        second = _proc_times()
+        me = os.getpid()
+        for pid, (name, t1) in second.items():
+            if pid == me or pid not in first:
+                continue
+            share = (t1 - first[pid][1]) / tick / sample
+            if share > busy_fraction:
+                busy.append({"pid": pid, "name": name, "cpu": round(share, 2)})
+        busy.sort(key=lambda b: -b["cpu"])
+    loaded = bool(busy) or (load is not None and load[0] > 0.75 * cpus)
+    return {"loadavg": load, "cpus": cpus, "busy": busy, "loaded": loaded}
+
+
+def _proc_times() -> dict:
+    """``{pid: (command name, user + system clock ticks)}`` of every process (Linux)."""
+    out = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                raw = f.read().decode("utf-8", "replace")
+        except OSError:
+            continue
+        name = raw[raw.find("(") + 1: raw.rfind(")")]
+        fields = raw[raw.rfind(")") + 2:].split()
+        try:
+            out[int(entry)] = (name, int(fields[11]) + int(fields[12]))
+        except (IndexError, ValueError):
+            continue
+    return out
+
+
+def fmt_load(load: dict) -> str:
+    """One line: the load averages, CPUs and busy competing processes, and whether figures are trustworthy."""
+    la = "/".join(f"{x:g}" for x in load["loadavg"]) if load.get("loadavg") else "unknown"
+    busy = ", ".join(f"{b['name']} (pid {b['pid']}, {b['cpu'] * 100:.0f}% of a core)" for b in load["busy"][:5])
+    more = f" and {len(load['busy']) - 5} more" if len(load["busy"]) > 5 else ""
+    text = f"machine load: load average {la} (1/5/15 min) on {load['cpus']} CPU(s); busy competing processes: " \
+           f"{busy + more if busy else 'none'}"
+    if load.get("loaded"):
+        text += " -- the machine is LOADED: figures are noisy, compare ratios with care"
+    return text

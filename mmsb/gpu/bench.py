@@ -1,4 +1,5 @@
-"""GPU benchmarks: ``python -m mmsb.gpu.bench [--out DIR] [--quick]``; writes gpu.json and gpu.md.
+"""GPU benchmarks: ``python -m mmsb.gpu.bench [--out DIR] [--quick]``; writes gpu.json and gpu.md (see
+:func:`write_report`).
 
 Every figure is measured side by side in one run: the device copy bandwidth (the ceiling for the dense merge),
 cuSPARSE (cupyx.scipy.sparse) plus_times SpMV on the same matrix, eager launches against CUDA-graph replay.
@@ -197,10 +198,102 @@ def main(argv: Any = None) -> dict:
         cp.get_default_memory_pool().free_all_blocks()
         for p in rt._pools.values():
             p.free_all_blocks()
-    os.makedirs(a.out, exist_ok=True)
-    with open(os.path.join(a.out, "gpu.json"), "w") as f:
-        json.dump(res, f, indent=1, default=str)
+    paths = write_report(res, a.out)
+    print("wrote", ", ".join(paths), flush=True)
     return res
+
+
+def write_report(res: dict, out_dir: str) -> list[str]:
+    """Write ``gpu.json`` (every figure) and ``gpu.md`` (the tables of :func:`render_markdown`) into ``out_dir``."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = [os.path.join(out_dir, "gpu.json"), os.path.join(out_dir, "gpu.md")]
+    with open(paths[0], "w") as f:
+        json.dump(res, f, indent=1, default=str)
+    with open(paths[1], "w") as f:
+        f.write(render_markdown(res))
+    return paths
+
+
+def _num(v: Any, fmt: str) -> str:
+    return format(v, fmt) if isinstance(v, (int, float)) else "–"
+
+
+def _pct(v: Any) -> str:
+    return f"**{v * 100:.0f} %**" if isinstance(v, (int, float)) else "–"
+
+
+def _failed(part: Any) -> str:
+    if not isinstance(part, dict):
+        return "not run"
+    if "error" in part:
+        return f"failed: {part['error']}"
+    if "skipped" in part:
+        return f"skipped: {part['skipped']}"
+    return ""
+
+
+def render_markdown(res: dict) -> str:
+    """The results of :func:`main` as Markdown tables (one section per benchmark; a failed one says why)."""
+    lines = [f"# GPU benchmarks ({res.get('device', 'unknown device')})", "",
+             f"CuPy {res.get('cupy', '?')}; command: `{res.get('command', 'python -m mmsb.gpu.bench')}`. Times are "
+             f"medians of CUDA-event-timed repetitions after warm-up; every figure comes from this one run.", ""]
+
+    def section(title: str, key: str) -> Any:
+        lines.extend([f"## {title}", ""])
+        part = res.get(key)
+        why = _failed(part)
+        if why:
+            lines.extend([why, ""])
+            return None
+        return part
+
+    merge = section("Dense masked merge vs device copy bandwidth (target ≥ 80 %)", "merge")
+    if merge is not None:
+        lines += ["| dtype | elements | copy GB/s | merge GB/s | merge / copy | merge ms | `cupy.where` ms |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for dt, r in merge.items():
+            lines.append(f"| {dt} | {r.get('n', '–')} | {_num(r.get('copy_GBps'), '.0f')} | "
+                         f"{_num(r.get('merge_GBps'), '.0f')} | {_pct(r.get('merge_vs_copy'))} | "
+                         f"{_num(r.get('merge_s', 0) * 1e3, '.3f')} | {_num(r.get('cupy_where_s', 0) * 1e3, '.3f')} |")
+        lines.append("")
+    scatter = section("Sparse scatter-⊕ (target ≥ 10 G updates/s)", "scatter")
+    if scatter is not None:
+        lines += ["| dtype / ⊕ | updates | unsorted G upd/s | sorted G upd/s | mmsb unsorted ms | "
+                  "cupyx.scatter_add ms |", "| --- | --- | --- | --- | --- | --- |"]
+        for key, r in scatter.items():
+            cx = r.get("cupyx_scatter_add_s")
+            lines.append(f"| {key} | {r.get('updates', '–')} | **{_num(r.get('unsorted_Gupd_s'), '.1f')}** | "
+                         f"{_num(r.get('sorted_Gupd_s'), '.1f')} | {_num(r.get('unsorted_s', 0) * 1e3, '.3f')} | "
+                         f"{_num(cx * 1e3, '.3f') if cx is not None else '–'} |")
+        lines.append("")
+    spmv = section("CSR SpMV vs cuSPARSE plus_times (target ≥ 1x)", "spmv")
+    if spmv is not None:
+        lines += [f"Matrix: {spmv.get('rows', '?')} rows, {spmv.get('nnz', '?')} nnz; cuSPARSE plus_times "
+                  f"{_num(spmv.get('cusparse_plus_times_s', 0) * 1e3, '.3f')} ms (best of its runs before and after "
+                  f"mmsb's).", "",
+                  "| semiring | mmsb ms (default group) | vs cuSPARSE | best group ms | vs cuSPARSE (best) |",
+                  "| --- | --- | --- | --- | --- |"]
+        for name in ("plus_times", "min_plus"):
+            r = spmv.get(name, {})
+            lines.append(f"| {name} | {_num(r.get('default_s', 0) * 1e3, '.3f')} | "
+                         f"**{_num(r.get('vs_cusparse_default'), '.2f')}x** | "
+                         f"{_num(r.get('best_s', 0) * 1e3, '.3f')} | "
+                         f"{_num(r.get('vs_cusparse_best'), '.2f')}x |")
+        lines.append("")
+    graph = section("CUDA-graph replay of a propagation wave", "graph")
+    if graph is not None:
+        lines += ["| pages | page size | kernels per wave | eager ms | graph ms | speedup |",
+                  "| --- | --- | --- | --- | --- | --- |",
+                  f"| {graph.get('pages', '–')} | {graph.get('page_size', '–')} | "
+                  f"{graph.get('kernels_per_wave', '–')} | "
+                  f"{_num(graph.get('eager_s', 0) * 1e3, '.3f')} | {_num(graph.get('graph_s', 0) * 1e3, '.3f')} | "
+                  f"**{_num(graph.get('speedup'), '.2f')}x** |", ""]
+    nccl = section("NCCL all-reduce across the devices", "nccl")
+    if nccl is not None:
+        lines += ["| devices | bytes | ms | algbw GB/s | busbw GB/s |", "| --- | --- | --- | --- | --- |",
+                  f"| {nccl.get('devices', '–')} | {nccl.get('bytes', '–')} | {_num(nccl.get('s', 0) * 1e3, '.2f')} | "
+                  f"{_num(nccl.get('algbw_GBps'), '.1f')} | {_num(nccl.get('busbw_GBps'), '.1f')} |", ""]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
