@@ -118,9 +118,6 @@ class MemoryLog(LogBase):
         if self._closed:
             raise ClosedError("the log is closed")
 
-    def commit(self, txn: Txn) -> int:
-        return self.append(txn)
-
     def mark_checkpoint(self, epoch: int) -> int:
         with self._lock:
             self._marks.append(int(epoch))
