@@ -4,7 +4,7 @@ from typing import Any, Optional
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["spmv", "push", "closure"]
+__all__ = ["spmv", "push", "closure", "set_threads", "threads"]
 
 def spmv(
     indptr: npt.ArrayLike,
@@ -46,3 +46,5 @@ def closure(
     weight_range: Optional[tuple[float, float]] = ...,
 ) -> npt.NDArray[np.int64]:
     """Semi-naive least fixpoint (idempotent ⊕) from ``frontier``; returns the sorted unique changed entries."""
+def set_threads(max_threads: int, cpus: int, adapt: bool = True) -> None: ...
+def threads() -> int: ...

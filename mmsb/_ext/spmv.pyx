@@ -1,9 +1,9 @@
 """Compiled semiring sparse kernels: pull SpMV, sparse push (saxpy) and semi-naive closure over CSR matrices.
 
-Every function has a pure-numpy twin with the same API and results in ``mmsb._ref.spmv`` (which also provides
-the argument checks shared by both). A semiring is given by its op codes ``add_op`` / ``mul_op`` (those of
-``mmsb._ops``) and its ``zero``; ``(A ⊗ x)[i] = ⊕_j A[i, j] ⊗ x[j]`` with A's value on the left of ⊗, and
-entries ``x[j] == zero`` are skipped. Bool arrays are handled as uint8 views (or -> max, and -> min).
+Every function has a pure-numpy twin with the same API and results in ``mmsb._ref.spmv``; both take their
+argument checks from the neutral module ``mmsb._validate``. A semiring is given by its op codes ``add_op`` /
+``mul_op`` (those of ``mmsb._ops``) and its ``zero``; ``(A ⊗ x)[i] = ⊕_j A[i, j] ⊗ x[j]`` with A's value on the
+left of ⊗, and entries ``x[j] == zero`` are skipped. Bool arrays are handled as uint8 views (or -> max, and -> min).
 
 Array lengths, op codes, ``rows`` / ``idx`` / ``frontier`` entries and the zero are validated before any memory
 is touched. The matrix's ``indices`` are bounds-checked while the loops run (memory is never read out of
@@ -17,8 +17,8 @@ from libc.stdlib cimport calloc, free, malloc, realloc
 
 from mmsb._ext._types cimport OP_MAX, OP_MIN, OP_PLUS, OP_TIMES, apply_op, numeric_t
 
-from mmsb._ref.spmv import (_check_csr, _check_ops, _check_range, _index_array, _same_dtype, _value_array,
-                            _zero)
+from mmsb._validate import (check_csr, check_ops, check_range, index_array, same_dtype, value_array,
+                            zero_array)
 
 cdef extern from *:
     """
@@ -27,22 +27,31 @@ cdef extern from *:
     #else
     #define MMSB_SPMV_PREFETCH(p) ((void)0)
     #endif
-    #ifdef _OPENMP
-    #include <omp.h>
-    static int mmsb_spmv_max_threads(void) { return omp_get_max_threads(); }
-    #else
-    static int mmsb_spmv_max_threads(void) { return 1; }
-    #endif
     """
-    int mmsb_spmv_max_threads() noexcept nogil
     void MMSB_SPMV_PREFETCH(const void *p) noexcept nogil
 
-__all__ = ["spmv", "push", "closure"]
+cdef extern from "_threads.h":
+    int mmsb_threads() noexcept nogil
+    void mmsb_threads_set(int max_threads, int cpus, int adapt) noexcept nogil
 
-DEF ST_OK = 0
-DEF ST_BAD_INDEX = 1
-DEF ST_NO_MEMORY = 2
-DEF ST_NO_CONVERGENCE = 3
+__all__ = ["spmv", "push", "closure", "set_threads", "threads"]
+
+
+def set_threads(int max_threads, int cpus, bint adapt=True):
+    """Configure the thread policy: at most ``max_threads`` threads (0: OpenMP's default), ``cpus`` on the machine,
+    ``adapt``: use fewer while other processes keep the CPUs busy."""
+    mmsb_threads_set(max_threads, cpus, adapt)
+
+
+def threads():
+    """The number of threads a parallel kernel of this module would use now."""
+    return mmsb_threads()
+
+cdef enum:
+    ST_OK = 0
+    ST_BAD_INDEX = 1
+    ST_NO_MEMORY = 2
+    ST_NO_CONVERGENCE = 3
 
 
 cdef struct IndexBuf:
@@ -180,26 +189,26 @@ def spmv(indptr, indices, data, x, y, int add_op, int mul_op, zero, rows=None, i
     ``(indptr, indices, data)`` is A in CSR form (int64 index arrays); ``x`` has one entry per column and ``y``
     one per row (``len(indptr) - 1``); ``y`` is written in place and rows not listed are left untouched.
     Entries with ``x[j] == zero`` are skipped. Rows run in parallel on ``nthreads`` OpenMP threads
-    (0: all available).
+    (0: the thread policy's count, see ``set_threads``).
     """
-    _check_ops(add_op, mul_op)
-    indptr = _index_array(indptr, "indptr")
-    indices = _index_array(indices, "indices")
-    x = _value_array(x, "x")
-    y = _value_array(y, "y", out=True)
-    data = _value_array(data, "data")
-    data, x = _same_dtype(y, data=data, x=x)
-    n = _check_csr(indptr, indices, data, "")
+    check_ops(add_op, mul_op)
+    indptr = index_array(indptr, "indptr")
+    indices = index_array(indices, "indices")
+    x = value_array(x, "x")
+    y = value_array(y, "y", out=True)
+    data = value_array(data, "data")
+    data, x = same_dtype(y, data=data, x=x)
+    n = check_csr(indptr, indices, data, "")
     if y.size != n:
         raise ValueError(f"y has length {y.size}, expected {n} (= len(indptr) - 1)")
     if rows is None:
         sel = np.empty(1, dtype=np.int64)
     else:
-        sel = _index_array(rows, "rows")
-        _check_range(sel, n, "rows")
-    z = _zero(zero, y.dtype)
+        sel = index_array(rows, "rows")
+        check_range(sel, n, "rows")
+    z = zero_array(zero, y.dtype)
     if nthreads <= 0:
-        nthreads = mmsb_spmv_max_threads()
+        nthreads = mmsb_threads()
     _spmv_typed(indptr, indices, data, x, y, sel, rows is None, add_op, mul_op, z, nthreads)
 
 
@@ -259,19 +268,19 @@ def push(indptr_t, indices_t, data_t, idx, vals, y, int add_op, int mul_op, zero
     is the sparse vector. Pairs with ``v == zero`` are skipped; ``y[i]`` is written only when its value changes.
     Returns the sorted unique int64 array of the changed entries of ``y``.
     """
-    _check_ops(add_op, mul_op)
-    indptr_t = _index_array(indptr_t, "indptr_t")
-    indices_t = _index_array(indices_t, "indices_t")
-    y = _value_array(y, "y", out=True)
-    data_t = _value_array(data_t, "data_t")
-    vals = _value_array(vals, "vals")
-    idx = _index_array(idx, "idx")
-    data_t, vals = _same_dtype(y, data_t=data_t, vals=vals)
-    ncols = _check_csr(indptr_t, indices_t, data_t, "_t")
+    check_ops(add_op, mul_op)
+    indptr_t = index_array(indptr_t, "indptr_t")
+    indices_t = index_array(indices_t, "indices_t")
+    y = value_array(y, "y", out=True)
+    data_t = value_array(data_t, "data_t")
+    vals = value_array(vals, "vals")
+    idx = index_array(idx, "idx")
+    data_t, vals = same_dtype(y, data_t=data_t, vals=vals)
+    ncols = check_csr(indptr_t, indices_t, data_t, "_t")
     if idx.size != vals.size:
         raise ValueError(f"idx and vals differ in length ({idx.size} != {vals.size})")
-    _check_range(idx, ncols, "idx")
-    z = _zero(zero, y.dtype)
+    check_range(idx, ncols, "idx")
+    z = zero_array(zero, y.dtype)
     return _push_typed(indptr_t, indices_t, data_t, idx, vals, y, add_op, mul_op, z)
 
 
@@ -615,23 +624,23 @@ def closure(indptr_t, indices_t, data_t, x, frontier, int add_op, int mul_op, ze
     ``weight_range=(wmin, wmax)``, the range of the stored weights, lets (min, plus) with ``wmin > 0`` use Dial's
     bucket queue instead of the heap (the same result, faster).
     """
-    _check_ops(add_op, mul_op, idempotent=True)
-    indptr_t = _index_array(indptr_t, "indptr_t")
-    indices_t = _index_array(indices_t, "indices_t")
-    x = _value_array(x, "x", out=True)
-    data_t = _value_array(data_t, "data_t")
-    (data_t,) = _same_dtype(x, data_t=data_t)
-    frontier = _index_array(frontier, "frontier")
-    n = _check_csr(indptr_t, indices_t, data_t, "_t")
+    check_ops(add_op, mul_op, idempotent=True)
+    indptr_t = index_array(indptr_t, "indptr_t")
+    indices_t = index_array(indices_t, "indices_t")
+    x = value_array(x, "x", out=True)
+    data_t = value_array(data_t, "data_t")
+    (data_t,) = same_dtype(x, data_t=data_t)
+    frontier = index_array(frontier, "frontier")
+    n = check_csr(indptr_t, indices_t, data_t, "_t")
     if x.size != n:
         raise ValueError(f"x has length {x.size}, expected {n} (the matrix must be square)")
-    _check_range(frontier, n, "frontier")
-    z = _zero(zero, x.dtype)
+    check_range(frontier, n, "frontier")
+    z = zero_array(zero, x.dtype)
     if old_out is None:
         old_out = np.empty(0, dtype=x.dtype)
     else:
-        old_out = _value_array(old_out, "old_out", out=True)
-        (old_out,) = _same_dtype(x, old_out=old_out)
+        old_out = value_array(old_out, "old_out", out=True)
+        (old_out,) = same_dtype(x, old_out=old_out)
         if old_out.size != n:
             raise ValueError(f"old_out has length {old_out.size}, expected {n}")
     wmin = wmax = 0.0
