@@ -44,6 +44,7 @@ def closure(
     zero: Any,
     old_out: Optional[npt.NDArray[Any]] = ...,
     weight_range: Optional[tuple[float, float]] = ...,
+    nthreads: int = ...,
 ) -> npt.NDArray[np.int64]:
     """Semi-naive least fixpoint (idempotent ⊕) from ``frontier``; returns the sorted unique changed entries."""
 def set_threads(max_threads: int, cpus: int, adapt: bool = True) -> None: ...

@@ -34,6 +34,23 @@ cdef extern from "_threads.h":
     int mmsb_threads() noexcept nogil
     void mmsb_threads_set(int max_threads, int cpus, int adapt) noexcept nogil
 
+cdef extern from "_pclosure.h":
+    int mmsb_pclosure_f64(const int64_t *indptr, const int64_t *indices, const double *data, int64_t nnz,
+                          double *x, int64_t n, const int64_t *frontier, int64_t count, double zero, double base,
+                          double delta, int64_t nb, int nthreads, uint8_t *mark, int64_t **changed_out,
+                          int64_t *nchanged_out) noexcept nogil
+    int mmsb_pclosure_f32(const int64_t *indptr, const int64_t *indices, const float *data, int64_t nnz,
+                          float *x, int64_t n, const int64_t *frontier, int64_t count, float zero, double base,
+                          double delta, int64_t nb, int nthreads, uint8_t *mark, int64_t **changed_out,
+                          int64_t *nchanged_out) noexcept nogil
+
+# a (min, plus) closure runs in parallel (bucketed Bellman-Ford, mmsb/_ext/_pclosure.h) from this many frontier
+# entries on a graph of at least PAR_CLOSURE_N vertices, when more than one thread is free; smaller waves stay serial
+PAR_CLOSURE_FRONTIER = 256
+PAR_CLOSURE_N = 1 << 18
+# bucket width of the parallel closure, in units of the smallest weight (wider: fewer rounds, more re-relaxation)
+PAR_CLOSURE_DELTA = 2.0
+
 __all__ = ["spmv", "push", "closure", "set_threads", "threads"]
 
 
@@ -610,8 +627,50 @@ def _closure_typed(const int64_t[::1] indptr_t, const int64_t[::1] indices_t, co
     return out
 
 
+ctypedef fused real_t:
+    float
+    double
+
+
+def _closure_parallel(const int64_t[::1] indptr_t, const int64_t[::1] indices_t, const real_t[::1] data_t,
+                      real_t[::1] x, const int64_t[::1] frontier, const real_t[::1] zero, real_t[::1] old_out,
+                      double wmin, double wmax, int nthreads):
+    """Typed entry point of the parallel (min, plus) closure (validated; weights in [wmin, wmax], wmin > 0)."""
+    cdef IndexBuf changed
+    cdef int status = ST_OK
+    cdef int64_t *ids = NULL
+    cdef int64_t nids = 0, k
+    cdef double base = <double>x[frontier[0]]
+    cdef double delta = wmin * PAR_CLOSURE_DELTA
+    cdef int64_t nb = <int64_t>(wmax / delta) + 2
+    cdef real_t[::1] before
+    if _buf_init(&changed, x.shape[0]):
+        raise MemoryError("spmv kernel: out of memory")
+    if old_out.shape[0]:
+        before = np.array(x, copy=True)
+    with nogil:
+        if real_t is double:
+            status = mmsb_pclosure_f64(&indptr_t[0], &indices_t[0] if indices_t.shape[0] else NULL,
+                                       &data_t[0] if data_t.shape[0] else NULL, indices_t.shape[0], &x[0],
+                                       x.shape[0], &frontier[0], frontier.shape[0], zero[0], base, delta, nb,
+                                       nthreads, changed.mark, &ids, &nids)
+        else:
+            status = mmsb_pclosure_f32(&indptr_t[0], &indices_t[0] if indices_t.shape[0] else NULL,
+                                       &data_t[0] if data_t.shape[0] else NULL, indices_t.shape[0], &x[0],
+                                       x.shape[0], &frontier[0], frontier.shape[0], zero[0], base, delta, nb,
+                                       nthreads, changed.mark, &ids, &nids)
+        if status == ST_OK and old_out.shape[0]:
+            for k in range(nids):
+                old_out[ids[k]] = before[ids[k]]
+    changed.ptr = ids
+    changed.size = changed.cap = nids
+    out = _buf_sorted(&changed)
+    _raise_status(status)
+    return out
+
+
 def closure(indptr_t, indices_t, data_t, x, frontier, int add_op, int mul_op, zero, old_out=None,
-            weight_range=None):
+            weight_range=None, int nthreads=0):
     """Semi-naive least fixpoint ``x[i] = x[i] ⊕ (A[i, j] ⊗ x[j])`` for an idempotent ⊕ (min or max).
 
     ``(indptr_t, indices_t, data_t)`` is Aᵀ in CSR form (A square); ``x`` holds the current values (sources
@@ -622,7 +681,9 @@ def closure(indptr_t, indices_t, data_t, x, frontier, int add_op, int mul_op, ze
     ``x`` then holds the values reached so far.
     ``old_out`` (an array like ``x``), if given, receives at each changed entry its value before the call.
     ``weight_range=(wmin, wmax)``, the range of the stored weights, lets (min, plus) with ``wmin > 0`` use Dial's
-    bucket queue instead of the heap (the same result, faster).
+    bucket queue instead of the heap (the same result, faster), and, on float pages for a large wave
+    (``PAR_CLOSURE_FRONTIER`` entries, ``PAR_CLOSURE_N`` vertices), a parallel bucketed Bellman-Ford on
+    ``nthreads`` threads (0: the thread policy's count); the values are the same bit for bit.
     """
     check_ops(add_op, mul_op, idempotent=True)
     indptr_t = index_array(indptr_t, "indptr_t")
@@ -654,4 +715,10 @@ def closure(indptr_t, indices_t, data_t, x, frontier, int add_op, int mul_op, ze
             frontier = np.ascontiguousarray(frontier[live][np.argsort(vals[live], kind="stable")])
             if not frontier.size:
                 return np.empty(0, dtype=np.int64)
+            if nthreads <= 0:
+                nthreads = mmsb_threads()
+            if (x.dtype.kind == "f" and nthreads > 1 and frontier.size >= PAR_CLOSURE_FRONTIER
+                    and n >= PAR_CLOSURE_N):
+                return _closure_parallel(indptr_t, indices_t, data_t, x, frontier, z, old_out, wmin, wmax,
+                                         nthreads)
     return _closure_typed(indptr_t, indices_t, data_t, x, frontier, add_op, mul_op, z, old_out, wmin, wmax)

@@ -113,7 +113,8 @@ def push(indptr_t, indices_t, data_t, idx, vals, y, add_op, mul_op, zero):
     return _accumulate(y, indices_t[k], contrib, add_op)
 
 
-def closure(indptr_t, indices_t, data_t, x, frontier, add_op, mul_op, zero, old_out=None, weight_range=None):
+def closure(indptr_t, indices_t, data_t, x, frontier, add_op, mul_op, zero, old_out=None, weight_range=None,
+            nthreads=0):
     """Semi-naive least fixpoint ``x[i] = x[i] ⊕ (A[i, j] ⊗ x[j])`` for an idempotent ⊕ (min or max).
 
     ``x`` holds the current values (sources included) and is updated in place; ``frontier`` lists the entries
@@ -121,7 +122,7 @@ def closure(indptr_t, indices_t, data_t, x, frontier, add_op, mul_op, zero, old_
     Returns the sorted unique int64 array of the entries changed during the call. Raises
     ``ValueError("closure does not converge")`` after more than ``n + 1`` rounds (e.g. a negative cycle);
     ``x`` then holds the values reached so far. ``old_out`` (an array like ``x``) receives, at each changed
-    entry, its value before the call. ``weight_range`` (the compiled kernel's bucket-queue hint) changes
+    entry, its value before the call. ``weight_range`` and ``nthreads`` (the compiled kernel's hints) change
     nothing here.
     """
     check_ops(add_op, mul_op, idempotent=True)
