@@ -78,6 +78,41 @@ def spmv_scaling(quick: bool, out: list) -> None:
         print(json.dumps(row), flush=True)
 
 
+def spmv_prefetch(quick: bool, out: list) -> None:
+    """SpMV on all threads at several prefetch distances (spmv.set_gather_ahead), against GraphBLAS alternately."""
+    n, m = (100_000, 1_000_000) if quick else (1_000_000, 10_000_000)
+    A = random_graph(n, m)
+    indptr, indices, data = A.indptr.astype(np.int64), A.indices.astype(np.int64), A.data
+    x = np.random.default_rng(4).random(n)
+    y = np.empty(n)
+    try:
+        import graphblas as gb
+    except ImportError:
+        gb = None
+    cap = _kernels.default_threads()
+    if gb is not None:
+        G, gx = gb.io.from_scipy_sparse(A), gb.Vector.from_dense(x)
+        gb.ss.config["nthreads"] = cap
+    sp = _kernels.spmv
+    default = sp.set_gather_ahead(0)
+    for label, add, mul, zero in (("plus_times", _ops.OP_PLUS, _ops.OP_TIMES, 0.0),
+                                  ("min_plus", _ops.OP_MIN, _ops.OP_PLUS, np.inf)):
+        sr = getattr(gb.semiring, label) if gb is not None else None
+        for ahead in (0, 8, 24, 64):
+            sp.set_gather_ahead(ahead)
+            row = {"what": f"spmv {label} prefetch {ahead}"}
+            for t in sorted({1, 2, cap}):
+                if gb is None:
+                    row[t] = (best_of(lambda: sp.spmv(indptr, indices, data, x, y, add, mul, zero, None, t), 7),)
+                    continue
+                t_m, t_g = pair(lambda: sp.spmv(indptr, indices, data, x, y, add, mul, zero, None, t),
+                                lambda: G.mxv(gx, sr).new(), 7)
+                row[t] = (t_m, t_g / t_m)
+            out.append(row)
+            print(json.dumps(row), flush=True)
+    sp.set_gather_ahead(default)
+
+
 def closure_scaling(quick: bool, out: list) -> None:
     side, nsrc = (300, 1000) if quick else (1000, 10_000)
     W = grid(side)
@@ -205,6 +240,8 @@ def main() -> None:
         spmv_scaling(args.quick, out)
         closure_scaling(args.quick, out)
         _kernels.set_threads(None, adapt=True)
+    if "prefetch" in parts:
+        spmv_prefetch(args.quick, out)
     if "load" in parts:
         under_load(args.quick, out)
     if args.json:

@@ -64,6 +64,16 @@ def threads():
     """The number of threads a parallel kernel of this module would use now."""
     return mmsb_threads()
 
+cdef int _gather_ahead = 24     # stored entries ahead whose x is prefetched in the pull SpMV (0: none)
+
+
+def set_gather_ahead(int entries):
+    """Set how many stored entries ahead the pull SpMV prefetches x (0: no prefetch); returns the old value."""
+    global _gather_ahead
+    old = _gather_ahead
+    _gather_ahead = max(0, entries)
+    return old
+
 cdef enum:
     ST_OK = 0
     ST_BAD_INDEX = 1
@@ -138,8 +148,11 @@ cdef object _raise_status(int status):
 cdef inline int _row(const int64_t *indptr, const int64_t *indices, const numeric_t *data, const numeric_t *x,
                      numeric_t *y, int64_t i, int64_t nnz, int64_t nx, int add_op, int mul_op,
                      numeric_t zero) noexcept nogil:
-    """y[i] = zero ⊕ (⊕_k data[k] ⊗ x[indices[k]]) over row i; 1 on a bad index (y[i] untouched)."""
-    cdef int64_t k, j
+    """y[i] = zero ⊕ (⊕_k data[k] ⊗ x[indices[k]]) over row i; 1 on a bad index (y[i] untouched).
+
+    The gather of x is bound by memory latency: x[indices[k + _gather_ahead]] is prefetched (rows are contiguous
+    in indices, so this runs ahead into the next rows too; 0 turns it off)."""
+    cdef int64_t k, j, jp
     cdef int64_t ks = indptr[i]
     cdef int64_t ke = indptr[i + 1]
     cdef numeric_t acc = zero
@@ -147,6 +160,10 @@ cdef inline int _row(const int64_t *indptr, const int64_t *indices, const numeri
     if ks < 0 or ke > nnz or ks > ke:
         return 1
     for k in range(ks, ke):
+        if _gather_ahead and k + _gather_ahead < nnz:
+            jp = indices[k + _gather_ahead]
+            if <uint64_t>jp < <uint64_t>nx:
+                MMSB_SPMV_PREFETCH(&x[jp])
         j = indices[k]
         if <uint64_t>j >= <uint64_t>nx:
             return 1
