@@ -55,10 +55,14 @@ SOURCES = [s for s in sorted(glob.glob("mmsb/_ext/*.pyx"))
            if not ONLY or os.path.splitext(os.path.basename(s))[0] in ONLY]
 
 
+HEADERS = sorted(glob.glob("mmsb/_ext/*.h")) + sorted(glob.glob("mmsb/_ext/*.pxd"))
+
+
 def _extension(name, source, extra=()):
     return Extension(
         name,
         [source],
+        depends=HEADERS,          # rebuilt when a shared header changes; shipped in the sdist
         include_dirs=[np.get_include(), "mmsb/_ext"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=CFLAGS + list(extra) + OPENMP,
