@@ -1,14 +1,26 @@
 """Build the Cython extensions in mmsb/_ext with one set of directives for the whole build.
 
+The hot kernels (merge, spmv, codecs) are compiled once per SIMD level from the same generated C file: the
+baseline (``mmsb._ext.merge``, x86-64 SSE2), ``mmsb._ext._avx2.merge`` (-mavx2 -mfma ...) and
+``mmsb._ext._avx512.merge`` (AVX-512 F/BW/DQ/VL/CD); ``mmsb._kernels`` picks the best one the CPU runs at import.
+Cython runs and the C compilers run in parallel (``--parallel``/``-j`` defaults to the CPU count), each
+extension printing one progress line.
+
 MMSB_CYTHON_DEBUG=1 turns bounds checks, wraparound and initialisation checks back on;
-MMSB_EXT_ONLY=merge,spmv builds only those modules (for kernel work); MMSB_NATIVE=1 adds -march=native.
+MMSB_EXT_ONLY=merge,spmv builds only those modules (for kernel work); MMSB_NATIVE=1 adds -march=native;
+MMSB_SIMD_LEVELS=avx2,avx512 chooses the extra levels built on x86-64 (empty: baseline only).
 """
 import glob
 import os
+import platform
+import shutil
+import sys
+import time
 
 import numpy as np
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 DEBUG = os.environ.get("MMSB_CYTHON_DEBUG") == "1"
 DIRECTIVES = {
@@ -24,21 +36,79 @@ CFLAGS = ["-O0", "-g"] if DEBUG else ["-O3"]
 if os.environ.get("MMSB_NATIVE") == "1":     # kernels for this machine's SIMD level (not portable)
     CFLAGS.append("-march=native")
 OPENMP = [] if os.environ.get("MMSB_NO_OPENMP") == "1" else ["-fopenmp"]
+JOBS = os.cpu_count() or 1
+
+# extra SIMD levels (x86-64 with gcc/clang): the compiler flags of each; mmsb/_ext/cpu.pyx checks the same features
+SIMD_FLAGS = {
+    "avx2": ["-msse4.2", "-mpopcnt", "-mavx", "-mavx2", "-mfma", "-mbmi", "-mbmi2", "-mf16c"],
+    "avx512": ["-msse4.2", "-mpopcnt", "-mavx", "-mavx2", "-mfma", "-mbmi", "-mbmi2", "-mf16c", "-mavx512f",
+               "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512cd", "-mprefer-vector-width=512"],
+}
+SIMD_MODULES = ("merge", "spmv", "codecs")
+_X86 = platform.machine().lower() in ("x86_64", "amd64") and sys.platform != "win32"
+_LEVELS_ENV = os.environ.get("MMSB_SIMD_LEVELS")
+SIMD_LEVELS = ([n for n in _LEVELS_ENV.split(",") if n] if _LEVELS_ENV is not None else list(SIMD_FLAGS)) \
+    if _X86 and not DEBUG else []
 
 ONLY = [n for n in os.environ.get("MMSB_EXT_ONLY", "").split(",") if n]
 SOURCES = [s for s in sorted(glob.glob("mmsb/_ext/*.pyx"))
            if not ONLY or os.path.splitext(os.path.basename(s))[0] in ONLY]
 
-extensions = [
-    Extension(
-        "mmsb._ext." + os.path.splitext(os.path.basename(src))[0],
-        [src],
+
+HEADERS = sorted(glob.glob("mmsb/_ext/*.h")) + sorted(glob.glob("mmsb/_ext/*.pxd"))
+
+
+def _extension(name, source, extra=()):
+    return Extension(
+        name,
+        [source],
+        depends=HEADERS,          # rebuilt when a shared header changes; shipped in the sdist
         include_dirs=[np.get_include(), "mmsb/_ext"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-        extra_compile_args=CFLAGS + OPENMP,
+        extra_compile_args=CFLAGS + list(extra) + OPENMP,
         extra_link_args=OPENMP,
     )
-    for src in SOURCES
-]
 
-setup(ext_modules=cythonize(extensions, compiler_directives=DIRECTIVES, force=DEBUG))
+
+def _simd_copy(c_file, level):
+    """The generated C file of a hot kernel copied to build/simd/<level>/ (rewritten only when it changed)."""
+    dst = os.path.join("build", "simd", level, os.path.basename(c_file))
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    if not os.path.exists(dst) or os.path.getmtime(dst) < os.path.getmtime(c_file):
+        shutil.copy2(c_file, dst)
+    return dst
+
+
+class ParallelBuildExt(build_ext):
+    """build_ext that compiles the extensions in parallel by default and says which one it is on."""
+
+    def finalize_options(self):
+        if self.parallel is None:
+            self.parallel = JOBS
+        super().finalize_options()
+
+    def build_extension(self, ext):
+        start = time.perf_counter()
+        print(f"mmsb: compiling {ext.name} ...", flush=True)
+        super().build_extension(ext)
+        print(f"mmsb: built {ext.name} in {time.perf_counter() - start:.1f} s", flush=True)
+
+
+def _extensions():
+    base = cythonize([_extension("mmsb._ext." + os.path.splitext(os.path.basename(src))[0], src)
+                      for src in SOURCES],
+                     compiler_directives=DIRECTIVES, force=DEBUG, nthreads=JOBS, quiet=True)
+    out = list(base)
+    for ext in base:
+        mod = ext.name.rsplit(".", 1)[1]
+        if mod not in SIMD_MODULES:
+            continue
+        for level in SIMD_LEVELS:
+            out.append(_extension(f"mmsb._ext._{level}.{mod}", _simd_copy(ext.sources[0], level),
+                                  SIMD_FLAGS[level]))
+    # the slowest compiles first, so that the parallel build ends with the short ones
+    out.sort(key=lambda e: -os.path.getsize(e.sources[0]))
+    return out
+
+
+setup(ext_modules=_extensions(), cmdclass={"build_ext": ParallelBuildExt})

@@ -23,11 +23,8 @@ def _impls():
     out = [ref]
     if PURE:
         return out
-    try:
-        from mmsb._ext import merge as ext
-        out.append(ext)
-    except ImportError:
-        pass
+    from mmsb import _kernels
+    out.extend(ns.merge for ns in _kernels.compiled_levels().values())   # every SIMD level built and runnable
     return out
 
 

@@ -1,5 +1,4 @@
 """Semiring sparse kernels: the compiled module equals its numpy twin, and both equal independent references."""
-import importlib
 
 import numpy as np
 import pytest
@@ -10,6 +9,7 @@ from scipy.sparse.csgraph import bellman_ford, breadth_first_order, dijkstra
 
 from mmsb._ops import OP_MAX, OP_MIN, OP_PLUS, OP_TIMES
 from mmsb._ref import spmv as ref
+from mmsb._validate import zero_array
 
 SETTINGS = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -27,20 +27,30 @@ CASES = [(name, dt) for name, spec in SEMIRINGS.items() for dt in spec[3]]
 UFUNC = {OP_PLUS: np.add, OP_TIMES: np.multiply, OP_MIN: np.minimum, OP_MAX: np.maximum}
 
 
-@pytest.fixture(scope="module", params=["ref", "ext"])
+def _levels():
+    """The compiled SIMD levels built and runnable here (none under MMSB_PUREPYTHON=1)."""
+    from mmsb import _kernels
+    return {level: ns.spmv for level, ns in _kernels.compiled_levels().items()}
+
+
+LEVELS = _levels()
+EXT_LEVELS = sorted(LEVELS) or [pytest.param("none", marks=pytest.mark.skip(reason="compiled kernels not built"))]
+
+
+@pytest.fixture(scope="module", params=["ref"] + sorted(LEVELS))
 def kern(request):
-    """The twin, or the compiled module (skipped when it is not built)."""
+    """The twin, or the compiled module of one SIMD level."""
     if request.param == "ref":
         return ref
-    return pytest.importorskip("mmsb._ext.spmv")
+    return LEVELS[request.param]
 
 
-def ext_module():
-    return pytest.importorskip("mmsb._ext.spmv")
+def ext_module(level):
+    return LEVELS[level]
 
 
 def zero_of(name, dtype):
-    return ref._zero(SEMIRINGS[name][2], np.dtype(dtype))[0]
+    return zero_array(SEMIRINGS[name][2], np.dtype(dtype))[0]
 
 
 def values(rng, name, dtype, size):
@@ -98,10 +108,11 @@ def test_spmv_twin_matches_dense_reference(p, subset):
         np.testing.assert_array_equal(y[sel], expect[sel])
 
 
+@pytest.mark.parametrize("level", EXT_LEVELS)
 @SETTINGS
 @given(params, st.booleans(), st.sampled_from([0, 1, 2]))
-def test_spmv_compiled_matches_twin(p, subset, nthreads):
-    ext = ext_module()
+def test_spmv_compiled_matches_twin(level, p, subset, nthreads):
+    ext = ext_module(level)
     (name, dtype), seed, n, m, density = p
     rng = np.random.default_rng(seed)
     indptr, indices, data, _ = random_csr(rng, n, m, density, name, dtype)
@@ -130,9 +141,10 @@ def test_spmv_plus_times_equals_scipy(kern, seed, n, m, dtype):
     np.testing.assert_allclose(y, A @ x, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("level", EXT_LEVELS)
 @SETTINGS
 @given(params)
-def test_push_compiled_matches_twin_and_definition(p):
+def test_push_compiled_matches_twin_and_definition(level, p):
     (name, dtype), seed, n, m, density = p
     rng = np.random.default_rng(seed)
     # A is (n, m); push takes A.T in CSR form, i.e. the CSR of an (m, n) matrix.
@@ -154,10 +166,7 @@ def test_push_compiled_matches_twin_and_definition(p):
         expect = np.asarray(UFUNC[add](y0, dense_spmv(AT.T.tocsr(), v, name)), dtype=dtype)
         np.testing.assert_array_equal(y_ref, expect)
         np.testing.assert_array_equal(ch_ref, np.flatnonzero(expect != y0))
-    try:
-        ext = importlib.import_module("mmsb._ext.spmv")
-    except ImportError:
-        return
+    ext = ext_module(level)
     y_ext = y0.copy()
     ch_ext = ext.push(indptr_t, indices_t, data_t, idx, vals, y_ext, add, mul, zero)
     np.testing.assert_array_equal(y_ext, y_ref)
@@ -200,13 +209,14 @@ def test_closure_min_plus_equals_dijkstra_and_incremental(kern, seed, n, density
                                   dijkstra(W, indices=sources, min_only=True))
 
 
+@pytest.mark.parametrize("level", EXT_LEVELS)
 @SETTINGS
 @given(st.integers(0, 2**32 - 1), st.integers(1, 60), st.floats(0.0, 0.3), st.integers(1, 6),
        st.sampled_from(["float64", "float32", "int64"]), st.sampled_from([1.0, 0.25, 3.0]))
-def test_closure_bucket_queue_equals_heap_and_dijkstra(seed, n, density, nsrc, dtype, scale):
+def test_closure_bucket_queue_equals_heap_and_dijkstra(level, seed, n, density, nsrc, dtype, scale):
     """(min, plus) with a weight range > 0 takes Dial's bucket queue: the same values, changed entries and old
     values as the heap path and the twin, and dijkstra's distances; incrementally from a fixpoint too."""
-    ext = ext_module()
+    ext = ext_module(level)
     rng = np.random.default_rng(seed)
     W = random_graph(rng, n, density, 1, 9, dtype)
     if dtype != "int64":
@@ -251,11 +261,12 @@ def test_closure_or_and_equals_bfs(kern, seed, n, density, nsrc, as_bool):
     np.testing.assert_array_equal(x.astype(bool), reach)
 
 
+@pytest.mark.parametrize("level", EXT_LEVELS)
 @SETTINGS
 @given(st.sampled_from(["min_plus", "max_plus", "max_times", "max_min", "min_max", "or_and"]),
        st.integers(0, 2**32 - 1), st.integers(1, 30), st.floats(0.0, 0.3), st.booleans())
-def test_closure_compiled_matches_twin(name, seed, n, density, dag):
-    ext = ext_module()
+def test_closure_compiled_matches_twin(level, name, seed, n, density, dag):
+    ext = ext_module(level)
     rng = np.random.default_rng(seed)
     add, mul, zero = SEMIRINGS[name][:3]
     dtype = SEMIRINGS[name][3][0]

@@ -31,16 +31,17 @@ cdef extern from *:
         { old = flags[p]; flags[p] = 1; }
         return old == 0;
     }
-    static int mmsb_merge_max_threads(void) { return omp_get_max_threads(); }
     #else
     static int mmsb_merge_claim(int *flags, int p) { if (flags[p]) return 0; flags[p] = 1; return 1; }
-    static int mmsb_merge_max_threads(void) { return 1; }
     #endif
     """
     void MMSB_PREFETCH_FAR(const void *p) noexcept nogil
     void MMSB_PREFETCH_NEAR(const void *p) noexcept nogil
     int mmsb_merge_claim(int *flags, int p) noexcept nogil
-    int mmsb_merge_max_threads() noexcept nogil
+
+cdef extern from "_threads.h":
+    int mmsb_threads() noexcept nogil
+    void mmsb_threads_set(int max_threads, int cpus, int adapt) noexcept nogil
 
 cdef enum:
     PREFETCH_FAR = 128      # updates ahead, into L2: random updates of a large page are bound by misses in flight
@@ -48,15 +49,28 @@ cdef enum:
     SCATTER_BLOCK = 4096
     PAR_UPDATES = 1 << 15
     PAR_ELEMENTS = 1 << 16
-    MAX_PARTS = 8
+    MAX_PARTS = 64
+    SORTED_SPLIT = 4        # chunks per thread for sorted scatter (taken dynamically: a stalled thread delays less)
     MASK_CHUNK = 1 << 16
 
 
 cdef inline int _parts() noexcept nogil:
-    cdef int p = mmsb_merge_max_threads()
+    """Threads for one kernel call: the thread policy's count now (mmsb/_ext/_threads.h), at most MAX_PARTS."""
+    cdef int p = mmsb_threads()
     if p < 1:
         return 1
     return p if p < MAX_PARTS else MAX_PARTS
+
+
+def set_threads(int max_threads, int cpus, bint adapt=True):
+    """Configure the thread policy: at most ``max_threads`` threads (0: OpenMP's default), ``cpus`` on the machine,
+    ``adapt``: use fewer while other processes keep the CPUs busy."""
+    mmsb_threads_set(max_threads, cpus, adapt)
+
+
+def threads():
+    """The number of threads a parallel kernel of this module would use now."""
+    return mmsb_threads()
 
 
 cdef void _scatter_range(numeric_t *page, const int64_t *index, const numeric_t *values, Py_ssize_t n,
@@ -142,8 +156,8 @@ cdef void _scatter_kernel(numeric_t[::1] page, const int64_t[::1] index, const n
                           bint is_sorted) noexcept nogil:
     cdef Py_ssize_t n = index.shape[0], size = page.shape[0]
     cdef int parts = _parts(), p, t
-    cdef Py_ssize_t c, cut
-    cdef Py_ssize_t bounds[MAX_PARTS + 1]
+    cdef Py_ssize_t c, cut, chunks
+    cdef Py_ssize_t bounds[MAX_PARTS * SORTED_SPLIT + 1]
     cdef int claimed[MAX_PARTS]
     cdef int j
     cdef int64_t lo, hi
@@ -153,17 +167,19 @@ cdef void _scatter_kernel(numeric_t[::1] page, const int64_t[::1] index, const n
         _scatter_all(&page[0], &index[0], &values[0], 0, n, op)
         return
     if is_sorted:
-        # contiguous chunks of updates, each cut moved forward to a run boundary so equal indices stay together
+        # contiguous chunks of updates, each cut moved forward to a run boundary so equal indices stay together;
+        # several chunks per thread, taken dynamically
+        chunks = parts * SORTED_SPLIT
         bounds[0] = 0
-        for p in range(1, parts):
-            cut = (n * p) // parts
+        for p in range(1, chunks):
+            cut = (n * p) // chunks
             if cut < bounds[p - 1]:
                 cut = bounds[p - 1]
             while 0 < cut < n and index[cut] == index[cut - 1]:
                 cut += 1
             bounds[p] = cut
-        bounds[parts] = n
-        for c in prange(parts, num_threads=parts, schedule='static'):
+        bounds[chunks] = n
+        for c in prange(chunks, num_threads=parts, schedule='dynamic'):
             _scatter_all(&page[0], &index[0], &values[0], bounds[c], bounds[c + 1], op)
         return
     # the page is cut into one slice per thread; a thread claims a slice (an atomic flag; its own first, then any
@@ -224,7 +240,7 @@ cdef void _masked_kernel(numeric_t[::1] page, const uint8_t[::1] mask, const num
         _masked_range(&page[0], &mask[0], &values[0], 0, n, op)
         return
     nchunks = (n + MASK_CHUNK - 1) // MASK_CHUNK
-    for c in prange(nchunks, num_threads=parts, schedule='static'):
+    for c in prange(nchunks, num_threads=parts, schedule='dynamic'):
         start = c * MASK_CHUNK
         stop = start + MASK_CHUNK
         if stop > n:

@@ -4,7 +4,7 @@ from typing import Any, Optional
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["spmv", "push", "closure"]
+__all__ = ["spmv", "push", "closure", "set_threads", "threads"]
 
 def spmv(
     indptr: npt.ArrayLike,
@@ -44,5 +44,8 @@ def closure(
     zero: Any,
     old_out: Optional[npt.NDArray[Any]] = ...,
     weight_range: Optional[tuple[float, float]] = ...,
+    nthreads: int = ...,
 ) -> npt.NDArray[np.int64]:
     """Semi-naive least fixpoint (idempotent ⊕) from ``frontier``; returns the sorted unique changed entries."""
+def set_threads(max_threads: int, cpus: int, adapt: bool = True) -> None: ...
+def threads() -> int: ...

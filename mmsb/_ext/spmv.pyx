@@ -1,9 +1,9 @@
 """Compiled semiring sparse kernels: pull SpMV, sparse push (saxpy) and semi-naive closure over CSR matrices.
 
-Every function has a pure-numpy twin with the same API and results in ``mmsb._ref.spmv`` (which also provides
-the argument checks shared by both). A semiring is given by its op codes ``add_op`` / ``mul_op`` (those of
-``mmsb._ops``) and its ``zero``; ``(A ⊗ x)[i] = ⊕_j A[i, j] ⊗ x[j]`` with A's value on the left of ⊗, and
-entries ``x[j] == zero`` are skipped. Bool arrays are handled as uint8 views (or -> max, and -> min).
+Every function has a pure-numpy twin with the same API and results in ``mmsb._ref.spmv``; both take their
+argument checks from the neutral module ``mmsb._validate``. A semiring is given by its op codes ``add_op`` /
+``mul_op`` (those of ``mmsb._ops``) and its ``zero``; ``(A ⊗ x)[i] = ⊕_j A[i, j] ⊗ x[j]`` with A's value on the
+left of ⊗, and entries ``x[j] == zero`` are skipped. Bool arrays are handled as uint8 views (or -> max, and -> min).
 
 Array lengths, op codes, ``rows`` / ``idx`` / ``frontier`` entries and the zero are validated before any memory
 is touched. The matrix's ``indices`` are bounds-checked while the loops run (memory is never read out of
@@ -17,8 +17,8 @@ from libc.stdlib cimport calloc, free, malloc, realloc
 
 from mmsb._ext._types cimport OP_MAX, OP_MIN, OP_PLUS, OP_TIMES, apply_op, numeric_t
 
-from mmsb._ref.spmv import (_check_csr, _check_ops, _check_range, _index_array, _same_dtype, _value_array,
-                            _zero)
+from mmsb._validate import (check_csr, check_ops, check_range, index_array, same_dtype, value_array,
+                            zero_array)
 
 cdef extern from *:
     """
@@ -27,22 +27,58 @@ cdef extern from *:
     #else
     #define MMSB_SPMV_PREFETCH(p) ((void)0)
     #endif
-    #ifdef _OPENMP
-    #include <omp.h>
-    static int mmsb_spmv_max_threads(void) { return omp_get_max_threads(); }
-    #else
-    static int mmsb_spmv_max_threads(void) { return 1; }
-    #endif
     """
-    int mmsb_spmv_max_threads() noexcept nogil
     void MMSB_SPMV_PREFETCH(const void *p) noexcept nogil
 
-__all__ = ["spmv", "push", "closure"]
+cdef extern from "_threads.h":
+    int mmsb_threads() noexcept nogil
+    void mmsb_threads_set(int max_threads, int cpus, int adapt) noexcept nogil
 
-DEF ST_OK = 0
-DEF ST_BAD_INDEX = 1
-DEF ST_NO_MEMORY = 2
-DEF ST_NO_CONVERGENCE = 3
+cdef extern from "_pclosure.h":
+    int mmsb_pclosure_f64(const int64_t *indptr, const int64_t *indices, const double *data, int64_t nnz,
+                          double *x, int64_t n, const int64_t *frontier, int64_t count, double zero, double base,
+                          double delta, int64_t nb, int nthreads, uint8_t *mark, int64_t **changed_out,
+                          int64_t *nchanged_out) noexcept nogil
+    int mmsb_pclosure_f32(const int64_t *indptr, const int64_t *indices, const float *data, int64_t nnz,
+                          float *x, int64_t n, const int64_t *frontier, int64_t count, float zero, double base,
+                          double delta, int64_t nb, int nthreads, uint8_t *mark, int64_t **changed_out,
+                          int64_t *nchanged_out) noexcept nogil
+
+# a (min, plus) closure runs in parallel (bucketed Bellman-Ford, mmsb/_ext/_pclosure.h) from this many frontier
+# entries on a graph of at least PAR_CLOSURE_N vertices, when more than one thread is free; smaller waves stay serial
+PAR_CLOSURE_FRONTIER = 256
+PAR_CLOSURE_N = 1 << 18
+# bucket width of the parallel closure, in units of the smallest weight (wider: fewer rounds, more re-relaxation)
+PAR_CLOSURE_DELTA = 2.0
+
+__all__ = ["spmv", "push", "closure", "set_threads", "threads"]
+
+
+def set_threads(int max_threads, int cpus, bint adapt=True):
+    """Configure the thread policy: at most ``max_threads`` threads (0: OpenMP's default), ``cpus`` on the machine,
+    ``adapt``: use fewer while other processes keep the CPUs busy."""
+    mmsb_threads_set(max_threads, cpus, adapt)
+
+
+def threads():
+    """The number of threads a parallel kernel of this module would use now."""
+    return mmsb_threads()
+
+cdef int _gather_ahead = 24     # stored entries ahead whose x is prefetched in the pull SpMV (0: none)
+
+
+def set_gather_ahead(int entries):
+    """Set how many stored entries ahead the pull SpMV prefetches x (0: no prefetch); returns the old value."""
+    global _gather_ahead
+    old = _gather_ahead
+    _gather_ahead = max(0, entries)
+    return old
+
+cdef enum:
+    ST_OK = 0
+    ST_BAD_INDEX = 1
+    ST_NO_MEMORY = 2
+    ST_NO_CONVERGENCE = 3
 
 
 cdef struct IndexBuf:
@@ -112,8 +148,11 @@ cdef object _raise_status(int status):
 cdef inline int _row(const int64_t *indptr, const int64_t *indices, const numeric_t *data, const numeric_t *x,
                      numeric_t *y, int64_t i, int64_t nnz, int64_t nx, int add_op, int mul_op,
                      numeric_t zero) noexcept nogil:
-    """y[i] = zero ⊕ (⊕_k data[k] ⊗ x[indices[k]]) over row i; 1 on a bad index (y[i] untouched)."""
-    cdef int64_t k, j
+    """y[i] = zero ⊕ (⊕_k data[k] ⊗ x[indices[k]]) over row i; 1 on a bad index (y[i] untouched).
+
+    The gather of x is bound by memory latency: x[indices[k + _gather_ahead]] is prefetched (rows are contiguous
+    in indices, so this runs ahead into the next rows too; 0 turns it off)."""
+    cdef int64_t k, j, jp
     cdef int64_t ks = indptr[i]
     cdef int64_t ke = indptr[i + 1]
     cdef numeric_t acc = zero
@@ -121,6 +160,10 @@ cdef inline int _row(const int64_t *indptr, const int64_t *indices, const numeri
     if ks < 0 or ke > nnz or ks > ke:
         return 1
     for k in range(ks, ke):
+        if _gather_ahead and k + _gather_ahead < nnz:
+            jp = indices[k + _gather_ahead]
+            if <uint64_t>jp < <uint64_t>nx:
+                MMSB_SPMV_PREFETCH(&x[jp])
         j = indices[k]
         if <uint64_t>j >= <uint64_t>nx:
             return 1
@@ -180,26 +223,26 @@ def spmv(indptr, indices, data, x, y, int add_op, int mul_op, zero, rows=None, i
     ``(indptr, indices, data)`` is A in CSR form (int64 index arrays); ``x`` has one entry per column and ``y``
     one per row (``len(indptr) - 1``); ``y`` is written in place and rows not listed are left untouched.
     Entries with ``x[j] == zero`` are skipped. Rows run in parallel on ``nthreads`` OpenMP threads
-    (0: all available).
+    (0: the thread policy's count, see ``set_threads``).
     """
-    _check_ops(add_op, mul_op)
-    indptr = _index_array(indptr, "indptr")
-    indices = _index_array(indices, "indices")
-    x = _value_array(x, "x")
-    y = _value_array(y, "y", out=True)
-    data = _value_array(data, "data")
-    data, x = _same_dtype(y, data=data, x=x)
-    n = _check_csr(indptr, indices, data, "")
+    check_ops(add_op, mul_op)
+    indptr = index_array(indptr, "indptr")
+    indices = index_array(indices, "indices")
+    x = value_array(x, "x")
+    y = value_array(y, "y", out=True)
+    data = value_array(data, "data")
+    data, x = same_dtype(y, data=data, x=x)
+    n = check_csr(indptr, indices, data, "")
     if y.size != n:
         raise ValueError(f"y has length {y.size}, expected {n} (= len(indptr) - 1)")
     if rows is None:
         sel = np.empty(1, dtype=np.int64)
     else:
-        sel = _index_array(rows, "rows")
-        _check_range(sel, n, "rows")
-    z = _zero(zero, y.dtype)
+        sel = index_array(rows, "rows")
+        check_range(sel, n, "rows")
+    z = zero_array(zero, y.dtype)
     if nthreads <= 0:
-        nthreads = mmsb_spmv_max_threads()
+        nthreads = mmsb_threads()
     _spmv_typed(indptr, indices, data, x, y, sel, rows is None, add_op, mul_op, z, nthreads)
 
 
@@ -259,19 +302,19 @@ def push(indptr_t, indices_t, data_t, idx, vals, y, int add_op, int mul_op, zero
     is the sparse vector. Pairs with ``v == zero`` are skipped; ``y[i]`` is written only when its value changes.
     Returns the sorted unique int64 array of the changed entries of ``y``.
     """
-    _check_ops(add_op, mul_op)
-    indptr_t = _index_array(indptr_t, "indptr_t")
-    indices_t = _index_array(indices_t, "indices_t")
-    y = _value_array(y, "y", out=True)
-    data_t = _value_array(data_t, "data_t")
-    vals = _value_array(vals, "vals")
-    idx = _index_array(idx, "idx")
-    data_t, vals = _same_dtype(y, data_t=data_t, vals=vals)
-    ncols = _check_csr(indptr_t, indices_t, data_t, "_t")
+    check_ops(add_op, mul_op)
+    indptr_t = index_array(indptr_t, "indptr_t")
+    indices_t = index_array(indices_t, "indices_t")
+    y = value_array(y, "y", out=True)
+    data_t = value_array(data_t, "data_t")
+    vals = value_array(vals, "vals")
+    idx = index_array(idx, "idx")
+    data_t, vals = same_dtype(y, data_t=data_t, vals=vals)
+    ncols = check_csr(indptr_t, indices_t, data_t, "_t")
     if idx.size != vals.size:
         raise ValueError(f"idx and vals differ in length ({idx.size} != {vals.size})")
-    _check_range(idx, ncols, "idx")
-    z = _zero(zero, y.dtype)
+    check_range(idx, ncols, "idx")
+    z = zero_array(zero, y.dtype)
     return _push_typed(indptr_t, indices_t, data_t, idx, vals, y, add_op, mul_op, z)
 
 
@@ -601,8 +644,50 @@ def _closure_typed(const int64_t[::1] indptr_t, const int64_t[::1] indices_t, co
     return out
 
 
+ctypedef fused real_t:
+    float
+    double
+
+
+def _closure_parallel(const int64_t[::1] indptr_t, const int64_t[::1] indices_t, const real_t[::1] data_t,
+                      real_t[::1] x, const int64_t[::1] frontier, const real_t[::1] zero, real_t[::1] old_out,
+                      double wmin, double wmax, int nthreads):
+    """Typed entry point of the parallel (min, plus) closure (validated; weights in [wmin, wmax], wmin > 0)."""
+    cdef IndexBuf changed
+    cdef int status = ST_OK
+    cdef int64_t *ids = NULL
+    cdef int64_t nids = 0, k
+    cdef double base = <double>x[frontier[0]]
+    cdef double delta = wmin * PAR_CLOSURE_DELTA
+    cdef int64_t nb = <int64_t>(wmax / delta) + 2
+    cdef real_t[::1] before
+    if _buf_init(&changed, x.shape[0]):
+        raise MemoryError("spmv kernel: out of memory")
+    if old_out.shape[0]:
+        before = np.array(x, copy=True)
+    with nogil:
+        if real_t is double:
+            status = mmsb_pclosure_f64(&indptr_t[0], &indices_t[0] if indices_t.shape[0] else NULL,
+                                       &data_t[0] if data_t.shape[0] else NULL, indices_t.shape[0], &x[0],
+                                       x.shape[0], &frontier[0], frontier.shape[0], zero[0], base, delta, nb,
+                                       nthreads, changed.mark, &ids, &nids)
+        else:
+            status = mmsb_pclosure_f32(&indptr_t[0], &indices_t[0] if indices_t.shape[0] else NULL,
+                                       &data_t[0] if data_t.shape[0] else NULL, indices_t.shape[0], &x[0],
+                                       x.shape[0], &frontier[0], frontier.shape[0], zero[0], base, delta, nb,
+                                       nthreads, changed.mark, &ids, &nids)
+        if status == ST_OK and old_out.shape[0]:
+            for k in range(nids):
+                old_out[ids[k]] = before[ids[k]]
+    changed.ptr = ids
+    changed.size = changed.cap = nids
+    out = _buf_sorted(&changed)
+    _raise_status(status)
+    return out
+
+
 def closure(indptr_t, indices_t, data_t, x, frontier, int add_op, int mul_op, zero, old_out=None,
-            weight_range=None):
+            weight_range=None, int nthreads=0):
     """Semi-naive least fixpoint ``x[i] = x[i] ⊕ (A[i, j] ⊗ x[j])`` for an idempotent ⊕ (min or max).
 
     ``(indptr_t, indices_t, data_t)`` is Aᵀ in CSR form (A square); ``x`` holds the current values (sources
@@ -613,25 +698,27 @@ def closure(indptr_t, indices_t, data_t, x, frontier, int add_op, int mul_op, ze
     ``x`` then holds the values reached so far.
     ``old_out`` (an array like ``x``), if given, receives at each changed entry its value before the call.
     ``weight_range=(wmin, wmax)``, the range of the stored weights, lets (min, plus) with ``wmin > 0`` use Dial's
-    bucket queue instead of the heap (the same result, faster).
+    bucket queue instead of the heap (the same result, faster), and, on float pages for a large wave
+    (``PAR_CLOSURE_FRONTIER`` entries, ``PAR_CLOSURE_N`` vertices), a parallel bucketed Bellman-Ford on
+    ``nthreads`` threads (0: the thread policy's count); the values are the same bit for bit.
     """
-    _check_ops(add_op, mul_op, idempotent=True)
-    indptr_t = _index_array(indptr_t, "indptr_t")
-    indices_t = _index_array(indices_t, "indices_t")
-    x = _value_array(x, "x", out=True)
-    data_t = _value_array(data_t, "data_t")
-    (data_t,) = _same_dtype(x, data_t=data_t)
-    frontier = _index_array(frontier, "frontier")
-    n = _check_csr(indptr_t, indices_t, data_t, "_t")
+    check_ops(add_op, mul_op, idempotent=True)
+    indptr_t = index_array(indptr_t, "indptr_t")
+    indices_t = index_array(indices_t, "indices_t")
+    x = value_array(x, "x", out=True)
+    data_t = value_array(data_t, "data_t")
+    (data_t,) = same_dtype(x, data_t=data_t)
+    frontier = index_array(frontier, "frontier")
+    n = check_csr(indptr_t, indices_t, data_t, "_t")
     if x.size != n:
         raise ValueError(f"x has length {x.size}, expected {n} (the matrix must be square)")
-    _check_range(frontier, n, "frontier")
-    z = _zero(zero, x.dtype)
+    check_range(frontier, n, "frontier")
+    z = zero_array(zero, x.dtype)
     if old_out is None:
         old_out = np.empty(0, dtype=x.dtype)
     else:
-        old_out = _value_array(old_out, "old_out", out=True)
-        (old_out,) = _same_dtype(x, old_out=old_out)
+        old_out = value_array(old_out, "old_out", out=True)
+        (old_out,) = same_dtype(x, old_out=old_out)
         if old_out.size != n:
             raise ValueError(f"old_out has length {old_out.size}, expected {n}")
     wmin = wmax = 0.0
@@ -645,4 +732,10 @@ def closure(indptr_t, indices_t, data_t, x, frontier, int add_op, int mul_op, ze
             frontier = np.ascontiguousarray(frontier[live][np.argsort(vals[live], kind="stable")])
             if not frontier.size:
                 return np.empty(0, dtype=np.int64)
+            if nthreads <= 0:
+                nthreads = mmsb_threads()
+            if (x.dtype.kind == "f" and nthreads > 1 and frontier.size >= PAR_CLOSURE_FRONTIER
+                    and n >= PAR_CLOSURE_N):
+                return _closure_parallel(indptr_t, indices_t, data_t, x, frontier, z, old_out, wmin, wmax,
+                                         nthreads)
     return _closure_typed(indptr_t, indices_t, data_t, x, frontier, add_op, mul_op, z, old_out, wmin, wmax)

@@ -234,3 +234,12 @@ def apply_normalized(page, index, values, op) -> tuple[np.ndarray, np.ndarray]:
     if page.dtype.kind == "f":
         changed &= ~(np.isnan(new) & np.isnan(old))
     return old.view(dtype), changed.view(np.uint8)
+
+
+def set_threads(max_threads: int, cpus: int, adapt: bool = True) -> None:
+    """Accepted for parity with the compiled module (the twin is single-threaded)."""
+
+
+def threads() -> int:
+    """The twin runs on one thread."""
+    return 1

@@ -9,7 +9,7 @@ import scipy.sparse as sp
 from scipy.sparse import csgraph
 
 import mmsb
-from mmsb.bench._common import Row, best_of, have, missing
+from mmsb.bench._common import Row, best_of, have, missing, pair
 
 GROUP = "closure"
 
@@ -36,6 +36,35 @@ def bellman_ford_graphblas(gb, AT, n: int, sources: np.ndarray):
         if y.isequal(x):
             return x
         x = y
+
+
+def _full_build(W: sp.csr_array, base: np.ndarray, side: int) -> Iterator[Row]:
+    """The full (min, plus) closure kernel from the sources on every thread (parallel bucketed Bellman-Ford) and on
+    one (the serial kernel), against scipy's dijkstra; results checked equal first."""
+    from mmsb import _kernels, _ops
+    n = W.shape[0]
+    ip, ix = W.indptr.astype(np.int64), W.indices.astype(np.int64)
+    wr = (float(W.data.min()), float(W.data.max()))
+    cap = _kernels.default_threads()
+
+    def build(t: int) -> np.ndarray:
+        x = np.full(n, np.inf)
+        x[base] = 0.0
+        _kernels.spmv.closure(ip, ix, W.data, x, base, _ops.OP_MIN, _ops.OP_PLUS, np.inf, weight_range=wr,
+                              nthreads=t)
+        return x
+    ref = csgraph.dijkstra(W, directed=True, indices=base, min_only=True)
+    for t in (cap, 1):
+        if not np.array_equal(build(t), ref):
+            raise AssertionError(f"closure kernel on {t} thread(s) differs from scipy dijkstra")
+    t_p, t_d = pair(lambda: build(cap), lambda: csgraph.dijkstra(W, directed=True, indices=base, min_only=True), 3)
+    target = 4.0 if cap >= 16 else (1.5 if cap == 2 else None)
+    row = Row(GROUP, f"full closure build (kernel), {side}x{side} grid, {base.size:,} sources, {cap} threads", t_p,
+              "scipy csgraph.dijkstra(min_only=True)", t_d, note="targets: >= 4x on 16 threads, >= 1.5x on 2")
+    yield row.judge_ratio(target) if target else row
+    t_s = best_of(lambda: build(1), 3)
+    yield Row(GROUP, f"full closure build (kernel), {side}x{side} grid, {cap} threads", t_p,
+              "the serial kernel (1 thread)", t_s, note="context: parallel speed-up")
 
 
 def run(quick: bool = False) -> Iterator[Row]:
@@ -65,6 +94,7 @@ def run(quick: bool = False) -> Iterator[Row]:
     t_sc = best_of(lambda: csgraph.dijkstra(W, directed=True, indices=base, min_only=True), 1)
     yield Row(GROUP, f"initial fixpoint: {side}x{side} grid, {n_base:,} sources (write + buf.closure)", t_init,
               "scipy csgraph.dijkstra(min_only=True)", t_sc, note="context (one-off)")
+    yield from _full_build(W, base, side)
     used = 0
     sources = base
     for k in ks:

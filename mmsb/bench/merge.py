@@ -58,6 +58,18 @@ def run(quick: bool = False) -> Iterator[Row]:
     yield Row(GROUP, f"masked_merge min (kernel), {page_n:,} float64, 50% mask", t_m,
               "np.minimum(page, v, out=page, where=mask)", t_b, note="context: numpy's in-place form")
 
+    # The same kernels at each SIMD level built and runnable here, against the SSE2 baseline of the same build.
+    levels = _kernels.compiled_levels()
+    for level, ns in levels.items():
+        if level == "sse2":
+            continue
+        for label, fn in (("masked_merge min", lambda m: m.masked_merge(pg, mask, dense, _ops.OP_MIN)),
+                          ("scatter plus", lambda m: m.scatter(pg, index, values, _ops.OP_PLUS, False)),
+                          ("scatter min", lambda m: m.scatter(pg, index, values, _ops.OP_MIN, False))):
+            t_m, t_b = pair(lambda: fn(ns.merge), lambda: fn(levels["sse2"].merge), rep)
+            yield Row(GROUP, f"{label} at the {level} level (in use: {_kernels.SIMD})", t_m,
+                      "the same kernel at the sse2 level", t_b, note="report; the faster level is the default")
+
     # Semiring folds over a whole page (⊕-reduce) against the numpy reduction a user would write.
     for name, red in (("plus_times", np.add.reduce), ("min_plus", np.minimum.reduce), ("max_min", np.maximum.reduce)):
         sr = semirings.get(name)

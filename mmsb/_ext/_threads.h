@@ -1,0 +1,92 @@
+/* Thread policy of the OpenMP kernels (included by merge.pyx and spmv.pyx; each module keeps its own copy).
+ *
+ * mmsb_threads() is the number of threads a parallel kernel uses now: the configured maximum (MMSB_THREADS,
+ * set by mmsb._kernels through set_threads(); before that omp_get_max_threads()), lowered while the machine is
+ * busy. "Busy" is read from the run queue in /proc/loadavg (field 4, "running/total", which counts the reading
+ * thread itself): with r tasks runnable on a machine of c CPUs, r - 1 of them belong to others, and the kernel
+ * takes at most c - (r - 1) threads, never fewer than one. The file is re-read at most every
+ * MMSB_THREADS_RECHECK_NS (a few microseconds each time); where it cannot be read the maximum is used.
+ */
+#ifndef MMSB_THREADS_H
+#define MMSB_THREADS_H
+
+#include <fcntl.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#define MMSB_THREADS_RECHECK_NS 20000000LL
+
+static int mmsb_thr_max = 0;        /* 0: not configured, use omp_get_max_threads() */
+static int mmsb_thr_cpus = 0;       /* CPUs of the whole machine (the run queue counts all of them) */
+static int mmsb_thr_adapt = 1;      /* lower the count while others keep CPUs busy */
+static int mmsb_thr_cached = 0;
+static long long mmsb_thr_next = 0;
+
+static int mmsb_threads_configured(void)
+{
+    int n = mmsb_thr_max;
+#ifdef _OPENMP
+    if (n <= 0)
+        n = omp_get_max_threads();
+#else
+    n = 1;
+#endif
+    return n < 1 ? 1 : n;
+}
+
+static void mmsb_threads_set(int max_threads, int cpus, int adapt)
+{
+    mmsb_thr_max = max_threads;
+    mmsb_thr_cpus = cpus;
+    mmsb_thr_adapt = adapt;
+    mmsb_thr_next = 0;
+}
+
+/* runnable tasks on the machine (including the caller), or -1 when unknown */
+static int mmsb_threads_running(void)
+{
+    char buf[128];
+    ssize_t len;
+    int fd = open("/proc/loadavg", O_RDONLY | O_CLOEXEC);
+    char *p;
+    int field = 0;
+    if (fd < 0)
+        return -1;
+    len = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (len <= 0)
+        return -1;
+    buf[len] = 0;
+    for (p = buf; *p && field < 3; p++)
+        if (*p == ' ')
+            field++;
+    if (field < 3 || *p < '0' || *p > '9')
+        return -1;
+    return (int)strtol(p, NULL, 10);
+}
+
+static int mmsb_threads(void)
+{
+    struct timespec ts;
+    long long now;
+    int n = mmsb_threads_configured(), running, free_cpus;
+    if (n == 1 || !mmsb_thr_adapt || mmsb_thr_cpus <= 0)
+        return n;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    now = (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+    if (now < mmsb_thr_next && mmsb_thr_cached > 0)
+        return mmsb_thr_cached < n ? mmsb_thr_cached : n;
+    running = mmsb_threads_running();
+    free_cpus = running <= 0 ? n : mmsb_thr_cpus - (running - 1);
+    if (free_cpus < 1)
+        free_cpus = 1;
+    mmsb_thr_cached = free_cpus;
+    mmsb_thr_next = now + MMSB_THREADS_RECHECK_NS;
+    return free_cpus < n ? free_cpus : n;
+}
+
+#endif

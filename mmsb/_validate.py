@@ -1,0 +1,123 @@
+"""Argument checks shared by the compiled sparse kernels (mmsb._ext.spmv) and their numpy twins (mmsb._ref.spmv).
+
+Pure Python and numpy, importing neither implementation: each kernel validates its arguments with these before any
+memory is touched. A semiring is given by op codes (``mmsb._ops``) and its ``zero``; bool arrays are viewed as uint8.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from mmsb._ops import OP_MAX, OP_MIN, OP_PLUS, OP_TIMES
+
+__all__ = ["KNOWN_OPS", "VALUE_DTYPES", "check_ops", "index_array", "value_array", "same_dtype", "zero_array",
+           "check_csr", "check_structure", "check_range"]
+
+KNOWN_OPS = frozenset((OP_PLUS, OP_TIMES, OP_MIN, OP_MAX))
+VALUE_DTYPES = frozenset(np.dtype(t) for t in ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
+                                               "uint64", "float32", "float64"))
+
+
+def check_ops(add_op, mul_op, idempotent=False):
+    """Validate the op codes (ValueError); ``idempotent`` requires ⊕ to be min or max."""
+    for name, op in (("add_op", add_op), ("mul_op", mul_op)):
+        if op not in KNOWN_OPS:
+            raise ValueError(f"{name}: unknown op code {op!r} (expected one of {sorted(KNOWN_OPS)})")
+    if idempotent and add_op not in (OP_MIN, OP_MAX):
+        raise ValueError(f"closure needs an idempotent add_op (min or max), got {add_op!r}")
+
+
+def index_array(a, name):
+    """A 1-D C-contiguous int64 array made from an integer array-like (ValueError otherwise)."""
+    arr = np.asarray(a)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
+    if arr.dtype.kind not in "iu" and not (arr.size == 0 and arr.dtype.kind in "fb"):
+        raise ValueError(f"{name} must be an integer array, got dtype {arr.dtype}")
+    if arr.dtype.kind == "u" and arr.size and arr.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"{name} has entries beyond the int64 range")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def value_array(a, name, out=False):
+    """A 1-D value array of a supported dtype (bool viewed as uint8); ``out`` arrays are used in place."""
+    if out:
+        if not isinstance(a, np.ndarray):
+            raise ValueError(f"{name} must be a numpy array (it is written in place)")
+        if a.ndim != 1 or not a.flags.c_contiguous or not a.flags.writeable:
+            raise ValueError(f"{name} must be a writable, C-contiguous 1-D array")
+        arr = a
+    else:
+        arr = np.ascontiguousarray(a)
+        if arr.ndim != 1:
+            raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
+    if arr.dtype == np.bool_:
+        arr = arr.view(np.uint8)
+    if arr.dtype not in VALUE_DTYPES:
+        raise ValueError(f"{name}: unsupported dtype {arr.dtype}")
+    return arr
+
+
+def same_dtype(ref, **arrays):
+    """The arrays converted to ref's dtype when safe; ValueError when their dtypes differ otherwise."""
+    out = []
+    for name, arr in arrays.items():
+        if arr.dtype != ref.dtype:
+            if arr.size == 0 or np.can_cast(arr.dtype, ref.dtype, "safe"):
+                arr = arr.astype(ref.dtype)
+            else:
+                raise ValueError(f"{name} has dtype {arr.dtype}, expected {ref.dtype}")
+        out.append(arr)
+    return out
+
+
+def zero_array(zero, dtype):
+    """The semiring zero as a 1-element array of dtype; ±inf map to the integer max/min (ValueError if unfit)."""
+    z = np.asarray(zero)
+    if z.ndim != 0:
+        raise ValueError(f"zero must be a scalar, got shape {z.shape}")
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        if z.dtype.kind == "f":
+            zf = float(z)
+            if zf == np.inf:
+                return np.array([info.max], dtype=dtype)
+            if zf == -np.inf:
+                return np.array([info.min], dtype=dtype)
+            if not zf.is_integer():
+                raise ValueError(f"zero {zero!r} is not representable as {dtype}")
+            zi = int(zf)
+        elif z.dtype.kind in "iub":
+            zi = int(z)
+        else:
+            raise ValueError(f"zero {zero!r} is not representable as {dtype}")
+        if not info.min <= zi <= info.max:
+            raise ValueError(f"zero {zero!r} is out of range for {dtype}")
+        return np.array([zi], dtype=dtype)
+    if z.dtype.kind not in "iufb":
+        raise ValueError(f"zero {zero!r} is not representable as {dtype}")
+    return np.array([z], dtype=dtype)
+
+
+def check_csr(indptr, indices, data, sfx):
+    """Validate CSR lengths (O(1)); returns the number of rows. ``sfx`` suffixes the argument names."""
+    if indptr.size < 1:
+        raise ValueError(f"indptr{sfx} must have at least one entry")
+    if indices.size != data.size:
+        raise ValueError(f"indices{sfx} and data{sfx} differ in length ({indices.size} != {data.size})")
+    if indptr[0] != 0 or indptr[-1] != indices.size:
+        raise ValueError(f"indptr{sfx} must start at 0 and end at len(indices{sfx}) = {indices.size}")
+    return indptr.size - 1
+
+
+def check_structure(indptr, indices, ncols, sfx):
+    """Full CSR check (O(n + nnz)): indptr non-decreasing, indices in [0, ncols)."""
+    if indptr.size > 1 and np.any(np.diff(indptr) < 0):
+        raise ValueError(f"indptr{sfx} is not non-decreasing")
+    if indices.size and (indices.min() < 0 or indices.max() >= ncols):
+        raise ValueError(f"indices{sfx} out of range [0, {ncols})")
+
+
+def check_range(arr, n, name):
+    """All entries of an int64 array lie in [0, n)."""
+    if arr.size and (arr.min() < 0 or arr.max() >= n):
+        raise ValueError(f"{name} entries must lie in [0, {n})")
