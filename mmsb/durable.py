@@ -12,12 +12,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional
 
 from mmsb.buffer import Buffer, _NullLog
-from mmsb.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint, remove_checkpoint, write_checkpoint
-from mmsb.errors import StoreLockedError
+from mmsb.checkpoint import (LOCK_FILE, STORE_FILE, checkpoint_digest, checkpoint_path, checkpoint_store_id,
+                             cleanup_temp, list_checkpoints, load_checkpoint, remove_checkpoint, write_checkpoint)
+from mmsb.errors import CorruptionError, HistoryError, StoreLockedError
+from mmsb.fileio import fsync_dir
 from mmsb.log import DurableLog
-
-STORE_FILE = "STORE"
-LOCK_FILE = "LOCK"
+from mmsb.log import segment as S
+from mmsb.manifest import MANIFEST_FILE, Manifest, new_manifest, read_manifest, reconcile
 
 
 def is_store(root: str) -> bool:
@@ -32,6 +33,16 @@ class Store:
         self.writable = writable
         self._lock_fd: Optional[int] = None
         self.horizon = 0
+        self.manifest: Optional[Manifest] = None    # None: a store written before the MANIFEST (STORE v1)
+        self.store_id: Optional[str] = None
+        self.checkpoints: list = []                 # the checkpoints this store uses (listed in the MANIFEST)
+        self._log: Optional[DurableLog] = None
+
+    @property
+    def lost_ranges(self) -> list:
+        """[(first, last)] epoch ranges whose history ``recovery="truncate"`` cut out: ``at(e)`` there (and
+        any ``at(e)`` that would have to replay across one) raises HistoryError."""
+        return list(self._log.gaps) if self._log is not None else []
 
     # -- lock -------------------------------------------------------------------------------------------------
     def lock(self) -> None:
@@ -68,7 +79,13 @@ class Store:
         # what the new checkpoint supersedes (older checkpoints, closed log segments) is cold from now on: let the
         # kernel drop its clean cached pages, so that writing the checkpoint reuses them instead of new memory
         self._drop_cold_cache(buf)
-        write_checkpoint(self.root, epoch, pages, rules, extra={"txid": buf._txid}, fsync=fsync, compress=compress)
+        extra = {"txid": buf._txid}
+        if self.store_id is not None:
+            extra["store_id"] = self.store_id
+        path = write_checkpoint(self.root, epoch, pages, rules, extra=extra, fsync=fsync, compress=compress)
+        if self.manifest is not None:               # listed once durable (a crash before: an unlisted leftover)
+            self.manifest.add_checkpoint(epoch, checkpoint_digest(path))
+        self.checkpoints = sorted(set(self.checkpoints) | {epoch})
         buf._log.mark_checkpoint(epoch)
         return epoch
 
@@ -92,17 +109,25 @@ class Store:
     def compact(self, buf: Buffer, keep: int) -> int:
         self.checkpoint(buf)
         target = buf.epoch - max(0, int(keep))
-        ckpts = list_checkpoints(self.root)
+        ckpts = self.checkpoints
         base = max((e for e in ckpts if e <= target), default=min(ckpts))
-        for e in ckpts:
-            if e < base:
-                remove_checkpoint(self.root, e)
+        old = [e for e in ckpts if e < base]
+        if old and self.manifest is not None:       # unlisted first: a crash then leaves leftovers, not holes
+            self.manifest.remove_checkpoints(old)
+        for e in old:
+            remove_checkpoint(self.root, e)
+        self.checkpoints = [e for e in ckpts if e >= base]
         buf._log.drop_segments_before(base)
         self.horizon = base
         return base
 
     def view_at(self, buf: Buffer, epoch: int) -> Buffer:
-        snap = load_checkpoint(self.root, max_epoch=epoch)
+        snap = load_checkpoint(self.root, max_epoch=epoch, epochs=self.checkpoints)
+        start = snap.epoch if snap is not None else 0
+        for a, b in self.lost_ranges:
+            if a <= epoch and b > start:
+                raise HistoryError(f"epoch {epoch} cannot be rebuilt: the history of epochs {a}..{b} was cut "
+                                   "out by recovery='truncate'")
         view = Buffer(log=_NullLog(), readonly=True, view_of=buf, functions=buf._functions)
         start = 0
         if snap is not None:
@@ -113,7 +138,8 @@ class Store:
         return view
 
     def stats(self) -> dict:
-        return {"root": self.root, "checkpoints": list_checkpoints(self.root), "horizon": self.horizon}
+        return {"root": self.root, "checkpoints": list(self.checkpoints), "horizon": self.horizon,
+                "lost_ranges": self.lost_ranges}
 
 
 def _wipe(root: str) -> None:
@@ -127,10 +153,69 @@ def _wipe(root: str) -> None:
             os.remove(path)
 
 
+def _segment_has_records(path: str) -> bool:
+    """Whether an unlisted segment holds any valid record (else it is what an interrupted roll left)."""
+    try:
+        chk = S.check_segment(path, S.parse_segment_name(os.path.basename(path)) or 0, contiguous=False)
+    except OSError:
+        return False
+    return bool(chk.txns or chk.marks or (chk.header_ok and chk.good_end > S.HEADER_SIZE))
+
+
+def _store_files(root: str, manifest: Optional[Manifest], writable: bool, strict: bool = True):
+    """The segments ([(base, path)]) and checkpoints ([epoch]) of the store, checked against its MANIFEST:
+    damage (a missing, unlisted, foreign or replaced file) raises CorruptionError; leftovers of an interrupted
+    roll, checkpoint or compaction are removed by a writer and ignored by a reader."""
+    segs = S.iter_segments(os.path.join(root, "log"))
+    ckpts = list_checkpoints(root)
+    if manifest is None:
+        return segs, ckpts
+    rec = reconcile(root, manifest, segs, [(e, checkpoint_path(root, e)) for e in ckpts],
+                    segment_has_records=_segment_has_records if writable else (lambda p: False),
+                    checkpoint_store_id=checkpoint_store_id, checkpoint_digest=checkpoint_digest)
+    if rec.problems:
+        raise rec.problems[0]
+    if writable and rec.leftovers:
+        for path in rec.leftovers:
+            os.unlink(path)
+        for d in {os.path.dirname(p) for p in rec.leftovers}:
+            fsync_dir(d)
+    return [(b, p) for b, p, _ in rec.segments], rec.checkpoints
+
+
 def open_store(root: str, mode: str, *, durability: str, memory_limit: Optional[int], device: str,
                propagation: str, cluster: Any, recovery: str, functions: Optional[dict[str, Callable]],
                segment_bytes: int) -> Buffer:
-    """Open (or create) the store at ``root`` and recover its committed state."""
+    """Open (or create) the store at ``root`` and recover its committed state.
+
+    A reader (``mode="r"``) that finds the files changing under it (a compaction beside it) retries."""
+    attempts = 5 if mode == "r" else 1
+    for k in range(attempts):
+        try:
+            return _open_store(root, mode, durability=durability, memory_limit=memory_limit, device=device,
+                               propagation=propagation, cluster=cluster, recovery=recovery, functions=functions,
+                               segment_bytes=segment_bytes)
+        except (CorruptionError, FileNotFoundError):
+            if k == attempts - 1 or not _manifest_moved(root):
+                raise
+
+
+_seen_generation: dict = {}
+
+
+def _manifest_moved(root: str) -> bool:
+    """A reader's open failed: did a writer change the store's file set meanwhile (then it may retry)?"""
+    try:
+        gen = read_manifest(root).generation
+    except (OSError, CorruptionError):
+        return False
+    before = _seen_generation.pop(root, None)
+    return before is not None and gen != before
+
+
+def _open_store(root: str, mode: str, *, durability: str, memory_limit: Optional[int], device: str,
+                propagation: str, cluster: Any, recovery: str, functions: Optional[dict[str, Callable]],
+                segment_bytes: int) -> Buffer:
     from mmsb.checkpoint import read_store_file, write_store_file
 
     exists = is_store(root)
@@ -151,21 +236,35 @@ def open_store(root: str, mode: str, *, durability: str, memory_limit: Optional[
         os.makedirs(root, exist_ok=True)
         store.lock()
     try:
+        fsync = durability != "none"
         if writable and (mode == "w" or not exists):
             _wipe(root)
-            write_store_file(root)
-            from mmsb.log.durable import fsync_dir
-
+            info = write_store_file(root)
             fsync_dir(root)
+            manifest = new_manifest(root, info["store_id"])
         else:
-            read_store_file(root)
-        ckpts = list_checkpoints(root)
+            info = read_store_file(root)
+            manifest = None
+            if info["version"] >= 2:
+                try:
+                    manifest = read_manifest(root)
+                except FileNotFoundError:
+                    raise CorruptionError("the store's MANIFEST is missing", file=os.path.join(root, MANIFEST_FILE),
+                                          offset=0, what="missing manifest") from None
+                _seen_generation[root] = manifest.generation
+        if writable:
+            cleanup_temp(root)
+        store.manifest = manifest
+        store.store_id = info.get("store_id")
+        seg_files, ckpts = _store_files(root, manifest, writable)
+        store.checkpoints = list(ckpts)
 
         def open_log() -> DurableLog:
             # segments wholly covered by the newest checkpoint are not read now (indexed lazily; verify checks
             # them); the rest is scanned and checked while the checkpoint loads
             return DurableLog(root, durability=durability, segment_bytes=segment_bytes, readonly=not writable,
-                              recovery=recovery, skip_before=ckpts[-1] if ckpts else None)
+                              recovery=recovery, skip_before=ckpts[-1] if ckpts else None, manifest=manifest,
+                              segments=seg_files, checkpoint_epoch=ckpts[-1] if ckpts else None)
 
         buf = Buffer(log=_NullLog(), store=store, readonly=False, propagation=propagation,
                      memory_limit=memory_limit, spill_dir=os.path.join(root, "spill") if writable else None,
@@ -174,7 +273,8 @@ def open_store(root: str, mode: str, *, durability: str, memory_limit: Optional[
             with ThreadPoolExecutor(1) as ex:
                 fut = ex.submit(open_log)
                 try:
-                    snap = load_checkpoint(root, blocks=buf._memory.block_loader())
+                    # a corrupt newest checkpoint: the next older valid one (+ a longer replay), with a warning
+                    snap = load_checkpoint(root, blocks=buf._memory.block_loader(), fallback=True, epochs=ckpts)
                 except BaseException:
                     try:
                         fut.result().close()
@@ -190,11 +290,27 @@ def open_store(root: str, mode: str, *, durability: str, memory_limit: Optional[
         else:
             log = open_log()
             snap = None
+        store._log = log
         buf._log = log
         if snap is not None:     # (a writer beside a reader may have published a newer one meanwhile: fine)
             buf._load_snapshot(snap.epoch, snap.pages, snap.rules, blocks=snap.blocks)
             buf._txid = int((snap.extra or {}).get("txid", 0))
-        for txn in log.txns(since=snap.epoch if snap is not None else 0):
+        start = snap.epoch if snap is not None else 0
+        first = log.first_epoch_hint
+        if first is None and log.segment_bases:
+            first = log.segment_bases[0]
+        if first is not None and first > start + 1 and not _gap_covers(log.gaps, start + 1, first - 1):
+            what = f"the history from epoch {start + 1} to {first - 1} is missing"
+            raise CorruptionError(f"log corrupt: {what}", file=os.path.join(root, "log"), offset=0, what=what)
+        if manifest is not None and log.last_epoch < start and recovery == "strict":
+            what = f"the log ends at epoch {log.last_epoch}, before the checkpoint at {start}"
+            raise CorruptionError(f"log corrupt: {what}", file=os.path.join(root, "log"), offset=0, what=what)
+        expect = start + 1
+        for txn in log.txns(since=start):
+            if manifest is not None and txn.epoch != expect and not _gap_covers(log.gaps, expect, txn.epoch - 1):
+                what = f"epoch {txn.epoch} does not follow the checkpoint at {start}"
+                raise CorruptionError(f"log corrupt: {what}", file=os.path.join(root, "log"), offset=0, what=what)
+            expect = txn.epoch + 1
             buf._replay(txn)
         first = log.first_epoch_hint
         if ckpts and (first is None or first > 1):
@@ -211,3 +327,8 @@ def open_store(root: str, mode: str, *, durability: str, memory_limit: Optional[
                 pass
         store.close()
         raise
+
+
+def _gap_covers(gaps, first: int, last: int) -> bool:
+    """Whether epochs first..last are a recorded gap of lost history."""
+    return any(a <= first and last <= b for a, b in gaps)
