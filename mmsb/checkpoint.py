@@ -759,9 +759,14 @@ def read_blob_file(path: str) -> tuple[dict, np.ndarray]:
 _STORE_HEAD = struct.Struct("<8sHHI")   # magic, version, reserved, json length; then json; then u32 masked crc
 
 
-def write_store_file(root: str, info: Optional[dict] = None, fsync: bool = True) -> dict:
-    """Write root/STORE (atomically): identity JSON with format version, a store id and creation time."""
-    body = {"format": "mmsb", "version": STORE_VERSION, "store_id": uuid.uuid4().hex, "created": time.time()}
+def write_store_file(root: str, info: Optional[dict] = None, fsync: bool = True, version: int = 1) -> dict:
+    """Write root/STORE (atomically): identity JSON with format version, a store id and creation time.
+
+    ``version=2`` (what :func:`mmsb.open` writes) declares that the store keeps a MANIFEST, which the caller
+    writes first; version 1 (the default, for tools that lay a store out by hand) declares none."""
+    if version not in STORE_READ_VERSIONS:
+        raise ValueError(f"STORE version must be one of {STORE_READ_VERSIONS}")
+    body = {"format": "mmsb", "version": int(version), "store_id": uuid.uuid4().hex, "created": time.time()}
     if info:
         body.update(info)
     jb = _dumps(body)

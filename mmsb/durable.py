@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import uuid
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional
@@ -154,12 +155,26 @@ def _wipe(root: str) -> None:
 
 
 def _segment_has_records(path: str) -> bool:
-    """Whether an unlisted segment holds any valid record (else it is what an interrupted roll left)."""
+    """Whether an unlisted segment holds any valid record, or a header naming another epoch (else it is what an
+    interrupted roll left: a durable header, zeros at most)."""
     try:
-        chk = S.check_segment(path, S.parse_segment_name(os.path.basename(path)) or 0, contiguous=False)
+        res = S.scan_segment(path)
     except OSError:
         return False
-    return bool(chk.txns or chk.marks or (chk.header_ok and chk.good_end > S.HEADER_SIZE))
+    if res.header is None:
+        return False
+    return bool(res.records) or res.header.base_epoch != S.parse_segment_name(os.path.basename(path))
+
+
+def _segment_misnamed(path: str) -> bool:
+    """A reader's view of an unlisted segment newer than its MANIFEST: a writer may be filling it (records are
+    fine); only a header that names another epoch is damage."""
+    try:
+        with open(path, "rb") as f:
+            hdr = S.parse_header(f.read(S.HEADER_SIZE), path)
+    except (OSError, CorruptionError):
+        return False
+    return hdr.base_epoch != S.parse_segment_name(os.path.basename(path))
 
 
 def _store_files(root: str, manifest: Optional[Manifest], writable: bool, strict: bool = True):
@@ -171,8 +186,9 @@ def _store_files(root: str, manifest: Optional[Manifest], writable: bool, strict
     if manifest is None:
         return segs, ckpts
     rec = reconcile(root, manifest, segs, [(e, checkpoint_path(root, e)) for e in ckpts],
-                    segment_has_records=_segment_has_records if writable else (lambda p: False),
-                    checkpoint_store_id=checkpoint_store_id, checkpoint_digest=checkpoint_digest)
+                    segment_has_records=_segment_has_records if writable else _segment_misnamed,
+                    checkpoint_store_id=checkpoint_store_id, checkpoint_digest=checkpoint_digest,
+                    strict_unlisted=writable)
     if rec.problems:
         raise rec.problems[0]
     if writable and rec.leftovers:
@@ -216,7 +232,7 @@ def _manifest_moved(root: str) -> bool:
 def _open_store(root: str, mode: str, *, durability: str, memory_limit: Optional[int], device: str,
                 propagation: str, cluster: Any, recovery: str, functions: Optional[dict[str, Callable]],
                 segment_bytes: int) -> Buffer:
-    from mmsb.checkpoint import read_store_file, write_store_file
+    from mmsb.checkpoint import STORE_VERSION, read_store_file, write_store_file
 
     exists = is_store(root)
     if mode in ("r", "r+") and not exists:
@@ -225,9 +241,10 @@ def _open_store(root: str, mode: str, *, durability: str, memory_limit: Optional
         raise FileExistsError(f"{root!r} already exists")
     if os.path.exists(root) and not os.path.isdir(root):
         raise FileExistsError(f"{root!r} exists and is not a store directory")
-    if not exists and os.path.isdir(root) and [n for n in os.listdir(root)
-                                               if n != LOCK_FILE and not n.startswith(".STORE.tmp-")]:
-        # (a ".STORE.tmp-*" is what a creation cut before STORE was renamed in place leaves: not a foreign file)
+    if not exists and os.path.isdir(root) and [n for n in os.listdir(root) if n not in (LOCK_FILE, MANIFEST_FILE)
+                                               and not n.startswith((".STORE.tmp-", ".MANIFEST.tmp-"))]:
+        # (MANIFEST and ".STORE.tmp-*" are what a creation cut before STORE was renamed in place leaves: not
+        # foreign files)
         raise FileExistsError(f"{root!r} is a non-empty directory that is not an mmsb store")
     writable = mode != "r"
     store = Store(root, writable)
@@ -239,9 +256,11 @@ def _open_store(root: str, mode: str, *, durability: str, memory_limit: Optional
         fsync = durability != "none"
         if writable and (mode == "w" or not exists):
             _wipe(root)
-            info = write_store_file(root)
+            # the MANIFEST first: STORE, written last, is what makes the directory a store
+            sid = uuid.uuid4().hex
+            manifest = new_manifest(root, sid)
+            info = write_store_file(root, {"store_id": sid}, version=STORE_VERSION)
             fsync_dir(root)
-            manifest = new_manifest(root, info["store_id"])
         else:
             info = read_store_file(root)
             manifest = None

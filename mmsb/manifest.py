@@ -178,14 +178,16 @@ class Reconciled:
 
 
 def reconcile(root: str, man: Manifest, segment_files: list, checkpoint_files: list,
-              segment_has_records=None, checkpoint_store_id=None, checkpoint_digest=None) -> Reconciled:
+              segment_has_records=None, checkpoint_store_id=None, checkpoint_digest=None,
+              strict_unlisted: bool = True) -> Reconciled:
     """Check the files present against ``man``.
 
     ``segment_files``: [(base, path)] found in root/log; ``checkpoint_files``: [(epoch, path)] found in
     root/checkpoints. ``segment_has_records(path) -> bool`` decides whether an unlisted segment newer than every
     listed one is an interrupted roll (no record: a leftover) or data the MANIFEST does not know (a problem).
     ``checkpoint_store_id(path) -> str | None`` tells whether an unlisted checkpoint is this store's (an
-    interrupted publication or compaction: a leftover) or foreign (a problem)."""
+    interrupted publication or compaction: a leftover) or foreign (a problem); with ``strict_unlisted=False`` (a
+    reader beside a writer) an unlisted checkpoint that cannot be read (removed meanwhile) is ignored."""
     problems: list = []
     leftovers: list = []
     on_disk = dict(segment_files)
@@ -233,9 +235,11 @@ def reconcile(root: str, man: Manifest, segment_files: list, checkpoint_files: l
     for e, path in checkpoint_files:
         if e in man.checkpoints:
             continue
-        own = checkpoint_store_id is not None and checkpoint_store_id(path) == man.store_id
-        if own and (chi is None or e > chi or e < clo):
+        sid = checkpoint_store_id(path) if checkpoint_store_id is not None else None
+        if sid == man.store_id and (chi is None or e > chi or e < clo):
             leftovers.append(path)
+        elif sid is None and not strict_unlisted:
+            leftovers.append(path)                       # a reader: gone or half-read under a compaction
         else:
             problems.append(_bad("checkpoint is not listed in the MANIFEST (foreign or copied)", path, 0,
                                  "unlisted checkpoint"))

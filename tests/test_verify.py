@@ -14,7 +14,7 @@ from mmsb.verification import verify
 
 def make_store(root):
     os.makedirs(root, exist_ok=True)
-    info = C.write_store_file(root)
+    info = C.write_store_file(root, version=2)
     man = new_manifest(root, info["store_id"])
     open(os.path.join(root, "LOCK"), "wb").close()
     with DurableLog(root, segment_bytes=1500, manifest=man) as log:
