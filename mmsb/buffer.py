@@ -13,7 +13,8 @@ import numpy as np
 from mmsb import _kernels, _ops, semirings
 from mmsb.delta import Delta, SchemaOp, Txn, covers_page, full_index, full_mask, is_full_mask
 from mmsb.errors import (ClosedError, CorruptionError, DependencyError, DeviceError, HistoryError, InvalidDeltaError,
-                         MMSBError, PageExistsError, PageNotFoundError, ReadOnlyError, SemiringError)
+                         LogPoisonedError, MMSBError, PageExistsError, PageNotFoundError, ReadOnlyError,
+                         SemiringError)
 from mmsb.graph import Graph
 from mmsb.log.memory import MemoryLog
 from mmsb.memory import MemoryManager
@@ -170,6 +171,9 @@ class Buffer:
     def _check_open(self) -> None:
         if self._closed:
             raise ClosedError("the buffer is closed")
+        if self._log.poisoned is not None:        # store hook: the state may hold a commit that is not durable
+            raise LogPoisonedError(f"the buffer's log is poisoned ({self._log.poisoned}); its state may hold a "
+                                   "commit that never became durable: reopen the store")
 
     def _check_writable(self) -> None:
         self._check_open()
@@ -579,6 +583,8 @@ class Buffer:
         self._log.sync(token)
         if self._cluster is not None:
             self._cluster.after_commit(epoch)
+        if self._store is not None:               # store hook: automatic checkpoint policy
+            self._store.after_commit(self, epoch)
         return epoch
 
     def _overwrite(self, page: Page, values: np.ndarray) -> np.ndarray:
@@ -1072,6 +1078,8 @@ class LogView:
 
 class _NullLog:
     """The log of a read-only view: nothing to append."""
+
+    poisoned = None
 
     def txns(self, since: Optional[int] = None, until: Optional[int] = None) -> Iterator[Txn]:
         return iter(())

@@ -637,12 +637,14 @@ def list_checkpoints(root: str) -> list[int]:
 
 
 def load_checkpoint(root: str, epoch: Optional[int] = None, max_epoch: Optional[int] = None,
-                    fallback: bool = False, blocks=None, epochs: Optional[list] = None) -> Optional[Snapshot]:
+                    fallback: bool = False, blocks=None, epochs: Optional[list] = None,
+                    path_of=None) -> Optional[Snapshot]:
     """Load (after validating every checksum) the checkpoint of ``epoch``, or the newest one <= ``max_epoch``
     (the newest overall if both are None). Returns None when there is none. A corrupt one raises
     CorruptionError, unless ``fallback=True``: then the next older valid one is returned with a warning.
     ``blocks`` (memory.BlockLoader): page arrays are loaded into its fresh blocks (``Snapshot.blocks``).
-    ``epochs``: the checkpoints to consider (the store's MANIFEST list; default: every checkpoint file)."""
+    ``epochs``: the checkpoints to consider (the store's MANIFEST list; default: every checkpoint file);
+    ``path_of(epoch)``: where to read each one (a reader's pinned descriptor; default its path)."""
     eps = sorted(epochs) if epochs is not None else list_checkpoints(root)
     if epoch is not None:
         if int(epoch) not in eps:
@@ -654,7 +656,7 @@ def load_checkpoint(root: str, epoch: Optional[int] = None, max_epoch: Optional[
         cands = [e for e in eps if e <= int(epoch)]
     first_err = None
     for e in reversed(cands):
-        path = checkpoint_path(root, e)
+        path = path_of(e) if path_of is not None else checkpoint_path(root, e)
         try:
             man, pages, rules = _read_container(path, CKPT_MAGIC, strong=False, blocks=blocks)
         except CorruptionError as exc:
@@ -689,7 +691,8 @@ def checkpoint_digest(path: str) -> str:
 
 
 def checkpoint_store_id(path: str) -> Optional[str]:
-    """The store id a checkpoint was written for (its manifest's ``extra.store_id``), None when unknown."""
+    """The store id a checkpoint was written for (its manifest's ``extra.store_id``); None when the file cannot
+    be read (gone, damaged), "" when it names no store or its file name is not the epoch it holds."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -700,8 +703,11 @@ def checkpoint_store_id(path: str) -> Optional[str]:
         return None
     finally:
         os.close(fd)
+    if man.get("epoch") != parse_checkpoint_name(os.path.basename(path)):
+        return ""                        # copied under another epoch's name: no store's leftover
     extra = man.get("extra")
-    return extra.get("store_id") if isinstance(extra, dict) else None
+    sid = extra.get("store_id") if isinstance(extra, dict) else None
+    return sid if isinstance(sid, str) else ""
 
 
 def verify_checkpoint(path: str) -> dict:
@@ -718,17 +724,26 @@ def remove_checkpoint(root: str, epoch: int) -> None:
 
 
 def cleanup_temp(root: str) -> int:
-    """Remove temporary files a crash left in root/checkpoints (call with the writer lock held)."""
-    d = checkpoint_dir(root)
+    """Remove the temporary files interrupted atomic writes left (``.<name>.tmp-<hex>``) in the store's root,
+    ``checkpoints/`` and ``log/``; returns how many. Called when a writer opens (it holds the lock)."""
+    root = os.fspath(root)
     n = 0
-    try:
-        names = os.listdir(d)
-    except FileNotFoundError:
-        return 0
-    for name in names:
-        if name.startswith(".") and ".tmp-" in name:
-            os.unlink(os.path.join(d, name))
-            n += 1
+    for d in (root, checkpoint_dir(root), os.path.join(root, "log")):
+        try:
+            names = os.listdir(d)
+        except FileNotFoundError:
+            continue
+        gone = 0
+        for name in names:
+            if is_temp_name(name):
+                try:
+                    os.unlink(os.path.join(d, name))
+                    gone += 1
+                except FileNotFoundError:
+                    pass
+        if gone:
+            _fsync_dir(d)
+        n += gone
     return n
 
 

@@ -12,6 +12,8 @@ import shutil
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional
 
+import numpy as np
+
 from mmsb.buffer import Buffer, _NullLog
 from mmsb.checkpoint import (LOCK_FILE, STORE_FILE, checkpoint_digest, checkpoint_path, checkpoint_store_id,
                              cleanup_temp, list_checkpoints, load_checkpoint, remove_checkpoint, write_checkpoint)
@@ -20,6 +22,36 @@ from mmsb.fileio import fsync_dir
 from mmsb.log import DurableLog
 from mmsb.log import segment as S
 from mmsb.manifest import MANIFEST_FILE, Manifest, new_manifest, read_manifest, reconcile
+
+
+# Automatic checkpoints (issue #16.11): after a commit, once the log written since the newest checkpoint holds
+# AUTO_CHECKPOINT (a factor, default 1.0) times the bytes of the pages, and at least AUTO_CHECKPOINT_MIN_BYTES,
+# the store checkpoints, so that a reopen replays at most about one state's worth of log whatever the history's
+# length. MMSB_AUTO_CHECKPOINT=off (or 0) turns it off; a number sets the factor. open(..., auto_checkpoint=...)
+# overrides it per store.
+AUTO_CHECKPOINT_MIN_BYTES = 8 * 2**20
+
+
+def auto_checkpoint_factor(value: Any = None) -> Optional[float]:
+    """The policy's factor from ``value`` (None: env MMSB_AUTO_CHECKPOINT, default on = 1.0); None when off."""
+    if value is None:
+        value = os.environ.get("MMSB_AUTO_CHECKPOINT", "on")
+    if value is True:
+        return 1.0
+    if value is False:
+        return None
+    v = str(value).strip().lower()
+    if v in ("on", "1", "true", "yes", ""):
+        return 1.0
+    if v in ("off", "0", "false", "no", "none"):
+        return None
+    try:
+        f = float(v)
+    except ValueError:
+        raise ValueError(f"auto checkpoint setting must be on, off or a positive factor, got {value!r}") from None
+    if not f > 0:
+        raise ValueError(f"auto checkpoint factor must be positive, got {value!r}")
+    return f
 
 
 def is_store(root: str) -> bool:
@@ -38,6 +70,11 @@ class Store:
         self.store_id: Optional[str] = None
         self.checkpoints: list = []                 # the checkpoints this store uses (listed in the MANIFEST)
         self._log: Optional[DurableLog] = None
+        self.before_unlock: Optional[Callable[[], None]] = None   # run by close() before the lock is released
+        self._pins: dict = {}         # a reader's open descriptors of its checkpoints (kept through compactions)
+        self.auto_factor: Optional[float] = auto_checkpoint_factor()
+        self._ckpt_log_end = 0        # the log's logical end when the newest checkpoint was taken
+        self.auto_checkpoints = 0
 
     @property
     def lost_ranges(self) -> list:
@@ -57,13 +94,36 @@ class Store:
                                    "to read beside it") from None
         self._lock_fd = fd
 
+    def pin_checkpoints(self) -> None:
+        """A reader opens every checkpoint it may use now, and reads through those descriptors later: a
+        compaction beside it then cannot take them away."""
+        for e in self.checkpoints:
+            if e not in self._pins:
+                self._pins[e] = os.open(checkpoint_path(self.root, e), os.O_RDONLY)
+
+    def checkpoint_file(self, epoch: int) -> str:
+        fd = self._pins.get(epoch)
+        if fd is not None and os.path.exists(f"/proc/self/fd/{fd}"):
+            return f"/proc/self/fd/{fd}"
+        return checkpoint_path(self.root, epoch)
+
     def close(self) -> None:
-        if self._lock_fd is not None:
-            try:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            finally:
-                os.close(self._lock_fd)
-                self._lock_fd = None
+        """Release the writer lock -- after the files only this writer may touch (its spill files) are gone, so
+        that a writer opening right after never sees them removed under it."""
+        try:
+            if self.before_unlock is not None:
+                hook, self.before_unlock = self.before_unlock, None
+                hook()
+        finally:
+            for fd in self._pins.values():
+                os.close(fd)
+            self._pins = {}
+            if self._lock_fd is not None:
+                try:
+                    fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+                finally:
+                    os.close(self._lock_fd)
+                    self._lock_fd = None
 
     def check_healthy(self) -> None:
         """The log itself refuses writes once poisoned; nothing else to check here."""
@@ -88,7 +148,27 @@ class Store:
             self.manifest.add_checkpoint(epoch, checkpoint_digest(path))
         self.checkpoints = sorted(set(self.checkpoints) | {epoch})
         buf._log.mark_checkpoint(epoch)
+        self._ckpt_log_end = buf._log.logical_end
         return epoch
+
+    def after_commit(self, buf: Buffer, epoch: int) -> None:
+        """The automatic checkpoint policy, called after each commit (outside the buffer lock): checkpoint once
+        the log written since the newest checkpoint outweighs the pages (see AUTO_CHECKPOINT_MIN_BYTES)."""
+        f = self.auto_factor
+        if f is None or not self.writable:
+            return
+        log = buf._log
+        since = log.logical_end - self._ckpt_log_end
+        if since < AUTO_CHECKPOINT_MIN_BYTES:
+            return
+        state = sum(p.nbytes for p in list(buf._pages.values()))
+        if since < f * state:
+            return
+        with buf._locked():
+            if buf._closed or log.logical_end - self._ckpt_log_end < AUTO_CHECKPOINT_MIN_BYTES:
+                return
+            self.checkpoint(buf)
+            self.auto_checkpoints += 1
 
     def _drop_cold_cache(self, buf: Buffer) -> None:
         if not hasattr(os, "posix_fadvise"):
@@ -108,8 +188,16 @@ class Store:
                 os.close(fd)
 
     def compact(self, buf: Buffer, keep: int) -> int:
+        """Checkpoint, then drop the history older than ``keep`` epochs before now: the new horizon is exactly
+        ``now - keep`` (a checkpoint of that epoch is written when none exists), so ``at(now - keep)`` works."""
+        if isinstance(keep, bool) or not isinstance(keep, (int, np.integer)) or keep < 0:
+            raise HistoryError(f"compact(keep={keep!r}): keep must be a non-negative number of epochs")
         self.checkpoint(buf)
-        target = buf.epoch - max(0, int(keep))
+        target = buf.epoch - int(keep)
+        if target <= self.horizon:
+            return self.horizon
+        if target not in self.checkpoints:
+            self._checkpoint_past(buf, target)
         ckpts = self.checkpoints
         base = max((e for e in ckpts if e <= target), default=min(ckpts))
         old = [e for e in ckpts if e < base]
@@ -122,8 +210,24 @@ class Store:
         self.horizon = base
         return base
 
+    def _checkpoint_past(self, buf: Buffer, epoch: int) -> None:
+        """Write (and list) a checkpoint of the committed state at a past ``epoch``, rebuilt as ``at(epoch)``."""
+        view = self.view_at(buf, epoch)
+        _, pages, rules = view._snapshot(copy=False)
+        extra = {"txid": buf._txid}
+        if self.store_id is not None:
+            extra["store_id"] = self.store_id
+        fsync = buf._log.durability != "none"
+        path = write_checkpoint(self.root, epoch, pages, rules, extra=extra, fsync=fsync)
+        if self.manifest is not None:
+            self.manifest.add_checkpoint(epoch, checkpoint_digest(path))
+        self.checkpoints = sorted(set(self.checkpoints) | {epoch})
+
     def view_at(self, buf: Buffer, epoch: int) -> Buffer:
-        snap = load_checkpoint(self.root, max_epoch=epoch, epochs=self.checkpoints)
+        try:
+            snap = load_checkpoint(self.root, max_epoch=epoch, epochs=self.checkpoints, path_of=self.checkpoint_file)
+        except FileNotFoundError:
+            raise HistoryError(f"epoch {epoch}: the checkpoint it needs was removed by a compaction") from None
         start = snap.epoch if snap is not None else 0
         for a, b in self.lost_ranges:
             if a <= epoch and b > start:
@@ -140,7 +244,8 @@ class Store:
 
     def stats(self) -> dict:
         return {"root": self.root, "checkpoints": list(self.checkpoints), "horizon": self.horizon,
-                "lost_ranges": self.lost_ranges}
+                "lost_ranges": self.lost_ranges, "auto_checkpoint": self.auto_factor,
+                "auto_checkpoints": self.auto_checkpoints}
 
 
 def _wipe(root: str) -> None:
@@ -201,37 +306,34 @@ def _store_files(root: str, manifest: Optional[Manifest], writable: bool, strict
 
 def open_store(root: str, mode: str, *, durability: str, memory_limit: Optional[int], device: str,
                propagation: str, cluster: Any, recovery: str, functions: Optional[dict[str, Callable]],
-               segment_bytes: int) -> Buffer:
+               segment_bytes: int, auto_checkpoint: Any = None) -> Buffer:
     """Open (or create) the store at ``root`` and recover its committed state.
 
     A reader (``mode="r"``) that finds the files changing under it (a compaction beside it) retries."""
-    attempts = 5 if mode == "r" else 1
+    attempts = 8 if mode == "r" else 1
     for k in range(attempts):
+        seen: dict = {}
         try:
             return _open_store(root, mode, durability=durability, memory_limit=memory_limit, device=device,
                                propagation=propagation, cluster=cluster, recovery=recovery, functions=functions,
-                               segment_bytes=segment_bytes)
+                               segment_bytes=segment_bytes, seen=seen, auto_checkpoint=auto_checkpoint)
         except (CorruptionError, FileNotFoundError):
-            if k == attempts - 1 or not _manifest_moved(root):
+            if k == attempts - 1 or not _manifest_moved(root, seen.get("generation")):
                 raise
 
 
-_seen_generation: dict = {}
-
-
-def _manifest_moved(root: str) -> bool:
+def _manifest_moved(root: str, before: Optional[int]) -> bool:
     """A reader's open failed: did a writer change the store's file set meanwhile (then it may retry)?"""
     try:
         gen = read_manifest(root).generation
     except (OSError, CorruptionError):
         return False
-    before = _seen_generation.pop(root, None)
     return before is not None and gen != before
 
 
 def _open_store(root: str, mode: str, *, durability: str, memory_limit: Optional[int], device: str,
                 propagation: str, cluster: Any, recovery: str, functions: Optional[dict[str, Callable]],
-                segment_bytes: int) -> Buffer:
+                segment_bytes: int, seen: dict, auto_checkpoint: Any = None) -> Buffer:
     from mmsb.checkpoint import STORE_VERSION, read_store_file, write_store_file
 
     exists = is_store(root)
@@ -248,6 +350,7 @@ def _open_store(root: str, mode: str, *, durability: str, memory_limit: Optional
         raise FileExistsError(f"{root!r} is a non-empty directory that is not an mmsb store")
     writable = mode != "r"
     store = Store(root, writable)
+    store.auto_factor = auto_checkpoint_factor(auto_checkpoint)
     log = None
     if writable:
         os.makedirs(root, exist_ok=True)
@@ -270,13 +373,15 @@ def _open_store(root: str, mode: str, *, durability: str, memory_limit: Optional
                 except FileNotFoundError:
                     raise CorruptionError("the store's MANIFEST is missing", file=os.path.join(root, MANIFEST_FILE),
                                           offset=0, what="missing manifest") from None
-                _seen_generation[root] = manifest.generation
+                seen["generation"] = manifest.generation
         if writable:
             cleanup_temp(root)
         store.manifest = manifest
         store.store_id = info.get("store_id")
         seg_files, ckpts = _store_files(root, manifest, writable)
         store.checkpoints = list(ckpts)
+        if not writable:
+            store.pin_checkpoints()
 
         def open_log() -> DurableLog:
             # segments wholly covered by the newest checkpoint are not read now (indexed lazily; verify checks
@@ -293,7 +398,8 @@ def _open_store(root: str, mode: str, *, durability: str, memory_limit: Optional
                 fut = ex.submit(open_log)
                 try:
                     # a corrupt newest checkpoint: the next older valid one (+ a longer replay), with a warning
-                    snap = load_checkpoint(root, blocks=buf._memory.block_loader(), fallback=True, epochs=ckpts)
+                    snap = load_checkpoint(root, blocks=buf._memory.block_loader(), fallback=True, epochs=ckpts,
+                                           path_of=store.checkpoint_file)
                 except BaseException:
                     try:
                         fut.result().close()
@@ -311,6 +417,8 @@ def _open_store(root: str, mode: str, *, durability: str, memory_limit: Optional
             snap = None
         store._log = log
         buf._log = log
+        if writable:
+            store.before_unlock = buf._memory.close       # the spill directory goes while the lock is held
         if snap is not None:     # (a writer beside a reader may have published a newer one meanwhile: fine)
             buf._load_snapshot(snap.epoch, snap.pages, snap.rules, blocks=snap.blocks)
             buf._txid = int((snap.extra or {}).get("txid", 0))
@@ -335,6 +443,7 @@ def _open_store(root: str, mode: str, *, durability: str, memory_limit: Optional
         if ckpts and (first is None or first > 1):
             store.horizon = min(ckpts)          # compaction dropped the log before the oldest checkpoint
         buf._horizon = store.horizon
+        store._ckpt_log_end = log.logical_end - log.bytes_after(start)
         buf._readonly = not writable
         buf._counters["torn_tail_bytes"] = log.torn_tail_bytes
         return buf

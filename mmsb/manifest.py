@@ -230,14 +230,12 @@ def reconcile(root: str, man: Manifest, segment_files: list, checkpoint_files: l
                                      ck_disk[e], 0, "checkpoint digest"))
                 continue
         ckpts.append(e)
-    clo = min(man.checkpoints) if man.checkpoints else None
-    chi = max(man.checkpoints) if man.checkpoints else None
     for e, path in checkpoint_files:
         if e in man.checkpoints:
             continue
         sid = checkpoint_store_id(path) if checkpoint_store_id is not None else None
-        if sid == man.store_id and (chi is None or e > chi or e < clo):
-            leftovers.append(path)
+        if sid == man.store_id:
+            leftovers.append(path)       # ours, cut before it was listed or after a compaction unlisted it
         elif sid is None and not strict_unlisted:
             leftovers.append(path)                       # a reader: gone or half-read under a compaction
         else:

@@ -62,6 +62,11 @@ def _gathered(bufs: list, write) -> None:
             todo[0] = memoryview(todo[0]).cast("B")[n:]
 
 
+def _read_head(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(S.HEADER_SIZE)
+
+
 def _writer_active(root: str) -> bool:
     """Whether a writer holds the store's LOCK now (probed with a shared, non-blocking flock; creates nothing)."""
     import fcntl
@@ -202,8 +207,7 @@ class DurableLog(LogBase):
             while nskip < len(segs) - 1 and segs[nskip + 1][0] <= int(skip_before) + 1:
                 nskip += 1
         for base, path in segs[:nskip]:
-            with open(path, "rb") as f:
-                head = f.read(S.HEADER_SIZE)
+            head = os.pread(self._rfd(path), S.HEADER_SIZE, 0) if self.readonly else _read_head(path)
             hdr = S.parse_header(head, path)          # raises CorruptionError
             if hdr.base_epoch != base:
                 raise CorruptionError("segment header epoch does not match its name", file=path, offset=32,
@@ -211,7 +215,7 @@ class DurableLog(LogBase):
             if base in salts and hdr.salt != salts[base]:
                 raise CorruptionError("segment salt does not match the MANIFEST (a foreign or replaced segment)",
                                       file=path, offset=16, what="segment salt")
-            size = os.path.getsize(path)
+            size = os.fstat(self._rfd(path)).st_size if self.readonly else os.path.getsize(path)
             self._segs.append(_Seg(base, path, hdr.salt, size, logical, lazy=True))
             logical += size
         prev: Optional[int] = None
@@ -230,8 +234,9 @@ class DurableLog(LogBase):
                 self._remove(path)
                 changed = True
                 continue
-            chk = S.check_segment(path, base, prev, salts.get(base), skip_epoch=skip_before,
+            chk = S.check_segment(self._pinned(path), base, prev, salts.get(base), skip_epoch=skip_before,
                                   gaps=self.gaps, contiguous=contiguous)
+            chk.path = path
             size = chk.size
             err = chk.error
             if err is None and chk.dangling and not is_last:
@@ -347,7 +352,7 @@ class DurableLog(LogBase):
         scanned = {}
         for path in lazy:            # closed segments do not change; a file gone meanwhile is left to the check
             try:
-                scanned[path] = S.read_segment(path)
+                scanned[path] = S.read_segment(self._pinned(path))
             except OSError:
                 pass
         with self._lock:
@@ -372,6 +377,8 @@ class DurableLog(LogBase):
             data = None
             if scanned and seg.path in scanned:
                 data = scanned[seg.path]
+            elif self.readonly:
+                data = S.read_segment(self._pinned(seg.path))
             chk = S.check_segment(seg.path, seg.base, prev, seg.salt, gaps=self.gaps, data=data,
                                   contiguous=contiguous)
             err = chk.error
@@ -677,6 +684,15 @@ class DurableLog(LogBase):
 
     # ------------------------------------------------------------ reading
 
+    def _pinned(self, path: str) -> str:
+        """A reader reads every segment through the descriptor it opened first (its *pin*): a compaction beside
+        it may unlink the file, the reader keeps reading what it opened (Linux: through /proc/self/fd)."""
+        if not self.readonly:
+            return path
+        fd = self._rfd(path)
+        proc = f"/proc/self/fd/{fd}"
+        return proc if os.path.exists(proc) else path
+
     def _rfd(self, path: str) -> int:
         fd = self._rfds.get(path)
         if fd is None:
@@ -751,6 +767,17 @@ class DurableLog(LogBase):
         """Paths of every segment but the one being appended to."""
         with self._lock:
             return [s.path for s in self._segs[:-1]]
+
+    @property
+    def logical_end(self) -> int:
+        """Bytes written to the log so far (all segments, as one stream)."""
+        return self._logical_end
+
+    def bytes_after(self, epoch: int) -> int:
+        """Bytes of the indexed transactions with an epoch after ``epoch`` (what a reopen would replay)."""
+        with self._lock:
+            lo = bisect.bisect_right(self._epochs, epoch)
+            return sum(e.end - e.start for e in self._index[lo:])
 
     @property
     def segment_bases(self) -> list:
