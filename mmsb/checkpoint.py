@@ -761,9 +761,10 @@ def write_blob_file(path: str, array, meta: Optional[dict] = None, fsync: bool =
     return os.fspath(path)
 
 
-def read_blob_file(path: str) -> tuple[dict, np.ndarray]:
-    """Read and validate a blob file: (meta, array). CorruptionError when any check fails."""
-    man, pages, _ = _read_container(os.fspath(path), BLOB_MAGIC, strong=False)
+def read_blob_file(path: str, blocks=None) -> tuple[dict, np.ndarray]:
+    """Read and validate a blob file: (meta, array). CorruptionError when any check fails. ``blocks`` (a
+    callable ``(dtype, n) -> flat array``, as the checkpoint reader's): the array is read straight into it."""
+    man, pages, _ = _read_container(os.fspath(path), BLOB_MAGIC, strong=False, blocks=blocks)
     if len(pages) != 1:
         raise _bad("blob file must hold one array", path, None, "blob")
     return pages[0]

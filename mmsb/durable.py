@@ -9,6 +9,7 @@ import fcntl
 import os
 import uuid
 import shutil
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional
 
@@ -17,7 +18,7 @@ import numpy as np
 from mmsb.buffer import Buffer, _NullLog
 from mmsb.checkpoint import (LOCK_FILE, STORE_FILE, checkpoint_digest, checkpoint_path, checkpoint_store_id,
                              cleanup_temp, list_checkpoints, load_checkpoint, remove_checkpoint, write_checkpoint)
-from mmsb.errors import CorruptionError, HistoryError, StoreLockedError
+from mmsb.errors import ClosedError, CorruptionError, HistoryError, StoreLockedError
 from mmsb.fileio import fsync_dir
 from mmsb.log import DurableLog
 from mmsb.log import segment as S
@@ -27,9 +28,9 @@ from mmsb.manifest import MANIFEST_FILE, Manifest, new_manifest, read_manifest, 
 # Automatic checkpoints (issue #16.11): after a commit, once the log written since the newest checkpoint holds
 # AUTO_CHECKPOINT (a factor, default 1.0) times the bytes of the pages, and at least AUTO_CHECKPOINT_MIN_BYTES,
 # the store checkpoints, so that a reopen replays at most about one state's worth of log whatever the history's
-# length. MMSB_AUTO_CHECKPOINT=off (or 0) turns it off; a number sets the factor. open(..., auto_checkpoint=...)
-# overrides it per store.
-AUTO_CHECKPOINT_MIN_BYTES = 8 * 2**20
+# length. MMSB_AUTO_CHECKPOINT=off (or 0) turns it off; a number sets the factor (open(..., auto_checkpoint=...)
+# per store); MMSB_AUTO_CHECKPOINT_MIN_BYTES sets the floor.
+AUTO_CHECKPOINT_MIN_BYTES = int(os.environ.get("MMSB_AUTO_CHECKPOINT_MIN_BYTES", 8 * 2**20))
 
 
 def auto_checkpoint_factor(value: Any = None) -> Optional[float]:
@@ -75,6 +76,8 @@ class Store:
         self.auto_factor: Optional[float] = auto_checkpoint_factor()
         self._ckpt_log_end = 0        # the log's logical end when the newest checkpoint was taken
         self.auto_checkpoints = 0
+        self.auto_checkpoint_error: Optional[str] = None
+        self._bg: Optional[threading.Thread] = None   # an automatic checkpoint being written
 
     @property
     def lost_ranges(self) -> list:
@@ -111,6 +114,7 @@ class Store:
         """Release the writer lock -- after the files only this writer may touch (its spill files) are gone, so
         that a writer opening right after never sees them removed under it."""
         try:
+            self.wait_background()
             if self.before_unlock is not None:
                 hook, self.before_unlock = self.before_unlock, None
                 hook()
@@ -130,8 +134,9 @@ class Store:
 
     # -- checkpoints and history ------------------------------------------------------------------------------
     def checkpoint(self, buf: Buffer, compress: Optional[bool] = None) -> int:
+        self.wait_background()
         epoch = buf.epoch
-        if epoch in list_checkpoints(self.root):
+        if epoch in self.checkpoints:
             return epoch
         # live views are safe under the buffer lock unless a memory limit may spill (and reuse) blocks meanwhile
         _, pages, rules = buf._snapshot(copy=buf._memory.limit is not None)
@@ -140,35 +145,76 @@ class Store:
         # what the new checkpoint supersedes (older checkpoints, closed log segments) is cold from now on: let the
         # kernel drop its clean cached pages, so that writing the checkpoint reuses them instead of new memory
         self._drop_cold_cache(buf)
-        extra = {"txid": buf._txid}
-        if self.store_id is not None:
-            extra["store_id"] = self.store_id
-        path = write_checkpoint(self.root, epoch, pages, rules, extra=extra, fsync=fsync, compress=compress)
-        if self.manifest is not None:               # listed once durable (a crash before: an unlisted leftover)
-            self.manifest.add_checkpoint(epoch, checkpoint_digest(path))
-        self.checkpoints = sorted(set(self.checkpoints) | {epoch})
-        buf._log.mark_checkpoint(epoch)
+        self._publish(buf._log, epoch, pages, rules, self._extra(buf), fsync, compress)
         self._ckpt_log_end = buf._log.logical_end
         return epoch
 
+    def _extra(self, buf: Buffer) -> dict:
+        extra = {"txid": buf._txid}
+        if self.store_id is not None:
+            extra["store_id"] = self.store_id
+        return extra
+
+    def _publish(self, log: DurableLog, epoch: int, pages, rules, extra: dict, fsync: bool,
+                 compress: Optional[bool]) -> None:
+        """Write the checkpoint, list it in the MANIFEST once durable (a crash before: an unlisted leftover),
+        and record a CHECKPOINT_MARK in the log."""
+        path = write_checkpoint(self.root, epoch, pages, rules, extra=extra, fsync=fsync, compress=compress)
+        if self.manifest is not None:
+            self.manifest.add_checkpoint(epoch, checkpoint_digest(path))
+        self.checkpoints = sorted(set(self.checkpoints) | {epoch})
+        try:
+            log.mark_checkpoint(epoch)
+        except ClosedError:
+            pass                          # the mark only records the publication; the log closed meanwhile
+
+    def wait_background(self) -> None:
+        """Wait for an automatic checkpoint being written in the background."""
+        t = self._bg
+        if t is not None:
+            t.join()
+            self._bg = None
+
     def after_commit(self, buf: Buffer, epoch: int) -> None:
-        """The automatic checkpoint policy, called after each commit (outside the buffer lock): checkpoint once
-        the log written since the newest checkpoint outweighs the pages (see AUTO_CHECKPOINT_MIN_BYTES)."""
+        """The automatic checkpoint policy, called after each commit (outside the buffer lock): once the log
+        written since the newest checkpoint outweighs the pages (see AUTO_CHECKPOINT_MIN_BYTES), copy the state
+        under the buffer lock and write the checkpoint on a background thread (one at a time), so that commits
+        go on meanwhile. A failure there leaves the previous checkpoints as they were (``stats()``)."""
         f = self.auto_factor
         if f is None or not self.writable:
             return
         log = buf._log
         since = log.logical_end - self._ckpt_log_end
-        if since < AUTO_CHECKPOINT_MIN_BYTES:
+        if since < AUTO_CHECKPOINT_MIN_BYTES or (self._bg is not None and self._bg.is_alive()):
             return
         state = sum(p.nbytes for p in list(buf._pages.values()))
         if since < f * state:
             return
         with buf._locked():
-            if buf._closed or log.logical_end - self._ckpt_log_end < AUTO_CHECKPOINT_MIN_BYTES:
+            if buf._closed or buf.epoch in self.checkpoints or (self._bg is not None and self._bg.is_alive()):
                 return
-            self.checkpoint(buf)
-            self.auto_checkpoints += 1
+            ep = buf.epoch
+            _, pages, rules = buf._snapshot(copy=True)
+            extra = self._extra(buf)
+            self._ckpt_log_end = log.logical_end
+        fsync = log.durability != "none"
+
+        def run() -> None:
+            try:
+                try:
+                    log.flush(fsync)      # the log on disk up to the checkpoint before it is published
+                except ClosedError:
+                    pass                  # closing synced it (unless poisoned: checked next)
+                if log.poisoned is not None:
+                    return
+                self._publish(log, ep, pages, rules, extra, fsync, None)
+                self.auto_checkpoints += 1
+            except Exception as exc:      # noqa: BLE001 - reported in stats; the previous checkpoints stand
+                self.auto_checkpoint_error = f"{type(exc).__name__}: {exc}"
+
+        self.wait_background()
+        self._bg = threading.Thread(target=run, name="mmsb-auto-checkpoint", daemon=True)
+        self._bg.start()
 
     def _drop_cold_cache(self, buf: Buffer) -> None:
         if not hasattr(os, "posix_fadvise"):
@@ -245,7 +291,7 @@ class Store:
     def stats(self) -> dict:
         return {"root": self.root, "checkpoints": list(self.checkpoints), "horizon": self.horizon,
                 "lost_ranges": self.lost_ranges, "auto_checkpoint": self.auto_factor,
-                "auto_checkpoints": self.auto_checkpoints}
+                "auto_checkpoints": self.auto_checkpoints, "auto_checkpoint_error": self.auto_checkpoint_error}
 
 
 def _wipe(root: str) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 import uuid
 from dataclasses import dataclass, field
 from typing import Optional
@@ -46,6 +47,7 @@ class Manifest:
     gaps: list = field(default_factory=list)     # [(first, last)] epochs cut out by recovery="truncate"
     generation: int = 0
     fsync: bool = True
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def path(self) -> str:
@@ -53,23 +55,31 @@ class Manifest:
 
     # -- changes (each one is published atomically before it returns) ------------------------------------------
     def add_segment(self, base: int, salt: bytes) -> None:
-        self.segments = sorted([s for s in self.segments if s[0] != int(base)] + [(int(base), bytes(salt))])
-        self.save()
+        with self._lock:
+            self.segments = sorted([s for s in self.segments if s[0] != int(base)] + [(int(base), bytes(salt))])
+            self._save()
 
     def set_segments(self, segments: list) -> None:
-        self.segments = sorted((int(b), bytes(s)) for b, s in segments)
-        self.save()
+        with self._lock:
+            self.segments = sorted((int(b), bytes(s)) for b, s in segments)
+            self._save()
 
     def add_checkpoint(self, epoch: int, digest: str) -> None:
-        self.checkpoints[int(epoch)] = str(digest)
-        self.save()
+        with self._lock:
+            self.checkpoints[int(epoch)] = str(digest)
+            self._save()
 
     def remove_checkpoints(self, epochs) -> None:
-        for e in epochs:
-            self.checkpoints.pop(int(e), None)
-        self.save()
+        with self._lock:
+            for e in epochs:
+                self.checkpoints.pop(int(e), None)
+            self._save()
 
     def save(self) -> None:
+        with self._lock:
+            self._save()
+
+    def _save(self) -> None:
         from mmsb.log.records import dumps
 
         self.generation += 1
