@@ -229,3 +229,41 @@ def test_readers_beside_a_compacting_writer(tmp_path):
     assert not errors, errors[:5]
     assert counts["opens"] > 5 and counts["at"] > 5, counts
     assert isinstance(CorruptionError, type)
+
+
+def test_automatic_checkpoints(tmp_path, monkeypatch):
+    """#16.11: with the policy on, a checkpoint is written once the log since the newest one outweighs the pages
+    (background thread); each one equals the state at its epoch; reopen replays only the tail; off writes none;
+    bad settings are refused."""
+    from mmsb import durable as D
+
+    monkeypatch.setattr(D, "AUTO_CHECKPOINT_MIN_BYTES", 1)
+    rng = np.random.default_rng(5)
+    n = 2000
+    for setting, expect_some in ((None, True), ("off", False), (2.0, True)):
+        root = str(tmp_path / f"s{setting}")
+        states = {}
+        with mmsb.open(root, "w", durability="flush", auto_checkpoint=setting) as buf:
+            p = buf.create_page("x", n)
+            for k in range(60):
+                e = buf.write(p, rng.random(200), index=rng.choice(n, 200, replace=False))
+                states[e] = buf["x"].read()
+            buf._store.wait_background()
+            st = buf.stats()["store"]
+            assert st["auto_checkpoint_error"] is None
+        assert (st["auto_checkpoints"] > 0) == expect_some, st
+        ckpts = st["checkpoints"]
+        from mmsb import checkpoint as C
+
+        for e in ckpts:
+            snap = C.load_checkpoint(root, epoch=e)
+            np.testing.assert_array_equal(dict((m["name"], a) for m, a in snap.pages)["x"], states[e])
+        assert mmsb.verify(root).ok
+        with mmsb.open(root, "r") as buf:
+            np.testing.assert_array_equal(buf["x"].read(), states[max(states)])
+            if ckpts:
+                assert buf._log.lazy_segments >= 0 and buf._store.checkpoints == ckpts
+    with pytest.raises(ValueError):
+        mmsb.open(str(tmp_path / "bad"), "w", auto_checkpoint="sometimes")
+    with pytest.raises(ValueError):
+        mmsb.open(str(tmp_path / "bad2"), "w", auto_checkpoint=-1)
