@@ -34,6 +34,7 @@ from mmsb import codecs
 from mmsb.delta import SchemaOp
 from mmsb.errors import CorruptionError
 from mmsb.log.records import loads_json
+from mmsb.log.segment import mask_crc
 
 FORMAT_VERSION = 2            # containers written; 1 (chunks strictly back to back) is still read
 READ_VERSIONS = (1, 2)
@@ -83,11 +84,7 @@ _TRAIL = struct.Struct("<QQI32s8s")    # manifest offset, length, crc32c, sha256
 TRAIL_SIZE = _TRAIL.size + 4           # 64
 _U32 = struct.Struct("<I")
 NTHREADS = max(1, min(8, os.cpu_count() or 1))
-_MASK_DELTA = 0xA282EAD8
-
-
-def _mask(c: int) -> int:
-    return ((((c >> 15) | (c << 17)) & 0xFFFFFFFF) + _MASK_DELTA) & 0xFFFFFFFF
+_mask = mask_crc                       # LevelDB's CRC mask, one definition (mmsb.log.segment)
 
 
 def _crc32c(b) -> int:

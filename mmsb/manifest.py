@@ -23,6 +23,7 @@ import crc32c as _crc
 
 from mmsb.errors import CorruptionError
 from mmsb.fileio import fsync_dir
+from mmsb.log.segment import mask_crc
 
 MANIFEST_FILE = "MANIFEST"
 MAGIC = b"MMSBMANI"
@@ -32,8 +33,6 @@ _HEAD = struct.Struct("<8sHHI")    # magic, version, reserved, json length; then
 _U32 = struct.Struct("<I")
 
 
-def _mask(c: int) -> int:
-    return ((((c >> 15) | (c << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
 
 
 @dataclass
@@ -89,7 +88,7 @@ class Manifest:
                 "gaps": [[int(a), int(b)] for a, b in self.gaps]}
         jb = dumps(body)
         data = _HEAD.pack(MAGIC, VERSION, 0, len(jb)) + jb
-        data += _U32.pack(_mask(_crc.crc32c(data)))
+        data += _U32.pack(mask_crc(_crc.crc32c(data)))
         tmp = os.path.join(self.root, f".{MANIFEST_FILE}.tmp-{uuid.uuid4().hex[:12]}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
@@ -135,7 +134,7 @@ def read_manifest(root: str, fsync: bool = True) -> Manifest:
         raise _bad("bad MANIFEST magic", path, 0, "manifest magic")
     if len(data) != _HEAD.size + ln + 4:
         raise _bad("MANIFEST length mismatch", path, 12, "manifest length")
-    if _mask(_crc.crc32c(data[:-4])) != _U32.unpack_from(data, len(data) - 4)[0]:
+    if mask_crc(_crc.crc32c(data[:-4])) != _U32.unpack_from(data, len(data) - 4)[0]:
         raise _bad("MANIFEST checksum mismatch", path, len(data) - 4, "manifest crc")
     if ver != VERSION or res:
         raise _bad(f"unsupported MANIFEST version {ver}", path, 8, "manifest version")

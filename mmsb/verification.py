@@ -37,6 +37,63 @@ def _segment_has_records(path: str) -> bool:
     return has(path)
 
 
+def _seed_pages(root: str, segs: list, listed) -> "dict | None":
+    """The pages (name -> (size, dtype)) that exist before the first logged epoch: none when the log starts at
+    epoch 1, else those of the checkpoint just before it (None: unknown, the fit of deltas is not checked)."""
+    if not segs or segs[0][0] <= 1:
+        return {}
+    first = segs[0][0]
+    cands = [e for e in (listed if listed is not None else C.list_checkpoints(root)) if e == first - 1]
+    if not cands:
+        return None
+    try:
+        snap = C.load_checkpoint(root, epoch=cands[0])
+    except (CorruptionError, OSError):
+        return None
+    if snap is None:
+        return None
+    return {m.get("name"): (int(a.size), a.dtype if m.get("device", "cpu") == "cpu" else None)
+            for m, a in snap.pages}
+
+
+def _fits(table: dict, epoch: int, op) -> "str | None":
+    """Track page creation/removal and check a delta against its page, as replay does (None when it fits)."""
+    import numpy as np
+
+    from mmsb.delta import Delta
+
+    if not isinstance(op, Delta):
+        if op.kind == "page_created":
+            shape = op.payload["shape"]
+            size = 1
+            for n in shape:
+                size *= n
+            table[op.payload["name"]] = (size, np.dtype(op.payload["dtype"]) if op.payload.get("device", "cpu") ==
+                                         "cpu" else None)
+        elif op.kind == "page_dropped":
+            table.pop(op.payload.get("name"), None)
+        return None
+    ent = table.get(op.page)
+    why = None
+    if ent is None:
+        why = "no such page"
+    elif ent[1] is not None and op.values.dtype != ent[1]:
+        why = f"values of dtype {op.values.dtype}, page has {ent[1]}"
+    elif op.mask is not None:
+        if op.mask.size != ent[0]:
+            why = f"mask of {op.mask.size} entries, page has {ent[0]}"
+        elif op.values.size != int(np.count_nonzero(op.mask)) and op.values.size != ent[0]:
+            why = "value count does not match the mask"
+    elif op.index is not None:
+        if op.index.size != op.values.size:
+            why = "value count does not match the index"
+        elif op.index.size and (int(op.index.min()) < 0 or int(op.index.max()) >= ent[0]):
+            why = f"index outside [0, {ent[0]})"
+    else:
+        why = "neither index nor mask"
+    return None if why is None else f"the delta of epoch {epoch} to page {op.page!r} does not fit it ({why})"
+
+
 def verify(path) -> Report:
     root = os.fspath(path)
     rep = Report(path=root)
@@ -84,8 +141,10 @@ def verify(path) -> Report:
         gaps = tuple(manifest.gaps)
         listed_ckpts = rec.checkpoints
 
-    # log segments (the validator open uses)
-    infos = scan_store_log(root, segments=segs, salts=salts, gaps=gaps, contiguous=manifest is not None)
+    # log segments (the validator open uses), and every delta against the page it names (as replay checks it)
+    table = _seed_pages(root, segs, listed_ckpts) if not gaps else None   # (history with a gap: not tracked)
+    infos = scan_store_log(root, segments=segs, salts=salts, gaps=gaps, contiguous=manifest is not None,
+                           on_op=(lambda e, op: _fits(table, e, op)) if table is not None else None)
     for info_ in infos:
         rep.files_checked += 1
         rep.records_checked += info_["records"]

@@ -11,11 +11,13 @@ from mmsb.log.records import ABORT, CHECKPOINT_MARK, COMMIT, DELTA, SCHEMA
 from mmsb.log.segment import assemble, check_segment, iter_segments, scan_segment
 
 
-def scan_store_log(root: str, segments=None, salts=None, gaps=(), contiguous: bool = False) -> list[dict]:
+def scan_store_log(root: str, segments=None, salts=None, gaps=(), contiguous: bool = False,
+                   on_op=None) -> list[dict]:
     """Read-only check of every segment under root/log (or of ``segments`` = [(base, path)]): one dict per
     segment with the problems found, through the same validator as open (:func:`check_segment`), plus a decode of
     every operation. ``salts`` ({base: salt} from the MANIFEST), ``gaps`` and ``contiguous`` as for
-    :func:`check_segment`.
+    :func:`check_segment`. ``on_op(epoch, op)`` sees every decoded operation in log order and returns a problem
+    (str) or None.
 
     Keys: path, records, transactions, torn (bool), problems (list of str), trailing_zero_bytes, first_epoch,
     last_epoch, base.
@@ -38,9 +40,13 @@ def scan_store_log(root: str, segments=None, salts=None, gaps=(), contiguous: bo
         for t in chk.txns:             # decode every operation: the payloads must parse too
             for rec in t.records:
                 try:
-                    R.decode_op(rec.rtype, rec.payload, t.epoch)
+                    op = R.decode_op(rec.rtype, rec.payload, t.epoch)
                 except CorruptionError as exc:
                     info["problems"].append(f"{path} @ {rec.offset}: undecodable payload ({exc})")
+                    continue
+                why = on_op(t.epoch, op) if on_op is not None else None
+                if why:
+                    info["problems"].append(f"{path} @ {rec.offset}: {why}")
         if chk.error is not None:
             if is_last and chk.torn:
                 info["torn"] = True

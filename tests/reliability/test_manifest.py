@@ -355,3 +355,28 @@ def test_checkpoint_manifest_shape_disagrees_with_array(tmp_path):
     with pytest.raises(CorruptionError, match="described"):
         C.verify_checkpoint(path)
     assert not mmsb.verify(root).ok
+
+
+@pytest.mark.parametrize("bad", ["no_page", "index", "dtype", "mask"])
+def test_checksummed_delta_that_does_not_fit_its_page(tmp_path, bad):
+    """#16.5: a correctly checksummed DELTA that does not fit the page it names is refused by open and reported
+    by verify (whatever open refuses, verify reports)."""
+    from mmsb.delta import Delta, Txn
+    from mmsb.log import DurableLog
+    from mmsb.manifest import read_manifest
+
+    root = str(tmp_path / "s")
+    with mmsb.open(root, "w") as buf:
+        buf.create_page("c", 4)
+        e = buf.write("c", 1.0, index=[0])
+    d = {"no_page": Delta("zz", np.ones(2), index=np.array([0, 1])),
+         "index": Delta("c", np.ones(2), index=np.array([0, 9])),
+         "dtype": Delta("c", np.ones(2, dtype=np.int32), index=np.array([0, 1])),
+         "mask": Delta("c", np.ones(2), mask=np.array([True, False, True, False, True]))}[bad]
+    man = read_manifest(root)
+    with DurableLog(root, manifest=man, segments=iter_segments(os.path.join(root, "log"))) as log:
+        log.sync(log.append(Txn(e + 1, 77, [d])))
+    rep = mmsb.verify(root)
+    assert not rep.ok and any("does not fit" in p for p in rep.problems), rep.problems
+    with pytest.raises(CorruptionError):
+        mmsb.open(root, "r")
