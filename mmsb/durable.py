@@ -197,24 +197,26 @@ class Store:
             _, pages, rules = buf._snapshot(copy=True)
             extra = self._extra(buf)
             self._ckpt_log_end = log.logical_end
-        fsync = log.durability != "none"
+            fsync = log.durability != "none"
+            # started under the buffer lock: every join (checkpoint, compact, close, here) holds it too
+            self.wait_background()
+            self._bg = threading.Thread(target=self._run_auto, args=(log, ep, pages, rules, extra, fsync),
+                                        name="mmsb-auto-checkpoint", daemon=True)
+            self._bg.start()
 
-        def run() -> None:
+    def _run_auto(self, log: DurableLog, ep: int, pages, rules, extra: dict, fsync: bool) -> None:
+        """The background half of an automatic checkpoint."""
+        try:
             try:
-                try:
-                    log.flush(fsync)      # the log on disk up to the checkpoint before it is published
-                except ClosedError:
-                    pass                  # closing synced it (unless poisoned: checked next)
-                if log.poisoned is not None:
-                    return
-                self._publish(log, ep, pages, rules, extra, fsync, None)
-                self.auto_checkpoints += 1
-            except Exception as exc:      # noqa: BLE001 - reported in stats; the previous checkpoints stand
-                self.auto_checkpoint_error = f"{type(exc).__name__}: {exc}"
-
-        self.wait_background()
-        self._bg = threading.Thread(target=run, name="mmsb-auto-checkpoint", daemon=True)
-        self._bg.start()
+                log.flush(fsync)          # the log on disk up to the checkpoint before it is published
+            except ClosedError:
+                pass                      # closing synced it (unless poisoned: checked next)
+            if log.poisoned is not None:
+                return
+            self._publish(log, ep, pages, rules, extra, fsync, None)
+            self.auto_checkpoints += 1
+        except Exception as exc:          # noqa: BLE001 - reported in stats; the previous checkpoints stand
+            self.auto_checkpoint_error = f"{type(exc).__name__}: {exc}"
 
     def _drop_cold_cache(self, buf: Buffer) -> None:
         if not hasattr(os, "posix_fadvise"):

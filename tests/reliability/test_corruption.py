@@ -25,7 +25,7 @@ SEED = 5
 def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("corrupt")
     path = str(root / "s")
-    with mmsb.open(path, "w", functions=W.FUNCS, segment_bytes=1500) as buf:
+    with mmsb.open(path, "w", functions=W.FUNCS, segment_bytes=1500, auto_checkpoint=False) as buf:
         e0 = W.setup(buf)
         hist = {e0: W.initial_state()}
         for k in range(10):

@@ -94,7 +94,7 @@ def test_reader_does_not_warn_about_a_transaction_in_flight(tmp_path):
     from mmsb.delta import Delta, Txn
 
     root = str(tmp_path / "s")
-    buf = mmsb.open(root, "w", durability="flush")
+    buf = mmsb.open(root, "w", durability="flush", auto_checkpoint=False)   # (no CHECKPOINT_MARK after the txn)
     buf.create_page("c", 4)
     e = buf.write("c", 1.0, index=[0])
     buf._log.append(Txn(e + 1, 999, [Delta("c", np.ones(4))]), commit=False)   # records of a txn in flight

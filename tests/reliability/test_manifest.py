@@ -23,7 +23,7 @@ pytestmark = pytest.mark.reliability
 def _build(root, n=60, ckpt_at=(20, 40), seg=1500, compact=False):
     """A counter page incremented by 1 per commit: the state at epoch e is known exactly (e - 1 after create)."""
     states = {}
-    with mmsb.open(root, "w", segment_bytes=seg) as buf:
+    with mmsb.open(root, "w", segment_bytes=seg, auto_checkpoint=False) as buf:
         p = buf.create_page("c", 4, dtype="int64")
         states[buf.epoch] = np.zeros(4, np.int64)
         for k in range(n):
@@ -283,7 +283,7 @@ def test_crafted_schema_record_refused_and_reported(tmp_path, change):
     """#16.5: a correctly checksummed schema record with a bad shape or dtype raises CorruptionError on open
     (no ValueError/OverflowError/TypeError) and verify reports it."""
     root = str(tmp_path / "s")
-    with mmsb.open(root, "w") as buf:
+    with mmsb.open(root, "w", auto_checkpoint=False) as buf:
         buf.create_page("c", 4)
         buf.write("c", 1.0, index=[0])
     _reseal_schema(root, lambda pl: pl.update(change))
@@ -305,7 +305,7 @@ def test_deep_json_refused(tmp_path):
         R.loads_json(b"[" * 65 + b"]" * 65)
     assert R.loads_json(b"[" * 60 + b"]" * 60) is not None
     root = str(tmp_path / "s")
-    with mmsb.open(root, "w") as buf:
+    with mmsb.open(root, "w", auto_checkpoint=False) as buf:
         buf.create_page("c", 4)
     _reseal_schema(root, lambda pl: pl.update(metadata=json.loads("[" * 70 + "]" * 70)))
     assert not mmsb.verify(root).ok
@@ -338,7 +338,7 @@ def test_checkpoint_manifest_shape_disagrees_with_array(tmp_path):
     import crc32c
 
     root = str(tmp_path / "s")
-    with mmsb.open(root, "w") as buf:
+    with mmsb.open(root, "w", auto_checkpoint=False) as buf:
         buf.create_page("c", 8)
         buf.write("c", 1.0, index=[0])
         buf.checkpoint()
@@ -366,7 +366,7 @@ def test_checksummed_delta_that_does_not_fit_its_page(tmp_path, bad):
     from mmsb.manifest import read_manifest
 
     root = str(tmp_path / "s")
-    with mmsb.open(root, "w") as buf:
+    with mmsb.open(root, "w", auto_checkpoint=False) as buf:
         buf.create_page("c", 4)
         e = buf.write("c", 1.0, index=[0])
     d = {"no_page": Delta("zz", np.ones(2), index=np.array([0, 1])),
