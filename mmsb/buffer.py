@@ -13,7 +13,7 @@ from mmsb import _kernels, _ops, devices, engines, semirings
 from mmsb.commit import CommitPipeline
 from mmsb.delta import Delta, SchemaOp, Txn, full_mask, is_full_mask
 from mmsb.errors import (ClosedError, ConflictError, CorruptionError, DependencyError, DeviceError, HistoryError,
-                         InvalidDeltaError, MMSBError, PageExistsError, PageNotFoundError, ReadOnlyError,
+                         InvalidDeltaError, LogPoisonedError, MMSBError, PageExistsError, PageNotFoundError, ReadOnlyError,
                          SemiringError)
 from mmsb.graph import Graph
 from mmsb.memory import MemoryManager
@@ -61,6 +61,8 @@ class Buffer:
         self._engine, self._cluster = engines.create(self, cluster)
         if self._cluster is not None:
             self._pipe.after_commit.append(self._cluster.after_commit)
+        if store is not None and hasattr(store, "after_commit"):
+            self._pipe.after_commit.append(lambda epoch: store.after_commit(self, epoch))   # automatic checkpoints
 
     # -- mapping ----------------------------------------------------------------------------------------------
     def __getitem__(self, name: str) -> Page:
@@ -150,6 +152,9 @@ class Buffer:
     def _check_open(self) -> None:
         if self._closed:
             raise ClosedError("the buffer is closed")
+        if self._log.poisoned is not None:      # the state may hold a commit that never became durable
+            raise LogPoisonedError(f"the buffer's log is poisoned ({self._log.poisoned}); its state may hold a "
+                                   "commit that never became durable: reopen the store")
 
     def _check_writable(self) -> None:
         self._check_open()
@@ -668,6 +673,11 @@ class Buffer:
             if epoch < self._horizon:
                 raise HistoryError(f"epoch {epoch} is before the kept history horizon {self._horizon} "
                                    "(removed by compact)")
+            return self._view(epoch)
+
+    def _view(self, epoch: int) -> "Buffer":
+        """The read-only view at ``epoch`` (checked by the caller): newest snapshot at or before it + log replay."""
+        with self._locked():
             base = self._store.snapshot_at(epoch) if self._store is not None else self._memory_snapshot_at(epoch)
             fns = {r.fn_name: r.fn for r in self._graph.rules() if r.fn is not None and r.fn_name}
             view = Buffer(log=_NullLog(), readonly=True, view_of=self, functions={**fns, **self._functions})
@@ -889,6 +899,7 @@ class _NullLog:
     """The log of a read-only view: nothing to append."""
 
     keeps_deltas = False
+    poisoned = None
 
     def txns(self, since: Optional[int] = None, until: Optional[int] = None) -> Iterator[Txn]:
         return iter(())

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
 import struct
 import threading
@@ -34,10 +33,14 @@ from mmsb.fileio import start_writeback
 from mmsb import codecs
 from mmsb.delta import SchemaOp
 from mmsb.errors import CorruptionError
+from mmsb.log.records import loads_json
+from mmsb.log.segment import mask_crc
 
 FORMAT_VERSION = 2            # containers written; 1 (chunks strictly back to back) is still read
 READ_VERSIONS = (1, 2)
-STORE_VERSION = 1
+STORE_VERSION = 2            # written; 2 = the store has a MANIFEST (mmsb/manifest.py); 1 (none) is still read
+STORE_READ_VERSIONS = (1, 2)
+STORE_MAX_BYTES = 1 << 20    # a STORE file is small; a larger one is refused before it is read
 ALIGN = 4096                  # version 2: a RAW chunk of ALIGN_MIN bytes or more starts at a multiple of ALIGN
 ALIGN_MIN = 64 * 2**10        # (the bytes skipped to get there are zero), so that it can be written with O_DIRECT
 DIRECT_PIECE = 4 * 2**20      # O_DIRECT writes of this size, DIRECT_DEPTH of them in flight
@@ -47,6 +50,7 @@ BLOB_MAGIC = b"MMSBBLB\0"
 END_MAGIC = b"MMSBEND\0"
 STORE_MAGIC = b"MMSBSTOR"
 STORE_FILE = "STORE"
+LOCK_FILE = "LOCK"
 CKPT_DIR = "checkpoints"
 CHUNK_BYTES = 16 * 2**20
 MAX_FRACTION = 0.8   # compress a chunk only when blosc2 saves at least 20% (raw chunks load fastest)
@@ -80,11 +84,7 @@ _TRAIL = struct.Struct("<QQI32s8s")    # manifest offset, length, crc32c, sha256
 TRAIL_SIZE = _TRAIL.size + 4           # 64
 _U32 = struct.Struct("<I")
 NTHREADS = max(1, min(8, os.cpu_count() or 1))
-_MASK_DELTA = 0xA282EAD8
-
-
-def _mask(c: int) -> int:
-    return ((((c >> 15) | (c << 17)) & 0xFFFFFFFF) + _MASK_DELTA) & 0xFFFFFFFF
+_mask = mask_crc                       # LevelDB's CRC mask, one definition (mmsb.log.segment)
 
 
 def _crc32c(b) -> int:
@@ -357,10 +357,7 @@ def _read_manifest(fd: int, path: str, magic: bytes) -> tuple[int, dict]:
     mb = os.pread(fd, mlen, moff)
     if len(mb) != mlen or _crc32c(mb) != mcrc or hashlib.sha256(mb).digest() != msha:
         raise _bad("manifest checksum mismatch", path, moff, "manifest checksum")
-    try:
-        man = json.loads(mb.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise _bad(f"manifest is not JSON ({exc})", path, moff, "manifest json") from None
+    man = loads_json(mb, "manifest json", path, moff)
     if not isinstance(man, dict) or man.get("format") != ver or man.get("epoch") != epoch:
         raise _bad("manifest does not match the header", path, moff, "manifest")
     if man.get("data_start") != HEAD_SIZE or man.get("data_end") != moff:
@@ -510,6 +507,32 @@ def _run_jobs(fd: int, path: str, jobs: list, strong: bool) -> None:
         raise failed[0]
 
 
+def _check_described(plans: list, rplans: list, path: str, moff: int) -> None:
+    """A checkpoint's page descriptions (name, shape, dtype, semiring) must be valid and agree with the arrays
+    that hold them; its rules must be well formed (CorruptionError naming the page otherwise)."""
+    from mmsb.log.records import check_page_meta, check_schema
+
+    for meta, (dt, shape, _) in plans:
+        if not isinstance(meta, dict):
+            raise _bad("manifest: page description is not an object", path, moff, "manifest page")
+        name = meta.get("name")
+        if "shape" in meta or "dtype" in meta:
+            desc = {"semiring": "", "name": name if name else "?", "shape": meta.get("shape", list(shape)),
+                    "dtype": meta.get("dtype", dt.str)}
+            try:
+                mshape, mdt = check_page_meta(desc, "checkpoint page")
+            except CorruptionError as exc:
+                raise _bad(f"manifest: {exc}", path, moff, "manifest page") from None
+            if mshape != tuple(shape) or mdt != dt:
+                raise _bad(f"manifest: page {name!r} is described as {list(mshape)} {mdt.str} but its array "
+                           f"is {list(shape)} {dt.str}", path, moff, "manifest page")
+    for kind, pl, _ in rplans:
+        try:
+            check_schema(kind, pl, {})
+        except CorruptionError as exc:
+            raise _bad(f"manifest: {exc}", path, moff, "manifest rule") from None
+
+
 def _read_container(path: str, magic: bytes, strong: bool = True, blocks=None):
     """Read and validate a container. Loading checks every CRC32C; ``strong`` adds SHA-256 (verify).
 
@@ -537,6 +560,8 @@ def _read_container(path: str, magic: bytes, strong: bool = True, blocks=None):
             raise _bad("manifest is malformed", path, moff, "manifest") from None
         if cursor[0] != moff:
             raise _bad("chunks do not cover the data region", path, cursor[0], "manifest coverage")
+        if magic == CKPT_MAGIC:
+            _check_described(plans, rplans, path, moff)
         for off, ln in gaps or ():        # alignment padding: covered by no checksum, so it must be zeros
             pad = os.pread(fd, ln, off)
             if len(pad) != ln or pad.count(0) != ln:
@@ -609,12 +634,15 @@ def list_checkpoints(root: str) -> list[int]:
 
 
 def load_checkpoint(root: str, epoch: Optional[int] = None, max_epoch: Optional[int] = None,
-                    fallback: bool = False, blocks=None) -> Optional[Snapshot]:
+                    fallback: bool = False, blocks=None, epochs: Optional[list] = None,
+                    path_of=None) -> Optional[Snapshot]:
     """Load (after validating every checksum) the checkpoint of ``epoch``, or the newest one <= ``max_epoch``
     (the newest overall if both are None). Returns None when there is none. A corrupt one raises
     CorruptionError, unless ``fallback=True``: then the next older valid one is returned with a warning.
-    ``blocks`` (memory.BlockLoader): page arrays are loaded into its fresh blocks (``Snapshot.blocks``)."""
-    eps = list_checkpoints(root)
+    ``blocks`` (memory.BlockLoader): page arrays are loaded into its fresh blocks (``Snapshot.blocks``).
+    ``epochs``: the checkpoints to consider (the store's MANIFEST list; default: every checkpoint file);
+    ``path_of(epoch)``: where to read each one (a reader's pinned descriptor; default its path)."""
+    eps = sorted(epochs) if epochs is not None else list_checkpoints(root)
     if epoch is not None:
         if int(epoch) not in eps:
             return None
@@ -625,7 +653,7 @@ def load_checkpoint(root: str, epoch: Optional[int] = None, max_epoch: Optional[
         cands = [e for e in eps if e <= int(epoch)]
     first_err = None
     for e in reversed(cands):
-        path = checkpoint_path(root, e)
+        path = path_of(e) if path_of is not None else checkpoint_path(root, e)
         try:
             man, pages, rules = _read_container(path, CKPT_MAGIC, strong=False, blocks=blocks)
         except CorruptionError as exc:
@@ -643,6 +671,42 @@ def load_checkpoint(root: str, epoch: Optional[int] = None, max_epoch: Optional[
     return None
 
 
+def checkpoint_digest(path: str) -> str:
+    """The SHA-256 (hex) of a container's manifest, read from its trailer (the MANIFEST records it); the
+    trailer's own CRC is checked. CorruptionError when the file is not a valid container."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        if size < HEAD_SIZE + TRAIL_SIZE:
+            raise _bad("file too short", path, 0, "container size")
+        tr = os.pread(fd, TRAIL_SIZE, size - TRAIL_SIZE)
+    finally:
+        os.close(fd)
+    if _mask(_crc32c(tr[:_TRAIL.size])) != _U32.unpack_from(tr, _TRAIL.size)[0]:
+        raise _bad("trailer checksum mismatch", path, size - TRAIL_SIZE, "trailer crc")
+    return _TRAIL.unpack_from(tr)[3].hex()
+
+
+def checkpoint_store_id(path: str) -> Optional[str]:
+    """The store id a checkpoint was written for (its manifest's ``extra.store_id``); None when the file cannot
+    be read (gone, damaged), "" when it names no store or its file name is not the epoch it holds."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        _, man = _read_manifest(fd, path, CKPT_MAGIC)
+    except CorruptionError:
+        return None
+    finally:
+        os.close(fd)
+    if man.get("epoch") != parse_checkpoint_name(os.path.basename(path)):
+        return ""                        # copied under another epoch's name: no store's leftover
+    extra = man.get("extra")
+    sid = extra.get("store_id") if isinstance(extra, dict) else None
+    return sid if isinstance(sid, str) else ""
+
+
 def verify_checkpoint(path: str) -> dict:
     """Fully validate one checkpoint file (raises CorruptionError); returns a summary."""
     man, pages, rules = _read_container(path, CKPT_MAGIC)
@@ -657,17 +721,26 @@ def remove_checkpoint(root: str, epoch: int) -> None:
 
 
 def cleanup_temp(root: str) -> int:
-    """Remove temporary files a crash left in root/checkpoints (call with the writer lock held)."""
-    d = checkpoint_dir(root)
+    """Remove the temporary files interrupted atomic writes left (``.<name>.tmp-<hex>``) in the store's root,
+    ``checkpoints/`` and ``log/``; returns how many. Called when a writer opens (it holds the lock)."""
+    root = os.fspath(root)
     n = 0
-    try:
-        names = os.listdir(d)
-    except FileNotFoundError:
-        return 0
-    for name in names:
-        if name.startswith(".") and ".tmp-" in name:
-            os.unlink(os.path.join(d, name))
-            n += 1
+    for d in (root, checkpoint_dir(root), os.path.join(root, "log")):
+        try:
+            names = os.listdir(d)
+        except FileNotFoundError:
+            continue
+        gone = 0
+        for name in names:
+            if is_temp_name(name):
+                try:
+                    os.unlink(os.path.join(d, name))
+                    gone += 1
+                except FileNotFoundError:
+                    pass
+        if gone:
+            _fsync_dir(d)
+        n += gone
     return n
 
 
@@ -685,9 +758,10 @@ def write_blob_file(path: str, array, meta: Optional[dict] = None, fsync: bool =
     return os.fspath(path)
 
 
-def read_blob_file(path: str) -> tuple[dict, np.ndarray]:
-    """Read and validate a blob file: (meta, array). CorruptionError when any check fails."""
-    man, pages, _ = _read_container(os.fspath(path), BLOB_MAGIC, strong=False)
+def read_blob_file(path: str, blocks=None) -> tuple[dict, np.ndarray]:
+    """Read and validate a blob file: (meta, array). CorruptionError when any check fails. ``blocks`` (a
+    callable ``(dtype, n) -> flat array``, as the checkpoint reader's): the array is read straight into it."""
+    man, pages, _ = _read_container(os.fspath(path), BLOB_MAGIC, strong=False, blocks=blocks)
     if len(pages) != 1:
         raise _bad("blob file must hold one array", path, None, "blob")
     return pages[0]
@@ -698,13 +772,18 @@ def read_blob_file(path: str) -> tuple[dict, np.ndarray]:
 _STORE_HEAD = struct.Struct("<8sHHI")   # magic, version, reserved, json length; then json; then u32 masked crc
 
 
-def write_store_file(root: str, info: Optional[dict] = None, fsync: bool = True) -> dict:
-    """Write root/STORE (atomically): identity JSON with format version, a store id and creation time."""
-    body = {"format": "mmsb", "version": STORE_VERSION, "store_id": uuid.uuid4().hex, "created": time.time()}
+def write_store_file(root: str, info: Optional[dict] = None, fsync: bool = True, version: int = 1) -> dict:
+    """Write root/STORE (atomically): identity JSON with format version, a store id and creation time.
+
+    ``version=2`` (what :func:`mmsb.open` writes) declares that the store keeps a MANIFEST, which the caller
+    writes first; version 1 (the default, for tools that lay a store out by hand) declares none."""
+    if version not in STORE_READ_VERSIONS:
+        raise ValueError(f"STORE version must be one of {STORE_READ_VERSIONS}")
+    body = {"format": "mmsb", "version": int(version), "store_id": uuid.uuid4().hex, "created": time.time()}
     if info:
         body.update(info)
     jb = _dumps(body)
-    head = _STORE_HEAD.pack(STORE_MAGIC, STORE_VERSION, 0, len(jb))
+    head = _STORE_HEAD.pack(STORE_MAGIC, int(body["version"]), 0, len(jb))
     data = head + jb
     data += _U32.pack(_mask(_crc32c(data)))
     root = os.fspath(root)
@@ -725,6 +804,8 @@ def read_store_file(root: str) -> dict:
     """Read and validate root/STORE; FileNotFoundError when absent, CorruptionError when damaged."""
     path = os.path.join(os.fspath(root), STORE_FILE)
     with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size > STORE_MAX_BYTES:
+            raise _bad(f"STORE file larger than {STORE_MAX_BYTES} bytes", path, 0, "store size")
         data = f.read()
     if len(data) < _STORE_HEAD.size + 4:
         raise _bad("STORE file too short", path, 0, "store size")
@@ -735,13 +816,11 @@ def read_store_file(root: str) -> dict:
         raise _bad("STORE length mismatch", path, 12, "store length")
     if _mask(_crc32c(data[:-4])) != _U32.unpack_from(data, len(data) - 4)[0]:
         raise _bad("STORE checksum mismatch", path, len(data) - 4, "store crc")
-    if ver != STORE_VERSION or res:
+    if ver not in STORE_READ_VERSIONS or res:
         raise _bad(f"unsupported STORE version {ver}", path, 8, "store version")
-    try:
-        body = json.loads(data[_STORE_HEAD.size:-4].decode("utf-8"))
-    except (ValueError, UnicodeDecodeError):
-        raise _bad("STORE body is not JSON", path, _STORE_HEAD.size, "store json") from None
-    if not isinstance(body, dict) or body.get("format") != "mmsb":
+    body = loads_json(data[_STORE_HEAD.size:-4], "store json", path, _STORE_HEAD.size)
+    if not isinstance(body, dict) or body.get("format") != "mmsb" or body.get("version") != ver \
+            or not isinstance(body.get("store_id"), str):
         raise _bad("STORE body is not an mmsb identity", path, _STORE_HEAD.size, "store json")
     return body
 
@@ -749,4 +828,4 @@ def read_store_file(root: str) -> dict:
 __all__ = ["Snapshot", "write_checkpoint", "list_checkpoints", "load_checkpoint", "remove_checkpoint",
            "verify_checkpoint", "cleanup_temp", "checkpoint_path", "checkpoint_dir", "write_blob_file",
            "read_blob_file", "write_store_file", "read_store_file", "FORMAT_VERSION", "STORE_FILE",
-           "checkpoint_compression"]
+           "checkpoint_compression", "checkpoint_digest", "checkpoint_store_id", "LOCK_FILE", "cleanup_temp"]

@@ -297,8 +297,22 @@ def _blosc_decode(buf, dt: np.dtype, n: int, out, nthreads: int) -> np.ndarray:
     pos = 4 + 8 * nch
     if pos + sum(lens) != L:
         raise CorruptionError("blosc2: chunk lengths do not match the buffer", what="blosc2 header")
+    p = pos
+    for i, ln in enumerate(lens):     # every chunk's own header must declare its share before anything is allocated
+        want = min(BLOSC_CHUNK, expect - i * BLOSC_CHUNK)
+        if ln < 16:
+            raise CorruptionError("blosc2: chunk shorter than its header", what="blosc2 header")
+        nbytes, _, cbytes = struct.unpack_from("<iii", mv, p + 4)
+        if nbytes != want or cbytes != ln:
+            raise CorruptionError(f"blosc2: chunk {i} declares {nbytes} bytes in {cbytes}, expected {want} in {ln}",
+                                  what="blosc2 header")
+        p += ln
     if out is None:
-        out = np.empty(n, dtype=dt)
+        try:
+            out = np.empty(n, dtype=dt)
+        except (MemoryError, ValueError):
+            raise CorruptionError(f"blosc2: {expect} decoded bytes declared, more than can be allocated",
+                                  what="blosc2 size") from None
     dst = memoryview(out.reshape(-1)).cast("B") if n else memoryview(bytearray(0))
     if dst.nbytes != expect:
         raise ValueError("decode_values: out has the wrong size")

@@ -7,17 +7,52 @@ from __future__ import annotations
 
 import fcntl
 import os
+import uuid
 import shutil
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional
 
-from mmsb.buffer import Buffer, _NullLog
-from mmsb.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint, remove_checkpoint, write_checkpoint
-from mmsb.errors import StoreLockedError
-from mmsb.log import DurableLog
+import numpy as np
 
-STORE_FILE = "STORE"
-LOCK_FILE = "LOCK"
+from mmsb.buffer import Buffer, _NullLog
+from mmsb.checkpoint import (LOCK_FILE, STORE_FILE, checkpoint_digest, checkpoint_path, checkpoint_store_id,
+                             cleanup_temp, list_checkpoints, load_checkpoint, remove_checkpoint, write_checkpoint)
+from mmsb.errors import ClosedError, CorruptionError, HistoryError, StoreLockedError
+from mmsb.fileio import fsync_dir
+from mmsb.log import DurableLog
+from mmsb.log import segment as S
+from mmsb.manifest import MANIFEST_FILE, Manifest, new_manifest, read_manifest, reconcile
+
+
+# Automatic checkpoints (issue #16.11): after a commit, once the log written since the newest checkpoint holds
+# AUTO_CHECKPOINT (a factor, default 1.0) times the bytes of the pages, and at least AUTO_CHECKPOINT_MIN_BYTES,
+# the store checkpoints, so that a reopen replays at most about one state's worth of log whatever the history's
+# length. MMSB_AUTO_CHECKPOINT=off (or 0) turns it off; a number sets the factor (open(..., auto_checkpoint=...)
+# per store); MMSB_AUTO_CHECKPOINT_MIN_BYTES sets the floor.
+AUTO_CHECKPOINT_MIN_BYTES = int(os.environ.get("MMSB_AUTO_CHECKPOINT_MIN_BYTES", 8 * 2**20))
+
+
+def auto_checkpoint_factor(value: Any = None) -> Optional[float]:
+    """The policy's factor from ``value`` (None: env MMSB_AUTO_CHECKPOINT, default on = 1.0); None when off."""
+    if value is None:
+        value = os.environ.get("MMSB_AUTO_CHECKPOINT", "on")
+    if value is True:
+        return 1.0
+    if value is False:
+        return None
+    v = str(value).strip().lower()
+    if v in ("on", "1", "true", "yes", ""):
+        return 1.0
+    if v in ("off", "0", "false", "no", "none"):
+        return None
+    try:
+        f = float(v)
+    except ValueError:
+        raise ValueError(f"auto checkpoint setting must be on, off or a positive factor, got {value!r}") from None
+    if not f > 0:
+        raise ValueError(f"auto checkpoint factor must be positive, got {value!r}")
+    return f
 
 
 def is_store(root: str) -> bool:
@@ -32,6 +67,23 @@ class Store:
         self.writable = writable
         self._lock_fd: Optional[int] = None
         self.horizon = 0
+        self.manifest: Optional[Manifest] = None    # None: a store written before the MANIFEST (STORE v1)
+        self.store_id: Optional[str] = None
+        self.checkpoints: list = []                 # the checkpoints this store uses (listed in the MANIFEST)
+        self._log: Optional[DurableLog] = None
+        self.before_unlock: Optional[Callable[[], None]] = None   # run by close() before the lock is released
+        self._pins: dict = {}         # a reader's open descriptors of its checkpoints (kept through compactions)
+        self.auto_factor: Optional[float] = auto_checkpoint_factor()
+        self._ckpt_log_end = 0        # the log's logical end when the newest checkpoint was taken
+        self.auto_checkpoints = 0
+        self.auto_checkpoint_error: Optional[str] = None
+        self._bg: Optional[threading.Thread] = None   # an automatic checkpoint being written
+
+    @property
+    def lost_ranges(self) -> list:
+        """[(first, last)] epoch ranges whose history ``recovery="truncate"`` cut out: ``at(e)`` there (and
+        any ``at(e)`` that would have to replay across one) raises HistoryError."""
+        return list(self._log.gaps) if self._log is not None else []
 
     # -- lock -------------------------------------------------------------------------------------------------
     def lock(self) -> None:
@@ -45,18 +97,43 @@ class Store:
                                    "to read beside it") from None
         self._lock_fd = fd
 
+    def pin_checkpoints(self) -> None:
+        """A reader opens every checkpoint it may use now, and reads through those descriptors later: a
+        compaction beside it then cannot take them away."""
+        for e in self.checkpoints:
+            if e not in self._pins:
+                self._pins[e] = os.open(checkpoint_path(self.root, e), os.O_RDONLY)
+
+    def checkpoint_file(self, epoch: int) -> str:
+        fd = self._pins.get(epoch)
+        if fd is not None and os.path.exists(f"/proc/self/fd/{fd}"):
+            return f"/proc/self/fd/{fd}"
+        return checkpoint_path(self.root, epoch)
+
     def close(self) -> None:
-        if self._lock_fd is not None:
-            try:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            finally:
-                os.close(self._lock_fd)
-                self._lock_fd = None
+        """Release the writer lock -- after the files only this writer may touch (its spill files) are gone, so
+        that a writer opening right after never sees them removed under it."""
+        try:
+            self.wait_background()
+            if self.before_unlock is not None:
+                hook, self.before_unlock = self.before_unlock, None
+                hook()
+        finally:
+            for fd in self._pins.values():
+                os.close(fd)
+            self._pins = {}
+            if self._lock_fd is not None:
+                try:
+                    fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+                finally:
+                    os.close(self._lock_fd)
+                    self._lock_fd = None
 
     # -- checkpoints and history ------------------------------------------------------------------------------
     def checkpoint(self, buf: Buffer, compress: Optional[bool] = None) -> int:
+        self.wait_background()
         epoch = buf.epoch
-        if epoch in list_checkpoints(self.root):
+        if epoch in self.checkpoints:
             return epoch
         # live views are safe under the buffer lock unless a memory limit may spill (and reuse) blocks meanwhile
         _, pages, rules = buf._snapshot(copy=buf._memory.limit is not None)
@@ -65,10 +142,78 @@ class Store:
         # what the new checkpoint supersedes (older checkpoints, closed log segments) is cold from now on: let the
         # kernel drop its clean cached pages, so that writing the checkpoint reuses them instead of new memory
         self._drop_cold_cache(buf)
-        write_checkpoint(self.root, epoch, pages, rules, extra={"txid": buf._txid,
-                         "pending": buf._pipe.pending.targets(buf._graph.rules_from)}, fsync=fsync, compress=compress)
-        buf._log.mark_checkpoint(epoch)
+        self._publish(buf._log, epoch, pages, rules, self._extra(buf), fsync, compress)
+        self._ckpt_log_end = buf._log.logical_end
         return epoch
+
+    def _extra(self, buf: Buffer) -> dict:
+        extra = {"txid": buf._txid, "pending": buf._pipe.pending.targets(buf._graph.rules_from)}
+        if self.store_id is not None:
+            extra["store_id"] = self.store_id
+        return extra
+
+    def _publish(self, log: DurableLog, epoch: int, pages, rules, extra: dict, fsync: bool,
+                 compress: Optional[bool]) -> None:
+        """Write the checkpoint, list it in the MANIFEST once durable (a crash before: an unlisted leftover),
+        and record a CHECKPOINT_MARK in the log."""
+        path = write_checkpoint(self.root, epoch, pages, rules, extra=extra, fsync=fsync, compress=compress)
+        if self.manifest is not None:
+            self.manifest.add_checkpoint(epoch, checkpoint_digest(path))
+        self.checkpoints = sorted(set(self.checkpoints) | {epoch})
+        try:
+            log.mark_checkpoint(epoch)
+        except ClosedError:
+            pass                          # the mark only records the publication; the log closed meanwhile
+
+    def wait_background(self) -> None:
+        """Wait for an automatic checkpoint being written in the background."""
+        t = self._bg
+        if t is not None:
+            t.join()
+            self._bg = None
+
+    def after_commit(self, buf: Buffer, epoch: int) -> None:
+        """The automatic checkpoint policy, called after each commit (outside the buffer lock): once the log
+        written since the newest checkpoint outweighs the pages (see AUTO_CHECKPOINT_MIN_BYTES), copy the state
+        under the buffer lock and write the checkpoint on a background thread (one at a time), so that commits
+        go on meanwhile. A failure there leaves the previous checkpoints as they were (``stats()``)."""
+        f = self.auto_factor
+        if f is None or not self.writable:
+            return
+        log = buf._log
+        since = log.logical_end - self._ckpt_log_end
+        if since < AUTO_CHECKPOINT_MIN_BYTES or (self._bg is not None and self._bg.is_alive()):
+            return
+        state = sum(p.nbytes for p in list(buf._pages.values()))
+        if since < f * state:
+            return
+        with buf._locked():
+            if buf._closed or buf.epoch in self.checkpoints or (self._bg is not None and self._bg.is_alive()):
+                return
+            ep = buf.epoch
+            _, pages, rules = buf._snapshot(copy=True)
+            extra = self._extra(buf)
+            self._ckpt_log_end = log.logical_end
+            fsync = log.durability != "none"
+            # started under the buffer lock: every join (checkpoint, compact, close, here) holds it too
+            self.wait_background()
+            self._bg = threading.Thread(target=self._run_auto, args=(log, ep, pages, rules, extra, fsync),
+                                        name="mmsb-auto-checkpoint", daemon=True)
+            self._bg.start()
+
+    def _run_auto(self, log: DurableLog, ep: int, pages, rules, extra: dict, fsync: bool) -> None:
+        """The background half of an automatic checkpoint."""
+        try:
+            try:
+                log.flush(fsync)          # the log on disk up to the checkpoint before it is published
+            except ClosedError:
+                pass                      # closing synced it (unless poisoned: checked next)
+            if log.poisoned is not None:
+                return
+            self._publish(log, ep, pages, rules, extra, fsync, None)
+            self.auto_checkpoints += 1
+        except Exception as exc:          # noqa: BLE001 - reported in stats; the previous checkpoints stand
+            self.auto_checkpoint_error = f"{type(exc).__name__}: {exc}"
 
     def _drop_cold_cache(self, buf: Buffer) -> None:
         if not hasattr(os, "posix_fadvise"):
@@ -88,25 +233,59 @@ class Store:
                 os.close(fd)
 
     def compact(self, buf: Buffer, keep: int) -> int:
+        """Checkpoint, then drop the history older than ``keep`` epochs before now: the new horizon is exactly
+        ``now - keep`` (a checkpoint of that epoch is written when none exists), so ``at(now - keep)`` works."""
+        if isinstance(keep, bool) or not isinstance(keep, (int, np.integer)) or keep < 0:
+            raise HistoryError(f"compact(keep={keep!r}): keep must be a non-negative number of epochs")
         self.checkpoint(buf)
-        target = buf.epoch - max(0, int(keep))
-        ckpts = list_checkpoints(self.root)
+        target = buf.epoch - int(keep)
+        if target <= self.horizon:
+            return self.horizon
+        if target not in self.checkpoints:
+            self._checkpoint_past(buf, target)
+        ckpts = self.checkpoints
         base = max((e for e in ckpts if e <= target), default=min(ckpts))
-        for e in ckpts:
-            if e < base:
-                remove_checkpoint(self.root, e)
+        old = [e for e in ckpts if e < base]
+        if old and self.manifest is not None:       # unlisted first: a crash then leaves leftovers, not holes
+            self.manifest.remove_checkpoints(old)
+        for e in old:
+            remove_checkpoint(self.root, e)
+        self.checkpoints = [e for e in ckpts if e >= base]
         buf._log.drop_segments_before(base)
         self.horizon = base
         return base
 
+    def _checkpoint_past(self, buf: Buffer, epoch: int) -> None:
+        """Write (and list) a checkpoint of the committed state at a past ``epoch``, rebuilt as ``at(epoch)``."""
+        view = buf._view(epoch)
+        _, pages, rules = view._snapshot(copy=False)
+        extra = {"txid": buf._txid}
+        if self.store_id is not None:
+            extra["store_id"] = self.store_id
+        fsync = buf._log.durability != "none"
+        path = write_checkpoint(self.root, epoch, pages, rules, extra=extra, fsync=fsync)
+        if self.manifest is not None:
+            self.manifest.add_checkpoint(epoch, checkpoint_digest(path))
+        self.checkpoints = sorted(set(self.checkpoints) | {epoch})
+
     def snapshot_at(self, epoch: int) -> Optional[tuple]:
         """``(epoch, pages, rules)`` of the newest valid checkpoint at or before ``epoch`` (None if there is
-        none): the base that time travel replays the log onto."""
-        snap = load_checkpoint(self.root, max_epoch=epoch)
+        none): the base that time travel replays the log onto. HistoryError where that history is gone."""
+        try:
+            snap = load_checkpoint(self.root, max_epoch=epoch, epochs=self.checkpoints, path_of=self.checkpoint_file)
+        except FileNotFoundError:
+            raise HistoryError(f"epoch {epoch}: the checkpoint it needs was removed by a compaction") from None
+        start = snap.epoch if snap is not None else 0
+        for a, b in self.lost_ranges:
+            if a <= epoch and b > start:
+                raise HistoryError(f"epoch {epoch} cannot be rebuilt: the history of epochs {a}..{b} was cut "
+                                   "out by recovery='truncate'")
         return None if snap is None else (snap.epoch, snap.pages, snap.rules)
 
     def stats(self) -> dict:
-        return {"root": self.root, "checkpoints": list_checkpoints(self.root), "horizon": self.horizon}
+        return {"root": self.root, "checkpoints": list(self.checkpoints), "horizon": self.horizon,
+                "lost_ranges": self.lost_ranges, "auto_checkpoint": self.auto_factor,
+                "auto_checkpoints": self.auto_checkpoints, "auto_checkpoint_error": self.auto_checkpoint_error}
 
 
 def _wipe(root: str) -> None:
@@ -120,11 +299,82 @@ def _wipe(root: str) -> None:
             os.remove(path)
 
 
+def _segment_has_records(path: str) -> bool:
+    """Whether an unlisted segment holds any valid record, or a header naming another epoch (else it is what an
+    interrupted roll left: a durable header, zeros at most)."""
+    try:
+        res = S.scan_segment(path)
+    except OSError:
+        return False
+    if res.header is None:
+        return False
+    return bool(res.records) or res.header.base_epoch != S.parse_segment_name(os.path.basename(path))
+
+
+def _segment_misnamed(path: str) -> bool:
+    """A reader's view of an unlisted segment newer than its MANIFEST: a writer may be filling it (records are
+    fine); only a header that names another epoch is damage."""
+    try:
+        with open(path, "rb") as f:
+            hdr = S.parse_header(f.read(S.HEADER_SIZE), path)
+    except (OSError, CorruptionError):
+        return False
+    return hdr.base_epoch != S.parse_segment_name(os.path.basename(path))
+
+
+def _store_files(root: str, manifest: Optional[Manifest], writable: bool, strict: bool = True):
+    """The segments ([(base, path)]) and checkpoints ([epoch]) of the store, checked against its MANIFEST:
+    damage (a missing, unlisted, foreign or replaced file) raises CorruptionError; leftovers of an interrupted
+    roll, checkpoint or compaction are removed by a writer and ignored by a reader."""
+    segs = S.iter_segments(os.path.join(root, "log"))
+    ckpts = list_checkpoints(root)
+    if manifest is None:
+        return segs, ckpts
+    rec = reconcile(root, manifest, segs, [(e, checkpoint_path(root, e)) for e in ckpts],
+                    segment_has_records=_segment_has_records if writable else _segment_misnamed,
+                    checkpoint_store_id=checkpoint_store_id, checkpoint_digest=checkpoint_digest,
+                    strict_unlisted=writable)
+    if rec.problems:
+        raise rec.problems[0]
+    if writable and rec.leftovers:
+        for path in rec.leftovers:
+            os.unlink(path)
+        for d in {os.path.dirname(p) for p in rec.leftovers}:
+            fsync_dir(d)
+    return [(b, p) for b, p, _ in rec.segments], rec.checkpoints
+
+
 def open_store(root: str, mode: str, *, durability: str, memory_limit: Optional[int], device: str,
                propagation: str, cluster: Any, recovery: str, functions: Optional[dict[str, Callable]],
-               segment_bytes: int) -> Buffer:
-    """Open (or create) the store at ``root`` and recover its committed state."""
-    from mmsb.checkpoint import read_store_file, write_store_file
+               segment_bytes: int, auto_checkpoint: Any = None) -> Buffer:
+    """Open (or create) the store at ``root`` and recover its committed state.
+
+    A reader (``mode="r"``) that finds the files changing under it (a compaction beside it) retries."""
+    attempts = 8 if mode == "r" else 1
+    for k in range(attempts):
+        seen: dict = {}
+        try:
+            return _open_store(root, mode, durability=durability, memory_limit=memory_limit, device=device,
+                               propagation=propagation, cluster=cluster, recovery=recovery, functions=functions,
+                               segment_bytes=segment_bytes, seen=seen, auto_checkpoint=auto_checkpoint)
+        except (CorruptionError, FileNotFoundError):
+            if k == attempts - 1 or not _manifest_moved(root, seen.get("generation")):
+                raise
+
+
+def _manifest_moved(root: str, before: Optional[int]) -> bool:
+    """A reader's open failed: did a writer change the store's file set meanwhile (then it may retry)?"""
+    try:
+        gen = read_manifest(root).generation
+    except (OSError, CorruptionError):
+        return False
+    return before is not None and gen != before
+
+
+def _open_store(root: str, mode: str, *, durability: str, memory_limit: Optional[int], device: str,
+                propagation: str, cluster: Any, recovery: str, functions: Optional[dict[str, Callable]],
+                segment_bytes: int, seen: dict, auto_checkpoint: Any = None) -> Buffer:
+    from mmsb.checkpoint import STORE_VERSION, read_store_file, write_store_file
 
     exists = is_store(root)
     if mode in ("r", "r+") and not exists:
@@ -133,12 +383,14 @@ def open_store(root: str, mode: str, *, durability: str, memory_limit: Optional[
         raise FileExistsError(f"{root!r} already exists")
     if os.path.exists(root) and not os.path.isdir(root):
         raise FileExistsError(f"{root!r} exists and is not a store directory")
-    if not exists and os.path.isdir(root) and [n for n in os.listdir(root)
-                                               if n != LOCK_FILE and not n.startswith(".STORE.tmp-")]:
-        # (a ".STORE.tmp-*" is what a creation cut before STORE was renamed in place leaves: not a foreign file)
+    if not exists and os.path.isdir(root) and [n for n in os.listdir(root) if n not in (LOCK_FILE, MANIFEST_FILE)
+                                               and not n.startswith((".STORE.tmp-", ".MANIFEST.tmp-"))]:
+        # (MANIFEST and ".STORE.tmp-*" are what a creation cut before STORE was renamed in place leaves: not
+        # foreign files)
         raise FileExistsError(f"{root!r} is a non-empty directory that is not an mmsb store")
     writable = mode != "r"
     store = Store(root, writable)
+    store.auto_factor = auto_checkpoint_factor(auto_checkpoint)
     log = None
     if writable:
         os.makedirs(root, exist_ok=True)
@@ -146,19 +398,36 @@ def open_store(root: str, mode: str, *, durability: str, memory_limit: Optional[
     try:
         if writable and (mode == "w" or not exists):
             _wipe(root)
-            write_store_file(root)
-            from mmsb.log.durable import fsync_dir
-
+            # the MANIFEST first: STORE, written last, is what makes the directory a store
+            sid = uuid.uuid4().hex
+            manifest = new_manifest(root, sid)
+            info = write_store_file(root, {"store_id": sid}, version=STORE_VERSION)
             fsync_dir(root)
         else:
-            read_store_file(root)
-        ckpts = list_checkpoints(root)
+            info = read_store_file(root)
+            manifest = None
+            if info["version"] >= 2:
+                try:
+                    manifest = read_manifest(root)
+                except FileNotFoundError:
+                    raise CorruptionError("the store's MANIFEST is missing", file=os.path.join(root, MANIFEST_FILE),
+                                          offset=0, what="missing manifest") from None
+                seen["generation"] = manifest.generation
+        if writable:
+            cleanup_temp(root)
+        store.manifest = manifest
+        store.store_id = info.get("store_id")
+        seg_files, ckpts = _store_files(root, manifest, writable)
+        store.checkpoints = list(ckpts)
+        if not writable:
+            store.pin_checkpoints()
 
         def open_log() -> DurableLog:
             # segments wholly covered by the newest checkpoint are not read now (indexed lazily; verify checks
             # them); the rest is scanned and checked while the checkpoint loads
             return DurableLog(root, durability=durability, segment_bytes=segment_bytes, readonly=not writable,
-                              recovery=recovery, skip_before=ckpts[-1] if ckpts else None)
+                              recovery=recovery, skip_before=ckpts[-1] if ckpts else None, manifest=manifest,
+                              segments=seg_files, checkpoint_epoch=ckpts[-1] if ckpts else None)
 
         buf = Buffer(log=_NullLog(), store=store, readonly=False, propagation=propagation,
                      memory_limit=memory_limit, spill_dir=os.path.join(root, "spill") if writable else None,
@@ -167,7 +436,9 @@ def open_store(root: str, mode: str, *, durability: str, memory_limit: Optional[
             with ThreadPoolExecutor(1) as ex:
                 fut = ex.submit(open_log)
                 try:
-                    snap = load_checkpoint(root, blocks=buf._memory.block_loader())
+                    # a corrupt newest checkpoint: the next older valid one (+ a longer replay), with a warning
+                    snap = load_checkpoint(root, blocks=buf._memory.block_loader(), fallback=True, epochs=ckpts,
+                                           path_of=store.checkpoint_file)
                 except BaseException:
                     try:
                         fut.result().close()
@@ -183,18 +454,37 @@ def open_store(root: str, mode: str, *, durability: str, memory_limit: Optional[
         else:
             log = open_log()
             snap = None
+        store._log = log
         buf._log = log
+        if writable:
+            store.before_unlock = buf._memory.close       # the spill directory goes while the lock is held
         if snap is not None:     # (a writer beside a reader may have published a newer one meanwhile: fine)
             buf._load_snapshot(snap.epoch, snap.pages, snap.rules, blocks=snap.blocks)
             buf._txid = int((snap.extra or {}).get("txid", 0))
             pending = (snap.extra or {}).get("pending") or []
             buf._pipe.pending.force.update(n for n in pending if isinstance(n, str) and n in buf._pages)
-        for txn in log.txns(since=snap.epoch if snap is not None else 0):
+        start = snap.epoch if snap is not None else 0
+        first = log.first_epoch_hint
+        if first is None and log.segment_bases:
+            first = log.segment_bases[0]
+        if first is not None and first > start + 1 and not _gap_covers(log.gaps, start + 1, first - 1):
+            what = f"the history from epoch {start + 1} to {first - 1} is missing"
+            raise CorruptionError(f"log corrupt: {what}", file=os.path.join(root, "log"), offset=0, what=what)
+        if manifest is not None and log.last_epoch < start and recovery == "strict":
+            what = f"the log ends at epoch {log.last_epoch}, before the checkpoint at {start}"
+            raise CorruptionError(f"log corrupt: {what}", file=os.path.join(root, "log"), offset=0, what=what)
+        expect = start + 1
+        for txn in log.txns(since=start):
+            if manifest is not None and txn.epoch != expect and not _gap_covers(log.gaps, expect, txn.epoch - 1):
+                what = f"epoch {txn.epoch} does not follow the checkpoint at {start}"
+                raise CorruptionError(f"log corrupt: {what}", file=os.path.join(root, "log"), offset=0, what=what)
+            expect = txn.epoch + 1
             buf._replay(txn)
         first = log.first_epoch_hint
         if ckpts and (first is None or first > 1):
             store.horizon = min(ckpts)          # compaction dropped the log before the oldest checkpoint
         buf._horizon = store.horizon
+        store._ckpt_log_end = log.logical_end - log.bytes_after(start)
         buf._readonly = not writable
         buf._place_pages()
         buf._counters["torn_tail_bytes"] = log.torn_tail_bytes
@@ -207,3 +497,8 @@ def open_store(root: str, mode: str, *, durability: str, memory_limit: Optional[
                 pass
         store.close()
         raise
+
+
+def _gap_covers(gaps, first: int, last: int) -> bool:
+    """Whether epochs first..last are a recorded gap of lost history."""
+    return any(a <= first and last <= b for a, b in gaps)

@@ -60,6 +60,29 @@ _kernels.alloc.block_cache_limit(default_block_cache())
 _MALLOC_TRIM: Any = None
 
 
+def _unlink(path: Optional[str]) -> None:
+    if path is not None:
+        try:
+            os.remove(path)
+        except OSError:
+            pass
+
+
+def _stamp(path: str) -> Optional[tuple]:
+    """(inode, size, mtime) of a file, None when it is gone."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _crc32c(mv) -> int:
+    import crc32c
+
+    return crc32c.crc32c(mv)
+
+
 def _trim_heap() -> None:
     """Hand freed page memory back to the OS: the block cache is emptied, and glibc (which keeps freed blocks of
     every thread's arena mapped) is asked to ``malloc_trim``. The latter is a no-op elsewhere."""
@@ -94,6 +117,8 @@ class MemoryManager:
         self.spill_seconds = 0.0
         self.reload_seconds = 0.0
         self._gen = 0
+        self.spill_writes = 0         # spill files written (evicting an unchanged, reloaded page writes none)
+        self._clean: dict[str, tuple] = {}   # name -> (page, spill file, epoch, CRC32C) of a page reloaded from it
         self._lock = threading.RLock()
 
     # -- storage --------------------------------------------------------------------------------------------
@@ -136,6 +161,10 @@ class MemoryManager:
                 self.resident_bytes -= page.nbytes
             if page._spill is not None:
                 self._remove_spill(page)
+            ent = self._clean.get(page.name)
+            if ent is not None and ent[0] is page:
+                del self._clean[page.name]
+                _unlink(ent[1])
             self._lru.pop(page.name, None)
 
     def array(self, page: "Page") -> np.ndarray:
@@ -201,9 +230,12 @@ class MemoryManager:
         from mmsb.checkpoint import write_blob_file
 
         t0 = time.perf_counter()
-        self._gen += 1
-        path = os.path.join(self._dir(), f"{self._gen:012d}.spill")
-        write_blob_file(path, page._data, {"page": page.name, "dtype": page.dtype.str, "size": page.size})
+        path = self._clean_copy(page)
+        if path is None:                  # changed since it was last reloaded (or never spilled): write it
+            self._gen += 1
+            path = os.path.join(self._dir(), f"{self._gen:012d}.spill")
+            write_blob_file(path, page._data, {"page": page.name, "dtype": page.dtype.str, "size": page.size})
+            self.spill_writes += 1
         page._spill = path
         self.allocator.free(page._handle)
         page._data, page._handle = None, None
@@ -213,17 +245,48 @@ class MemoryManager:
         _trim_heap()      # hand freed page memory back to the OS so that RSS (not only the count) stays bounded
         self.spill_seconds += time.perf_counter() - t0
 
+    def _clean_copy(self, page: "Page") -> Optional[str]:
+        """The spill file that still holds exactly ``page``'s content (reloaded from it, the page not changed
+        since -- same epoch, same CRC32C -- and the file untouched -- same inode, size and mtime), else None (a
+        stale one is removed)."""
+        ent = self._clean.pop(page.name, None)
+        if ent is None:
+            return None
+        owner, path, epoch, crc, stamp = ent
+        if owner is page and page.epoch == epoch and _stamp(path) == stamp and \
+                _crc32c(memoryview(page._data).cast("B")) == crc:
+            return path
+        _unlink(path)
+        return None
+
     def _reload(self, page: "Page") -> None:
         from mmsb.checkpoint import read_blob_file
 
         t0 = time.perf_counter()
-        _, data = read_blob_file(page._spill)
         self._lru.pop(page.name, None)
         self.make_room(page.nbytes)
         handle = self.allocator.alloc(max(page.nbytes, 1))
-        arr = self.allocator.view(handle, page.dtype, (page.size,))
-        arr[...] = np.asarray(data).reshape(-1)
-        self._remove_spill(page)
+        try:
+            arr = self.allocator.view(handle, page.dtype, (page.size,))
+            advise_hugepages(arr)          # a fresh block: huge pages make filling it cheap (as numpy does)
+
+            def into(dtype: Any, n: int) -> np.ndarray:     # the blob is read straight into the page's block
+                if np.dtype(dtype) != page.dtype or int(n) != page.size:
+                    from mmsb.errors import CorruptionError
+
+                    raise CorruptionError(f"spill file of page {page.name!r} holds {n} {np.dtype(dtype)}, "
+                                          f"expected {page.size} {page.dtype}", file=page._spill, what="blob")
+                return arr
+
+            read_blob_file(page._spill, blocks=into)
+        except BaseException:
+            self.allocator.free(handle)
+            raise
+        path = page._spill
+        page._spill = None
+        self.spilled_bytes -= page.nbytes
+        # the file stays: evicting the page again while unchanged writes nothing
+        self._clean[page.name] = (page, path, page.epoch, _crc32c(memoryview(arr).cast("B")), _stamp(path))
         page._handle, page._data = handle, arr
         self.resident_bytes += page.nbytes
         self.reloads += 1
@@ -231,10 +294,7 @@ class MemoryManager:
         self.reload_seconds += time.perf_counter() - t0
 
     def _remove_spill(self, page: "Page") -> None:
-        try:
-            os.remove(page._spill)
-        except OSError:
-            pass
+        _unlink(page._spill)
         page._spill = None
         self.spilled_bytes -= page.nbytes
 
@@ -247,7 +307,8 @@ class MemoryManager:
 
     def stats(self) -> dict:
         return {"limit": self.limit, "resident_bytes": self.resident_bytes, "spilled_bytes": self.spilled_bytes,
-                "evictions": self.evictions, "reloads": self.reloads, "spill_seconds": self.spill_seconds,
+                "evictions": self.evictions, "reloads": self.reloads, "spill_writes": self.spill_writes,
+                "spill_seconds": self.spill_seconds,
                 "reload_seconds": self.reload_seconds}
 
 

@@ -1,5 +1,6 @@
-"""The golden store written by tests/golden/make_golden.py (format 1) must keep opening to exactly the
-recorded state, read-only and with mode "a", at every recorded epoch, and must verify."""
+"""The golden stores written by tests/golden/make_golden.py must keep opening to exactly the recorded state,
+read-only and with mode "a", at every recorded epoch, and must verify: store_v1 (STORE version 1, before the
+MANIFEST) and store_v2 (STORE version 2 with a MANIFEST), both from the same seeded history."""
 import json
 import os
 import shutil
@@ -23,10 +24,10 @@ def at_epoch(e):
     return {key.split("/", 1)[1]: v for key, v in EXPECTED.items() if int(key.split("/")[0]) == e}
 
 
-@pytest.fixture
-def copy(tmp_path):
-    root = str(tmp_path / "store_v1")
-    shutil.copytree(os.path.join(HERE, "store_v1"), root)   # never open the committed files themselves
+@pytest.fixture(params=["store_v1", "store_v2"])
+def copy(tmp_path, request):
+    root = str(tmp_path / request.param)
+    shutil.copytree(os.path.join(HERE, request.param), root)   # never open the committed files themselves
     return root
 
 
@@ -106,3 +107,38 @@ def test_golden_checkpoint_v2(tmp_path):
     assert man["format"] == meta["format"] == 2
     assert {p["meta"]["name"]: [c["offset"] for c in p["chunks"]] for p in man["pages"]} == meta["offsets"]
     assert C.verify_checkpoint(path)["epoch"] == 5
+
+
+def test_golden_manifest_v2(tmp_path):
+    """The MANIFEST of store_v2 (docs/FORMAT.md) decodes by hand: magic, version 1, JSON listing exactly the
+    segment files (with the salt in each segment's header) and the checkpoint (with its container's manifest
+    SHA-256), under the store id of STORE (version 2), with a valid masked CRC32C."""
+    import struct
+
+    import crc32c
+
+    from mmsb import checkpoint as C
+    from mmsb.manifest import read_manifest
+
+    root = os.path.join(HERE, "store_v2")
+    data = open(os.path.join(root, "MANIFEST"), "rb").read()
+    magic, version, reserved, n = struct.unpack_from("<8sHHI", data)
+    assert (magic, version, reserved, len(data)) == (b"MMSBMANI", 1, 0, 16 + n + 4)
+    c = crc32c.crc32c(data[:-4])
+    assert struct.unpack_from("<I", data, len(data) - 4)[0] == ((((c >> 15) | (c << 17)) & 0xFFFFFFFF)
+                                                               + 0xA282EAD8) & 0xFFFFFFFF
+    body = json.loads(data[16:-4])
+    store = C.read_store_file(root)
+    assert store["version"] == 2 and body["store_id"] == store["store_id"]
+    segs = sorted(os.listdir(os.path.join(root, "log")))
+    assert [f"{s['base']:020d}.seg" for s in body["segments"]] == segs
+    for s in body["segments"]:
+        head = open(os.path.join(root, "log", f"{s['base']:020d}.seg"), "rb").read(44)
+        assert head[16:32].hex() == s["salt"] and struct.unpack_from("<Q", head, 32)[0] == s["base"]
+    assert [c["epoch"] for c in body["checkpoints"]] == [META["checkpoint"]]
+    ck = C.checkpoint_path(root, META["checkpoint"])
+    tail = open(ck, "rb").read()[-64:]
+    assert tail[20:52].hex() == body["checkpoints"][0]["sha256"]
+    assert body.get("gaps", []) == []
+    man = read_manifest(root)
+    assert [b for b, _ in man.segments] == [s["base"] for s in body["segments"]]

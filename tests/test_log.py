@@ -30,8 +30,10 @@ def make_txn(epoch, seed=0):
             ops.append(Delta(f"p{k}", vals, mask=m, derived=True))
         else:
             ops.append(Delta(f"p{k}", vals.reshape(4, 5)))
-    ops.append(SchemaOp("page_created", {"name": "x", "shape": [3], "fill": float("-inf")}))
-    ops.append(SchemaOp("rule_added", {"kind": "link", "dst": "a"},
+    ops.append(SchemaOp("page_created", {"name": "x", "shape": [3], "dtype": "<f8", "semiring": "min_plus",
+                                         "device": "cpu", "metadata": {"inf": float("-inf")}},
+                        {"fill": np.array([-np.inf])}))
+    ops.append(SchemaOp("rule_added", {"kind": "link", "dst": "a", "srcs": ["x"]},
                         {"indptr": np.array([0, 1, 2]), "data": np.array([1.5, np.inf])}))
     return Txn(epoch=epoch, txid=1000 + epoch, ops=ops)
 

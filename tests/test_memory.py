@@ -232,3 +232,76 @@ def test_spill_empties_the_block_cache():
             assert np.array_equal(buf["p0"].read(), np.full(2**18, 1.0))
     finally:
         alloc.block_cache_limit(old)
+
+
+def test_evicting_a_clean_page_writes_nothing(tmp_path):
+    """#16.12: a page reloaded from its spill file and not changed since is evicted without writing (its file is
+    reused); a page changed by a commit, or changed in place behind the log's back (CRC32C differs), is written
+    again; every reload returns the right content."""
+    import mmsb
+
+    n = 1 << 18
+    rng = np.random.default_rng(3)
+    vals = {k: rng.random(n) for k in "abc"}
+    with mmsb.open(str(tmp_path / "s"), "w", memory_limit=int(2.5 * n * 8), durability="flush",
+                   auto_checkpoint=False) as buf:
+        for k, v in vals.items():
+            buf.create_page(k, n)
+            buf.write(k, v)
+        mem = buf._memory
+
+        def cycle():
+            for k in "abc":
+                np.testing.assert_array_equal(buf[k].read(), vals[k])
+
+        cycle()
+        cycle()
+        before = mem.spill_writes
+        files = set(os.listdir(os.path.join(str(tmp_path / "s"), "spill")))
+        cycle()
+        cycle()
+        assert mem.spill_writes == before                      # clean evictions wrote nothing
+        assert mem.evictions > 4
+        assert set(os.listdir(os.path.join(str(tmp_path / "s"), "spill"))) <= files
+        buf.write("a", 5.0, index=[7])                           # a commit changes a: its next eviction writes
+        vals["a"][7] = 5.0
+        cycle()
+        assert mem.spill_writes == before + 1
+        cycle()
+        assert mem.spill_writes == before + 1
+        page = buf["b"]                                          # a change the epoch does not show
+        mem.array(page)[0] += 1.0
+        vals["b"][0] += 1.0
+        cycle()
+        cycle()
+        assert mem.spill_writes == before + 2
+    assert not os.path.exists(os.path.join(str(tmp_path / "s"), "spill")) or \
+        not os.listdir(os.path.join(str(tmp_path / "s"), "spill"))
+
+
+def test_damaged_clean_spill_file_is_rewritten_not_reused(tmp_path):
+    """The file a resident page was reloaded from is reused on eviction only while untouched: damaged meanwhile,
+    it is rewritten from the (good) page, and the next reload returns the right content."""
+    import mmsb
+
+    n = 1 << 16
+    vals = {k: np.arange(n, dtype=np.float64) * (i + 1) for i, k in enumerate("abc")}
+    with mmsb.open(str(tmp_path / "s"), "w", memory_limit=int(2.5 * n * 8), auto_checkpoint=False) as buf:
+        for k, v in vals.items():
+            buf.create_page(k, n)
+            buf.write(k, v)
+        for _ in range(2):
+            for k in "abc":
+                buf[k].read()
+        mem = buf._memory
+        clean = {name: ent[1] for name, ent in mem._clean.items() if buf[name]._data is not None}
+        assert clean
+        name, path = next(iter(clean.items()))
+        data = bytearray(open(path, "rb").read())
+        data[len(data) // 2] ^= 0x55
+        open(path, "wb").write(bytes(data))
+        before = mem.spill_writes
+        for _ in range(2):
+            for k in "abc":
+                np.testing.assert_array_equal(buf[k].read(), vals[k])
+        assert mem.spill_writes > before

@@ -5,21 +5,28 @@ import warnings
 import numpy as np
 
 from mmsb import checkpoint as C
-from mmsb.delta import Delta, Txn
+from mmsb.delta import Delta, SchemaOp, Txn
 from mmsb.log import DurableLog
 from mmsb.log.segment import iter_segments
+from mmsb.manifest import new_manifest
 from mmsb.verification import verify
 
 
 def make_store(root):
     os.makedirs(root, exist_ok=True)
-    C.write_store_file(root)
+    info = C.write_store_file(root, version=2)
+    man = new_manifest(root, info["store_id"])
     open(os.path.join(root, "LOCK"), "wb").close()
-    with DurableLog(root, segment_bytes=1500) as log:
+    with DurableLog(root, segment_bytes=1500, manifest=man) as log:
+        created = SchemaOp("page_created", {"name": "p", "shape": [40], "dtype": "<f8", "semiring": "plus_times",
+                                            "device": "cpu", "metadata": None}, {"fill": np.zeros(1)})
         for e in range(1, 11):
-            log.append(Txn(e, e, [Delta("p", np.arange(40.0) * e, index=np.arange(40))]))
+            log.append(Txn(e, e, ([created] if e == 1 else []) + [Delta("p", np.arange(40.0) * e,
+                                                                        index=np.arange(40))]))
         log.mark_checkpoint(10)
-    C.write_checkpoint(root, 10, [({"name": "p"}, np.arange(40.0))], [])
+    path = C.write_checkpoint(root, 10, [({"name": "p"}, np.arange(40.0))], [],
+                              extra={"store_id": info["store_id"]})
+    man.add_checkpoint(10, C.checkpoint_digest(path))
     os.makedirs(os.path.join(root, "spill"), exist_ok=True)
     C.write_blob_file(os.path.join(root, "spill", "p.blob"), np.arange(100.0), {"name": "p"})
 

@@ -15,6 +15,12 @@ class LogBase:
     keeps_deltas: bool = False
 
     @property
+    def poisoned(self) -> Optional[str]:
+        """Why the log refuses commits (a failed write or fsync), or None. A buffer whose log is poisoned may hold
+        a commit in memory that never became durable: it refuses reads too (docs/reliability.md)."""
+        return getattr(self, "_poisoned", None)
+
+    @property
     def last_epoch(self) -> int:
         """Epoch of the last committed transaction (0 for an empty log)."""
         return self._last_epoch

@@ -28,7 +28,6 @@ from mmsb.log import segment as S
 
 DURABILITY = ("fsync", "flush", "none")
 RECOVERY = ("strict", "truncate")
-_NONE_BUFFER = 1 << 20
 
 
 def _iov_max() -> int:
@@ -63,6 +62,28 @@ def _gathered(bufs: list, write) -> None:
             todo[0] = memoryview(todo[0]).cast("B")[n:]
 
 
+def _read_head(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(S.HEADER_SIZE)
+
+
+def _writer_active(root: str) -> bool:
+    """Whether a writer holds the store's LOCK now (probed with a shared, non-blocking flock; creates nothing)."""
+    import fcntl
+
+    try:
+        fd = os.open(os.path.join(root, "LOCK"), os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)           # closing drops a lock taken here
+    return False
+
+
 @dataclass
 class _Seg:
     base: int
@@ -84,46 +105,19 @@ class _Entry:
     end: int             # file offset just past its COMMIT
 
 
-def assemble(records, path: str):
-    """Group a segment's records into committed transactions.
-
-    Yields ("txn", epoch, txid, [records], start, end), ("mark", epoch, rec) or ("error", offset, what).
-    Records of a transaction that never commits (or that an ABORT closes) are skipped.
-    """
-    pending: list = []
-    for rec in records:
-        if rec.rtype in (R.DELTA, R.SCHEMA):
-            if pending and (pending[0].txid != rec.txid or pending[0].epoch != rec.epoch):
-                pending = []     # an abandoned (uncommitted) transaction
-            pending.append(rec)
-        elif rec.rtype == R.COMMIT:
-            if len(rec.payload) != 4:
-                yield ("error", rec.offset, "bad COMMIT payload")
-                return
-            (count,) = struct.unpack("<I", rec.payload)
-            if pending and (pending[0].txid != rec.txid or pending[0].epoch != rec.epoch):
-                pending = []
-            if count != len(pending):
-                yield ("error", rec.offset, f"COMMIT says {count} records, found {len(pending)}")
-                return
-            start = pending[0].offset if pending else rec.offset
-            yield ("txn", rec.epoch, rec.txid, pending, start, rec.end)
-            pending = []
-        elif rec.rtype == R.ABORT:
-            pending = []
-        elif rec.rtype == R.CHECKPOINT_MARK:
-            if len(rec.payload) != 0:
-                yield ("error", rec.offset, "bad CHECKPOINT_MARK payload")
-                return
-            pending = []
-            yield ("mark", rec.epoch, rec)
+assemble = S.assemble
 
 
 class DurableLog(LogBase):
     """Append-only log of committed transactions. See docs/FORMAT.md for the bytes."""
 
     def __init__(self, root: str, durability: str = "fsync", segment_bytes: int = 64 * 2**20,
-                 readonly: bool = False, recovery: str = "strict", skip_before: Optional[int] = None):
+                 readonly: bool = False, recovery: str = "strict", skip_before: Optional[int] = None,
+                 manifest=None, segments: Optional[list] = None, checkpoint_epoch: Optional[int] = None):
+        """``manifest`` (mmsb.manifest.Manifest, None for a store written before it): the segment list it
+        keeps current; ``segments``: [(base, path)] to read (default: every segment file in root/log);
+        ``checkpoint_epoch``: the newest checkpoint's epoch (damage to history it covers is cut out as a gap
+        by ``recovery="truncate"`` instead of cutting the log there)."""
         if durability not in DURABILITY:
             raise ValueError(f"durability must be one of {DURABILITY}")
         if recovery not in RECOVERY:
@@ -144,7 +138,6 @@ class DurableLog(LogBase):
         self._alloc_end = 0
         self._old_fds: list[int] = []
         self._rfds: dict[str, int] = {}
-        self._wbuf = bytearray()
         self._poisoned: Optional[str] = None
         self._closed = False
         self._syncing = False
@@ -159,6 +152,13 @@ class DurableLog(LogBase):
                            appended_transactions=0, appended_bytes=0, dropped_segments=0)
         if not readonly:
             os.makedirs(self.dir, exist_ok=True)
+        self._manifest = manifest
+        self._seg_files = segments
+        # a reader beside a live writer: an unfinished tail is the writer's transaction in flight, not damage
+        self.quiet_tail = readonly and _writer_active(self.root)
+        self._ckpt_epoch = checkpoint_epoch
+        self.gaps: list = [tuple(g) for g in (manifest.gaps if manifest is not None else [])]
+        self.lost: list = []     # epoch ranges this open cut out of the history (recovery="truncate")
         self._lazy_bound = 0     # every epoch in a lazy segment is <= this (the next segment's base - 1)
         self._open_scan(skip_before if recovery == "strict" else None)
 
@@ -193,11 +193,13 @@ class DurableLog(LogBase):
         """Scan and check the segments; with ``skip_before`` (the epoch of the checkpoint the opener loads),
         segments that hold only epochs <= it are not read (only their 44-byte header is checked): nothing in
         them is replayed. They are scanned and fully checked on first need (time travel before the checkpoint,
-        ``txns``/``query`` over their epochs, ``stats``, compaction); ``mmsb.verify`` always checks them."""
-        segs = S.iter_segments(self.dir)
+        ``txns``/``query`` over their epochs, ``stats``, compaction); ``mmsb.verify`` always checks them.
+        Every segment goes through :func:`mmsb.log.segment.check_segment`; this method only applies the
+        opener's policy (repair a torn tail, raise, or cut with ``recovery="truncate"``)."""
+        segs = list(self._seg_files) if self._seg_files is not None else S.iter_segments(self.dir)
+        salts = dict(self._manifest.segments) if self._manifest is not None else {}
+        contiguous = self._manifest is not None
         logical = 0
-        last_epoch = 0
-        stop = False
         nskip = 0
         if skip_before is not None:
             # segment k holds epochs < base of segment k+1: wholly covered when that base <= skip_before + 1;
@@ -205,108 +207,140 @@ class DurableLog(LogBase):
             while nskip < len(segs) - 1 and segs[nskip + 1][0] <= int(skip_before) + 1:
                 nskip += 1
         for base, path in segs[:nskip]:
-            with open(path, "rb") as f:
-                head = f.read(S.HEADER_SIZE)
+            head = os.pread(self._rfd(path), S.HEADER_SIZE, 0) if self.readonly else _read_head(path)
             hdr = S.parse_header(head, path)          # raises CorruptionError
             if hdr.base_epoch != base:
                 raise CorruptionError("segment header epoch does not match its name", file=path, offset=32,
                                       what="segment base epoch")
-            size = os.path.getsize(path)
+            if base in salts and hdr.salt != salts[base]:
+                raise CorruptionError("segment salt does not match the MANIFEST (a foreign or replaced segment)",
+                                      file=path, offset=16, what="segment salt")
+            size = os.fstat(self._rfd(path)).st_size if self.readonly else os.path.getsize(path)
             self._segs.append(_Seg(base, path, hdr.salt, size, logical, lazy=True))
             logical += size
+        prev: Optional[int] = None
         if nskip:
             self._lazy_bound = segs[nskip][0] - 1
-        for i, (base, path) in enumerate(segs):
-            if i < nskip:
-                continue
+            prev = self._lazy_bound
+        last_epoch = prev or 0
+        stop = False                  # recovery="truncate" cut the log: later segments go
+        changed = False               # the segment list changed (the MANIFEST follows)
+        rest = segs[nskip:]
+        for i, (base, path) in enumerate(rest):
+            is_last = i == len(rest) - 1
+            next_base = rest[i + 1][0] if not is_last else None
             if stop:
                 self._stats["truncated_bytes"] += os.path.getsize(path)
                 self._remove(path)
+                changed = True
                 continue
-            is_last = i == len(segs) - 1
-            res = S.scan_segment(path, skip_epoch=skip_before)
-            size = os.path.getsize(path)
-            if res.header is None:
-                if is_last and res.torn:
-                    warnings.warn(TornWriteWarning(f"mmsb: removing torn segment {path} ({size} bytes)"))
-                    self._stats["torn_tail_bytes"] += size
-                    self._remove(path)
-                    continue
-                if self.recovery == "truncate":
-                    self._stats["truncated_bytes"] += size
-                    self._remove(path)
-                    stop = True
-                    continue
-                raise CorruptionError("bad segment header", file=path, offset=0, what=res.error)
-            if res.header.base_epoch != base:
-                if self.recovery == "truncate":
-                    self._remove(path)
-                    stop = True
-                    continue
-                raise CorruptionError("segment header epoch does not match its name", file=path, offset=32,
-                                      what="segment base epoch")
-            seg = _Seg(base, path, res.header.salt, size, logical)
-            good_end = S.HEADER_SIZE
-            err = None
-            if res.error is not None:
-                err = (res.error_offset, res.error)
-            for item in assemble(res.records, path):
-                if item[0] == "error":
-                    err = (item[1], item[2])
-                    break
-                if item[0] == "mark":
-                    self._marks.append(item[1])
-                    good_end = item[2].end
-                    continue
-                _, epoch, txid, recs, start, end = item
-                if epoch <= last_epoch:
-                    err = (start, f"epoch {epoch} does not follow {last_epoch}")
-                    break
-                last_epoch = epoch
-                self._index.append(_Entry(epoch, txid, seg, start, end))
-                self._epochs.append(epoch)
-                seg.last_epoch = epoch
-                seg.txns += 1
-                self._stats["records"] += len(recs) + 1
-                self._stats["transactions"] += 1
-                good_end = end
-            if err is not None:
-                torn = is_last and res.error is not None and res.torn and err == (res.error_offset, res.error)
-                if torn:
-                    cut = size - good_end
-                    warnings.warn(TornWriteWarning(
-                        f"mmsb: torn write at the end of {path}: {cut} bytes dropped at offset {good_end}"))
-                    self._stats["torn_tail_bytes"] += cut
-                elif self.recovery == "truncate":
-                    self._stats["truncated_bytes"] += size - good_end
-                    stop = True
-                else:
+            chk = S.check_segment(self._pinned(path), base, prev, salts.get(base), skip_epoch=skip_before,
+                                  gaps=self.gaps, contiguous=contiguous)
+            chk.path = path
+            size = chk.size
+            err = chk.error
+            if err is None and chk.dangling and not is_last:
+                err = (chk.good_end, "uncommitted records before a later segment")
+            if err is not None and not (is_last and chk.torn):
+                if self.recovery != "truncate":
                     raise CorruptionError(f"log corrupt: {err[1]}", file=path, offset=err[0], what=err[1])
+                stop = self._cut_damage(chk, err, prev, next_base, rest[i + 1:])
+                changed = True
+                if not chk.header_ok:
+                    continue
+            elif err is not None and not chk.header_ok:          # a torn new segment (its header half-written)
+                warnings.warn(TornWriteWarning(f"mmsb: removing torn segment {path} ({size} bytes)"))
+                self._stats["torn_tail_bytes"] += size
+                self._remove(path)
+                changed = True
+                continue
+            seg = _Seg(base, path, chk.salt, size, logical)
+            for ep in chk.marks:
+                self._marks.append(ep)
+            for t in chk.txns:
+                self._index.append(_Entry(t.epoch, t.txid, seg, t.start, t.end))
+                self._epochs.append(t.epoch)
+                self._stats["records"] += len(t.records) + 1
+                self._stats["transactions"] += 1
+            if chk.txns:
+                seg.last_epoch = last_epoch = prev = chk.txns[-1].epoch
+                seg.txns = len(chk.txns)
+            elif prev is None or prev < base - 1:
+                prev = base - 1 if contiguous else prev
+            good_end = chk.good_end
             if size != good_end:
-                if is_last and err is None and not stop and self._tail_has_data(path, good_end):
-                    warnings.warn(TornWriteWarning(
-                        f"mmsb: incomplete transaction at the end of {path}: {size - good_end} bytes dropped "
-                        f"at offset {good_end}"))
+                if is_last and err is not None and chk.torn:
+                    if not self.quiet_tail:
+                        warnings.warn(TornWriteWarning(f"mmsb: torn write at the end of {path}: "
+                                                       f"{size - good_end} bytes dropped at offset {good_end}"))
                     self._stats["torn_tail_bytes"] += size - good_end
-                if not is_last and err is None and not stop:
-                    # an earlier segment must end with a complete transaction (zeros are tolerated)
-                    with open(path, "rb") as f:
-                        f.seek(good_end)
-                        tail = f.read()
-                    if any(tail) and self.recovery != "truncate":
-                        raise CorruptionError("uncommitted records before a later segment", file=path,
-                                              offset=good_end, what="dangling records")
+                elif is_last and chk.dangling and not stop:
+                    if not self.quiet_tail:
+                        warnings.warn(TornWriteWarning(
+                            f"mmsb: incomplete transaction at the end of {path}: {size - good_end} bytes dropped "
+                            f"at offset {good_end}"))
+                    self._stats["torn_tail_bytes"] += size - good_end
                 self._truncate(path, good_end)
                 if not self.readonly:
                     seg.size = good_end
-            if self.readonly:
-                seg.size = size
             self._segs.append(seg)
             logical += seg.size
-        self._last_epoch = max(last_epoch, self._lazy_bound)
+        end = max(last_epoch, self._lazy_bound, (self._segs[-1].base - 1) if self._segs else 0)
+        if self.recovery == "truncate" and self._ckpt_epoch is not None and end < self._ckpt_epoch:
+            # the log no longer reaches the checkpoint: the epochs in between are gone from the history
+            self._lose(end + 1, int(self._ckpt_epoch))
+            changed = True
+        if changed and not self.readonly and self._manifest is not None:
+            self._manifest.gaps = list(self.gaps)
+            self._manifest.set_segments([(s.base, s.salt) for s in self._segs])
+        self._last_epoch = end
         self._stats["bytes"] = sum(s.size for s in self._segs)
         self._synced = logical
         self._logical_end = logical
+
+    def _lose(self, first: int, last: int) -> None:
+        """Record that epochs first..last were cut out of the history (warned; ``at()`` there raises)."""
+        if last < first:
+            return
+        self.lost.append((first, last))
+        self.gaps.append((first, last))
+        warnings.warn(TornWriteWarning(f"mmsb: recovery='truncate' dropped the committed history of epochs "
+                                       f"{first}..{last}"))
+
+    def _cut_damage(self, chk, err: tuple, prev: Optional[int], next_base: Optional[int], later: list) -> bool:
+        """recovery="truncate": cut the damaged segment at its last good transaction (remove it when its header
+        is bad). Damage to history that the newest checkpoint covers (every epoch it can hold is <= that
+        checkpoint) costs only that history: later segments stay. Otherwise everything after it goes.
+        Returns whether the later segments must be removed."""
+        path, size = chk.path, chk.size
+        last_good = chk.txns[-1].epoch if chk.txns else (prev if prev is not None else chk.base - 1)
+        covered = (next_base is not None and self._ckpt_epoch is not None and next_base - 1 <= self._ckpt_epoch
+                   and self._manifest is not None)
+        if covered:
+            hi = next_base - 1
+        else:
+            hi = last_good
+            for base, p in later:                 # what the cut costs: every epoch after the damage
+                try:
+                    c = S.check_segment(p, base, contiguous=False)
+                except OSError:
+                    continue
+                hi = max(hi, c.last_epoch or base - 1, base)
+            if next_base is None:
+                hi = max(hi, last_good + 1)       # at least the damaged transaction
+        if not chk.header_ok:
+            self._stats["truncated_bytes"] += size
+            self._remove(path)
+        else:
+            self._stats["truncated_bytes"] += size - chk.good_end
+        if covered:
+            self._lose(last_good + 1, hi)
+        else:
+            warnings.warn(TornWriteWarning(
+                f"mmsb: recovery='truncate' cut the log at {path} offset {err[0]} ({err[1]}): the commits after "
+                f"epoch {last_good} (up to epoch {hi}) are lost"))
+            self.lost.append((last_good + 1, hi))
+        return not covered
 
     def index_skipped(self) -> None:
         """Index the segments skipped at open, reading them without holding the log's lock (commits go on
@@ -318,7 +352,7 @@ class DurableLog(LogBase):
         scanned = {}
         for path in lazy:            # closed segments do not change; a file gone meanwhile is left to the check
             try:
-                scanned[path] = S.scan_segment(path)
+                scanned[path] = S.read_segment(self._pinned(path))
             except OSError:
                 pass
         with self._lock:
@@ -326,7 +360,7 @@ class DurableLog(LogBase):
 
     def _ensure_index(self, scanned: Optional[dict] = None) -> None:
         """Scan and index the segments skipped at open (see ``_open_scan``); call with ``_lock`` held.
-        ``scanned``: scan results already taken (by :meth:`index_skipped`), by path.
+        ``scanned``: segment bytes already read (by :meth:`index_skipped`), by path.
 
         The same checks as at open apply: any failure is a CorruptionError naming file and offset (these
         segments are never the last one, so nothing in them is a torn tail)."""
@@ -336,54 +370,37 @@ class DurableLog(LogBase):
         entries: list = []
         marks: list = []
         records = 0
-        last_epoch = 0
-        for seg in lazy:
-            res = scanned.get(seg.path) if scanned else None
-            if res is None:
-                res = S.scan_segment(seg.path)
-            if res.header is None:
-                raise CorruptionError("bad segment header", file=seg.path, offset=0, what=res.error)
-            if res.header.salt != seg.salt:
-                raise CorruptionError("segment header changed since open", file=seg.path, offset=16,
-                                      what="segment salt")
-            if res.error is not None:
-                raise CorruptionError(f"log corrupt: {res.error}", file=seg.path, offset=res.error_offset,
-                                      what=res.error)
-            good_end = S.HEADER_SIZE
-            txns = 0
-            seg_last = None
-            for item in assemble(res.records, seg.path):
-                if item[0] == "error":
-                    raise CorruptionError(f"log corrupt: {item[2]}", file=seg.path, offset=item[1], what=item[2])
-                if item[0] == "mark":
-                    marks.append(item[1])
-                    good_end = item[2].end
-                    continue
-                _, epoch, txid, recs, start, end = item
-                if epoch <= last_epoch or epoch > self._lazy_bound:
-                    what = f"epoch {epoch} does not follow {last_epoch}" if epoch <= last_epoch else \
-                        f"epoch {epoch} is not below the next segment's first epoch {self._lazy_bound + 1}"
-                    raise CorruptionError(f"log corrupt: {what}", file=seg.path, offset=start, what=what)
-                last_epoch = epoch
-                entries.append(_Entry(epoch, txid, seg, start, end))
-                seg_last = epoch
-                txns += 1
-                records += len(recs) + 1
-                good_end = end
-            size = os.path.getsize(seg.path)
-            if size != good_end:
-                with open(seg.path, "rb") as f:
-                    f.seek(good_end)
-                    tail = f.read()
-                if any(tail):
-                    raise CorruptionError("uncommitted records before a later segment", file=seg.path,
-                                          offset=good_end, what="dangling records")
-            seg.last_epoch, seg.txns = seg_last, txns
-            del res
-        if self._index and entries and entries[-1].epoch >= self._index[0].epoch:
-            e = self._index[0]
-            what = f"epoch {e.epoch} does not follow {entries[-1].epoch}"
-            raise CorruptionError(f"log corrupt: {what}", file=e.seg.path, offset=e.start, what=what)
+        prev: Optional[int] = None
+        contiguous = self._manifest is not None
+        later = self._segs[len(lazy)] if len(self._segs) > len(lazy) else None
+        for k, seg in enumerate(lazy):
+            data = None
+            if scanned and seg.path in scanned:
+                data = scanned[seg.path]
+            elif self.readonly:
+                data = S.read_segment(self._pinned(seg.path))
+            chk = S.check_segment(seg.path, seg.base, prev, seg.salt, gaps=self.gaps, data=data,
+                                  contiguous=contiguous)
+            err = chk.error
+            if err is None and chk.dangling:
+                err = (chk.good_end, "uncommitted records before a later segment")
+            nxt = lazy[k + 1].base if k + 1 < len(lazy) else (later.base if later is not None else None)
+            if err is None and chk.txns and nxt is not None and contiguous and chk.txns[-1].epoch != nxt - 1 \
+                    and not S._in_gap(self.gaps, chk.txns[-1].epoch + 1, nxt - 1):
+                err = (chk.txns[-1].end, f"segment ends at epoch {chk.txns[-1].epoch}, the next one starts at "
+                                         f"{nxt}")
+            if err is None and chk.txns and nxt is not None and chk.txns[-1].epoch >= nxt:
+                err = (chk.txns[-1].start, f"epoch {chk.txns[-1].epoch} is not below the next segment's first "
+                                           f"epoch {nxt}")
+            if err is not None:
+                raise CorruptionError(f"log corrupt: {err[1]}", file=seg.path, offset=err[0], what=err[1])
+            for t in chk.txns:
+                entries.append(_Entry(t.epoch, t.txid, seg, t.start, t.end))
+                records += len(t.records) + 1
+            marks += chk.marks
+            seg.last_epoch, seg.txns = chk.last_epoch, len(chk.txns)
+            if chk.txns:
+                prev = chk.txns[-1].epoch
         for seg in lazy:          # all checked: commit the index (zeros after the last record are left as is)
             seg.lazy = False
         self._index[:0] = entries
@@ -391,7 +408,8 @@ class DurableLog(LogBase):
         self._marks[:0] = marks
         self._stats["records"] += records
         self._stats["transactions"] += len(entries)
-        self._last_epoch = max(self._last_epoch, last_epoch)
+        if entries:
+            self._last_epoch = max(self._last_epoch, entries[-1].epoch)
 
     # ------------------------------------------------------------ writing
 
@@ -411,12 +429,6 @@ class DurableLog(LogBase):
 
     def _write_buffers(self, bufs: list, total: int) -> None:
         """Write ``bufs`` (``total`` bytes) in order with gathered writes: no joined copy of a large commit."""
-        if self.durability == "none":
-            for b in bufs:
-                self._wbuf += b
-            if len(self._wbuf) >= _NONE_BUFFER:
-                self._flush_wbuf()
-            return
         if self.durability == "fsync":
             self._reserve(total)
         fd = self._fd
@@ -493,15 +505,9 @@ class DurableLog(LogBase):
                 raise OSError("short write")
             mv = mv[n:]
 
-    def _flush_wbuf(self) -> None:
-        if self._wbuf:
-            buf, self._wbuf = self._wbuf, bytearray()
-            self._write_fd(buf)
-
     def _roll(self, epoch: int) -> None:
         cur = self._segs[-1] if self._segs else None
         if cur is not None and self._fd is not None:
-            self._flush_wbuf()
             self._trim(self._fd, cur.size)
             if self.durability == "fsync":
                 os.fsync(self._fd)
@@ -521,6 +527,8 @@ class DurableLog(LogBase):
             os.fsync(fd)
             self._stats["fsyncs"] += 1
         fsync_dir(self.dir)
+        if self._manifest is not None:             # listed only once its header is durable
+            self._manifest.add_segment(epoch, salt)
         start = (cur.start + cur.size) if cur is not None else 0
         self._segs.append(_Seg(epoch, path, salt, len(header), start))
         self._logical_end = start + len(header)
@@ -622,11 +630,11 @@ class DurableLog(LogBase):
             return self._logical_end
 
     def flush(self, fsync: bool = True) -> None:
-        """Write every buffered record to the OS and, with ``fsync``, to disk (e.g. before a checkpoint)."""
+        """With ``fsync``, make every record written so far durable (e.g. before a checkpoint); records reach
+        the OS as they are appended, in every durability mode."""
         with self._lock:
             self._check_writable()
             try:
-                self._flush_wbuf()
                 if fsync and self._fd is not None:
                     os.fsync(self._fd)
                     self._stats["fsyncs"] += 1
@@ -674,13 +682,16 @@ class DurableLog(LogBase):
         if self._synced < token:  # pragma: no cover - the target always covers the token
             self.sync(token)
 
-    def commit(self, txn: Txn) -> int:
-        """append + sync."""
-        tok = self.append(txn)
-        self.sync(tok)
-        return tok
-
     # ------------------------------------------------------------ reading
+
+    def _pinned(self, path: str) -> str:
+        """A reader reads every segment through the descriptor it opened first (its *pin*): a compaction beside
+        it may unlink the file, the reader keeps reading what it opened (Linux: through /proc/self/fd)."""
+        if not self.readonly:
+            return path
+        fd = self._rfd(path)
+        proc = f"/proc/self/fd/{fd}"
+        return proc if os.path.exists(proc) else path
 
     def _rfd(self, path: str) -> int:
         fd = self._rfds.get(path)
@@ -692,11 +703,6 @@ class DurableLog(LogBase):
     def txns(self, since: Optional[int] = None, until: Optional[int] = None) -> Iterator[Txn]:
         """Committed transactions in log order with ``since < epoch <= until``."""
         with self._lock:
-            if self.durability == "none" and self._wbuf and not self._closed:
-                try:
-                    self._flush_wbuf()
-                except OSError as exc:
-                    raise self._poison("log write", exc) from exc
             if since is None or since < self._lazy_bound:
                 self._ensure_index()
             lo = 0 if since is None else bisect.bisect_right(self._epochs, since)
@@ -763,6 +769,23 @@ class DurableLog(LogBase):
             return [s.path for s in self._segs[:-1]]
 
     @property
+    def logical_end(self) -> int:
+        """Bytes written to the log so far (all segments, as one stream)."""
+        return self._logical_end
+
+    def bytes_after(self, epoch: int) -> int:
+        """Bytes of the indexed transactions with an epoch after ``epoch`` (what a reopen would replay)."""
+        with self._lock:
+            lo = bisect.bisect_right(self._epochs, epoch)
+            return sum(e.end - e.start for e in self._index[lo:])
+
+    @property
+    def segment_bases(self) -> list:
+        """The base epoch of every segment, ascending."""
+        with self._lock:
+            return [s.base for s in self._segs]
+
+    @property
     def torn_tail_bytes(self) -> int:
         return self._stats["torn_tail_bytes"]
 
@@ -778,16 +801,21 @@ class DurableLog(LogBase):
             self._ensure_index()
             removed = 0
             keep = []
+            drop = []
             for i, seg in enumerate(self._segs):
                 if i < len(self._segs) - 1 and removed == i and (seg.last_epoch is None or seg.last_epoch <= epoch):
-                    fd = self._rfds.pop(seg.path, None)
-                    if fd is not None:
-                        os.close(fd)
-                    os.unlink(seg.path)
+                    drop.append(seg)
                     removed += 1
-                    self._stats["bytes"] -= seg.size
                     continue
                 keep.append(seg)
+            if drop and self._manifest is not None:   # unlisted first: a crash then leaves leftovers, not holes
+                self._manifest.set_segments([(s.base, s.salt) for s in keep])
+            for seg in drop:
+                fd = self._rfds.pop(seg.path, None)
+                if fd is not None:
+                    os.close(fd)
+                os.unlink(seg.path)
+                self._stats["bytes"] -= seg.size
             if removed:
                 fsync_dir(self.dir)
                 gone = set(id(s) for s in self._segs) - set(id(s) for s in keep)
@@ -822,7 +850,6 @@ class DurableLog(LogBase):
             err = None
             try:
                 if self._fd is not None and self._poisoned is None:
-                    self._flush_wbuf()
                     self._trim(self._fd, self._segs[-1].size)
                     if self.durability != "none":
                         os.fsync(self._fd)

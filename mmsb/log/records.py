@@ -5,9 +5,8 @@ Payload layouts are specified byte by byte in docs/FORMAT.md ("Delta payload", "
 from __future__ import annotations
 
 import json
-import math
 import struct
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -55,11 +54,35 @@ def dumps(obj: Any) -> bytes:
                       ensure_ascii=False).encode("utf-8")
 
 
-def loads(b, what: str = "json") -> Any:
+MAX_JSON_DEPTH = 64          # nesting deeper than this in any stored JSON is refused as corrupt
+
+
+def _json_depth_ok(obj: Any, limit: int) -> bool:
+    """True when ``obj`` nests at most ``limit`` containers deep (iterative: no recursion)."""
+    stack = [(obj, 1)]
+    while stack:
+        o, d = stack.pop()
+        if isinstance(o, (dict, list)):
+            if d > limit:
+                return False
+            stack.extend((v, d + 1) for v in (o.values() if isinstance(o, dict) else o))
+    return True
+
+
+def loads_json(b, what: str = "json", path: Optional[str] = None, offset: Optional[int] = None) -> Any:
+    """Parse stored JSON; anything malformed, or nested deeper than MAX_JSON_DEPTH, is a CorruptionError."""
     try:
-        return json.loads(bytes(b).decode("utf-8"))
+        obj = json.loads(bytes(b).decode("utf-8"))
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise CorruptionError(f"bad {what}: {exc}", what=what) from None
+        raise CorruptionError(f"bad {what}: {str(exc)[:200]}", file=path, offset=offset, what=what) from None
+    if not _json_depth_ok(obj, MAX_JSON_DEPTH):
+        raise CorruptionError(f"bad {what}: nested deeper than {MAX_JSON_DEPTH}", file=path, offset=offset,
+                              what=what)
+    return obj
+
+
+def loads(b, what: str = "json") -> Any:
+    return loads_json(b, what)
 
 
 # ---------------------------------------------------------------- reader
@@ -338,8 +361,56 @@ def decode_schema(payload) -> SchemaOp:
         name = r.text(r.u16("array name length"), "array name")
         arrays[name] = decode_values_part(r, "schema array")
     r.done("schema payload")
+    check_schema(kind, body, arrays)
     return SchemaOp(kind=kind, payload=body, arrays=arrays)
 
 
-def finite_or_token(x: float):  # helper for callers who need strict JSON elsewhere
-    return x if math.isfinite(x) else repr(x)
+def _bad_schema(kind: str, why: str) -> CorruptionError:
+    return CorruptionError(f"schema record {kind!r}: {why}", what="schema payload")
+
+
+def check_page_meta(pl: dict, kind: str = "page_created") -> tuple:
+    """Validate a page's stored description (name, shape, dtype, semiring); returns (shape, dtype).
+
+    The shape is a list of at most MAX_NDIM non-negative ints whose product is at most MAX_ELEMS (0 dimensions
+    counted as 1); the dtype is one of the allowed ones (never object)."""
+    name = pl.get("name")
+    if not isinstance(name, str) or not name:
+        raise _bad_schema(kind, f"bad page name {name!r}"[:200])
+    shape = pl.get("shape")
+    if not isinstance(shape, list) or len(shape) > MAX_NDIM or \
+            not all(type(n) is int and 0 <= n < 2**63 for n in shape):
+        raise _bad_schema(kind, f"page {name!r}: bad shape {shape!r}"[:200])
+    total = 1
+    for n in shape:
+        total *= max(n, 1)
+    if total > MAX_ELEMS:
+        raise _bad_schema(kind, f"page {name!r}: shape {shape!r} has more than {MAX_ELEMS} elements")
+    try:
+        ds = pl.get("dtype")
+        if not isinstance(ds, str) or len(ds) > 32:
+            raise TypeError(ds)
+        dt = codecs.parse_dtype(np.dtype(ds).str)
+    except (CorruptionError, TypeError, ValueError):
+        raise _bad_schema(kind, f"page {name!r}: dtype {pl.get('dtype')!r} is not allowed"[:200]) from None
+    if not isinstance(pl.get("semiring"), str):
+        raise _bad_schema(kind, f"page {name!r}: bad semiring {pl.get('semiring')!r}"[:200])
+    return tuple(shape), dt
+
+
+def check_schema(kind: str, pl: dict, arrays: dict) -> None:
+    """Validate a schema operation's shape before anything acts on it: CorruptionError when malformed."""
+    if kind == "page_created":
+        _, dt = check_page_meta(pl, kind)
+        fill = arrays.get("fill")
+        if fill is None or fill.size < 1 or fill.dtype != dt:
+            raise _bad_schema(kind, f"page {pl['name']!r}: bad fill array")
+    elif kind == "rule_added":
+        shape = pl.get("shape")
+        if shape is not None and (not isinstance(shape, list) or len(shape) != 2 or
+                                  not all(type(n) is int and 0 <= n <= MAX_ELEMS for n in shape)):
+            raise _bad_schema(kind, f"bad matrix shape {shape!r}"[:200])
+    elif kind in ("page_dropped", "rule_removed"):
+        pass
+    else:
+        raise _bad_schema(kind[:100], "unknown schema operation")

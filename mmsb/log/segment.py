@@ -264,6 +264,149 @@ def scan_segment(path: str, data=None, skip_epoch: Optional[int] = None) -> Scan
     return res
 
 
+def assemble(records, path: str = ""):
+    """Group a segment's records into committed transactions.
+
+    Yields ("txn", epoch, txid, [records], start, end), ("mark", epoch, rec) or ("error", offset, what).
+    Records of a transaction that never commits (or that an ABORT closes) are skipped.
+    """
+    pending: list = []
+    for rec in records:
+        if rec.rtype in (DELTA, SCHEMA):
+            if pending and (pending[0].txid != rec.txid or pending[0].epoch != rec.epoch):
+                pending = []     # an abandoned (uncommitted) transaction
+            pending.append(rec)
+        elif rec.rtype == COMMIT:
+            if len(rec.payload) != 4:
+                yield ("error", rec.offset, "bad COMMIT payload")
+                return
+            (count,) = _U32.unpack(rec.payload)
+            if pending and (pending[0].txid != rec.txid or pending[0].epoch != rec.epoch):
+                pending = []
+            if count != len(pending):
+                yield ("error", rec.offset, f"COMMIT says {count} records, found {len(pending)}")
+                return
+            start = pending[0].offset if pending else rec.offset
+            yield ("txn", rec.epoch, rec.txid, pending, start, rec.end)
+            pending = []
+        elif rec.rtype == ABORT:
+            pending = []
+        elif rec.rtype == CHECKPOINT_MARK:
+            if len(rec.payload) != 0:
+                yield ("error", rec.offset, "bad CHECKPOINT_MARK payload")
+                return
+            pending = []
+            yield ("mark", rec.epoch, rec)
+
+
+@dataclass
+class TxnSpan:
+    """One committed transaction found in a segment."""
+    epoch: int
+    txid: int
+    records: list      # its DELTA/SCHEMA records (payload views)
+    start: int         # file offset of its first record
+    end: int           # file offset just past its COMMIT
+
+
+@dataclass
+class SegmentCheck:
+    """Everything a reader needs to know about one segment: the ONE validator behind open, the lazy index and
+    verify (each applies its own policy: repair a torn tail, cut, raise, or report).
+
+    ``error`` is the first failure (offset, what) -- framing, checksum, transaction structure, identity (base
+    epoch, salt) or epoch order; the transactions and marks before it are valid. ``torn``: the failure may be a
+    torn write (nothing valid after it). ``dangling``: valid records of a transaction that never committed
+    follow the last complete one (no failure)."""
+    path: str
+    base: int
+    salt: Optional[bytes] = None
+    size: int = 0
+    txns: list = field(default_factory=list)     # [TxnSpan]
+    marks: list = field(default_factory=list)    # [epoch]
+    good_end: int = 0
+    error: Optional[tuple] = None
+    torn: bool = False
+    dangling: bool = False
+    trailing_zero: int = 0
+    header_ok: bool = False
+
+    @property
+    def last_epoch(self) -> Optional[int]:
+        return self.txns[-1].epoch if self.txns else None
+
+
+def _in_gap(gaps, first: int, last: int) -> bool:
+    """Whether epochs first..last lie inside one recorded gap of lost history."""
+    return any(a <= first and last <= b for a, b in gaps)
+
+
+def check_segment(path: str, base: int, prev_epoch: Optional[int] = None, salt: Optional[bytes] = None,
+                  skip_epoch: Optional[int] = None, gaps: tuple = (), data=None,
+                  contiguous: bool = True) -> SegmentCheck:
+    """Scan and check one segment named for epoch ``base``. Never raises for bad content (OSError for a file
+    that cannot be read).
+
+    Checks beyond the framing: the header's base epoch equals the name's; ``salt`` (from the MANIFEST) matches;
+    the segment's first transaction has epoch ``base`` and follows ``prev_epoch`` (the last epoch before this
+    segment, when known) by exactly 1; every later one follows its predecessor by exactly 1, except across a
+    recorded gap of lost history ``gaps`` = [(first lost, last lost)]. ``contiguous=False`` (stores written
+    before the MANIFEST) only asks for increasing epochs."""
+    res = scan_segment(path, data=data, skip_epoch=skip_epoch)
+    try:
+        size = os.path.getsize(path) if data is None else len(data)
+    except OSError:
+        size = 0
+    chk = SegmentCheck(path, base, size=size, good_end=0)
+    if res.header is None:
+        chk.error, chk.torn = (0, res.error or "segment header"), res.torn
+        return chk
+    chk.salt = res.header.salt
+    chk.good_end = HEADER_SIZE
+    if res.header.base_epoch != base:
+        chk.error = (32, f"segment header epoch {res.header.base_epoch} does not match its name ({base})")
+        return chk
+    if salt is not None and res.header.salt != salt:
+        chk.error = (16, "segment salt does not match the MANIFEST (a foreign or replaced segment)")
+        return chk
+    chk.header_ok = True
+    gapset = {(int(a), int(b)) for a, b in gaps}
+    expect = None if prev_epoch is None else prev_epoch + 1
+    for item in assemble(res.records, path):
+        if item[0] == "error":
+            chk.error = (item[1], item[2])
+            break
+        if item[0] == "mark":
+            chk.marks.append(item[1])
+            chk.good_end = item[2].end
+            continue
+        _, epoch, txid, recs, start, end = item
+        if not chk.txns and epoch != base and contiguous and not _in_gap(gapset, base, epoch - 1):
+            chk.error = (start, f"first transaction has epoch {epoch}, the segment's base is {base}")
+            break
+        if expect is not None and (epoch < expect if not contiguous else
+                                   epoch != expect and not _in_gap(gapset, expect, epoch - 1)):
+            chk.error = (start, f"epoch {epoch} does not follow {expect - 1}")
+            break
+        chk.txns.append(TxnSpan(epoch, txid, recs, start, end))
+        chk.good_end = end
+        expect = epoch + 1
+    if chk.error is None and res.error is not None:
+        chk.error = (res.error_offset, res.error)
+        chk.torn = res.torn
+    elif chk.error is None:
+        if res.clean_end < res.good_end:
+            chk.dangling = True
+        elif res.trailing_zero:
+            chk.trailing_zero = size - res.good_end
+    return chk
+
+
+def read_segment(path: str) -> memoryview:
+    """A segment's bytes (see :func:`check_segment`'s ``data``)."""
+    return _read_all(path)
+
+
 def _read_all(path: str) -> memoryview:
     """The file's bytes, read into a numpy buffer (large ones get transparent huge pages: reading a 64 MiB
     segment then costs a copy, not ~16,000 page faults)."""
@@ -345,4 +488,5 @@ def iter_segments(logdir: str) -> list[tuple[int, str]]:
 __all__ = ["MAGIC", "VERSION", "HEADER_SIZE", "RHEAD_SIZE", "TRAILER_SIZE", "build_header", "parse_header",
            "build_record", "frame_record", "frame_records", "record_at", "scan_segment", "ScanResult", "Record", "segment_name",
            "parse_segment_name", "iter_segments", "mask_crc", "crc32c", "valid_record_after",
-           "DELTA", "SCHEMA", "COMMIT", "ABORT", "CHECKPOINT_MARK"]
+           "DELTA", "SCHEMA", "COMMIT", "ABORT", "CHECKPOINT_MARK", "assemble", "check_segment", "SegmentCheck",
+           "TxnSpan"]

@@ -23,8 +23,11 @@ def golden_affine(x):
     return 2 * x + 1
 
 
-def main(out=HERE):
-    root = os.path.join(out, "store_v1")
+def main(out=HERE, name="store_v1", write_expected=True):
+    """Write the store ``name`` under ``out`` (store_v1: STORE version 1, no MANIFEST, written by mmsb before the
+    MANIFEST existed; store_v2: the same history written with a MANIFEST) and, with ``write_expected``, the expected
+    state (the history is seeded, so every version of the store holds the same states)."""
+    root = os.path.join(out, name)
     if os.path.exists(root):
         shutil.rmtree(root)
     expected = {}
@@ -74,6 +77,12 @@ def main(out=HERE):
                 buf.checkpoint()
                 ckpt = buf.epoch
         final = buf.epoch
+    lock = os.path.join(root, "LOCK")
+    if os.path.exists(lock):
+        os.remove(lock)
+    if not write_expected:
+        print(f"golden store {name} at epoch {final} (checkpoint {ckpt})")
+        return
     np.savez_compressed(os.path.join(out, "expected.npz"), **expected)
     meta = {"format": 1, "mmsb_version": mmsb.__version__, "final_epoch": final, "checkpoint": ckpt,
             "epochs": sorted(set(epochs)), "function": "golden_affine",
@@ -91,4 +100,7 @@ def main(out=HERE):
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) > 1:                 # e.g. "store_v2": only that store, against the same expected state
+        main(name=sys.argv[1], write_expected=False)
+    else:
+        main()

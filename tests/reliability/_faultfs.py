@@ -20,9 +20,10 @@ import mmsb.checkpoint
 import mmsb.durable
 import mmsb.fileio
 import mmsb.log.durable
+import mmsb.manifest
 import mmsb.memory
 
-MODULES = (mmsb.log.durable, mmsb.checkpoint, mmsb.durable, mmsb.memory, mmsb.fileio)
+MODULES = (mmsb.log.durable, mmsb.checkpoint, mmsb.durable, mmsb.memory, mmsb.fileio, mmsb.manifest)
 KINDS = ("write", "fsync", "rename", "dirfsync")
 
 

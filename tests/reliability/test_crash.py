@@ -79,7 +79,9 @@ def _run_child(path, seed, trial, durability, kill_after, fork=False):
     if fork:
         proc = _Forked(path, seed, trial, durability)
     else:
-        env = dict(os.environ, PYTHONUNBUFFERED="1", MMSB_DISABLE_PLUGIN_AUTOLOAD="1")
+        pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(mmsb.__file__)))   # the mmsb under test
+        env = dict(os.environ, PYTHONUNBUFFERED="1", MMSB_DISABLE_PLUGIN_AUTOLOAD="1",
+                   PYTHONPATH=os.pathsep.join([pkg_root] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
         proc = subprocess.Popen([sys.executable, CHILD, path, str(seed), str(trial), durability],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     sel = selectors.DefaultSelector()

@@ -32,7 +32,10 @@ def _valid_inputs() -> dict:
                metadata={"k": [1, 2]})
     d2 = Delta("q", np.ones(300, dtype=np.float32), mask=np.arange(300) % 3 == 0)
     d3 = Delta("r", np.arange(1000, dtype=np.int64))
-    sch = SchemaOp(kind="create_page", payload={"name": "p", "shape": [4]}, arrays={"m": np.eye(3)})
+    sch = SchemaOp(kind="page_created", payload={"name": "p", "shape": [4], "dtype": "<f8", "semiring": "min_plus",
+                                                 "device": "cpu", "metadata": None}, arrays={"fill": np.zeros(1)})
+    rule = SchemaOp(kind="rule_added", payload={"kind": "link", "dst": "p", "srcs": ["q"], "shape": [3, 3]},
+                    arrays={"m": np.eye(3)})
     pays = [R.encode_op(op)[1] for op in (d1, d2, d3, sch)]
     records = [bytes([0]) + pays[0], bytes([0]) + pays[1], bytes([0]) + pays[2], bytes([1]) + pays[3]]
     seg = S.build_header(T.SALT, 1) + b"".join(
@@ -47,7 +50,7 @@ def _valid_inputs() -> dict:
     import tempfile
     d = tempfile.mkdtemp()
     C.write_checkpoint(d, 3, [({"name": "p"}, np.arange(100.0)), ({"name": "z"}, np.zeros(5000))],
-                       [sch], extra={"txid": 1}, fsync=False)
+                       [rule], extra={"txid": 1}, fsync=False)
     ck = open(C.checkpoint_path(d, 3), "rb").read()
     C.write_blob_file(os.path.join(d, "b.spill"), np.arange(40, dtype=np.int32), {"page": "p"})
     blob = open(os.path.join(d, "b.spill"), "rb").read()

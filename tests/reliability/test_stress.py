@@ -90,7 +90,8 @@ def test_stress(tmp_path, LONG):
     here = os.path.dirname(os.path.abspath(__file__))
     reader = subprocess.Popen([sys.executable, os.path.join(here, "stress_reader.py"), path, str(seconds)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=dict(os.environ, MMSB_DISABLE_PLUGIN_AUTOLOAD="1"))
+                              env=dict(os.environ, MMSB_DISABLE_PLUGIN_AUTOLOAD="1",
+                                       PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(mmsb.__file__)))))
     threads = [threading.Thread(target=writer, args=(t,)) for t in range(THREADS)]
     threads.append(threading.Thread(target=maintainer))
     for th in threads:
