@@ -17,12 +17,48 @@ import numpy as np
 
 from mmsb import _kernels, _ops
 from mmsb._sets import unique, unique_first
-from mmsb.errors import InvalidDeltaError, MMSBError, SemiringError
+from mmsb.errors import InvalidDeltaError, MMSBError, PropagationError, SemiringError
 from mmsb.graph import Graph
 from mmsb.rules import CSR, Rule
 from mmsb.semiring import Semiring, _is_ufunc, _kview
 
 _SELECTIVE = (np.minimum, np.maximum, np.fmin, np.fmax, np.logical_or)
+
+REL_TOL = 1e-10
+"""Difference propagation (float links under ⊕ = plus) keeps, per derived row, a bound on the rounding error it
+has accumulated since the row was last recomputed; a row whose bound exceeds ``REL_TOL * |value|`` is recomputed
+from its inputs (so cancellation, e.g. a source going 1e20 -> 1, never leaves a wrong result behind)."""
+
+_PUSH_SHARE = 8        # a change to >= 1/8 of a float plus link's source recomputes the rows instead of pushing
+
+_FLAGS: dict = {}
+
+
+def algebra_flags(sr: Semiring, dtype: np.dtype) -> tuple[bool, bool]:
+    """``(idempotent, invertible)`` of ``sr`` as it acts on ``dtype``.
+
+    On bool pages every ⊕ saturates: plus is logical or (numpy's ``np.add`` on bools), so plus_times on bool is
+    the idempotent or/and and has no inverse; the flags then come from ⊕ on {False, True} itself.
+    """
+    key = (sr, np.dtype(dtype).str)
+    got = _FLAGS.get(key)
+    if got is None:
+        if np.dtype(dtype).kind == "b":
+            t, f = np.array([True]), np.array([False])
+            try:
+                got = (bool(sr.add_arrays(t, t)[0]) and not bool(sr.add_arrays(f, f)[0]), False)
+            except Exception:       # an ⊕ that cannot take bools: recompute rows (its errors surface there)
+                got = (False, False)
+        else:
+            got = (sr.idempotent, sr.invertible and sr.sub is not None)
+        if len(_FLAGS) >= 1024:
+            _FLAGS.clear()
+        _FLAGS[key] = got
+    return got
+
+
+class _NoFixpoint(Exception):
+    """A closure iteration ran past its round bound (e.g. a negative cycle under min_plus)."""
 
 
 @dataclass
@@ -93,6 +129,7 @@ class Engine:
         self.nthreads = nthreads
         self.stats = WaveStats()
         self._scratch_arrays: dict[str, np.ndarray] = {}
+        self._errors: dict[str, np.ndarray] = {}     # float plus links: per-row rounding-error bounds
 
     # -- a wave -----------------------------------------------------------------------------------------------
     def wave(self, changes: dict[str, Change], undo: UndoLog, force: Optional[set] = None) -> dict[str, Change]:
@@ -126,7 +163,9 @@ class Engine:
             ch = self._update(name, rules, inputs, name in force, undo)
             self.stats.pages_touched += 1
             if ch is not None and ch.idx.size:
-                pending[name] = ch
+                # A page written before it became derived (deferred mode) has a pending change too: downstream
+                # last saw the oldest values, so they are what its readers must compare against.
+                pending[name] = pending[name].merged_after(ch) if name in pending else ch
                 produced[name] = ch
         self.stats.waves += 1
         self.stats.seconds += time.perf_counter() - t0
@@ -140,11 +179,54 @@ class Engine:
 
             return update_page(self, name, rules, inputs, full, undo)
         kind = rules[0].kind
-        if kind == "derive":
-            return self._derive(name, rules[0], undo)
-        if kind == "closure":
-            return self._closure(name, rules[0], inputs.get(rules[0].srcs[0]), full, undo)
-        return self._links(name, rules, inputs, full, undo)
+        try:
+            if kind == "derive":
+                return self._derive(name, rules[0], undo)
+            if kind == "closure":
+                return self._closure(name, rules[0], inputs.get(rules[0].srcs[0]), full, undo)
+            return self._links(name, rules, inputs, full, undo)
+        except MMSBError:
+            raise
+        except Exception as exc:
+            srcs = sorted({s for r in rules for s in r.srcs})
+            what = (f"derive function {rules[0].fn_name!r}" if kind == "derive"
+                    else f"semiring {rules[0].semiring.name!r} of the {kind} rule")
+            raise PropagationError(f"propagation into page {name!r} (from {srcs}) failed: {what} raised "
+                                   f"{type(exc).__name__}: {exc}; nothing was committed", page=name,
+                                   rule=kind) from exc
+
+    @staticmethod
+    def _refuse_nan(name: str, rule: Rule, src: str, how: str) -> InvalidDeltaError:
+        sr = rule.semiring.name if rule.semiring is not None else "?"
+        return InvalidDeltaError(f"NaN would enter page {name!r} from page {src!r} through the {rule.kind} rule "
+                                 f"({how}); NaN is not allowed on a page whose ⊕ is idempotent ({sr}); nothing "
+                                 "was committed")
+
+    def _check_nan_columns(self, name: str, rule: Rule, sr: Semiring, cols: np.ndarray, vals: np.ndarray) -> None:
+        """Refuse a NaN that ``A ⊗ x`` would carry into ``name`` from the columns ``cols`` (values ``vals``).
+
+        A NaN source value on a column with stored entries, or a product IEEE makes NaN (±inf against an
+        opposite infinity, 0 × inf); values equal to ⊕'s zero are skipped, as the kernels skip them.
+        """
+        if vals.dtype.kind != "f" or not cols.size:
+            return
+        A = rule.matrix
+        if A.has_nonfinite:
+            suspect = np.ones(cols.size, dtype=bool)
+        else:
+            suspect = ~np.isfinite(vals)
+            if not suspect.any():
+                return
+        suspect &= vals != sr.zero_for(vals.dtype)
+        if not suspect.any():
+            return
+        k, _, data = A.column_entries(cols[suspect])
+        if not k.size:
+            return
+        with np.errstate(all="ignore"):
+            prod = sr.mul_arrays(data, vals[suspect][k])
+        if np.isnan(prod).any():
+            raise self._refuse_nan(name, rule, rule.srcs[0], "a NaN source value or a NaN product A[i, j] ⊗ x[j]")
 
     def _record(self, name: str, idx: np.ndarray, old: np.ndarray, undo: UndoLog) -> Change:
         undo.record(lambda n=name: self.array(n), idx, old)
@@ -167,6 +249,12 @@ class Engine:
             raise InvalidDeltaError(f"derive function {rule.fn_name!r} for page {name!r} returned dtype "
                                     f"{out.dtype}, which does not cast safely to {y.dtype}")
         out = out.reshape(-1).astype(y.dtype, copy=False)
+        dst_sr = self.semiring(name)
+        if out.dtype.kind == "f" and dst_sr is not None and algebra_flags(dst_sr, out.dtype)[0] \
+                and np.isnan(out).any():
+            raise InvalidDeltaError(f"derive function {rule.fn_name!r} for page {name!r} (from {list(rule.srcs)}) "
+                                    f"returned NaN; NaN is not allowed on a page whose ⊕ is idempotent "
+                                    f"({dst_sr.name}); nothing was committed")
         idx = np.flatnonzero(changed_positions(out, y)).astype(np.int64)
         if not idx.size:
             return None
@@ -179,9 +267,20 @@ class Engine:
                undo: UndoLog) -> Optional[Change]:
         sr = rules[0].semiring
         y = self.array(name)
+        idem, inv = algebra_flags(sr, y.dtype)
+        track = inv and y.dtype.kind == "f" and sr.add is np.add     # float differences: bound their rounding
         pushes: list[tuple[Rule, np.ndarray, np.ndarray]] = []
+        mags: list[tuple[Rule, np.ndarray, np.ndarray]] = []
         recompute: list[np.ndarray] = []
         if full:
+            if idem:
+                for r in rules:
+                    if r.matrix.has_nan:
+                        raise InvalidDeltaError(f"the link into page {name!r} from page {r.srcs[0]!r} has NaN "
+                                                f"matrix entries; NaN is not allowed under an idempotent ⊕ "
+                                                f"({sr.name}); nothing was committed")
+                    x = self._x(r, y.dtype)
+                    self._check_nan_columns(name, r, sr, np.arange(x.size, dtype=np.int64), x)
             rows = np.arange(y.size, dtype=np.int64)
             recompute.append(rows)
         else:
@@ -191,9 +290,16 @@ class Engine:
                     continue
                 new = self.array(r.srcs[0])[ch.idx].astype(y.dtype, copy=False)
                 old = ch.old.astype(y.dtype, copy=False)
-                if sr.invertible and sr.sub is not None:
+                if idem:
+                    self._check_nan_columns(name, r, sr, ch.idx, new)
+                if inv:
+                    if track and ch.idx.size * _PUSH_SHARE >= r.matrix.shape[1]:
+                        recompute.append(r.matrix.column_rows(ch.idx))   # a large change: pull, exactly
+                        continue
                     pushes.append((r, ch.idx, np.asarray(sr.sub(new, old)).astype(y.dtype, copy=False)))
-                elif sr.idempotent:
+                    if track:
+                        mags.append((r, ch.idx, np.abs(new) + np.abs(old)))
+                elif idem:
                     better = ~changed_positions(sr.add_arrays(old, new), new)
                     if better.any():
                         pushes.append((r, ch.idx[better], new[better]))
@@ -208,21 +314,67 @@ class Engine:
         if not cand.size:
             return None
         before = y[cand].copy()
-        for r, idx, vals in pushes:
-            self._push(r.matrix, idx, vals, y, sr)
-        if pushes and sr.invertible and y.dtype.kind == "f":
-            # differences through ±inf/NaN are not exact (inf - inf = nan): recompute those rows
-            bad = ~(np.isfinite(y[cand]) & np.isfinite(before))
-            if bad.any():
-                recompute.append(cand[bad])
-        if recompute:
-            rows = unique(np.concatenate(recompute)) if len(recompute) > 1 else recompute[0]
-            self._pull_rows(rules, rows, y, sr)
-            self.stats.rows_recomputed += int(rows.size)
+        err = self._error_bounds(name, y, cand, undo) if track else None
+        try:
+            for r, idx, vals in pushes:
+                self._push(r.matrix, idx, vals, y, sr)
+            if pushes and inv and y.dtype.kind == "f":
+                # differences through ±inf/NaN are not exact (inf - inf = nan): recompute those rows
+                bad = ~(np.isfinite(y[cand]) & np.isfinite(before))
+                if mags:
+                    bad |= self._rounding_too_large(y, cand, before, mags, err)
+                if bad.any():
+                    recompute.append(cand[bad])
+            if recompute:
+                rows = unique(np.concatenate(recompute)) if len(recompute) > 1 else recompute[0]
+                self._pull_rows(rules, rows, y, sr)
+                self.stats.rows_recomputed += int(rows.size)
+                if err is not None:
+                    err[rows] = 0.0
+        except BaseException:
+            y[cand] = before
+            raise
         diff = changed_positions(y[cand], before)
         if not diff.any():
             return None
         return self._record(name, cand[diff], before[diff], undo)
+
+    def _error_bounds(self, name: str, y: np.ndarray, cand: np.ndarray, undo: UndoLog) -> np.ndarray:
+        """The per-row rounding-error bounds of float page ``name``; their values at ``cand`` are undo-logged.
+
+        A page this engine has not computed yet (e.g. after reopening a store) starts from the largest bound the
+        invariant allows, ``REL_TOL * |y|``.
+        """
+        err = self._errors.get(name)
+        if err is None or err.size != y.size:
+            with np.errstate(all="ignore"):
+                err = REL_TOL * np.abs(y.astype(np.float64))
+            self._errors[name] = err
+        undo.record(lambda a=err: a, cand, err[cand].copy())
+        return err
+
+    def _rounding_too_large(self, y: np.ndarray, cand: np.ndarray, before: np.ndarray,
+                            mags: list[tuple[Rule, np.ndarray, np.ndarray]], err: np.ndarray) -> np.ndarray:
+        """Add this push's rounding bound to ``err`` at ``cand``; True where it exceeds ``REL_TOL * |y|``.
+
+        Summing ``before + Σ_j A[i, j] (new_j - old_j)`` over ``k`` pushed columns errs by at most
+        ``(k + 2) u (|before| + Σ_j |A[i, j]| (|new_j| + |old_j|))`` (u the unit roundoff): the differences, the
+        products and the k additions each round once, and every partial sum is bounded by that magnitude.
+        """
+        scratch = self._scratch("\0magnitude", y)
+        scratch[cand] = 0
+        k = 0
+        for r, idx, m in mags:
+            t = r.matrix.abs_T
+            _kernels.spmv.push(t.indptr, t.indices, t.data, idx, m, scratch, _ops.OP_PLUS, _ops.OP_TIMES,
+                               y.dtype.type(0))
+            k += int(idx.size)
+        u = float(np.finfo(y.dtype).eps) / 2
+        with np.errstate(all="ignore"):
+            bound = err[cand] + (k + 2) * u * (np.abs(before).astype(np.float64) + scratch[cand])
+            ok = bound <= REL_TOL * np.abs(y[cand]).astype(np.float64)
+        err[cand] = np.where(ok, bound, 0.0)        # the rows that fail are recomputed: exact again
+        return ~ok
 
     def _x(self, rule: Rule, dtype: np.dtype) -> np.ndarray:
         x = self.array(rule.srcs[0])
@@ -292,47 +444,109 @@ class Engine:
         y = self.array(name)
         src = self._x(rule, y.dtype)
         zero = sr.zero_for(y.dtype)
-        if full or not sr.idempotent:
+        idem = algebra_flags(sr, y.dtype)[0]
+        if full or not idem:
+            if idem:
+                if rule.matrix.has_nan:
+                    raise InvalidDeltaError(f"the closure on page {name!r} from page {rule.srcs[0]!r} has NaN "
+                                            f"matrix entries; NaN is not allowed under an idempotent ⊕ "
+                                            f"({sr.name}); nothing was committed")
+                if src.dtype.kind == "f" and np.isnan(src).any():
+                    raise self._refuse_nan(name, rule, rule.srcs[0], "a NaN source value")
             before = y.copy()
-            if not sr.idempotent:
-                self._closure_bounded(rule, src, y, sr)
-            else:
-                y[:] = src
-                frontier = np.flatnonzero(changed_positions(y, np.full_like(y, zero))).astype(np.int64)
-                self._run_closure(rule.matrix, y, frontier, sr)
+            try:
+                if not idem:
+                    self._closure_bounded(rule, src, y, sr)
+                else:
+                    y[:] = src
+                    frontier = np.flatnonzero(changed_positions(y, np.full_like(y, zero))).astype(np.int64)
+                    self._run_closure(rule.matrix, y, frontier, sr)
+            except _NoFixpoint:
+                y[:] = before
+                raise self._no_fixpoint(name, rule) from None
+            except BaseException:
+                y[:] = before
+                raise
             idx = np.flatnonzero(changed_positions(y, before)).astype(np.int64)
-            return self._record(name, idx, before[idx], undo) if idx.size else None
+            if not idx.size:
+                return None
+            out = self._record(name, idx, before[idx], undo)
+            if idem:
+                self._check_closure_nan(name, rule, sr, y, idx)
+            return out
         if ch is None or not ch.idx.size:
             return None
         new, old = src[ch.idx], ch.old.astype(y.dtype, copy=False)
+        if new.dtype.kind == "f" and np.isnan(new).any():
+            raise self._refuse_nan(name, rule, rule.srcs[0], "a NaN source value")
         better = ~changed_positions(sr.add_arrays(old, new), new)
         if not better.all():
-            return self._closure_worse(name, rule, ch, better, src, y, sr, undo)
-        imp = ch.idx
-        merged = sr.add_arrays(y[imp], new)
-        moved = changed_positions(merged, y[imp])
-        seeds, seed_old = imp[moved], y[imp][moved]
-        if not seeds.size:
-            return None
-        y[seeds] = merged[moved]
-        old_out = self._scratch(name, y)
-        reached = self._run_closure(rule.matrix, y, seeds, sr, old_out)
-        idx, pos = unique_first(np.concatenate([seeds, reached]))
-        olds = np.concatenate([seed_old, old_out[reached]])[pos]
-        return self._record(name, idx, olds, undo)
+            out = self._closure_worse(name, rule, ch, better, src, y, sr, undo)
+        else:
+            imp = ch.idx
+            merged = sr.add_arrays(y[imp], new)
+            moved = changed_positions(merged, y[imp])
+            seeds, seed_old = imp[moved], y[imp][moved]
+            if not seeds.size:
+                return None
+            y[seeds] = merged[moved]
+            old_out = self._scratch(name, y)
+            try:
+                reached = self._run_closure(rule.matrix, y, seeds, sr, old_out)
+            except BaseException as exc:
+                self._closure_restore(rule, ch, src, y, sr)
+                if isinstance(exc, _NoFixpoint):
+                    raise self._no_fixpoint(name, rule) from None
+                raise
+            idx, pos = unique_first(np.concatenate([seeds, reached]))
+            olds = np.concatenate([seed_old, old_out[reached]])[pos]
+            out = self._record(name, idx, olds, undo)
+        if out is not None:
+            self._check_closure_nan(name, rule, sr, y, out.idx)
+        return out
+
+    @staticmethod
+    def _no_fixpoint(name: str, rule: Rule) -> SemiringError:
+        return SemiringError(f"closure on page {name!r} from page {rule.srcs[0]!r} does not converge under "
+                             f"{rule.semiring.name} (a cycle that improves on every pass, e.g. a negative cycle "
+                             f"under min_plus); page {name!r} is left as it was and nothing was committed")
+
+    def _check_closure_nan(self, name: str, rule: Rule, sr: Semiring, y: np.ndarray, changed: np.ndarray) -> None:
+        """Refuse (after the change was undo-logged) a NaN that entered the closure through ``A ⊗ x``."""
+        if y.dtype.kind != "f" or not changed.size:
+            return
+        vals = y[changed]
+        if np.isnan(vals).any():
+            raise self._refuse_nan(name, rule, rule.srcs[0], "a NaN product A[i, j] ⊗ x[j]")
+        self._check_nan_columns(name, rule, sr, changed, vals)
+
+    def _closure_restore(self, rule: Rule, ch: Change, src: np.ndarray, y: np.ndarray, sr: Semiring) -> None:
+        """Put back the closure of the source as it was before ``ch`` (the value ``y`` held) after a failed run."""
+        old_src = src.copy()
+        old_src[ch.idx] = ch.old.astype(y.dtype, copy=False)
+        y[:] = old_src
+        zero = sr.zero_for(y.dtype)
+        self._run_closure(rule.matrix, y, np.flatnonzero(changed_positions(y, np.full_like(y, zero))), sr)
 
     def _closure_worse(self, name: str, rule: Rule, ch: Change, better: np.ndarray, src: np.ndarray,
                        y: np.ndarray, sr: Semiring, undo: UndoLog) -> Optional[Change]:
         """Some sources got worse: reset the region that depended on them, then re-converge."""
         before = y.copy()
-        parts = [self._reset_region(rule, ch.idx[~better], src, y, sr)]
-        imp = ch.idx[better]
-        if imp.size:
-            merged = sr.add_arrays(y[imp], src[imp])
-            moved = changed_positions(merged, y[imp])
-            y[imp] = merged
-            parts.append(imp[moved])
-        self._run_closure(rule.matrix, y, unique(np.concatenate(parts)), sr)
+        try:
+            parts = [self._reset_region(rule, ch.idx[~better], src, y, sr)]
+            imp = ch.idx[better]
+            if imp.size:
+                merged = sr.add_arrays(y[imp], src[imp])
+                moved = changed_positions(merged, y[imp])
+                y[imp] = merged
+                parts.append(imp[moved])
+            self._run_closure(rule.matrix, y, unique(np.concatenate(parts)), sr)
+        except _NoFixpoint:
+            y[:] = before
+            raise self._no_fixpoint(name, rule) from None
+        except BaseException:
+            y[:] = before
+            raise
         idx = np.flatnonzero(changed_positions(y, before)).astype(np.int64)
         return self._record(name, idx, before[idx], undo) if idx.size else None
 
@@ -346,7 +560,11 @@ class Engine:
 
     def _run_closure(self, A: CSR, y: np.ndarray, frontier: np.ndarray, sr: Semiring,
                      old_out: Optional[np.ndarray] = None) -> np.ndarray:
-        """Converge y from ``frontier``; returns the entries changed (their old values land in ``old_out``)."""
+        """Converge y from ``frontier``; returns the entries changed (their old values land in ``old_out``).
+
+        Raises :class:`_NoFixpoint` when the iteration runs past ``n + 1`` rounds; ``y`` is then partly updated
+        (the caller restores it).
+        """
         if not frontier.size:
             return np.empty(0, dtype=np.int64)
         t = A.T
@@ -354,11 +572,20 @@ class Engine:
         zero = sr.zero_for(y.dtype)
         self.stats.entries_pushed += int(frontier.size)
         if codes is not None:
-            return _kernels.spmv.closure(t.indptr, t.indices, _kview(t.data), _kview(y), frontier, codes[0],
-                                         codes[1], _kview(np.array([zero]))[0],
-                                         None if old_out is None else _kview(old_out), t.weight_range)
+            try:
+                return _kernels.spmv.closure(t.indptr, t.indices, _kview(t.data), _kview(y), frontier, codes[0],
+                                             codes[1], _kview(np.array([zero]))[0],
+                                             None if old_out is None else _kview(old_out), t.weight_range)
+            except ValueError as exc:
+                if "converge" in str(exc):
+                    raise _NoFixpoint() from exc
+                raise
         start = y.copy()
+        rounds = 0
         while frontier.size:
+            rounds += 1
+            if rounds > y.size + 1:
+                raise _NoFixpoint()
             before = y.copy()
             self._push(A, frontier, y[frontier].copy(), y, sr)
             frontier = np.flatnonzero(changed_positions(y, before)).astype(np.int64)
