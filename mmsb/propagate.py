@@ -9,20 +9,44 @@ it returns into derived deltas of the same epoch.
 """
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
 from mmsb import _kernels, _ops
 from mmsb._sets import unique, unique_first
-from mmsb.errors import InvalidDeltaError, MMSBError, PropagationError, SemiringError
+from mmsb.errors import InvalidDeltaError, MMSBError, SemiringError
 from mmsb.graph import Graph
 from mmsb.rules import CSR, Rule
 from mmsb.semiring import Semiring, _is_ufunc, _kview
 
 _SELECTIVE = (np.minimum, np.maximum, np.fmin, np.fmax, np.logical_or)
+
+
+@dataclass
+class Change:
+    """Positions of one page that changed in a commit (sorted, unique, flat) and their values before it."""
+
+    idx: np.ndarray
+    old: np.ndarray
+
+    def merged_after(self, later: "Change") -> "Change":
+        """This change followed by ``later``: the union of positions, each with its oldest value."""
+        idx, old = _kernels.merge.merge_sparse(later.idx, _kview(later.old), self.idx, _kview(self.old),
+                                               _ops.OP_ASSIGN)
+        return Change(idx, old.view(self.old.dtype))
+
+
+def changed_positions(new: np.ndarray, old: np.ndarray) -> np.ndarray:
+    """Boolean mask of entries where ``new`` differs from ``old`` (NaN equal to NaN)."""
+    diff = new != old
+    if new.dtype.kind == "f":
+        diff &= ~(np.isnan(new) & np.isnan(old))
+    return diff
+
 
 REL_TOL = 1e-10
 """Difference propagation (float links under ⊕ = plus) keeps, per derived row, a bound on the rounding error it
@@ -61,26 +85,30 @@ class _NoFixpoint(Exception):
     """A closure iteration ran past its round bound (e.g. a negative cycle under min_plus)."""
 
 
-@dataclass
-class Change:
-    """Positions of one page that changed in a commit (sorted, unique, flat) and their values before it."""
+def _wrap_foreign(step: Callable) -> Callable:
+    """Turn an exception that is not an MMSBError, raised by a user's derive function or a plugin semiring's
+    ⊕/⊗ inside one page's step, into a :class:`~mmsb.errors.PropagationError` naming the page and the rule,
+    with the original chained. The step leaves its page as it was; the commit's undo log restores the rest."""
 
-    idx: np.ndarray
-    old: np.ndarray
+    @functools.wraps(step)
+    def run(self: "Engine", name: str, rule_or_rules: Any, *args: Any) -> Optional["Change"]:
+        try:
+            return step(self, name, rule_or_rules, *args)
+        except MMSBError:
+            raise
+        except Exception as exc:
+            from mmsb.errors import PropagationError
 
-    def merged_after(self, later: "Change") -> "Change":
-        """This change followed by ``later``: the union of positions, each with its oldest value."""
-        idx, old = _kernels.merge.merge_sparse(later.idx, _kview(later.old), self.idx, _kview(self.old),
-                                               _ops.OP_ASSIGN)
-        return Change(idx, old.view(self.old.dtype))
+            rules = rule_or_rules if isinstance(rule_or_rules, list) else [rule_or_rules]
+            kind = rules[0].kind
+            srcs = sorted({s for r in rules for s in r.srcs})
+            what = (f"derive function {rules[0].fn_name!r}" if kind == "derive"
+                    else f"semiring {rules[0].semiring.name!r} of the {kind} rule")
+            raise PropagationError(f"propagation into page {name!r} (from {srcs}) failed: {what} raised "
+                                   f"{type(exc).__name__}: {exc}; nothing was committed", page=name,
+                                   rule=kind) from exc
 
-
-def changed_positions(new: np.ndarray, old: np.ndarray) -> np.ndarray:
-    """Boolean mask of entries where ``new`` differs from ``old`` (NaN equal to NaN)."""
-    diff = new != old
-    if new.dtype.kind == "f":
-        diff &= ~(np.isnan(new) & np.isnan(old))
-    return diff
+    return run
 
 
 class UndoLog:
@@ -179,21 +207,11 @@ class Engine:
 
             return update_page(self, name, rules, inputs, full, undo)
         kind = rules[0].kind
-        try:
-            if kind == "derive":
-                return self._derive(name, rules[0], undo)
-            if kind == "closure":
-                return self._closure(name, rules[0], inputs.get(rules[0].srcs[0]), full, undo)
-            return self._links(name, rules, inputs, full, undo)
-        except MMSBError:
-            raise
-        except Exception as exc:
-            srcs = sorted({s for r in rules for s in r.srcs})
-            what = (f"derive function {rules[0].fn_name!r}" if kind == "derive"
-                    else f"semiring {rules[0].semiring.name!r} of the {kind} rule")
-            raise PropagationError(f"propagation into page {name!r} (from {srcs}) failed: {what} raised "
-                                   f"{type(exc).__name__}: {exc}; nothing was committed", page=name,
-                                   rule=kind) from exc
+        if kind == "derive":
+            return self._derive(name, rules[0], undo)
+        if kind == "closure":
+            return self._closure(name, rules[0], inputs.get(rules[0].srcs[0]), full, undo)
+        return self._links(name, rules, inputs, full, undo)
 
     @staticmethod
     def _refuse_nan(name: str, rule: Rule, src: str, how: str) -> InvalidDeltaError:
@@ -233,6 +251,7 @@ class Engine:
         return Change(idx, old)
 
     # -- derive ---------------------------------------------------------------------------------------------
+    @_wrap_foreign
     def _derive(self, name: str, rule: Rule, undo: UndoLog) -> Optional[Change]:
         if rule.fn is None:
             raise MMSBError(f"derive rule for page {name!r} is inactive: its function {rule.fn_name!r} is not "
@@ -263,6 +282,7 @@ class Engine:
         return self._record(name, idx, old, undo)
 
     # -- links ----------------------------------------------------------------------------------------------
+    @_wrap_foreign
     def _links(self, name: str, rules: list[Rule], inputs: dict[str, Change], full: bool,
                undo: UndoLog) -> Optional[Change]:
         sr = rules[0].semiring
@@ -438,6 +458,7 @@ class Engine:
         return out
 
     # -- closure --------------------------------------------------------------------------------------------
+    @_wrap_foreign
     def _closure(self, name: str, rule: Rule, ch: Optional[Change], full: bool,
                  undo: UndoLog) -> Optional[Change]:
         sr = rule.semiring
