@@ -19,6 +19,10 @@ from mmsb import errors as E
 
 DEFERRED_REASON = "deferred-mode fix lands with the commit pipeline (lead)"
 BUFFER_REASON = "buffer-side validation lands with the commit pipeline (lead)"
+# The commit pipeline (mmsb/commit.py, on main since f129f17) already fixes the deferred-mode items and at("x"):
+# those tests are strict xfails only on a tree without it. Drop the condition once it is merged.
+PIPELINE = os.path.exists(os.path.join(os.path.dirname(mmsb.__file__), "commit.py"))
+pipeline_xfail = pytest.mark.xfail(not PIPELINE, strict=True, reason=DEFERRED_REASON)
 
 
 def state(buf):
@@ -38,7 +42,7 @@ def assert_state(buf, want):
 
 
 # -- deferred mode (buffer.py) ----------------------------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason=DEFERRED_REASON)
+@pipeline_xfail
 def test_deferred_drop_of_a_page_with_a_pending_rule_keeps_propagate_working():
     b = mmsb.open(None, propagation="deferred")
     a = b.create_page("a", 3)
@@ -73,7 +77,7 @@ def test_deferred_written_page_that_becomes_a_target_updates_downstream():
     assert b.at(b.epoch)["y"].read()[0] == 2.0      # the logged derived deltas replay to the same state
 
 
-@pytest.mark.xfail(strict=True, reason=DEFERRED_REASON)
+@pipeline_xfail
 def test_deferred_reopen_before_propagate_keeps_the_pending_evaluation(tmp_path):
     path = str(tmp_path / "st")
     A = np.array([[2.0, 0.0, 1.0], [0.0, 3.0, 0.0]])
@@ -91,7 +95,7 @@ def test_deferred_reopen_before_propagate_keeps_the_pending_evaluation(tmp_path)
         np.testing.assert_array_equal(b["y"].read(), A @ b["x"].read())    # [5, 15]
 
 
-@pytest.mark.xfail(strict=True, reason=DEFERRED_REASON)
+@pipeline_xfail
 def test_deferred_reopen_with_a_pending_new_rule(tmp_path):
     path = str(tmp_path / "st")
     with mmsb.open(path, propagation="deferred") as b:
@@ -484,7 +488,7 @@ def test_lone_surrogate_page_name_refused(tmp_path, durable):
     b.close()
 
 
-@pytest.mark.xfail(strict=True, reason=BUFFER_REASON)
+@pytest.mark.xfail(not PIPELINE, strict=True, reason=BUFFER_REASON)
 def test_at_with_a_non_integer_epoch_is_a_history_error():
     b = mmsb.open(None)
     b.create_page("a", 1)
