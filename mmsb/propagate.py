@@ -81,6 +81,16 @@ def algebra_flags(sr: Semiring, dtype: np.dtype) -> tuple[bool, bool]:
     return got
 
 
+_ROUNDOFF: dict = {}
+
+
+def _unit_roundoff(dtype: np.dtype) -> float:
+    u = _ROUNDOFF.get(dtype)
+    if u is None:
+        u = _ROUNDOFF[dtype] = float(np.finfo(dtype).eps) / 2
+    return u
+
+
 class _NoFixpoint(Exception):
     """A closure iteration ran past its round bound (e.g. a negative cycle under min_plus)."""
 
@@ -367,10 +377,9 @@ class Engine:
         """
         err = self._errors.get(name)
         if err is None or err.size != y.size:
-            with np.errstate(all="ignore"):
-                err = REL_TOL * np.abs(y.astype(np.float64))
+            err = REL_TOL * np.abs(y.astype(np.float64))
             self._errors[name] = err
-        undo.record(lambda a=err: a, cand, err[cand].copy())
+        undo.record(lambda a=err: a, cand, err[cand])
         return err
 
     def _rounding_too_large(self, y: np.ndarray, cand: np.ndarray, before: np.ndarray,
@@ -381,20 +390,29 @@ class Engine:
         ``(k + 2) u (|before| + Σ_j |A[i, j]| (|new_j| + |old_j|))`` (u the unit roundoff): the differences, the
         products and the k additions each round once, and every partial sum is bounded by that magnitude.
         """
-        scratch = self._scratch("\0magnitude", y)
-        scratch[cand] = 0
-        k = 0
-        for r, idx, m in mags:
-            t = r.matrix.abs_T
-            _kernels.spmv.push(t.indptr, t.indices, t.data, idx, m, scratch, _ops.OP_PLUS, _ops.OP_TIMES,
-                               y.dtype.type(0))
-            k += int(idx.size)
-        u = float(np.finfo(y.dtype).eps) / 2
-        with np.errstate(all="ignore"):
-            bound = err[cand] + (k + 2) * u * (np.abs(before).astype(np.float64) + scratch[cand])
-            ok = bound <= REL_TOL * np.abs(y[cand]).astype(np.float64)
-        err[cand] = np.where(ok, bound, 0.0)        # the rows that fail are recomputed: exact again
-        return ~ok
+        r, idx, m = mags[0]
+        t = r.matrix.T
+        if len(mags) == 1 and idx.size == 1 and t.indptr[idx[0] + 1] - t.indptr[idx[0]] == cand.size:
+            j = idx[0]                          # one column: cand is exactly its rows, in order
+            mag = np.abs(t.data[t.indptr[j]:t.indptr[j + 1]]) * m[0]
+            k = 1
+        else:
+            scratch = self._scratch("\0magnitude", y)
+            scratch[cand] = 0
+            k = 0
+            for r, idx, m in mags:
+                t = r.matrix.abs_T
+                _kernels.spmv.push(t.indptr, t.indices, t.data, idx, m, scratch, _ops.OP_PLUS, _ops.OP_TIMES,
+                                   y.dtype.type(0))
+                k += int(idx.size)
+            mag = scratch[cand]
+        bound = err[cand]
+        bound += (k + 2) * _unit_roundoff(y.dtype) * (np.abs(before) + mag)
+        ok = bound <= REL_TOL * np.abs(y[cand])
+        bad = ~ok
+        bound[bad] = 0.0                        # the rows that fail are recomputed: exact again
+        err[cand] = bound
+        return bad
 
     def _x(self, rule: Rule, dtype: np.dtype) -> np.ndarray:
         x = self.array(rule.srcs[0])

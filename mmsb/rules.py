@@ -89,19 +89,25 @@ class CSR:
     def column_rows(self, cols: np.ndarray) -> np.ndarray:
         """Sorted unique rows i with a stored A[i, j] for some j in ``cols``."""
         t = self.T
+        if cols.size == 1:                  # one column of the transpose: its rows are sorted and unique
+            j = cols[0]
+            return t.indices[t.indptr[j]:t.indptr[j + 1]].copy()
         starts, ends = t.indptr[cols], t.indptr[cols + 1]
         lens = ends - starts
         total = int(lens.sum())
         if total == 0:
             return np.empty(0, dtype=np.int64)
-        offs = np.repeat(starts - np.cumsum(np.r_[0, lens[:-1]]), lens) + np.arange(total)
+        offs = np.repeat(starts - (np.cumsum(lens) - lens), lens) + np.arange(total)
         rows = t.indices[offs]
         if total * 8 >= self.shape[0]:  # dense enough: a row bitmap is O(n), far faster than np.unique's hashing
             mark = np.zeros(self.shape[0], dtype=bool)
             mark[rows] = True
             return np.flatnonzero(mark).astype(np.int64, copy=False)
         rows.sort()
-        return rows[np.r_[True, rows[1:] != rows[:-1]]]
+        keep = np.empty(rows.size, dtype=bool)
+        keep[0] = True
+        np.not_equal(rows[1:], rows[:-1], out=keep[1:])
+        return rows[keep]
 
 
 def as_csr(matrix: Any, shape: tuple, dtype: np.dtype, what: str) -> CSR:
