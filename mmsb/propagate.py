@@ -95,28 +95,36 @@ class _NoFixpoint(Exception):
     """A closure iteration ran past its round bound (e.g. a negative cycle under min_plus)."""
 
 
+def _foreign_error(name: str, rules: list, exc: Exception) -> MMSBError:
+    """A :class:`~mmsb.errors.PropagationError` for ``exc``, raised by user code while computing page ``name``."""
+    from mmsb.errors import PropagationError
+
+    kind = rules[0].kind
+    srcs = sorted({s for r in rules for s in r.srcs})
+    what = (f"derive function {rules[0].fn_name!r}" if kind == "derive"
+            else f"semiring {rules[0].semiring.name!r} of the {kind} rule")
+    return PropagationError(f"propagation into page {name!r} (from {srcs}) failed: {what} raised "
+                            f"{type(exc).__name__}: {exc}; nothing was committed", page=name, rule=kind)
+
+
 def _wrap_foreign(step: Callable) -> Callable:
-    """Turn an exception that is not an MMSBError, raised by a user's derive function or a plugin semiring's
-    ⊕/⊗ inside one page's step, into a :class:`~mmsb.errors.PropagationError` naming the page and the rule,
-    with the original chained. The step leaves its page as it was; the commit's undo log restores the rest."""
+    """Turn an exception raised by a plugin semiring's ⊕/⊗ inside one page's step into a
+    :class:`~mmsb.errors.PropagationError` naming the page and the rule, with the original chained. Steps under
+    built-in semirings run only mmsb's own code, and I/O or memory errors (a spill, a reload) are not the
+    semiring's: those pass through unchanged. The step leaves its page as it was; the commit's undo log restores
+    the rest."""
 
     @functools.wraps(step)
     def run(self: "Engine", name: str, rule_or_rules: Any, *args: Any) -> Optional["Change"]:
         try:
             return step(self, name, rule_or_rules, *args)
-        except MMSBError:
+        except (MMSBError, OSError, MemoryError):
             raise
         except Exception as exc:
-            from mmsb.errors import PropagationError
-
             rules = rule_or_rules if isinstance(rule_or_rules, list) else [rule_or_rules]
-            kind = rules[0].kind
-            srcs = sorted({s for r in rules for s in r.srcs})
-            what = (f"derive function {rules[0].fn_name!r}" if kind == "derive"
-                    else f"semiring {rules[0].semiring.name!r} of the {kind} rule")
-            raise PropagationError(f"propagation into page {name!r} (from {srcs}) failed: {what} raised "
-                                   f"{type(exc).__name__}: {exc}; nothing was committed", page=name,
-                                   rule=kind) from exc
+            if all(r.semiring is None or r.semiring.builtin for r in rules):
+                raise
+            raise _foreign_error(name, rules, exc) from exc
 
     return run
 
@@ -261,14 +269,18 @@ class Engine:
         return Change(idx, old)
 
     # -- derive ---------------------------------------------------------------------------------------------
-    @_wrap_foreign
     def _derive(self, name: str, rule: Rule, undo: UndoLog) -> Optional[Change]:
         if rule.fn is None:
             raise MMSBError(f"derive rule for page {name!r} is inactive: its function {rule.fn_name!r} is not "
                             f"registered; call buf.register_function({rule.fn_name!r}, fn)")
         args = [self.array(s).reshape(self.shape(s)).copy() for s in rule.srcs]
         self.stats.derive_calls += 1
-        out = np.asarray(rule.fn(*args))
+        try:
+            out = np.asarray(rule.fn(*args))
+        except MMSBError:
+            raise
+        except Exception as exc:
+            raise _foreign_error(name, [rule], exc) from exc
         y = self.array(name)
         shape = self.shape(name)
         if out.shape != tuple(shape) and not (out.size == y.size and out.ndim <= 1 and len(shape) == 1):
