@@ -101,6 +101,9 @@ class PropagationError(MMSBError):
         self.page = page
         self.rule = rule
 
+    def __reduce__(self):      # keep page and rule when a Dask worker sends it to the driver
+        return (type(self), (self.args[0] if self.args else "", self.page, self.rule))
+
 
 class PluginError(MMSBError, ImportError):
     """A semiring plugin failed to load or to register."""
