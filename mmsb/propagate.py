@@ -209,8 +209,8 @@ class Engine:
             ch = self._update(name, rules, inputs, name in force, undo)
             self.stats.pages_touched += 1
             if ch is not None and ch.idx.size:
-                # A page written before it became derived (deferred mode) has a pending change too: downstream
-                # last saw the oldest values, so they are what its readers must compare against.
+                # a page that had a change of its own in this wave (written, then made a rule target before a
+                # deferred wave) changed from its oldest value as far as its readers are concerned
                 pending[name] = pending[name].merged_after(ch) if name in pending else ch
                 produced[name] = ch
         self.stats.waves += 1
@@ -264,6 +264,24 @@ class Engine:
         if np.isnan(prod).any():
             raise self._refuse_nan(name, rule, rule.srcs[0], "a NaN source value or a NaN product A[i, j] ⊗ x[j]")
 
+    def _refuse_nan_links(self, name: str, rules: list[Rule], inputs: dict[str, Change], full: bool,
+                          sr: Semiring, dtype: np.dtype) -> None:
+        """Refuse a NaN that the links into ``name`` (idempotent ⊕) would carry in: from NaN matrix entries or
+        from every source column when ``full``, else from the changed columns of the sources."""
+        for r in rules:
+            if full:
+                if r.matrix.has_nan:
+                    raise InvalidDeltaError(f"the link into page {name!r} from page {r.srcs[0]!r} has NaN matrix "
+                                            f"entries; NaN is not allowed under an idempotent ⊕ ({sr.name}); "
+                                            "nothing was committed")
+                x = self._x(r, dtype)
+                self._check_nan_columns(name, r, sr, np.arange(x.size, dtype=np.int64), x)
+                continue
+            ch = inputs.get(r.srcs[0])
+            if ch is not None and ch.idx.size:
+                new = self.array(r.srcs[0])[ch.idx].astype(dtype, copy=False)
+                self._check_nan_columns(name, r, sr, ch.idx, new)
+
     def _record(self, name: str, idx: np.ndarray, old: np.ndarray, undo: UndoLog) -> Change:
         undo.record(lambda n=name: self.array(n), idx, old)
         return Change(idx, old)
@@ -310,19 +328,13 @@ class Engine:
         sr = rules[0].semiring
         y = self.array(name)
         idem, inv = algebra_flags(sr, y.dtype)
+        if idem:
+            self._refuse_nan_links(name, rules, inputs, full, sr, y.dtype)
         track = inv and y.dtype.kind == "f" and sr.add is np.add     # float differences: bound their rounding
         pushes: list[tuple[Rule, np.ndarray, np.ndarray]] = []
         mags: list[tuple[Rule, np.ndarray, np.ndarray]] = []
         recompute: list[np.ndarray] = []
         if full:
-            if idem:
-                for r in rules:
-                    if r.matrix.has_nan:
-                        raise InvalidDeltaError(f"the link into page {name!r} from page {r.srcs[0]!r} has NaN "
-                                                f"matrix entries; NaN is not allowed under an idempotent ⊕ "
-                                                f"({sr.name}); nothing was committed")
-                    x = self._x(r, y.dtype)
-                    self._check_nan_columns(name, r, sr, np.arange(x.size, dtype=np.int64), x)
             rows = np.arange(y.size, dtype=np.int64)
             recompute.append(rows)
         else:
@@ -332,8 +344,6 @@ class Engine:
                     continue
                 new = self.array(r.srcs[0])[ch.idx].astype(y.dtype, copy=False)
                 old = ch.old.astype(y.dtype, copy=False)
-                if idem:
-                    self._check_nan_columns(name, r, sr, ch.idx, new)
                 if inv:
                     if track and ch.idx.size * _PUSH_SHARE >= r.matrix.shape[1]:
                         recompute.append(r.matrix.column_rows(ch.idx))   # a large change: pull, exactly
@@ -380,51 +390,6 @@ class Engine:
         if not diff.any():
             return None
         return self._record(name, cand[diff], before[diff], undo)
-
-    def _error_bounds(self, name: str, y: np.ndarray, cand: np.ndarray, undo: UndoLog) -> np.ndarray:
-        """The per-row rounding-error bounds of float page ``name``; their values at ``cand`` are undo-logged.
-
-        A page this engine has not computed yet (e.g. after reopening a store) starts from the largest bound the
-        invariant allows, ``REL_TOL * |y|``.
-        """
-        err = self._errors.get(name)
-        if err is None or err.size != y.size:
-            err = REL_TOL * np.abs(y.astype(np.float64))
-            self._errors[name] = err
-        undo.record(lambda a=err: a, cand, err[cand])
-        return err
-
-    def _rounding_too_large(self, y: np.ndarray, cand: np.ndarray, before: np.ndarray,
-                            mags: list[tuple[Rule, np.ndarray, np.ndarray]], err: np.ndarray) -> np.ndarray:
-        """Add this push's rounding bound to ``err`` at ``cand``; True where it exceeds ``REL_TOL * |y|``.
-
-        Summing ``before + Σ_j A[i, j] (new_j - old_j)`` over ``k`` pushed columns errs by at most
-        ``(k + 2) u (|before| + Σ_j |A[i, j]| (|new_j| + |old_j|))`` (u the unit roundoff): the differences, the
-        products and the k additions each round once, and every partial sum is bounded by that magnitude.
-        """
-        r, idx, m = mags[0]
-        t = r.matrix.T
-        if len(mags) == 1 and idx.size == 1 and t.indptr[idx[0] + 1] - t.indptr[idx[0]] == cand.size:
-            j = idx[0]                          # one column: cand is exactly its rows, in order
-            mag = np.abs(t.data[t.indptr[j]:t.indptr[j + 1]]) * m[0]
-            k = 1
-        else:
-            scratch = self._scratch("\0magnitude", y)
-            scratch[cand] = 0
-            k = 0
-            for r, idx, m in mags:
-                t = r.matrix.abs_T
-                _kernels.spmv.push(t.indptr, t.indices, t.data, idx, m, scratch, _ops.OP_PLUS, _ops.OP_TIMES,
-                                   y.dtype.type(0))
-                k += int(idx.size)
-            mag = scratch[cand]
-        bound = err[cand]
-        bound += (k + 2) * _unit_roundoff(y.dtype) * (np.abs(before) + mag)
-        ok = bound <= REL_TOL * np.abs(y[cand])
-        bad = ~ok
-        bound[bad] = 0.0                        # the rows that fail are recomputed: exact again
-        err[cand] = bound
-        return bad
 
     def _x(self, rule: Rule, dtype: np.dtype) -> np.ndarray:
         x = self.array(rule.srcs[0])
@@ -486,6 +451,51 @@ class Engine:
             for k, v in zip(owner.tolist(), prod):
                 out[k] = sr.add(out[k], v)
         return out
+
+    def _error_bounds(self, name: str, y: np.ndarray, cand: np.ndarray, undo: UndoLog) -> np.ndarray:
+        """The per-row rounding-error bounds of float page ``name``; their values at ``cand`` are undo-logged.
+
+        A page this engine has not computed yet (e.g. after reopening a store) starts from the largest bound the
+        invariant allows, ``REL_TOL * |y|``.
+        """
+        err = self._errors.get(name)
+        if err is None or err.size != y.size:
+            err = REL_TOL * np.abs(y.astype(np.float64))
+            self._errors[name] = err
+        undo.record(lambda a=err: a, cand, err[cand])
+        return err
+
+    def _rounding_too_large(self, y: np.ndarray, cand: np.ndarray, before: np.ndarray,
+                            mags: list[tuple[Rule, np.ndarray, np.ndarray]], err: np.ndarray) -> np.ndarray:
+        """Add this push's rounding bound to ``err`` at ``cand``; True where it exceeds ``REL_TOL * |y|``.
+
+        Summing ``before + Σ_j A[i, j] (new_j - old_j)`` over ``k`` pushed columns errs by at most
+        ``(k + 2) u (|before| + Σ_j |A[i, j]| (|new_j| + |old_j|))`` (u the unit roundoff): the differences, the
+        products and the k additions each round once, and every partial sum is bounded by that magnitude.
+        """
+        r, idx, m = mags[0]
+        t = r.matrix.T
+        if len(mags) == 1 and idx.size == 1 and t.indptr[idx[0] + 1] - t.indptr[idx[0]] == cand.size:
+            j = idx[0]                          # one column: cand is exactly its rows, in order
+            mag = np.abs(t.data[t.indptr[j]:t.indptr[j + 1]]) * m[0]
+            k = 1
+        else:
+            scratch = self._scratch("\0magnitude", y)
+            scratch[cand] = 0
+            k = 0
+            for r, idx, m in mags:
+                t = r.matrix.abs_T
+                _kernels.spmv.push(t.indptr, t.indices, t.data, idx, m, scratch, _ops.OP_PLUS, _ops.OP_TIMES,
+                                   y.dtype.type(0))
+                k += int(idx.size)
+            mag = scratch[cand]
+        bound = err[cand]
+        bound += (k + 2) * _unit_roundoff(y.dtype) * (np.abs(before) + mag)
+        ok = bound <= REL_TOL * np.abs(y[cand])
+        bad = ~ok
+        bound[bad] = 0.0                        # the rows that fail are recomputed: exact again
+        err[cand] = bound
+        return bad
 
     # -- closure --------------------------------------------------------------------------------------------
     @_wrap_foreign
