@@ -89,6 +89,22 @@ class SemiringError(MMSBError, ValueError):
     """An unknown semiring, a law that fails, or an operation the semiring does not support."""
 
 
+class PropagationError(MMSBError):
+    """A derive function or a semiring's ⊕/⊗ raised during propagation; the commit was rolled back.
+
+    ``page`` is the derived page being computed, ``rule`` the rule's kind; the original exception is chained as
+    ``__cause__``.
+    """
+
+    def __init__(self, message: str, page: Optional[str] = None, rule: Optional[str] = None):
+        super().__init__(message)
+        self.page = page
+        self.rule = rule
+
+    def __reduce__(self):      # keep page and rule when a Dask worker sends it to the driver
+        return (type(self), (self.args[0] if self.args else "", self.page, self.rule))
+
+
 class PluginError(MMSBError, ImportError):
     """A semiring plugin failed to load or to register."""
 
@@ -126,7 +142,7 @@ class TornWriteWarning(UserWarning):
 
 __all__ = [
     "MMSBError", "PageNotFoundError", "PageExistsError", "InvalidDeltaError", "CycleError", "DependencyError", "ConflictError",
-    "CorruptionError", "StoreLockedError", "ReadOnlyError", "SemiringError", "PluginError", "DeviceError",
+    "CorruptionError", "PropagationError", "StoreLockedError", "ReadOnlyError", "SemiringError", "PluginError", "DeviceError",
     "MemoryBudgetError", "ClosedError", "HistoryError", "LogPoisonedError", "DeviceFallbackWarning",
     "TornWriteWarning",
 ]

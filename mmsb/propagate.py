@@ -9,6 +9,7 @@ it returns into derived deltas of the same epoch.
 """
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -50,6 +51,87 @@ def changed_positions(new: np.ndarray, old: np.ndarray) -> np.ndarray:
     if new.dtype.kind == "f":
         diff &= ~(np.isnan(new) & np.isnan(old))
     return diff
+
+
+REL_TOL = 1e-10
+"""Difference propagation (float links under ⊕ = plus) keeps, per derived row, a bound on the rounding error it
+has accumulated since the row was last recomputed; a row whose bound exceeds ``REL_TOL * |value|`` is recomputed
+from its inputs (so cancellation, e.g. a source going 1e20 -> 1, never leaves a wrong result behind)."""
+
+_PUSH_SHARE = 8        # a change to >= 1/8 of a float plus link's source recomputes the rows instead of pushing
+
+_FLAGS: dict = {}
+
+
+def algebra_flags(sr: Semiring, dtype: np.dtype) -> tuple[bool, bool]:
+    """``(idempotent, invertible)`` of ``sr`` as it acts on ``dtype``.
+
+    On bool pages every ⊕ saturates: plus is logical or (numpy's ``np.add`` on bools), so plus_times on bool is
+    the idempotent or/and and has no inverse; the flags then come from ⊕ on {False, True} itself.
+    """
+    key = (sr, np.dtype(dtype).str)
+    got = _FLAGS.get(key)
+    if got is None:
+        if np.dtype(dtype).kind == "b":
+            t, f = np.array([True]), np.array([False])
+            try:
+                got = (bool(sr.add_arrays(t, t)[0]) and not bool(sr.add_arrays(f, f)[0]), False)
+            except Exception:       # an ⊕ that cannot take bools: recompute rows (its errors surface there)
+                got = (False, False)
+        else:
+            got = (sr.idempotent, sr.invertible and sr.sub is not None)
+        if len(_FLAGS) >= 1024:
+            _FLAGS.clear()
+        _FLAGS[key] = got
+    return got
+
+
+_ROUNDOFF: dict = {}
+
+
+def _unit_roundoff(dtype: np.dtype) -> float:
+    u = _ROUNDOFF.get(dtype)
+    if u is None:
+        u = _ROUNDOFF[dtype] = float(np.finfo(dtype).eps) / 2
+    return u
+
+
+class _NoFixpoint(Exception):
+    """A closure iteration ran past its round bound (e.g. a negative cycle under min_plus)."""
+
+
+def _foreign_error(name: str, rules: list, exc: Exception) -> MMSBError:
+    """A :class:`~mmsb.errors.PropagationError` for ``exc``, raised by user code while computing page ``name``."""
+    from mmsb.errors import PropagationError
+
+    kind = rules[0].kind
+    srcs = sorted({s for r in rules for s in r.srcs})
+    what = (f"derive function {rules[0].fn_name!r}" if kind == "derive"
+            else f"semiring {rules[0].semiring.name!r} of the {kind} rule")
+    return PropagationError(f"propagation into page {name!r} (from {srcs}) failed: {what} raised "
+                            f"{type(exc).__name__}: {exc}; nothing was committed", page=name, rule=kind)
+
+
+def _wrap_foreign(step: Callable) -> Callable:
+    """Turn an exception raised by a plugin semiring's ⊕/⊗ inside one page's step into a
+    :class:`~mmsb.errors.PropagationError` naming the page and the rule, with the original chained. Steps under
+    built-in semirings run only mmsb's own code, and I/O or memory errors (a spill, a reload) are not the
+    semiring's: those pass through unchanged. The step leaves its page as it was; the commit's undo log restores
+    the rest."""
+
+    @functools.wraps(step)
+    def run(self: "Engine", name: str, rule_or_rules: Any, *args: Any) -> Optional["Change"]:
+        try:
+            return step(self, name, rule_or_rules, *args)
+        except (MMSBError, OSError, MemoryError):
+            raise
+        except Exception as exc:
+            rules = rule_or_rules if isinstance(rule_or_rules, list) else [rule_or_rules]
+            if all(r.semiring is None or r.semiring.builtin for r in rules):
+                raise
+            raise _foreign_error(name, rules, exc) from exc
+
+    return run
 
 
 class UndoLog:
@@ -100,6 +182,7 @@ class Engine:
         self._pages = pages         # name -> Page (routes pages of other devices to their backend), or None
         self.stats = WaveStats()
         self._scratch_arrays: dict[str, np.ndarray] = {}
+        self._errors: dict[str, np.ndarray] = {}     # float plus links: per-row rounding-error bounds
 
     # -- a wave -----------------------------------------------------------------------------------------------
     def wave(self, changes: dict[str, Change], undo: UndoLog, force: Optional[set] = None) -> dict[str, Change]:
@@ -164,6 +247,57 @@ class Engine:
             return self._closure(name, rules[0], inputs.get(rules[0].srcs[0]), full, undo)
         return self._links(name, rules, inputs, full, undo)
 
+    @staticmethod
+    def _refuse_nan(name: str, rule: Rule, src: str, how: str) -> InvalidDeltaError:
+        sr = rule.semiring.name if rule.semiring is not None else "?"
+        return InvalidDeltaError(f"NaN would enter page {name!r} from page {src!r} through the {rule.kind} rule "
+                                 f"({how}); NaN is not allowed on a page whose ⊕ is idempotent ({sr}); nothing "
+                                 "was committed")
+
+    def _check_nan_columns(self, name: str, rule: Rule, sr: Semiring, cols: np.ndarray, vals: np.ndarray) -> None:
+        """Refuse a NaN that ``A ⊗ x`` would carry into ``name`` from the columns ``cols`` (values ``vals``).
+
+        A NaN source value on a column with stored entries, or a product IEEE makes NaN (±inf against an
+        opposite infinity, 0 × inf); values equal to ⊕'s zero are skipped, as the kernels skip them.
+        """
+        if vals.dtype.kind != "f" or not cols.size:
+            return
+        A = rule.matrix
+        if A.has_nonfinite:
+            suspect = np.ones(cols.size, dtype=bool)
+        else:
+            suspect = ~np.isfinite(vals)
+            if not suspect.any():
+                return
+        suspect &= vals != sr.zero_for(vals.dtype)
+        if not suspect.any():
+            return
+        k, _, data = A.column_entries(cols[suspect])
+        if not k.size:
+            return
+        with np.errstate(all="ignore"):
+            prod = sr.mul_arrays(data, vals[suspect][k])
+        if np.isnan(prod).any():
+            raise self._refuse_nan(name, rule, rule.srcs[0], "a NaN source value or a NaN product A[i, j] ⊗ x[j]")
+
+    def _refuse_nan_links(self, name: str, rules: list[Rule], inputs: dict[str, Change], full: bool,
+                          sr: Semiring, dtype: np.dtype) -> None:
+        """Refuse a NaN that the links into ``name`` (idempotent ⊕) would carry in: from NaN matrix entries or
+        from every source column when ``full``, else from the changed columns of the sources."""
+        for r in rules:
+            if full:
+                if r.matrix.has_nan:
+                    raise InvalidDeltaError(f"the link into page {name!r} from page {r.srcs[0]!r} has NaN matrix "
+                                            f"entries; NaN is not allowed under an idempotent ⊕ ({sr.name}); "
+                                            "nothing was committed")
+                x = self._x(r, dtype)
+                self._check_nan_columns(name, r, sr, np.arange(x.size, dtype=np.int64), x)
+                continue
+            ch = inputs.get(r.srcs[0])
+            if ch is not None and ch.idx.size:
+                new = self.array(r.srcs[0])[ch.idx].astype(dtype, copy=False)
+                self._check_nan_columns(name, r, sr, ch.idx, new)
+
     def _record(self, name: str, idx: np.ndarray, old: np.ndarray, undo: UndoLog) -> Change:
         undo.record(lambda n=name: self.array(n), idx, old)
         return Change(idx, old)
@@ -175,7 +309,12 @@ class Engine:
                             f"registered; call buf.register_function({rule.fn_name!r}, fn)")
         args = [self.array(s).reshape(self.shape(s)).copy() for s in rule.srcs]
         self.stats.derive_calls += 1
-        out = np.asarray(rule.fn(*args))
+        try:
+            out = np.asarray(rule.fn(*args))
+        except MMSBError:
+            raise
+        except Exception as exc:
+            raise _foreign_error(name, [rule], exc) from exc
         y = self.array(name)
         shape = self.shape(name)
         if out.shape != tuple(shape) and not (out.size == y.size and out.ndim <= 1 and len(shape) == 1):
@@ -185,6 +324,12 @@ class Engine:
             raise InvalidDeltaError(f"derive function {rule.fn_name!r} for page {name!r} returned dtype "
                                     f"{out.dtype}, which does not cast safely to {y.dtype}")
         out = out.reshape(-1).astype(y.dtype, copy=False)
+        dst_sr = self.semiring(name)
+        if out.dtype.kind == "f" and dst_sr is not None and algebra_flags(dst_sr, out.dtype)[0] \
+                and np.isnan(out).any():
+            raise InvalidDeltaError(f"derive function {rule.fn_name!r} for page {name!r} (from {list(rule.srcs)}) "
+                                    f"returned NaN; NaN is not allowed on a page whose ⊕ is idempotent "
+                                    f"({dst_sr.name}); nothing was committed")
         idx = np.flatnonzero(changed_positions(out, y)).astype(np.int64)
         if not idx.size:
             return None
@@ -193,11 +338,17 @@ class Engine:
         return self._record(name, idx, old, undo)
 
     # -- links ----------------------------------------------------------------------------------------------
+    @_wrap_foreign
     def _links(self, name: str, rules: list[Rule], inputs: dict[str, Change], full: bool,
                undo: UndoLog) -> Optional[Change]:
         sr = rules[0].semiring
         y = self.array(name)
+        idem, inv = algebra_flags(sr, y.dtype)
+        if idem:
+            self._refuse_nan_links(name, rules, inputs, full, sr, y.dtype)
+        track = inv and y.dtype.kind == "f" and sr.add is np.add     # float differences: bound their rounding
         pushes: list[tuple[Rule, np.ndarray, np.ndarray]] = []
+        mags: list[tuple[Rule, np.ndarray, np.ndarray]] = []
         recompute: list[np.ndarray] = []
         if not full and self._pull_is_cheaper(rules, inputs):
             return self._links_all_rows(name, rules, y, sr, undo)
@@ -211,9 +362,14 @@ class Engine:
                     continue
                 new = self.array(r.srcs[0])[ch.idx].astype(y.dtype, copy=False)
                 old = ch.old.astype(y.dtype, copy=False)
-                if sr.invertible and sr.sub is not None:
+                if inv:
+                    if track and ch.idx.size * _PUSH_SHARE >= r.matrix.shape[1]:
+                        recompute.append(r.matrix.column_rows(ch.idx))   # a large change: pull, exactly
+                        continue
                     pushes.append((r, ch.idx, np.asarray(sr.sub(new, old)).astype(y.dtype, copy=False)))
-                elif sr.idempotent:
+                    if track:
+                        mags.append((r, ch.idx, np.abs(new) + np.abs(old)))
+                elif idem:
                     better = ~changed_positions(sr.add_arrays(old, new), new)
                     if better.any():
                         pushes.append((r, ch.idx[better], new[better]))
@@ -228,17 +384,26 @@ class Engine:
         if not cand.size:
             return None
         before = y[cand].copy()
-        for r, idx, vals in pushes:
-            self._push(r.matrix, idx, vals, y, sr)
-        if pushes and sr.invertible and y.dtype.kind == "f":
-            # differences through ±inf/NaN are not exact (inf - inf = nan): recompute those rows
-            bad = ~(np.isfinite(y[cand]) & np.isfinite(before))
-            if bad.any():
-                recompute.append(cand[bad])
-        if recompute:
-            rows = unique(np.concatenate(recompute)) if len(recompute) > 1 else recompute[0]
-            self._pull_rows(rules, rows, y, sr)
-            self.stats.rows_recomputed += int(rows.size)
+        err = self._error_bounds(name, y, cand, undo) if track else None
+        try:
+            for r, idx, vals in pushes:
+                self._push(r.matrix, idx, vals, y, sr)
+            if pushes and inv and y.dtype.kind == "f":
+                # differences through ±inf/NaN are not exact (inf - inf = nan): recompute those rows
+                bad = ~(np.isfinite(y[cand]) & np.isfinite(before))
+                if mags:
+                    bad |= self._rounding_too_large(y, cand, before, mags, err)
+                if bad.any():
+                    recompute.append(cand[bad])
+            if recompute:
+                rows = unique(np.concatenate(recompute)) if len(recompute) > 1 else recompute[0]
+                self._pull_rows(rules, rows, y, sr)
+                self.stats.rows_recomputed += int(rows.size)
+                if err is not None:
+                    err[rows] = 0.0
+        except BaseException:
+            y[cand] = before
+            raise
         diff = changed_positions(y[cand], before)
         if not diff.any():
             return None
@@ -335,54 +500,162 @@ class Engine:
                 out[k] = sr.add(out[k], v)
         return out
 
+    def _error_bounds(self, name: str, y: np.ndarray, cand: np.ndarray, undo: UndoLog) -> np.ndarray:
+        """The per-row rounding-error bounds of float page ``name``; their values at ``cand`` are undo-logged.
+
+        A page this engine has not computed yet (e.g. after reopening a store) starts from the largest bound the
+        invariant allows, ``REL_TOL * |y|``.
+        """
+        err = self._errors.get(name)
+        if err is None or err.size != y.size:
+            err = REL_TOL * np.abs(y.astype(np.float64))
+            self._errors[name] = err
+        undo.record(lambda a=err: a, cand, err[cand])
+        return err
+
+    def _rounding_too_large(self, y: np.ndarray, cand: np.ndarray, before: np.ndarray,
+                            mags: list[tuple[Rule, np.ndarray, np.ndarray]], err: np.ndarray) -> np.ndarray:
+        """Add this push's rounding bound to ``err`` at ``cand``; True where it exceeds ``REL_TOL * |y|``.
+
+        Summing ``before + Σ_j A[i, j] (new_j - old_j)`` over ``k`` pushed columns errs by at most
+        ``(k + 2) u (|before| + Σ_j |A[i, j]| (|new_j| + |old_j|))`` (u the unit roundoff): the differences, the
+        products and the k additions each round once, and every partial sum is bounded by that magnitude.
+        """
+        r, idx, m = mags[0]
+        t = r.matrix.T
+        if len(mags) == 1 and idx.size == 1 and t.indptr[idx[0] + 1] - t.indptr[idx[0]] == cand.size:
+            j = idx[0]                          # one column: cand is exactly its rows, in order
+            mag = np.abs(t.data[t.indptr[j]:t.indptr[j + 1]]) * m[0]
+            k = 1
+        else:
+            scratch = self._scratch("\0magnitude", y)
+            scratch[cand] = 0
+            k = 0
+            for r, idx, m in mags:
+                t = r.matrix.abs_T
+                _kernels.spmv.push(t.indptr, t.indices, t.data, idx, m, scratch, _ops.OP_PLUS, _ops.OP_TIMES,
+                                   y.dtype.type(0))
+                k += int(idx.size)
+            mag = scratch[cand]
+        bound = err[cand]
+        bound += (k + 2) * _unit_roundoff(y.dtype) * (np.abs(before) + mag)
+        ok = bound <= REL_TOL * np.abs(y[cand])
+        bad = ~ok
+        bound[bad] = 0.0                        # the rows that fail are recomputed: exact again
+        err[cand] = bound
+        return bad
+
     # -- closure --------------------------------------------------------------------------------------------
+    @_wrap_foreign
     def _closure(self, name: str, rule: Rule, ch: Optional[Change], full: bool,
                  undo: UndoLog) -> Optional[Change]:
         sr = rule.semiring
         y = self.array(name)
         src = self._x(rule, y.dtype)
         zero = sr.zero_for(y.dtype)
-        if full or not sr.idempotent:
+        idem = algebra_flags(sr, y.dtype)[0]
+        if full or not idem:
+            if idem:
+                if rule.matrix.has_nan:
+                    raise InvalidDeltaError(f"the closure on page {name!r} from page {rule.srcs[0]!r} has NaN "
+                                            f"matrix entries; NaN is not allowed under an idempotent ⊕ "
+                                            f"({sr.name}); nothing was committed")
+                if src.dtype.kind == "f" and np.isnan(src).any():
+                    raise self._refuse_nan(name, rule, rule.srcs[0], "a NaN source value")
             before = y.copy()
-            if not sr.idempotent:
-                self._closure_bounded(rule, src, y, sr)
-            else:
-                y[:] = src
-                frontier = np.flatnonzero(changed_positions(y, np.full_like(y, zero))).astype(np.int64)
-                self._run_closure(rule.matrix, y, frontier, sr)
+            try:
+                if not idem:
+                    self._closure_bounded(rule, src, y, sr)
+                else:
+                    y[:] = src
+                    frontier = np.flatnonzero(changed_positions(y, np.full_like(y, zero))).astype(np.int64)
+                    self._run_closure(rule.matrix, y, frontier, sr)
+            except _NoFixpoint:
+                y[:] = before
+                raise self._no_fixpoint(name, rule) from None
+            except BaseException:
+                y[:] = before
+                raise
             idx = np.flatnonzero(changed_positions(y, before)).astype(np.int64)
-            return self._record(name, idx, before[idx], undo) if idx.size else None
+            if not idx.size:
+                return None
+            out = self._record(name, idx, before[idx], undo)
+            if idem:
+                self._check_closure_nan(name, rule, sr, y, idx)
+            return out
         if ch is None or not ch.idx.size:
             return None
         new, old = src[ch.idx], ch.old.astype(y.dtype, copy=False)
+        if new.dtype.kind == "f" and np.isnan(new).any():
+            raise self._refuse_nan(name, rule, rule.srcs[0], "a NaN source value")
         better = ~changed_positions(sr.add_arrays(old, new), new)
         if not better.all():
-            return self._closure_worse(name, rule, ch, better, src, y, sr, undo)
-        imp = ch.idx
-        merged = sr.add_arrays(y[imp], new)
-        moved = changed_positions(merged, y[imp])
-        seeds, seed_old = imp[moved], y[imp][moved]
-        if not seeds.size:
-            return None
-        y[seeds] = merged[moved]
-        old_out = self._scratch(name, y)
-        reached = self._run_closure(rule.matrix, y, seeds, sr, old_out)
-        idx, pos = unique_first(np.concatenate([seeds, reached]))
-        olds = np.concatenate([seed_old, old_out[reached]])[pos]
-        return self._record(name, idx, olds, undo)
+            out = self._closure_worse(name, rule, ch, better, src, y, sr, undo)
+        else:
+            imp = ch.idx
+            merged = sr.add_arrays(y[imp], new)
+            moved = changed_positions(merged, y[imp])
+            seeds, seed_old = imp[moved], y[imp][moved]
+            if not seeds.size:
+                return None
+            y[seeds] = merged[moved]
+            old_out = self._scratch(name, y)
+            try:
+                reached = self._run_closure(rule.matrix, y, seeds, sr, old_out)
+            except BaseException as exc:
+                self._closure_restore(rule, ch, src, y, sr)
+                if isinstance(exc, _NoFixpoint):
+                    raise self._no_fixpoint(name, rule) from None
+                raise
+            idx, pos = unique_first(np.concatenate([seeds, reached]))
+            olds = np.concatenate([seed_old, old_out[reached]])[pos]
+            out = self._record(name, idx, olds, undo)
+        if out is not None:
+            self._check_closure_nan(name, rule, sr, y, out.idx)
+        return out
+
+    @staticmethod
+    def _no_fixpoint(name: str, rule: Rule) -> SemiringError:
+        return SemiringError(f"closure on page {name!r} from page {rule.srcs[0]!r} does not converge under "
+                             f"{rule.semiring.name} (a cycle that improves on every pass, e.g. a negative cycle "
+                             f"under min_plus); page {name!r} is left as it was and nothing was committed")
+
+    def _check_closure_nan(self, name: str, rule: Rule, sr: Semiring, y: np.ndarray, changed: np.ndarray) -> None:
+        """Refuse (after the change was undo-logged) a NaN that entered the closure through ``A ⊗ x``."""
+        if y.dtype.kind != "f" or not changed.size:
+            return
+        vals = y[changed]
+        if np.isnan(vals).any():
+            raise self._refuse_nan(name, rule, rule.srcs[0], "a NaN product A[i, j] ⊗ x[j]")
+        self._check_nan_columns(name, rule, sr, changed, vals)
+
+    def _closure_restore(self, rule: Rule, ch: Change, src: np.ndarray, y: np.ndarray, sr: Semiring) -> None:
+        """Put back the closure of the source as it was before ``ch`` (the value ``y`` held) after a failed run."""
+        old_src = src.copy()
+        old_src[ch.idx] = ch.old.astype(y.dtype, copy=False)
+        y[:] = old_src
+        zero = sr.zero_for(y.dtype)
+        self._run_closure(rule.matrix, y, np.flatnonzero(changed_positions(y, np.full_like(y, zero))), sr)
 
     def _closure_worse(self, name: str, rule: Rule, ch: Change, better: np.ndarray, src: np.ndarray,
                        y: np.ndarray, sr: Semiring, undo: UndoLog) -> Optional[Change]:
         """Some sources got worse: reset the region that depended on them, then re-converge."""
         before = y.copy()
-        parts = [self._reset_region(rule, ch.idx[~better], src, y, sr)]
-        imp = ch.idx[better]
-        if imp.size:
-            merged = sr.add_arrays(y[imp], src[imp])
-            moved = changed_positions(merged, y[imp])
-            y[imp] = merged
-            parts.append(imp[moved])
-        self._run_closure(rule.matrix, y, unique(np.concatenate(parts)), sr)
+        try:
+            parts = [self._reset_region(rule, ch.idx[~better], src, y, sr)]
+            imp = ch.idx[better]
+            if imp.size:
+                merged = sr.add_arrays(y[imp], src[imp])
+                moved = changed_positions(merged, y[imp])
+                y[imp] = merged
+                parts.append(imp[moved])
+            self._run_closure(rule.matrix, y, unique(np.concatenate(parts)), sr)
+        except _NoFixpoint:
+            y[:] = before
+            raise self._no_fixpoint(name, rule) from None
+        except BaseException:
+            y[:] = before
+            raise
         idx = np.flatnonzero(changed_positions(y, before)).astype(np.int64)
         return self._record(name, idx, before[idx], undo) if idx.size else None
 
@@ -396,7 +669,11 @@ class Engine:
 
     def _run_closure(self, A: CSR, y: np.ndarray, frontier: np.ndarray, sr: Semiring,
                      old_out: Optional[np.ndarray] = None) -> np.ndarray:
-        """Converge y from ``frontier``; returns the entries changed (their old values land in ``old_out``)."""
+        """Converge y from ``frontier``; returns the entries changed (their old values land in ``old_out``).
+
+        Raises :class:`_NoFixpoint` when the iteration runs past ``n + 1`` rounds; ``y`` is then partly updated
+        (the caller restores it).
+        """
         if not frontier.size:
             return np.empty(0, dtype=np.int64)
         t = A.T
@@ -404,11 +681,20 @@ class Engine:
         zero = sr.zero_for(y.dtype)
         self.stats.entries_pushed += int(frontier.size)
         if codes is not None:
-            return _kernels.spmv.closure(t.indptr, t.indices, _kview(t.data), _kview(y), frontier, codes[0],
-                                         codes[1], _kview(np.array([zero]))[0],
-                                         None if old_out is None else _kview(old_out), t.weight_range)
+            try:
+                return _kernels.spmv.closure(t.indptr, t.indices, _kview(t.data), _kview(y), frontier, codes[0],
+                                             codes[1], _kview(np.array([zero]))[0],
+                                             None if old_out is None else _kview(old_out), t.weight_range)
+            except ValueError as exc:
+                if "converge" in str(exc):
+                    raise _NoFixpoint() from exc
+                raise
         start = y.copy()
+        rounds = 0
         while frontier.size:
+            rounds += 1
+            if rounds > y.size + 1:
+                raise _NoFixpoint()
             before = y.copy()
             self._push(A, frontier, y[frontier].copy(), y, sr)
             frontier = np.flatnonzero(changed_positions(y, before)).astype(np.int64)

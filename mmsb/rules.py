@@ -20,6 +20,8 @@ class CSR:
     data: np.ndarray
     _t: Optional["CSR"] = field(default=None, repr=False)
     _range: Optional[tuple] = field(default=None, repr=False)
+    _abs_t: Optional["CSR"] = field(default=None, repr=False)
+    _finite: Optional[tuple] = field(default=None, repr=False)
 
     @property
     def nnz(self) -> int:
@@ -46,22 +48,66 @@ class CSR:
             self._t._t = self
         return self._t
 
+    @property
+    def abs_T(self) -> "CSR":
+        """The transpose with ``|A[i, j]|`` as values (magnitude bounds for difference propagation); computed once."""
+        if self._abs_t is None:
+            t = self.T
+            self._abs_t = CSR(t.shape, t.indptr, t.indices, np.abs(t.data))
+        return self._abs_t
+
+    @property
+    def has_nan(self) -> bool:
+        """Whether a stored value is NaN; computed once."""
+        return self._finite_flags()[0]
+
+    @property
+    def has_nonfinite(self) -> bool:
+        """Whether a stored value is ±inf or NaN; computed once."""
+        return self._finite_flags()[1]
+
+    def _finite_flags(self) -> tuple:
+        if self._finite is None:
+            d = self.data
+            if d.dtype.kind == "f" and d.size:
+                self._finite = (bool(np.isnan(d).any()), not bool(np.isfinite(d).all()))
+            else:
+                self._finite = (False, False)
+        return self._finite
+
+    def column_entries(self, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The stored entries of the columns ``cols``: ``(k, rows, values)``, where ``k`` indexes ``cols``."""
+        t = self.T
+        starts, lens = t.indptr[cols], t.indptr[cols + 1] - t.indptr[cols]
+        total = int(lens.sum())
+        if not total:
+            empty = np.empty(0, dtype=np.int64)
+            return empty, empty, t.data[:0]
+        offs = np.repeat(starts - np.cumsum(np.r_[0, lens[:-1]]), lens) + np.arange(total)
+        return np.repeat(np.arange(cols.size, dtype=np.int64), lens), t.indices[offs], t.data[offs]
+
     def column_rows(self, cols: np.ndarray) -> np.ndarray:
         """Sorted unique rows i with a stored A[i, j] for some j in ``cols``."""
         t = self.T
+        if cols.size == 1:                  # one column of the transpose: its rows are sorted and unique
+            j = cols[0]
+            return t.indices[t.indptr[j]:t.indptr[j + 1]].copy()
         starts, ends = t.indptr[cols], t.indptr[cols + 1]
         lens = ends - starts
         total = int(lens.sum())
         if total == 0:
             return np.empty(0, dtype=np.int64)
-        offs = np.repeat(starts - np.cumsum(np.r_[0, lens[:-1]]), lens) + np.arange(total)
+        offs = np.repeat(starts - (np.cumsum(lens) - lens), lens) + np.arange(total)
         rows = t.indices[offs]
         if total * 8 >= self.shape[0]:  # dense enough: a row bitmap is O(n), far faster than np.unique's hashing
             mark = np.zeros(self.shape[0], dtype=bool)
             mark[rows] = True
             return np.flatnonzero(mark).astype(np.int64, copy=False)
         rows.sort()
-        return rows[np.r_[True, rows[1:] != rows[:-1]]]
+        keep = np.empty(rows.size, dtype=bool)
+        keep[0] = True
+        np.not_equal(rows[1:], rows[:-1], out=keep[1:])
+        return rows[keep]
 
 
 def as_csr(matrix: Any, shape: tuple, dtype: np.dtype, what: str) -> CSR:

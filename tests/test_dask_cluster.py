@@ -243,8 +243,9 @@ def test_derive_error_propagates_and_leaves_state(client):
         buf.link("b", "a", np.eye(10))
         buf.write("a", np.arange(10.0))
         buf.create_page("c", 10)
-        with pytest.raises(ValueError, match="boom"):
+        with pytest.raises(mmsb.errors.PropagationError, match="boom") as info:
             buf.derive("c", ["b"], bad)
+        assert info.value.page == "c"
         assert "c" not in buf.graph.parents("b") and not buf.graph.is_derived("c")
         buf.write("a", np.ones(10))
         np.testing.assert_array_equal(buf["b"].read(), np.ones(10))

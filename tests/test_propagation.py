@@ -529,18 +529,32 @@ def test_unlink():
     np.testing.assert_array_equal(y.read(), [3.0, 3.0, 3.0])
     buf.unlink(y, x2)
     assert buf.graph.parents(y) == ["x1"]
-    np.testing.assert_array_equal(y.read(), [3.0, 3.0, 3.0])     # keeps its values
-    buf.write(x1, [2.0], index=[0], accumulate=True)
-    buf.write(x2, 10.0)
-    np.testing.assert_array_equal(y.read(), [5.0, 3.0, 3.0])
     e = buf.epoch
     with pytest.raises(E.InvalidDeltaError, match="'y'"):
         buf.unlink(y, x2)
     assert buf.epoch == e
     buf.unlink(y)
     assert not buf.graph.is_derived(y)
+    np.testing.assert_array_equal(y.read(), [3.0, 3.0, 3.0])     # no rule left: keeps its values
+    buf.write(x1, [2.0], index=[0], accumulate=True)
+    np.testing.assert_array_equal(y.read(), [3.0, 3.0, 3.0])
     buf.write(y, 0.0)
     np.testing.assert_array_equal(y.read(), [0.0, 0.0, 0.0])
+
+
+@pytest.mark.xfail(strict=True, reason="buffer.py: rule_removed must force a recompute of dst when other rules "
+                                       "still feed it (lead, commit pipeline)")
+def test_unlink_one_of_two_links_leaves_dst_a_function_of_the_rest():
+    buf = mmsb.open(None)
+    x1 = buf.create_page("x1", 3)
+    x2 = buf.create_page("x2", 3)
+    y = buf.create_page("y", 3)
+    buf.link(y, x1, np.eye(3))
+    buf.link(y, x2, 2 * np.eye(3))
+    buf.write(x1, 1.0)
+    buf.write(x2, 1.0)
+    buf.unlink(y, x2)
+    np.testing.assert_array_equal(y.read(), x1.read())           # y = I @ x1: x2's share is gone
 
 
 def test_at_with_unregistered_derive_function_does_not_warn():
