@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import operator
 import threading
 import warnings
 from contextlib import contextmanager
@@ -13,7 +14,7 @@ from mmsb import _kernels, _ops, devices, engines, semirings
 from mmsb.commit import CommitPipeline
 from mmsb.delta import Delta, SchemaOp, Txn, full_mask, is_full_mask
 from mmsb.errors import (ClosedError, ConflictError, CorruptionError, DependencyError, DeviceError, HistoryError,
-                         InvalidDeltaError, LogPoisonedError, MMSBError, PageExistsError, PageNotFoundError, ReadOnlyError,
+                         InvalidDeltaError, LogPoisonedError, MemoryBudgetError, MMSBError, PageExistsError, PageNotFoundError, ReadOnlyError,
                          SemiringError)
 from mmsb.graph import Graph
 from mmsb.memory import MemoryManager
@@ -210,9 +211,7 @@ class Buffer:
                     metadata: Optional[dict] = None) -> Page:
         """Create a page filled with ``fill`` (default: the semiring's zero) and commit it as an epoch."""
         self._check_writable()
-        if type(name) is not str or not name or "/" in name or "\0" in name:
-            if not isinstance(name, str) or not name or "/" in name or "\0" in name:
-                raise InvalidDeltaError(f"a page name must be a non-empty string without '/', got {name!r}")
+        _check_name(name)
         shape_t = _shape(shape, name)
         dt = _dtype(dtype, name)
         sr = semirings.get(semiring)
@@ -224,6 +223,11 @@ class Buffer:
             if f.ndim or f.dtype.kind not in "biuf" or not _castable(fill, f, dt):
                 raise InvalidDeltaError(f"page {name!r}: fill {fill!r} is not a scalar castable to {dt}")
             fill_v = f.astype(dt)[()]
+            if dt.kind in "iub" and f.dtype.kind in "iu" and int(fill_v) != int(f):
+                raise InvalidDeltaError(f"page {name!r}: fill {fill!r} does not fit in {dt}")
+            if sr.idempotent and dt.kind == "f" and np.isnan(fill_v):
+                raise InvalidDeltaError(f"page {name!r}: NaN is not allowed on a page whose ⊕ is idempotent "
+                                        f"({sr.name})")
         if device is None and self._device == "cpu":
             dev = "cpu"
         else:
@@ -433,7 +437,13 @@ class Buffer:
             dt = np.dtype(pl["dtype"])
             page = Page(self, pl["name"], tuple(pl["shape"]), dt, semirings.get(pl["semiring"]), "cpu",
                         pl.get("metadata"), self._pipe.epoch + 1)
-            self._memory.allocate(page, op.arrays["fill"][0])
+            try:
+                self._memory.allocate(page, op.arrays["fill"][0])
+            except MemoryError as exc:
+                if isinstance(exc, MMSBError):
+                    raise
+                raise MemoryBudgetError(f"page {page.name!r}: cannot allocate {page.nbytes:,} bytes for shape "
+                                        f"{page.shape} of {dt}") from exc
             self._pages[page.name] = page
             self._graph.add_node(page.name)
             if undo is not None:
@@ -464,6 +474,8 @@ class Buffer:
             rule = self._graph.remove_rule(pl["id"])
             if undo is not None:
                 undo.action(lambda rule=rule: self._graph.add_rule(rule))
+            if c is not None and self._graph.rules_into(rule.dst):
+                c.force.add(rule.dst)           # dst stays a function of the rules left: recompute it
         else:
             raise InvalidDeltaError(f"unknown schema operation {kind!r}")
 
@@ -747,7 +759,8 @@ class Buffer:
             else:
                 pipe.epoch = txn.epoch - 1
                 self._apply_schema(op, None)
-                if op.kind == "rule_added":
+                if op.kind == "rule_added" or (op.kind == "rule_removed"
+                                               and self._graph.rules_into(op.payload["dst"])):
                     force.add(op.payload["dst"])
                 elif op.kind == "page_dropped":
                     changes.pop(op.payload["name"], None)
@@ -931,6 +944,23 @@ _RAW_MIN = 4096
 _SHAPES: dict = {}
 
 
+#: the longest page name, in UTF-8 bytes (log records store names with a 16-bit length)
+MAX_NAME_BYTES = 4096
+
+
+def _check_name(name: Any) -> None:
+    """A page name: a non-empty str without '/' or NUL, valid UTF-8 of at most MAX_NAME_BYTES bytes."""
+    if not isinstance(name, str) or not name or "/" in name or "\0" in name:
+        raise InvalidDeltaError(f"a page name must be a non-empty string without '/', got {name!r}")
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise InvalidDeltaError(f"page name {name!r} is not valid Unicode text ({exc.reason})") from None
+    if size > MAX_NAME_BYTES:
+        raise InvalidDeltaError(f"page name {name[:40]!r}... is {size:,} bytes long in UTF-8; at most "
+                                f"{MAX_NAME_BYTES} are allowed")
+
+
 def _shape(shape: Any, name: str) -> tuple:
     if type(shape) is int and shape >= 0:
         t = _SHAPES.get(shape)              # one shared tuple per common 1-D shape (pages keep it)
@@ -940,7 +970,7 @@ def _shape(shape: Any, name: str) -> tuple:
                 _SHAPES[shape] = t
         return t
     try:
-        t = (int(shape),) if np.ndim(shape) == 0 else tuple(int(s) for s in shape)
+        t = (operator.index(shape),) if np.ndim(shape) == 0 else tuple(operator.index(s) for s in shape)
     except (TypeError, ValueError) as exc:
         raise InvalidDeltaError(f"page {name!r}: bad shape {shape!r}") from exc
     if not t or any(s < 0 for s in t):

@@ -327,14 +327,14 @@ class Driver:
         if readers and not cascade:
             self.refused(E.MMSBError, lambda: self.buf.drop_page(name))
             return
-        # a dst that would keep some of its links is a known buffer gap (test_propagation's xfail): skip it
-        for dst in readers:
-            if any(name not in srcs for _, srcs, _ in self.m.rules[dst]):
-                return
         self.settle_deferred()
         e = self.buf.drop_page(name, cascade=True)
         for dst in readers:
-            self.m.rules.pop(dst, None)              # no rule left: dst keeps its values
+            left = [r for r in self.m.rules[dst] if name not in r[1]]
+            if left:
+                self.m.rules[dst] = left             # dst stays a function of the links left
+            else:
+                self.m.rules.pop(dst, None)          # no rule left: dst keeps its values
         self.m.rules.pop(name, None)
         del self.m.pages[name]
         del self.m.vals[name]

@@ -5,7 +5,6 @@ by hand in the comment next to it. Each test also checks that a refused commit c
 rules, log).
 """
 import math
-import os
 from fractions import Fraction
 
 import numpy as np
@@ -17,12 +16,6 @@ from hypothesis import strategies as st
 import mmsb
 from mmsb import errors as E
 
-DEFERRED_REASON = "deferred-mode fix lands with the commit pipeline (lead)"
-BUFFER_REASON = "buffer-side validation lands with the commit pipeline (lead)"
-# The commit pipeline (mmsb/commit.py, on main since f129f17) already fixes the deferred-mode items and at("x"):
-# those tests are strict xfails only on a tree without it. Drop the condition once it is merged.
-PIPELINE = os.path.exists(os.path.join(os.path.dirname(mmsb.__file__), "commit.py"))
-pipeline_xfail = pytest.mark.xfail(not PIPELINE, strict=True, reason=DEFERRED_REASON)
 
 
 def state(buf):
@@ -42,7 +35,6 @@ def assert_state(buf, want):
 
 
 # -- deferred mode (buffer.py) ----------------------------------------------------------------------------------
-@pipeline_xfail
 def test_deferred_drop_of_a_page_with_a_pending_rule_keeps_propagate_working():
     b = mmsb.open(None, propagation="deferred")
     a = b.create_page("a", 3)
@@ -77,7 +69,6 @@ def test_deferred_written_page_that_becomes_a_target_updates_downstream():
     assert b.at(b.epoch)["y"].read()[0] == 2.0      # the logged derived deltas replay to the same state
 
 
-@pipeline_xfail
 def test_deferred_reopen_before_propagate_keeps_the_pending_evaluation(tmp_path):
     path = str(tmp_path / "st")
     A = np.array([[2.0, 0.0, 1.0], [0.0, 3.0, 0.0]])
@@ -95,7 +86,6 @@ def test_deferred_reopen_before_propagate_keeps_the_pending_evaluation(tmp_path)
         np.testing.assert_array_equal(b["y"].read(), A @ b["x"].read())    # [5, 15]
 
 
-@pipeline_xfail
 def test_deferred_reopen_with_a_pending_new_rule(tmp_path):
     path = str(tmp_path / "st")
     with mmsb.open(path, propagation="deferred") as b:
@@ -433,7 +423,6 @@ def test_plugin_semiring_error_is_wrapped_and_rolled_back(touchy_semiring, kind)
 
 
 # -- buffer-side API gaps (#16.6) -------------------------------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason=BUFFER_REASON)
 def test_create_page_nan_fill_on_idempotent_page_refused():
     b = mmsb.open(None)
     e = b.epoch
@@ -442,7 +431,6 @@ def test_create_page_nan_fill_on_idempotent_page_refused():
     assert "a" not in b and b.epoch == e
 
 
-@pytest.mark.xfail(strict=True, reason=BUFFER_REASON)
 def test_create_page_fractional_shape_refused():
     b = mmsb.open(None)
     with pytest.raises(E.InvalidDeltaError, match="'s'"):
@@ -450,7 +438,6 @@ def test_create_page_fractional_shape_refused():
     assert "s" not in b and b.epoch == 0
 
 
-@pytest.mark.xfail(strict=True, reason=BUFFER_REASON)
 def test_create_page_fill_out_of_dtype_range_refused():
     b = mmsb.open(None)
     with pytest.raises(E.InvalidDeltaError, match="'i'"):
@@ -458,7 +445,6 @@ def test_create_page_fill_out_of_dtype_range_refused():
     assert "i" not in b and b.epoch == 0
 
 
-@pytest.mark.xfail(strict=True, reason=BUFFER_REASON)
 def test_create_page_too_large_is_an_mmsb_error():
     b = mmsb.open(None)
     with pytest.raises(E.MMSBError, match="'big'"):
@@ -466,7 +452,6 @@ def test_create_page_too_large_is_an_mmsb_error():
     assert "big" not in b and b.epoch == 0
 
 
-@pytest.mark.xfail(strict=True, reason=BUFFER_REASON)
 def test_overlong_page_name_refused_on_a_store(tmp_path):
     with mmsb.open(str(tmp_path / "st")) as b:
         with pytest.raises(E.InvalidDeltaError):
@@ -478,7 +463,6 @@ def test_overlong_page_name_refused_on_a_store(tmp_path):
         np.testing.assert_array_equal(r["ok"].read(), [1.0, 2.0])
 
 
-@pytest.mark.xfail(strict=True, reason=BUFFER_REASON)
 @pytest.mark.parametrize("durable", [False, True])
 def test_lone_surrogate_page_name_refused(tmp_path, durable):
     b = mmsb.open(str(tmp_path / "st") if durable else None)
@@ -488,7 +472,6 @@ def test_lone_surrogate_page_name_refused(tmp_path, durable):
     b.close()
 
 
-@pytest.mark.xfail(not PIPELINE, strict=True, reason=BUFFER_REASON)
 def test_at_with_a_non_integer_epoch_is_a_history_error():
     b = mmsb.open(None)
     b.create_page("a", 1)

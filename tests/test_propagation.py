@@ -533,17 +533,16 @@ def test_unlink():
     with pytest.raises(E.InvalidDeltaError, match="'y'"):
         buf.unlink(y, x2)
     assert buf.epoch == e
+    np.testing.assert_array_equal(y.read(), [1.0, 1.0, 1.0])     # y = I @ x1: x2's share left with its link
     buf.unlink(y)
     assert not buf.graph.is_derived(y)
-    np.testing.assert_array_equal(y.read(), [3.0, 3.0, 3.0])     # no rule left: keeps its values
+    np.testing.assert_array_equal(y.read(), [1.0, 1.0, 1.0])     # no rule left: keeps its values
     buf.write(x1, [2.0], index=[0], accumulate=True)
-    np.testing.assert_array_equal(y.read(), [3.0, 3.0, 3.0])
+    np.testing.assert_array_equal(y.read(), [1.0, 1.0, 1.0])
     buf.write(y, 0.0)
     np.testing.assert_array_equal(y.read(), [0.0, 0.0, 0.0])
 
 
-@pytest.mark.xfail(strict=True, reason="buffer.py: rule_removed must force a recompute of dst when other rules "
-                                       "still feed it (lead, commit pipeline)")
 def test_unlink_one_of_two_links_leaves_dst_a_function_of_the_rest():
     buf = mmsb.open(None)
     x1 = buf.create_page("x1", 3)

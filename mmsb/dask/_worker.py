@@ -195,7 +195,8 @@ def run_step(buf_id: str, token: str, wave_id: str, step: int, init: bool, sync:
             ch = eng.update(name, rules, inputs, name in forced, undo)
             eng.stats.pages_touched += 1
             if ch is not None and ch.idx.size:
-                store.pending[name] = ch
+                pending = store.pending
+                pending[name] = pending[name].merged_after(ch) if name in pending else ch
                 out[name] = (ch.idx, ch.old, store.arrays[name][ch.idx].copy())
         now = eng.stats.as_dict()
         stats = {k: now[k] - v for k, v in before.as_dict().items()}
