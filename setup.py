@@ -32,7 +32,8 @@ DIRECTIVES = {
     "nonecheck": DEBUG,
     "embedsignature": True,
 }
-CFLAGS = ["-O0", "-g"] if DEBUG else ["-O3"]
+# -ffp-contract=off: no fused multiply-add contraction, so that every SIMD level rounds as the numpy twins do
+CFLAGS = ["-O0", "-g", "-ffp-contract=off"] if DEBUG else ["-O3", "-ffp-contract=off"]
 if os.environ.get("MMSB_NATIVE") == "1":     # kernels for this machine's SIMD level (not portable)
     CFLAGS.append("-march=native")
 OPENMP = [] if os.environ.get("MMSB_NO_OPENMP") == "1" else ["-fopenmp"]

@@ -206,7 +206,7 @@ def test_kernels_spmv_push_closure_equal_cpu(K, sr, dt):
                            None, 0)
         gy = cp.empty(n, dtype=dt)
         K.spmv(ops, dA, _dev(x), gy, group=group)
-        _close(cp.asnumpy(gy), y, dt, plus and group != 1)
+        _close(cp.asnumpy(gy), y, dt, plus)     # (the AVX2/AVX-512 CPU kernels sum a row in another order)
     # push
     t = A.T
     dAt = K.DeviceCSR(t, 0, np.dtype(dt))

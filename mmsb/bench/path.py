@@ -119,7 +119,7 @@ def _link_full(path, quick: bool) -> Iterator[tuple[str, float, float]]:
         except Exception as exc:             # not installed, or a dependency of it missing
             yield f"GraphBLAS mxv (unavailable: {type(exc).__name__}: {exc})", t_m, float("nan")
             return
-        M = gb.Matrix.from_scipy_sparse(A)
+        M = gb.io.from_scipy_sparse(A)
         v = gb.Vector.from_dense(xs[0])
         out = gb.Vector(float, n)
         out << M.mxv(v, gb.semiring.plus_times)
