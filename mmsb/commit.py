@@ -175,7 +175,9 @@ class CommitPipeline:
         rule reads, no transaction tracking reads, nothing queued, no cluster. Then ``[(page, array), ...]`` (the
         pages' storage, loaded now so that nothing can fail once the log has the commit), else None."""
         buf = self.buf
-        if self.history.tracking or self.pending or buf._cluster is not None:
+        pending = self.pending
+        if self.history.tracking or pending.changes or pending.force or buf._cluster is not None \
+                or type(ops[0]) is not Delta:
             return None
         if len(ops) > 1 and buf._memory.limit is not None:
             return None                     # (loading one page may evict another one held here)
@@ -258,13 +260,16 @@ class CommitPipeline:
         buf = self.buf
         if device_wave is not None:
             return device_wave(c.undo)
-        if propagate or (self.eager and self.pending):
+        pending = self.pending
+        if propagate or (self.eager and (pending.changes or pending.force)):
             changes, force = self.pending.take(c.undo)
             for name, ch in c.changes.items():
                 changes[name] = changes[name].merged_after(ch) if name in changes else ch
             force |= c.force
             return buf._engine.wave(changes, c.undo, force)
         if self.eager:
+            if not c.changes and not c.force:
+                return {}                   # (a schema change that moves nothing: no wave to run)
             return buf._engine.wave(c.changes, c.undo, c.force)
         self.pending.add(c.changes, c.force, c.undo, buf._graph.has_rules_from)
         return {}

@@ -50,9 +50,9 @@ class MemoryLog(LogBase):
         if commit and len(ops) == 1 and type(ops[0]) is SchemaOp and ops[0].kind == "page_created" \
                 and ops[0].payload.get("metadata") is None:
             pl = ops[0].payload
-            dt = np.dtype(pl["dtype"])
-            return self.append_page_created(int(txn.epoch), int(txn.txid), pl["name"], tuple(pl["shape"]), dt,
-                                            pl["semiring"], pl["device"], ops[0].arrays["fill"][0])
+            fill = ops[0].arrays["fill"]
+            return self._append_spec(int(txn.epoch), int(txn.txid), pl["name"],
+                                     (tuple(pl["shape"]), pl["dtype"], pl["semiring"], pl["device"], fill.tobytes()))
         with self._lock:
             if self._closed:
                 raise ClosedError("the log is closed")
@@ -83,7 +83,10 @@ class MemoryLog(LogBase):
             fb = fill.tobytes()
         else:
             fb = np.asarray(fill, dtype=dtype).tobytes()
-        key = (shape, dtype.str, semiring, device, fb)
+        return self._append_spec(epoch, txid, name, (shape, dtype.str, semiring, device, fb))
+
+    def _append_spec(self, epoch: int, txid: int, name: str, key: tuple) -> int:
+        """Keep a page creation as its name and an index into the table of shared specs ``key``."""
         with self._lock:
             if self._closed:
                 raise ClosedError("the log is closed")
