@@ -133,33 +133,6 @@ def test_a_device_wave_that_changes_nothing_takes_no_epoch():
     assert buf._pipe.commit([], device_wave=lambda undo: {}, skip_empty=True) == e == buf.epoch
 
 
-def test_deferred_drop_of_a_page_with_a_pending_rule():
-    b = mmsb.open(None, propagation="deferred")
-    a = b.create_page("a", 3)
-    c = b.create_page("c", 3)
-    b.derive(c, [a], lambda x: x + 1)
-    b.drop_page("c")
-    e = b.propagate()
-    assert e == b.epoch and "c" not in b
-    b.write(a, [1.0, 2.0, 3.0])
-    b.propagate()                                    # keeps working
-    np.testing.assert_array_equal(a.read(), [1.0, 2.0, 3.0])
-
-
-def test_deferred_written_page_that_becomes_a_target_updates_its_readers():
-    b = mmsb.open(None, propagation="deferred")
-    z = b.create_page("z", 1)
-    x = b.create_page("x", 1, semiring="min_plus")
-    y = b.create_page("y", 1, semiring="min_plus")
-    b.write(x, [1.0])
-    b.link(y, x, np.zeros((1, 1)))
-    b.propagate()
-    b.write(x, [5.0])
-    b.derive(x, [z], lambda v: v + 3)
-    b.propagate()
-    assert x.read()[0] == 3.0 and y.read()[0] == 3.0      # y = min over x ⊗ 0 = x
-
-
 @pytest.mark.parametrize("checkpoint", [False, True])
 def test_deferred_pending_work_survives_reopen(tmp_path, checkpoint):
     with mmsb.open(tmp_path / "s", "w", propagation="deferred") as b:

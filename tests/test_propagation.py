@@ -543,19 +543,6 @@ def test_unlink():
     np.testing.assert_array_equal(y.read(), [0.0, 0.0, 0.0])
 
 
-def test_unlink_one_of_two_links_leaves_dst_a_function_of_the_rest():
-    buf = mmsb.open(None)
-    x1 = buf.create_page("x1", 3)
-    x2 = buf.create_page("x2", 3)
-    y = buf.create_page("y", 3)
-    buf.link(y, x1, np.eye(3))
-    buf.link(y, x2, 2 * np.eye(3))
-    buf.write(x1, 1.0)
-    buf.write(x2, 1.0)
-    buf.unlink(y, x2)
-    np.testing.assert_array_equal(y.read(), x1.read())           # y = I @ x1: x2's share is gone
-
-
 def test_at_with_unregistered_derive_function_does_not_warn():
     """Regression: buf.at(e) re-created derive rules without their callables and warned 'inactive'."""
     import warnings
