@@ -17,7 +17,6 @@ import struct
 import threading
 import uuid
 from dataclasses import dataclass, field
-from typing import Optional
 
 import crc32c as _crc
 
