@@ -51,8 +51,8 @@ class MemoryLog(LogBase):
                 and ops[0].payload.get("metadata") is None:
             pl = ops[0].payload
             fill = ops[0].arrays["fill"]
-            return self._append_spec(int(txn.epoch), int(txn.txid), pl["name"],
-                                     (tuple(pl["shape"]), pl["dtype"], pl["semiring"], pl["device"], fill.tobytes()))
+            return self.append_page_created(int(txn.epoch), int(txn.txid), pl["name"], tuple(pl["shape"]),
+                                            fill.dtype, pl["semiring"], pl["device"], fill[0])
         with self._lock:
             if self._closed:
                 raise ClosedError("the log is closed")
