@@ -12,7 +12,8 @@ from __future__ import annotations
 import functools
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
@@ -563,19 +564,13 @@ class Engine:
                 if src.dtype.kind == "f" and np.isnan(src).any():
                     raise self._refuse_nan(name, rule, rule.srcs[0], "a NaN source value")
             before = y.copy()
-            try:
+            with self._restored_on_failure(name, rule, y, before):
                 if not idem:
                     self._closure_bounded(rule, src, y, sr)
                 else:
                     y[:] = src
                     frontier = np.flatnonzero(changed_positions(y, np.full_like(y, zero))).astype(np.int64)
                     self._run_closure(rule.matrix, y, frontier, sr)
-            except _NoFixpoint:
-                y[:] = before
-                raise self._no_fixpoint(name, rule) from None
-            except BaseException:
-                y[:] = before
-                raise
             idx = np.flatnonzero(changed_positions(y, before)).astype(np.int64)
             if not idx.size:
                 return None
@@ -614,6 +609,19 @@ class Engine:
             self._check_closure_nan(name, rule, sr, y, out.idx)
         return out
 
+    @contextmanager
+    def _restored_on_failure(self, name: str, rule: Rule, y: np.ndarray, before: np.ndarray) -> Iterator[None]:
+        """Put ``before`` back into ``y`` when the block fails; a run past the round bound becomes the
+        SemiringError of a closure that does not converge."""
+        try:
+            yield
+        except _NoFixpoint:
+            y[:] = before
+            raise self._no_fixpoint(name, rule) from None
+        except BaseException:
+            y[:] = before
+            raise
+
     @staticmethod
     def _no_fixpoint(name: str, rule: Rule) -> SemiringError:
         return SemiringError(f"closure on page {name!r} from page {rule.srcs[0]!r} does not converge under "
@@ -641,7 +649,7 @@ class Engine:
                        y: np.ndarray, sr: Semiring, undo: UndoLog) -> Optional[Change]:
         """Some sources got worse: reset the region that depended on them, then re-converge."""
         before = y.copy()
-        try:
+        with self._restored_on_failure(name, rule, y, before):
             parts = [self._reset_region(rule, ch.idx[~better], src, y, sr)]
             imp = ch.idx[better]
             if imp.size:
@@ -650,12 +658,6 @@ class Engine:
                 y[imp] = merged
                 parts.append(imp[moved])
             self._run_closure(rule.matrix, y, unique(np.concatenate(parts)), sr)
-        except _NoFixpoint:
-            y[:] = before
-            raise self._no_fixpoint(name, rule) from None
-        except BaseException:
-            y[:] = before
-            raise
         idx = np.flatnonzero(changed_positions(y, before)).astype(np.int64)
         return self._record(name, idx, before[idx], undo) if idx.size else None
 
