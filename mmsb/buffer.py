@@ -169,12 +169,12 @@ class Buffer:
     def _read(self, page: Page, index: Any = None) -> np.ndarray:
         with self._locked():
             self._check_open()
-            return devices.backend_for(page.device).read(self, page, index)
+            return devices.backend_of(page).read(self, page, index)
 
     def _read_device(self, page: Page) -> Any:
         with self._locked():
             self._check_open()
-            return devices.backend_for(page.device).read_device(self, page)
+            return devices.backend_of(page).read_device(self, page)
 
     def _index(self, page: Page, index: Any) -> np.ndarray:
         idx = np.asarray(index)
@@ -187,7 +187,7 @@ class Buffer:
 
     def _pin(self, page: Page, step: int) -> None:
         with self._locked():
-            if step > 0:
+            if step > 0 and page.kind != "matrix":
                 self._memory.array(page)
             page._pins += step
 
@@ -196,7 +196,7 @@ class Buffer:
         if device == page.device:
             return
         with self._locked():
-            devices.backend_for(page.device).move(self, page, device)
+            devices.backend_of(page).move(self, page, device)
 
     def _place_pages(self) -> None:
         """Put every page on the buffer's default device (after a store's state was recovered on the CPU)."""
@@ -249,6 +249,38 @@ class Buffer:
         return page
 
     @_observed
+    def create_matrix(self, name: str, shape: Sequence[int], dtype: Any = "float64",
+                      semiring: Union[str, Semiring] = "plus_times", data: Any = None, device: Optional[str] = None,
+                      metadata: Optional[dict] = None) -> Page:
+        """Create a matrix page of ``shape`` ``(nrows, ncols)`` holding ``data`` (a scipy sparse matrix or array,
+        or a dense ndarray; default: no entries) and commit it as an epoch.
+
+        Its entries change with ``buf.write(M, values, index=(rows, cols))`` or a scipy sparse delta (assigning
+        the semiring's zero removes an entry); ``buf.link`` / ``buf.closure`` over it follow those changes."""
+        from mmsb.matrix import check_shape, initial_entries, matrix_payload
+
+        self._check_writable()
+        _check_name(name)
+        shape_t = check_shape(shape, name)
+        dt = _dtype(dtype, name)
+        sr = semirings.get(semiring)
+        zero = _zero_for(sr, dt, name)
+        if device is not None and devices.normalize(device) != "cpu":
+            raise DeviceError(f"matrix {name!r}: matrix pages live in host memory (device={device!r}); the rules "
+                              "that read them run where their target pages are")
+        keys, vals = initial_entries(data, shape_t, dt, zero, name)
+        if sr.idempotent and dt.kind == "f" and np.isnan(vals).any():
+            raise InvalidDeltaError(f"matrix {name!r}: NaN is not allowed in a matrix whose ⊕ is idempotent "
+                                    f"({sr.name})")
+        op = SchemaOp("matrix_created", matrix_payload(name, shape_t, dt, sr.name, _json_metadata(metadata, name)),
+                      {"keys": keys, "values": vals})
+        with self._locked():
+            if name in self._pages:
+                raise PageExistsError(f"a page named {name!r} already exists")
+            self._pipe.commit([op])
+            return self._pages[name]
+
+    @_observed
     def drop_page(self, p: PageLike, cascade: bool = False) -> int:
         """Drop a page. Rules reading it are dropped too when ``cascade``; otherwise they make it an error."""
         self._check_writable()
@@ -290,6 +322,8 @@ class Buffer:
         dense delta keeps the masked values packed, in order.
         """
         name = page.name
+        if page.kind == "matrix":
+            return self._prepare_matrix(page, values, index, mask, accumulate, source, metadata)
         if self._graph.is_derived(name):
             raise InvalidDeltaError(f"page {name!r} is derived (the target of rules); write to its inputs")
         if index is not None and mask is not None:
@@ -356,6 +390,62 @@ class Buffer:
         self._check_nan(page, packed)
         return Delta(name, packed, mask=m, accumulate=bool(accumulate), source=source, metadata=meta)
 
+    def _prepare_matrix(self, page: Page, values: Any, index: Any, mask: Any, accumulate: bool,
+                        source: Optional[str], metadata: Optional[dict]) -> Delta:
+        """A matrix delta: ``values`` at ``index=(rows, cols)``, a scipy sparse delta of the matrix's shape (its
+        stored entries), or a dense array of its shape (every entry); as a sparse delta over flat positions."""
+        name = page.name
+        n, m = page.shape
+        if mask is not None:
+            raise InvalidDeltaError(f"matrix {name!r}: write entries with index=(rows, cols) or a scipy sparse "
+                                    "delta, not a mask")
+        if index is None and hasattr(values, "tocoo") and hasattr(values, "format"):
+            if tuple(values.shape) != (n, m):
+                raise InvalidDeltaError(f"matrix {name!r}: a sparse delta of shape {tuple(values.shape)}, the "
+                                        f"matrix has shape {(n, m)}")
+            coo = values.tocoo()
+            index, values = (np.asarray(coo.row), np.asarray(coo.col)), np.asarray(coo.data)
+        if index is None:
+            dense = np.asarray(values)
+            if dense.shape != (n, m):
+                raise InvalidDeltaError(f"matrix {name!r}: values of shape {dense.shape}; give index=(rows, cols), "
+                                        f"a scipy sparse delta, or a dense array of shape {(n, m)}")
+            if dense.size > 1 << 26:
+                raise InvalidDeltaError(f"matrix {name!r}: a dense write of {dense.size} entries is too large; "
+                                        "write a scipy sparse delta")
+            keys = np.arange(n * m, dtype=np.int64)
+            values = dense.reshape(-1)
+        else:
+            keys = page.keys(index)
+        try:
+            vals = np.asarray(values)
+        except (TypeError, ValueError) as exc:
+            raise InvalidDeltaError(f"matrix {name!r}: values are not an array: {exc}") from exc
+        if vals.dtype.kind not in "biuf":
+            raise InvalidDeltaError(f"matrix {name!r}: values must be numeric or bool, got dtype {vals.dtype}")
+        dt = page.dtype
+        if vals.dtype != dt and not _castable(values, vals, dt):
+            raise InvalidDeltaError(f"matrix {name!r}: values of dtype {vals.dtype} cannot be cast to {dt} under "
+                                    "the 'same_kind' rule")
+        k = keys.size
+        if vals.ndim == 0:
+            vals = np.full(k, vals, dtype=dt)
+        elif vals.size == k:
+            vals = vals.reshape(-1)
+        if vals.ndim != 1 or vals.size != k:
+            raise InvalidDeltaError(f"matrix {name!r}: {k} entries but values of shape {vals.shape}")
+        vals = np.array(vals, dtype=dt)
+        if page.semiring.idempotent and dt.kind == "f" and np.isnan(vals).any():
+            raise InvalidDeltaError(f"matrix {name!r}: NaN is not allowed in a matrix whose ⊕ is idempotent "
+                                    f"({page.semiring.name})")
+        meta = None if metadata is None else _json_metadata(metadata, name)
+        codes = page.semiring.codes_for(dt)
+        if accumulate and codes is None:
+            keys, vals = page.semiring.reduce_duplicates(keys, vals)
+        d = Delta(name, vals, index=keys, accumulate=bool(accumulate), source=source, metadata=meta,
+                  normalized=False, fold_op=codes[0] if (accumulate and codes) else _ops.OP_ASSIGN)
+        return d.normalize()
+
     @staticmethod
     def _check_nan(page: Page, vals: np.ndarray) -> None:
         if page.semiring.idempotent and vals.dtype.kind == "f" and np.isnan(vals).any():
@@ -414,6 +504,8 @@ class Buffer:
                                         default=None))
 
     def _read_in_txn(self, page: Page, index: Any, tx: Transaction) -> np.ndarray:
+        if page.kind == "matrix":
+            return self._read_matrix_in_txn(page, index, tx)
         with self._locked():
             arr = self._memory.array(page).copy()
         for d in tx.ops:
@@ -426,6 +518,30 @@ class Buffer:
         if index is None:
             return arr.reshape(page.shape)
         return arr[self._index(page, index)]
+
+    def _read_matrix_in_txn(self, page: Page, index: Any, tx: Transaction) -> Any:
+        """A matrix page as ``tx`` sees it: its committed entries with the transaction's own writes merged."""
+        from mmsb.matrix import MATRIX
+
+        mine = [d for d in tx.ops if d.page == page.name]
+        if index is None and not mine:
+            return self._read(page, None)
+        if index is None:
+            raise InvalidDeltaError(f"matrix {page.name!r}: inside a transaction that wrote it, read entries with "
+                                    "index=(rows, cols)")
+        keys = page.keys(index)
+        with self._locked():
+            vals = MATRIX.values_at(self, page, keys)
+        for d in mine:
+            idx, dv = d.normalize().sparse()
+            pos = np.searchsorted(idx, keys)
+            pos = np.minimum(pos, max(idx.size - 1, 0))
+            hit = idx[pos] == keys if idx.size else np.zeros(keys.size, dtype=bool)
+            if d.accumulate:
+                vals[hit] = page.semiring.add_arrays(vals[hit], dv[pos[hit]])
+            else:
+                vals[hit] = dv[pos[hit]]
+        return vals
 
     # -- schema operations (applied by the commit pipeline and by replay) ---------------------------------------
     def _apply_schema(self, op: SchemaOp, c: Any = None) -> None:
@@ -444,6 +560,14 @@ class Buffer:
                     raise
                 raise MemoryBudgetError(f"page {page.name!r}: cannot allocate {page.nbytes:,} bytes for shape "
                                         f"{page.shape} of {dt}") from exc
+            self._pages[page.name] = page
+            self._graph.add_node(page.name)
+            if undo is not None:
+                undo.action(lambda: self._forget_page(page))
+        elif kind == "matrix_created":
+            from mmsb.matrix import new_page
+
+            page = new_page(self, op, self._pipe.epoch + 1)
             self._pages[page.name] = page
             self._graph.add_node(page.name)
             if undo is not None:
@@ -507,6 +631,8 @@ class Buffer:
         return sr
 
     def _check_new_rule(self, dst: Page, kind: str) -> None:
+        if dst.kind == "matrix":
+            raise InvalidDeltaError(f"matrix {dst.name!r} cannot be the target of a rule; write its entries")
         existing = self._graph.rules_into(dst.name)
         if existing and (kind != "link" or existing[0].kind != "link"):
             raise InvalidDeltaError(f"page {dst.name!r} already has a {existing[0].kind} rule; a page is computed "
@@ -525,8 +651,8 @@ class Buffer:
                 raise SemiringError(f"links into page {d.name!r} use semiring {others[0].semiring.name!r}; "
                                     f"a link with {sr.name!r} cannot be ⊕-combined with them")
             self._check_src_dtype(d, s)
-            A = as_csr(matrix, (d.size, s.size), d.dtype, f"link {d.name!r} <- {s.name!r}")
-            rule = Rule(self._graph.next_rule_id(), "link", d.name, [s.name], sr, A)
+            A, srcs, mp = self._rule_matrix(matrix, (d.size, s.size), d, sr, f"link {d.name!r} <- {s.name!r}")
+            rule = Rule(self._graph.next_rule_id(), "link", d.name, [s.name] + srcs, sr, A, matrix_page=mp)
             return self._add_rule(rule)
 
     @_observed
@@ -544,9 +670,29 @@ class Buffer:
                 raise InvalidDeltaError(f"closure {d.name!r} <- {s.name!r}: pages must have the same size "
                                         f"({d.size} != {s.size})")
             self._check_src_dtype(d, s)
-            A = as_csr(matrix, (d.size, d.size), d.dtype, f"closure {d.name!r} <- {s.name!r}")
-            rule = Rule(self._graph.next_rule_id(), "closure", d.name, [s.name], sr, A)
+            A, srcs, mp = self._rule_matrix(matrix, (d.size, d.size), d, sr, f"closure {d.name!r} <- {s.name!r}")
+            rule = Rule(self._graph.next_rule_id(), "closure", d.name, [s.name] + srcs, sr, A, matrix_page=mp)
             return self._add_rule(rule)
+
+    def _rule_matrix(self, matrix: Any, shape: tuple, d: Page, sr: Semiring, what: str) \
+            -> tuple[Any, list, Optional[str]]:
+        """A rule's matrix: ``(CSR, extra sources, matrix page name)``. A matrix page (or its name) is read live
+        (its later writes update the rule's target); anything else is converted and kept with the rule."""
+        page = matrix if isinstance(matrix, Page) else (self._pages.get(matrix) if isinstance(matrix, str) else None)
+        if isinstance(matrix, str) and page is None:
+            raise PageNotFoundError(f"{what}: no matrix page named {matrix!r}")
+        if page is None:
+            return as_csr(matrix, shape, d.dtype, what), [], None
+        page = self._page(page)
+        if page.kind != "matrix":
+            raise InvalidDeltaError(f"{what}: page {page.name!r} is not a matrix page (create it with "
+                                    "buf.create_matrix)")
+        if tuple(page.shape) != tuple(shape):
+            raise InvalidDeltaError(f"{what}: matrix {page.name!r} has shape {page.shape}, expected {shape} "
+                                    "(dst.size, src.size)")
+        if not np.can_cast(page.dtype, d.dtype, "same_kind"):
+            raise InvalidDeltaError(f"{what}: matrix {page.name!r} of {page.dtype} does not cast to {d.dtype}")
+        return page.view(sr, d.dtype), [page.name], page.name
 
     @_observed
     def derive(self, dst: PageLike, inputs: Sequence[PageLike], fn: Union[Callable, str]) -> int:
@@ -559,6 +705,10 @@ class Buffer:
         with self._locked():
             d = self._page(dst)
             ins = [self._page(p).name for p in inputs]
+            mats = [n for n in ins if self._pages[n].kind == "matrix"]
+            if mats:
+                raise InvalidDeltaError(f"derive for page {d.name!r}: {mats[0]!r} is a matrix page; a derive "
+                                        "function reads array pages")
             if not ins:
                 raise InvalidDeltaError(f"derive for page {d.name!r} needs at least one input")
             self._check_new_rule(d, "derive")
@@ -601,6 +751,9 @@ class Buffer:
             return self._pipe.commit([SchemaOp("rule_removed", {"id": r.id, "dst": r.dst}) for r in rules])
 
     def _check_src_dtype(self, d: Page, s: Page) -> None:
+        if s.kind == "matrix":
+            raise InvalidDeltaError(f"rule {d.name!r} <- {s.name!r}: {s.name!r} is a matrix page; pass it as the "
+                                    "rule's matrix")
         if not np.can_cast(s.dtype, d.dtype, "same_kind"):
             raise InvalidDeltaError(f"rule {d.name!r} <- {s.name!r}: {s.dtype} does not cast to {d.dtype}")
 
@@ -619,7 +772,13 @@ class Buffer:
             return self._pending_rules.pop(pl["id"])
         sr = semirings.get(pl["semiring"]) if pl.get("semiring") else None
         matrix = None
-        if "shape" in pl:
+        if pl.get("matrix_page"):
+            M = self._pages.get(pl["matrix_page"])
+            if M is None or M.kind != "matrix" or pl["dst"] not in self._pages:
+                raise CorruptionError(f"rule into page {pl['dst']!r} reads matrix {pl['matrix_page']!r}, which is "
+                                      "not a matrix page of the store", what="rule")
+            matrix = M.view(sr, self._pages[pl["dst"]].dtype)
+        elif "shape" in pl:
             from mmsb.rules import CSR
 
             matrix = CSR(tuple(pl["shape"]), op.arrays["indptr"], op.arrays["indices"], op.arrays["data"])
@@ -628,7 +787,8 @@ class Buffer:
             warnings.warn(f"derive rule for page {pl['dst']!r} is inactive until its function "
                           f"{pl['function']!r} is registered (buf.register_function)", RuntimeWarning,
                           stacklevel=3)
-        return Rule(pl["id"], pl["kind"], pl["dst"], list(pl["srcs"]), sr, matrix, fn, pl.get("function"))
+        return Rule(pl["id"], pl["kind"], pl["dst"], list(pl["srcs"]), sr, matrix, fn, pl.get("function"),
+                    pl.get("matrix_page"))
 
     # -- propagation ------------------------------------------------------------------------------------------
     @_observed
@@ -660,10 +820,14 @@ class Buffer:
     def _snapshot(self, copy: bool = True) -> tuple:
         """``(epoch, [(meta, array)], rules)``; ``copy=False`` gives live views (only under the buffer lock)."""
         pages = []
+        matrices = []
         for p in self._pages.values():
+            if p.kind == "matrix":
+                matrices.append(p.to_schema())
+                continue
             arr = self._memory.array(p).reshape(p.shape)       # (a reload may spill a page read before)
             pages.append((self._page_meta(p), arr.copy() if copy else arr))
-        rules = [r.to_schema() for r in self._graph.rules()]
+        rules = matrices + [r.to_schema() for r in self._graph.rules()]
         return self._pipe.epoch, pages, rules
 
     @staticmethod
@@ -730,7 +894,10 @@ class Buffer:
             if blocks is not None:
                 blocks.discard()
         for op in rules:
-            self._graph.add_rule(self._rule_from_schema(op))
+            if op.kind == "matrix_created":
+                self._apply_schema(op, None)
+            else:
+                self._graph.add_rule(self._rule_from_schema(op))
         self._pipe.epoch = epoch
 
     def _replay(self, txn: Txn) -> None:
@@ -750,7 +917,7 @@ class Buffer:
             if type(op) is Delta:
                 page = self._logged_target(op, txn.epoch)
                 op.normalize()
-                ch = devices.backend_for(page.device).apply_delta(self, page, op, None)
+                ch = devices.backend_of(page).apply_delta(self, page, op, None)
                 page.epoch = txn.epoch
                 if op.derived:
                     derived = True

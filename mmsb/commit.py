@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable, Iterable, Optional
 
 from mmsb.delta import Delta, Txn, covers_page
-from mmsb.devices import CPU, backend_for
+from mmsb.devices import CPU, backend_of
 from mmsb.errors import InvalidDeltaError, MMSBError, PageNotFoundError
 from mmsb.propagate import Change, UndoLog
 
@@ -155,7 +155,7 @@ class CommitPipeline:
                     pages = buf._pages
                     for name, ch in derived.items():
                         page = pages[name]
-                        vals = backend_for(page.device).values_at(buf, page, ch.idx)
+                        vals = backend_of(page).values_at(buf, page, ch.idx)
                         c.logged.append(Delta(name, vals, index=ch.idx, derived=True))
                     if skip_empty and not c.logged:
                         c.undo.rollback()
@@ -187,7 +187,7 @@ class CommitPipeline:
             if type(op) is not Delta:
                 return None
             page = buf._pages.get(op.page)
-            if page is None or page.device != "cpu" or graph.is_derived(page.name) \
+            if page is None or backend_of(page) is not CPU or graph.is_derived(page.name) \
                     or graph.has_rules_from(page.name):
                 return None
             if op.accumulate and page.semiring.codes_for(page.dtype) is None:
@@ -233,12 +233,12 @@ class CommitPipeline:
                     op.normalize()
                 if id(op) in pre:
                     ch = pre.pop(id(op))
-                elif not op.accumulate and page.device == "cpu" and not self.history.tracking \
+                elif not op.accumulate and backend_of(page) is CPU and not self.history.tracking \
                         and not graph.has_rules_from(name) and covers_page(op.mask):
                     # nobody needs the changed positions: two copies instead of the per-element kernel
                     ch = CPU.overwrite(buf, page, op.values, c.undo)
                 else:
-                    ch = backend_for(page.device).apply_delta(buf, page, op, c.undo)
+                    ch = backend_of(page).apply_delta(buf, page, op, c.undo)
                 if ch is not None:
                     c.changes[name] = c.changes[name].merged_after(ch) if name in c.changes else ch
             else:

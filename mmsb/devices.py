@@ -206,6 +206,12 @@ def backend_for(device: str) -> DeviceBackend:
         return b
 
 
+def backend_of(page: "Page") -> DeviceBackend:
+    """The backend that holds ``page``: its kind's (a matrix page's entries) or else its device family's."""
+    own = page.backend
+    return own if own is not None else backend_for(page.device)
+
+
 def loaded() -> dict[str, DeviceBackend]:
     """The backends imported so far (a device family nobody used is not imported for stats)."""
     return dict(_backends)

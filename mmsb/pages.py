@@ -17,6 +17,11 @@ if TYPE_CHECKING:  # pragma: no cover
 class Page:
     """A page of a :class:`~mmsb.buffer.Buffer`. Read it with :meth:`read` or ``np.asarray(page)``."""
 
+    #: what kind of page this is (``"array"``; a matrix page says ``"matrix"``)
+    kind = "array"
+    #: the backend that holds a page of another kind (None: the page's device family holds it)
+    backend = None
+
     __slots__ = ("_buf", "name", "shape", "dtype", "semiring", "device", "_metadata", "epoch", "size", "_data",
                  "_handle", "_spill", "_pins", "__weakref__")
 

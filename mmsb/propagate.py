@@ -23,6 +23,7 @@ from mmsb.errors import InvalidDeltaError, MMSBError, SemiringError
 from mmsb.delta import full_index
 from mmsb.devices import backend_for
 from mmsb.graph import Graph
+from mmsb import csr
 from mmsb.rules import CSR, Rule
 from mmsb.semiring import Semiring, _is_ufunc, _kview
 
@@ -245,7 +246,11 @@ class Engine:
         if kind == "derive":
             return self._derive(name, rules[0], undo)
         if kind == "closure":
-            return self._closure(name, rules[0], inputs.get(rules[0].srcs[0]), full, undo)
+            r = rules[0]
+            mch = inputs.get(r.matrix_page) if r.matrix_page is not None else None
+            if mch is not None and not full:
+                return self._closure_matrix(name, r, inputs.get(r.srcs[0]), mch, undo)
+            return self._closure(name, r, inputs.get(r.srcs[0]), full, undo)
         return self._links(name, rules, inputs, full, undo)
 
     @staticmethod
@@ -378,6 +383,12 @@ class Engine:
                         recompute.append(r.matrix.column_rows(ch.idx[~better]))
                 else:
                     recompute.append(r.matrix.column_rows(ch.idx))
+            for r in rules:
+                mch = inputs.get(r.matrix_page) if r.matrix_page is not None else None
+                if mch is not None and mch.idx.size:     # changed entries: recompute the rows they sit in
+                    recompute.append(unique(mch.idx // r.matrix.shape[1]))
+                    if idem:
+                        self._refuse_nan_entries(name, r, mch)
         cand_parts = [r.matrix.column_rows(idx) for r, idx, _ in pushes] + recompute
         if not cand_parts:
             return None
@@ -409,6 +420,17 @@ class Engine:
         if not diff.any():
             return None
         return self._record(name, cand[diff], before[diff], undo)
+
+    def _refuse_nan_entries(self, name: str, rule: Rule, mch: Change) -> None:
+        """Refuse NaN entries of a matrix page entering an idempotent ⊕ (through a view in another semiring)."""
+        A = rule.matrix
+        if A.data.dtype.kind != "f":
+            return
+        rows, cols = np.divmod(mch.idx, A.shape[1])
+        if np.isnan(csr.get_entries(A, rows, cols, 0)).any():
+            raise InvalidDeltaError(f"matrix {rule.matrix_page!r} would carry NaN into page {name!r} through the "
+                                    f"{rule.kind} rule; NaN is not allowed under an idempotent ⊕ "
+                                    f"({rule.semiring.name}); nothing was committed")
 
     @staticmethod
     def _pull_is_cheaper(rules: list[Rule], inputs: dict[str, Change]) -> bool:
@@ -660,6 +682,116 @@ class Engine:
             self._run_closure(rule.matrix, y, unique(np.concatenate(parts)), sr)
         idx = np.flatnonzero(changed_positions(y, before)).astype(np.int64)
         return self._record(name, idx, before[idx], undo) if idx.size else None
+
+    @_wrap_foreign
+    def _closure_matrix(self, name: str, rule: Rule, ch: Optional[Change], mch: Change,
+                        undo: UndoLog) -> Optional[Change]:
+        """The closure after entries of its matrix page changed (the rule's matrix already holds the new ones).
+
+        Entries that got better push from their heads (their column: ``x[i] ⊕= A[i, j] ⊗ x[j]``). Entries that
+        got worse (an increase, a removal) under an idempotent ⊕ invalidate only the values that were tight
+        through them, and what was tight through those, and those values are repaired from their unaffected
+        neighbours before the push (the dynamic shortest-path repair of Ramalingam and Reps). Everything costs
+        the region it touches, not the page. A change of the source in the same wave, or a non-idempotent ⊕,
+        recomputes the closure.
+        """
+        sr = rule.semiring
+        y = self.array(name)
+        if (ch is not None and ch.idx.size) or not algebra_flags(sr, y.dtype)[0]:
+            return self._closure(name, rule, ch, True, undo)
+        A = rule.matrix
+        zero = sr.zero_for(y.dtype)
+        rows, cols = np.divmod(mch.idx, A.shape[1])
+        new = csr.get_entries(A, rows, cols, zero)
+        if new.dtype.kind == "f" and np.isnan(new).any():
+            self._refuse_nan_entries(name, rule, mch)
+        M = self.page(rule.matrix_page)
+        old = mch.old.astype(y.dtype)
+        old[~(mch.old != M.zero)] = zero                 # an absent entry of the page is ⊕'s zero of the rule
+        better = ~changed_positions(sr.add_arrays(old, new), new)
+        src = self._x(rule, y.dtype)
+        worse = ~better
+        region = np.empty(0, dtype=np.int64)
+        if worse.any():
+            r_w, c_w, o_w = rows[worse], cols[worse], old[worse]
+            yj = y[c_w]
+            with np.errstate(all="ignore"):
+                via = sr.mul_arrays(o_w, yj)
+            tight = ~changed_positions(via, y[r_w]) & (yj != zero) & (o_w != zero)
+            if tight.any():
+                region = self._region(A, unique(r_w[tight]), y, sr, zero)
+        heads = cols[better]
+        saved = y[region].copy()
+        try:
+            if region.size:
+                y[region] = src[region]
+                self._pull_into(rule, region, y, sr)
+                self.stats.rows_recomputed += int(region.size)
+            frontier = unique(np.concatenate([region, heads])) if heads.size else region
+            old_out = self._scratch(name, y)
+            reached = self._run_closure(A, y, frontier, sr, old_out)
+        except BaseException as exc:
+            self._closure_rebuild_before(name, rule, rows, cols, old, new, y, sr)
+            if isinstance(exc, _NoFixpoint):
+                raise self._no_fixpoint(name, rule) from None
+            raise
+        idx, pos = unique_first(np.concatenate([region, reached]))
+        olds = np.concatenate([saved, old_out[reached]])[pos]
+        moved = changed_positions(y[idx], olds)
+        if not moved.any():
+            return None
+        out = self._record(name, idx[moved], olds[moved], undo)
+        self._check_closure_nan(name, rule, sr, y, out.idx)
+        return out
+
+    def _closure_rebuild_before(self, name: str, rule: Rule, rows: np.ndarray, cols: np.ndarray, old: np.ndarray,
+                                new: np.ndarray, y: np.ndarray, sr: Semiring) -> None:
+        """After a failed repair: put back the closure under the matrix as it was (the undo log then restores
+        the matrix page itself)."""
+        A = rule.matrix
+        zero = sr.zero_for(y.dtype)
+        csr.set_entries(A, rows, cols, old, old != zero)
+        try:
+            y[:] = self._x(rule, y.dtype)
+            self._run_closure(A, y, np.flatnonzero(changed_positions(y, np.full_like(y, zero))).astype(np.int64),
+                              sr)
+        finally:
+            csr.set_entries(A, rows, cols, new, new != zero)
+
+    def _region(self, A: CSR, seeds: np.ndarray, y: np.ndarray, sr: Semiring, zero: Any) -> np.ndarray:
+        """``seeds`` and every entry whose value was tight through one of them (``y[i] == A[i, j] ⊗ y[j]``),
+        transitively: the values that may have depended on the seeds (sorted)."""
+        t = A.T
+        selective = sr.builtin or sr.add in _SELECTIVE
+        mark = self._scratch_arrays.get("\0marks")
+        if mark is None or mark.size != y.size:            # all False between calls (cleared below)
+            mark = self._scratch_arrays["\0marks"] = np.zeros(y.size, dtype=bool)
+        parts = [seeds]
+        frontier = seeds
+        mark[seeds] = True
+        try:
+            while frontier.size:
+                starts, lens = t.indptr[frontier], t.indptr[frontier + 1] - t.indptr[frontier]
+                total = int(lens.sum())
+                if not total:
+                    break
+                offs = np.repeat(starts - np.cumsum(np.r_[0, lens[:-1]]), lens) + np.arange(total)
+                tgt = t.indices[offs]
+                if selective:
+                    w = t.data[offs]
+                    with np.errstate(all="ignore"):
+                        via = sr.mul_arrays(w, np.repeat(y[frontier], lens))
+                    tight = ~changed_positions(via, y[tgt]) & (w != zero)
+                    tgt = tgt[tight]
+                tgt = unique(tgt[~mark[tgt]])
+                mark[tgt] = True
+                parts.append(tgt)
+                frontier = tgt
+            rows = unique(np.concatenate(parts)) if len(parts) > 1 else seeds
+        finally:
+            for p in parts:
+                mark[p] = False
+        return rows
 
     def _scratch(self, name: str, like: np.ndarray) -> np.ndarray:
         """A reusable uninitialised array like ``like`` (closure old values land there)."""

@@ -27,6 +27,8 @@ def region_of(page: "Page", index: Any = None, mask: Any = None) -> Optional[np.
         return np.flatnonzero(m).astype(np.int64)
     if index is None:
         return None
+    if page.kind == "matrix":
+        return unique(page.keys(index))
     if isinstance(index, range) or isinstance(index, slice):
         sl = index if isinstance(index, slice) else slice(index.start, index.stop, index.step)
         return np.arange(page.size, dtype=np.int64)[sl]

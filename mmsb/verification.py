@@ -52,8 +52,13 @@ def _seed_pages(root: str, segs: list, listed) -> "dict | None":
         return None
     if snap is None:
         return None
-    return {m.get("name"): (int(a.size), a.dtype if m.get("device", "cpu") == "cpu" else None)
-            for m, a in snap.pages}
+    out = {m.get("name"): (int(a.size), a.dtype if m.get("device", "cpu") == "cpu" else None)
+           for m, a in snap.pages}
+    for op in snap.rules:
+        if op.kind == "matrix_created":
+            out[op.payload["name"]] = (op.payload["shape"][0] * op.payload["shape"][1],
+                                       op.arrays["values"].dtype)
+    return out
 
 
 def _fits(table: dict, epoch: int, op) -> "str | None":
@@ -63,7 +68,7 @@ def _fits(table: dict, epoch: int, op) -> "str | None":
     from mmsb.delta import Delta
 
     if not isinstance(op, Delta):
-        if op.kind == "page_created":
+        if op.kind in ("page_created", "matrix_created"):
             shape = op.payload["shape"]
             size = 1
             for n in shape:

@@ -405,7 +405,25 @@ def check_schema(kind: str, pl: dict, arrays: dict) -> None:
         fill = arrays.get("fill")
         if fill is None or fill.size < 1 or fill.dtype != dt:
             raise _bad_schema(kind, f"page {pl['name']!r}: bad fill array")
+    elif kind == "matrix_created":
+        shape, dt = check_page_meta(pl, kind)
+        if len(shape) != 2:
+            raise _bad_schema(kind, f"matrix {pl['name']!r}: shape {list(shape)} is not (nrows, ncols)")
+        if "epoch" in pl and (type(pl["epoch"]) is not int or pl["epoch"] < 0):
+            raise _bad_schema(kind, f"matrix {pl['name']!r}: bad epoch")
+        keys, vals = arrays.get("keys"), arrays.get("values")
+        if arrays and (keys is None or vals is None or keys.dtype != np.int64 or vals.dtype != dt
+                       or keys.ndim != 1 or keys.size != vals.size):
+            raise _bad_schema(kind, f"matrix {pl['name']!r}: bad entry arrays")
+        if keys is not None and keys.size:
+            total = shape[0] * shape[1]
+            if int(keys.min()) < 0 or int(keys.max()) >= total or (keys.size > 1 and
+                                                                   not bool((keys[1:] > keys[:-1]).all())):
+                raise _bad_schema(kind, f"matrix {pl['name']!r}: entry keys are not sorted positions of it")
     elif kind == "rule_added":
+        mp = pl.get("matrix_page")
+        if mp is not None and (not isinstance(mp, str) or not mp):
+            raise _bad_schema(kind, f"bad matrix page {mp!r}"[:200])
         shape = pl.get("shape")
         if shape is not None and (not isinstance(shape, list) or len(shape) != 2 or
                                   not all(type(n) is int and 0 <= n <= MAX_ELEMS for n in shape)):

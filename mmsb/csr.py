@@ -1,0 +1,352 @@
+"""CSR matrices in the kernels' layout (int64 indices, the page dtype), their transposes, and entry updates.
+
+A rule's matrix is a :class:`CSR`. A matrix page's is one too, and it changes entry by entry
+(:meth:`CSR.set_entries`): a changed value is written in place (in the matrix and in its transpose, when that was
+built), and under a selective ⊕ (min, max, or) a removed entry becomes a *free slot* holding ⊕'s zero, which every
+kernel treats as absent (``zero ⊗ x`` never wins a min or a max), and which a later insertion into the same row
+reuses. Rows get a little slack when they are rebuilt, so that insertions rarely move the arrays. Under other ⊕
+(plus) a stored value is a value even when it is zero, so a removal or an insertion rebuilds the arrays.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+
+from mmsb.errors import InvalidDeltaError
+
+
+@dataclass
+class CSR:
+    """A CSR matrix with int64 indices and its transpose (for push), both in the page dtype."""
+
+    shape: tuple
+    indptr: np.ndarray
+    indices: np.ndarray
+    data: np.ndarray
+    _t: Optional["CSR"] = field(default=None, repr=False)
+    _range: Optional[tuple] = field(default=None, repr=False)
+    _abs_t: Optional["CSR"] = field(default=None, repr=False)
+    _finite: Optional[tuple] = field(default=None, repr=False)
+    #: the value of a free slot (⊕'s zero) when the matrix keeps free slots, else None (every slot is an entry)
+    free: Any = None
+    #: whether the column indices of every row are in increasing order (slot reuse breaks it)
+    ordered: bool = True
+
+    @property
+    def nnz(self) -> int:
+        """Stored entries (free slots not counted)."""
+        if self.free is None:
+            return int(self.data.size)
+        return int(np.count_nonzero(self._live()))
+
+    def _live(self) -> np.ndarray:
+        return np.ones(self.data.size, dtype=bool) if self.free is None else self.data != self.free
+
+    @property
+    def weight_range(self) -> tuple:
+        """(min, max) of the stored values as floats ((0, 0) when empty); computed once, then only widened by
+        entry updates (a wider range is still a valid bound for the bucketed closure)."""
+        if self._range is None:
+            d = self.data if self.free is None else self.data[self._live()]
+            self._range = (float(d.min()), float(d.max())) if d.size and d.dtype.kind in "iuf" else (0.0, 0.0)
+        return self._range
+
+    @property
+    def T(self) -> "CSR":
+        """The transpose (column j lists the rows i with a stored A[i, j]); computed once."""
+        if self._t is None:
+            n, m = self.shape
+            rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(self.indptr))
+            order = np.argsort(self.indices, kind="stable")
+            indptr_t = np.zeros(m + 1, dtype=np.int64)
+            np.cumsum(np.bincount(self.indices, minlength=m), out=indptr_t[1:])
+            self._t = CSR((m, n), indptr_t, rows[order], self.data[order], free=self.free)
+            self._t._t = self
+        return self._t
+
+    @property
+    def abs_T(self) -> "CSR":
+        """The transpose with ``|A[i, j]|`` as values (magnitude bounds for difference propagation); computed once."""
+        if self._abs_t is None:
+            t = self.T
+            self._abs_t = CSR(t.shape, t.indptr, t.indices, np.abs(t.data))
+        return self._abs_t
+
+    @property
+    def has_nan(self) -> bool:
+        """Whether a stored value is NaN; computed once."""
+        return self._finite_flags()[0]
+
+    @property
+    def has_nonfinite(self) -> bool:
+        """Whether a stored value is ±inf or NaN; computed once."""
+        return self._finite_flags()[1]
+
+    def _finite_flags(self) -> tuple:
+        if self._finite is None:
+            d = self.data if self.free is None else self.data[self._live()]
+            if d.dtype.kind == "f" and d.size:
+                self._finite = (bool(np.isnan(d).any()), not bool(np.isfinite(d).all()))
+            else:
+                self._finite = (False, False)
+        return self._finite
+
+    def column_entries(self, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The stored entries of the columns ``cols``: ``(k, rows, values)``, where ``k`` indexes ``cols``."""
+        t = self.T
+        starts, lens = t.indptr[cols], t.indptr[cols + 1] - t.indptr[cols]
+        total = int(lens.sum())
+        if not total:
+            empty = np.empty(0, dtype=np.int64)
+            return empty, empty, t.data[:0]
+        offs = np.repeat(starts - np.cumsum(np.r_[0, lens[:-1]]), lens) + np.arange(total)
+        k = np.repeat(np.arange(cols.size, dtype=np.int64), lens)
+        if self.free is not None:
+            live = t.data[offs] != self.free
+            k, offs = k[live], offs[live]
+        return k, t.indices[offs], t.data[offs]
+
+    def column_rows(self, cols: np.ndarray) -> np.ndarray:
+        """Sorted unique rows i with a stored A[i, j] for some j in ``cols``."""
+        t = self.T
+        if cols.size == 1 and t.ordered:    # one column of the transpose: its rows are sorted and unique
+            j = cols[0]
+            return t.indices[t.indptr[j]:t.indptr[j + 1]].copy()
+        starts, ends = t.indptr[cols], t.indptr[cols + 1]
+        lens = ends - starts
+        total = int(lens.sum())
+        if total == 0:
+            return np.empty(0, dtype=np.int64)
+        offs = np.repeat(starts - (np.cumsum(lens) - lens), lens) + np.arange(total)
+        rows = t.indices[offs]
+        if total * 8 >= self.shape[0]:  # dense enough: a row bitmap is O(n), far faster than np.unique's hashing
+            mark = np.zeros(self.shape[0], dtype=bool)
+            mark[rows] = True
+            return np.flatnonzero(mark).astype(np.int64, copy=False)
+        rows.sort()
+        keep = np.empty(rows.size, dtype=bool)
+        keep[0] = True
+        np.not_equal(rows[1:], rows[:-1], out=keep[1:])
+        return rows[keep]
+
+
+def as_csr(matrix: Any, shape: tuple, dtype: np.dtype, what: str) -> CSR:
+    """Convert a scipy.sparse matrix/array, an object with CSR arrays, or a dense ndarray to :class:`CSR`.
+
+    Stored entries are values (even a stored 0); duplicates are summed as scipy does; every entry of a dense
+    ndarray is stored.
+    """
+    if hasattr(matrix, "tocsr") and hasattr(matrix, "format"):
+        m = matrix.tocsr(copy=True)
+        m.sum_duplicates()
+        indptr, indices, data, mshape = m.indptr, m.indices, m.data, m.shape
+    elif all(hasattr(matrix, a) for a in ("indptr", "indices", "data", "shape")):
+        indptr, indices, data, mshape = matrix.indptr, matrix.indices, matrix.data, matrix.shape
+    else:
+        dense = np.asarray(matrix)
+        if dense.ndim != 2:
+            raise InvalidDeltaError(f"{what}: matrix must be 2-D, got shape {dense.shape}")
+        n, m = dense.shape
+        indptr = np.arange(0, n * m + 1, max(m, 1), dtype=np.int64)[: n + 1] if m else np.zeros(n + 1, np.int64)
+        indices = np.tile(np.arange(m, dtype=np.int64), n)
+        data, mshape = dense.ravel(), dense.shape
+    if tuple(mshape) != tuple(shape):
+        raise InvalidDeltaError(f"{what}: matrix has shape {tuple(mshape)}, expected {tuple(shape)} "
+                                "(dst.size, src.size)")
+    data = np.asarray(data)
+    if data.dtype.kind not in "biuf":
+        raise InvalidDeltaError(f"{what}: matrix values must be numeric, got {data.dtype}")
+    cast = data.astype(dtype)
+    if dtype.kind in "iub" and data.dtype.kind == "f" and not np.array_equal(cast, data):
+        raise InvalidDeltaError(f"{what}: matrix values do not fit the page dtype {dtype}")
+    indptr = np.ascontiguousarray(indptr, dtype=np.int64)
+    indices = np.ascontiguousarray(indices, dtype=np.int64)
+    n, m = shape
+    if indptr.size != n + 1 or indptr[0] != 0 or indptr[-1] != indices.size or np.any(np.diff(indptr) < 0):
+        raise InvalidDeltaError(f"{what}: malformed CSR indptr")
+    if indices.size and (indices.min() < 0 or indices.max() >= m):
+        raise InvalidDeltaError(f"{what}: CSR column index out of range")
+    return CSR((n, m), indptr, indices, np.ascontiguousarray(cast))
+
+
+def _expand(starts: np.ndarray, lens: np.ndarray, total: int) -> np.ndarray:
+    """The positions ``starts[k] .. starts[k] + lens[k] - 1`` of every segment, concatenated."""
+    return np.repeat(starts - (np.cumsum(lens) - lens), lens) + np.arange(total, dtype=np.int64)
+
+
+def _slack(counts: np.ndarray) -> np.ndarray:
+    """Free slots a rebuilt row keeps for later insertions: one, plus a quarter of its entries."""
+    return 1 + (counts >> 2)
+
+
+def build_csr(shape: tuple, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, free: Any = None) -> CSR:
+    """A CSR of the entries ``(rows, cols, vals)`` (pairs unique), rows in column order. With ``free`` (a selective
+    ⊕'s zero) every row also gets free slots (column ``row % ncols``, value ``free``) for later insertions."""
+    n, m = shape
+    rows = np.asarray(rows, dtype=np.int64)
+    cols = np.asarray(cols, dtype=np.int64)
+    order = np.lexsort((cols, rows))
+    rows, cols, vals = rows[order], cols[order], vals[order]
+    counts = np.bincount(rows, minlength=n).astype(np.int64)
+    cap = counts + _slack(counts) if free is not None and m else counts
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(cap, out=indptr[1:])
+    total = int(indptr[-1])
+    if free is None or not m:
+        return CSR((n, m), indptr, np.ascontiguousarray(cols), np.ascontiguousarray(vals), free=free)
+    indices = np.repeat(np.arange(n, dtype=np.int64) % m, cap)
+    data = np.full(total, free, dtype=vals.dtype)
+    first = np.searchsorted(rows, rows, "left") if rows.size else rows
+    pos = indptr[rows] + (np.arange(rows.size, dtype=np.int64) - first)
+    indices[pos] = cols
+    data[pos] = vals
+    return CSR((n, m), indptr, indices, data, free=free)
+
+
+def _entries(A: CSR) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The stored entries of ``A`` as ``(rows, cols, vals)`` (free slots left out)."""
+    rows = np.repeat(np.arange(A.shape[0], dtype=np.int64), np.diff(A.indptr))
+    if A.free is None:
+        return rows, A.indices.copy(), A.data.copy()
+    live = A.data != A.free
+    return rows[live], A.indices[live], A.data[live]
+
+
+def _locate(A: CSR, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Positions of ``A[rows[k], cols[k]]`` in ``A.indices``/``A.data``; -1 where row ``rows[k]`` has no slot of
+    that column. A live entry wins over a free slot of the same column."""
+    k = rows.size
+    pos = np.full(k, -1, dtype=np.int64)
+    if not k:
+        return pos
+    starts = A.indptr[rows]
+    lens = A.indptr[rows + 1] - starts
+    total = int(lens.sum())
+    if not total:
+        return pos
+    offs = _expand(starts, lens, total)
+    owner = np.repeat(np.arange(k, dtype=np.int64), lens)
+    hit = A.indices[offs] == np.repeat(cols, lens)
+    if A.free is not None:
+        live = A.data[offs] != A.free
+        spare = hit & ~live
+        pos[owner[spare]] = offs[spare]
+        hit &= live
+    pos[owner[hit]] = offs[hit]
+    return pos
+
+
+def _claim(A: CSR, rows: np.ndarray) -> np.ndarray:
+    """A distinct free slot of row ``rows[k]`` for every k (-1 where the row has none left)."""
+    out = np.full(rows.size, -1, dtype=np.int64)
+    if not rows.size or A.free is None:
+        return out
+    order = np.argsort(rows, kind="stable")
+    rs = rows[order]
+    rank = np.arange(rs.size, dtype=np.int64) - np.searchsorted(rs, rs, "left")
+    ur = np.unique(rs)
+    starts = A.indptr[ur]
+    lens = A.indptr[ur + 1] - starts
+    total = int(lens.sum())
+    if not total:
+        return out
+    offs = _expand(starts, lens, total)
+    owner = np.repeat(ur, lens)
+    free = A.data[offs] == A.free
+    f_offs, f_row = offs[free], owner[free]
+    if not f_offs.size:
+        return out
+    f_rank = np.arange(f_row.size, dtype=np.int64) - np.searchsorted(f_row, f_row, "left")
+    width = int(max(lens.max(), rank.max())) + 1
+    key_f = f_row * width + f_rank
+    key_i = rs * width + rank
+    at = np.minimum(np.searchsorted(key_f, key_i), key_f.size - 1)
+    ok = key_f[at] == key_i
+    got = np.where(ok, f_offs[at], -1)
+    out[order] = got
+    return out
+
+
+def _set(A: CSR, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, present: np.ndarray) -> bool:
+    """Set ``A[rows[k], cols[k]] = vals[k]`` where ``present[k]``, remove it elsewhere (pairs unique). Returns
+    True when the arrays were rebuilt (positions moved), False when every change was made in place."""
+    pos = _locate(A, rows, cols)
+    found = pos >= 0
+    keep = found & present
+    A.data[pos[keep]] = vals[keep]
+    gone = found & ~present
+    ins = ~found & present
+    if A.free is None:
+        if not gone.any() and not ins.any():
+            _widen(A, vals[keep])
+            return False
+        r, c, v = _entries_without(A, pos[gone])
+        _adopt(A, build_csr(A.shape, np.concatenate([r, rows[ins]]), np.concatenate([c, cols[ins]]),
+                            np.concatenate([v, vals[ins]])))
+        return True
+    A.data[pos[gone]] = A.free
+    if ins.any():
+        slots = _claim(A, rows[ins])
+        fits = slots >= 0
+        A.indices[slots[fits]] = cols[ins][fits]
+        A.data[slots[fits]] = vals[ins][fits]
+        A.ordered = False
+        if not fits.all():
+            r, c, v = _entries(A)
+            miss = ~fits
+            _adopt(A, build_csr(A.shape, np.concatenate([r, rows[ins][miss]]),
+                                np.concatenate([c, cols[ins][miss]]), np.concatenate([v, vals[ins][miss]]),
+                                free=A.free))
+            return True
+    _widen(A, vals[present])
+    return False
+
+
+def _entries_without(A: CSR, drop: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rows = np.repeat(np.arange(A.shape[0], dtype=np.int64), np.diff(A.indptr))
+    keep = np.ones(A.data.size, dtype=bool)
+    keep[drop] = False
+    return rows[keep], A.indices[keep], A.data[keep]
+
+
+def _adopt(A: CSR, B: CSR) -> None:
+    """Make ``A`` hold ``B``'s arrays (the object stays, so that rules keep it); caches start over."""
+    A.indptr, A.indices, A.data, A.ordered = B.indptr, B.indices, B.data, True
+    A._range = A._finite = A._abs_t = None
+
+
+def _widen(A: CSR, vals: np.ndarray) -> None:
+    """Keep the cached range and finiteness flags true bounds after ``vals`` were stored."""
+    if not vals.size:
+        return
+    if A._range is not None and vals.dtype.kind in "iuf":
+        A._range = (min(A._range[0], float(vals.min())), max(A._range[1], float(vals.max())))
+    if A._finite is not None and vals.dtype.kind == "f":
+        A._finite = (A._finite[0] or bool(np.isnan(vals).any()), A._finite[1] or not bool(np.isfinite(vals).all()))
+
+
+def set_entries(A: CSR, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, present: np.ndarray) -> None:
+    """Change entries of ``A`` and of its transpose (when built): ``A[rows[k], cols[k]] = vals[k]`` where
+    ``present[k]``, the entry removed elsewhere. ``(rows, cols)`` pairs are unique; ``vals`` has A's dtype."""
+    t = A._t
+    moved = _set(A, rows, cols, vals, present)
+    A._t = t
+    if t is None:
+        return
+    t_moved = _set(t, cols, rows, vals, present)
+    if moved or t_moved or A._abs_t is None:
+        A._abs_t = None
+        return
+    pos = _locate(t, cols, rows)
+    A._abs_t.data[pos[pos >= 0]] = np.abs(t.data[pos[pos >= 0]])
+
+
+def get_entries(A: CSR, rows: np.ndarray, cols: np.ndarray, zero: Any) -> np.ndarray:
+    """``A[rows[k], cols[k]]`` (``zero`` where there is no entry)."""
+    pos = _locate(A, rows, cols)
+    out = np.full(rows.size, zero, dtype=A.data.dtype)
+    f = pos >= 0
+    out[f] = A.data[pos[f]]
+    return out

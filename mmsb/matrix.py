@@ -1,0 +1,284 @@
+"""Matrix pages: a page whose value is a sparse matrix, changed entry by entry, that rules read.
+
+A :class:`MatrixPage` is a page everywhere (the mapping, the log, checkpoints, ``at(e)``, transactions). Its
+positions are its entries, numbered ``row * ncols + col``: a matrix delta is a sparse :class:`~mmsb.delta.Delta`
+over those flat positions, so the log, the conflict history and replay handle it as they handle any page. An
+absent entry is the semiring's ⊕-zero, and assigning ⊕-zero removes an entry.
+
+The entries are kept in the kernels' CSR layout (:mod:`mmsb.csr`), and a rule over the matrix reads that CSR (or a
+*view* of it in the rule's semiring and dtype, kept in step by the page), so a matrix delta costs the entries it
+changes, not the matrix. :class:`MatrixBackend` is the page kind's backend: the commit pipeline, replay and reads
+reach it through :func:`mmsb.devices.backend_of`, as they reach a device's.
+"""
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, Optional
+
+import numpy as np
+
+from mmsb import csr as _csr
+from mmsb.csr import CSR
+from mmsb.delta import SchemaOp
+from mmsb.devices import DeviceBackend
+from mmsb.errors import DeviceError, InvalidDeltaError
+from mmsb.pages import Page
+from mmsb.semiring import Semiring
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mmsb.buffer import Buffer
+    from mmsb.delta import Delta
+    from mmsb.propagate import Change, UndoLog
+
+#: the largest number of positions (rows x cols) a matrix page may have: flat positions stay exact in int64
+MAX_POSITIONS = 1 << 48
+
+
+def selective(sr: Semiring, dtype: np.dtype) -> bool:
+    """Whether ⊕ picks one of its operands in the kernels (min, max, or): a free slot holding ⊕'s zero is then
+    exactly an absent entry, so entries can be removed and inserted in place."""
+    from mmsb import _ops
+
+    codes = sr.codes_for(dtype)
+    return codes is not None and codes[0] in (_ops.OP_MIN, _ops.OP_MAX)
+
+
+class MatrixPage(Page):
+    """A page holding a sparse matrix of ``shape`` ``(nrows, ncols)``. Read it with :meth:`read` (a
+    ``scipy.sparse.csr_array`` copy); write it with ``buf.write(M, values, index=(rows, cols))`` or a scipy
+    sparse delta; give it to ``buf.link`` / ``buf.closure`` so that its later changes update their targets."""
+
+    __slots__ = ("csr", "zero", "_views")
+
+    kind = "matrix"
+
+    def __init__(self, buf: "Buffer", name: str, shape: tuple, dtype: np.dtype, semiring: Semiring,
+                 metadata: Optional[dict], epoch: int, zero: Any, csr: CSR):
+        super().__init__(buf, name, shape, dtype, semiring, "cpu", metadata, epoch)
+        self.zero = zero
+        self.csr = csr
+        self._views: dict = {}
+
+    @property
+    def backend(self) -> "MatrixBackend":
+        return MATRIX
+
+    @property
+    def nnz(self) -> int:
+        """The number of stored entries."""
+        return self.csr.nnz
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the page's own arrays (views kept for rules in other semirings not counted)."""
+        a = self.csr
+        return int(a.indptr.nbytes + a.indices.nbytes + a.data.nbytes)
+
+    def read(self, index: Any = None) -> Any:
+        """A ``scipy.sparse.csr_array`` copy of the matrix, or with ``index=(rows, cols)`` the values of those
+        entries (⊕-zero where absent), as of the last commit."""
+        return super().read(index)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self.read().toarray()
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return (f"MatrixPage({self.name!r}, shape={self.shape}, nnz={self.nnz}, dtype={self.dtype.name}, "
+                f"semiring={self.semiring.name}, epoch={self.epoch})")
+
+    # -- entries --------------------------------------------------------------------------------------------
+    def keys(self, index: Any) -> np.ndarray:
+        """Flat positions ``row * ncols + col`` of ``index = (rows, cols)``; InvalidDeltaError names the matrix."""
+        rows, cols = entry_index(self, index)
+        return rows * self.shape[1] + cols
+
+    def view(self, sr: Semiring, dtype: np.dtype) -> CSR:
+        """The matrix as a rule in semiring ``sr`` over pages of ``dtype`` reads it: the page's own CSR when both
+        match, else a view in that algebra (absent entries are ``sr``'s zero), kept in step with the page."""
+        dtype = np.dtype(dtype)
+        if sr is self.semiring and dtype == self.dtype:
+            return self.csr
+        key = (sr.name, dtype.str)
+        v = self._views.get(key)
+        if v is None:
+            rows, cols, vals = _csr._entries(self.csr)
+            zero = sr.zero_for(dtype)
+            v = _csr.build_csr(self.shape, rows, cols, vals.astype(dtype),
+                               free=zero if selective(sr, dtype) else None)
+            self._views[key] = (v, sr, zero)
+            return v
+        return v[0]
+
+    def set(self, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray) -> None:
+        """Set entries (``vals`` in the page dtype; ⊕-zero removes one) in the page and in every view."""
+        present = changed(vals, self.zero)
+        _csr.set_entries(self.csr, rows, cols, vals, present)
+        for v, _, _ in self._views.values():
+            _csr.set_entries(v, rows, cols, vals.astype(v.data.dtype), present)
+
+    def get(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Values of the entries (⊕-zero where absent)."""
+        return _csr.get_entries(self.csr, rows, cols, self.zero)
+
+    def to_schema(self) -> SchemaOp:
+        """The page as a ``matrix_created`` record (its description and its entries as flat keys and values)."""
+        rows, cols, vals = _csr._entries(self.csr)
+        keys = rows * self.shape[1] + cols
+        order = np.argsort(keys, kind="stable")
+        return SchemaOp("matrix_created", matrix_payload(self.name, self.shape, self.dtype, self.semiring.name,
+                                                          self._metadata, self.epoch),
+                        {"keys": keys[order], "values": np.ascontiguousarray(vals[order])})
+
+
+def changed(a: np.ndarray, zero: Any) -> np.ndarray:
+    """Where ``a`` differs from the scalar ``zero`` (NaN counts as different)."""
+    out = a != zero
+    return out
+
+
+def matrix_payload(name: str, shape: tuple, dtype: np.dtype, semiring: str, metadata: Optional[dict],
+                   epoch: Optional[int] = None) -> dict:
+    pl = {"name": name, "shape": list(shape), "dtype": np.dtype(dtype).str, "semiring": semiring,
+          "metadata": metadata or None}
+    if epoch is not None:
+        pl["epoch"] = int(epoch)
+    return pl
+
+
+def entry_index(page: MatrixPage, index: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``index = (rows, cols)`` as two int64 arrays, checked against the matrix's shape."""
+    n, m = page.shape
+    name = page.name
+    if not isinstance(index, tuple) or len(index) != 2:
+        raise InvalidDeltaError(f"matrix {name!r}: index must be (rows, cols), got {type(index).__name__}")
+    out = []
+    for what, arr, bound in (("row", index[0], n), ("column", index[1], m)):
+        a = np.asarray(arr)
+        if a.dtype.kind not in "iu" and not (a.size == 0 and a.dtype.kind == "f"):
+            raise InvalidDeltaError(f"matrix {name!r}: {what} indices must be integers, got dtype {a.dtype}")
+        a = np.array(a.reshape(-1), dtype=np.int64)
+        if a.size:
+            lo, hi = int(a.min()), int(a.max())
+            if lo < 0 or hi >= bound:
+                bad = lo if lo < 0 else hi
+                raise InvalidDeltaError(f"matrix {name!r}: {what} index {bad} out of range [0, {bound}) "
+                                        f"(shape {page.shape})")
+        out.append(a)
+    if out[0].size != out[1].size:
+        raise InvalidDeltaError(f"matrix {name!r}: {out[0].size} row indices but {out[1].size} column indices")
+    return out[0], out[1]
+
+
+def initial_entries(data: Any, shape: tuple, dtype: np.dtype, zero: Any, name: str) \
+        -> tuple[np.ndarray, np.ndarray]:
+    """Flat keys (sorted, unique) and values of a matrix page's initial ``data`` (a scipy sparse matrix or array,
+    or a dense ndarray); entries equal to ⊕'s zero are not stored."""
+    from mmsb.csr import as_csr
+
+    if data is None:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=dtype)
+    A = as_csr(data, shape, dtype, f"matrix {name!r}")
+    rows, cols, vals = _csr._entries(A)
+    keep = changed(vals, zero)
+    keys = rows[keep] * shape[1] + cols[keep]
+    return keys, np.ascontiguousarray(vals[keep])
+
+
+def csr_from_keys(shape: tuple, keys: np.ndarray, vals: np.ndarray, sr: Semiring, zero: Any) -> CSR:
+    """The page CSR of flat ``keys`` (unique) and ``vals``."""
+    rows, cols = np.divmod(keys, shape[1]) if shape[1] else (keys, keys)
+    return _csr.build_csr(shape, rows, cols, vals, free=zero if selective(sr, vals.dtype) else None)
+
+
+def check_shape(shape: Any, name: str) -> tuple:
+    """A matrix page's shape: two non-negative ints whose product fits :data:`MAX_POSITIONS`."""
+    try:
+        n, m = (int(s) for s in shape)
+        bad = any(int(s) != s for s in shape)
+    except (TypeError, ValueError):
+        raise InvalidDeltaError(f"matrix {name!r}: shape must be (nrows, ncols), got {shape!r}") from None
+    if bad or n < 0 or m < 0:
+        raise InvalidDeltaError(f"matrix {name!r}: shape must be two non-negative integers, got {shape!r}")
+    if n * m > MAX_POSITIONS:
+        raise InvalidDeltaError(f"matrix {name!r}: shape {(n, m)} has more than 2**48 positions")
+    return (n, m)
+
+
+class MatrixBackend(DeviceBackend):
+    """Where matrix pages' entries live (host memory, CSR) and how deltas and reads run on them."""
+
+    family = "matrix"
+
+    def apply_delta(self, buf: "Buffer", page: "Page", delta: "Delta", undo: Optional["UndoLog"]) \
+            -> Optional["Change"]:
+        """Merge ``delta`` (flat positions) into the matrix; the entries that changed and their old values."""
+        from mmsb.propagate import Change, changed_positions
+
+        assert isinstance(page, MatrixPage)
+        idx, vals = delta.sparse()
+        m = page.shape[1]
+        rows, cols = np.divmod(idx, m)
+        old = page.get(rows, cols)
+        new = page.semiring.add_arrays(old, vals) if delta.accumulate else vals
+        moved = changed_positions(new, old)
+        if not moved.any():
+            return None
+        if not moved.all():
+            idx, rows, cols, old, new = idx[moved], rows[moved], cols[moved], old[moved], new[moved]
+        new = np.asarray(new, dtype=page.dtype)
+        page.set(rows, cols, new)
+        if undo is not None:
+            undo.action(lambda: page.set(rows, cols, old))
+        return Change(idx, old)
+
+    def values_at(self, buf: "Buffer", page: "Page", idx: np.ndarray) -> np.ndarray:
+        rows, cols = np.divmod(idx, page.shape[1])
+        return page.get(rows, cols)
+
+    def read(self, buf: "Buffer", page: "Page", index: Any) -> Any:
+        if index is not None:
+            rows, cols = entry_index(page, index)
+            return page.get(rows, cols)
+        try:
+            import scipy.sparse as sp
+        except ImportError:                         # pragma: no cover - scipy is in the test and bench extras
+            raise ImportError(f"matrix {page.name!r}: read() returns a scipy.sparse.csr_array; install scipy, "
+                              "or read entries with read(index=(rows, cols))") from None
+        rows, cols, vals = _csr._entries(page.csr)
+        out = sp.csr_array((vals, (rows, cols)), shape=page.shape)
+        out.sort_indices()
+        return out
+
+    def move(self, buf: "Buffer", page: "Page", device: str) -> None:
+        raise DeviceError(f"matrix {page.name!r}: matrix pages live in host memory; the rules that read them run "
+                          "where their target pages are")
+
+    def host_copy(self, page: "Page") -> np.ndarray:
+        raise DeviceError(f"matrix {page.name!r} has no dense host copy; read() it")
+
+
+MATRIX = MatrixBackend()
+
+
+def new_page(buf: "Buffer", op: SchemaOp, epoch: int) -> MatrixPage:
+    """The matrix page a ``matrix_created`` record describes (its arrays validated first)."""
+    from mmsb import semirings
+
+    pl = op.payload
+    dt = np.dtype(pl["dtype"])
+    shape = (int(pl["shape"][0]), int(pl["shape"][1]))
+    sr = semirings.get(pl["semiring"])
+    zero = sr.zero_for(dt)
+    keys, vals = op.arrays["keys"], op.arrays["values"]
+    total = math.prod(shape)
+    if keys.dtype != np.int64 or vals.dtype != dt or keys.size != vals.size or \
+            (keys.size and (int(keys.min()) < 0 or int(keys.max()) >= total)):
+        from mmsb.errors import CorruptionError
+
+        raise CorruptionError(f"matrix {pl['name']!r}: its entries do not fit it", what="matrix entries")
+    return MatrixPage(buf, pl["name"], shape, dt, sr, pl.get("metadata"), int(pl.get("epoch", epoch)), zero,
+                      csr_from_keys(shape, keys, vals, sr, zero))
