@@ -480,6 +480,7 @@ def _open_store(root: str, mode: str, *, durability: str, memory_limit: Optional
                 raise CorruptionError(f"log corrupt: {what}", file=os.path.join(root, "log"), offset=0, what=what)
             expect = txn.epoch + 1
             buf._replay(txn)
+        buf._recompute_sharded()           # sharded pages log no derived deltas (mmsb.dask): recompute them
         first = log.first_epoch_hint
         if ckpts and (first is None or first > 1):
             store.horizon = min(ckpts)          # compaction dropped the log before the oldest checkpoint

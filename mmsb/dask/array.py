@@ -42,7 +42,8 @@ def from_dask_array(buf: Any, arr: Any, prefix: str, semiring: Any = "plus_times
 def to_dask_array(buf: Any, names: Sequence[Any], grid: Optional[Sequence[int]] = None) -> Any:
     """A dask array over snapshots (taken now) of the named pages.
 
-    1-D pages are concatenated in order. With ``grid`` (a block-grid shape whose product is ``len(names)``), N-D
+    1-D pages are concatenated in order; a sharded page (``shards=``) gives one chunk per block, copied on the
+    worker that owns it (nothing goes through the driver until the array is computed). With ``grid`` (a block-grid shape whose product is ``len(names)``), N-D
     pages given in C order of that grid are reassembled with ``dask.array.block``. Without ``grid``, N-D pages
     are concatenated along axis 0.
     """
@@ -54,7 +55,13 @@ def to_dask_array(buf: Any, names: Sequence[Any], grid: Optional[Sequence[int]] 
     token = uuid.uuid4().hex[:12]
     parts = []
     for i, n in enumerate(names):
-        snap = buf[n].read()
+        page = buf[n]
+        if getattr(page, "_sh", None) is not None and page.kind != "matrix":
+            from mmsb.dask.sharding import to_dask_chunks
+
+            parts.append(to_dask_chunks(buf, page))     # one chunk per block, snapshotted on its owner
+            continue
+        snap = page.read()
         parts.append(da.from_array(snap, chunks=snap.shape, name=f"mmsb-{n}-{token}-{i}"))
     if grid is not None:
         grid = tuple(int(g) for g in grid)
