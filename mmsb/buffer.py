@@ -888,8 +888,8 @@ class Buffer:
     def _recompute_sharded(self) -> None:
         """Derived pages created with ``shards=`` on a cluster log no derived deltas (:mod:`mmsb.dask.sharding`
         recomputes them from the logged inputs): after a log replay (reopen, ``at(e)``) recompute them here."""
-        force = {n for n, p in self._pages.items()
-                 if p._metadata and p._metadata.get("shards") is not None and self._graph.rules_into(n)}
+        force = {n for n, p in self._pages.items() if p._metadata and p._metadata.get("shards") is not None
+                 and self._graph.rules_into(n) and all(r.active for r in self._graph.rules_into(n))}
         if not force:
             return
         if self._pipe.eager:                 # an eager buffer queued nothing: the replayed queue is only this gap

@@ -20,6 +20,7 @@ description -- name, shape, dtype, semiring, the block boundaries and their owne
 """
 from __future__ import annotations
 
+import os
 import time
 import weakref
 from typing import Any, Iterable, Optional
@@ -27,6 +28,7 @@ from typing import Any, Iterable, Optional
 import numpy as np
 
 from mmsb import semirings
+from mmsb.delta import SchemaOp
 from mmsb.devices import DeviceBackend
 from mmsb.errors import DeviceError, InvalidDeltaError, MMSBError, SemiringError
 from mmsb.matrix import MatrixPage
@@ -183,6 +185,25 @@ class ShardedMatrix(MatrixPage):
                 f"semiring={self.semiring.name}, epoch={self.epoch})")
 
 
+class _sig:
+    """What identifies an installed rule: the rule object and its function (rebound by register_function)."""
+
+    __slots__ = ("rule", "fn")
+
+    def __init__(self, rule: Any):
+        self.rule, self.fn = rule, rule.fn
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _sig) and other.rule is self.rule and other.fn is self.fn
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+
+#: the longest a call to a worker's actor may take (a step computing a large block included)
+CALL_TIMEOUT_S = float(os.environ.get("MMSB_SHARD_CALL_TIMEOUT_S", "900"))
+
+
 def _retryable(exc: BaseException) -> bool:
     if isinstance(exc, (ShardStateError, ClusterError, OSError, TimeoutError, ConnectionError)):
         return True
@@ -231,8 +252,15 @@ class ShardManager:
         return b
 
     # -- actors -----------------------------------------------------------------------------------------------
+    def _check_client(self) -> None:
+        status = getattr(self.client, "status", "running")
+        if status not in ("running", "connecting", "newly-created"):
+            raise ClusterError(f"the Dask client of this buffer is {status}: the cluster holding its sharded pages "
+                               "is gone")
+
     def _start_actors(self) -> None:
         """One actor per worker alive now (the old ones, if any, are dropped)."""
+        self._check_client()
         self._drop_actors()
         self.engine._refresh_workers()
         workers = list(self.engine._alive)
@@ -265,6 +293,7 @@ class ShardManager:
 
     def _call(self, calls: dict) -> dict:
         """``{addr: (method, args)}`` on the actors, in parallel; ``{addr: result}``."""
+        self._check_client()
         futs = {}
         for w, (meth, args) in calls.items():
             actor = self.actors.get(w)
@@ -272,7 +301,7 @@ class ShardManager:
                 raise ShardStateError(f"no shard actor on worker {w}")
             futs[w] = getattr(actor, meth)(*args)
         self.counters["worker_calls"] += len(futs)
-        return {w: f.result() for w, f in futs.items()}
+        return {w: f.result(CALL_TIMEOUT_S) for w, f in futs.items()}
 
     def _ensure(self) -> None:
         """Workers hold the blocks of every sharded page: rebuilt from the log if they were lost."""
@@ -512,7 +541,10 @@ class ShardManager:
                 return fn()
             except BaseException as exc:
                 if not _retryable(exc) or isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                    if self.actors:
+                        self.lost = True             # a step may have half run: rebuild before the next use
                     raise
+                self._check_client()
                 last = exc
                 self.lost = True
                 self.counters["retries"] += 1
@@ -551,7 +583,7 @@ class ShardManager:
         if r.kind == "derive":
             for s in r.srcs:
                 aligned(s, "input")
-            if not getattr(r.fn, "mmsb_elementwise", False):
+            if r.fn is not None and not getattr(r.fn, "mmsb_elementwise", False):
                 raise InvalidDeltaError(f"derive into sharded page {r.dst!r}: the function must be element-wise "
                                         "(it runs block by block); mark it with mmsb.dask.elementwise(fn)")
 
@@ -564,9 +596,9 @@ class ShardManager:
 
     def _installs(self, rules: list) -> tuple:
         """(specs of rules to add, ids to remove, {worker: {(rid, d): plain rows}}) against what is installed."""
-        live = {r.id: r for r in rules}
-        removed = [rid for rid in self.installed if rid not in live or self.installed[rid] is not live[rid]]
-        new = [r for rid, r in live.items() if self.installed.get(rid) is not r]
+        live = {r.id: r for r in rules if r.active}        # an inactive derive (function not registered) waits
+        removed = [rid for rid in self.installed if rid not in live or self.installed[rid] != _sig(live[rid])]
+        new = [r for rid, r in live.items() if self.installed.get(rid) != _sig(r)]
         plain: dict = {}
         for r in new:
             if r.kind in ("link", "closure") and r.matrix_page is None:
@@ -591,10 +623,10 @@ class ShardManager:
     def _rules_changed(self) -> bool:
         if not self.infos:
             return False
-        rules = self.sharded_rules()
+        rules = [r for r in self.sharded_rules() if r.active]
         if len(rules) != len(self.installed):
             return True
-        return any(self.installed.get(r.id) is not r for r in rules)
+        return any(self.installed.get(r.id) != _sig(r) for r in rules)
 
     def wave(self, changes: dict, undo: UndoLog, force: Optional[set]) -> tuple:
         """Run the sharded part of a wave; returns the changes and forced pages left for the other engine. The
@@ -637,6 +669,10 @@ class ShardManager:
         g = self.buf._graph
         plan: dict = {}
         for n in g.in_order([p for p in pages if p in self.infos and g.rules_into(p)]):
+            for r in g.rules_into(n):
+                if not r.active:
+                    raise MMSBError(f"derive rule for page {n!r} is inactive: its function {r.fn_name!r} is not "
+                                    f"registered; call buf.register_function({r.fn_name!r}, fn)")
             lv = 0
             for r in g.rules_into(n):
                 for s in r.srcs:
@@ -662,7 +698,7 @@ class ShardManager:
             calls = {w: ("install", (self.step_no, specs, removed, plain.get(w, {}), plan)) for w in self.actors}
             self._reports(self._call(calls), trace, "install", time.perf_counter())
             for r in new or ():
-                self.installed[r.id] = r
+                self.installed[r.id] = _sig(r)
             for rid in removed:
                 self.installed.pop(rid, None)
         routed = self._route(entries)
@@ -751,7 +787,7 @@ class ShardManager:
 
         for txn in buf._log.txns():
             for op in txn.ops:
-                kind = getattr(op, "kind", None)
+                kind = op.kind if isinstance(op, SchemaOp) else None
                 if kind in ("page_created", "matrix_created"):
                     name = op.payload["name"]
                     info = self.infos.get(name)
