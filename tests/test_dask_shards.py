@@ -199,6 +199,20 @@ def test_durable_reopen_without_cluster_and_time_travel(client, tmp_path):
         assert again["dist"].read()[7] == 0.0
 
 
+def test_dask_array_chunks_stay_with_blocks(client):
+    import dask.array as da
+
+    buf = mmsb.open(None, cluster=client)
+    assert mmsb.dask.from_dask_array(buf, da.arange(1000, chunks=300, dtype="float64"), "a", shards=True) == ["a"]
+    blocks = mmsb.dask.shards(buf, "a")
+    assert [(b[0], b[1]) for b in blocks] == [(0, 300), (300, 600), (600, 900), (900, 1000)]
+    np.testing.assert_array_equal(buf["a"].read(), np.arange(1000.0))
+    arr = mmsb.dask.to_dask_array(buf, ["a"])
+    assert arr.chunks == ((300, 300, 300, 100),)
+    np.testing.assert_array_equal((arr * 2).compute(), np.arange(1000.0) * 2)
+    buf.close()
+
+
 def test_bad_input_changes_nothing(client):
     buf = mmsb.open(None, cluster=client)
     for bad in (0, -1, 11, 2.5, "some", [0, 5], True):

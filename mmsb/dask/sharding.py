@@ -240,7 +240,7 @@ class ShardManager:
         self.worse: set = set()
         self.prefer: dict[str, list] = {}
         self.last_wave: Optional[dict] = None
-        self.nthreads = 1
+        self.nthreads = int(os.environ.get("MMSB_SHARD_THREADS", "1"))   # kernel threads per worker
         self.counters = {"waves": 0, "supersteps": 0, "worker_calls": 0, "messages": 0, "bytes": 0,
                          "rebuilds": 0, "retries": 0, "seconds": 0.0}
 
