@@ -517,7 +517,10 @@ class Buffer:
         if page.kind == "matrix":
             return self._read_matrix_in_txn(page, index, tx)
         with self._locked():
-            arr = self._memory.array(page).copy()
+            if page.backend is not None:            # a page of another kind (sharded: mmsb.dask) reads itself
+                arr = np.array(page.backend.read(self, page, None)).reshape(-1)
+            else:
+                arr = self._memory.array(page).copy()
         for d in tx.ops:
             if d.page == page.name:
                 idx, vals = d.normalize().sparse()
@@ -838,6 +841,9 @@ class Buffer:
         for p in self._pages.values():
             if p.kind == "matrix":
                 matrices.append(p.to_schema())
+                continue
+            if p.backend is not None:               # a page of another kind (sharded: mmsb.dask) copies itself
+                pages.append((self._page_meta(p), p.backend.host_copy(p).reshape(p.shape)))
                 continue
             arr = self._memory.array(p).reshape(p.shape)       # (a reload may spill a page read before)
             pages.append((self._page_meta(p), arr.copy() if copy else arr))

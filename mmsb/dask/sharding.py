@@ -108,7 +108,9 @@ class ShardedBackend(DeviceBackend):
         raise DeviceError(f"page {page.name!r} is sharded over the Dask workers; it cannot move to {device!r}")
 
     def host_copy(self, page: Page) -> np.ndarray:
-        return np.asarray(page._sh.mgr.read(page, None)).reshape(-1)
+        raise MMSBError(f"page {page.name!r} is sharded over the Dask workers: checkpoints (checkpoint(), compact(), "
+                        "automatic checkpoints: open stores holding sharded pages with auto_checkpoint=False) are "
+                        "not supported for sharded pages yet; their history is the log")
 
     def stats(self, buf: Any) -> dict:
         return {}
@@ -177,8 +179,7 @@ class ShardedMatrix(MatrixPage):
         return self._sh.mgr.read(self, (rows, cols))
 
     def to_schema(self) -> Any:
-        raise MMSBError(f"matrix {self.name!r} is sharded over the Dask workers: checkpoints of sharded pages "
-                        "are not supported yet (its history is the log)")
+        return SHARDED.host_copy(self)
 
     def __repr__(self) -> str:
         return (f"ShardedMatrix({self.name!r}, shape={self.shape}, shards={self._sh.k}, dtype={self.dtype.name}, "
