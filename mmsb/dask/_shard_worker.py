@@ -23,6 +23,7 @@ Only this module (and what it imports from mmsb) must be importable on the worke
 """
 from __future__ import annotations
 
+import inspect
 import os
 import threading
 import time
@@ -461,7 +462,12 @@ class ShardActor:
             self._bytes += nbytes
             self.counters["messages_sent"] += len(items)
             self.counters["bytes_sent"] += nbytes
-            peer.deliver(items)
+            res = peer.deliver(items)
+            if inspect.iscoroutine(res):     # Dask's same-process shortcut (processes=False): run it here
+                try:
+                    res.send(None)
+                except StopIteration:
+                    pass
         self.out = {}
 
     def _remote_levels(self) -> set:

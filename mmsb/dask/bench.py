@@ -344,8 +344,6 @@ def main(argv: Optional[list] = None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.grid:
-        if args.workers == "1,2" and args.side >= 1000:
-            args.workers = "1,16"
         res = main_grid(args)
         if args.json:
             with open(args.json, "w") as f:

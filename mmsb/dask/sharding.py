@@ -20,6 +20,7 @@ description -- name, shape, dtype, semiring, the block boundaries and their owne
 """
 from __future__ import annotations
 
+import gc
 import os
 import time
 import weakref
@@ -186,6 +187,22 @@ class ShardedMatrix(MatrixPage):
                 f"semiring={self.semiring.name}, epoch={self.epoch})")
 
 
+_GC_AFTER_BYTES = 8 * 2 ** 20
+
+
+def _nbytes(x: Any, depth: int = 0) -> int:
+    """Bytes of the numpy arrays in ``x`` (nested lists, tuples and dicts, a few levels deep)."""
+    if isinstance(x, np.ndarray):
+        return x.nbytes
+    if depth > 3:
+        return 0
+    if isinstance(x, dict):
+        return sum(_nbytes(v, depth + 1) for v in x.values())
+    if isinstance(x, (list, tuple)):
+        return sum(_nbytes(v, depth + 1) for v in x)
+    return 0
+
+
 class _sig:
     """What identifies an installed rule: the rule object and its function (rebound by register_function)."""
 
@@ -302,7 +319,12 @@ class ShardManager:
                 raise ShardStateError(f"no shard actor on worker {w}")
             futs[w] = getattr(actor, meth)(*args)
         self.counters["worker_calls"] += len(futs)
-        return {w: f.result(CALL_TIMEOUT_S) for w, f in futs.items()}
+        out = {w: f.result(CALL_TIMEOUT_S) for w, f in futs.items()}
+        if sum(_nbytes(args) for _, args in calls.values()) > _GC_AFTER_BYTES:
+            # distributed keeps an actor call's arguments in a reference cycle until the next collection: big
+            # ones (block data, views of the logged creation record) would stay in driver memory meanwhile
+            gc.collect()
+        return out
 
     def _ensure(self) -> None:
         """Workers hold the blocks of every sharded page: rebuilt from the log if they were lost."""
