@@ -108,13 +108,16 @@ def test_random_history_equals_in_process(client):
         for buf in (local, sharded):
             buf.write(page, vals, index=index, accumulate=acc)
         _check_equal(_state(local), _state(sharded))
-    with sharded.batch():                      # several pages in one commit: one wave
-        sharded.write("src", np.zeros(3), index=[1, 2, 3])
-        sharded.write("x", np.ones(2), index=[4, 5])
-    with local.batch():
-        local.write("src", np.zeros(3), index=[1, 2, 3])
-        local.write("x", np.ones(2), index=[4, 5])
-    _check_equal(_state(local), _state(sharded))
+    for _ in range(3):                         # several pages and matrices in one commit: one wave
+        ops = _history(rng, n, 4) + [("src", np.zeros(3), rng.choice(n, 3, replace=False), True),
+                                     ("x", rng.normal(size=5), rng.choice(n, 5, replace=False), False),
+                                     ("A", rng.normal(size=3), (rng.choice(n, 3, replace=False), rng.integers(0, n, 3)),
+                                      False)]
+        for buf in (local, sharded):
+            with buf.batch():
+                for page, vals, index, acc in ops:
+                    buf.write(page, vals, index=index, accumulate=acc)
+        _check_equal(_state(local), _state(sharded))
     st = sharded.stats()["cluster"]["shards"]
     assert st["pages"] == 8 and st["rebuilds"] == 0 and st["messages"] > 0
     assert sharded.stats()["memory"]["resident_bytes"] == 0      # the driver holds no block

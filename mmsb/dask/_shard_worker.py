@@ -372,6 +372,8 @@ class ShardActor:
         lst = self.into.get(rule.dst, [])
         if rid in lst:
             lst.remove(rid)
+        for key in [k for k in self._scratch if len(k) == 3 and k[1] == rid]:
+            del self._scratch[key]
         for key in [k for k in self.rblocks if k[0] == rid]:
             rb = self.rblocks.pop(key)
             if rule.kind == "closure" and rb.ext is not None:           # the block keeps its values, on its own
@@ -531,7 +533,7 @@ class ShardActor:
             imp = changed_positions(merged, cur)
             if imp.any():
                 rb.ext[e[imp]] = merged[imp]
-                self._mark(rb.rule.dst, d).seeds.append(e[imp])
+                self._mark(rb.rule.dst, d).seeds.append(rb.cols[k[imp]])      # global positions
         else:
             newer = rb.gseq[k] < seq
             if not newer.all():
@@ -540,7 +542,7 @@ class ShardActor:
             moved = changed_positions(vals, rb.ext[e])
             if moved.any():
                 rb.ext[e[moved]] = vals[moved]
-                self._mark(rb.rule.dst, d).rows.append(("ghost", rid, k[moved]))
+                self._mark(rb.rule.dst, d).rows.append(("cols", rid, rb.cols[k[moved]]))
 
     def _apply_src(self, it: tuple) -> None:
         _, page, _, _, rid, d, pos, old, new = it
@@ -685,10 +687,7 @@ class ShardActor:
             better = ~changed_positions(rule.sr.add_arrays(o, n), n)
             if not better.all():
                 self.worse.add(rule.dst)
-            c = cols[better]
-            inside = (c >= rb.lo) & (c < rb.hi)
-            e = np.where(inside, c - rb.lo, rb.gbase + np.searchsorted(rb.cols, c))
-            st.seeds.append(e.astype(np.int64))
+            st.seeds.append(cols[better].astype(np.int64))                      # global positions
 
     def apply_logged(self, items: list) -> bool:
         """Rebuild: apply logged user deltas ``[(name, b, local idx or None, values, accumulate)]`` in order,
@@ -733,6 +732,20 @@ class ShardActor:
                                     f"{rb.rule.sr.name} (e.g. a negative cycle); nothing was committed") from None
             raise
 
+    @staticmethod
+    def _ext_of(rb: RuleBlock, g: np.ndarray) -> np.ndarray:
+        """Local indices (block positions, then ghosts) of global positions ``g`` of a closure block (positions
+        that are neither, e.g. a column no row reads any more, are dropped)."""
+        inside = (g >= rb.lo) & (g < rb.hi)
+        out = g - rb.lo
+        if not inside.all():
+            k = np.minimum(np.searchsorted(rb.cols, g[~inside]), max(rb.cols.size - 1, 0))
+            ok = rb.cols[k] == g[~inside] if rb.cols.size else np.zeros(k.size, dtype=bool)
+            out = out.copy()
+            out[~inside] = np.where(ok, rb.nloc + k, -1)
+            out = out[out >= 0]
+        return out.astype(np.int64, copy=False)
+
     def _closure(self, page: str, d: int, rb: RuleBlock, st: Dirty, reset: bool) -> None:
         y, nloc, sr = rb.ext, rb.nloc, rb.rule.sr
         if reset or st.full:
@@ -745,7 +758,7 @@ class ShardActor:
             ch = np.flatnonzero(changed_positions(y[:nloc], before)).astype(np.int64)
             self._emit(page, d, ch, before[ch], reset_rule=rb.rule.id)
             return
-        parts, olds, seeds = [], [], list(st.seeds)
+        parts, olds, seeds = [], [], [self._ext_of(rb, g) for g in st.seeds]
         for pos, new in st.src:
             cur = y[pos]
             merged = sr.add_arrays(cur, new)
@@ -759,9 +772,9 @@ class ShardActor:
         if not seeds:
             return
         frontier = unique(np.concatenate(seeds)) if len(seeds) > 1 else unique(seeds[0])
-        old_out = self._scratch.get(("old", id(rb)))
+        old_out = self._scratch.get(("old", rb.rule.id, rb.d))
         if old_out is None or old_out.size != y.size:
-            old_out = self._scratch[("old", id(rb))] = np.empty_like(y)
+            old_out = self._scratch[("old", rb.rule.id, rb.d)] = np.empty_like(y)
         reached = self._kernel_closure(rb, frontier, old_out)
         reached = reached[reached < nloc]
         parts.append(reached)
@@ -782,10 +795,13 @@ class ShardActor:
             for what, rid, arr in st.rows:
                 if what == "rows":
                     parts.append(arr)
-                else:
+                else:                                   # ghost columns (global) that changed
                     rb = by_rid.get(rid)
-                    if rb is not None:
-                        parts.append(rb.A.column_rows(arr))
+                    if rb is not None and rb.cols.size:
+                        k = np.minimum(np.searchsorted(rb.cols, arr), rb.cols.size - 1)
+                        k = k[rb.cols[k] == arr]
+                        if k.size:
+                            parts.append(rb.A.column_rows(k))
             if not parts:
                 return
             rows = unique(np.concatenate(parts)) if len(parts) > 1 else unique(parts[0])
@@ -807,9 +823,9 @@ class ShardActor:
         """``(A ⊗ x)[rows]`` of one link block (every row when ``rows`` is None)."""
         A, x, sr = rb.A, rb.ext, rb.rule.sr
         if rb.codes is not None:
-            tmp = self._scratch.get(("pull", id(rb)))
+            tmp = self._scratch.get(("pull", rb.rule.id, rb.d))
             if tmp is None or tmp.size != rb.nloc:
-                tmp = self._scratch[("pull", id(rb))] = np.empty(rb.nloc, dtype=rb.dtype)
+                tmp = self._scratch[("pull", rb.rule.id, rb.d)] = np.empty(rb.nloc, dtype=rb.dtype)
             _kernels.spmv.spmv(A.indptr, A.indices, _kview(A.data), _kview(x), _kview(tmp), rb.codes[0],
                                rb.codes[1], _kview(np.array([rb.zero], dtype=rb.dtype))[0], rows, self.nthreads)
             return tmp.copy() if rows is None else tmp[rows]
