@@ -195,7 +195,8 @@ def test_durable_reopen_without_cluster_and_time_travel(client, tmp_path):
         assert plain._cluster is None
         _check_equal(_state(plain), final)
         _check_equal(_state(plain.at(mid)), at_mid)
-    with mmsb.open(path, cluster=client, functions={"test_dask_shards:clipped": clipped}) as again:               # and back on the cluster, sharded again
+    with mmsb.open(path, cluster=client, functions={"test_dask_shards:clipped": clipped}) as again:    # sharded
+
         assert len(mmsb.dask.shards(again, "dist")) == 2
         _check_equal(_state(again), final)
         again.write("src", np.zeros(1), index=[7])

@@ -217,13 +217,6 @@ class ShardActor:
     def ping(self) -> str:
         return self.addr
 
-    def set_pages(self, infos: list) -> bool:
-        """Every sharded page's description (all actors know every page, to route messages)."""
-        with self.lock:
-            for d in infos:
-                self.pages[d["name"]] = PageInfo(d)
-        return True
-
     def create(self, info: dict, parts: dict, fill: Any = None) -> int:
         """Create the blocks ``parts`` of a page: ``{b: None}`` (array page, filled with ``fill``) or
         ``{b: (local rows, cols, values)}`` (matrix page). Returns the bytes held."""

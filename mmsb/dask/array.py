@@ -49,9 +49,9 @@ def to_dask_array(buf: Any, names: Sequence[Any], grid: Optional[Sequence[int]] 
     """A dask array over snapshots (taken now) of the named pages.
 
     1-D pages are concatenated in order; a sharded page (``shards=``) gives one chunk per block, copied on the
-    worker that owns it (nothing goes through the driver until the array is computed). With ``grid`` (a block-grid shape whose product is ``len(names)``), N-D
-    pages given in C order of that grid are reassembled with ``dask.array.block``. Without ``grid``, N-D pages
-    are concatenated along axis 0.
+    worker that owns it (nothing goes through the driver until the array is computed). With ``grid`` (a block-grid
+    shape whose product is ``len(names)``), N-D pages given in C order of that grid are reassembled with
+    ``dask.array.block``. Without ``grid``, N-D pages are concatenated along axis 0.
     """
     import dask.array as da
 
