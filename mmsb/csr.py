@@ -187,8 +187,11 @@ def build_csr(shape: tuple, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray
     n, m = shape
     rows = np.asarray(rows, dtype=np.int64)
     cols = np.asarray(cols, dtype=np.int64)
-    order = np.lexsort((cols, rows))
-    rows, cols, vals = rows[order], cols[order], vals[order]
+    if rows.size > 1:
+        key = rows * max(m, 1) + cols
+        if not bool((key[1:] > key[:-1]).all()):          # (entries given in order need no sort)
+            order = np.argsort(key, kind="stable")
+            rows, cols, vals = rows[order], cols[order], vals[order]
     counts = np.bincount(rows, minlength=n).astype(np.int64)
     cap = counts + _slack(counts) if free is not None and m else counts
     indptr = np.zeros(n + 1, dtype=np.int64)
