@@ -177,8 +177,8 @@ def _expand(starts: np.ndarray, lens: np.ndarray, total: int) -> np.ndarray:
 
 
 def _slack(counts: np.ndarray) -> np.ndarray:
-    """Free slots a rebuilt row keeps for later insertions: one, plus a quarter of its entries."""
-    return 1 + (counts >> 2)
+    """Free slots a rebuilt row keeps for later insertions: one, plus an eighth of its entries."""
+    return 1 + (counts >> 3)
 
 
 def build_csr(shape: tuple, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, free: Any = None) -> CSR:
@@ -201,8 +201,8 @@ def build_csr(shape: tuple, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray
         return CSR((n, m), indptr, np.ascontiguousarray(cols), np.ascontiguousarray(vals), free=free)
     indices = np.repeat(np.arange(n, dtype=np.int64) % m, cap)
     data = np.full(total, free, dtype=vals.dtype)
-    first = np.searchsorted(rows, rows, "left") if rows.size else rows
-    pos = indptr[rows] + (np.arange(rows.size, dtype=np.int64) - first)
+    gap = cap - counts                                   # each row's entries first, then its free slots
+    pos = np.arange(rows.size, dtype=np.int64) + np.repeat(np.cumsum(gap) - gap, counts)
     indices[pos] = cols
     data[pos] = vals
     return CSR((n, m), indptr, indices, data, free=free)
