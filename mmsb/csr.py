@@ -33,6 +33,8 @@ class CSR:
     free: Any = None
     #: whether the column indices of every row are in increasing order (slot reuse breaks it)
     ordered: bool = True
+    #: bumped by every entry update (device copies of the matrix compare it)
+    version: int = 0
 
     @property
     def nnz(self) -> int:
@@ -275,6 +277,7 @@ def _claim(A: CSR, rows: np.ndarray) -> np.ndarray:
 def _set(A: CSR, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, present: np.ndarray) -> bool:
     """Set ``A[rows[k], cols[k]] = vals[k]`` where ``present[k]``, remove it elsewhere (pairs unique). Returns
     True when the arrays were rebuilt (positions moved), False when every change was made in place."""
+    A.version += 1
     pos = _locate(A, rows, cols)
     found = pos >= 0
     keep = found & present
