@@ -17,8 +17,7 @@ from libc.stdlib cimport calloc, free, malloc, realloc
 
 from mmsb._ext._types cimport OP_MAX, OP_MIN, OP_PLUS, OP_TIMES, apply_op, numeric_t
 
-from mmsb._validate import (check_csr, check_ops, check_range, index_array, same_dtype, value_array,
-                            zero_array)
+from mmsb._validate import closure_args, push_args, spmv_args
 
 cdef extern from *:
     """
@@ -225,22 +224,8 @@ def spmv(indptr, indices, data, x, y, int add_op, int mul_op, zero, rows=None, i
     Entries with ``x[j] == zero`` are skipped. Rows run in parallel on ``nthreads`` OpenMP threads
     (0: the thread policy's count, see ``set_threads``).
     """
-    check_ops(add_op, mul_op)
-    indptr = index_array(indptr, "indptr")
-    indices = index_array(indices, "indices")
-    x = value_array(x, "x")
-    y = value_array(y, "y", out=True)
-    data = value_array(data, "data")
-    data, x = same_dtype(y, data=data, x=x)
-    n = check_csr(indptr, indices, data, "")
-    if y.size != n:
-        raise ValueError(f"y has length {y.size}, expected {n} (= len(indptr) - 1)")
-    if rows is None:
-        sel = np.empty(1, dtype=np.int64)
-    else:
-        sel = index_array(rows, "rows")
-        check_range(sel, n, "rows")
-    z = zero_array(zero, y.dtype)
+    indptr, indices, data, x, y, rows, z, n = spmv_args(indptr, indices, data, x, y, add_op, mul_op, zero, rows)
+    sel = np.empty(1, dtype=np.int64) if rows is None else rows
     if nthreads <= 0:
         nthreads = mmsb_threads()
     _spmv_typed(indptr, indices, data, x, y, sel, rows is None, add_op, mul_op, z, nthreads)
@@ -302,19 +287,8 @@ def push(indptr_t, indices_t, data_t, idx, vals, y, int add_op, int mul_op, zero
     is the sparse vector. Pairs with ``v == zero`` are skipped; ``y[i]`` is written only when its value changes.
     Returns the sorted unique int64 array of the changed entries of ``y``.
     """
-    check_ops(add_op, mul_op)
-    indptr_t = index_array(indptr_t, "indptr_t")
-    indices_t = index_array(indices_t, "indices_t")
-    y = value_array(y, "y", out=True)
-    data_t = value_array(data_t, "data_t")
-    vals = value_array(vals, "vals")
-    idx = index_array(idx, "idx")
-    data_t, vals = same_dtype(y, data_t=data_t, vals=vals)
-    ncols = check_csr(indptr_t, indices_t, data_t, "_t")
-    if idx.size != vals.size:
-        raise ValueError(f"idx and vals differ in length ({idx.size} != {vals.size})")
-    check_range(idx, ncols, "idx")
-    z = zero_array(zero, y.dtype)
+    indptr_t, indices_t, data_t, idx, vals, y, z = push_args(indptr_t, indices_t, data_t, idx, vals, y, add_op,
+                                                             mul_op, zero)
     return _push_typed(indptr_t, indices_t, data_t, idx, vals, y, add_op, mul_op, z)
 
 
@@ -702,25 +676,10 @@ def closure(indptr_t, indices_t, data_t, x, frontier, int add_op, int mul_op, ze
     (``PAR_CLOSURE_FRONTIER`` entries, ``PAR_CLOSURE_N`` vertices), a parallel bucketed Bellman-Ford on
     ``nthreads`` threads (0: the thread policy's count); the values are the same bit for bit.
     """
-    check_ops(add_op, mul_op, idempotent=True)
-    indptr_t = index_array(indptr_t, "indptr_t")
-    indices_t = index_array(indices_t, "indices_t")
-    x = value_array(x, "x", out=True)
-    data_t = value_array(data_t, "data_t")
-    (data_t,) = same_dtype(x, data_t=data_t)
-    frontier = index_array(frontier, "frontier")
-    n = check_csr(indptr_t, indices_t, data_t, "_t")
-    if x.size != n:
-        raise ValueError(f"x has length {x.size}, expected {n} (the matrix must be square)")
-    check_range(frontier, n, "frontier")
-    z = zero_array(zero, x.dtype)
+    indptr_t, indices_t, data_t, x, frontier, z, old_out, n = closure_args(indptr_t, indices_t, data_t, x, frontier,
+                                                                          add_op, mul_op, zero, old_out)
     if old_out is None:
         old_out = np.empty(0, dtype=x.dtype)
-    else:
-        old_out = value_array(old_out, "old_out", out=True)
-        (old_out,) = same_dtype(x, old_out=old_out)
-        if old_out.size != n:
-            raise ValueError(f"old_out has length {old_out.size}, expected {n}")
     wmin = wmax = 0.0
     if weight_range is not None and add_op == OP_MIN and mul_op == OP_PLUS and frontier.size:
         lo, hi = float(weight_range[0]), float(weight_range[1])
