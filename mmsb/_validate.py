@@ -9,7 +9,7 @@ import numpy as np
 
 from mmsb._ops import OP_MAX, OP_MIN, OP_PLUS, OP_TIMES
 
-__all__ = ["KNOWN_OPS", "VALUE_DTYPES", "check_ops", "index_array", "value_array", "same_dtype", "zero_array",
+__all__ = ["KNOWN_OPS", "VALUE_DTYPES", "check_ops", "index_array", "indices_array", "value_array", "same_dtype", "zero_array",
            "check_csr", "check_structure", "check_range"]
 
 KNOWN_OPS = frozenset((OP_PLUS, OP_TIMES, OP_MIN, OP_MAX))
@@ -36,6 +36,14 @@ def index_array(a, name):
     if arr.dtype.kind == "u" and arr.size and arr.max() > np.iinfo(np.int64).max:
         raise ValueError(f"{name} has entries beyond the int64 range")
     return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def indices_array(a, name):
+    """A CSR's column indices: 1-D C-contiguous int32 (kept as given) or int64 (anything else integer)."""
+    arr = np.asarray(a)
+    if arr.dtype == np.int32 and arr.ndim == 1:
+        return np.ascontiguousarray(arr)
+    return index_array(arr, name)
 
 
 def value_array(a, name, out=False):
@@ -128,7 +136,7 @@ def spmv_args(indptr, indices, data, x, y, add_op, mul_op, zero, rows, structure
     ``structure``: also check every stored column index (the numpy twin; the kernel checks them as it goes)."""
     check_ops(add_op, mul_op)
     indptr = index_array(indptr, "indptr")
-    indices = index_array(indices, "indices")
+    indices = indices_array(indices, "indices")
     x = value_array(x, "x")
     y = value_array(y, "y", out=True)
     data = value_array(data, "data")
@@ -148,7 +156,7 @@ def push_args(indptr_t, indices_t, data_t, idx, vals, y, add_op, mul_op, zero, s
     """The checked arguments of ``push``: ``(indptr_t, indices_t, data_t, idx, vals, y, zero array)``."""
     check_ops(add_op, mul_op)
     indptr_t = index_array(indptr_t, "indptr_t")
-    indices_t = index_array(indices_t, "indices_t")
+    indices_t = indices_array(indices_t, "indices_t")
     y = value_array(y, "y", out=True)
     data_t = value_array(data_t, "data_t")
     vals = value_array(vals, "vals")
@@ -169,7 +177,7 @@ def closure_args(indptr_t, indices_t, data_t, x, frontier, add_op, mul_op, zero,
     None, n)``."""
     check_ops(add_op, mul_op, idempotent=True)
     indptr_t = index_array(indptr_t, "indptr_t")
-    indices_t = index_array(indices_t, "indices_t")
+    indices_t = indices_array(indices_t, "indices_t")
     x = value_array(x, "x", out=True)
     data_t = value_array(data_t, "data_t")
     (data_t,) = same_dtype(x, data_t=data_t)
