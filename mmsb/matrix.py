@@ -115,7 +115,7 @@ class MatrixPage(Page):
 
     def set(self, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray) -> None:
         """Set entries (``vals`` in the page dtype; ⊕-zero removes one) in the page and in every view."""
-        present = changed(vals, self.zero)
+        present = vals != self.zero
         _csr.set_entries(self.csr, rows, cols, vals, present)
         for v, _, _ in self._views.values():
             _csr.set_entries(v, rows, cols, vals.astype(v.data.dtype), present)
@@ -132,12 +132,6 @@ class MatrixPage(Page):
         return SchemaOp("matrix_created", matrix_payload(self.name, self.shape, self.dtype, self.semiring.name,
                                                           self._metadata, self.epoch),
                         {"keys": keys[order], "values": np.ascontiguousarray(vals[order])})
-
-
-def changed(a: np.ndarray, zero: Any) -> np.ndarray:
-    """Where ``a`` differs from the scalar ``zero`` (NaN counts as different)."""
-    out = a != zero
-    return out
 
 
 def matrix_payload(name: str, shape: tuple, dtype: np.dtype, semiring: str, metadata: Optional[dict],
@@ -183,9 +177,13 @@ def initial_entries(data: Any, shape: tuple, dtype: np.dtype, zero: Any, name: s
         return np.empty(0, dtype=np.int64), np.empty(0, dtype=dtype)
     A = as_csr(data, shape, dtype, f"matrix {name!r}")
     rows, cols, vals = _csr._entries(A)
-    keep = changed(vals, zero)
+    keep = vals != zero
     keys = rows[keep] * shape[1] + cols[keep]
-    return keys, np.ascontiguousarray(vals[keep])
+    vals = vals[keep]
+    if keys.size > 1 and not bool((keys[1:] > keys[:-1]).all()):
+        order = np.argsort(keys, kind="stable")
+        keys, vals = keys[order], vals[order]
+    return keys, np.ascontiguousarray(vals)
 
 
 def csr_from_keys(shape: tuple, keys: np.ndarray, vals: np.ndarray, sr: Semiring, zero: Any) -> CSR:
