@@ -330,9 +330,9 @@ def run_demo(side: int = 1000, path: Optional[str] = None, updates: int = 20, pl
         else:
             rows.append(("incremental updates", "none (--updates 0)"))
         ok &= fp_agree == fp_checks and entries_ok
-        rows.append(("fixed-point check", f"{fp_agree} of {fp_checks} states are exactly facilities ⊕ roads ⊗ "
-                                          f"dist on the demo's own road copy (numpy); road entries "
-                                          f"{'agree' if entries_ok else 'DIFFER'}"))
+        rows.append(("fixed-point check", f"dist = facilities ⊕ roads ⊗ dist exactly in {fp_agree} of {fp_checks} "
+                                          f"states (numpy, on the demo's own copy of the roads); road matrix "
+                                          f"entries {'agree' if entries_ok else 'DIFFER'}"))
         if compares:
             agree = all(c[2] for c in compares)
             ok &= agree

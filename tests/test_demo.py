@@ -23,7 +23,7 @@ def test_run_demo(tmp_path, monkeypatch):
     assert "agree" in scipy_rows[0] and "DIFFER" not in scipy_rows[0], text
     assert "new facility:" in scipy_rows[0] and "road closure:" in scipy_rows[0], text
     fp = next(ln for ln in lines if ln.startswith("fixed-point check"))
-    assert "5 of 5 states" in fp and "road entries agree" in fp, text
+    assert "exactly in 5 of 5 states" in fp and "road matrix entries agree" in fp, text
     for kind in ("new facility", "facility closed", "road closure", "traffic jam"):
         assert any(ln.startswith(f"  {kind} ") for ln in lines), (kind, text)
     assert "all checks passed" in text and "DIFFERS" not in text and "FAILED" not in text
@@ -115,7 +115,7 @@ def test_demo_needs_only_the_runtime_dependencies(tmp_path):
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "skipped (scipy not installed)" in proc.stdout and "skipped (matplotlib not installed)" in proc.stdout
-    assert "7 of 7 states" in proc.stdout and "all checks passed" in proc.stdout, proc.stdout
+    assert "exactly in 7 of 7 states" in proc.stdout and "all checks passed" in proc.stdout, proc.stdout
 
 
 def test_demo_plot_marks_the_change(tmp_path):
