@@ -271,9 +271,9 @@ def new_page(buf: "Buffer", op: SchemaOp, epoch: int) -> MatrixPage:
     shape = (int(pl["shape"][0]), int(pl["shape"][1]))
     sr = semirings.get(pl["semiring"])
     zero = sr.zero_for(dt)
-    keys, vals = op.arrays["keys"], op.arrays["values"]
+    keys, vals = op.arrays.get("keys"), op.arrays.get("values")
     total = math.prod(shape)
-    if keys.dtype != np.int64 or vals.dtype != dt or keys.size != vals.size or \
+    if keys is None or vals is None or keys.dtype != np.int64 or vals.dtype != dt or keys.size != vals.size or \
             (keys.size and (int(keys.min()) < 0 or int(keys.max()) >= total)):
         from mmsb.errors import CorruptionError
 
