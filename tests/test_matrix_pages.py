@@ -142,6 +142,9 @@ class Case:
     def zero_of(sr, dtype):
         if dtype.kind == "b":
             return False
+        if dtype.kind in "iu":                          # ±inf zeros become the dtype's max/min
+            return {"plus_times": 0, "min_plus": np.iinfo(dtype).max, "max_min": np.iinfo(dtype).min,
+                    "max_plus": np.iinfo(dtype).min}[sr]
         return {"plus_times": 0.0, "min_plus": INF, "max_min": -INF, "max_plus": -INF}[sr]
 
     @property
@@ -177,6 +180,12 @@ class Case:
     def reference(self, A, x):
         """The derived page, recomputed from scratch in numpy."""
         A = self.rule_matrix(A)
+        if self.dtype.kind in "iu" and self.sr != "plus_times":     # in floats, the int zero as ±inf
+            fz = self.zero_of(self.sr, np.dtype(float))
+            Af = np.where(A == self.zero, fz, A.astype(float))
+            xf = np.where(x == self.zero, fz, x.astype(float))
+            yf = Case(self.name, self.rule, self.sr, "float64").reference(Af, xf)
+            return np.where(np.isinf(yf), self.zero, yf).astype(self.dtype)
         if self.rule == "link":
             return self._product(A, x)
         y = x.copy()
@@ -207,7 +216,9 @@ CASES = [
     Case("closure_max_min", "closure", "max_min", lo=0, hi=9, with_inf=True),
     Case("closure_or_and", "closure", "or_and", dtype="bool"),
     Case("closure_max_plus", "closure", "max_plus", lo=-9, hi=0, src_lo=-5, src_hi=5),   # no positive cycle
+    Case("closure_min_plus_int32", "closure", "min_plus", dtype="int32", lo=0, hi=9),
     Case("link_plus_times", "link", "plus_times", lo=-4, hi=5, square=False),
+    Case("link_plus_times_int64", "link", "plus_times", dtype="int64", lo=-4, hi=5, square=False),
     Case("link_min_plus", "link", "min_plus", lo=-5, hi=9, square=False),
     Case("link_min_plus_over_plus_times_M", "link", "min_plus", m_sr="plus_times", lo=-5, hi=9, square=False),
 ]
@@ -299,7 +310,7 @@ class History:
                     step = rng.integers(1, 3, r2.size).astype(dt)
                     better = case.add(case.m_sr, A[r2, c2], A[r2, c2] - step) == A[r2, c2] - step
                     v2 = np.where(better, A[r2, c2] - step, A[r2, c2] + step).astype(dt)
-                    v2[~np.isfinite(v2)] = case.hi
+                    v2[~np.isfinite(v2.astype(float))] = case.hi
                     v2 = np.clip(v2, case.lo, case.hi).astype(dt)   # no negative (min) / positive (max) cycle
                     A[r2, c2] = v2
                     return [("M", np.concatenate([v1, v2]), (np.concatenate([r1, r2]), np.concatenate([c1, c2])),
@@ -333,9 +344,10 @@ class History:
                 old = A[r, c]
                 vals = old + step if op == "increase" else old - step
                 vals = np.clip(vals, case.lo, case.hi).astype(dt)
-                vals[~np.isfinite(old)] = case.hi if op == "decrease" else INF
-                if not case.with_inf:
-                    vals[~np.isfinite(vals)] = case.hi
+                if dt.kind == "f":
+                    vals[~np.isfinite(old)] = case.hi if op == "decrease" else INF
+                    if not case.with_inf:
+                        vals[~np.isfinite(vals)] = case.hi
             A[r, c] = vals
             return [("M", vals, (r, c), False)]
         if op == "accumulate":                     # ⊕-merge, with duplicates (⊕-combined)
@@ -993,3 +1005,63 @@ def test_matrix_deltas_in_the_log():
     assert len(ds) == 1 and ds[0].epoch == e
     idx, vals = ds[0].sparse()
     assert idx.tolist() == [4, 11] and vals.tolist() == [2.0, 7.0]
+
+
+# ================================================================================================================
+# Integer matrices and infinite sources
+# ================================================================================================================
+def test_int_min_plus_matrix_page_removed_entries_stay_absent():
+    """An int32 min_plus matrix page: a removed or never-set entry must not act as an edge of weight INT32_MAX
+    (INT32_MAX + x overflowed through the free slots of the in-place CSR before matrix.selective excluded ints)."""
+    MX = np.iinfo(np.int32).max
+    b = mmsb.open(None)
+    s = b.create_page("s", 3, dtype="int32", semiring="min_plus")
+    d = b.create_page("d", 3, dtype="int32", semiring="min_plus")
+    y = b.create_page("y", 3, dtype="int32", semiring="min_plus")
+    M = b.create_matrix("M", (3, 3), dtype="int32", semiring="min_plus",
+                        data=sp.csr_array((np.array([8], dtype=np.int32), ([1], [0])), shape=(3, 3)))
+    b.closure(d, s, M)
+    b.link(y, s, M)
+    b.write(s, np.array([5], dtype=np.int32), index=[2])
+    np.testing.assert_array_equal(d.read(), [MX, MX, 5])
+    np.testing.assert_array_equal(y.read(), [MX, MX, MX])
+    b.write(M, np.array([3, MX], dtype=np.int32), index=([0, 1], [2, 0]))    # add 2 -> 0, remove 0 -> 1
+    np.testing.assert_array_equal(d.read(), [8, MX, 5])
+    np.testing.assert_array_equal(y.read(), [8, MX, MX])
+    b.write(M, np.array([1], dtype=np.int32), index=([1], [0]))               # 0 -> 1 again
+    np.testing.assert_array_equal(d.read(), [8, 9, 5])
+    np.testing.assert_array_equal(y.read(), [8, MX, MX])
+
+
+@pytest.mark.xfail(strict=True, reason="kernels (compiled and mmsb/_ref): a stored matrix entry equal to ⊕'s zero "
+                   "on an int min_plus rule (INT32_MAX, as a dense ndarray stores it) is added to x without "
+                   "saturation: INT32_MAX + 5 wraps to a negative distance")
+def test_int_min_plus_fixed_dense_matrix_zero_entries_are_absent():
+    MX = np.iinfo(np.int32).max
+    b = mmsb.open(None)
+    s = b.create_page("s", 3, dtype="int32", semiring="min_plus")
+    d = b.create_page("d", 3, dtype="int32", semiring="min_plus")
+    A = np.full((3, 3), MX, dtype=np.int32)
+    A[1, 0] = 8
+    b.closure(d, s, A)
+    b.write(s, np.array([5], dtype=np.int32), index=[2])
+    np.testing.assert_array_equal(d.read(), [MX, MX, 5])
+
+
+PURE = os.environ.get("MMSB_PUREPYTHON") == "1"
+
+
+@pytest.mark.xfail(PURE, strict=True, reason="mmsb/_ref/spmv.py (MMSB_PUREPYTHON=1): a free slot of a min_plus "
+                   "matrix page (inf) against a -inf source gives inf + -inf = NaN, which np.minimum.at keeps (the "
+                   "compiled kernels' comparison drops it): the link reads NaN, the closure never converges")
+@pytest.mark.parametrize("rule", ["link", "closure"])
+def test_minus_inf_source_over_a_min_plus_matrix_page(rule):
+    b = mmsb.open(None)
+    s = b.create_page("s", 3, semiring="min_plus")
+    d = b.create_page("d", 3, semiring="min_plus")
+    M = b.create_matrix("M", (3, 3), semiring="min_plus",
+                        data=sp.csr_array(([2.0], ([0], [1])), shape=(3, 3)))
+    getattr(b, rule)(d, s, M)
+    b.write(s, [-INF, 1.0], index=[2, 1])
+    want = [3.0, INF, INF] if rule == "link" else [3.0, 1.0, -INF]
+    np.testing.assert_array_equal(d.read(), want)
