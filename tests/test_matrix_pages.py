@@ -484,6 +484,40 @@ def test_random_history_matches_recompute(case, n, m, seed, steps):
     h.check_history()
 
 
+@pytest.mark.parametrize("case", [c for c in CASES if c.name in ("closure_min_plus", "closure_or_and",
+                                                                  "link_plus_times", "link_min_plus")], ids=repr)
+@settings(max_examples=int(os.environ.get("MMSB_TEST_EXAMPLES", 15)), **SETTINGS)
+@given(n=st.integers(10, 30), seed=st.integers(0, 2**32 - 1), steps=st.lists(step_st, min_size=1, max_size=10))
+def test_deferred_random_history_matches_recompute(case, n, seed, steps):
+    """propagation="deferred": several commits of matrix and page deltas, then ``propagate()``: the derived page
+    equals the recompute; every propagated epoch replays exactly."""
+    rng = np.random.default_rng(seed)
+    h = History(case, n, n, rng, propagation="deferred")
+    h.buf.propagate()
+    h.refs = {}
+    h.record()
+    h.check_now()
+    A_prop = h.A.copy()
+    for k, (op, count, mode) in enumerate(steps):
+        for _ in range(20):
+            x0, A0 = h.x.copy(), h.A.copy()
+            writes = []
+            for _ in range(count if mode != "direct" else 1):
+                writes += h.gen(op if not writes else rng.choice(MATRIX_OPS + PAGE_OPS))
+            if not (AVOID_MIXED_CLOSURE_COMMITS and case.rule == "closure" and h.mixed(A_prop)):
+                break
+            h.x[...], h.A[...] = x0, A0
+        else:
+            writes, mode = h.gen("src_assign"), "direct"
+        h.apply(writes, mode)
+        if rng.random() < 0.5 or k == len(steps) - 1:
+            h.buf.propagate()
+            A_prop = h.A.copy()
+            h.record()
+            h.check_now()
+    h.check_history()
+
+
 # -- known engine bug (mmsb/propagate.py, Engine._closure_matrix / _region) ------------------------------------------
 @pytest.mark.xfail(strict=True, reason="propagate.py _closure_matrix: the region of values invalidated by a worse "
                    "entry is grown with the *new* weights, so a value tight through an entry that improved in the "
@@ -1065,3 +1099,83 @@ def test_minus_inf_source_over_a_min_plus_matrix_page(rule):
     b.write(s, [-INF, 1.0], index=[2, 1])
     want = [3.0, INF, INF] if rule == "link" else [3.0, 1.0, -INF]
     np.testing.assert_array_equal(d.read(), want)
+
+
+# ================================================================================================================
+# Lifecycle and reads
+# ================================================================================================================
+def test_matrix_page_reads_and_mapping():
+    b = mmsb.open(None)
+    M = b.create_matrix("M", (3, 4), semiring="min_plus",
+                        data=sp.csr_array(([1.0, 0.0, 2.0], ([0, 1, 2], [3, 0, 0])), shape=(3, 4)))
+    assert list(b) == ["M"] and b["M"] is M and "M" in b and len(b) == 1
+    assert M.shape == (3, 4) and M.nnz == 3 and M.dtype == np.float64 and M.semiring.name == "min_plus"
+    np.testing.assert_array_equal(M.read(index=([0, 1, 2, 2], [3, 0, 0, 1])), [1.0, 0.0, 2.0, INF])
+    np.testing.assert_array_equal(np.asarray(M), M.read().toarray())     # a stored 0 is an entry (a 0-weight edge)
+    e1 = b.write(M, 5.0, index=([0, 1], [0, 1]))                          # a scalar for every entry
+    assert M.nnz == 5 and M.epoch == e1
+    e2 = b.write(M, [], index=([], []))                                   # an empty delta
+    assert b.epoch >= e1 and M.nnz == 5
+    assert b.at(e1)["M"].read(index=([0], [0])).tolist() == [5.0]
+    assert e2 is None or b.at(e2)["M"].nnz == 5
+    B = b.create_matrix("B", (2, 2), dtype="bool", semiring="or_and")
+    with pytest.raises(E.InvalidDeltaError, match="'B'"):
+        b.write(B, np.array([2]), index=([0], [0]))                       # int -> bool is not "same_kind"
+    b.write(B, [True], index=([0], [1]))
+    assert B.read().toarray().tolist() == [[False, True], [False, False]]
+    Z = b.create_matrix("Z", (0, 5))
+    assert Z.nnz == 0 and Z.read().shape == (0, 5)
+    with pytest.raises(E.InvalidDeltaError, match="'Z'"):
+        b.write(Z, [1.0], index=([0], [0]))
+    with pytest.raises(E.InvalidDeltaError, match="'H'"):
+        b.create_matrix("H", (1 << 30, 1 << 30))
+
+
+def test_matrix_lifecycle_drop_and_recreate_keeps_history():
+    """Dropping rules and matrices, then re-creating a matrix of the same name with another shape: the current
+    state follows, and at(e) still shows each epoch's matrix and derived pages."""
+    b = mmsb.open(None)
+    s = b.create_page("s", 4, semiring="min_plus")
+    d = b.create_page("d", 4, semiring="min_plus")
+    lk = b.create_page("l", 4, semiring="min_plus")
+    W = b.create_matrix("W", (4, 4), semiring="min_plus",
+                        data=sp.csr_array(([1.0, 1.0, 1.0], ([1, 2, 3], [0, 1, 2])), shape=(4, 4)))
+    b.closure(d, s, W)
+    b.link(lk, s, W)
+    e1 = b.write(s, [0.0], index=[0])
+    np.testing.assert_array_equal(d.read(), [0, 1, 2, 3])
+    b.drop_page(d)                                        # the closure goes with its target
+    assert b.graph.parents("l") == ["s", "W"] or sorted(b.graph.parents("l")) == ["W", "s"]
+    e2 = b.write(W, [5.0], index=([1], [0]))
+    np.testing.assert_array_equal(lk.read(), [INF, 5, INF, INF])
+    with pytest.raises(E.MMSBError):
+        b.drop_page(W)
+    b.drop_page(W, cascade=True)                          # the link goes too; l keeps its last value
+    assert "W" not in b and b.graph.parents("l") == []
+    W2 = b.create_matrix("W", (4, 2), semiring="min_plus", data=np.full((4, 2), 2.0))
+    s2 = b.create_page("s2", 2, semiring="min_plus")
+    b.link(lk, s2, W2)
+    e3 = b.write(s2, [1.0, 0.0])
+    np.testing.assert_array_equal(lk.read(), [2, 2, 2, 2])
+    v1, v2, v3 = b.at(e1), b.at(e2), b.at(e3)
+    np.testing.assert_array_equal(v1["d"].read(), [0, 1, 2, 3])
+    assert v1["W"].shape == (4, 4) and v1["W"].read().toarray()[1, 0] == 1.0
+    assert "d" not in v2 and v2["W"].read().toarray()[1, 0] == 5.0
+    assert v3["W"].shape == (4, 2) and v3["W"].nnz == 8
+    np.testing.assert_array_equal(v3["l"].read(), [2, 2, 2, 2])
+
+
+@pytest.mark.xfail(strict=True, reason="buffer.py _prepare_matrix takes a scipy delta's COO entries as an index "
+                   "delta (duplicates: last one on assign, ⊕-combined on accumulate) instead of the matrix scipy "
+                   "represents (duplicates summed), unlike create_matrix(data=...) and rule matrices")
+def test_matrix_delta_with_duplicate_entries_in_a_scipy_delta():
+    """A scipy COO delta with a duplicated entry: the delta is the matrix scipy sees (duplicates summed, as
+    everywhere scipy matrices are taken), for an assign as for an accumulate."""
+    b = mmsb.open(None)
+    M = b.create_matrix("M", (2, 2))
+    delta = sp.coo_array(([1.0, 2.0], ([0, 0], [1, 1])), shape=(2, 2))
+    assert delta.toarray()[0, 1] == 3.0
+    b.write(M, delta)
+    assert M.read().toarray()[0, 1] == 3.0
+    b.write(M, delta, accumulate=True)
+    assert M.read().toarray()[0, 1] == 6.0
