@@ -44,7 +44,7 @@ def _check_csr(A, model, shape, zero):
     rr, cc = np.divmod(np.arange(n * m, dtype=np.int64), m)
     want = np.array([model.get((i, j), zero) for i, j in zip(rr.tolist(), cc.tolist())], dtype=A.data.dtype)
     np.testing.assert_array_equal(C.get_entries(A, rr, cc, zero), want)
-    if model:
+    if model and A.data.dtype.kind in "iuf":
         lo, hi = A.weight_range
         vals = np.array(list(model.values()))
         assert lo <= vals.min() and vals.max() <= hi           # a bound (may be wider after removals)
@@ -54,35 +54,44 @@ def _check_transpose(T, model, shape, zero):
     _check_csr(T, {(j, i): v for (i, j), v in model.items()}, (shape[1], shape[0]), zero)
 
 
+#: (dtype, free slot value or None, the absent value get_entries reports, value strategy)
+CSR_KINDS = {
+    "min": (np.float64, np.inf, np.inf, st.integers(-5, 9).map(float)),
+    "max": (np.float64, -np.inf, -np.inf, st.integers(-5, 9).map(float)),
+    "plus": (np.float64, None, 0.0, st.integers(-5, 9).map(float)),      # a stored 0 is an entry
+    "int_plus": (np.int64, None, 0, st.integers(-5, 9)),
+    "or": (np.bool_, False, False, st.just(True)),
+}
+
+
 @settings(max_examples=int(os.environ.get("MMSB_TEST_EXAMPLES", 60)), **SETTINGS)
-@given(data=st.data(), n=st.integers(1, 9), m=st.integers(1, 9), selective=st.booleans(),
+@given(data=st.data(), n=st.integers(1, 9), m=st.integers(1, 9), kind=st.sampled_from(sorted(CSR_KINDS)),
        t_before=st.booleans())
-def test_csr_set_entries_matches_dict_model(data, n, m, selective, t_before):
-    """Random ``set_entries`` sequences (inserts, removals, overwrites; with free slots under a selective ⊕ or a
-    rebuild otherwise) keep entries, get_entries, nnz, the transpose (built before or after) and the column
-    queries equal to a dict-of-keys model."""
-    zero = np.inf if selective else 0.0
-    free = np.inf if selective else None
+def test_csr_set_entries_matches_dict_model(data, n, m, kind, t_before):
+    """Random ``set_entries`` sequences (inserts, removals, overwrites; with free slots holding ⊕'s zero, or
+    rebuilt arrays when free is None) keep entries, get_entries, nnz, the transpose (built before or after) and
+    the column queries equal to a dict-of-keys model."""
+    dtype, free, zero, values = CSR_KINDS[kind]
     cells = st.tuples(st.integers(0, n - 1), st.integers(0, m - 1))
-    init = data.draw(st.dictionaries(cells, st.integers(-5, 9).map(float), max_size=n * m), label="init")
+    init = data.draw(st.dictionaries(cells, values, max_size=n * m), label="init")
     model = dict(init)
     keys = list(model)
     A = C.build_csr((n, m), np.array([k[0] for k in keys], dtype=np.int64),
                     np.array([k[1] for k in keys], dtype=np.int64),
-                    np.array([model[k] for k in keys], dtype=np.float64), free=free)
+                    np.array([model[k] for k in keys], dtype=dtype), free=free)
     _check_csr(A, model, (n, m), zero)
     if t_before:
         T = A.T
         _check_transpose(T, model, (n, m), zero)
         absT = A.abs_T
-    steps = data.draw(st.lists(st.dictionaries(cells, st.one_of(st.none(), st.integers(-5, 9).map(float)),
+    steps = data.draw(st.lists(st.dictionaries(cells, st.one_of(st.none(), values),
                                                min_size=1, max_size=n * m), min_size=1, max_size=8), label="steps")
     for step in steps:
         ks = list(step)
         rows = np.array([k[0] for k in ks], dtype=np.int64)
         cols = np.array([k[1] for k in ks], dtype=np.int64)
         present = np.array([step[k] is not None for k in ks])
-        vals = np.array([zero if step[k] is None else step[k] for k in ks], dtype=np.float64)
+        vals = np.array([zero if step[k] is None else step[k] for k in ks], dtype=dtype)
         C.set_entries(A, rows, cols, vals, present)
         for k, v in step.items():
             if v is None:
@@ -125,7 +134,7 @@ class Case:
     """One rule over a matrix page: its semirings, dtypes, value ranges and an independent reference."""
 
     def __init__(self, name, rule, sr, dtype="float64", m_sr=None, lo=0, hi=9, src_lo=None, src_hi=None,
-                 with_inf=False, square=True):
+                 with_inf=False, square=True, pow2=False):
         self.name, self.rule, self.sr, self.dtype = name, rule, sr, np.dtype(dtype)
         self.m_sr = m_sr or sr
         self.lo, self.hi = lo, hi
@@ -133,6 +142,13 @@ class Case:
         self.src_hi = hi if src_hi is None else src_hi
         self.with_inf = with_inf
         self.square = square or rule == "closure"
+        self.pow2 = pow2
+
+    def shift(self, old, step, up):
+        """``old`` moved ``step`` steps up or down, kept in the value range."""
+        if self.pow2:
+            return np.clip(old * 2.0 ** (step if up else -step), 2.0 ** -4, 1.0)
+        return np.clip(old + step if up else old - step, self.lo, self.hi).astype(self.dtype)
 
     def __repr__(self):
         return self.name
@@ -145,7 +161,8 @@ class Case:
         if dtype.kind in "iu":                          # ±inf zeros become the dtype's max/min
             return {"plus_times": 0, "min_plus": np.iinfo(dtype).max, "max_min": np.iinfo(dtype).min,
                     "max_plus": np.iinfo(dtype).min}[sr]
-        return {"plus_times": 0.0, "min_plus": INF, "max_min": -INF, "max_plus": -INF}[sr]
+        return {"plus_times": 0.0, "min_plus": INF, "max_min": -INF, "max_plus": -INF, "min_max": INF,
+                "max_times": 0.0}[sr]
 
     @property
     def zero(self):
@@ -159,11 +176,14 @@ class Case:
     def add(sr, a, b):
         if np.asarray(a).dtype.kind == "b":
             return a | b
-        return {"plus_times": np.add, "min_plus": np.minimum, "max_min": np.maximum, "max_plus": np.maximum}[sr](a, b)
+        return {"plus_times": np.add, "min_plus": np.minimum, "max_min": np.maximum, "max_plus": np.maximum,
+                "min_max": np.minimum, "max_times": np.maximum}[sr](a, b)
 
     def values(self, rng, k, lo, hi):
         if self.dtype.kind == "b":
             return np.ones(k, dtype=bool)
+        if self.pow2:                                   # powers of two: products stay exact
+            return 2.0 ** -rng.integers(0, 5, k)
         v = rng.integers(lo, hi + 1, k).astype(self.dtype)
         if self.with_inf and k:
             v[rng.random(k) < 0.1] = INF
@@ -208,6 +228,10 @@ class Case:
                 return (A + x[None, :]).max(axis=1) if x.size else np.full(A.shape[0], -INF)
             if self.sr == "max_min":
                 return np.minimum(A, x[None, :]).max(axis=1) if x.size else np.full(A.shape[0], -INF)
+            if self.sr == "min_max":
+                return np.maximum(A, x[None, :]).min(axis=1) if x.size else np.full(A.shape[0], INF)
+            if self.sr == "max_times":
+                return (A * x[None, :]).max(axis=1) if x.size else np.zeros(A.shape[0])
         raise AssertionError(self.sr)
 
 
@@ -217,6 +241,8 @@ CASES = [
     Case("closure_or_and", "closure", "or_and", dtype="bool"),
     Case("closure_max_plus", "closure", "max_plus", lo=-9, hi=0, src_lo=-5, src_hi=5),   # no positive cycle
     Case("closure_min_plus_int32", "closure", "min_plus", dtype="int32", lo=0, hi=9),
+    Case("closure_min_max", "closure", "min_max", lo=0, hi=9, with_inf=True),
+    Case("closure_max_times", "closure", "max_times", pow2=True, hi=1),
     Case("link_plus_times", "link", "plus_times", lo=-4, hi=5, square=False),
     Case("link_plus_times_int64", "link", "plus_times", dtype="int64", lo=-4, hi=5, square=False),
     Case("link_min_plus", "link", "min_plus", lo=-5, hi=9, square=False),
@@ -308,10 +334,12 @@ class History:
                     pick = cand[rng.integers(0, len(cand), min(len(cand), 3))]
                     r2, c2 = pick[:, 0], pick[:, 1]
                     step = rng.integers(1, 3, r2.size).astype(dt)
-                    better = case.add(case.m_sr, A[r2, c2], A[r2, c2] - step) == A[r2, c2] - step
-                    v2 = np.where(better, A[r2, c2] - step, A[r2, c2] + step).astype(dt)
-                    v2[~np.isfinite(v2.astype(float))] = case.hi
-                    v2 = np.clip(v2, case.lo, case.hi).astype(dt)   # no negative (min) / positive (max) cycle
+                    old = A[r2, c2]
+                    down = case.shift(old, step, False)
+                    better = case.add(case.m_sr, old, down) == down
+                    v2 = np.where(better, down, case.shift(old, step, True)).astype(dt)   # in range: no cycle
+                    if dt.kind == "f":
+                        v2[~np.isfinite(v2)] = case.hi
                     A[r2, c2] = v2
                     return [("M", np.concatenate([v1, v2]), (np.concatenate([r1, r2]), np.concatenate([c1, c2])),
                              False)]
@@ -342,8 +370,7 @@ class History:
             else:
                 step = rng.integers(1, 4, r.size).astype(dt)
                 old = A[r, c]
-                vals = old + step if op == "increase" else old - step
-                vals = np.clip(vals, case.lo, case.hi).astype(dt)
+                vals = case.shift(old, step, op == "increase")
                 if dt.kind == "f":
                     vals[~np.isfinite(old)] = case.hi if op == "decrease" else INF
                     if not case.with_inf:
@@ -403,6 +430,10 @@ class History:
                 via = a & v[j]
             elif case.sr == "max_min":
                 via = np.minimum(a, v[j])
+            elif case.sr == "min_max":
+                via = np.maximum(a, v[j])
+            elif case.sr == "max_times":
+                via = a * v[j]
             else:
                 via = a + v[j]
         return live[(via == y[i]) & (v[j] != case.zero)]
