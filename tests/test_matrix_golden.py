@@ -173,3 +173,25 @@ def test_golden_matrix_checkpoint_holds_matrix_records():
     rules = {op.payload["dst"]: op.payload for op in snap.rules[3:]}
     assert rules["d"]["matrix_page"] == "W" and rules["d"]["kind"] == "closure"
     assert rules["y"]["matrix_page"] == "P" and rules["y"]["kind"] == "link"
+
+
+def test_golden_matrix_flipped_byte_in_a_matrix_record_is_detected(copy):
+    """A flipped byte inside the "matrix_created" record of W is reported by verify, and reading history through
+    it raises CorruptionError (never a wrong matrix)."""
+    seg = os.path.join(copy, "log", S.segment_name(1))
+    res = S.scan_segment(seg)
+    rec = next(r for r in res.records if r.rtype == R.SCHEMA and r.epoch == 4)
+    pos = rec.end - 12                                   # inside the payload (its entry values)
+    data = bytearray(open(seg, "rb").read())
+    data[pos] ^= 0x40
+    open(seg, "wb").write(bytes(data))
+    rep = mmsb.verify(copy)
+    assert not rep.ok and rep.problems
+    try:
+        buf = mmsb.open(copy, "r")
+    except mmsb.errors.CorruptionError:
+        return                                           # refusing the store is fine too
+    with buf:
+        check_state(buf, META["final_epoch"])            # the checkpoint and the tail after it are intact
+        with pytest.raises(mmsb.errors.CorruptionError):
+            buf.at(14)

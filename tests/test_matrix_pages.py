@@ -1210,3 +1210,29 @@ def test_matrix_delta_with_duplicate_entries_in_a_scipy_delta():
     assert M.read().toarray()[0, 1] == 3.0
     b.write(M, delta, accumulate=True)
     assert M.read().toarray()[0, 1] == 6.0
+
+
+def test_transaction_reading_a_derived_entry_conflicts_with_a_matrix_delta_that_changes_it():
+    """Per-element conflicts reach derived pages: a matrix delta that changes d[3] conflicts with a read of d[3],
+    one that changes only d[1] does not."""
+    b = mmsb.open(None)
+    s = b.create_page("s", 4, semiring="min_plus")
+    d = b.create_page("d", 4, semiring="min_plus")
+    W = b.create_matrix("W", (4, 4), semiring="min_plus",
+                        data=sp.csr_array(([1.0, 1.0, 1.0, 5.0], ([1, 2, 3, 1], [0, 1, 2, 3])), shape=(4, 4)))
+    b.closure(d, s, W)
+    b.write(s, [0.0], index=[0])
+    np.testing.assert_array_equal(d.read(), [0, 1, 2, 3])
+    tx = b.transaction()
+    assert tx.read(d, index=[3]).tolist() == [3.0]
+    tx.write(s, [7.0], index=[1])
+    b.write(W, [0.5], index=([1], [0]))                 # d[1] 1 -> 0.5, d[2] -> 1.5, d[3] -> 2.5: conflict
+    with pytest.raises(E.ConflictError):
+        tx.commit()
+    tx = b.transaction()
+    tx.read(d, index=[3])
+    tx.write(s, [7.0], index=[1])
+    b.write(W, [9.0], index=([0], [3]))                 # edge 3 -> 0 of weight 9: d[0] stays 0, nothing changes
+    b.write(W, [INF], index=([1], [3]))                 # remove 3 -> 1 (not tight): nothing changes
+    tx.commit()
+    np.testing.assert_array_equal(d.read(), [0, 0.5, 1.5, 2.5])
