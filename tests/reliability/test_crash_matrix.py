@@ -6,7 +6,6 @@ import os
 import random
 import selectors
 import signal
-import sys
 import time
 import warnings
 
