@@ -488,7 +488,7 @@ step_st = st.tuples(st.sampled_from(MATRIX_OPS + PAGE_OPS), st.integers(1, 3),
 
 
 @pytest.mark.parametrize("case", CASES, ids=repr)
-@settings(max_examples=int(os.environ.get("MMSB_TEST_EXAMPLES", 25)), **SETTINGS)
+@settings(max_examples=int(os.environ.get("MMSB_TEST_EXAMPLES", 40)), **SETTINGS)
 @given(n=st.integers(10, 40), m=st.integers(10, 40), seed=st.integers(0, 2**32 - 1),
        steps=st.lists(step_st, min_size=1, max_size=12))
 def test_random_history_matches_recompute(case, n, m, seed, steps):
@@ -517,7 +517,7 @@ def test_random_history_matches_recompute(case, n, m, seed, steps):
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.name in ("closure_min_plus", "closure_or_and",
                                                                   "link_plus_times", "link_min_plus")], ids=repr)
-@settings(max_examples=int(os.environ.get("MMSB_TEST_EXAMPLES", 15)), **SETTINGS)
+@settings(max_examples=int(os.environ.get("MMSB_TEST_EXAMPLES", 20)), **SETTINGS)
 @given(n=st.integers(10, 30), seed=st.integers(0, 2**32 - 1), steps=st.lists(step_st, min_size=1, max_size=10))
 def test_deferred_random_history_matches_recompute(case, n, seed, steps):
     """propagation="deferred": several commits of matrix and page deltas, then ``propagate()``: the derived page
