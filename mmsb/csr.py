@@ -84,7 +84,11 @@ class CSR:
         """The transpose with ``|A[i, j]|`` as values (magnitude bounds for difference propagation); computed once."""
         if self._abs_t is None:
             t = self.T
-            self._abs_t = CSR(t.shape, t.indptr, t.indices, np.abs(t.data))
+            if t.free is None:
+                self._abs_t = CSR(t.shape, t.indptr, t.indices, np.abs(t.data))
+            else:                   # free slots (⊕'s zero, maybe -inf) must not turn into stored magnitudes
+                r, c, v = _entries(t)
+                self._abs_t = build_csr(t.shape, r, c, np.abs(v))
         return self._abs_t
 
     @property
@@ -124,7 +128,9 @@ class CSR:
     def column_rows(self, cols: np.ndarray) -> np.ndarray:
         """Sorted unique rows i with a stored A[i, j] for some j in ``cols``."""
         t = self.T
-        if cols.size == 1 and t.ordered:    # one column of the transpose: its rows are sorted and unique
+        if cols.size == 1 and t.ordered and t.free is None:
+            # one column of the transpose: its rows are sorted and unique (with free slots they are not: a row's
+            # spare slot may carry the column of one of its entries)
             j = cols[0]
             return t.indices[t.indptr[j]:t.indptr[j + 1]].astype(np.int64)
         starts, ends = t.indptr[cols], t.indptr[cols + 1]
@@ -358,7 +364,7 @@ def set_entries(A: CSR, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, pr
     if t is None:
         return
     t_moved = _set(t, cols, rows, vals, present)
-    if moved or t_moved or A._abs_t is None:
+    if moved or t_moved or A._abs_t is None or t.free is not None:
         A._abs_t = None
         return
     pos = _locate(t, cols, rows)
