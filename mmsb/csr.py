@@ -220,9 +220,8 @@ def build_csr(shape: tuple, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray
     indptr = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(cap, out=indptr[1:])
     total = int(indptr[-1])
-    if cap is counts:
-        return CSR((n, m), indptr, np.ascontiguousarray(cols, dtype=index_dtype(m, vals.dtype)),
-                   np.ascontiguousarray(vals), free=free)
+    if cap is counts:                                    # (its own arrays: entries change in place later)
+        return CSR((n, m), indptr, np.array(cols, dtype=index_dtype(m, vals.dtype)), np.array(vals), free=free)
     indices = np.repeat((np.arange(n, dtype=np.int64) % m).astype(index_dtype(m, vals.dtype)), cap)
     data = np.full(total, free, dtype=vals.dtype)
     gap = cap - counts                                   # each row's entries first, then its free slots

@@ -438,16 +438,6 @@ class History:
                 via = a + v[j]
         return live[(via == y[i]) & (v[j] != case.zero)]
 
-    def mixed(self, A0):
-        """Whether the matrix changes since ``A0`` (one commit's) hold both an improvement and a worsening."""
-        case = self.case
-        ch = A0 != self.A
-        if not ch.any():
-            return False
-        o, nw = A0[ch], self.A[ch]
-        better = case.add(case.m_sr, o, nw) == nw
-        return bool(better.any() and (~better).any())
-
     def apply(self, writes, mode):
         b = self.buf
         if mode == "direct":
@@ -478,11 +468,6 @@ def check_matrix(M, A, zero, msg=""):
     assert got.dtype == A.dtype, msg
 
 
-#: The closure repair misses values tight through an entry that improved in the same commit as another entry got
-#: worse (test_closure_commit_mixing_worse_and_better_entries, xfail). Until that is fixed the random histories do
-#: not commit such a mix into a closure; set this to False once the xfail test passes.
-AVOID_MIXED_CLOSURE_COMMITS = True
-
 step_st = st.tuples(st.sampled_from(MATRIX_OPS + PAGE_OPS), st.integers(1, 3),
                     st.sampled_from(["direct", "direct", "batch", "tx"]))
 
@@ -499,16 +484,9 @@ def test_random_history_matches_recompute(case, n, m, seed, steps):
     h = History(case, n, n if case.square else m, rng)
     h.check_now()
     for op, count, mode in steps:
-        for _ in range(20):
-            x0, A0 = h.x.copy(), h.A.copy()
-            writes = []
-            for _ in range(count if mode != "direct" else 1):
-                writes += h.gen(op if not writes else rng.choice(MATRIX_OPS + PAGE_OPS))
-            if not (AVOID_MIXED_CLOSURE_COMMITS and case.rule == "closure" and h.mixed(A0)):
-                break
-            h.x[...], h.A[...] = x0, A0                 # a commit the engine gets wrong today: draw another
-        else:
-            writes, mode = h.gen("src_assign"), "direct"
+        writes = []
+        for _ in range(count if mode != "direct" else 1):
+            writes += h.gen(op if not writes else rng.choice(MATRIX_OPS + PAGE_OPS))
         h.apply(writes, mode)
         h.record()
         h.check_now()
@@ -528,31 +506,19 @@ def test_deferred_random_history_matches_recompute(case, n, seed, steps):
     h.refs = {}
     h.record()
     h.check_now()
-    A_prop = h.A.copy()
     for k, (op, count, mode) in enumerate(steps):
-        for _ in range(20):
-            x0, A0 = h.x.copy(), h.A.copy()
-            writes = []
-            for _ in range(count if mode != "direct" else 1):
-                writes += h.gen(op if not writes else rng.choice(MATRIX_OPS + PAGE_OPS))
-            if not (AVOID_MIXED_CLOSURE_COMMITS and case.rule == "closure" and h.mixed(A_prop)):
-                break
-            h.x[...], h.A[...] = x0, A0
-        else:
-            writes, mode = h.gen("src_assign"), "direct"
+        writes = []
+        for _ in range(count if mode != "direct" else 1):
+            writes += h.gen(op if not writes else rng.choice(MATRIX_OPS + PAGE_OPS))
         h.apply(writes, mode)
         if rng.random() < 0.5 or k == len(steps) - 1:
             h.buf.propagate()
-            A_prop = h.A.copy()
             h.record()
             h.check_now()
     h.check_history()
 
 
-# -- known engine bug (mmsb/propagate.py, Engine._closure_matrix / _region) ------------------------------------------
-@pytest.mark.xfail(strict=True, reason="propagate.py _closure_matrix: the region of values invalidated by a worse "
-                   "entry is grown with the *new* weights, so a value tight through an entry that improved in the "
-                   "same commit (old weight) is neither invalidated nor repaired")
+# -- one commit making one entry worse and another better (the repair region is grown with the new weights) ---------
 @pytest.mark.parametrize("how", ["one_delta", "batch"])
 def test_closure_commit_mixing_worse_and_better_entries(how):
     """Edges 0->1 (1), 3->1 (0), 1->2 (2); sources x0 = 0, x3 = 5: d = [0, 1, 3, 5]. One commit deletes 0->1 and

@@ -48,19 +48,16 @@ def _setup(buf):
 
 
 def _txn(seed, trial, k):
-    """The ops of transaction k: [(page, values, index, accumulate)]. A commit never both worsens and improves
-    entries of W (see test_matrix_pages.py, AVOID_MIXED_CLOSURE_COMMITS): W gets removals or min-accumulates."""
+    """The ops of transaction k: [(page, values, index, accumulate)]; W gets removals and min-accumulates, both
+    possibly in one commit."""
     rng = np.random.default_rng([seed, trial, k])
     ops = []
-    w_kind = None
     for _ in range(int(rng.integers(1, 4))):
         what = int(rng.integers(0, 4))
         n = int(rng.integers(1, 4))
         i, j = rng.integers(0, N, n), rng.integers(0, N, n)
         if what == 0:
-            kind = w_kind or ("remove" if rng.random() < 0.4 else "acc")
-            w_kind = kind
-            if kind == "remove":
+            if rng.random() < 0.4:
                 ops.append(("W", np.full(n, INF), (i, j), False))
             else:
                 ops.append(("W", rng.integers(1, 6, n).astype(float), (i, j), True))
