@@ -678,9 +678,6 @@ def test_writing_a_dropped_matrix_raises_page_not_found(graph):
     _same(b, before)
 
 
-@pytest.mark.xfail(strict=True, reason="buffer.py _read does not check that the page is still in the buffer: a "
-                   "dropped matrix page still reads its old entries, a dropped plain page raises TypeError from "
-                   "memory.py (_reload of a spill path None)")
 @pytest.mark.parametrize("kind", ["matrix", "page"])
 def test_reading_a_dropped_page_raises_page_not_found(kind):
     b = mmsb.open(None)
@@ -1082,17 +1079,16 @@ def test_int_min_plus_fixed_dense_matrix_zero_entries_are_absent():
 PURE = os.environ.get("MMSB_PUREPYTHON") == "1"
 
 
-@pytest.mark.xfail(PURE, strict=True, reason="mmsb/_ref/spmv.py (MMSB_PUREPYTHON=1): a free slot of a min_plus "
-                   "matrix page (inf) against a -inf source gives inf + -inf = NaN, which np.minimum.at keeps (the "
-                   "compiled kernels' comparison drops it): the link reads NaN, the closure never converges")
 @pytest.mark.parametrize("rule", ["link", "closure"])
 def test_minus_inf_source_over_a_min_plus_matrix_page(rule):
+    """A free slot (inf) against a -inf source gives inf + -inf = NaN, which never wins a min (both kernel sets)."""
     b = mmsb.open(None)
     s = b.create_page("s", 3, semiring="min_plus")
     d = b.create_page("d", 3, semiring="min_plus")
     M = b.create_matrix("M", (3, 3), semiring="min_plus",
                         data=sp.csr_array(([2.0], ([0], [1])), shape=(3, 3)))
     getattr(b, rule)(d, s, M)
+    b.write(M, [1.0, INF], index=([2, 2], [0, 0]))          # an entry in and out again: row 2 holds a free slot
     b.write(s, [-INF, 1.0], index=[2, 1])
     want = [3.0, INF, INF] if rule == "link" else [3.0, 1.0, -INF]
     np.testing.assert_array_equal(d.read(), want)
@@ -1162,9 +1158,6 @@ def test_matrix_lifecycle_drop_and_recreate_keeps_history():
     np.testing.assert_array_equal(v3["l"].read(), [2, 2, 2, 2])
 
 
-@pytest.mark.xfail(strict=True, reason="buffer.py _prepare_matrix takes a scipy delta's COO entries as an index "
-                   "delta (duplicates: last one on assign, ⊕-combined on accumulate) instead of the matrix scipy "
-                   "represents (duplicates summed), unlike create_matrix(data=...) and rule matrices")
 def test_matrix_delta_with_duplicate_entries_in_a_scipy_delta():
     """A scipy COO delta with a duplicated entry: the delta is the matrix scipy sees (duplicates summed, as
     everywhere scipy matrices are taken), for an assign as for an accumulate."""

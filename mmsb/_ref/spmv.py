@@ -45,13 +45,20 @@ def spmv(indptr, indices, data, x, y, add_op, mul_op, zero, rows=None, nthreads=
     xv = x[indices[k]]
     keep = xv != z[0]
     prod = _UFUNCS[mul_op](data[k][keep], xv[keep])
+    owner = owner[keep]
+    if add_op in (OP_MIN, OP_MAX) and prod.dtype.kind == "f":
+        real = ~np.isnan(prod)      # min/max ignore a NaN candidate, as the kernels' comparison does
+        prod, owner = prod[real], owner[real]
     out = np.full(sel.size, z[0], dtype=y.dtype)
-    _UFUNCS[add_op].at(out, owner[keep], prod)
+    _UFUNCS[add_op].at(out, owner, prod)
     y[sel] = out
 
 
 def _accumulate(y, targets, contrib, add_op):
     """Apply ``y[t] = y[t] ⊕ c`` in order, only where the value changes; returns the sorted changed entries."""
+    if add_op in (OP_MIN, OP_MAX) and contrib.dtype.kind == "f":
+        real = ~np.isnan(contrib)   # a NaN candidate never wins a min or a max (as in the kernels)
+        targets, contrib = targets[real], contrib[real]
     if targets.size == 0:
         return _EMPTY.copy()
     uniq, inv = np.unique(targets, return_inverse=True)
