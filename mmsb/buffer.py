@@ -170,6 +170,8 @@ class Buffer:
     def _read(self, page: Page, index: Any = None) -> np.ndarray:
         with self._locked():
             self._check_open()
+            if self._pages.get(page.name) is not page:
+                raise PageNotFoundError(f"page {page.name!r} is no longer in the buffer (dropped)")
             return devices.backend_of(page).read(self, page, index)
 
     def _read_device(self, page: Page) -> Any:
@@ -413,7 +415,8 @@ class Buffer:
             if tuple(values.shape) != (n, m):
                 raise InvalidDeltaError(f"matrix {name!r}: a sparse delta of shape {tuple(values.shape)}, the "
                                         f"matrix has shape {(n, m)}")
-            coo = values.tocoo()
+            coo = values.tocoo(copy=True)
+            coo.sum_duplicates()                        # the matrix scipy represents, as create_matrix takes it
             index, values = (np.asarray(coo.row), np.asarray(coo.col)), np.asarray(coo.data)
         if index is None:
             dense = np.asarray(values)

@@ -35,12 +35,22 @@ MAX_POSITIONS = 1 << 48
 
 
 def selective(sr: Semiring, dtype: np.dtype) -> bool:
-    """Whether ⊕ picks one of its operands in the kernels (min, max, or): a free slot holding ⊕'s zero is then
-    exactly an absent entry, so entries can be removed and inserted in place."""
+    """Whether a free slot holding ⊕'s zero is exactly an absent entry in the kernels, so that entries can be
+    removed and inserted in place: ⊕ picks one of its operands (min, max, or) and ``zero ⊗ x`` never wins it.
+
+    That holds when ⊗ is min or max (max_min, min_max), for bool pages (or_and), and for ⊗ = plus on floats
+    (``±inf + x`` stays ±inf). It fails for ⊗ = plus on integers (the zero is the dtype's max or min:
+    ``INT_MAX + x`` overflows, or is a finite value for x < 0) and for ⊗ = times (max_times: ``0 * x`` beats a
+    negative value): those matrices rebuild their arrays on a structural change instead."""
     from mmsb import _ops
 
+    dtype = np.dtype(dtype)
     codes = sr.codes_for(dtype)
-    return codes is not None and codes[0] in (_ops.OP_MIN, _ops.OP_MAX)
+    if codes is None or codes[0] not in (_ops.OP_MIN, _ops.OP_MAX):
+        return False
+    if dtype.kind == "b" or codes[1] in (_ops.OP_MIN, _ops.OP_MAX):
+        return True
+    return codes[1] == _ops.OP_PLUS and dtype.kind == "f"
 
 
 class MatrixPage(Page):
@@ -115,7 +125,7 @@ class MatrixPage(Page):
 
     def set(self, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray) -> None:
         """Set entries (``vals`` in the page dtype; ⊕-zero removes one) in the page and in every view."""
-        present = changed(vals, self.zero)
+        present = vals != self.zero
         _csr.set_entries(self.csr, rows, cols, vals, present)
         for v, _, _ in self._views.values():
             _csr.set_entries(v, rows, cols, vals.astype(v.data.dtype), present)
@@ -132,12 +142,6 @@ class MatrixPage(Page):
         return SchemaOp("matrix_created", matrix_payload(self.name, self.shape, self.dtype, self.semiring.name,
                                                           self._metadata, self.epoch),
                         {"keys": keys[order], "values": np.ascontiguousarray(vals[order])})
-
-
-def changed(a: np.ndarray, zero: Any) -> np.ndarray:
-    """Where ``a`` differs from the scalar ``zero`` (NaN counts as different)."""
-    out = a != zero
-    return out
 
 
 def matrix_payload(name: str, shape: tuple, dtype: np.dtype, semiring: str, metadata: Optional[dict],
@@ -183,9 +187,13 @@ def initial_entries(data: Any, shape: tuple, dtype: np.dtype, zero: Any, name: s
         return np.empty(0, dtype=np.int64), np.empty(0, dtype=dtype)
     A = as_csr(data, shape, dtype, f"matrix {name!r}")
     rows, cols, vals = _csr._entries(A)
-    keep = changed(vals, zero)
+    keep = vals != zero
     keys = rows[keep] * shape[1] + cols[keep]
-    return keys, np.ascontiguousarray(vals[keep])
+    vals = vals[keep]
+    if keys.size > 1 and not bool((keys[1:] > keys[:-1]).all()):
+        order = np.argsort(keys, kind="stable")
+        keys, vals = keys[order], vals[order]
+    return keys, np.ascontiguousarray(vals)
 
 
 def csr_from_keys(shape: tuple, keys: np.ndarray, vals: np.ndarray, sr: Semiring, zero: Any) -> CSR:
@@ -273,9 +281,9 @@ def new_page(buf: "Buffer", op: SchemaOp, epoch: int) -> MatrixPage:
     shape = (int(pl["shape"][0]), int(pl["shape"][1]))
     sr = semirings.get(pl["semiring"])
     zero = sr.zero_for(dt)
-    keys, vals = op.arrays["keys"], op.arrays["values"]
+    keys, vals = op.arrays.get("keys"), op.arrays.get("values")
     total = math.prod(shape)
-    if keys.dtype != np.int64 or vals.dtype != dt or keys.size != vals.size or \
+    if keys is None or vals is None or keys.dtype != np.int64 or vals.dtype != dt or keys.size != vals.size or \
             (keys.size and (int(keys.min()) < 0 or int(keys.max()) >= total)):
         from mmsb.errors import CorruptionError
 

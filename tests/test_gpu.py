@@ -466,3 +466,36 @@ def test_graph_wave_commit_is_recorded_for_conflicts():
         tx.write(x, [2.0], index=[0])
         with pytest.raises(mmsb.errors.ConflictError):
             tx.commit()
+
+
+@needs_gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("sr,dt", [("min_plus", "float64"), ("max_min", "float32"), ("or_and", "bool"),
+                                   ("plus_times", "float64")])
+def test_matrix_page_deltas_on_gpu_pages_match_the_cpu(sr, dt):
+    """A closure (idempotent ⊕) or a link (plus) over a matrix page into a GPU page follows inserts, removals,
+    increases and decreases of the matrix exactly as the same rules into a CPU page do."""
+    rng = np.random.default_rng(11)
+    n = 300
+    kind = "link" if sr == "plus_times" else "closure"
+    rows, cols = rng.integers(0, n, 1200), rng.integers(0, n, 1200)
+    bufs = []
+    for device in ("cpu", "cuda:0"):
+        buf = mmsb.open(None)
+        src = buf.create_page("src", n, dtype=dt, semiring=sr)
+        dst = buf.create_page("dst", n, dtype=dt, semiring=sr, device=device)
+        M = buf.create_matrix("M", (n, n), dtype=dt, semiring=sr)
+        getattr(buf, kind)(dst, src, M)
+        bufs.append(buf)
+    x = _values(rng, dt, n, lo=0)
+    steps = [("src", x, None)]
+    for _ in range(6):
+        k = rng.integers(0, rows.size, 40)
+        vals = _values(rng, dt, k.size, lo=0)
+        if dt != "bool" and sr != "plus_times":
+            vals[: k.size // 4] = mmsb.semirings.get(sr).zero_for(np.dtype(dt))     # removals
+        steps.append(("M", vals, (rows[k], cols[k])))
+    for buf in bufs:
+        for name, vals, idx in steps:
+            buf.write(name, vals, index=idx)
+    _close(bufs[1]["dst"].read(), bufs[0]["dst"].read(), dt, sr == "plus_times")

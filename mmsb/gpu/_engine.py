@@ -32,14 +32,15 @@ _CACHE_MAX = 512
 
 
 def device_csr(csr: Any, dev: int, dtype: np.dtype) -> K.DeviceCSR:
-    """The device copy of a rule matrix (cached; the CSR object is kept alive with it)."""
+    """The device copy of a rule matrix (cached; the CSR object is kept alive with it). A matrix page's CSR that
+    changed since its upload (its ``version`` moved) is uploaded again, whole."""
     key = (id(csr), dev, np.dtype(dtype).str)
     hit = _csr_cache.get(key)
-    if hit is not None and hit[0] is csr:
+    if hit is not None and hit[0] is csr and hit[2] == csr.version:
         _csr_cache.move_to_end(key)
         return hit[1]
     d = K.DeviceCSR(csr, dev, dtype)
-    _csr_cache[key] = (csr, d)
+    _csr_cache[key] = (csr, d, csr.version)
     while len(_csr_cache) > _CACHE_MAX:
         _csr_cache.popitem(last=False)
     return d
@@ -90,7 +91,10 @@ def update_page(engine: Any, page: Any, rules: list, inputs: dict, full: bool, u
             return _on_host(engine, page, rules, inputs, full, undo)
         with rt.on(rt.device_id(page.device)):
             if kind == "closure":
-                return _closure(engine, page, rules[0], ops, inputs.get(rules[0].srcs[0]), full, undo)
+                r = rules[0]
+                if r.matrix_page is not None and r.matrix_page in inputs:
+                    full = True             # its matrix changed: recompute on the device (see docs/gpu.md)
+                return _closure(engine, page, r, ops, inputs.get(r.srcs[0]), full, undo)
             return _links(engine, page, rules, ops, inputs, full, undo)
     except Exception as exc:
         if not rt.is_cuda_failure(exc) or page.device == "cpu":
@@ -132,6 +136,9 @@ def _links(engine: Any, page: Any, rules: list, ops: K.Ops, inputs: dict, full: 
             ch = inputs.get(r.srcs[0])
             if ch is not None and ch.idx.size:
                 parts.append(r.matrix.column_rows(ch.idx))
+            mch = inputs.get(r.matrix_page) if r.matrix_page is not None else None
+            if mch is not None and mch.idx.size:   # changed entries of its matrix page: their rows
+                parts.append(unique(mch.idx // r.matrix.shape[1]))
         if not parts:
             return None
         cand = unique(np.concatenate(parts)) if len(parts) > 1 else parts[0]
@@ -278,7 +285,7 @@ class GraphWave:
                     raise ValueError(f"page {n!r}: source {s.name!r} must be on {p.device} with dtype {p.dtype}")
                 with rt.on(d):
                     steps.append((device_csr(r.matrix, d, p.dtype), r.srcs[0]))
-                key.append((r.id, n, r.srcs[0], p.shape, p.dtype.str))
+                key.append((r.id, n, r.srcs[0], p.shape, p.dtype.str, r.matrix.version))
             plan.append((n, ops, steps))
         ptrs = tuple((n, self.buf._pages[n]._data.data.ptr) for n in self.buf._pages
                      if self.buf._pages[n].device != "cpu")
