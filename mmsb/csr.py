@@ -295,11 +295,14 @@ def _claim(A: CSR, rows: np.ndarray) -> np.ndarray:
     return out
 
 
-def _set(A: CSR, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, present: np.ndarray) -> bool:
-    """Set ``A[rows[k], cols[k]] = vals[k]`` where ``present[k]``, remove it elsewhere (pairs unique). Returns
-    True when the arrays were rebuilt (positions moved), False when every change was made in place."""
+def _set(A: CSR, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, present: np.ndarray,
+         pos: Optional[np.ndarray] = None) -> bool:
+    """Set ``A[rows[k], cols[k]] = vals[k]`` where ``present[k]``, remove it elsewhere (pairs unique; ``pos``: their
+    positions, from :func:`locate`, when known). Returns True when the arrays were rebuilt (positions moved), False
+    when every change was made in place."""
     A.version += 1
-    pos = _locate(A, rows, cols)
+    if pos is None:
+        pos = _locate(A, rows, cols)
     found = pos >= 0
     keep = found & present
     A.data[pos[keep]] = vals[keep]
@@ -354,11 +357,13 @@ def _widen(A: CSR, vals: np.ndarray) -> None:
         A._finite = (A._finite[0] or bool(np.isnan(vals).any()), A._finite[1] or not bool(np.isfinite(vals).all()))
 
 
-def set_entries(A: CSR, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, present: np.ndarray) -> None:
+def set_entries(A: CSR, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, present: np.ndarray,
+                pos: Optional[np.ndarray] = None) -> None:
     """Change entries of ``A`` and of its transpose (when built): ``A[rows[k], cols[k]] = vals[k]`` where
-    ``present[k]``, the entry removed elsewhere. ``(rows, cols)`` pairs are unique; ``vals`` has A's dtype."""
+    ``present[k]``, the entry removed elsewhere. ``(rows, cols)`` pairs are unique; ``vals`` has A's dtype;
+    ``pos`` (optional) are their positions in A from :func:`locate`."""
     t = A._t
-    moved = _set(A, rows, cols, vals, present)
+    moved = _set(A, rows, cols, vals, present, pos)
     A._t = t
     if t is None:
         return
@@ -370,10 +375,15 @@ def set_entries(A: CSR, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, pr
     A._abs_t.data[pos[pos >= 0]] = np.abs(t.data[pos[pos >= 0]])
 
 
-def get_entries(A: CSR, rows: np.ndarray, cols: np.ndarray, zero: Any) -> np.ndarray:
-    """``A[rows[k], cols[k]]`` (``zero`` where there is no entry)."""
+def locate(A: CSR, rows: np.ndarray, cols: np.ndarray, zero: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(A[rows[k], cols[k]], their positions)``: ``zero`` and -1 where there is no entry or free slot."""
     pos = _locate(A, rows, cols)
     out = np.full(rows.size, zero, dtype=A.data.dtype)
     f = pos >= 0
     out[f] = A.data[pos[f]]
-    return out
+    return out, pos
+
+
+def get_entries(A: CSR, rows: np.ndarray, cols: np.ndarray, zero: Any) -> np.ndarray:
+    """``A[rows[k], cols[k]]`` (``zero`` where there is no entry)."""
+    return locate(A, rows, cols, zero)[0]

@@ -123,10 +123,11 @@ class MatrixPage(Page):
             return v
         return v[0]
 
-    def set(self, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray) -> None:
-        """Set entries (``vals`` in the page dtype; ⊕-zero removes one) in the page and in every view."""
+    def set(self, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, pos: Optional[np.ndarray] = None) -> None:
+        """Set entries (``vals`` in the page dtype; ⊕-zero removes one) in the page and in every view (``pos``:
+        their positions in the page's CSR, when just located)."""
         present = vals != self.zero
-        _csr.set_entries(self.csr, rows, cols, vals, present)
+        _csr.set_entries(self.csr, rows, cols, vals, present, pos)
         for v, _, _ in self._views.values():
             _csr.set_entries(v, rows, cols, vals.astype(v.data.dtype), present)
 
@@ -230,15 +231,15 @@ class MatrixBackend(DeviceBackend):
         idx, vals = delta.sparse()
         m = page.shape[1]
         rows, cols = np.divmod(idx, m)
-        old = page.get(rows, cols)
+        old, pos = _csr.locate(page.csr, rows, cols, page.zero)
         new = page.semiring.add_arrays(old, vals) if delta.accumulate else vals
         moved = changed_positions(new, old)
         if not moved.any():
             return None
         if not moved.all():
-            idx, rows, cols, old, new = idx[moved], rows[moved], cols[moved], old[moved], new[moved]
+            idx, rows, cols, old, new, pos = idx[moved], rows[moved], cols[moved], old[moved], new[moved], pos[moved]
         new = np.asarray(new, dtype=page.dtype)
-        page.set(rows, cols, new)
+        page.set(rows, cols, new, pos)
         if undo is not None:
             undo.action(lambda: page.set(rows, cols, old))
         return Change(idx, old)

@@ -772,11 +772,12 @@ class Engine:
         mark[seeds] = True
         try:
             while frontier.size:
-                starts, lens = t.indptr[frontier], t.indptr[frontier + 1] - t.indptr[frontier]
+                starts = t.indptr[frontier]
+                lens = t.indptr[frontier + 1] - starts
                 total = int(lens.sum())
                 if not total:
                     break
-                offs = np.repeat(starts - np.cumsum(np.r_[0, lens[:-1]]), lens) + np.arange(total)
+                offs = csr._expand(starts, lens, total)
                 tgt = t.indices[offs]
                 if selective:
                     w = t.data[offs]
@@ -869,7 +870,7 @@ class Engine:
 
     def _pull_into(self, rule: Rule, rows: np.ndarray, y: np.ndarray, sr: Semiring) -> None:
         """y[rows] = y[rows] ⊕ (A ⊗ y)[rows]."""
-        tmp = np.empty_like(y)
+        tmp = self._scratch("\0pull", y)           # (only the rows asked for are written, and read back)
         codes = sr.codes_for(y.dtype)
         zero = sr.zero_for(y.dtype)
         A = rule.matrix

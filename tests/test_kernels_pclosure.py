@@ -19,12 +19,12 @@ SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[Healt
 def forced(request):
     """Lower the size thresholds so that every wave takes the parallel kernel (restored afterwards)."""
     mods = list(LEVELS.values())
-    saved = [(m.PAR_CLOSURE_FRONTIER, m.PAR_CLOSURE_N) for m in mods]
+    saved = [(m.PAR_CLOSURE_FRONTIER, m.PAR_CLOSURE_N, m.PAR_CLOSURE_INCREMENTAL) for m in mods]
     for m in mods:
-        m.PAR_CLOSURE_FRONTIER, m.PAR_CLOSURE_N = 1, 0
+        m.PAR_CLOSURE_FRONTIER, m.PAR_CLOSURE_N, m.PAR_CLOSURE_INCREMENTAL = 1, 0, 1 << 40
     yield
-    for m, (f, n) in zip(mods, saved):
-        m.PAR_CLOSURE_FRONTIER, m.PAR_CLOSURE_N = f, n
+    for m, (f, n, i) in zip(mods, saved):
+        m.PAR_CLOSURE_FRONTIER, m.PAR_CLOSURE_N, m.PAR_CLOSURE_INCREMENTAL = f, n, i
 
 
 def _graph(rng, n, density, dtype, lo, hi):

@@ -66,9 +66,13 @@ def _wide(indices):
 
 
 # a (min, plus) closure runs in parallel (bucketed Bellman-Ford, mmsb/_ext/_pclosure.h) from this many frontier
-# entries on a graph of at least PAR_CLOSURE_N vertices, when more than one thread is free; smaller waves stay serial
+# entries on a graph of at least PAR_CLOSURE_N vertices, when more than one thread is free; smaller waves stay serial.
+# An incremental wave (old values asked for) goes parallel only from 1 / PAR_CLOSURE_INCREMENTAL of the vertices: a
+# scattered frontier settles a small region, where the serial kernel is several times faster (and the parallel one
+# would copy every value to report the old ones)
 PAR_CLOSURE_FRONTIER = 256
 PAR_CLOSURE_N = 1 << 18
+PAR_CLOSURE_INCREMENTAL = 16
 # bucket width of the parallel closure, in units of the smallest weight (wider: fewer rounds, more re-relaxation)
 PAR_CLOSURE_DELTA = 2.0
 
@@ -773,7 +777,8 @@ def closure(indptr_t, indices_t, data_t, x, frontier, int add_op, int mul_op, ze
             if nthreads <= 0:
                 nthreads = mmsb_threads()
             if (x.dtype.kind == "f" and nthreads > 1 and frontier.size >= PAR_CLOSURE_FRONTIER
-                    and n >= PAR_CLOSURE_N):
+                    and n >= PAR_CLOSURE_N
+                    and (not old_out.shape[0] or frontier.size * PAR_CLOSURE_INCREMENTAL >= n)):
                 return _closure_parallel(indptr_t, indices_t, data_t, x, frontier, z, old_out, wmin, wmax,
                                          nthreads)
     if indices_t.dtype == np.int32 and x.dtype in _HOT:
