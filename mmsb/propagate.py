@@ -61,6 +61,7 @@ has accumulated since the row was last recomputed; a row whose bound exceeds ``R
 from its inputs (so cancellation, e.g. a source going 1e20 -> 1, never leaves a wrong result behind)."""
 
 _PUSH_SHARE = 8        # a change to >= 1/8 of a float plus link's source recomputes the rows instead of pushing
+_REPAIR_SHARE = 16     # a matrix change that invalidates > 1/16 of a closure's values recomputes the closure
 
 _FLAGS: dict = {}
 
@@ -720,7 +721,9 @@ class Engine:
                 via = sr.mul_arrays(old, yj)
             tight = ~changed_positions(via, y[rows]) & (yj != zero) & (old != zero)
             if (tight & ~better).any():
-                region = self._region(A, unique(rows[tight]), y, sr, zero)
+                region = self._region(A, unique(rows[tight]), y, sr, zero, limit=y.size // _REPAIR_SHARE)
+                if region is None:              # most of the page depended on them: recompute it instead
+                    return self._closure(name, rule, ch, True, undo)
         heads = cols[better]
         saved = y[region].copy()
         try:
@@ -759,9 +762,11 @@ class Engine:
         finally:
             csr.set_entries(A, rows, cols, new, new != zero)
 
-    def _region(self, A: CSR, seeds: np.ndarray, y: np.ndarray, sr: Semiring, zero: Any) -> np.ndarray:
+    def _region(self, A: CSR, seeds: np.ndarray, y: np.ndarray, sr: Semiring, zero: Any,
+                limit: Optional[int] = None) -> Optional[np.ndarray]:
         """``seeds`` and every entry whose value was tight through one of them (``y[i] == A[i, j] ⊗ y[j]``),
-        transitively: the values that may have depended on the seeds (sorted)."""
+        transitively: the values that may have depended on the seeds (sorted). None once it holds more than
+        ``limit`` entries (a repair would then cost more than a recompute)."""
         t = A.T
         selective = sr.builtin or sr.add in _SELECTIVE
         mark = self._scratch_arrays.get("\0marks")
@@ -770,6 +775,7 @@ class Engine:
         parts = [seeds]
         frontier = seeds
         mark[seeds] = True
+        size = seeds.size
         try:
             while frontier.size:
                 starts = t.indptr[frontier]
@@ -789,6 +795,9 @@ class Engine:
                 mark[tgt] = True
                 parts.append(tgt)
                 frontier = tgt
+                size += tgt.size
+                if limit is not None and size > limit:
+                    return None
             rows = unique(np.concatenate(parts)) if len(parts) > 1 else seeds
         finally:
             for p in parts:
