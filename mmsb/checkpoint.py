@@ -533,12 +533,16 @@ def _check_described(plans: list, rplans: list, path: str, moff: int) -> None:
             raise _bad(f"manifest: {exc}", path, moff, "manifest rule") from None
 
 
-def _read_container(path: str, magic: bytes, strong: bool = True, blocks=None):
+def _read_container(path: str, magic: bytes, strong: bool = True, blocks=None, fd: Optional[int] = None):
     """Read and validate a container. Loading checks every CRC32C; ``strong`` adds SHA-256 (verify).
 
     ``blocks`` (a memory.BlockLoader, optional) gives the destination arrays of the pages: every chunk is read or
-    decoded straight into them; nothing is returned (and the blocks are freed) unless every check passed."""
-    fd = os.open(path, os.O_RDONLY)
+    decoded straight into them; nothing is returned (and the blocks are freed) unless every check passed.
+    ``fd``: read through this open descriptor (a reader's pin; left open) instead of opening ``path``, which
+    then only names the file in errors."""
+    own = fd is None
+    if own:
+        fd = os.open(path, os.O_RDONLY)
     try:
         moff, man = _read_manifest(fd, path, magic)
         cursor = [HEAD_SIZE]
@@ -589,7 +593,8 @@ def _read_container(path: str, magic: bytes, strong: bool = True, blocks=None):
             raise
         return man, pages, rules
     finally:
-        os.close(fd)
+        if own:
+            os.close(fd)
 
 
 # ====================================================================== checkpoints
@@ -635,13 +640,14 @@ def list_checkpoints(root: str) -> list[int]:
 
 def load_checkpoint(root: str, epoch: Optional[int] = None, max_epoch: Optional[int] = None,
                     fallback: bool = False, blocks=None, epochs: Optional[list] = None,
-                    path_of=None) -> Optional[Snapshot]:
+                    fd_of=None) -> Optional[Snapshot]:
     """Load (after validating every checksum) the checkpoint of ``epoch``, or the newest one <= ``max_epoch``
     (the newest overall if both are None). Returns None when there is none. A corrupt one raises
     CorruptionError, unless ``fallback=True``: then the next older valid one is returned with a warning.
     ``blocks`` (memory.BlockLoader): page arrays are loaded into its fresh blocks (``Snapshot.blocks``).
     ``epochs``: the checkpoints to consider (the store's MANIFEST list; default: every checkpoint file);
-    ``path_of(epoch)``: where to read each one (a reader's pinned descriptor; default its path)."""
+    ``fd_of(epoch)``: an open descriptor to read each one through (a reader's pin, or None: open the file);
+    errors and warnings name the checkpoint's path either way."""
     eps = sorted(epochs) if epochs is not None else list_checkpoints(root)
     if epoch is not None:
         if int(epoch) not in eps:
@@ -653,9 +659,10 @@ def load_checkpoint(root: str, epoch: Optional[int] = None, max_epoch: Optional[
         cands = [e for e in eps if e <= int(epoch)]
     first_err = None
     for e in reversed(cands):
-        path = path_of(e) if path_of is not None else checkpoint_path(root, e)
+        path = checkpoint_path(root, e)
         try:
-            man, pages, rules = _read_container(path, CKPT_MAGIC, strong=False, blocks=blocks)
+            man, pages, rules = _read_container(path, CKPT_MAGIC, strong=False, blocks=blocks,
+                                                fd=fd_of(e) if fd_of is not None else None)
         except CorruptionError as exc:
             if not fallback:
                 raise

@@ -104,11 +104,9 @@ class Store:
             if e not in self._pins:
                 self._pins[e] = os.open(checkpoint_path(self.root, e), os.O_RDONLY)
 
-    def checkpoint_file(self, epoch: int) -> str:
-        fd = self._pins.get(epoch)
-        if fd is not None and os.path.exists(f"/proc/self/fd/{fd}"):
-            return f"/proc/self/fd/{fd}"
-        return checkpoint_path(self.root, epoch)
+    def checkpoint_fd(self, epoch: int) -> Optional[int]:
+        """The descriptor a reader pinned for checkpoint ``epoch`` (None: a writer, or not pinned: open the file)."""
+        return self._pins.get(epoch)
 
     def close(self) -> None:
         """Release the writer lock -- after the files only this writer may touch (its spill files) are gone, so
@@ -272,7 +270,7 @@ class Store:
         """``(epoch, pages, rules)`` of the newest valid checkpoint at or before ``epoch`` (None if there is
         none): the base that time travel replays the log onto. HistoryError where that history is gone."""
         try:
-            snap = load_checkpoint(self.root, max_epoch=epoch, epochs=self.checkpoints, path_of=self.checkpoint_file)
+            snap = load_checkpoint(self.root, max_epoch=epoch, epochs=self.checkpoints, fd_of=self.checkpoint_fd)
         except FileNotFoundError:
             raise HistoryError(f"epoch {epoch}: the checkpoint it needs was removed by a compaction") from None
         start = snap.epoch if snap is not None else 0
@@ -438,7 +436,7 @@ def _open_store(root: str, mode: str, *, durability: str, memory_limit: Optional
                 try:
                     # a corrupt newest checkpoint: the next older valid one (+ a longer replay), with a warning
                     snap = load_checkpoint(root, blocks=buf._memory.block_loader(), fallback=True, epochs=ckpts,
-                                           path_of=store.checkpoint_file)
+                                           fd_of=store.checkpoint_fd)
                 except BaseException:
                     try:
                         fut.result().close()
