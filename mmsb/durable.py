@@ -16,8 +16,9 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from mmsb.buffer import Buffer, _NullLog
-from mmsb.checkpoint import (LOCK_FILE, STORE_FILE, checkpoint_digest, checkpoint_path, checkpoint_store_id,
-                             cleanup_temp, list_checkpoints, load_checkpoint, remove_checkpoint, write_checkpoint)
+from mmsb.checkpoint import (LOCK_FILE, STORE_FILE, PageRef, checkpoint_digest, checkpoint_path, checkpoint_refs,
+                             checkpoint_store_id, cleanup_temp, list_checkpoints, load_checkpoint, remove_checkpoint,
+                             write_checkpoint)
 from mmsb.errors import ClosedError, CorruptionError, HistoryError, StoreLockedError
 from mmsb.fileio import fsync_dir
 from mmsb.log import DurableLog
@@ -31,6 +32,24 @@ from mmsb.manifest import MANIFEST_FILE, Manifest, new_manifest, read_manifest, 
 # length. MMSB_AUTO_CHECKPOINT=off (or 0) turns it off; a number sets the factor (open(..., auto_checkpoint=...)
 # per store); MMSB_AUTO_CHECKPOINT_MIN_BYTES sets the floor.
 AUTO_CHECKPOINT_MIN_BYTES = int(os.environ.get("MMSB_AUTO_CHECKPOINT_MIN_BYTES", 8 * 2**20))
+# Automatic checkpoints are incremental: a page unchanged since the newest checkpoint (same page epoch) is not
+# copied or written again; the new checkpoint borrows its chunks from the file that holds them (container version
+# 3). The background thread that writes them runs at this nice value (Linux; 0 leaves it as is), as RocksDB runs
+# its flushes and compactions in a low-priority pool: commits keep the CPU they need.
+AUTO_CHECKPOINT_NICE = int(os.environ.get("MMSB_AUTO_CHECKPOINT_NICE", 10))
+_COPY_BLOCK = 2**20          # pages of this size or more are copied into allocator blocks (reused, see alloc)
+
+
+def _lower_priority() -> None:
+    """Lower the calling thread's CPU priority (Linux: setpriority applies to one thread; the threads it starts
+    inherit it). Best effort."""
+    if AUTO_CHECKPOINT_NICE <= 0 or not hasattr(os, "setpriority") or not hasattr(threading, "get_native_id"):
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, max(os.getpriority(os.PRIO_PROCESS, tid), AUTO_CHECKPOINT_NICE))
+    except (OSError, AttributeError, ValueError):
+        pass
 
 
 def auto_checkpoint_factor(value: Any = None) -> Optional[float]:
@@ -78,6 +97,12 @@ class Store:
         self.auto_checkpoints = 0
         self.auto_checkpoint_error: Optional[str] = None
         self._bg: Optional[threading.Thread] = None   # an automatic checkpoint being written
+        # the newest checkpoint written or loaded: (epoch, {page name: (page epoch, PageRef)}), what an incremental
+        # checkpoint may borrow from (None: nothing known, the next automatic checkpoint is full)
+        self._layout: Optional[tuple] = None
+        self.incremental_checkpoints = 0
+        self.borrowed_pages = 0
+        self._alloc = None          # allocator whose freed blocks the next checkpoint's copies reuse
 
     @property
     def lost_ranges(self) -> list:
@@ -144,6 +169,13 @@ class Store:
         self._ckpt_log_end = buf._log.logical_end
         return epoch
 
+    def loaded(self, snap) -> None:
+        """The checkpoint ``snap`` (mmsb.checkpoint.Snapshot) was loaded at open: the next automatic checkpoint
+        may borrow its unchanged pages' chunks."""
+        epochs = {m.get("name"): m.get("epoch") for m, _ in snap.pages if isinstance(m, dict)}
+        self._layout = (snap.epoch, {n: (epochs.get(n), ref) for n, ref in snap.layout.items()
+                                     if isinstance(epochs.get(n), int)})
+
     def _extra(self, buf: Buffer) -> dict:
         extra = {"txid": buf._txid, "pending": buf._pipe.pending.targets(buf._graph.rules_from)}
         if self.store_id is not None:
@@ -153,11 +185,23 @@ class Store:
     def _publish(self, log: DurableLog, epoch: int, pages, rules, extra: dict, fsync: bool,
                  compress: Optional[bool]) -> None:
         """Write the checkpoint, list it in the MANIFEST once durable (a crash before: an unlisted leftover),
-        and record a CHECKPOINT_MARK in the log."""
-        path = write_checkpoint(self.root, epoch, pages, rules, extra=extra, fsync=fsync, compress=compress)
+        and record a CHECKPOINT_MARK in the log. ``pages`` may hold PageRefs (borrowed chunks)."""
+        info: dict = {}
+        path = write_checkpoint(self.root, epoch, pages, rules, extra=extra, fsync=fsync, compress=compress,
+                                info=info)
         if self.manifest is not None:
             self.manifest.add_checkpoint(epoch, checkpoint_digest(path))
         self.checkpoints = sorted(set(self.checkpoints) | {epoch})
+        man = info.get("manifest")
+        if man is not None and (self._layout is None or epoch > self._layout[0]):
+            layout = {}
+            for ent in man["pages"]:
+                meta = ent["meta"]
+                if isinstance(meta.get("epoch"), int):
+                    layout[meta["name"]] = (meta["epoch"], PageRef(ent["dtype"], list(ent["shape"]),
+                                                                   [dict(c, ref=c.get("ref", epoch))
+                                                                    for c in ent["chunks"]]))
+            self._layout = (epoch, layout)
         try:
             log.mark_checkpoint(epoch)
         except ClosedError:
@@ -189,7 +233,7 @@ class Store:
             if buf._closed or buf.epoch in self.checkpoints or (self._bg is not None and self._bg.is_alive()):
                 return
             ep = buf.epoch
-            _, pages, rules = buf._snapshot(copy=True)
+            pages, rules = self._incremental_snapshot(buf)
             extra = self._extra(buf)
             self._ckpt_log_end = log.logical_end
             fsync = log.durability != "none"
@@ -199,8 +243,43 @@ class Store:
                                         name="mmsb-auto-checkpoint", daemon=True)
             self._bg.start()
 
+    def _incremental_snapshot(self, buf: Buffer) -> tuple:
+        """``(pages, rules)`` of the committed state for an automatic checkpoint (under the buffer lock): a page
+        whose epoch is the one the newest checkpoint recorded for it (no logged delta touched it since: every
+        change to a page is a logged delta, which sets its epoch) is a PageRef to the chunks that hold it; the
+        others are copied (large ones into allocator blocks, whose pages the next copy reuses). A spilled,
+        unchanged page is not reloaded."""
+        from mmsb import _kernels
+
+        base = self._layout[1] if self._layout is not None and self._layout[0] in self.checkpoints else {}
+        pages = []
+        matrices = []
+        for p in buf._pages.values():
+            if p.kind == "matrix":
+                matrices.append(p.to_schema())
+                continue
+            meta = buf._page_meta(p)
+            prev = base.get(p.name)
+            if prev is not None and prev[0] == p.epoch and prev[1].dtype == meta["dtype"] \
+                    and list(prev[1].shape) == list(meta["shape"]) and prev[1].files <= set(self.checkpoints):
+                pages.append((meta, prev[1]))
+                continue
+            arr = buf._memory.array(p)
+            if arr.nbytes >= _COPY_BLOCK:
+                if self._alloc is None:
+                    self._alloc = _kernels.alloc.Allocator()
+                handle, copy = self._alloc.alloc_view(arr.nbytes, arr.dtype, tuple(p.shape))
+                self._alloc.free(handle)       # the view keeps the block until the write drops it (then cached)
+                np.copyto(copy.reshape(-1), arr.reshape(-1))
+            else:
+                copy = arr.reshape(p.shape).copy()
+            pages.append((meta, copy))
+        rules = matrices + [r.to_schema() for r in buf._graph.rules()]
+        return pages, rules
+
     def _run_auto(self, log: DurableLog, ep: int, pages, rules, extra: dict, fsync: bool) -> None:
-        """The background half of an automatic checkpoint."""
+        """The background half of an automatic checkpoint (at a lower CPU priority)."""
+        _lower_priority()
         try:
             try:
                 log.flush(fsync)          # the log on disk up to the checkpoint before it is published
@@ -210,6 +289,10 @@ class Store:
                 return
             self._publish(log, ep, pages, rules, extra, fsync, None)
             self.auto_checkpoints += 1
+            borrowed = sum(1 for _, a in pages if isinstance(a, PageRef))
+            if borrowed:
+                self.incremental_checkpoints += 1
+                self.borrowed_pages += borrowed
         except Exception as exc:          # noqa: BLE001 - reported in stats; the previous checkpoints stand
             self.auto_checkpoint_error = f"{type(exc).__name__}: {exc}"
 
@@ -243,12 +326,20 @@ class Store:
             self._checkpoint_past(buf, target)
         ckpts = self.checkpoints
         base = max((e for e in ckpts if e <= target), default=min(ckpts))
-        old = [e for e in ckpts if e < base]
+        # older checkpoints that kept (incremental) ones borrow chunks from stay, as data only: the horizon is
+        # the base, and reopening finds it again (the first checkpoint the log follows)
+        needed: set = set()
+        todo = [e for e in ckpts if e >= base]
+        while todo:                   # (and what those borrow from in turn: every listed checkpoint stays whole)
+            refs = set(checkpoint_refs(checkpoint_path(self.root, todo.pop()))) - needed
+            needed |= refs
+            todo += refs
+        old = [e for e in ckpts if e < base and e not in needed]
         if old and self.manifest is not None:       # unlisted first: a crash then leaves leftovers, not holes
             self.manifest.remove_checkpoints(old)
         for e in old:
             remove_checkpoint(self.root, e)
-        self.checkpoints = [e for e in ckpts if e >= base]
+        self.checkpoints = [e for e in ckpts if e not in old]
         buf._log.drop_segments_before(base)
         self.horizon = base
         return base
@@ -270,7 +361,9 @@ class Store:
         """``(epoch, pages, rules)`` of the newest valid checkpoint at or before ``epoch`` (None if there is
         none): the base that time travel replays the log onto. HistoryError where that history is gone."""
         try:
-            snap = load_checkpoint(self.root, max_epoch=epoch, epochs=self.checkpoints, fd_of=self.checkpoint_fd)
+            snap = load_checkpoint(self.root, max_epoch=epoch, epochs=[e for e in self.checkpoints
+                                                                        if e >= self.horizon],
+                                   fd_of=self.checkpoint_fd)
         except FileNotFoundError:
             raise HistoryError(f"epoch {epoch}: the checkpoint it needs was removed by a compaction") from None
         start = snap.epoch if snap is not None else 0
@@ -283,7 +376,8 @@ class Store:
     def stats(self) -> dict:
         return {"root": self.root, "checkpoints": list(self.checkpoints), "horizon": self.horizon,
                 "lost_ranges": self.lost_ranges, "auto_checkpoint": self.auto_factor,
-                "auto_checkpoints": self.auto_checkpoints, "auto_checkpoint_error": self.auto_checkpoint_error}
+                "auto_checkpoints": self.auto_checkpoints, "auto_checkpoint_error": self.auto_checkpoint_error,
+                "incremental_checkpoints": self.incremental_checkpoints, "borrowed_pages": self.borrowed_pages}
 
 
 def _wipe(root: str) -> None:
@@ -457,6 +551,7 @@ def _open_store(root: str, mode: str, *, durability: str, memory_limit: Optional
         if writable:
             store.before_unlock = buf._memory.close       # the spill directory goes while the lock is held
         if snap is not None:     # (a writer beside a reader may have published a newer one meanwhile: fine)
+            store.loaded(snap)
             buf._load_snapshot(snap.epoch, snap.pages, snap.rules, blocks=snap.blocks)
             buf._txid = int((snap.extra or {}).get("txid", 0))
             pending = (snap.extra or {}).get("pending") or []
@@ -480,7 +575,10 @@ def _open_store(root: str, mode: str, *, durability: str, memory_limit: Optional
             buf._replay(txn)
         first = log.first_epoch_hint
         if ckpts and (first is None or first > 1):
-            store.horizon = min(ckpts)          # compaction dropped the log before the oldest checkpoint
+            # compaction dropped the log before the oldest checkpoint it follows (older ones are kept only as
+            # data that incremental checkpoints borrow)
+            bases = [e for e in ckpts if first is not None and e >= first - 1]
+            store.horizon = min(bases) if bases else max(ckpts)
         buf._horizon = store.horizon
         store._ckpt_log_end = log.logical_end - log.bytes_after(start)
         buf._readonly = not writable

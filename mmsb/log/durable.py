@@ -630,16 +630,35 @@ class DurableLog(LogBase):
             return self._logical_end
 
     def flush(self, fsync: bool = True) -> None:
-        """With ``fsync``, make every record written so far durable (e.g. before a checkpoint); records reach
-        the OS as they are appended, in every durability mode."""
+        """With ``fsync``, make every record written so far durable (e.g. before a checkpoint is published):
+        the segment being appended to and the segments rolled since the last flush (under durability "flush"
+        and "none" a roll does not sync the closed segment). Records reach the OS as they are appended, in
+        every durability mode.
+
+        The fsyncs run on duplicates of the descriptors taken under the append lock and release it: commits go on
+        while the disk catches up (an automatic checkpoint's flush would otherwise stall every commit behind it)."""
         with self._lock:
             self._check_writable()
+            if not fsync:
+                return
+            rolled, self._old_fds = self._old_fds, []
             try:
-                if fsync and self._fd is not None:
-                    os.fsync(self._fd)
-                    self._stats["fsyncs"] += 1
+                fds = [os.dup(fd) for fd in rolled + ([self._fd] if self._fd is not None else [])]
             except OSError as exc:
+                self._old_fds = rolled + self._old_fds
                 raise self._poison("log flush", exc) from exc
+        try:
+            for fd in fds:
+                os.fsync(fd)
+                self._stats["fsyncs"] += 1
+        except OSError as exc:
+            raise self._poison("log flush", exc) from exc
+        finally:
+            for fd in fds + rolled:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
 
     def sync(self, token: Optional[int] = None) -> None:
         """Make everything up to ``token`` (default: everything) durable as the durability mode promises."""
