@@ -13,6 +13,7 @@ use the same container with another magic. Byte-level layouts: docs/FORMAT.md.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -129,6 +130,20 @@ class PageRef:
 WRITE_PIECE = 512 * 2**10  # chunks are written and hashed in pieces of this size (hashed while cache-hot)
 
 
+class _Inline:
+    """An executor that runs each task at once in the caller's thread (a background writer's mode: no pools)."""
+
+    def submit(self, fn, *args):
+        from concurrent.futures import Future
+
+        f: Future = Future()
+        try:
+            f.set_result(fn(*args))
+        except BaseException as exc:        # noqa: BLE001 - handed over through the future, as a pool would
+            f.set_exception(exc)
+        return f
+
+
 class _Writer:
     """Lays chunks out back to back (offsets are known once each chunk's codec is chosen) and hands each to a
     pool of NTHREADS workers that ``pwrite`` it in WRITE_PIECE pieces, straight from the caller's memory for
@@ -140,8 +155,9 @@ class _Writer:
     rename, fsync of the directory."""
 
     def __init__(self, fd: int, pool: ThreadPoolExecutor, flusher: Optional[ThreadPoolExecutor],
-                 direct: Optional[tuple] = None):
+                 direct: Optional[tuple] = None, piece: int = WRITE_PIECE):
         self.fd = fd
+        self.piece = piece
         self.direct = direct         # (O_DIRECT descriptor, I/O pool) or None
         self.pos = HEAD_SIZE
         self.raw_bytes = 0
@@ -167,8 +183,8 @@ class _Writer:
                 for p in range(0, body, DIRECT_PIECE)]
         crc = 0
         sha = hashlib.sha256()
-        for p in range(0, n, WRITE_PIECE):
-            piece = mv[p:p + WRITE_PIECE]
+        for p in range(0, n, self.piece):
+            piece = mv[p:p + self.piece]
             crc = _crc.crc32c(piece, crc)
             sha.update(piece)
         if body < n:
@@ -200,7 +216,7 @@ class _Writer:
         pos = 0
         n = mv.nbytes
         while pos < n:
-            piece = mv[pos:pos + WRITE_PIECE]
+            piece = mv[pos:pos + self.piece]
             done = 0
             while done < piece.nbytes:
                 done += os.pwrite(self.fd, piece[done:], offset + pos + done)
@@ -304,7 +320,11 @@ def _ref_entry(ref: PageRef) -> dict:
 
 
 def _write_container(final: str, magic: bytes, epoch: int, pages, rules, extra, fsync: bool,
-                     compress: bool = True, kind: str = "checkpoint", ref_digest=None) -> dict:
+                     compress: bool = True, kind: str = "checkpoint", ref_digest=None,
+                     background: bool = False) -> dict:
+    """Write and publish one container. ``background``: the caller is a low-priority thread beside running
+    commits: no worker pools, whole chunks per call (the writer then takes the GIL a few times per chunk instead
+    of several times per 512 KiB piece, which would make the committing thread wait for it)."""
     refs = sorted({e for _, a in pages if isinstance(a, PageRef) for e in a.files})
     if refs and (magic != CKPT_MAGIC or ref_digest is None):
         raise ValueError("only a checkpoint of a store can borrow chunks of older checkpoints")
@@ -320,9 +340,15 @@ def _write_container(final: str, magic: bytes, epoch: int, pages, rules, extra, 
     dfd = _open_direct(tmp) if fsync and DIRECT_IO else None
     ok = False
     try:
-        with ThreadPoolExecutor(NTHREADS) as pool, ThreadPoolExecutor(1) as flusher, \
-                ThreadPoolExecutor(DIRECT_DEPTH) as io:
-            w = _Writer(fd, pool, flusher if fsync else None, (dfd, io) if dfd is not None else None)
+        with contextlib.ExitStack() as stack:
+            if background:
+                pool = flusher = io = _Inline()
+            else:
+                pool = stack.enter_context(ThreadPoolExecutor(NTHREADS))
+                flusher = stack.enter_context(ThreadPoolExecutor(1))
+                io = stack.enter_context(ThreadPoolExecutor(DIRECT_DEPTH))
+            w = _Writer(fd, pool, flusher if fsync else None, (dfd, io) if dfd is not None else None,
+                        piece=CHUNK_BYTES if background else WRITE_PIECE)
             try:
                 head = _HEAD.pack(magic, version, 0, 0, int(epoch), 0)
                 w.write_at(head + _U32.pack(_mask(_crc32c(head))), 0)
@@ -752,7 +778,7 @@ def parse_checkpoint_name(name: str) -> Optional[int]:
 
 
 def write_checkpoint(root: str, epoch: int, pages, rules, extra=None, fsync: bool = True,
-                     compress: Optional[bool] = True, info: Optional[dict] = None) -> str:
+                     compress: Optional[bool] = True, info: Optional[dict] = None, background: bool = False) -> str:
     """Write and atomically publish the checkpoint of ``epoch``; returns its path.
 
     ``pages``: list of (meta, array) — meta is JSON-able (name, shape, dtype, semiring, device, metadata, epoch);
@@ -760,7 +786,8 @@ def write_checkpoint(root: str, epoch: int, pages, rules, extra=None, fsync: boo
     container version 3; those checkpoints must be kept while this one is).
     ``rules``: list of SchemaOp. ``extra``: any JSON-able value. ``compress``: try blosc2 on each chunk
     (kept only where it saves >= 20%); None: :func:`checkpoint_compression`. ``info``: a dict that receives the
-    written container manifest (``info["manifest"]``).
+    written container manifest (``info["manifest"]``). ``background``: written by a low-priority thread beside
+    running commits (one thread, whole chunks per call; see :func:`_write_container`).
     """
     if compress is None:
         compress = checkpoint_compression()
@@ -768,7 +795,7 @@ def write_checkpoint(root: str, epoch: int, pages, rules, extra=None, fsync: boo
     os.makedirs(d, exist_ok=True)
     final = checkpoint_path(root, epoch)
     man = _write_container(final, CKPT_MAGIC, epoch, pages, rules, extra, fsync, compress,
-                           ref_digest=lambda e: checkpoint_digest(checkpoint_path(root, e)))
+                           ref_digest=lambda e: checkpoint_digest(checkpoint_path(root, e)), background=background)
     if info is not None:
         info["manifest"] = man
     return final

@@ -34,22 +34,19 @@ from mmsb.manifest import MANIFEST_FILE, Manifest, new_manifest, read_manifest, 
 AUTO_CHECKPOINT_MIN_BYTES = int(os.environ.get("MMSB_AUTO_CHECKPOINT_MIN_BYTES", 8 * 2**20))
 # Automatic checkpoints are incremental: a page unchanged since the newest checkpoint (same page epoch) is not
 # copied or written again; the new checkpoint borrows its chunks from the file that holds them (container version
-# 3). The background thread that writes them runs at this nice value (Linux; 0 leaves it as is), as RocksDB runs
-# its flushes and compactions in a low-priority pool: commits keep the CPU they need.
-AUTO_CHECKPOINT_NICE = int(os.environ.get("MMSB_AUTO_CHECKPOINT_NICE", 10))
+# 3). The background thread writes with no worker pools, whole chunks per call, so that it takes the GIL rarely
+# (a committing thread that has to wait for it would lose more than the pools gain). It runs at the process's
+# priority: lowering it (nice) made commits wait for the GIL while the lowered thread, holding it, was not
+# scheduled.
 _COPY_BLOCK = 2**20          # pages of this size or more are copied into allocator blocks (reused, see alloc)
-
-
-def _lower_priority() -> None:
-    """Lower the calling thread's CPU priority (Linux: setpriority applies to one thread; the threads it starts
-    inherit it). Best effort."""
-    if AUTO_CHECKPOINT_NICE <= 0 or not hasattr(os, "setpriority") or not hasattr(threading, "get_native_id"):
-        return
-    try:
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, max(os.getpriority(os.PRIO_PROCESS, tid), AUTO_CHECKPOINT_NICE))
-    except (OSError, AttributeError, ValueError):
-        pass
+# A clean close checkpoints (incrementally) when the log since the newest checkpoint holds at least
+# SHUTDOWN_CHECKPOINT_MIN_BYTES and SHUTDOWN_CHECKPOINT_FRACTION x the page bytes, as PostgreSQL writes a shutdown
+# checkpoint: the next open then replays almost nothing. A crash leaves the tail the automatic policy bounds. On
+# whenever automatic checkpoints are (MMSB_SHUTDOWN_CHECKPOINT=off turns it off alone).
+SHUTDOWN_CHECKPOINT = os.environ.get("MMSB_SHUTDOWN_CHECKPOINT", "on").strip().lower() not in (
+    "off", "0", "false", "no")
+SHUTDOWN_CHECKPOINT_MIN_BYTES = int(os.environ.get("MMSB_SHUTDOWN_CHECKPOINT_MIN_BYTES", 2**20))
+SHUTDOWN_CHECKPOINT_FRACTION = 0.05
 
 
 def auto_checkpoint_factor(value: Any = None) -> Optional[float]:
@@ -102,6 +99,7 @@ class Store:
         self._layout: Optional[tuple] = None
         self.incremental_checkpoints = 0
         self.borrowed_pages = 0
+        self.shutdown_checkpoints = 0
         self._alloc = None          # allocator whose freed blocks the next checkpoint's copies reuse
 
     @property
@@ -183,12 +181,12 @@ class Store:
         return extra
 
     def _publish(self, log: DurableLog, epoch: int, pages, rules, extra: dict, fsync: bool,
-                 compress: Optional[bool]) -> None:
+                 compress: Optional[bool], background: bool = False) -> None:
         """Write the checkpoint, list it in the MANIFEST once durable (a crash before: an unlisted leftover),
         and record a CHECKPOINT_MARK in the log. ``pages`` may hold PageRefs (borrowed chunks)."""
         info: dict = {}
         path = write_checkpoint(self.root, epoch, pages, rules, extra=extra, fsync=fsync, compress=compress,
-                                info=info)
+                                info=info, background=background)
         if self.manifest is not None:
             self.manifest.add_checkpoint(epoch, checkpoint_digest(path))
         self.checkpoints = sorted(set(self.checkpoints) | {epoch})
@@ -243,12 +241,40 @@ class Store:
                                         name="mmsb-auto-checkpoint", daemon=True)
             self._bg.start()
 
-    def _incremental_snapshot(self, buf: Buffer) -> tuple:
+    def shutdown_checkpoint(self, buf: Buffer) -> None:
+        """Called by a clean close while the log is still open (under the buffer lock): wait for the automatic
+        checkpoint in flight, then, when the policy is on and the log since the newest checkpoint is long enough
+        (SHUTDOWN_CHECKPOINT_*), write an incremental checkpoint in the foreground. A failure leaves the store
+        as it was (its previous checkpoints and the whole log) and is reported with a RuntimeWarning."""
+        self.wait_background()
+        log = buf._log
+        if self.auto_factor is None or not SHUTDOWN_CHECKPOINT or not self.writable or buf._closed \
+                or log.poisoned is not None or buf.epoch in self.checkpoints:
+            return
+        since = log.logical_end - self._ckpt_log_end
+        state = sum(p.nbytes for p in list(buf._pages.values()))
+        if since < SHUTDOWN_CHECKPOINT_MIN_BYTES or since < SHUTDOWN_CHECKPOINT_FRACTION * state:
+            return
+        try:
+            pages, rules = self._incremental_snapshot(buf, copy=False)
+            fsync = log.durability != "none"
+            log.flush(fsync)
+            self._publish(log, buf.epoch, pages, rules, self._extra(buf), fsync, None)
+            self.shutdown_checkpoints += 1
+        except Exception as exc:          # noqa: BLE001 - the store stays as it was; closing goes on
+            import warnings
+
+            self.auto_checkpoint_error = f"{type(exc).__name__}: {exc}"
+            warnings.warn(f"mmsb: the shutdown checkpoint of {self.root} failed ({exc}); the next open replays "
+                          "the log since the previous checkpoint", RuntimeWarning, stacklevel=2)
+
+    def _incremental_snapshot(self, buf: Buffer, copy: bool = True) -> tuple:
         """``(pages, rules)`` of the committed state for an automatic checkpoint (under the buffer lock): a page
         whose epoch is the one the newest checkpoint recorded for it (no logged delta touched it since: every
         change to a page is a logged delta, which sets its epoch) is a PageRef to the chunks that hold it; the
-        others are copied (large ones into allocator blocks, whose pages the next copy reuses). A spilled,
-        unchanged page is not reloaded."""
+        others are copied (large ones into allocator blocks, whose pages the next copy reuses; ``copy=False``:
+        live views, for a caller that holds the buffer lock until the checkpoint is written and no memory limit
+        is set). A spilled, unchanged page is not reloaded."""
         from mmsb import _kernels
 
         base = self._layout[1] if self._layout is not None and self._layout[0] in self.checkpoints else {}
@@ -265,21 +291,22 @@ class Store:
                 pages.append((meta, prev[1]))
                 continue
             arr = buf._memory.array(p)
-            if arr.nbytes >= _COPY_BLOCK:
+            if not copy and buf._memory.limit is None:
+                out = arr.reshape(p.shape)
+            elif arr.nbytes >= _COPY_BLOCK:
                 if self._alloc is None:
                     self._alloc = _kernels.alloc.Allocator()
-                handle, copy = self._alloc.alloc_view(arr.nbytes, arr.dtype, tuple(p.shape))
+                handle, out = self._alloc.alloc_view(arr.nbytes, arr.dtype, tuple(p.shape))
                 self._alloc.free(handle)       # the view keeps the block until the write drops it (then cached)
-                np.copyto(copy.reshape(-1), arr.reshape(-1))
+                np.copyto(out.reshape(-1), arr.reshape(-1))
             else:
-                copy = arr.reshape(p.shape).copy()
-            pages.append((meta, copy))
+                out = arr.reshape(p.shape).copy()
+            pages.append((meta, out))
         rules = matrices + [r.to_schema() for r in buf._graph.rules()]
         return pages, rules
 
     def _run_auto(self, log: DurableLog, ep: int, pages, rules, extra: dict, fsync: bool) -> None:
-        """The background half of an automatic checkpoint (at a lower CPU priority)."""
-        _lower_priority()
+        """The background half of an automatic checkpoint."""
         try:
             try:
                 log.flush(fsync)          # the log on disk up to the checkpoint before it is published
@@ -287,7 +314,7 @@ class Store:
                 pass                      # closing synced it (unless poisoned: checked next)
             if log.poisoned is not None:
                 return
-            self._publish(log, ep, pages, rules, extra, fsync, None)
+            self._publish(log, ep, pages, rules, extra, fsync, None, background=True)
             self.auto_checkpoints += 1
             borrowed = sum(1 for _, a in pages if isinstance(a, PageRef))
             if borrowed:
@@ -377,7 +404,8 @@ class Store:
         return {"root": self.root, "checkpoints": list(self.checkpoints), "horizon": self.horizon,
                 "lost_ranges": self.lost_ranges, "auto_checkpoint": self.auto_factor,
                 "auto_checkpoints": self.auto_checkpoints, "auto_checkpoint_error": self.auto_checkpoint_error,
-                "incremental_checkpoints": self.incremental_checkpoints, "borrowed_pages": self.borrowed_pages}
+                "incremental_checkpoints": self.incremental_checkpoints, "borrowed_pages": self.borrowed_pages,
+                "shutdown_checkpoints": self.shutdown_checkpoints}
 
 
 def _wipe(root: str) -> None:
@@ -550,6 +578,7 @@ def _open_store(root: str, mode: str, *, durability: str, memory_limit: Optional
         buf._log = log
         if writable:
             store.before_unlock = buf._memory.close       # the spill directory goes while the lock is held
+            log.before_close = _shutdown_hook(store, buf)
         if snap is not None:     # (a writer beside a reader may have published a newer one meanwhile: fine)
             store.loaded(snap)
             buf._load_snapshot(snap.epoch, snap.pages, snap.rules, blocks=snap.blocks)
@@ -593,6 +622,21 @@ def _open_store(root: str, mode: str, *, durability: str, memory_limit: Optional
                 pass
         store.close()
         raise
+
+
+def _shutdown_hook(store: Store, buf: Buffer) -> Callable[[], None]:
+    """The log's before-close hook: the store's shutdown checkpoint of ``buf`` (held weakly: no reference cycle,
+    so that a buffer dropped without close() is still closed at once by its finalizer)."""
+    import weakref
+
+    ref = weakref.ref(buf)
+
+    def hook() -> None:
+        b = ref()
+        if b is not None:
+            store.shutdown_checkpoint(b)
+
+    return hook
 
 
 def _gap_covers(gaps, first: int, last: int) -> bool:

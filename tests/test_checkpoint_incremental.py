@@ -283,3 +283,118 @@ def test_golden_ckpt_v3_still_loads(tmp_path):
             assert arr.dtype.str == w["dtype"] and list(arr.shape) == w["shape"]
             assert hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest() == w["sha256"], (e, name)
         assert {n: sorted({c["ref"] for c in r.chunks}) for n, r in snap.layout.items()} == want["layout"]
+
+
+# ------------------------------------------------------------------ shutdown checkpoint
+
+
+def _long_tail(root, monkeypatch, **kw):
+    monkeypatch.setattr(D, "SHUTDOWN_CHECKPOINT_MIN_BYTES", 1)
+    monkeypatch.setattr(D, "AUTO_CHECKPOINT_MIN_BYTES", 1 << 40)      # no automatic checkpoint meanwhile
+    rng = np.random.default_rng(2)
+    buf = mmsb.open(root, "w", durability="flush", **kw)
+    buf.create_page("x", 4000)
+    buf.create_page("y", 10)
+    buf.write("y", 1.0, index=[0])
+    for _ in range(30):
+        buf.write("x", rng.random(100), index=rng.choice(4000, 100, replace=False))
+    return buf, {"x": buf["x"].read(), "y": buf["y"].read()}
+
+
+def test_clean_close_writes_a_shutdown_checkpoint(tmp_path, monkeypatch):
+    root = str(tmp_path / "s")
+    buf, want = _long_tail(root, monkeypatch)
+    epoch = buf.epoch
+    assert epoch not in buf._store.checkpoints
+    buf.close()
+    assert C.list_checkpoints(root) == [epoch]
+    with mmsb.open(root, "r") as rd:
+        assert rd.stats()["store"]["checkpoints"] == [epoch]
+        assert list(rd._log.txns(since=epoch)) == []             # nothing left to replay
+        for k, v in want.items():
+            np.testing.assert_array_equal(rd[k].read(), v)
+        np.testing.assert_array_equal(rd.at(epoch - 5)["y"].read(), want["y"])
+    assert mmsb.verify(root).ok
+    # a second clean close with nothing new writes nothing
+    with mmsb.open(root, "a"):
+        pass
+    assert C.list_checkpoints(root) == [epoch]
+
+
+def test_no_shutdown_checkpoint_when_off_or_short(tmp_path, monkeypatch):
+    root = str(tmp_path / "off")
+    buf, _ = _long_tail(root, monkeypatch, auto_checkpoint=False)
+    buf.close()
+    assert C.list_checkpoints(root) == []
+    monkeypatch.setattr(D, "SHUTDOWN_CHECKPOINT", False)
+    root = str(tmp_path / "off2")
+    buf, _ = _long_tail(root, monkeypatch)
+    buf.close()
+    assert C.list_checkpoints(root) == []
+
+
+def test_failed_shutdown_checkpoint_still_closes(tmp_path, monkeypatch):
+    """ENOSPC while writing the shutdown checkpoint: a RuntimeWarning naming the store, the lock is released,
+    no temporary or half checkpoint is left, and the next open replays the log to the same state."""
+    import errno
+
+    root = str(tmp_path / "s")
+    buf, want = _long_tail(root, monkeypatch)
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device (injected)")
+
+    monkeypatch.setattr(D, "write_checkpoint", full)
+    with pytest.warns(RuntimeWarning, match="shutdown checkpoint"):
+        buf.close()
+    monkeypatch.undo()
+    assert C.list_checkpoints(root) == []
+    ckdir = os.path.join(root, "checkpoints")
+    assert not os.path.isdir(ckdir) or not os.listdir(ckdir)
+    with mmsb.open(root, "a", auto_checkpoint=False) as rd:   # (the lock was released)
+        for k, v in want.items():
+            np.testing.assert_array_equal(rd[k].read(), v)
+
+
+def test_poisoned_log_writes_no_shutdown_checkpoint(tmp_path, monkeypatch):
+    from mmsb.errors import LogPoisonedError
+
+    root = str(tmp_path / "s")
+    buf, _ = _long_tail(root, monkeypatch)
+    buf._log._poison("fsync", OSError(5, "EIO (injected)"))
+    with pytest.raises(LogPoisonedError):
+        buf.write("y", 3.0, index=[1])
+    try:
+        buf.close()
+    except LogPoisonedError:
+        pass
+    assert C.list_checkpoints(root) == []
+
+
+def test_checkpoint_flush_syncs_rolled_segments(tmp_path, monkeypatch):
+    """Under durability="flush" a roll does not sync the segment it closes; the flush before a checkpoint is
+    published syncs every segment written since (else an OS crash could leave a durable checkpoint over a log
+    with a hole before it)."""
+    from mmsb.log import durable as LD
+
+    synced = []
+    real = LD.os.fsync
+
+    def spy(fd):
+        try:
+            synced.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+        except OSError:
+            pass
+        return real(fd)
+
+    root = str(tmp_path / "s")
+    with mmsb.open(root, "w", durability="flush", segment_bytes=600, auto_checkpoint=False) as buf:
+        buf.create_page("x", 50)
+        for k in range(12):
+            buf.write("x", float(k), index=[k])
+        segs = sorted(n for n in os.listdir(os.path.join(root, "log")) if n.endswith(".seg"))
+        assert len(segs) >= 3
+        monkeypatch.setattr(LD.os, "fsync", spy)
+        buf.checkpoint()
+        monkeypatch.undo()
+    assert set(segs) <= set(synced), (segs, synced)

@@ -160,6 +160,7 @@ class DurableLog(LogBase):
         self.gaps: list = [tuple(g) for g in (manifest.gaps if manifest is not None else [])]
         self.lost: list = []     # epoch ranges this open cut out of the history (recovery="truncate")
         self._lazy_bound = 0     # every epoch in a lazy segment is <= this (the next segment's base - 1)
+        self.before_close = None  # called once by close() while the log is still open (a clean shutdown)
         self._open_scan(skip_before if recovery == "strict" else None)
 
     # ------------------------------------------------------------ open / recovery
@@ -862,6 +863,9 @@ class DurableLog(LogBase):
             return st
 
     def close(self) -> None:
+        hook, self.before_close = self.before_close, None
+        if hook is not None and not self._closed and self._poisoned is None:
+            hook()                   # (the store's shutdown checkpoint: it needs the log still open)
         with self._lock:
             if self._closed:
                 return
