@@ -55,6 +55,7 @@ STORE_FILE = "STORE"
 LOCK_FILE = "LOCK"
 CKPT_DIR = "checkpoints"
 CHUNK_BYTES = 16 * 2**20
+BLOB_CHUNK_BYTES = 4 * 2**20   # spill blobs: smaller chunks, so that a reload reads and checks them on NTHREADS threads
 MAX_FRACTION = 0.8   # compress a chunk only when blosc2 saves at least 20% (raw chunks load fastest)
 FLUSH_BYTES = 64 * 2**20   # fsync mode without sync_file_range: a background fdatasync after this many bytes
 # Checkpoint page compression ("on", "off", "auto"; env MMSB_CHECKPOINT_COMPRESS; default on). Every 16 MiB chunk
@@ -155,9 +156,10 @@ class _Writer:
     rename, fsync of the directory."""
 
     def __init__(self, fd: int, pool: ThreadPoolExecutor, flusher: Optional[ThreadPoolExecutor],
-                 direct: Optional[tuple] = None, piece: int = WRITE_PIECE):
+                 direct: Optional[tuple] = None, piece: int = WRITE_PIECE, chunk: int = CHUNK_BYTES):
         self.fd = fd
         self.piece = piece
+        self.chunk = chunk
         self.direct = direct         # (O_DIRECT descriptor, I/O pool) or None
         self.pos = HEAD_SIZE
         self.raw_bytes = 0
@@ -246,7 +248,7 @@ class _Writer:
         if a.dtype.byteorder == ">":
             a = a.astype(a.dtype.newbyteorder("<"))
         flat = a.reshape(-1)
-        per = max(1, CHUNK_BYTES // max(1, a.dtype.itemsize))
+        per = max(1, self.chunk // max(1, a.dtype.itemsize))
         chunks = []
         for start in range(0, max(1, flat.size), per):
             piece = flat[start:start + per]
@@ -321,7 +323,7 @@ def _ref_entry(ref: PageRef) -> dict:
 
 def _write_container(final: str, magic: bytes, epoch: int, pages, rules, extra, fsync: bool,
                      compress: bool = True, kind: str = "checkpoint", ref_digest=None,
-                     background: bool = False) -> dict:
+                     background: bool = False, chunk: int = CHUNK_BYTES) -> dict:
     """Write and publish one container. ``background``: the caller is a low-priority thread beside running
     commits: no worker pools, whole chunks per call (the writer then takes the GIL a few times per chunk instead
     of several times per 512 KiB piece, which would make the committing thread wait for it)."""
@@ -348,7 +350,7 @@ def _write_container(final: str, magic: bytes, epoch: int, pages, rules, extra, 
                 flusher = stack.enter_context(ThreadPoolExecutor(1))
                 io = stack.enter_context(ThreadPoolExecutor(DIRECT_DEPTH))
             w = _Writer(fd, pool, flusher if fsync else None, (dfd, io) if dfd is not None else None,
-                        piece=CHUNK_BYTES if background else WRITE_PIECE)
+                        piece=CHUNK_BYTES if background else WRITE_PIECE, chunk=chunk)
             try:
                 head = _HEAD.pack(magic, version, 0, 0, int(epoch), 0)
                 w.write_at(head + _U32.pack(_mask(_crc32c(head))), 0)
@@ -683,8 +685,9 @@ def _read_container(path: str, magic: bytes, strong: bool = True, blocks=None, f
                 rules.append(SchemaOp(kind=k, payload=pl, arrays=arrays))
             _run_jobs(fd, path, jobs, strong)
         except BaseException:
-            if blocks is not None:
-                blocks.discard()
+            discard = getattr(blocks, "discard", None)      # (a plain callable hands out no blocks to free)
+            if discard is not None:
+                discard()
             raise
         return man, pages, rules
     finally:
@@ -950,16 +953,19 @@ def write_blob_file(path: str, array, meta: Optional[dict] = None, fsync: bool =
                     compress: bool = True) -> str:
     """Write one array (+ JSON meta) as a self-checksummed file, atomically (temp + rename)."""
     _write_container(os.fspath(path), BLOB_MAGIC, 0, [(meta or {}, np.asarray(array))], [], None, fsync,
-                     compress, kind="blob")
+                     compress, kind="blob", chunk=BLOB_CHUNK_BYTES)
     return os.fspath(path)
 
 
-def read_blob_file(path: str, blocks=None) -> tuple[dict, np.ndarray]:
+def read_blob_file(path: str, blocks=None, info: Optional[dict] = None) -> tuple[dict, np.ndarray]:
     """Read and validate a blob file: (meta, array). CorruptionError when any check fails. ``blocks`` (a
-    callable ``(dtype, n) -> flat array``, as the checkpoint reader's): the array is read straight into it."""
+    callable ``(dtype, n) -> flat array``, as the checkpoint reader's): the array is read straight into it.
+    ``info``: a dict that receives the validated container manifest (``info["manifest"]``)."""
     man, pages, _ = _read_container(os.fspath(path), BLOB_MAGIC, strong=False, blocks=blocks)
     if len(pages) != 1:
         raise _bad("blob file must hold one array", path, None, "blob")
+    if info is not None:
+        info["manifest"] = man
     return pages[0]
 
 
