@@ -544,10 +544,18 @@ def _open_store(root: str, mode: str, *, durability: str, memory_limit: Optional
 
         def open_log() -> DurableLog:
             # segments wholly covered by the newest checkpoint are not read now (indexed lazily; verify checks
-            # them); the rest is scanned and checked while the checkpoint loads
-            return DurableLog(root, durability=durability, segment_bytes=segment_bytes, readonly=not writable,
-                              recovery=recovery, skip_before=ckpts[-1] if ckpts else None, manifest=manifest,
-                              segments=seg_files, checkpoint_epoch=ckpts[-1] if ckpts else None)
+            # them); the rest is scanned and checked, and the tail after the checkpoint decoded, while the
+            # checkpoint loads
+            lg = DurableLog(root, durability=durability, segment_bytes=segment_bytes, readonly=not writable,
+                            recovery=recovery, skip_before=ckpts[-1] if ckpts else None, manifest=manifest,
+                            segments=seg_files, checkpoint_epoch=ckpts[-1] if ckpts else None)
+            if ckpts:
+                try:
+                    lg.predecode(ckpts[-1])
+                except BaseException:
+                    lg.close()
+                    raise
+            return lg
 
         buf = Buffer(log=_NullLog(), store=store, readonly=False, propagation=propagation,
                      memory_limit=memory_limit, spill_dir=os.path.join(root, "spill") if writable else None,
@@ -602,6 +610,7 @@ def _open_store(root: str, mode: str, *, durability: str, memory_limit: Optional
                 raise CorruptionError(f"log corrupt: {what}", file=os.path.join(root, "log"), offset=0, what=what)
             expect = txn.epoch + 1
             buf._replay(txn)
+        log.release_scan()
         first = log.first_epoch_hint
         if ckpts and (first is None or first > 1):
             # compaction dropped the log before the oldest checkpoint it follows (older ones are kept only as

@@ -3,7 +3,8 @@
 Version 3 adds borrowed chunks: an incremental checkpoint lists, for a page unchanged since an older checkpoint,
 that page's chunks with ``ref`` = the epoch of the checkpoint file that holds them (and ``refs`` names those files
 with the SHA-256 of their manifests). This writes a full checkpoint at epoch 3 (version 2) and one at epoch 8
-(version 3) that borrows two of its pages (one RAW and aligned, one compressed) and writes the third anew. Run once
+(version 3) that borrows two of its pages (one RAW, one compressed) and writes the third anew (kept small: the
+golden files together stay under 200 kB). Run once
 (``python tests/golden/make_golden_ckpt_v3.py``); the output is committed and
 tests/test_checkpoint_incremental.py checks that later versions still read it exactly. Never regenerate it to
 make a failing test pass.
@@ -27,8 +28,8 @@ def arrays():
     rng = np.random.default_rng(20261204)
     return {
         "small": np.arange(7, dtype=np.int16),                   # written anew by the incremental checkpoint
-        "aligned": rng.random(9000),                              # 72,000 bytes RAW: borrowed
-        "smooth": np.round(np.sin(np.linspace(0, 20, 20000)) * 64) / 64,   # BLOSC2: borrowed
+        "rand": rng.random(700),                                  # 5,600 bytes RAW (incompressible): borrowed
+        "smooth": np.round(np.sin(np.linspace(0, 20, 4000)) * 64) / 64,    # BLOSC2: borrowed
     }
 
 
@@ -46,13 +47,13 @@ def main(out=HERE):
     if os.path.exists(root):
         shutil.rmtree(root)
     a = arrays()
-    rules = [SchemaOp("rule_added", {"kind": "link", "dst": "aligned", "src": "small"},
+    rules = [SchemaOp("rule_added", {"kind": "link", "dst": "rand", "src": "small"},
                       {"data": np.array([1.0, 2.0, 3.0])})]
     C.write_checkpoint(root, 3, [(meta(k, v, 1), v) for k, v in a.items()], rules, extra={"golden": 3},
                        fsync=False, compress=True)
     lay = C.load_checkpoint(root, epoch=3).layout
     b = dict(a, small=a["small"] * 3)
-    pages = [(meta("small", b["small"], 7), b["small"]), (meta("aligned", a["aligned"], 1), lay["aligned"]),
+    pages = [(meta("small", b["small"], 7), b["small"]), (meta("rand", a["rand"], 1), lay["rand"]),
              (meta("smooth", a["smooth"], 1), lay["smooth"])]
     C.write_checkpoint(root, 8, pages, rules, extra={"golden": 3}, fsync=False, compress=True)
     expected = {"checkpoints": {}}
