@@ -9,7 +9,7 @@ import numpy as np
 
 from mmsb._ops import OP_MAX, OP_MIN, OP_PLUS, OP_TIMES
 
-__all__ = ["KNOWN_OPS", "VALUE_DTYPES", "check_ops", "index_array", "value_array", "same_dtype", "zero_array",
+__all__ = ["KNOWN_OPS", "VALUE_DTYPES", "check_ops", "index_array", "indices_array", "value_array", "same_dtype", "zero_array",
            "check_csr", "check_structure", "check_range"]
 
 KNOWN_OPS = frozenset((OP_PLUS, OP_TIMES, OP_MIN, OP_MAX))
@@ -36,6 +36,14 @@ def index_array(a, name):
     if arr.dtype.kind == "u" and arr.size and arr.max() > np.iinfo(np.int64).max:
         raise ValueError(f"{name} has entries beyond the int64 range")
     return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def indices_array(a, name):
+    """A CSR's column indices: 1-D C-contiguous int32 (kept as given) or int64 (anything else integer)."""
+    arr = np.asarray(a)
+    if arr.dtype == np.int32 and arr.ndim == 1:
+        return np.ascontiguousarray(arr)
+    return index_array(arr, name)
 
 
 def value_array(a, name, out=False):
@@ -121,3 +129,68 @@ def check_range(arr, n, name):
     """All entries of an int64 array lie in [0, n)."""
     if arr.size and (arr.min() < 0 or arr.max() >= n):
         raise ValueError(f"{name} entries must lie in [0, {n})")
+
+
+def spmv_args(indptr, indices, data, x, y, add_op, mul_op, zero, rows, structure: bool = False):
+    """The checked arguments of ``spmv``: ``(indptr, indices, data, x, y, rows or None, zero array, n)``.
+    ``structure``: also check every stored column index (the numpy twin; the kernel checks them as it goes)."""
+    check_ops(add_op, mul_op)
+    indptr = index_array(indptr, "indptr")
+    indices = indices_array(indices, "indices")
+    x = value_array(x, "x")
+    y = value_array(y, "y", out=True)
+    data = value_array(data, "data")
+    data, x = same_dtype(y, data=data, x=x)
+    n = check_csr(indptr, indices, data, "")
+    if y.size != n:
+        raise ValueError(f"y has length {y.size}, expected {n} (= len(indptr) - 1)")
+    if rows is not None:
+        rows = index_array(rows, "rows")
+        check_range(rows, n, "rows")
+    if structure:
+        check_structure(indptr, indices, x.size, "")
+    return indptr, indices, data, x, y, rows, zero_array(zero, y.dtype), n
+
+
+def push_args(indptr_t, indices_t, data_t, idx, vals, y, add_op, mul_op, zero, structure: bool = False):
+    """The checked arguments of ``push``: ``(indptr_t, indices_t, data_t, idx, vals, y, zero array)``."""
+    check_ops(add_op, mul_op)
+    indptr_t = index_array(indptr_t, "indptr_t")
+    indices_t = indices_array(indices_t, "indices_t")
+    y = value_array(y, "y", out=True)
+    data_t = value_array(data_t, "data_t")
+    vals = value_array(vals, "vals")
+    idx = index_array(idx, "idx")
+    data_t, vals = same_dtype(y, data_t=data_t, vals=vals)
+    ncols = check_csr(indptr_t, indices_t, data_t, "_t")
+    if idx.size != vals.size:
+        raise ValueError(f"idx and vals differ in length ({idx.size} != {vals.size})")
+    check_range(idx, ncols, "idx")
+    if structure:
+        check_structure(indptr_t, indices_t, y.size, "_t")
+    return indptr_t, indices_t, data_t, idx, vals, y, zero_array(zero, y.dtype)
+
+
+def closure_args(indptr_t, indices_t, data_t, x, frontier, add_op, mul_op, zero, old_out,
+                 structure: bool = False):
+    """The checked arguments of ``closure``: ``(indptr_t, indices_t, data_t, x, frontier, zero array, old_out or
+    None, n)``."""
+    check_ops(add_op, mul_op, idempotent=True)
+    indptr_t = index_array(indptr_t, "indptr_t")
+    indices_t = indices_array(indices_t, "indices_t")
+    x = value_array(x, "x", out=True)
+    data_t = value_array(data_t, "data_t")
+    (data_t,) = same_dtype(x, data_t=data_t)
+    frontier = index_array(frontier, "frontier")
+    n = check_csr(indptr_t, indices_t, data_t, "_t")
+    if x.size != n:
+        raise ValueError(f"x has length {x.size}, expected {n} (the matrix must be square)")
+    check_range(frontier, n, "frontier")
+    if old_out is not None:
+        old_out = value_array(old_out, "old_out", out=True)
+        (old_out,) = same_dtype(x, old_out=old_out)
+        if old_out.size != n:
+            raise ValueError(f"old_out has length {old_out.size}, expected {n}")
+    if structure:
+        check_structure(indptr_t, indices_t, n, "_t")
+    return indptr_t, indices_t, data_t, x, frontier, zero_array(zero, x.dtype), old_out, n

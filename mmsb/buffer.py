@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import operator
 import threading
 import warnings
@@ -169,6 +170,8 @@ class Buffer:
     def _read(self, page: Page, index: Any = None) -> np.ndarray:
         with self._locked():
             self._check_open()
+            if self._pages.get(page.name) is not page:
+                raise PageNotFoundError(f"page {page.name!r} is no longer in the buffer (dropped)")
             return devices.backend_of(page).read(self, page, index)
 
     def _read_device(self, page: Page) -> Any:
@@ -208,8 +211,11 @@ class Buffer:
     @_observed
     def create_page(self, name: str, shape: Union[int, Sequence[int]], dtype: Any = "float64",
                     semiring: Union[str, Semiring] = "plus_times", fill: Any = None, device: Optional[str] = None,
-                    metadata: Optional[dict] = None) -> Page:
-        """Create a page filled with ``fill`` (default: the semiring's zero) and commit it as an epoch."""
+                    metadata: Optional[dict] = None, shards: Any = None) -> Page:
+        """Create a page filled with ``fill`` (default: the semiring's zero) and commit it as an epoch.
+
+        ``shards`` (a buffer opened with ``cluster=``): split the page into that many contiguous blocks owned by
+        the Dask workers (``"auto"``: one per worker); see :mod:`mmsb.dask.sharding`. Ignored without a cluster."""
         self._check_writable()
         _check_name(name)
         shape_t = _shape(shape, name)
@@ -236,6 +242,8 @@ class Buffer:
             except DeviceError as exc:
                 raise DeviceError(f"page {name!r}: {exc}") from None
         meta = _json_metadata(metadata, name)
+        if shards is not None:                          # sharded pages (mmsb.dask): recorded in the metadata
+            meta = _sharded_meta(meta, shards, math.prod(shape_t), name, self._cluster is not None)
         op = SchemaOp("page_created", {"name": name, "shape": list(shape_t), "dtype": dt.str,
                                        "semiring": sr.name, "device": dev, "metadata": meta},
                       {"fill": np.array([fill_v], dtype=dt)})
@@ -251,12 +259,13 @@ class Buffer:
     @_observed
     def create_matrix(self, name: str, shape: Sequence[int], dtype: Any = "float64",
                       semiring: Union[str, Semiring] = "plus_times", data: Any = None, device: Optional[str] = None,
-                      metadata: Optional[dict] = None) -> Page:
+                      metadata: Optional[dict] = None, shards: Any = None) -> Page:
         """Create a matrix page of ``shape`` ``(nrows, ncols)`` holding ``data`` (a scipy sparse matrix or array,
         or a dense ndarray; default: no entries) and commit it as an epoch.
 
         Its entries change with ``buf.write(M, values, index=(rows, cols))`` or a scipy sparse delta (assigning
-        the semiring's zero removes an entry); ``buf.link`` / ``buf.closure`` over it follow those changes."""
+        the semiring's zero removes an entry); ``buf.link`` / ``buf.closure`` over it follow those changes.
+        ``shards``: row blocks owned by the Dask workers, as for :meth:`create_page`."""
         from mmsb.matrix import check_shape, initial_entries, matrix_payload
 
         self._check_writable()
@@ -272,7 +281,10 @@ class Buffer:
         if sr.idempotent and dt.kind == "f" and np.isnan(vals).any():
             raise InvalidDeltaError(f"matrix {name!r}: NaN is not allowed in a matrix whose ⊕ is idempotent "
                                     f"({sr.name})")
-        op = SchemaOp("matrix_created", matrix_payload(name, shape_t, dt, sr.name, _json_metadata(metadata, name)),
+        meta = _json_metadata(metadata, name)
+        if shards is not None:                          # sharded pages (mmsb.dask): recorded in the metadata
+            meta = _sharded_meta(meta, shards, shape_t[0], name, self._cluster is not None)
+        op = SchemaOp("matrix_created", matrix_payload(name, shape_t, dt, sr.name, meta),
                       {"keys": keys, "values": vals})
         with self._locked():
             if name in self._pages:
@@ -403,7 +415,8 @@ class Buffer:
             if tuple(values.shape) != (n, m):
                 raise InvalidDeltaError(f"matrix {name!r}: a sparse delta of shape {tuple(values.shape)}, the "
                                         f"matrix has shape {(n, m)}")
-            coo = values.tocoo()
+            coo = values.tocoo(copy=True)
+            coo.sum_duplicates()                        # the matrix scipy represents, as create_matrix takes it
             index, values = (np.asarray(coo.row), np.asarray(coo.col)), np.asarray(coo.data)
         if index is None:
             dense = np.asarray(values)
@@ -507,7 +520,10 @@ class Buffer:
         if page.kind == "matrix":
             return self._read_matrix_in_txn(page, index, tx)
         with self._locked():
-            arr = self._memory.array(page).copy()
+            if page.backend is not None:            # a page of another kind (sharded: mmsb.dask) reads itself
+                arr = np.array(page.backend.read(self, page, None)).reshape(-1)
+            else:
+                arr = self._memory.array(page).copy()
         for d in tx.ops:
             if d.page == page.name:
                 idx, vals = d.normalize().sparse()
@@ -549,6 +565,10 @@ class Buffer:
         pages to release), or None when replaying the log."""
         kind, pl = op.kind, op.payload
         undo = c.undo if c is not None else None
+        if kind in ("page_created", "matrix_created") and self._cluster is not None \
+                and (pl.get("metadata") or {}).get("shards") is not None:
+            self._cluster.create_sharded(op, c)     # sharded page (mmsb.dask): its blocks live on the workers
+            return
         if kind == "page_created":
             dt = np.dtype(pl["dtype"])
             page = Page(self, pl["name"], tuple(pl["shape"]), dt, semirings.get(pl["semiring"]), "cpu",
@@ -825,6 +845,9 @@ class Buffer:
             if p.kind == "matrix":
                 matrices.append(p.to_schema())
                 continue
+            if p.backend is not None:               # a page of another kind (sharded: mmsb.dask) copies itself
+                pages.append((self._page_meta(p), p.backend.host_copy(p).reshape(p.shape)))
+                continue
             arr = self._memory.array(p).reshape(p.shape)       # (a reload may spill a page read before)
             pages.append((self._page_meta(p), arr.copy() if copy else arr))
         rules = matrices + [r.to_schema() for r in self._graph.rules()]
@@ -863,12 +886,28 @@ class Buffer:
                 start = base[0]
             for txn in self._log.txns(since=start, until=epoch):
                 view._replay(txn)
+            view._recompute_sharded()
             return view
 
     def _memory_snapshot_at(self, epoch: int) -> Optional[tuple]:
         """The newest in-memory snapshot at or before ``epoch`` (``checkpoint()`` of a buffer without a store)."""
         base = max((e for e in self._snapshots if e <= epoch), default=None)
         return None if base is None else self._snapshots[base]
+
+    def _recompute_sharded(self) -> None:
+        """Derived pages created with ``shards=`` on a cluster log no derived deltas (:mod:`mmsb.dask.sharding`
+        recomputes them from the logged inputs): after a log replay (reopen, ``at(e)``) recompute them here."""
+        force = {n for n, p in self._pages.items() if p._metadata and p._metadata.get("shards") is not None
+                 and self._graph.rules_into(n) and all(r.active for r in self._graph.rules_into(n))}
+        if not force:
+            return
+        if self._pipe.eager:                 # an eager buffer queued nothing: the replayed queue is only this gap
+            self._pipe.pending.take(UndoLog())
+        try:
+            self._engine.wave({}, UndoLog(), force)
+        except MMSBError as exc:
+            warnings.warn(f"sharded pages {sorted(force)} could not be recomputed after replay: {exc}",
+                          RuntimeWarning, stacklevel=2)
 
     def _load_snapshot(self, epoch: int, pages: list, rules: list, blocks: Any = None) -> None:
         """Install a validated snapshot; arrays that ``blocks`` (a memory.BlockLoader) handed out become the
@@ -1200,3 +1239,29 @@ def _json_metadata(metadata: Optional[dict], name: str) -> Optional[dict]:
         return json.loads(json.dumps(metadata, allow_nan=False))
     except (TypeError, ValueError) as exc:
         raise InvalidDeltaError(f"page {name!r}: metadata must be JSON-able: {exc}") from exc
+
+
+def _sharded_meta(meta: Optional[dict], shards: Any, n: int, name: str, cluster: bool) -> Optional[dict]:
+    """``metadata`` recording ``shards`` for a page split over a cluster's workers (mmsb.dask; ``n`` positions,
+    rows for a matrix), after checking it: a positive int at most ``n``, ``"auto"``, or block boundaries
+    ``[0, ..., n]``. Without a cluster the value is checked and ignored."""
+    if isinstance(shards, str):
+        ok = shards == "auto"
+    elif isinstance(shards, (list, tuple)):
+        b = list(shards)
+        ok = len(b) >= 2 and all(type(x) is int for x in b) and b[0] == 0 and b[-1] == n and \
+            all(x < y for x, y in zip(b, b[1:]))
+        shards = b
+    else:
+        ok = isinstance(shards, (int, np.integer)) and not isinstance(shards, bool) and 1 <= shards <= max(n, 1)
+        if ok:
+            shards = int(shards)
+        elif isinstance(shards, (int, np.integer)) and not isinstance(shards, bool):
+            raise InvalidDeltaError(f"page {name!r}: shards={shards}; it must lie in [1, {n}] (each block holds at "
+                                    f"least one of its {n} entries)")
+    if not ok:
+        raise InvalidDeltaError(f"page {name!r}: shards must be a positive int, 'auto' or block boundaries "
+                                f"[0, ..., {n}], got {shards!r}")
+    if not cluster:
+        return meta
+    return {**(meta or {}), "shards": shards}

@@ -240,7 +240,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     os.makedirs(args.out, exist_ok=True)
     write_store_file(args.out)
     write_checkpoint(args.out, epoch, pages, rules, extra={"replayed_from": os.path.abspath(args.path)})
-    print(f"wrote the state at epoch {epoch} ({len(pages)} pages) to {args.out}")
+    count = len(pages) + sum(1 for op in rules if op.kind == "matrix_created")
+    print(f"wrote the state at epoch {epoch} ({count} pages) to {args.out}")
     return 0
 
 

@@ -17,6 +17,16 @@ import numpy as np
 from mmsb.errors import InvalidDeltaError
 
 
+_NARROW = frozenset((np.dtype(np.float64), np.dtype(np.float32), np.dtype(np.bool_)))
+
+
+def index_dtype(ncols: int, dtype: Any) -> np.dtype:
+    """The column-index dtype of a CSR with ``ncols`` columns and values of ``dtype``: int32 where the columns fit
+    and the kernels are specialised for it (float64, float32, bool: a third less memory traffic than int64),
+    int64 otherwise."""
+    return np.dtype(np.int32) if ncols < 2**31 - 1 and np.dtype(dtype) in _NARROW else np.dtype(np.int64)
+
+
 @dataclass
 class CSR:
     """A CSR matrix with int64 indices and its transpose (for push), both in the page dtype."""
@@ -64,7 +74,8 @@ class CSR:
             order = np.argsort(self.indices, kind="stable")
             indptr_t = np.zeros(m + 1, dtype=np.int64)
             np.cumsum(np.bincount(self.indices, minlength=m), out=indptr_t[1:])
-            self._t = CSR((m, n), indptr_t, rows[order], self.data[order], free=self.free)
+            self._t = CSR((m, n), indptr_t, rows[order].astype(index_dtype(n, self.data.dtype)), self.data[order],
+                          free=self.free)
             self._t._t = self
         return self._t
 
@@ -73,7 +84,11 @@ class CSR:
         """The transpose with ``|A[i, j]|`` as values (magnitude bounds for difference propagation); computed once."""
         if self._abs_t is None:
             t = self.T
-            self._abs_t = CSR(t.shape, t.indptr, t.indices, np.abs(t.data))
+            if t.free is None:
+                self._abs_t = CSR(t.shape, t.indptr, t.indices, np.abs(t.data))
+            else:                   # free slots (⊕'s zero, maybe -inf) must not turn into stored magnitudes
+                r, c, v = _entries(t)
+                self._abs_t = build_csr(t.shape, r, c, np.abs(v))
         return self._abs_t
 
     @property
@@ -113,9 +128,11 @@ class CSR:
     def column_rows(self, cols: np.ndarray) -> np.ndarray:
         """Sorted unique rows i with a stored A[i, j] for some j in ``cols``."""
         t = self.T
-        if cols.size == 1 and t.ordered:    # one column of the transpose: its rows are sorted and unique
+        if cols.size == 1 and t.ordered and t.free is None:
+            # one column of the transpose: its rows are sorted and unique (with free slots they are not: a row's
+            # spare slot may carry the column of one of its entries)
             j = cols[0]
-            return t.indices[t.indptr[j]:t.indptr[j + 1]].copy()
+            return t.indices[t.indptr[j]:t.indptr[j + 1]].astype(np.int64)
         starts, ends = t.indptr[cols], t.indptr[cols + 1]
         lens = ends - starts
         total = int(lens.sum())
@@ -127,6 +144,7 @@ class CSR:
             mark = np.zeros(self.shape[0], dtype=bool)
             mark[rows] = True
             return np.flatnonzero(mark).astype(np.int64, copy=False)
+        rows = rows.astype(np.int64)
         rows.sort()
         keep = np.empty(rows.size, dtype=bool)
         keep[0] = True
@@ -164,12 +182,13 @@ def as_csr(matrix: Any, shape: tuple, dtype: np.dtype, what: str) -> CSR:
     if dtype.kind in "iub" and data.dtype.kind == "f" and not np.array_equal(cast, data):
         raise InvalidDeltaError(f"{what}: matrix values do not fit the page dtype {dtype}")
     indptr = np.ascontiguousarray(indptr, dtype=np.int64)
-    indices = np.ascontiguousarray(indices, dtype=np.int64)
+    indices = np.asarray(indices)
     n, m = shape
     if indptr.size != n + 1 or indptr[0] != 0 or indptr[-1] != indices.size or np.any(np.diff(indptr) < 0):
         raise InvalidDeltaError(f"{what}: malformed CSR indptr")
-    if indices.size and (indices.min() < 0 or indices.max() >= m):
+    if indices.dtype.kind not in "iu" or (indices.size and (indices.min() < 0 or indices.max() >= m)):
         raise InvalidDeltaError(f"{what}: CSR column index out of range")
+    indices = np.ascontiguousarray(indices, dtype=index_dtype(m, dtype))
     return CSR((n, m), indptr, indices, np.ascontiguousarray(cast))
 
 
@@ -183,9 +202,11 @@ def _slack(counts: np.ndarray) -> np.ndarray:
     return 1 + (counts >> 3)
 
 
-def build_csr(shape: tuple, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, free: Any = None) -> CSR:
-    """A CSR of the entries ``(rows, cols, vals)`` (pairs unique), rows in column order. With ``free`` (a selective
-    ⊕'s zero) every row also gets free slots (column ``row % ncols``, value ``free``) for later insertions."""
+def build_csr(shape: tuple, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, free: Any = None,
+              slack: bool = False) -> CSR:
+    """A CSR of the entries ``(rows, cols, vals)`` (pairs unique), rows in column order. ``free`` (a selective
+    ⊕'s zero) marks free slots; with ``slack`` every row also gets some (column ``row % ncols``, value ``free``)
+    for later insertions. A matrix starts exact and gets slack the first time an insertion finds a row full."""
     n, m = shape
     rows = np.asarray(rows, dtype=np.int64)
     cols = np.asarray(cols, dtype=np.int64)
@@ -195,13 +216,13 @@ def build_csr(shape: tuple, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray
             order = np.argsort(key, kind="stable")
             rows, cols, vals = rows[order], cols[order], vals[order]
     counts = np.bincount(rows, minlength=n).astype(np.int64)
-    cap = counts + _slack(counts) if free is not None and m else counts
+    cap = counts + _slack(counts) if free is not None and slack and m else counts
     indptr = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(cap, out=indptr[1:])
     total = int(indptr[-1])
-    if free is None or not m:
-        return CSR((n, m), indptr, np.ascontiguousarray(cols), np.ascontiguousarray(vals), free=free)
-    indices = np.repeat(np.arange(n, dtype=np.int64) % m, cap)
+    if cap is counts:                                    # (its own arrays: entries change in place later)
+        return CSR((n, m), indptr, np.array(cols, dtype=index_dtype(m, vals.dtype)), np.array(vals), free=free)
+    indices = np.repeat((np.arange(n, dtype=np.int64) % m).astype(index_dtype(m, vals.dtype)), cap)
     data = np.full(total, free, dtype=vals.dtype)
     gap = cap - counts                                   # each row's entries first, then its free slots
     pos = np.arange(rows.size, dtype=np.int64) + np.repeat(np.cumsum(gap) - gap, counts)
@@ -304,7 +325,7 @@ def _set(A: CSR, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, present: 
             miss = ~fits
             _adopt(A, build_csr(A.shape, np.concatenate([r, rows[ins][miss]]),
                                 np.concatenate([c, cols[ins][miss]]), np.concatenate([v, vals[ins][miss]]),
-                                free=A.free))
+                                free=A.free, slack=True))
             return True
     _widen(A, vals[present])
     return False
@@ -342,7 +363,7 @@ def set_entries(A: CSR, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, pr
     if t is None:
         return
     t_moved = _set(t, cols, rows, vals, present)
-    if moved or t_moved or A._abs_t is None:
+    if moved or t_moved or A._abs_t is None or t.free is not None:
         A._abs_t = None
         return
     pos = _locate(t, cols, rows)

@@ -7,14 +7,13 @@ can register another device family with :func:`register` or :func:`register_lazy
 """
 from __future__ import annotations
 
-import importlib
-import threading
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
 from mmsb.errors import DeviceError
+from mmsb.registry import LazyRegistry
 
 if TYPE_CHECKING:  # pragma: no cover
     from mmsb.buffer import Buffer
@@ -164,23 +163,18 @@ def _storage(buf: "Buffer", name: str) -> Any:
 
 CPU = CPUBackend()
 
-_lock = threading.Lock()
-_backends: dict[str, DeviceBackend] = {"cpu": CPU}
-_lazy: dict[str, str] = {"cuda": "mmsb.gpu.backend:CudaBackend"}
+_registry: LazyRegistry[DeviceBackend] = LazyRegistry({"cpu": CPU}, {"cuda": "mmsb.gpu.backend:CudaBackend"},
+                                                     make=lambda cls: cls())
 
 
 def register(family: str, backend: DeviceBackend) -> None:
     """Register ``backend`` for device strings ``family`` and ``family:N``."""
-    with _lock:
-        _backends[family] = backend
-        _lazy.pop(family, None)
+    _registry.register(family, backend)
 
 
 def register_lazy(family: str, target: str) -> None:
     """Register ``"module:Class"`` for ``family``; the module is imported on the first page of that family."""
-    with _lock:
-        if family not in _backends:
-            _lazy[family] = target
+    _registry.register_lazy(family, target)
 
 
 def family_of(device: str) -> str:
@@ -190,20 +184,10 @@ def family_of(device: str) -> str:
 
 def backend_for(device: str) -> DeviceBackend:
     """The backend of a device string; imports a lazily registered one on first use."""
-    fam = device if device == "cpu" else family_of(device)
-    b = _backends.get(fam)
-    if b is not None:
-        return b
-    with _lock:
-        b = _backends.get(fam)
-        if b is None:
-            target = _lazy.get(fam)
-            if target is None:
-                raise DeviceError(f"unknown device {device!r} (use 'cpu', 'cuda' or 'cuda:N')")
-            mod, _, cls = target.partition(":")
-            b = _backends[fam] = getattr(importlib.import_module(mod), cls)()
-            del _lazy[fam]
-        return b
+    b = _registry.get(device if device == "cpu" else family_of(device))
+    if b is None:
+        raise DeviceError(f"unknown device {device!r} (use 'cpu', 'cuda' or 'cuda:N')")
+    return b
 
 
 def backend_of(page: "Page") -> DeviceBackend:
@@ -214,7 +198,7 @@ def backend_of(page: "Page") -> DeviceBackend:
 
 def loaded() -> dict[str, DeviceBackend]:
     """The backends imported so far (a device family nobody used is not imported for stats)."""
-    return dict(_backends)
+    return _registry.loaded()
 
 
 def normalize(device: Optional[str]) -> str:
@@ -223,7 +207,7 @@ def normalize(device: Optional[str]) -> str:
         return "cpu"
     if isinstance(device, str):
         fam, _, num = device.partition(":")
-        if fam in _backends or fam in _lazy:
+        if _registry.known(fam):
             if not num:
                 return f"{fam}:0"
             if num.isdigit():

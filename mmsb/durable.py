@@ -285,6 +285,12 @@ class Store:
                 matrices.append(p.to_schema())
                 continue
             meta = buf._page_meta(p)
+            backend = getattr(p, "backend", None)
+            if backend is not None:
+                # a page of another kind (sharded: mmsb.dask) copies itself, and is never borrowed: its derived
+                # values are recomputed, not logged, so its epoch does not show every change
+                pages.append((meta, backend.host_copy(p).reshape(p.shape)))
+                continue
             prev = base.get(p.name)
             if prev is not None and prev[0] == p.epoch and prev[1].dtype == meta["dtype"] \
                     and list(prev[1].shape) == list(meta["shape"]) and prev[1].files <= set(self.checkpoints):
@@ -611,6 +617,7 @@ def _open_store(root: str, mode: str, *, durability: str, memory_limit: Optional
             expect = txn.epoch + 1
             buf._replay(txn)
         log.release_scan()
+        buf._recompute_sharded()           # sharded pages log no derived deltas (mmsb.dask): recompute them
         first = log.first_epoch_hint
         if ckpts and (first is None or first > 1):
             # compaction dropped the log before the oldest checkpoint it follows (older ones are kept only as

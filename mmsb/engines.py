@@ -7,9 +7,9 @@ for a cluster, a handle with ``after_commit(epoch)``, ``stats()`` and ``close()`
 """
 from __future__ import annotations
 
-import importlib
-import threading
 from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, runtime_checkable
+
+from mmsb.registry import LazyRegistry
 
 if TYPE_CHECKING:  # pragma: no cover
     from mmsb.buffer import Buffer
@@ -39,38 +39,25 @@ def _local(buf: "Buffer", cluster: Any) -> tuple:
                   lambda n: pages[n].semiring, pages=pages.__getitem__), None
 
 
-_lock = threading.Lock()
-_factories: dict[str, Factory] = {"local": _local}
-_lazy: dict[str, str] = {"dask": "mmsb.dask:attach_cluster"}
+_registry: LazyRegistry[Factory] = LazyRegistry({"local": _local}, {"dask": "mmsb.dask:attach_cluster"})
 
 
 def register(name: str, factory: Factory) -> None:
     """Register an engine factory ``factory(buf, cluster) -> (engine, handle or None)``."""
-    with _lock:
-        _factories[name] = factory
-        _lazy.pop(name, None)
+    _registry.register(name, factory)
 
 
 def register_lazy(name: str, target: str) -> None:
     """Register ``"module:function"`` as the factory ``name``; imported on first use."""
-    with _lock:
-        if name not in _factories:
-            _lazy[name] = target
+    _registry.register_lazy(name, target)
 
 
 def factory(name: str) -> Factory:
     """The factory registered as ``name`` (importing a lazy one)."""
-    f = _factories.get(name)
-    if f is not None:
-        return f
-    with _lock:
-        if name not in _factories:
-            target = _lazy.get(name)
-            if target is None:
-                raise KeyError(f"no propagation engine named {name!r}")
-            mod, _, fn = target.partition(":")
-            _factories[name] = getattr(importlib.import_module(mod), fn)
-        return _factories[name]
+    f = _registry.get(name)
+    if f is None:
+        raise KeyError(f"no propagation engine named {name!r}")
+    return f
 
 
 def create(buf: "Buffer", cluster: Any = None) -> tuple:

@@ -35,12 +35,22 @@ MAX_POSITIONS = 1 << 48
 
 
 def selective(sr: Semiring, dtype: np.dtype) -> bool:
-    """Whether ⊕ picks one of its operands in the kernels (min, max, or): a free slot holding ⊕'s zero is then
-    exactly an absent entry, so entries can be removed and inserted in place."""
+    """Whether a free slot holding ⊕'s zero is exactly an absent entry in the kernels, so that entries can be
+    removed and inserted in place: ⊕ picks one of its operands (min, max, or) and ``zero ⊗ x`` never wins it.
+
+    That holds when ⊗ is min or max (max_min, min_max), for bool pages (or_and), and for ⊗ = plus on floats
+    (``±inf + x`` stays ±inf). It fails for ⊗ = plus on integers (the zero is the dtype's max or min:
+    ``INT_MAX + x`` overflows, or is a finite value for x < 0) and for ⊗ = times (max_times: ``0 * x`` beats a
+    negative value): those matrices rebuild their arrays on a structural change instead."""
     from mmsb import _ops
 
+    dtype = np.dtype(dtype)
     codes = sr.codes_for(dtype)
-    return codes is not None and codes[0] in (_ops.OP_MIN, _ops.OP_MAX)
+    if codes is None or codes[0] not in (_ops.OP_MIN, _ops.OP_MAX):
+        return False
+    if dtype.kind == "b" or codes[1] in (_ops.OP_MIN, _ops.OP_MAX):
+        return True
+    return codes[1] == _ops.OP_PLUS and dtype.kind == "f"
 
 
 class MatrixPage(Page):
@@ -271,9 +281,9 @@ def new_page(buf: "Buffer", op: SchemaOp, epoch: int) -> MatrixPage:
     shape = (int(pl["shape"][0]), int(pl["shape"][1]))
     sr = semirings.get(pl["semiring"])
     zero = sr.zero_for(dt)
-    keys, vals = op.arrays["keys"], op.arrays["values"]
+    keys, vals = op.arrays.get("keys"), op.arrays.get("values")
     total = math.prod(shape)
-    if keys.dtype != np.int64 or vals.dtype != dt or keys.size != vals.size or \
+    if keys is None or vals is None or keys.dtype != np.int64 or vals.dtype != dt or keys.size != vals.size or \
             (keys.size and (int(keys.min()) < 0 or int(keys.max()) >= total)):
         from mmsb.errors import CorruptionError
 

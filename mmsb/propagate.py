@@ -710,16 +710,17 @@ class Engine:
         old[~(mch.old != M.zero)] = zero                 # an absent entry of the page is ⊕'s zero of the rule
         better = ~changed_positions(sr.add_arrays(old, new), new)
         src = self._x(rule, y.dtype)
-        worse = ~better
         region = np.empty(0, dtype=np.int64)
-        if worse.any():
-            r_w, c_w, o_w = rows[worse], cols[worse], old[worse]
-            yj = y[c_w]
+        if not better.all():
+            # entries tight under their old weight: y[i] == old ⊗ y[j]. If a worsened one is among them, the values
+            # through it are invalidated; so are those tight through an improved one, since the region is grown
+            # with the new weights (a value tight under an improved entry's old weight would be missed)
+            yj = y[cols]
             with np.errstate(all="ignore"):
-                via = sr.mul_arrays(o_w, yj)
-            tight = ~changed_positions(via, y[r_w]) & (yj != zero) & (o_w != zero)
-            if tight.any():
-                region = self._region(A, unique(r_w[tight]), y, sr, zero)
+                via = sr.mul_arrays(old, yj)
+            tight = ~changed_positions(via, y[rows]) & (yj != zero) & (old != zero)
+            if (tight & ~better).any():
+                region = self._region(A, unique(rows[tight]), y, sr, zero)
         heads = cols[better]
         saved = y[region].copy()
         try:

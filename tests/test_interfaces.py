@@ -36,7 +36,7 @@ def test_a_registered_engine_is_used(monkeypatch):
         built.append(engine)
         return engine, handle
 
-    monkeypatch.setitem(engines._factories, "local", factory)
+    monkeypatch.setitem(engines._registry._entries, "local", factory)
     buf = mmsb.open(None)
     x, y = buf.create_page("x", 3), buf.create_page("y", 3)
     buf.link(y, x, np.eye(3) * 2)
@@ -53,9 +53,10 @@ def test_a_lazily_registered_device_family_is_imported_on_first_use(monkeypatch)
     mod = types.ModuleType("mmsb_fake_device")
     mod.Fake = Fake
     monkeypatch.setitem(sys.modules, "mmsb_fake_device", mod)
-    monkeypatch.setitem(devices._lazy, "fake", "mmsb_fake_device:Fake")
+    devices.register_lazy("fake", "mmsb_fake_device:Fake")
     try:
         assert devices.normalize("fake") == "fake:0"
         assert isinstance(devices.backend_for("fake:0"), Fake)
     finally:
-        devices._backends.pop("fake", None)
+        devices._registry._entries.pop("fake", None)
+        devices._registry._lazy.pop("fake", None)

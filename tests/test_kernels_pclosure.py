@@ -37,11 +37,11 @@ def _graph(rng, n, density, dtype, lo, hi):
     return W
 
 
-def _run(kern, W, x, frontier, nthreads, with_old):
+def _run(kern, W, x, frontier, nthreads, with_old, index_dtype=np.int64):
     old = np.full(x.size, -1, dtype=x.dtype) if with_old else None
     wr = (float(W.data.min()), float(W.data.max())) if W.nnz else None
-    ch = kern.closure(W.indptr.astype(np.int64), W.indices.astype(np.int64), W.data, x, frontier, OP_MIN, OP_PLUS,
-                      np.inf, old_out=old, weight_range=wr, nthreads=nthreads)
+    ch = kern.closure(W.indptr.astype(np.int64), W.indices.astype(index_dtype), W.data, x, frontier, OP_MIN,
+                      OP_PLUS, np.inf, old_out=old, weight_range=wr, nthreads=nthreads)
     return ch, old
 
 
@@ -66,12 +66,13 @@ def test_parallel_closure_equals_serial_and_twin(forced, level, seed, n, density
         frontier = np.sort(rng.choice(n, min(5, n), replace=False)).astype(np.int64)
         x0[frontier] = np.minimum(x0[frontier], (rng.random(frontier.size) * 3).astype(dtype))
     runs = {}
-    for name, k, nt in (("twin", ref, 1), ("serial", kern, 1), ("parallel", kern, nthreads)):
+    for name, k, nt, idt in (("twin", ref, 1, np.int64), ("serial", kern, 1, np.int64),
+                             ("parallel", kern, nthreads, np.int64), ("parallel int32", kern, nthreads, np.int32)):
         x = x0.copy()
-        ch, old = _run(k, W, x, frontier, nt, True)
+        ch, old = _run(k, W, x, frontier, nt, True, idt)
         runs[name] = (x, ch, old)
     x_t, ch_t, old_t = runs["twin"]
-    for name in ("serial", "parallel"):
+    for name in ("serial", "parallel", "parallel int32"):
         x, ch, old = runs[name]
         assert x.tobytes() == x_t.tobytes(), name
         np.testing.assert_array_equal(ch, ch_t)

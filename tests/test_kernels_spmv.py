@@ -110,8 +110,9 @@ def test_spmv_twin_matches_dense_reference(p, subset):
 
 @pytest.mark.parametrize("level", EXT_LEVELS)
 @SETTINGS
-@given(params, st.booleans(), st.sampled_from([0, 1, 2]))
-def test_spmv_compiled_matches_twin(level, p, subset, nthreads):
+@given(params, st.booleans(), st.sampled_from([0, 1, 2]), st.booleans())
+def test_spmv_compiled_matches_twin(level, p, subset, nthreads, narrow):
+    """... with int64 or int32 column indices (``narrow``) on the compiled side."""
     ext = ext_module(level)
     (name, dtype), seed, n, m, density = p
     rng = np.random.default_rng(seed)
@@ -123,7 +124,8 @@ def test_spmv_compiled_matches_twin(level, p, subset, nthreads):
     add, mul, zero = SEMIRINGS[name][:3]
     y_ref, y_ext = y0.copy(), y0.copy()
     ref.spmv(indptr, indices, data, x, y_ref, add, mul, zero, rows=rows)
-    ext.spmv(indptr, indices, data, x, y_ext, add, mul, zero, rows=rows, nthreads=nthreads)
+    ext.spmv(indptr, indices.astype(np.int32) if narrow else indices, data, x, y_ext, add, mul, zero, rows=rows,
+             nthreads=nthreads)
     if np.dtype(dtype).kind == "f" and name == "plus_times":
         np.testing.assert_allclose(y_ext, y_ref, rtol=1e-5, atol=1e-5)
     else:
@@ -143,8 +145,8 @@ def test_spmv_plus_times_equals_scipy(kern, seed, n, m, dtype):
 
 @pytest.mark.parametrize("level", EXT_LEVELS)
 @SETTINGS
-@given(params)
-def test_push_compiled_matches_twin_and_definition(level, p):
+@given(params, st.booleans())
+def test_push_compiled_matches_twin_and_definition(level, p, narrow):
     (name, dtype), seed, n, m, density = p
     rng = np.random.default_rng(seed)
     # A is (n, m); push takes A.T in CSR form, i.e. the CSR of an (m, n) matrix.
@@ -168,7 +170,8 @@ def test_push_compiled_matches_twin_and_definition(level, p):
         np.testing.assert_array_equal(ch_ref, np.flatnonzero(expect != y0))
     ext = ext_module(level)
     y_ext = y0.copy()
-    ch_ext = ext.push(indptr_t, indices_t, data_t, idx, vals, y_ext, add, mul, zero)
+    ch_ext = ext.push(indptr_t, indices_t.astype(np.int32) if narrow else indices_t, data_t, idx, vals, y_ext, add,
+                      mul, zero)
     np.testing.assert_array_equal(y_ext, y_ref)
     np.testing.assert_array_equal(ch_ext, ch_ref)
 
@@ -264,8 +267,8 @@ def test_closure_or_and_equals_bfs(kern, seed, n, density, nsrc, as_bool):
 @pytest.mark.parametrize("level", EXT_LEVELS)
 @SETTINGS
 @given(st.sampled_from(["min_plus", "max_plus", "max_times", "max_min", "min_max", "or_and"]),
-       st.integers(0, 2**32 - 1), st.integers(1, 30), st.floats(0.0, 0.3), st.booleans())
-def test_closure_compiled_matches_twin(level, name, seed, n, density, dag):
+       st.integers(0, 2**32 - 1), st.integers(1, 30), st.floats(0.0, 0.3), st.booleans(), st.booleans())
+def test_closure_compiled_matches_twin(level, name, seed, n, density, dag, narrow):
     ext = ext_module(level)
     rng = np.random.default_rng(seed)
     add, mul, zero = SEMIRINGS[name][:3]
@@ -287,7 +290,8 @@ def test_closure_compiled_matches_twin(level, name, seed, n, density, dag):
     for frontier in (np.flatnonzero(x0 != z), rng.integers(0, n, 3)):
         xr, xe = x0.copy(), x0.copy()
         chr_ = ref.closure(W.indptr, W.indices, W.data, xr, frontier, add, mul, zero)
-        che = ext.closure(W.indptr, W.indices, W.data, xe, frontier, add, mul, zero)
+        che = ext.closure(W.indptr, W.indices.astype(np.int32) if narrow else W.indices, W.data, xe, frontier, add,
+                          mul, zero)
         np.testing.assert_array_equal(xe, xr)
         np.testing.assert_array_equal(che, chr_)
 

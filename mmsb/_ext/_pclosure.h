@@ -68,7 +68,7 @@ static inline int64_t mmsb_pc_bucket(double v, double base, double delta, int64_
     return (int64_t)q;
 }
 
-#define MMSB_PC_DEFINE(T, NAME)                                                                                  \
+#define MMSB_PC_DEFINE(T, IT, NAME)                                                                                \
 static inline int NAME##_lower(T *p, T val, T *before)                                                          \
 {                                                                                                                \
     T old;                                                                                                       \
@@ -82,7 +82,7 @@ static inline int NAME##_lower(T *p, T val, T *before)                          
     return 0;                                                                                                    \
 }                                                                                                                \
                                                                                                                  \
-static int NAME(const int64_t *indptr, const int64_t *indices, const T *data, int64_t nnz, T *x, int64_t n,      \
+static int NAME(const int64_t *indptr, const IT *indices, const T *data,     int64_t nnz, T *x, int64_t n,      \
                 const int64_t *frontier, int64_t count, T zero, double base, double delta, int64_t nb,           \
                 int nthreads, uint8_t *mark, int64_t **changed_out, int64_t *nchanged_out)                      \
 {                                                                                                                \
@@ -248,7 +248,9 @@ static int NAME(const int64_t *indptr, const int64_t *indices, const T *data, in
 }
 
 
-MMSB_PC_DEFINE(double, mmsb_pclosure_f64)
-MMSB_PC_DEFINE(float, mmsb_pclosure_f32)
+MMSB_PC_DEFINE(double, int64_t, mmsb_pclosure_f64)
+MMSB_PC_DEFINE(float, int64_t, mmsb_pclosure_f32)
+MMSB_PC_DEFINE(double, int32_t, mmsb_pclosure_f64_i32)
+MMSB_PC_DEFINE(float, int32_t, mmsb_pclosure_f32_i32)
 
 #endif

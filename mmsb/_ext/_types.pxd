@@ -1,7 +1,8 @@
 # cython: language_level=3
 """Shared kernel types and op helpers for the mmsb Cython modules.
 
-``numeric_t`` is the fused element type of every page kernel (bool pages are passed as uint8 views; the caller
+``numeric_t`` is the fused element type of every page kernel, ``index_t`` that of a CSR's column indices (int32
+where the columns fit, halving their memory traffic; int64 otherwise) (bool pages are passed as uint8 views; the caller
 maps or -> max and and -> min). The op codes equal those of ``mmsb/_ops.py``. Integer plus/times wrap modulo
 2**bits like numpy (computed in the unsigned type, so no signed overflow happens in C).
 """
@@ -19,6 +20,10 @@ ctypedef fused numeric_t:
     uint64_t
     float
     double
+
+ctypedef fused index_t:
+    int32_t
+    int64_t
 
 cdef enum:
     OP_ASSIGN = -1

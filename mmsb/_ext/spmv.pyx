@@ -12,13 +12,12 @@ range); a bad index raises ValueError afterwards, when outputs may already be pa
 import numpy as np
 
 from cython.parallel cimport prange
-from libc.stdint cimport int64_t, uint8_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 
-from mmsb._ext._types cimport OP_MAX, OP_MIN, OP_PLUS, OP_TIMES, apply_op, numeric_t
+from mmsb._ext._types cimport OP_MAX, OP_MIN, OP_PLUS, OP_TIMES, apply_op, index_t, numeric_t
 
-from mmsb._validate import (check_csr, check_ops, check_range, index_array, same_dtype, value_array,
-                            zero_array)
+from mmsb._validate import closure_args, push_args, spmv_args
 
 cdef extern from *:
     """
@@ -43,6 +42,28 @@ cdef extern from "_pclosure.h":
                           float *x, int64_t n, const int64_t *frontier, int64_t count, float zero, double base,
                           double delta, int64_t nb, int nthreads, uint8_t *mark, int64_t **changed_out,
                           int64_t *nchanged_out) noexcept nogil
+    int mmsb_pclosure_f64_i32(const int64_t *indptr, const int32_t *indices, const double *data, int64_t nnz,
+                              double *x, int64_t n, const int64_t *frontier, int64_t count, double zero,
+                              double base, double delta, int64_t nb, int nthreads, uint8_t *mark,
+                              int64_t **changed_out, int64_t *nchanged_out) noexcept nogil
+    int mmsb_pclosure_f32_i32(const int64_t *indptr, const int32_t *indices, const float *data, int64_t nnz,
+                              float *x, int64_t n, const int64_t *frontier, int64_t count, float zero,
+                              double base, double delta, int64_t nb, int nthreads, uint8_t *mark,
+                              int64_t **changed_out, int64_t *nchanged_out) noexcept nogil
+
+ctypedef fused hot_t:
+    float
+    double
+    uint8_t
+
+# value dtypes whose kernels also take int32 column indices (others widen them to int64 first)
+_HOT = frozenset((np.dtype(np.float64), np.dtype(np.float32), np.dtype(np.uint8)))
+
+
+def _wide(indices):
+    """int64 column indices for the kernels specialised on int64 only."""
+    return indices if indices.dtype == np.int64 else indices.astype(np.int64)
+
 
 # a (min, plus) closure runs in parallel (bucketed Bellman-Ford, mmsb/_ext/_pclosure.h) from this many frontier
 # entries on a graph of at least PAR_CLOSURE_N vertices, when more than one thread is free; smaller waves stay serial
@@ -145,7 +166,7 @@ cdef object _raise_status(int status):
 
 # ---------------------------------------------------------------------------------------------------- spmv
 
-cdef inline int _row(const int64_t *indptr, const int64_t *indices, const numeric_t *data, const numeric_t *x,
+cdef inline int _row(const int64_t *indptr, const index_t *indices, const numeric_t *data, const numeric_t *x,
                      numeric_t *y, int64_t i, int64_t nnz, int64_t nx, int add_op, int mul_op,
                      numeric_t zero) noexcept nogil:
     """y[i] = zero ⊕ (⊕_k data[k] ⊗ x[indices[k]]) over row i; 1 on a bad index (y[i] untouched).
@@ -174,7 +195,7 @@ cdef inline int _row(const int64_t *indptr, const int64_t *indices, const numeri
     return 0
 
 
-cdef int _spmv_kernel(const int64_t *indptr, const int64_t *indices, const numeric_t *data,
+cdef int _spmv_kernel(const int64_t *indptr, const index_t *indices, const numeric_t *data,
                       const numeric_t *x, numeric_t *y, const int64_t *rows, int64_t count, int64_t nnz,
                       int64_t nx, int add_op, int mul_op, numeric_t zero, int nthreads) noexcept nogil:
     """Rows 0..count-1 (or rows[0..count-1]) in parallel; the common semirings get constant-folded loops."""
@@ -199,10 +220,10 @@ cdef int _spmv_kernel(const int64_t *indptr, const int64_t *indices, const numer
     return ST_BAD_INDEX if bad else ST_OK
 
 
-def _spmv_typed(const int64_t[::1] indptr, const int64_t[::1] indices, const numeric_t[::1] data,
-                const numeric_t[::1] x, numeric_t[::1] y, const int64_t[::1] rows, bint all_rows,
-                int add_op, int mul_op, const numeric_t[::1] zero, int nthreads):
-    """Typed entry point of spmv (arguments already validated)."""
+cdef _spmv_run(const int64_t[::1] indptr, const index_t[::1] indices, const numeric_t[::1] data,
+               const numeric_t[::1] x, numeric_t[::1] y, const int64_t[::1] rows, bint all_rows,
+               int add_op, int mul_op, const numeric_t[::1] zero, int nthreads):
+    """spmv on validated arguments."""
     cdef int status
     cdef const int64_t *rows_ptr = NULL
     cdef int64_t count = y.shape[0] if all_rows else rows.shape[0]
@@ -217,6 +238,20 @@ def _spmv_typed(const int64_t[::1] indptr, const int64_t[::1] indices, const num
     _raise_status(status)
 
 
+def _spmv_typed(const int64_t[::1] indptr, const int64_t[::1] indices, const numeric_t[::1] data,
+                const numeric_t[::1] x, numeric_t[::1] y, const int64_t[::1] rows, bint all_rows,
+                int add_op, int mul_op, const numeric_t[::1] zero, int nthreads):
+    """Typed entry point of spmv, int64 column indices."""
+    _spmv_run(indptr, indices, data, x, y, rows, all_rows, add_op, mul_op, zero, nthreads)
+
+
+def _spmv_typed32(const int64_t[::1] indptr, const int32_t[::1] indices, const hot_t[::1] data,
+                  const hot_t[::1] x, hot_t[::1] y, const int64_t[::1] rows, bint all_rows,
+                  int add_op, int mul_op, const hot_t[::1] zero, int nthreads):
+    """Typed entry point of spmv, int32 column indices."""
+    _spmv_run(indptr, indices, data, x, y, rows, all_rows, add_op, mul_op, zero, nthreads)
+
+
 def spmv(indptr, indices, data, x, y, int add_op, int mul_op, zero, rows=None, int nthreads=0):
     """Pull SpMV ``y[i] = zero ⊕ (⊕_k data[k] ⊗ x[indices[k]])`` for all rows, or only the int64 ``rows``.
 
@@ -225,30 +260,19 @@ def spmv(indptr, indices, data, x, y, int add_op, int mul_op, zero, rows=None, i
     Entries with ``x[j] == zero`` are skipped. Rows run in parallel on ``nthreads`` OpenMP threads
     (0: the thread policy's count, see ``set_threads``).
     """
-    check_ops(add_op, mul_op)
-    indptr = index_array(indptr, "indptr")
-    indices = index_array(indices, "indices")
-    x = value_array(x, "x")
-    y = value_array(y, "y", out=True)
-    data = value_array(data, "data")
-    data, x = same_dtype(y, data=data, x=x)
-    n = check_csr(indptr, indices, data, "")
-    if y.size != n:
-        raise ValueError(f"y has length {y.size}, expected {n} (= len(indptr) - 1)")
-    if rows is None:
-        sel = np.empty(1, dtype=np.int64)
-    else:
-        sel = index_array(rows, "rows")
-        check_range(sel, n, "rows")
-    z = zero_array(zero, y.dtype)
+    indptr, indices, data, x, y, rows, z, n = spmv_args(indptr, indices, data, x, y, add_op, mul_op, zero, rows)
+    sel = np.empty(1, dtype=np.int64) if rows is None else rows
     if nthreads <= 0:
         nthreads = mmsb_threads()
-    _spmv_typed(indptr, indices, data, x, y, sel, rows is None, add_op, mul_op, z, nthreads)
+    if indices.dtype == np.int32 and y.dtype in _HOT:
+        _spmv_typed32(indptr, indices, data, x, y, sel, rows is None, add_op, mul_op, z, nthreads)
+    else:
+        _spmv_typed(indptr, _wide(indices), data, x, y, sel, rows is None, add_op, mul_op, z, nthreads)
 
 
 # ---------------------------------------------------------------------------------------------------- push
 
-cdef int _push_kernel(const int64_t *indptr_t, const int64_t *indices_t, const numeric_t *data_t,
+cdef int _push_kernel(const int64_t *indptr_t, const index_t *indices_t, const numeric_t *data_t,
                       int64_t nnz, const int64_t *idx, const numeric_t *vals, int64_t count, numeric_t *y,
                       int64_t ny, int add_op, int mul_op, numeric_t zero, IndexBuf *changed) noexcept nogil:
     """Sequential saxpy over the given columns, recording every entry of y that changes."""
@@ -276,10 +300,10 @@ cdef int _push_kernel(const int64_t *indptr_t, const int64_t *indices_t, const n
     return ST_OK
 
 
-def _push_typed(const int64_t[::1] indptr_t, const int64_t[::1] indices_t, const numeric_t[::1] data_t,
-                const int64_t[::1] idx, const numeric_t[::1] vals, numeric_t[::1] y, int add_op, int mul_op,
-                const numeric_t[::1] zero):
-    """Typed entry point of push (arguments already validated)."""
+cdef _push_run(const int64_t[::1] indptr_t, const index_t[::1] indices_t, const numeric_t[::1] data_t,
+               const int64_t[::1] idx, const numeric_t[::1] vals, numeric_t[::1] y, int add_op, int mul_op,
+               const numeric_t[::1] zero):
+    """push on validated arguments."""
     cdef int status = ST_OK
     cdef IndexBuf changed
     if _buf_init(&changed, y.shape[0]):
@@ -295,6 +319,20 @@ def _push_typed(const int64_t[::1] indptr_t, const int64_t[::1] indices_t, const
     return out
 
 
+def _push_typed(const int64_t[::1] indptr_t, const int64_t[::1] indices_t, const numeric_t[::1] data_t,
+                const int64_t[::1] idx, const numeric_t[::1] vals, numeric_t[::1] y, int add_op, int mul_op,
+                const numeric_t[::1] zero):
+    """Typed entry point of push, int64 indices."""
+    return _push_run(indptr_t, indices_t, data_t, idx, vals, y, add_op, mul_op, zero)
+
+
+def _push_typed32(const int64_t[::1] indptr_t, const int32_t[::1] indices_t, const hot_t[::1] data_t,
+                  const int64_t[::1] idx, const hot_t[::1] vals, hot_t[::1] y, int add_op, int mul_op,
+                  const hot_t[::1] zero):
+    """Typed entry point of push, int32 indices."""
+    return _push_run(indptr_t, indices_t, data_t, idx, vals, y, add_op, mul_op, zero)
+
+
 def push(indptr_t, indices_t, data_t, idx, vals, y, int add_op, int mul_op, zero):
     """Sparse push (saxpy) with the transposed matrix: ``y[i] = y[i] ⊕ (A[i, j] ⊗ v)`` for each ``(j, v)``.
 
@@ -302,20 +340,11 @@ def push(indptr_t, indices_t, data_t, idx, vals, y, int add_op, int mul_op, zero
     is the sparse vector. Pairs with ``v == zero`` are skipped; ``y[i]`` is written only when its value changes.
     Returns the sorted unique int64 array of the changed entries of ``y``.
     """
-    check_ops(add_op, mul_op)
-    indptr_t = index_array(indptr_t, "indptr_t")
-    indices_t = index_array(indices_t, "indices_t")
-    y = value_array(y, "y", out=True)
-    data_t = value_array(data_t, "data_t")
-    vals = value_array(vals, "vals")
-    idx = index_array(idx, "idx")
-    data_t, vals = same_dtype(y, data_t=data_t, vals=vals)
-    ncols = check_csr(indptr_t, indices_t, data_t, "_t")
-    if idx.size != vals.size:
-        raise ValueError(f"idx and vals differ in length ({idx.size} != {vals.size})")
-    check_range(idx, ncols, "idx")
-    z = zero_array(zero, y.dtype)
-    return _push_typed(indptr_t, indices_t, data_t, idx, vals, y, add_op, mul_op, z)
+    indptr_t, indices_t, data_t, idx, vals, y, z = push_args(indptr_t, indices_t, data_t, idx, vals, y, add_op,
+                                                             mul_op, zero)
+    if indices_t.dtype == np.int32 and y.dtype in _HOT:
+        return _push_typed32(indptr_t, indices_t, data_t, idx, vals, y, add_op, mul_op, z)
+    return _push_typed(indptr_t, _wide(indices_t), data_t, idx, vals, y, add_op, mul_op, z)
 
 
 # ------------------------------------------------------------------------------------------------- closure
@@ -400,7 +429,7 @@ cdef inline int _relax(numeric_t *x, int64_t i, int64_t n, numeric_t w, numeric_
     return -2 if _buf_add(changed, i) else 1
 
 
-cdef int _closure_kernel(const int64_t *indptr_t, const int64_t *indices_t, const numeric_t *data_t,
+cdef int _closure_kernel(const int64_t *indptr_t, const index_t *indices_t, const numeric_t *data_t,
                          int64_t nnz, numeric_t *x, int64_t n, const int64_t *frontier, int64_t count,
                          int add_op, int mul_op, numeric_t zero, IndexBuf *changed,
                          numeric_t *old_out) noexcept nogil:
@@ -534,7 +563,7 @@ cdef inline int _bucket_push(Bucket *b, int64_t ident) noexcept nogil:
     return 0
 
 
-cdef int _closure_buckets(const int64_t *indptr_t, const int64_t *indices_t, const numeric_t *data_t,
+cdef int _closure_buckets(const int64_t *indptr_t, const index_t *indices_t, const numeric_t *data_t,
                           int64_t nnz, numeric_t *x, int64_t n, const int64_t *frontier, int64_t count,
                           int add_op, int mul_op, numeric_t zero, double wmin, double wmax,
                           IndexBuf *changed, numeric_t *old_out, bint *disordered) noexcept nogil:
@@ -608,10 +637,10 @@ cdef int _closure_buckets(const int64_t *indptr_t, const int64_t *indices_t, con
     return status
 
 
-def _closure_typed(const int64_t[::1] indptr_t, const int64_t[::1] indices_t, const numeric_t[::1] data_t,
-                   numeric_t[::1] x, const int64_t[::1] frontier, int add_op, int mul_op,
-                   const numeric_t[::1] zero, numeric_t[::1] old_out, double wmin, double wmax):
-    """Typed entry point of closure (arguments already validated; wmin > 0 selects the bucket queue)."""
+cdef _closure_run(const int64_t[::1] indptr_t, const index_t[::1] indices_t, const numeric_t[::1] data_t,
+                  numeric_t[::1] x, const int64_t[::1] frontier, int add_op, int mul_op,
+                  const numeric_t[::1] zero, numeric_t[::1] old_out, double wmin, double wmax):
+    """closure on validated arguments (wmin > 0 selects the bucket queue)."""
     cdef int status = ST_OK
     cdef IndexBuf changed
     cdef numeric_t *old_ptr = &old_out[0] if old_out.shape[0] else NULL
@@ -644,12 +673,26 @@ def _closure_typed(const int64_t[::1] indptr_t, const int64_t[::1] indices_t, co
     return out
 
 
+def _closure_typed(const int64_t[::1] indptr_t, const int64_t[::1] indices_t, const numeric_t[::1] data_t,
+                   numeric_t[::1] x, const int64_t[::1] frontier, int add_op, int mul_op,
+                   const numeric_t[::1] zero, numeric_t[::1] old_out, double wmin, double wmax):
+    """Typed entry point of closure, int64 indices."""
+    return _closure_run(indptr_t, indices_t, data_t, x, frontier, add_op, mul_op, zero, old_out, wmin, wmax)
+
+
+def _closure_typed32(const int64_t[::1] indptr_t, const int32_t[::1] indices_t, const hot_t[::1] data_t,
+                     hot_t[::1] x, const int64_t[::1] frontier, int add_op, int mul_op,
+                     const hot_t[::1] zero, hot_t[::1] old_out, double wmin, double wmax):
+    """Typed entry point of closure, int32 indices."""
+    return _closure_run(indptr_t, indices_t, data_t, x, frontier, add_op, mul_op, zero, old_out, wmin, wmax)
+
+
 ctypedef fused real_t:
     float
     double
 
 
-def _closure_parallel(const int64_t[::1] indptr_t, const int64_t[::1] indices_t, const real_t[::1] data_t,
+def _closure_parallel(const int64_t[::1] indptr_t, const index_t[::1] indices_t, const real_t[::1] data_t,
                       real_t[::1] x, const int64_t[::1] frontier, const real_t[::1] zero, real_t[::1] old_out,
                       double wmin, double wmax, int nthreads):
     """Typed entry point of the parallel (min, plus) closure (validated; weights in [wmin, wmax], wmin > 0)."""
@@ -666,16 +709,26 @@ def _closure_parallel(const int64_t[::1] indptr_t, const int64_t[::1] indices_t,
     if old_out.shape[0]:
         before = np.array(x, copy=True)
     with nogil:
-        if real_t is double:
+        if real_t is double and index_t is int64_t:
             status = mmsb_pclosure_f64(&indptr_t[0], &indices_t[0] if indices_t.shape[0] else NULL,
                                        &data_t[0] if data_t.shape[0] else NULL, indices_t.shape[0], &x[0],
                                        x.shape[0], &frontier[0], frontier.shape[0], zero[0], base, delta, nb,
                                        nthreads, changed.mark, &ids, &nids)
-        else:
+        elif real_t is double:
+            status = mmsb_pclosure_f64_i32(&indptr_t[0], &indices_t[0] if indices_t.shape[0] else NULL,
+                                           &data_t[0] if data_t.shape[0] else NULL, indices_t.shape[0], &x[0],
+                                           x.shape[0], &frontier[0], frontier.shape[0], zero[0], base, delta, nb,
+                                           nthreads, changed.mark, &ids, &nids)
+        elif index_t is int64_t:
             status = mmsb_pclosure_f32(&indptr_t[0], &indices_t[0] if indices_t.shape[0] else NULL,
                                        &data_t[0] if data_t.shape[0] else NULL, indices_t.shape[0], &x[0],
                                        x.shape[0], &frontier[0], frontier.shape[0], zero[0], base, delta, nb,
                                        nthreads, changed.mark, &ids, &nids)
+        else:
+            status = mmsb_pclosure_f32_i32(&indptr_t[0], &indices_t[0] if indices_t.shape[0] else NULL,
+                                           &data_t[0] if data_t.shape[0] else NULL, indices_t.shape[0], &x[0],
+                                           x.shape[0], &frontier[0], frontier.shape[0], zero[0], base, delta, nb,
+                                           nthreads, changed.mark, &ids, &nids)
         if status == ST_OK and old_out.shape[0]:
             for k in range(nids):
                 old_out[ids[k]] = before[ids[k]]
@@ -702,25 +755,10 @@ def closure(indptr_t, indices_t, data_t, x, frontier, int add_op, int mul_op, ze
     (``PAR_CLOSURE_FRONTIER`` entries, ``PAR_CLOSURE_N`` vertices), a parallel bucketed Bellman-Ford on
     ``nthreads`` threads (0: the thread policy's count); the values are the same bit for bit.
     """
-    check_ops(add_op, mul_op, idempotent=True)
-    indptr_t = index_array(indptr_t, "indptr_t")
-    indices_t = index_array(indices_t, "indices_t")
-    x = value_array(x, "x", out=True)
-    data_t = value_array(data_t, "data_t")
-    (data_t,) = same_dtype(x, data_t=data_t)
-    frontier = index_array(frontier, "frontier")
-    n = check_csr(indptr_t, indices_t, data_t, "_t")
-    if x.size != n:
-        raise ValueError(f"x has length {x.size}, expected {n} (the matrix must be square)")
-    check_range(frontier, n, "frontier")
-    z = zero_array(zero, x.dtype)
+    indptr_t, indices_t, data_t, x, frontier, z, old_out, n = closure_args(indptr_t, indices_t, data_t, x, frontier,
+                                                                          add_op, mul_op, zero, old_out)
     if old_out is None:
         old_out = np.empty(0, dtype=x.dtype)
-    else:
-        old_out = value_array(old_out, "old_out", out=True)
-        (old_out,) = same_dtype(x, old_out=old_out)
-        if old_out.size != n:
-            raise ValueError(f"old_out has length {old_out.size}, expected {n}")
     wmin = wmax = 0.0
     if weight_range is not None and add_op == OP_MIN and mul_op == OP_PLUS and frontier.size:
         lo, hi = float(weight_range[0]), float(weight_range[1])
@@ -738,4 +776,7 @@ def closure(indptr_t, indices_t, data_t, x, frontier, int add_op, int mul_op, ze
                     and n >= PAR_CLOSURE_N):
                 return _closure_parallel(indptr_t, indices_t, data_t, x, frontier, z, old_out, wmin, wmax,
                                          nthreads)
-    return _closure_typed(indptr_t, indices_t, data_t, x, frontier, add_op, mul_op, z, old_out, wmin, wmax)
+    if indices_t.dtype == np.int32 and x.dtype in _HOT:
+        return _closure_typed32(indptr_t, indices_t, data_t, x, frontier, add_op, mul_op, z, old_out, wmin, wmax)
+    return _closure_typed(indptr_t, _wide(indices_t), data_t, x, frontier, add_op, mul_op, z, old_out, wmin,
+                          wmax)

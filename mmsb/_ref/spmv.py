@@ -13,8 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from mmsb._ops import OP_MAX, OP_MIN, OP_PLUS, OP_TIMES
-from mmsb._validate import (check_csr, check_ops, check_range, check_structure, index_array, same_dtype,
-                            value_array, zero_array)
+from mmsb._validate import closure_args, push_args, spmv_args
 
 __all__ = ["spmv", "push", "closure", "set_threads", "threads"]
 
@@ -39,31 +38,27 @@ def spmv(indptr, indices, data, x, y, add_op, mul_op, zero, rows=None, nthreads=
     ``y`` (length ``len(indptr) - 1``) is written in place; rows not listed are left untouched. Entries with
     ``x[j] == zero`` are skipped. ``nthreads`` is accepted for API parity (the twin is single-threaded).
     """
-    check_ops(add_op, mul_op)
-    indptr = index_array(indptr, "indptr")
-    indices = index_array(indices, "indices")
-    x = value_array(x, "x")
-    y = value_array(y, "y", out=True)
-    data = value_array(data, "data")
-    data, x = same_dtype(y, data=data, x=x)
-    n = check_csr(indptr, indices, data, "")
-    if y.size != n:
-        raise ValueError(f"y has length {y.size}, expected {n} (= len(indptr) - 1)")
-    sel = np.arange(n, dtype=np.int64) if rows is None else index_array(rows, "rows")
-    check_range(sel, n, "rows")
-    check_structure(indptr, indices, x.size, "")
-    z = zero_array(zero, y.dtype)
+    indptr, indices, data, x, y, rows, z, n = spmv_args(indptr, indices, data, x, y, add_op, mul_op, zero, rows,
+                                                        structure=True)
+    sel = np.arange(n, dtype=np.int64) if rows is None else rows
     k, owner = _gather(indptr, sel)
     xv = x[indices[k]]
     keep = xv != z[0]
     prod = _UFUNCS[mul_op](data[k][keep], xv[keep])
+    owner = owner[keep]
+    if add_op in (OP_MIN, OP_MAX) and prod.dtype.kind == "f":
+        real = ~np.isnan(prod)      # min/max ignore a NaN candidate, as the kernels' comparison does
+        prod, owner = prod[real], owner[real]
     out = np.full(sel.size, z[0], dtype=y.dtype)
-    _UFUNCS[add_op].at(out, owner[keep], prod)
+    _UFUNCS[add_op].at(out, owner, prod)
     y[sel] = out
 
 
 def _accumulate(y, targets, contrib, add_op):
     """Apply ``y[t] = y[t] ⊕ c`` in order, only where the value changes; returns the sorted changed entries."""
+    if add_op in (OP_MIN, OP_MAX) and contrib.dtype.kind == "f":
+        real = ~np.isnan(contrib)   # a NaN candidate never wins a min or a max (as in the kernels)
+        targets, contrib = targets[real], contrib[real]
     if targets.size == 0:
         return _EMPTY.copy()
     uniq, inv = np.unique(targets, return_inverse=True)
@@ -92,20 +87,8 @@ def push(indptr_t, indices_t, data_t, idx, vals, y, add_op, mul_op, zero):
     ``v == zero`` are skipped; ``y[i]`` is written only when its value changes. Returns the sorted unique int64
     array of the changed entries of ``y``.
     """
-    check_ops(add_op, mul_op)
-    indptr_t = index_array(indptr_t, "indptr_t")
-    indices_t = index_array(indices_t, "indices_t")
-    y = value_array(y, "y", out=True)
-    data_t = value_array(data_t, "data_t")
-    vals = value_array(vals, "vals")
-    idx = index_array(idx, "idx")
-    data_t, vals = same_dtype(y, data_t=data_t, vals=vals)
-    ncols = check_csr(indptr_t, indices_t, data_t, "_t")
-    if idx.size != vals.size:
-        raise ValueError(f"idx and vals differ in length ({idx.size} != {vals.size})")
-    check_range(idx, ncols, "idx")
-    check_structure(indptr_t, indices_t, y.size, "_t")
-    z = zero_array(zero, y.dtype)
+    indptr_t, indices_t, data_t, idx, vals, y, z = push_args(indptr_t, indices_t, data_t, idx, vals, y, add_op,
+                                                             mul_op, zero, structure=True)
     keep = vals != z[0]
     idx, vals = idx[keep], vals[keep]
     k, owner = _gather(indptr_t, idx)
@@ -125,19 +108,10 @@ def closure(indptr_t, indices_t, data_t, x, frontier, add_op, mul_op, zero, old_
     entry, its value before the call. ``weight_range`` and ``nthreads`` (the compiled kernel's hints) change
     nothing here.
     """
-    check_ops(add_op, mul_op, idempotent=True)
-    indptr_t = index_array(indptr_t, "indptr_t")
-    indices_t = index_array(indices_t, "indices_t")
-    x = value_array(x, "x", out=True)
-    data_t = value_array(data_t, "data_t")
-    (data_t,) = same_dtype(x, data_t=data_t)
-    frontier = index_array(frontier, "frontier")
-    n = check_csr(indptr_t, indices_t, data_t, "_t")
-    if x.size != n:
-        raise ValueError(f"x has length {x.size}, expected {n} (the matrix must be square)")
-    check_range(frontier, n, "frontier")
-    check_structure(indptr_t, indices_t, n, "_t")
-    z = zero_array(zero, x.dtype)[0]
+    indptr_t, indices_t, data_t, x, frontier, z, old_out, n = closure_args(indptr_t, indices_t, data_t, x, frontier,
+                                                                          add_op, mul_op, zero, old_out,
+                                                                          structure=True)
+    z = z[0]
     mul = _UFUNCS[mul_op]
     before = x.copy() if old_out is not None else None
     changed = []

@@ -1,7 +1,7 @@
 """``mmsb bench``: mmsb against what a user would use instead, measured side by side in one run.
 
 Each row gives mmsb's figure, the baseline's and ``ratio = baseline / mmsb`` (> 1: mmsb is faster or smaller).
-Groups (one module each): path, merge, alloc, spmv, closure, log, checkpoint, txn. ``quick=True`` runs every group
+Groups (one module each): path, merge, alloc, spmv, closure, log, checkpoint, txn, dynamic. ``quick=True`` runs every group
 at reduced sizes and prints the ratios without judging any target (targets are judged on full runs only).
 Baselines that are not installed, or installed without a dependency they need, keep their row, which names what
 is missing. The machine's load (load average, busy competing processes) is measured before and after and printed
@@ -20,7 +20,7 @@ from typing import Iterable, Optional, Sequence, Union
 
 from mmsb.bench._common import Row, fmt_load, fmt_ratio, fmt_value, machine_load
 
-GROUPS = ("path", "merge", "alloc", "spmv", "closure", "log", "checkpoint", "txn")
+GROUPS = ("path", "merge", "alloc", "spmv", "closure", "log", "checkpoint", "txn", "dynamic")
 
 __all__ = ["GROUPS", "Row", "main", "run", "environment"]
 

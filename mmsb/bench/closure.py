@@ -43,7 +43,8 @@ def _full_build(W: sp.csr_array, base: np.ndarray, side: int) -> Iterator[Row]:
     one (the serial kernel), against scipy's dijkstra; results checked equal first."""
     from mmsb import _kernels, _ops
     n = W.shape[0]
-    ip, ix = W.indptr.astype(np.int64), W.indices.astype(np.int64)
+    from mmsb.csr import index_dtype
+    ip, ix = W.indptr.astype(np.int64), W.indices.astype(index_dtype(n, W.data.dtype))   # as a rule's matrix
     wr = (float(W.data.min()), float(W.data.max()))
     cap = _kernels.default_threads()
 

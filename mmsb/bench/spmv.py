@@ -9,6 +9,7 @@ import scipy.sparse as sp
 import mmsb
 from mmsb import _kernels, _ops
 from mmsb.bench._common import Row, have, missing, pair
+from mmsb.csr import index_dtype
 
 GROUP = "spmv"
 THREADS = 2
@@ -51,8 +52,8 @@ def run(quick: bool = False) -> Iterator[Row]:
     rep = 3 if quick else 5
     A = random_graph(n, m)
     indptr = A.indptr.astype(np.int64)
-    indices = A.indices.astype(np.int64)
     data = A.data
+    indices = A.indices.astype(index_dtype(n, data.dtype))     # the index width a rule's matrix gets
     rng = np.random.default_rng(4)
     x = rng.random(n)
     y = np.empty(n)

@@ -16,6 +16,7 @@ import distributed
 from mmsb.dask._errors import ClusterError
 from mmsb.dask.array import from_dask_array, to_dask_array
 from mmsb.dask.engine import ClusterHandle, DistributedEngine
+from mmsb.dask.partition import cut_fraction, partition
 
 
 
@@ -63,6 +64,39 @@ def placement(buf: Any) -> dict:
     return buf._cluster.placement()
 
 
+def shards(buf: Any, name: Any) -> list:
+    """``[(start, stop, worker address)]``: the blocks of a page created with ``shards=`` (a matrix: its row
+    blocks). A page that is not sharded is one block: ``[(0, size, worker computing it or None)]``."""
+    if buf._cluster is None:
+        raise ClusterError("this buffer has no cluster (open it with cluster=...)")
+    name = name if isinstance(name, str) else name.name
+    page = buf[name]
+    mgr = buf._cluster.engine.shards
+    if name in mgr.infos:
+        return mgr.layout(name)
+    n = page.shape[0] if page.kind == "matrix" else page.size
+    return [(0, int(n), buf._cluster.engine.placement().get(name))]
+
+
+def shard_stats(buf: Any, name: Any) -> dict:
+    """Figures of a sharded matrix page: ``nnz``, ``cut`` (entries whose column lies outside their row block),
+    ``cut_fraction`` and per-block ``(entries, cut entries)``."""
+    if buf._cluster is None:
+        raise ClusterError("this buffer has no cluster (open it with cluster=...)")
+    name = name if isinstance(name, str) else name.name
+    mgr = buf._cluster.engine.shards
+    if name not in mgr.infos or mgr.infos[name].kind != "matrix":
+        raise KeyError(f"{name!r} is not a sharded matrix page")
+    return mgr.matrix_stats(name)
+
+
+def elementwise(fn: Any) -> Any:
+    """Mark ``fn`` element-wise (output entry i depends only on entry i of each input), so that a ``derive``
+    over sharded pages runs it block by block on the workers. Returns ``fn``."""
+    fn.mmsb_elementwise = True
+    return fn
+
+
 def run_batch(*args: Any, **kwargs: Any) -> dict:
     """See :func:`mmsb.dask.batch.run_batch`."""
     from mmsb.dask.batch import run_batch as _run
@@ -70,5 +104,6 @@ def run_batch(*args: Any, **kwargs: Any) -> dict:
     return _run(*args, **kwargs)
 
 
-__all__ = ["ClusterError", "ClusterHandle", "DistributedEngine", "attach_cluster", "connect", "from_dask_array",
-           "place", "placement", "run_batch", "to_dask_array"]
+__all__ = ["ClusterError", "ClusterHandle", "DistributedEngine", "attach_cluster", "connect", "cut_fraction",
+           "elementwise", "from_dask_array", "partition", "place", "placement", "run_batch", "shard_stats",
+           "shards", "to_dask_array"]

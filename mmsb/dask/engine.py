@@ -86,6 +86,9 @@ class DistributedEngine:
         self._closed = False
         self._register_plugin()
         self._refresh_workers()
+        from mmsb.dask.sharding import ShardManager
+
+        self.shards = ShardManager(self)          # pages created with shards= (see mmsb.dask.sharding)
 
     @property
     def graph(self) -> Any:
@@ -152,7 +155,8 @@ class DistributedEngine:
 
     def _ensure_placement(self) -> None:
         g = self.graph
-        rules = g.rules()
+        sharded = self.shards.infos
+        rules = [r for r in g.rules() if r.dst not in sharded]   # sharded pages: mmsb.dask.sharding
         sig = (tuple(sorted(r.id for r in rules)), tuple(self._page_serial(n) for n in self._buf._pages),
                tuple(sorted(self._overrides.items())), tuple(self._alive))
         if sig == self._sig:
@@ -208,6 +212,8 @@ class DistributedEngine:
         """Propagate ``changes`` (and full recomputes of ``force``) on the cluster; same contract as Engine.wave."""
         if self._closed:
             raise ClusterError("the cluster connection of this buffer is closed")
+        if self.shards.active(changes, force):      # sharded pages: supersteps on the workers that own them
+            changes, force = self.shards.wave(changes, undo, force)
         t0 = time.perf_counter()
         force = set(force or ())
         g = self.graph
@@ -425,6 +431,7 @@ class DistributedEngine:
     # -- buffer hooks -----------------------------------------------------------------------------------------
     def after_commit(self, epoch: int) -> None:
         self._epoch = epoch
+        self.shards.after_commit(epoch)
 
     def stats_dict(self) -> dict:
         return self.cluster_stats()
@@ -432,13 +439,14 @@ class DistributedEngine:
     def cluster_stats(self) -> dict:
         out = dict(self._counters)
         out.update(workers=list(self._alive), placement=dict(self._owner), epoch=self._epoch,
-                   dashboard=getattr(self.client, "dashboard_link", None))
+                   dashboard=getattr(self.client, "dashboard_link", None), shards=self.shards.stats())
         return out
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        self.shards.close()
         try:
             if getattr(self.client, "status", "") == "running":
                 self.client.run(_worker.drop_buffer, self.id)
@@ -472,6 +480,11 @@ class ClusterHandle:
 
     def placement(self) -> dict:
         return self.engine.placement()
+
+    def create_sharded(self, op: Any, c: Any) -> Any:
+        """Create the page of a ``page_created`` / ``matrix_created`` record with ``metadata["shards"]``: blocks
+        on the workers, no storage on the driver (``Buffer._apply_schema`` dispatches here)."""
+        return self.engine.shards.create(op, c)
 
     def close(self) -> None:
         self.engine.close()

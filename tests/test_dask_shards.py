@@ -1,0 +1,288 @@
+"""Sharded pages on a Dask LocalCluster (mmsb.dask.sharding): equal to in-process, no block on the driver,
+rebuilt after a worker restart, durable without the cluster, matrix deltas, bad input."""
+import sys
+
+import numpy as np
+import pytest
+
+import mmsb
+from mmsb.errors import InvalidDeltaError, MMSBError
+
+distributed = pytest.importorskip("distributed")
+sp = pytest.importorskip("scipy.sparse")
+csgraph = pytest.importorskip("scipy.sparse.csgraph")
+import mmsb.dask  # noqa: E402
+
+
+@mmsb.dask.elementwise
+def clipped(a):
+    return np.minimum(a, 3.0)
+
+
+@pytest.fixture(scope="module")
+def client():
+    import cloudpickle
+
+    from _localcluster import local_client
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    try:
+        with local_client() as c:
+            yield c
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+
+
+def _grid(rng, side):
+    ids = np.arange(side * side).reshape(side, side)
+    u = np.concatenate([ids[:, :-1].ravel(), ids[:, 1:].ravel(), ids[:-1, :].ravel(), ids[1:, :].ravel()])
+    v = np.concatenate([ids[:, 1:].ravel(), ids[:, :-1].ravel(), ids[1:, :].ravel(), ids[:-1, :].ravel()])
+    return sp.csr_matrix((rng.uniform(1.0, 10.0, u.size), (v, u)), shape=(side * side,) * 2)   # W.T
+
+
+def _build(buf, n, Wt, A, B, k):
+    buf.create_page("src", n, semiring="min_plus", shards=k)
+    buf.create_page("dist", n, semiring="min_plus", shards=k)
+    buf.create_matrix("W", (n, n), semiring="min_plus", data=Wt, shards=k)
+    buf.closure("dist", "src", "W")
+    buf.create_page("x", n, shards=k)
+    buf.create_page("y", n, shards=k)
+    buf.create_page("z", n, shards=k)
+    buf.create_page("c", n, shards=k)
+    buf.create_matrix("A", (n, n), data=A, shards=k)
+    buf.link("y", "x", "A")
+    buf.link("z", "y", B)                   # a rule's own matrix (not a page): its rows travel with the rule
+    buf.derive("c", ["z"], clipped)
+
+
+def _history(rng, n, steps):
+    """Random operations: (page, values, index, accumulate) with matrix entries as (rows, cols)."""
+    ops = []
+    for _ in range(steps):
+        what = rng.integers(0, 5)
+        if what == 0:
+            k = int(rng.integers(1, 8))
+            ops.append(("src", rng.uniform(0, 20, k), rng.choice(n, k, replace=False), bool(rng.integers(0, 2))))
+        elif what == 1:
+            k = int(rng.integers(1, 50))
+            ops.append(("x", rng.normal(size=k), rng.choice(n, k, replace=False), False))
+        elif what == 2:
+            ops.append(("x", rng.normal(size=n), None, False))
+        elif what == 3:                       # change, insert or remove (inf) entries of W
+            k = int(rng.integers(1, 6))
+            r, c = rng.integers(0, n, k), rng.integers(0, n, k)
+            v = np.where(rng.random(k) < 0.3, np.inf, rng.uniform(0.5, 10.0, k))
+            keep = np.unique(r * n + c, return_index=True)[1]
+            ops.append(("W", v[keep], (r[keep], c[keep]), False))
+        else:
+            k = int(rng.integers(1, 6))
+            r, c = rng.integers(0, n, k), rng.integers(0, n, k)
+            keep = np.unique(r * n + c, return_index=True)[1]
+            ops.append(("A", rng.normal(size=k)[keep], (r[keep], c[keep]), False))
+    return ops
+
+
+def _state(buf):
+    return {p: buf[p].read() for p in ("dist", "y", "z", "c")}
+
+
+def _check_equal(a, b):
+    np.testing.assert_array_equal(a["dist"], b["dist"])          # min_plus: bit for bit
+    for p in ("y", "z", "c"):
+        np.testing.assert_allclose(a[p], b[p], rtol=1e-9, atol=1e-12)
+
+
+def test_random_history_equals_in_process(client):
+    rng = np.random.default_rng(11)
+    side = 16
+    n = side * side
+    Wt = _grid(rng, side)
+    A = sp.random(n, n, density=4 / n, random_state=5, format="csr")
+    B = sp.random(n, n, density=3 / n, random_state=6, format="csr")
+    local = mmsb.open(None)
+    sharded = mmsb.open(None, cluster=client)
+    for buf in (local, sharded):
+        _build(buf, n, Wt, A, B, 3)
+    assert [b[1] - b[0] for b in mmsb.dask.shards(sharded, "dist")] == [85, 85, 86]
+    for page, vals, index, acc in _history(rng, n, 14):
+        for buf in (local, sharded):
+            buf.write(page, vals, index=index, accumulate=acc)
+        _check_equal(_state(local), _state(sharded))
+    for _ in range(3):                         # several pages and matrices in one commit: one wave
+        ops = _history(rng, n, 4) + [("src", np.zeros(3), rng.choice(n, 3, replace=False), True),
+                                     ("x", rng.normal(size=5), rng.choice(n, 5, replace=False), False),
+                                     ("A", rng.normal(size=3), (rng.choice(n, 3, replace=False), rng.integers(0, n, 3)),
+                                      False)]
+        for buf in (local, sharded):
+            with buf.batch():
+                for page, vals, index, acc in ops:
+                    buf.write(page, vals, index=index, accumulate=acc)
+        _check_equal(_state(local), _state(sharded))
+    st = sharded.stats()["cluster"]["shards"]
+    assert st["pages"] == 8 and st["rebuilds"] == 0 and st["messages"] > 0
+    assert sharded.stats()["memory"]["resident_bytes"] == 0      # the driver holds no block
+    local.close()
+    sharded.close()
+
+
+def test_driver_holds_no_block(client):
+    buf = mmsb.open(None, cluster=client)
+    before = buf.stats()["memory"]["resident_bytes"]
+    for i, n in enumerate((10_000, 100_000, 400_000)):
+        p = buf.create_page(f"p{i}", n, shards=4)
+        buf.write(p, np.arange(n, dtype="float64"))
+        assert buf.stats()["memory"]["resident_bytes"] == before == 0
+        assert p.read(index=[0, n - 1]).tolist() == [0.0, n - 1.0]
+    M = buf.create_matrix("M", (400_000, 400_000), data=sp.eye(400_000, format="csr"), shards=4)
+    assert M.nbytes == 0 and M.nnz == 400_000
+    assert buf.stats()["memory"]["resident_bytes"] == 0 and buf.stats()["allocator"]["allocations"] == 0
+    workers = buf._cluster.engine.shards.worker_stats()
+    assert sum(w["block_bytes"] for w in workers.values()) > 3 * 400_000 * 8
+    plain = buf.create_page("plain", 1000)                      # an ordinary page does take driver memory
+    assert buf.stats()["memory"]["resident_bytes"] == plain.nbytes
+    buf.close()
+
+
+def test_matrix_deltas_on_sharded_closure(client):
+    rng = np.random.default_rng(3)
+    side = 20
+    n = side * side
+    Wt = _grid(rng, side)
+    buf = mmsb.open(None, cluster=client)
+    buf.create_page("s", n, semiring="min_plus", shards=4)
+    buf.create_page("d", n, semiring="min_plus", shards=4)
+    buf.create_matrix("Wt", (n, n), semiring="min_plus", data=Wt, shards=4)
+    buf.closure("d", "s", "Wt")
+    buf.write("s", np.zeros(2), index=[0, n - 1])
+    ref = Wt.T.tolil()
+
+    def check():
+        W = ref.tocsr()
+        W.data[np.isinf(W.data)] = 0
+        W.eliminate_zeros()
+        np.testing.assert_array_equal(buf["d"].read(), csgraph.dijkstra(W, indices=[0, n - 1], min_only=True))
+
+    check()
+    # cut a shortest-path edge crossing blocks (worse: a forced recompute), add a shortcut (better: a push)
+    for (u, v), w in [((side * 9 + 3, side * 10 + 3), np.inf), ((5, n - 7), 0.5), ((1, 2), 100.0)]:
+        buf.write("Wt", np.array([w]), index=([v], [u]))
+        ref[u, v] = w
+        check()
+    assert mmsb.dask.shard_stats(buf, "Wt")["cut_fraction"] < 0.1
+    buf.close()
+
+
+def test_durable_reopen_without_cluster_and_time_travel(client, tmp_path):
+    rng = np.random.default_rng(5)
+    side = 12
+    n = side * side
+    Wt = _grid(rng, side)
+    A = sp.random(n, n, density=4 / n, random_state=2, format="csr")
+    B = sp.random(n, n, density=3 / n, random_state=3, format="csr")
+    path = str(tmp_path / "store")
+    buf = mmsb.open(path, cluster=client, auto_checkpoint=False)
+    _build(buf, n, Wt, A, B, 2)
+    for page, vals, index, acc in _history(rng, n, 6):
+        buf.write(page, vals, index=index, accumulate=acc)
+    mid = buf.epoch
+    at_mid = _state(buf)
+    for page, vals, index, acc in _history(rng, n, 4):
+        buf.write(page, vals, index=index, accumulate=acc)
+    final = _state(buf)
+    _check_equal(_state(buf.at(mid)), at_mid)                  # a view recomputes the sharded derived pages
+    buf.close()
+    with mmsb.open(path, functions={"test_dask_shards:clipped": clipped}) as plain:
+        assert plain._cluster is None
+        _check_equal(_state(plain), final)
+        _check_equal(_state(plain.at(mid)), at_mid)
+    with mmsb.open(path, cluster=client, functions={"test_dask_shards:clipped": clipped}) as again:    # sharded
+
+        assert len(mmsb.dask.shards(again, "dist")) == 2
+        _check_equal(_state(again), final)
+        again.write("src", np.zeros(1), index=[7])
+        assert again["dist"].read()[7] == 0.0
+
+
+def test_dask_array_chunks_stay_with_blocks(client):
+    import dask.array as da
+
+    buf = mmsb.open(None, cluster=client)
+    assert mmsb.dask.from_dask_array(buf, da.arange(1000, chunks=300, dtype="float64"), "a", shards=True) == ["a"]
+    blocks = mmsb.dask.shards(buf, "a")
+    assert [(b[0], b[1]) for b in blocks] == [(0, 300), (300, 600), (600, 900), (900, 1000)]
+    np.testing.assert_array_equal(buf["a"].read(), np.arange(1000.0))
+    arr = mmsb.dask.to_dask_array(buf, ["a"])
+    assert arr.chunks == ((300, 300, 300, 100),)
+    np.testing.assert_array_equal((arr * 2).compute(), np.arange(1000.0) * 2)
+    buf.close()
+
+
+def test_bad_input_changes_nothing(client):
+    buf = mmsb.open(None, cluster=client)
+    for bad in (0, -1, 11, 2.5, "some", [0, 5], True):
+        with pytest.raises(InvalidDeltaError, match="'p'"):
+            buf.create_page("p", 10, shards=bad)
+        with pytest.raises(InvalidDeltaError, match="'m'"):
+            buf.create_matrix("m", (10, 10), shards=bad)
+    assert "p" not in buf and "m" not in buf and buf.epoch == 0
+    buf.create_page("a", 10, shards=2)
+    buf.create_page("b", 10)
+    buf.create_page("c", 10, shards=5)
+    e = buf.epoch
+    with pytest.raises(InvalidDeltaError, match="sharded"):
+        buf.link("a", "b", sp.eye(10, format="csr"))           # mixing sharded and unsharded pages
+    with pytest.raises(InvalidDeltaError, match="not sharded like"):
+        buf.closure("a", "c", sp.eye(10, format="csr"), semiring="min_plus")
+    assert buf.epoch == e and not buf.graph.rules_into("a")
+    buf.write("a", np.ones(10))
+    np.testing.assert_array_equal(buf["a"].read(), np.ones(10))
+    local = mmsb.open(None)                                    # without a cluster: accepted and ignored
+    p = local.create_page("p", 10, shards=3)
+    assert p.metadata == {} and local.stats()["memory"]["resident_bytes"] == 80
+    with pytest.raises(InvalidDeltaError):
+        local.create_page("q", 10, shards=0)
+    buf.close()
+
+
+def test_vanished_cluster_is_a_clear_error(client):
+    other = distributed.Client(client.scheduler.address, set_as_default=False)
+    buf = mmsb.open(None, cluster=other)
+    buf.create_page("s", 100, semiring="min_plus", shards=2)
+    buf.create_page("d", 100, semiring="min_plus", shards=2)
+    buf.closure("d", "s", sp.eye(100, k=1, format="csr"))
+    buf.write("s", np.zeros(1), index=[10])
+    e = buf.epoch
+    other.close()
+    with pytest.raises(MMSBError):
+        buf.write("s", np.zeros(1), index=[20])
+    assert buf.epoch == e
+    with pytest.raises(MMSBError):
+        buf.create_page("t", 10, shards=2)
+    assert "t" not in buf
+
+
+def test_worker_restart_rebuilds_blocks(client):
+    rng = np.random.default_rng(9)
+    side = 14
+    n = side * side
+    Wt = _grid(rng, side)
+    A = sp.random(n, n, density=4 / n, random_state=7, format="csr")
+    B = sp.random(n, n, density=3 / n, random_state=8, format="csr")
+    local = mmsb.open(None)
+    buf = mmsb.open(None, cluster=client)
+    for b in (local, buf):
+        _build(b, n, Wt, A, B, 4)
+    for page, vals, index, acc in _history(rng, n, 6):
+        for b in (local, buf):
+            b.write(page, vals, index=index, accumulate=acc)
+    before = _state(buf)
+    old = {s[2] for s in mmsb.dask.shards(buf, "dist")}
+    client.restart()
+    _check_equal(_state(buf), before)                          # rebuilt from the log, identical
+    assert buf.stats()["cluster"]["shards"]["rebuilds"] == 1
+    assert {s[2] for s in mmsb.dask.shards(buf, "dist")} != old
+    for page, vals, index, acc in _history(rng, n, 3):
+        for b in (local, buf):
+            b.write(page, vals, index=index, accumulate=acc)
+    _check_equal(_state(local), _state(buf))
+    buf.close()
