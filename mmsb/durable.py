@@ -252,9 +252,12 @@ class Store:
                 or log.poisoned is not None or buf.epoch in self.checkpoints:
             return
         since = log.logical_end - self._ckpt_log_end
-        state = sum(p.nbytes for p in list(buf._pages.values()))
+        pages = list(buf._pages.values())
+        state = sum(p.nbytes for p in pages)
         if since < SHUTDOWN_CHECKPOINT_MIN_BYTES or since < SHUTDOWN_CHECKPOINT_FRACTION * state:
             return
+        if any(getattr(p, "backend", None) is not None for p in pages):
+            return          # pages of another kind (sharded: mmsb.dask) are not checkpointed: their history is the log
         try:
             pages, rules = self._incremental_snapshot(buf, copy=False)
             fsync = log.durability != "none"
