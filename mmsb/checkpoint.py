@@ -37,7 +37,7 @@ from mmsb.errors import CorruptionError
 from mmsb.log.records import loads_json
 from mmsb.log.segment import mask_crc
 
-FORMAT_VERSION = 2            # containers written without borrowed chunks; 1 (chunks strictly back to back) is still read
+FORMAT_VERSION = 2            # containers without borrowed chunks; 1 (chunks strictly back to back) is still read
 REF_VERSION = 3               # a checkpoint that borrows chunks of older checkpoints (an incremental one)
 READ_VERSIONS = (1, 2, 3)
 STORE_VERSION = 2            # written; 2 = the store has a MANIFEST (mmsb/manifest.py); 1 (none) is still read
@@ -1027,7 +1027,8 @@ def read_store_file(root: str) -> dict:
     return body
 
 
-__all__ = ["Snapshot", "PageRef", "checkpoint_refs", "write_checkpoint", "list_checkpoints", "load_checkpoint", "remove_checkpoint",
+__all__ = ["Snapshot", "PageRef", "checkpoint_refs", "write_checkpoint", "list_checkpoints", "load_checkpoint",
+           "remove_checkpoint",
            "verify_checkpoint", "cleanup_temp", "checkpoint_path", "checkpoint_dir", "write_blob_file",
            "read_blob_file", "write_store_file", "read_store_file", "FORMAT_VERSION", "STORE_FILE",
            "checkpoint_compression", "checkpoint_digest", "checkpoint_store_id", "LOCK_FILE", "cleanup_temp"]
