@@ -370,3 +370,32 @@ def test_read_through_of_a_damaged_spill_file(tmp_path):
         after = buf.stats()["memory"]
         assert {k: after[k] for k in ("resident_bytes", "evictions", "reloads")} == \
             {k: before[k] for k in ("resident_bytes", "evictions", "reloads")}
+
+
+def test_clean_eviction_of_a_compressible_page_writes_nothing(tmp_path):
+    """Evicting a page reloaded from a compressed (BLOSC2) spill file and not changed since writes nothing: its
+    chunks' CRC32C are taken from the decoded values at reload (the file's are those of the encoded bytes)."""
+    n = 1 << 17
+    vals = {k: np.arange(n, dtype=np.float64) * (i + 1) for i, k in enumerate("abc")}
+    with mmsb.open(str(tmp_path / "s"), "w", memory_limit=int(2.5 * n * 8), durability="none",
+                   auto_checkpoint=False) as buf:
+        for k, v in vals.items():
+            buf.create_page(k, n)
+            buf.write(k, v)
+        mem = buf._memory
+
+        def cycle():
+            for k in "abc":
+                with buf[k].pin():
+                    np.testing.assert_array_equal(buf[k].read(), vals[k])
+
+        cycle()
+        cycle()
+        from mmsb.checkpoint import _read_container, BLOB_MAGIC
+        spilled = [buf[k]._spill for k in "abc" if buf[k]._spill is not None]
+        assert spilled and all(c["codec"] != 0 for p in spilled
+                               for c in _read_container(p, BLOB_MAGIC)[0]["pages"][0]["chunks"])
+        before, ev = mem.spill_writes, mem.evictions
+        cycle()
+        cycle()
+        assert mem.evictions > ev and mem.spill_writes == before
