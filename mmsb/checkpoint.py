@@ -13,6 +13,7 @@ use the same container with another magic. Byte-level layouts: docs/FORMAT.md.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -36,8 +37,9 @@ from mmsb.errors import CorruptionError
 from mmsb.log.records import loads_json
 from mmsb.log.segment import mask_crc
 
-FORMAT_VERSION = 2            # containers written; 1 (chunks strictly back to back) is still read
-READ_VERSIONS = (1, 2)
+FORMAT_VERSION = 2            # containers without borrowed chunks; 1 (chunks strictly back to back) is still read
+REF_VERSION = 3               # a checkpoint that borrows chunks of older checkpoints (an incremental one)
+READ_VERSIONS = (1, 2, 3)
 STORE_VERSION = 2            # written; 2 = the store has a MANIFEST (mmsb/manifest.py); 1 (none) is still read
 STORE_READ_VERSIONS = (1, 2)
 STORE_MAX_BYTES = 1 << 20    # a STORE file is small; a larger one is refused before it is read
@@ -53,6 +55,7 @@ STORE_FILE = "STORE"
 LOCK_FILE = "LOCK"
 CKPT_DIR = "checkpoints"
 CHUNK_BYTES = 16 * 2**20
+BLOB_CHUNK_BYTES = 4 * 2**20   # spill blobs: smaller chunks, so that a reload reads and checks them on NTHREADS threads
 MAX_FRACTION = 0.8   # compress a chunk only when blosc2 saves at least 20% (raw chunks load fastest)
 FLUSH_BYTES = 64 * 2**20   # fsync mode without sync_file_range: a background fdatasync after this many bytes
 # Checkpoint page compression ("on", "off", "auto"; env MMSB_CHECKPOINT_COMPRESS; default on). Every 16 MiB chunk
@@ -105,11 +108,41 @@ class Snapshot:
     extra: Any = None
     path: Optional[str] = None
     blocks: Any = None     # the memory.BlockLoader whose blocks hold the page arrays (None: plain arrays)
+    layout: dict = field(default_factory=dict)   # page name -> PageRef: where each page's chunks lie on disk
+
+
+@dataclass
+class PageRef:
+    """A page whose bytes older checkpoints already hold, for :func:`write_checkpoint` (an incremental checkpoint
+    lists its chunks instead of writing them again). ``chunks``: array-entry chunks, each with ``ref`` = the
+    epoch of the checkpoint file that holds its bytes (``offset``, ``length``, ``codec``, ``n``, ``crc32c``,
+    ``sha256`` as there). :func:`load_checkpoint` gives one per page in ``Snapshot.layout``."""
+    dtype: str
+    shape: list
+    chunks: list
+
+    @property
+    def files(self) -> set:
+        return {int(c["ref"]) for c in self.chunks}
 
 
 # ====================================================================== container writer
 
 WRITE_PIECE = 512 * 2**10  # chunks are written and hashed in pieces of this size (hashed while cache-hot)
+
+
+class _Inline:
+    """An executor that runs each task at once in the caller's thread (a background writer's mode: no pools)."""
+
+    def submit(self, fn, *args):
+        from concurrent.futures import Future
+
+        f: Future = Future()
+        try:
+            f.set_result(fn(*args))
+        except BaseException as exc:        # noqa: BLE001 - handed over through the future, as a pool would
+            f.set_exception(exc)
+        return f
 
 
 class _Writer:
@@ -123,8 +156,10 @@ class _Writer:
     rename, fsync of the directory."""
 
     def __init__(self, fd: int, pool: ThreadPoolExecutor, flusher: Optional[ThreadPoolExecutor],
-                 direct: Optional[tuple] = None):
+                 direct: Optional[tuple] = None, piece: int = WRITE_PIECE, chunk: int = CHUNK_BYTES):
         self.fd = fd
+        self.piece = piece
+        self.chunk = chunk
         self.direct = direct         # (O_DIRECT descriptor, I/O pool) or None
         self.pos = HEAD_SIZE
         self.raw_bytes = 0
@@ -150,8 +185,8 @@ class _Writer:
                 for p in range(0, body, DIRECT_PIECE)]
         crc = 0
         sha = hashlib.sha256()
-        for p in range(0, n, WRITE_PIECE):
-            piece = mv[p:p + WRITE_PIECE]
+        for p in range(0, n, self.piece):
+            piece = mv[p:p + self.piece]
             crc = _crc.crc32c(piece, crc)
             sha.update(piece)
         if body < n:
@@ -183,7 +218,7 @@ class _Writer:
         pos = 0
         n = mv.nbytes
         while pos < n:
-            piece = mv[pos:pos + WRITE_PIECE]
+            piece = mv[pos:pos + self.piece]
             done = 0
             while done < piece.nbytes:
                 done += os.pwrite(self.fd, piece[done:], offset + pos + done)
@@ -213,7 +248,7 @@ class _Writer:
         if a.dtype.byteorder == ">":
             a = a.astype(a.dtype.newbyteorder("<"))
         flat = a.reshape(-1)
-        per = max(1, CHUNK_BYTES // max(1, a.dtype.itemsize))
+        per = max(1, self.chunk // max(1, a.dtype.itemsize))
         chunks = []
         for start in range(0, max(1, flat.size), per):
             piece = flat[start:start + per]
@@ -276,8 +311,30 @@ def _hash(data) -> tuple[int, str]:
     return _crc.crc32c(mv), hashlib.sha256(mv).hexdigest()
 
 
+def _ref_entry(ref: PageRef) -> dict:
+    """The array entry of a page held by older checkpoints (its chunks carry ``ref``)."""
+    chunks = []
+    for c in ref.chunks:
+        chunks.append({"ref": int(c["ref"]), "offset": int(c["offset"]), "length": int(c["length"]),
+                       "codec": int(c["codec"]), "n": int(c["n"]), "crc32c": int(c["crc32c"]),
+                       "sha256": str(c["sha256"])})
+    return {"dtype": ref.dtype, "shape": [int(x) for x in ref.shape], "chunks": chunks}
+
+
 def _write_container(final: str, magic: bytes, epoch: int, pages, rules, extra, fsync: bool,
-                     compress: bool = True, kind: str = "checkpoint") -> dict:
+                     compress: bool = True, kind: str = "checkpoint", ref_digest=None,
+                     background: bool = False, chunk: int = CHUNK_BYTES) -> dict:
+    """Write and publish one container. ``background``: the caller is a low-priority thread beside running
+    commits: no worker pools, whole chunks per call (the writer then takes the GIL a few times per chunk instead
+    of several times per 512 KiB piece, which would make the committing thread wait for it)."""
+    refs = sorted({e for _, a in pages if isinstance(a, PageRef) for e in a.files})
+    if refs and (magic != CKPT_MAGIC or ref_digest is None):
+        raise ValueError("only a checkpoint of a store can borrow chunks of older checkpoints")
+    if any(e >= int(epoch) for e in refs):
+        raise ValueError(f"checkpoint {epoch} can only borrow chunks of older checkpoints, not of {refs}")
+    # the files borrowed from, named by the SHA-256 of their manifest: a replaced one is detected on load
+    ref_list = [{"epoch": e, "sha256": ref_digest(e)} for e in refs]
+    version = REF_VERSION if refs else FORMAT_VERSION
     d = os.path.dirname(final) or "."
     tmp = os.path.join(d, f".{os.path.basename(final)}.tmp-{uuid.uuid4().hex[:12]}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -285,15 +342,26 @@ def _write_container(final: str, magic: bytes, epoch: int, pages, rules, extra, 
     dfd = _open_direct(tmp) if fsync and DIRECT_IO else None
     ok = False
     try:
-        with ThreadPoolExecutor(NTHREADS) as pool, ThreadPoolExecutor(1) as flusher, \
-                ThreadPoolExecutor(DIRECT_DEPTH) as io:
-            w = _Writer(fd, pool, flusher if fsync else None, (dfd, io) if dfd is not None else None)
+        with contextlib.ExitStack() as stack:
+            if background:
+                pool = flusher = io = _Inline()
+            else:
+                pool = stack.enter_context(ThreadPoolExecutor(NTHREADS))
+                flusher = stack.enter_context(ThreadPoolExecutor(1))
+                io = stack.enter_context(ThreadPoolExecutor(DIRECT_DEPTH))
+            w = _Writer(fd, pool, flusher if fsync else None, (dfd, io) if dfd is not None else None,
+                        piece=CHUNK_BYTES if background else WRITE_PIECE, chunk=chunk)
             try:
-                head = _HEAD.pack(magic, FORMAT_VERSION, 0, 0, int(epoch), 0)
+                head = _HEAD.pack(magic, version, 0, 0, int(epoch), 0)
                 w.write_at(head + _U32.pack(_mask(_crc32c(head))), 0)
                 man_pages = []
+                borrowed = 0
                 for meta, arr in pages:
-                    ent = w.array(np.asarray(arr), compress)
+                    if isinstance(arr, PageRef):
+                        ent = _ref_entry(arr)
+                        borrowed += sum(c["length"] for c in ent["chunks"])
+                    else:
+                        ent = w.array(np.asarray(arr), compress)
                     ent["meta"] = meta
                     man_pages.append(ent)
                 man_rules = []
@@ -302,9 +370,12 @@ def _write_container(final: str, magic: bytes, epoch: int, pages, rules, extra, 
                     man_rules.append({"kind": op.kind, "payload": op.payload, "arrays": arrays})
             finally:
                 w.finish()
-        manifest = {"format": FORMAT_VERSION, "kind": kind, "epoch": int(epoch), "created": time.time(),
+        manifest = {"format": version, "kind": kind, "epoch": int(epoch), "created": time.time(),
                     "data_start": HEAD_SIZE, "data_end": w.pos, "pages": man_pages, "rules": man_rules,
                     "extra": extra, "raw_bytes": w.raw_bytes, "encoded_bytes": w.encoded_bytes}
+        if refs:
+            manifest["refs"] = ref_list
+            manifest["borrowed_bytes"] = borrowed
         mb = _dumps(manifest)
         moff = w.pos
         tr = _TRAIL.pack(moff, len(mb), _crc32c(mb), hashlib.sha256(mb).digest(), END_MAGIC)
@@ -365,10 +436,13 @@ def _read_manifest(fd: int, path: str, magic: bytes) -> tuple[int, dict]:
     return moff, man
 
 
-def _array_plan(ent, path: str, cursor: list, moff: int, gaps: Optional[list] = None):
+def _array_plan(ent, path: str, cursor: list, moff: int, gaps: Optional[list] = None,
+                refs: Optional[dict] = None):
     """Validate one array entry of a manifest; returns (dtype, shape, chunks). ``gaps`` (version 2): RAW chunks
     of ALIGN_MIN bytes or more start at the next multiple of ALIGN, and the ``(offset, length)`` of the bytes
-    skipped (which must be zero) are appended to it; otherwise (version 1) chunks lie strictly back to back."""
+    skipped (which must be zero) are appended to it; otherwise (version 1) chunks lie strictly back to back.
+    ``refs`` (version 3: {epoch: end of the bytes borrowed so far}): a chunk with ``ref`` lies in that older
+    checkpoint's data region, not in this file's (it takes no part in the tiling)."""
     try:
         dt = codecs.parse_dtype(ent["dtype"])
         shape = tuple(int(s) for s in ent["shape"])
@@ -383,6 +457,19 @@ def _array_plan(ent, path: str, cursor: list, moff: int, gaps: Optional[list] = 
         n = int(np.prod(shape, dtype=np.int64)) if shape else 1
         total = 0
         for c in chunks:
+            if "ref" in c:
+                r, off, ln = c["ref"], c["offset"], c["length"]
+                if refs is None or type(r) is not int or r not in refs or type(off) is not int \
+                        or type(ln) is not int or off < HEAD_SIZE or ln < 0 or type(c["n"]) is not int \
+                        or c["n"] < 0 or c["codec"] not in (codecs.RAW, codecs.BLOSC2) \
+                        or type(c["crc32c"]) is not int or not isinstance(c["sha256"], str) \
+                        or len(c["sha256"]) != 64:
+                    raise ValueError
+                if c["codec"] == codecs.RAW and ln != c["n"] * dt.itemsize:
+                    raise ValueError
+                refs[r] = max(refs[r], off + ln)
+                total += c["n"]
+                continue
             if gaps is not None and c["codec"] == codecs.RAW and c["length"] >= ALIGN_MIN:
                 start = _align(cursor[0])
                 if start > cursor[0]:
@@ -408,14 +495,17 @@ READ_PIECE = 2 * 2**20   # raw chunks are read and checksummed in pieces of this
 
 
 class _Job:
-    """One chunk to read, check and decode into ``dst`` (a flat slice of the destination array)."""
-    __slots__ = ("c", "dst", "dt")
+    """One chunk to read, check and decode into ``dst`` (a flat slice of the destination array); ``src``: the
+    (descriptor, path) of the file that holds it (None: the container being read)."""
+    __slots__ = ("c", "dst", "dt", "src")
 
-    def __init__(self, c: dict, dst: np.ndarray, dt: np.dtype):
-        self.c, self.dst, self.dt = c, dst, dt
+    def __init__(self, c: dict, dst: np.ndarray, dt: np.dtype, src: Optional[tuple] = None):
+        self.c, self.dst, self.dt, self.src = c, dst, dt, src
 
 
 def _run_job(fd: int, path: str, job: _Job, strong: bool) -> None:
+    if job.src is not None:
+        fd, path = job.src
     """Read one chunk, check its CRC32C (and SHA-256 when ``strong``), decode it into ``job.dst``.
 
     RAW chunks are read straight into the destination in READ_PIECE pieces, each checksummed right after it
@@ -459,12 +549,13 @@ def _run_job(fd: int, path: str, job: _Job, strong: bool) -> None:
         raise _bad(f"chunk does not decode ({exc.what})", path, off, "chunk") from None
 
 
-def _jobs_for(out: np.ndarray, dt: np.dtype, chunks: list) -> list:
+def _jobs_for(out: np.ndarray, dt: np.dtype, chunks: list, sources: Optional[dict] = None) -> list:
     flat = out.reshape(-1)
     jobs = []
     pos = 0
     for c in chunks:
-        jobs.append(_Job(c, flat[pos:pos + c["n"]], dt))
+        src = sources[c["ref"]] if "ref" in c else None
+        jobs.append(_Job(c, flat[pos:pos + c["n"]], dt, src))
         pos += c["n"]
     return jobs
 
@@ -533,22 +624,31 @@ def _check_described(plans: list, rplans: list, path: str, moff: int) -> None:
             raise _bad(f"manifest: {exc}", path, moff, "manifest rule") from None
 
 
-def _read_container(path: str, magic: bytes, strong: bool = True, blocks=None):
+def _read_container(path: str, magic: bytes, strong: bool = True, blocks=None, fd: Optional[int] = None,
+                    ref_fd=None):
     """Read and validate a container. Loading checks every CRC32C; ``strong`` adds SHA-256 (verify).
 
     ``blocks`` (a memory.BlockLoader, optional) gives the destination arrays of the pages: every chunk is read or
-    decoded straight into them; nothing is returned (and the blocks are freed) unless every check passed."""
-    fd = os.open(path, os.O_RDONLY)
+    decoded straight into them; nothing is returned (and the blocks are freed) unless every check passed.
+    ``fd``: read through this open descriptor (a reader's pin; left open) instead of opening ``path``, which
+    then only names the file in errors. A version-3 container's borrowed chunks are read from the checkpoints
+    beside it that hold them (``ref_fd(epoch)``: a pinned descriptor for one, or None)."""
+    own = fd is None
+    if own:
+        fd = os.open(path, os.O_RDONLY)
+    opened: list = []
     try:
         moff, man = _read_manifest(fd, path, magic)
         cursor = [HEAD_SIZE]
         gaps: Optional[list] = [] if man["format"] >= 2 else None
+        refs = _declared_refs(man, path, moff, magic)
+        ref_ends = {e: 0 for e in refs} if refs is not None else None
         try:
             pages_in = man["pages"]
             rules_in = man["rules"]
             plans = []
             for p in pages_in:
-                plans.append((p["meta"], _array_plan(p, path, cursor, moff, gaps)))
+                plans.append((p["meta"], _array_plan(p, path, cursor, moff, gaps, ref_ends)))
             rplans = []
             for r in rules_in:
                 if not isinstance(r["kind"], str) or not isinstance(r["payload"], dict):
@@ -558,6 +658,7 @@ def _read_container(path: str, magic: bytes, strong: bool = True, blocks=None):
                                 for k, v in r["arrays"].items()]))
         except (KeyError, TypeError, ValueError, AttributeError):
             raise _bad("manifest is malformed", path, moff, "manifest") from None
+        sources = _open_refs(path, refs or {}, ref_ends or {}, ref_fd, opened)
         if cursor[0] != moff:
             raise _bad("chunks do not cover the data region", path, cursor[0], "manifest coverage")
         if magic == CKPT_MAGIC:
@@ -572,7 +673,7 @@ def _read_container(path: str, magic: bytes, strong: bool = True, blocks=None):
             for meta, (dt, shape, chunks) in plans:
                 n = int(np.prod(shape, dtype=np.int64)) if shape else 1
                 out = (blocks(dt, n) if blocks is not None else np.empty(n, dtype=dt)).reshape(shape)
-                jobs += _jobs_for(out, dt, chunks)
+                jobs += _jobs_for(out, dt, chunks, sources)
                 pages.append((meta, out))
             rules = []
             for k, pl, arrs in rplans:
@@ -584,12 +685,83 @@ def _read_container(path: str, magic: bytes, strong: bool = True, blocks=None):
                 rules.append(SchemaOp(kind=k, payload=pl, arrays=arrays))
             _run_jobs(fd, path, jobs, strong)
         except BaseException:
-            if blocks is not None:
-                blocks.discard()
+            discard = getattr(blocks, "discard", None)      # (a plain callable hands out no blocks to free)
+            if discard is not None:
+                discard()
             raise
         return man, pages, rules
     finally:
-        os.close(fd)
+        for rfd in opened:
+            os.close(rfd)
+        if own:
+            os.close(fd)
+
+
+def _declared_refs(man: dict, path: str, moff: int, magic: bytes) -> Optional[dict]:
+    """Version 3: {epoch: manifest digest} of the older checkpoints this one borrows chunks from (None for
+    earlier versions, which borrow nothing)."""
+    if man["format"] < REF_VERSION:
+        if "refs" in man:
+            raise _bad("manifest lists borrowed checkpoints in a container version without them", path, moff,
+                       "manifest refs")
+        return None
+    refs: dict = {}
+    try:
+        if magic != CKPT_MAGIC:
+            raise ValueError
+        for r in man["refs"]:
+            e, dg = r["epoch"], r["sha256"]
+            if type(e) is not int or not 0 <= e < man["epoch"] or e in refs or not isinstance(dg, str) \
+                    or len(bytes.fromhex(dg)) != 32:
+                raise ValueError
+            refs[e] = dg
+        if not refs:
+            raise ValueError
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise _bad("manifest list of borrowed checkpoints is malformed", path, moff, "manifest refs") from None
+    return refs
+
+
+def _open_refs(path: str, refs: dict, ends: dict, ref_fd, opened: list) -> dict:
+    """{epoch: (descriptor, path)} of the checkpoints a version-3 container borrows chunks from, each checked to
+    be the very file it was written against (its manifest's SHA-256) and to hold the bytes borrowed (they lie in
+    its data region). Files are looked up beside ``path``; ``ref_fd(epoch)`` may give an open descriptor (a
+    reader's pin). Descriptors this opens are appended to ``opened`` (the caller closes them)."""
+    out = {}
+    for e, digest in refs.items():
+        rpath = os.path.join(os.path.dirname(path), f"{int(e):020d}.ckpt")
+        rfd = ref_fd(e) if ref_fd is not None else None
+        if rfd is None:
+            try:
+                rfd = os.open(rpath, os.O_RDONLY)
+            except FileNotFoundError:
+                raise _bad(f"checkpoint {e}, which holds chunks of {os.path.basename(path)}, is missing", rpath,
+                           None, "borrowed checkpoint missing") from None
+            opened.append(rfd)
+        data_end, got = _trailer_info(rfd, rpath)
+        if got != digest:
+            raise _bad(f"checkpoint {e} is not the one {os.path.basename(path)} borrows chunks from (its "
+                       "manifest digest differs)", rpath, None, "borrowed checkpoint digest")
+        if ends.get(e, 0) > data_end:
+            raise _bad(f"{os.path.basename(path)} borrows bytes past the data of checkpoint {e}", path, None,
+                       "borrowed chunk range")
+        out[e] = (rfd, rpath)
+    return out
+
+
+def _trailer_info(fd: int, path: str) -> tuple[int, str]:
+    """(manifest offset = end of the data region, SHA-256 hex of the manifest) from a container's trailer, whose
+    own CRC is checked."""
+    size = os.fstat(fd).st_size
+    if size < HEAD_SIZE + TRAIL_SIZE:
+        raise _bad("file too short", path, 0, "container size")
+    tr = os.pread(fd, TRAIL_SIZE, size - TRAIL_SIZE)
+    if len(tr) != TRAIL_SIZE or _mask(_crc32c(tr[:_TRAIL.size])) != _U32.unpack_from(tr, _TRAIL.size)[0]:
+        raise _bad("trailer checksum mismatch", path, size - TRAIL_SIZE, "trailer crc")
+    moff, mlen, _, msha, endm = _TRAIL.unpack_from(tr)
+    if endm != END_MAGIC or moff < HEAD_SIZE or moff + mlen != size - TRAIL_SIZE:
+        raise _bad("bad trailer", path, size - TRAIL_SIZE, "trailer")
+    return moff, msha.hex()
 
 
 # ====================================================================== checkpoints
@@ -609,19 +781,26 @@ def parse_checkpoint_name(name: str) -> Optional[int]:
 
 
 def write_checkpoint(root: str, epoch: int, pages, rules, extra=None, fsync: bool = True,
-                     compress: Optional[bool] = True) -> str:
+                     compress: Optional[bool] = True, info: Optional[dict] = None, background: bool = False) -> str:
     """Write and atomically publish the checkpoint of ``epoch``; returns its path.
 
-    ``pages``: list of (meta, array) — meta is JSON-able (name, shape, dtype, semiring, device, metadata, epoch).
+    ``pages``: list of (meta, array) — meta is JSON-able (name, shape, dtype, semiring, device, metadata, epoch);
+    the array may be a :class:`PageRef` (a page older checkpoints of ``root`` hold: an incremental checkpoint,
+    container version 3; those checkpoints must be kept while this one is).
     ``rules``: list of SchemaOp. ``extra``: any JSON-able value. ``compress``: try blosc2 on each chunk
-    (kept only where it saves >= 20%); None: :func:`checkpoint_compression`.
+    (kept only where it saves >= 20%); None: :func:`checkpoint_compression`. ``info``: a dict that receives the
+    written container manifest (``info["manifest"]``). ``background``: written by a low-priority thread beside
+    running commits (one thread, whole chunks per call; see :func:`_write_container`).
     """
     if compress is None:
         compress = checkpoint_compression()
     d = checkpoint_dir(root)
     os.makedirs(d, exist_ok=True)
     final = checkpoint_path(root, epoch)
-    _write_container(final, CKPT_MAGIC, epoch, pages, rules, extra, fsync, compress)
+    man = _write_container(final, CKPT_MAGIC, epoch, pages, rules, extra, fsync, compress,
+                           ref_digest=lambda e: checkpoint_digest(checkpoint_path(root, e)), background=background)
+    if info is not None:
+        info["manifest"] = man
     return final
 
 
@@ -635,13 +814,14 @@ def list_checkpoints(root: str) -> list[int]:
 
 def load_checkpoint(root: str, epoch: Optional[int] = None, max_epoch: Optional[int] = None,
                     fallback: bool = False, blocks=None, epochs: Optional[list] = None,
-                    path_of=None) -> Optional[Snapshot]:
+                    fd_of=None) -> Optional[Snapshot]:
     """Load (after validating every checksum) the checkpoint of ``epoch``, or the newest one <= ``max_epoch``
     (the newest overall if both are None). Returns None when there is none. A corrupt one raises
     CorruptionError, unless ``fallback=True``: then the next older valid one is returned with a warning.
     ``blocks`` (memory.BlockLoader): page arrays are loaded into its fresh blocks (``Snapshot.blocks``).
     ``epochs``: the checkpoints to consider (the store's MANIFEST list; default: every checkpoint file);
-    ``path_of(epoch)``: where to read each one (a reader's pinned descriptor; default its path)."""
+    ``fd_of(epoch)``: an open descriptor to read each one through (a reader's pin, or None: open the file);
+    errors and warnings name the checkpoint's path either way."""
     eps = sorted(epochs) if epochs is not None else list_checkpoints(root)
     if epoch is not None:
         if int(epoch) not in eps:
@@ -653,9 +833,10 @@ def load_checkpoint(root: str, epoch: Optional[int] = None, max_epoch: Optional[
         cands = [e for e in eps if e <= int(epoch)]
     first_err = None
     for e in reversed(cands):
-        path = path_of(e) if path_of is not None else checkpoint_path(root, e)
+        path = checkpoint_path(root, e)
         try:
-            man, pages, rules = _read_container(path, CKPT_MAGIC, strong=False, blocks=blocks)
+            man, pages, rules = _read_container(path, CKPT_MAGIC, strong=False, blocks=blocks,
+                                                fd=fd_of(e) if fd_of is not None else None, ref_fd=fd_of)
         except CorruptionError as exc:
             if not fallback:
                 raise
@@ -667,8 +848,31 @@ def load_checkpoint(root: str, epoch: Optional[int] = None, max_epoch: Optional[
             if blocks is not None:
                 blocks.discard()
             raise _bad("checkpoint epoch does not match its name", path, 0, "epoch")
-        return Snapshot(epoch=e, pages=pages, rules=rules, extra=man.get("extra"), path=path, blocks=blocks)
+        return Snapshot(epoch=e, pages=pages, rules=rules, extra=man.get("extra"), path=path, blocks=blocks,
+                        layout=_layout(man, e))
     return None
+
+
+def _layout(man: dict, epoch: int) -> dict:
+    """page name -> PageRef of a (validated) checkpoint manifest: where each page's chunks physically lie."""
+    out = {}
+    for p in man["pages"]:
+        name = p["meta"].get("name") if isinstance(p["meta"], dict) else None
+        if isinstance(name, str):
+            out[name] = PageRef(p["dtype"], list(p["shape"]),
+                                [dict(c, ref=c.get("ref", epoch)) for c in p["chunks"]])
+    return out
+
+
+def checkpoint_refs(path: str) -> list[int]:
+    """The epochs of the older checkpoints a checkpoint file borrows chunks from ([] for a full one); its
+    manifest is checked (CorruptionError)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        moff, man = _read_manifest(fd, path, CKPT_MAGIC)
+        return sorted(_declared_refs(man, path, moff, CKPT_MAGIC) or ())
+    finally:
+        os.close(fd)
 
 
 def checkpoint_digest(path: str) -> str:
@@ -676,15 +880,9 @@ def checkpoint_digest(path: str) -> str:
     trailer's own CRC is checked. CorruptionError when the file is not a valid container."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        size = os.fstat(fd).st_size
-        if size < HEAD_SIZE + TRAIL_SIZE:
-            raise _bad("file too short", path, 0, "container size")
-        tr = os.pread(fd, TRAIL_SIZE, size - TRAIL_SIZE)
+        return _trailer_info(fd, path)[1]
     finally:
         os.close(fd)
-    if _mask(_crc32c(tr[:_TRAIL.size])) != _U32.unpack_from(tr, _TRAIL.size)[0]:
-        raise _bad("trailer checksum mismatch", path, size - TRAIL_SIZE, "trailer crc")
-    return _TRAIL.unpack_from(tr)[3].hex()
 
 
 def checkpoint_store_id(path: str) -> Optional[str]:
@@ -711,7 +909,8 @@ def verify_checkpoint(path: str) -> dict:
     """Fully validate one checkpoint file (raises CorruptionError); returns a summary."""
     man, pages, rules = _read_container(path, CKPT_MAGIC)
     return {"epoch": man["epoch"], "pages": len(pages), "rules": len(rules), "raw_bytes": man.get("raw_bytes"),
-            "encoded_bytes": man.get("encoded_bytes"), "path": path}
+            "encoded_bytes": man.get("encoded_bytes"), "path": path, "format": man["format"],
+            "refs": [r["epoch"] for r in man.get("refs", [])], "borrowed_bytes": man.get("borrowed_bytes", 0)}
 
 
 def remove_checkpoint(root: str, epoch: int) -> None:
@@ -754,16 +953,19 @@ def write_blob_file(path: str, array, meta: Optional[dict] = None, fsync: bool =
                     compress: bool = True) -> str:
     """Write one array (+ JSON meta) as a self-checksummed file, atomically (temp + rename)."""
     _write_container(os.fspath(path), BLOB_MAGIC, 0, [(meta or {}, np.asarray(array))], [], None, fsync,
-                     compress, kind="blob")
+                     compress, kind="blob", chunk=BLOB_CHUNK_BYTES)
     return os.fspath(path)
 
 
-def read_blob_file(path: str, blocks=None) -> tuple[dict, np.ndarray]:
+def read_blob_file(path: str, blocks=None, info: Optional[dict] = None) -> tuple[dict, np.ndarray]:
     """Read and validate a blob file: (meta, array). CorruptionError when any check fails. ``blocks`` (a
-    callable ``(dtype, n) -> flat array``, as the checkpoint reader's): the array is read straight into it."""
+    callable ``(dtype, n) -> flat array``, as the checkpoint reader's): the array is read straight into it.
+    ``info``: a dict that receives the validated container manifest (``info["manifest"]``)."""
     man, pages, _ = _read_container(os.fspath(path), BLOB_MAGIC, strong=False, blocks=blocks)
     if len(pages) != 1:
         raise _bad("blob file must hold one array", path, None, "blob")
+    if info is not None:
+        info["manifest"] = man
     return pages[0]
 
 
@@ -825,7 +1027,8 @@ def read_store_file(root: str) -> dict:
     return body
 
 
-__all__ = ["Snapshot", "write_checkpoint", "list_checkpoints", "load_checkpoint", "remove_checkpoint",
+__all__ = ["Snapshot", "PageRef", "checkpoint_refs", "write_checkpoint", "list_checkpoints", "load_checkpoint",
+           "remove_checkpoint",
            "verify_checkpoint", "cleanup_temp", "checkpoint_path", "checkpoint_dir", "write_blob_file",
            "read_blob_file", "write_store_file", "read_store_file", "FORMAT_VERSION", "STORE_FILE",
            "checkpoint_compression", "checkpoint_digest", "checkpoint_store_id", "LOCK_FILE", "cleanup_temp"]

@@ -133,9 +133,9 @@ class CPUBackend(DeviceBackend):
         return buf._memory.array(page)[idx]
 
     def read(self, buf: "Buffer", page: "Page", index: Any) -> np.ndarray:
-        arr = buf._memory.array(page)
         if index is None:
-            return arr.reshape(page.shape).copy()
+            return buf._memory.read(page).reshape(page.shape)     # (a spilled page may be read from its file)
+        arr = buf._memory.array(page)
         return arr[buf._index(page, index)]
 
     def move(self, buf: "Buffer", page: "Page", device: str) -> None:

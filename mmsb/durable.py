@@ -16,8 +16,9 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from mmsb.buffer import Buffer, _NullLog
-from mmsb.checkpoint import (LOCK_FILE, STORE_FILE, checkpoint_digest, checkpoint_path, checkpoint_store_id,
-                             cleanup_temp, list_checkpoints, load_checkpoint, remove_checkpoint, write_checkpoint)
+from mmsb.checkpoint import (LOCK_FILE, STORE_FILE, PageRef, checkpoint_digest, checkpoint_path, checkpoint_refs,
+                             checkpoint_store_id, cleanup_temp, list_checkpoints, load_checkpoint, remove_checkpoint,
+                             write_checkpoint)
 from mmsb.errors import ClosedError, CorruptionError, HistoryError, StoreLockedError
 from mmsb.fileio import fsync_dir
 from mmsb.log import DurableLog
@@ -31,6 +32,21 @@ from mmsb.manifest import MANIFEST_FILE, Manifest, new_manifest, read_manifest, 
 # length. MMSB_AUTO_CHECKPOINT=off (or 0) turns it off; a number sets the factor (open(..., auto_checkpoint=...)
 # per store); MMSB_AUTO_CHECKPOINT_MIN_BYTES sets the floor.
 AUTO_CHECKPOINT_MIN_BYTES = int(os.environ.get("MMSB_AUTO_CHECKPOINT_MIN_BYTES", 8 * 2**20))
+# Automatic checkpoints are incremental: a page unchanged since the newest checkpoint (same page epoch) is not
+# copied or written again; the new checkpoint borrows its chunks from the file that holds them (container version
+# 3). The background thread writes with no worker pools, whole chunks per call, so that it takes the GIL rarely
+# (a committing thread that has to wait for it would lose more than the pools gain). It runs at the process's
+# priority: lowering it (nice) made commits wait for the GIL while the lowered thread, holding it, was not
+# scheduled.
+_COPY_BLOCK = 2**20          # pages of this size or more are copied into allocator blocks (reused, see alloc)
+# A clean close checkpoints (incrementally) when the log since the newest checkpoint holds at least
+# SHUTDOWN_CHECKPOINT_MIN_BYTES and SHUTDOWN_CHECKPOINT_FRACTION x the page bytes, as PostgreSQL writes a shutdown
+# checkpoint: the next open then replays almost nothing. A crash leaves the tail the automatic policy bounds. On
+# whenever automatic checkpoints are (MMSB_SHUTDOWN_CHECKPOINT=off turns it off alone).
+SHUTDOWN_CHECKPOINT = os.environ.get("MMSB_SHUTDOWN_CHECKPOINT", "on").strip().lower() not in (
+    "off", "0", "false", "no")
+SHUTDOWN_CHECKPOINT_MIN_BYTES = int(os.environ.get("MMSB_SHUTDOWN_CHECKPOINT_MIN_BYTES", 2**20))
+SHUTDOWN_CHECKPOINT_FRACTION = 0.05
 
 
 def auto_checkpoint_factor(value: Any = None) -> Optional[float]:
@@ -78,6 +94,13 @@ class Store:
         self.auto_checkpoints = 0
         self.auto_checkpoint_error: Optional[str] = None
         self._bg: Optional[threading.Thread] = None   # an automatic checkpoint being written
+        # the newest checkpoint written or loaded: (epoch, {page name: (page epoch, PageRef)}), what an incremental
+        # checkpoint may borrow from (None: nothing known, the next automatic checkpoint is full)
+        self._layout: Optional[tuple] = None
+        self.incremental_checkpoints = 0
+        self.borrowed_pages = 0
+        self.shutdown_checkpoints = 0
+        self._alloc = None          # allocator whose freed blocks the next checkpoint's copies reuse
 
     @property
     def lost_ranges(self) -> list:
@@ -104,11 +127,9 @@ class Store:
             if e not in self._pins:
                 self._pins[e] = os.open(checkpoint_path(self.root, e), os.O_RDONLY)
 
-    def checkpoint_file(self, epoch: int) -> str:
-        fd = self._pins.get(epoch)
-        if fd is not None and os.path.exists(f"/proc/self/fd/{fd}"):
-            return f"/proc/self/fd/{fd}"
-        return checkpoint_path(self.root, epoch)
+    def checkpoint_fd(self, epoch: int) -> Optional[int]:
+        """The descriptor a reader pinned for checkpoint ``epoch`` (None: a writer, or not pinned: open the file)."""
+        return self._pins.get(epoch)
 
     def close(self) -> None:
         """Release the writer lock -- after the files only this writer may touch (its spill files) are gone, so
@@ -146,6 +167,13 @@ class Store:
         self._ckpt_log_end = buf._log.logical_end
         return epoch
 
+    def loaded(self, snap) -> None:
+        """The checkpoint ``snap`` (mmsb.checkpoint.Snapshot) was loaded at open: the next automatic checkpoint
+        may borrow its unchanged pages' chunks."""
+        epochs = {m.get("name"): m.get("epoch") for m, _ in snap.pages if isinstance(m, dict)}
+        self._layout = (snap.epoch, {n: (epochs.get(n), ref) for n, ref in snap.layout.items()
+                                     if isinstance(epochs.get(n), int)})
+
     def _extra(self, buf: Buffer) -> dict:
         extra = {"txid": buf._txid, "pending": buf._pipe.pending.targets(buf._graph.rules_from)}
         if self.store_id is not None:
@@ -153,13 +181,25 @@ class Store:
         return extra
 
     def _publish(self, log: DurableLog, epoch: int, pages, rules, extra: dict, fsync: bool,
-                 compress: Optional[bool]) -> None:
+                 compress: Optional[bool], background: bool = False) -> None:
         """Write the checkpoint, list it in the MANIFEST once durable (a crash before: an unlisted leftover),
-        and record a CHECKPOINT_MARK in the log."""
-        path = write_checkpoint(self.root, epoch, pages, rules, extra=extra, fsync=fsync, compress=compress)
+        and record a CHECKPOINT_MARK in the log. ``pages`` may hold PageRefs (borrowed chunks)."""
+        info: dict = {}
+        path = write_checkpoint(self.root, epoch, pages, rules, extra=extra, fsync=fsync, compress=compress,
+                                info=info, background=background)
         if self.manifest is not None:
             self.manifest.add_checkpoint(epoch, checkpoint_digest(path))
         self.checkpoints = sorted(set(self.checkpoints) | {epoch})
+        man = info.get("manifest")
+        if man is not None and (self._layout is None or epoch > self._layout[0]):
+            layout = {}
+            for ent in man["pages"]:
+                meta = ent["meta"]
+                if isinstance(meta.get("epoch"), int):
+                    layout[meta["name"]] = (meta["epoch"], PageRef(ent["dtype"], list(ent["shape"]),
+                                                                   [dict(c, ref=c.get("ref", epoch))
+                                                                    for c in ent["chunks"]]))
+            self._layout = (epoch, layout)
         try:
             log.mark_checkpoint(epoch)
         except ClosedError:
@@ -191,7 +231,7 @@ class Store:
             if buf._closed or buf.epoch in self.checkpoints or (self._bg is not None and self._bg.is_alive()):
                 return
             ep = buf.epoch
-            _, pages, rules = buf._snapshot(copy=True)
+            pages, rules = self._incremental_snapshot(buf)
             extra = self._extra(buf)
             self._ckpt_log_end = log.logical_end
             fsync = log.durability != "none"
@@ -200,6 +240,79 @@ class Store:
             self._bg = threading.Thread(target=self._run_auto, args=(log, ep, pages, rules, extra, fsync),
                                         name="mmsb-auto-checkpoint", daemon=True)
             self._bg.start()
+
+    def shutdown_checkpoint(self, buf: Buffer) -> None:
+        """Called by a clean close while the log is still open (under the buffer lock): wait for the automatic
+        checkpoint in flight, then, when the policy is on and the log since the newest checkpoint is long enough
+        (SHUTDOWN_CHECKPOINT_*), write an incremental checkpoint in the foreground. A failure leaves the store
+        as it was (its previous checkpoints and the whole log) and is reported with a RuntimeWarning."""
+        self.wait_background()
+        log = buf._log
+        if self.auto_factor is None or not SHUTDOWN_CHECKPOINT or not self.writable or buf._closed \
+                or log.poisoned is not None or buf.epoch in self.checkpoints:
+            return
+        since = log.logical_end - self._ckpt_log_end
+        pages = list(buf._pages.values())
+        state = sum(p.nbytes for p in pages)
+        if since < SHUTDOWN_CHECKPOINT_MIN_BYTES or since < SHUTDOWN_CHECKPOINT_FRACTION * state:
+            return
+        if any(getattr(p, "backend", None) is not None for p in pages):
+            return          # pages of another kind (sharded: mmsb.dask) are not checkpointed: their history is the log
+        try:
+            pages, rules = self._incremental_snapshot(buf, copy=False)
+            fsync = log.durability != "none"
+            log.flush(fsync)
+            self._publish(log, buf.epoch, pages, rules, self._extra(buf), fsync, None)
+            self.shutdown_checkpoints += 1
+        except Exception as exc:          # noqa: BLE001 - the store stays as it was; closing goes on
+            import warnings
+
+            self.auto_checkpoint_error = f"{type(exc).__name__}: {exc}"
+            warnings.warn(f"mmsb: the shutdown checkpoint of {self.root} failed ({exc}); the next open replays "
+                          "the log since the previous checkpoint", RuntimeWarning, stacklevel=2)
+
+    def _incremental_snapshot(self, buf: Buffer, copy: bool = True) -> tuple:
+        """``(pages, rules)`` of the committed state for an automatic checkpoint (under the buffer lock): a page
+        whose epoch is the one the newest checkpoint recorded for it (no logged delta touched it since: every
+        change to a page is a logged delta, which sets its epoch) is a PageRef to the chunks that hold it; the
+        others are copied (large ones into allocator blocks, whose pages the next copy reuses; ``copy=False``:
+        live views, for a caller that holds the buffer lock until the checkpoint is written and no memory limit
+        is set). A spilled, unchanged page is not reloaded."""
+        from mmsb import _kernels
+
+        base = self._layout[1] if self._layout is not None and self._layout[0] in self.checkpoints else {}
+        pages = []
+        matrices = []
+        for p in buf._pages.values():
+            if p.kind == "matrix":
+                matrices.append(p.to_schema())
+                continue
+            meta = buf._page_meta(p)
+            backend = getattr(p, "backend", None)
+            if backend is not None:
+                # a page of another kind (sharded: mmsb.dask) copies itself, and is never borrowed: its derived
+                # values are recomputed, not logged, so its epoch does not show every change
+                pages.append((meta, backend.host_copy(p).reshape(p.shape)))
+                continue
+            prev = base.get(p.name)
+            if prev is not None and prev[0] == p.epoch and prev[1].dtype == meta["dtype"] \
+                    and list(prev[1].shape) == list(meta["shape"]) and prev[1].files <= set(self.checkpoints):
+                pages.append((meta, prev[1]))
+                continue
+            arr = buf._memory.array(p)
+            if not copy and buf._memory.limit is None:
+                out = arr.reshape(p.shape)
+            elif arr.nbytes >= _COPY_BLOCK:
+                if self._alloc is None:
+                    self._alloc = _kernels.alloc.Allocator()
+                handle, out = self._alloc.alloc_view(arr.nbytes, arr.dtype, tuple(p.shape))
+                self._alloc.free(handle)       # the view keeps the block until the write drops it (then cached)
+                np.copyto(out.reshape(-1), arr.reshape(-1))
+            else:
+                out = arr.reshape(p.shape).copy()
+            pages.append((meta, out))
+        rules = matrices + [r.to_schema() for r in buf._graph.rules()]
+        return pages, rules
 
     def _run_auto(self, log: DurableLog, ep: int, pages, rules, extra: dict, fsync: bool) -> None:
         """The background half of an automatic checkpoint."""
@@ -210,8 +323,12 @@ class Store:
                 pass                      # closing synced it (unless poisoned: checked next)
             if log.poisoned is not None:
                 return
-            self._publish(log, ep, pages, rules, extra, fsync, None)
+            self._publish(log, ep, pages, rules, extra, fsync, None, background=True)
             self.auto_checkpoints += 1
+            borrowed = sum(1 for _, a in pages if isinstance(a, PageRef))
+            if borrowed:
+                self.incremental_checkpoints += 1
+                self.borrowed_pages += borrowed
         except Exception as exc:          # noqa: BLE001 - reported in stats; the previous checkpoints stand
             self.auto_checkpoint_error = f"{type(exc).__name__}: {exc}"
 
@@ -245,12 +362,20 @@ class Store:
             self._checkpoint_past(buf, target)
         ckpts = self.checkpoints
         base = max((e for e in ckpts if e <= target), default=min(ckpts))
-        old = [e for e in ckpts if e < base]
+        # older checkpoints that kept (incremental) ones borrow chunks from stay, as data only: the horizon is
+        # the base, and reopening finds it again (the first checkpoint the log follows)
+        needed: set = set()
+        todo = [e for e in ckpts if e >= base]
+        while todo:                   # (and what those borrow from in turn: every listed checkpoint stays whole)
+            refs = set(checkpoint_refs(checkpoint_path(self.root, todo.pop()))) - needed
+            needed |= refs
+            todo += refs
+        old = [e for e in ckpts if e < base and e not in needed]
         if old and self.manifest is not None:       # unlisted first: a crash then leaves leftovers, not holes
             self.manifest.remove_checkpoints(old)
         for e in old:
             remove_checkpoint(self.root, e)
-        self.checkpoints = [e for e in ckpts if e >= base]
+        self.checkpoints = [e for e in ckpts if e not in old]
         buf._log.drop_segments_before(base)
         self.horizon = base
         return base
@@ -272,7 +397,9 @@ class Store:
         """``(epoch, pages, rules)`` of the newest valid checkpoint at or before ``epoch`` (None if there is
         none): the base that time travel replays the log onto. HistoryError where that history is gone."""
         try:
-            snap = load_checkpoint(self.root, max_epoch=epoch, epochs=self.checkpoints, path_of=self.checkpoint_file)
+            snap = load_checkpoint(self.root, max_epoch=epoch, epochs=[e for e in self.checkpoints
+                                                                        if e >= self.horizon],
+                                   fd_of=self.checkpoint_fd)
         except FileNotFoundError:
             raise HistoryError(f"epoch {epoch}: the checkpoint it needs was removed by a compaction") from None
         start = snap.epoch if snap is not None else 0
@@ -285,7 +412,9 @@ class Store:
     def stats(self) -> dict:
         return {"root": self.root, "checkpoints": list(self.checkpoints), "horizon": self.horizon,
                 "lost_ranges": self.lost_ranges, "auto_checkpoint": self.auto_factor,
-                "auto_checkpoints": self.auto_checkpoints, "auto_checkpoint_error": self.auto_checkpoint_error}
+                "auto_checkpoints": self.auto_checkpoints, "auto_checkpoint_error": self.auto_checkpoint_error,
+                "incremental_checkpoints": self.incremental_checkpoints, "borrowed_pages": self.borrowed_pages,
+                "shutdown_checkpoints": self.shutdown_checkpoints}
 
 
 def _wipe(root: str) -> None:
@@ -424,10 +553,18 @@ def _open_store(root: str, mode: str, *, durability: str, memory_limit: Optional
 
         def open_log() -> DurableLog:
             # segments wholly covered by the newest checkpoint are not read now (indexed lazily; verify checks
-            # them); the rest is scanned and checked while the checkpoint loads
-            return DurableLog(root, durability=durability, segment_bytes=segment_bytes, readonly=not writable,
-                              recovery=recovery, skip_before=ckpts[-1] if ckpts else None, manifest=manifest,
-                              segments=seg_files, checkpoint_epoch=ckpts[-1] if ckpts else None)
+            # them); the rest is scanned and checked, and the tail after the checkpoint decoded, while the
+            # checkpoint loads
+            lg = DurableLog(root, durability=durability, segment_bytes=segment_bytes, readonly=not writable,
+                            recovery=recovery, skip_before=ckpts[-1] if ckpts else None, manifest=manifest,
+                            segments=seg_files, checkpoint_epoch=ckpts[-1] if ckpts else None)
+            if ckpts:
+                try:
+                    lg.predecode(ckpts[-1])
+                except BaseException:
+                    lg.close()
+                    raise
+            return lg
 
         buf = Buffer(log=_NullLog(), store=store, readonly=False, propagation=propagation,
                      memory_limit=memory_limit, spill_dir=os.path.join(root, "spill") if writable else None,
@@ -438,7 +575,7 @@ def _open_store(root: str, mode: str, *, durability: str, memory_limit: Optional
                 try:
                     # a corrupt newest checkpoint: the next older valid one (+ a longer replay), with a warning
                     snap = load_checkpoint(root, blocks=buf._memory.block_loader(), fallback=True, epochs=ckpts,
-                                           path_of=store.checkpoint_file)
+                                           fd_of=store.checkpoint_fd)
                 except BaseException:
                     try:
                         fut.result().close()
@@ -458,7 +595,9 @@ def _open_store(root: str, mode: str, *, durability: str, memory_limit: Optional
         buf._log = log
         if writable:
             store.before_unlock = buf._memory.close       # the spill directory goes while the lock is held
+            log.before_close = _shutdown_hook(store, buf)
         if snap is not None:     # (a writer beside a reader may have published a newer one meanwhile: fine)
+            store.loaded(snap)
             buf._load_snapshot(snap.epoch, snap.pages, snap.rules, blocks=snap.blocks)
             buf._txid = int((snap.extra or {}).get("txid", 0))
             pending = (snap.extra or {}).get("pending") or []
@@ -480,10 +619,14 @@ def _open_store(root: str, mode: str, *, durability: str, memory_limit: Optional
                 raise CorruptionError(f"log corrupt: {what}", file=os.path.join(root, "log"), offset=0, what=what)
             expect = txn.epoch + 1
             buf._replay(txn)
+        log.release_scan()
         buf._recompute_sharded()           # sharded pages log no derived deltas (mmsb.dask): recompute them
         first = log.first_epoch_hint
         if ckpts and (first is None or first > 1):
-            store.horizon = min(ckpts)          # compaction dropped the log before the oldest checkpoint
+            # compaction dropped the log before the oldest checkpoint it follows (older ones are kept only as
+            # data that incremental checkpoints borrow)
+            bases = [e for e in ckpts if first is not None and e >= first - 1]
+            store.horizon = min(bases) if bases else max(ckpts)
         buf._horizon = store.horizon
         store._ckpt_log_end = log.logical_end - log.bytes_after(start)
         buf._readonly = not writable
@@ -498,6 +641,21 @@ def _open_store(root: str, mode: str, *, durability: str, memory_limit: Optional
                 pass
         store.close()
         raise
+
+
+def _shutdown_hook(store: Store, buf: Buffer) -> Callable[[], None]:
+    """The log's before-close hook: the store's shutdown checkpoint of ``buf`` (held weakly: no reference cycle,
+    so that a buffer dropped without close() is still closed at once by its finalizer)."""
+    import weakref
+
+    ref = weakref.ref(buf)
+
+    def hook() -> None:
+        b = ref()
+        if b is not None:
+            store.shutdown_checkpoint(b)
+
+    return hook
 
 
 def _gap_covers(gaps, first: int, last: int) -> bool:

@@ -8,6 +8,7 @@ import tempfile
 import threading
 import time
 import warnings
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 import numpy as np
@@ -83,6 +84,32 @@ def _crc32c(mv) -> int:
     return crc32c.crc32c(mv)
 
 
+def _raw_crcs(data: np.ndarray, chunks: list) -> list:
+    """[(elements, CRC32C of their bytes)] per chunk of a spill file just read into ``data``: a RAW chunk's is the
+    one its manifest lists (the read checked it), a compressed chunk's is computed from the decoded values."""
+    flat = data.reshape(-1)
+    out = []
+    pos = 0
+    for c in chunks:
+        n = int(c["n"])
+        crc = int(c["crc32c"]) if c["codec"] == 0 else _crc32c(memoryview(flat[pos:pos + n]).cast("B"))
+        out.append((n, crc))
+        pos += n
+    return out
+
+
+def _chunk_crcs(data: np.ndarray, chunks: list) -> bool:
+    """Whether ``data`` (a flat page array) still holds what it held when it was reloaded: [(elements, CRC32C of
+    their bytes)] per chunk of its spill file (see :func:`_raw_crcs`)."""
+    flat = data.reshape(-1)
+    pos = 0
+    for n, crc in chunks:
+        if _crc32c(memoryview(flat[pos:pos + n]).cast("B")) != crc:
+            return False
+        pos += n
+    return pos == flat.size
+
+
 def _trim_heap() -> None:
     """Hand freed page memory back to the OS: the block cache is emptied, and glibc (which keeps freed blocks of
     every thread's arena mapped) is asked to ``malloc_trim``. The latter is a no-op elsewhere."""
@@ -118,8 +145,12 @@ class MemoryManager:
         self.reload_seconds = 0.0
         self._gen = 0
         self.spill_writes = 0         # spill files written (evicting an unchanged, reloaded page writes none)
-        self._clean: dict[str, tuple] = {}   # name -> (page, spill file, epoch, CRC32C) of a page reloaded from it
+        self._clean: dict[str, tuple] = {}   # name -> (page, file, epoch, chunk CRC32Cs, stamp) of a reloaded page
         self._lock = threading.RLock()
+        self._trim_due = False        # evictions freed memory that _settle has not looked at yet
+        self._ghost: "OrderedDict[str, int]" = OrderedDict()   # pages read through their spill file lately
+        self._ghost_bytes = 0
+        self.read_throughs = 0
 
     # -- storage --------------------------------------------------------------------------------------------
     def allocate(self, page: "Page", fill: Any) -> None:
@@ -134,6 +165,7 @@ class MemoryManager:
         self.resident_bytes += nbytes
         if self.limit is not None:
             self._lru[page.name] = page
+            self._settle()
 
     def block_loader(self) -> Optional["BlockLoader"]:
         """Fresh allocator blocks for a checkpoint being loaded (None under a memory limit: pages are then
@@ -166,6 +198,54 @@ class MemoryManager:
                 del self._clean[page.name]
                 _unlink(ent[1])
             self._lru.pop(page.name, None)
+            nb = self._ghost.pop(page.name, None)
+            if nb is not None:
+                self._ghost_bytes -= nb
+
+    def read(self, page: "Page") -> np.ndarray:
+        """A flat copy of the page's content (``page.read()``). Under a memory limit, a read of a spilled page goes
+        straight from its spill file into the copy (checksummed, as a reload is), without making the page
+        resident or evicting another, unless the page was read that way recently: 2Q's admission (Johnson &
+        Shasha), so that a scan over more pages than fit does not evict the hot ones or turn every read into an
+        eviction plus a reload. ``read_throughs`` counts those reads."""
+        if page.device == "cpu" and self.limit is not None:
+            with self._lock:
+                if page._data is None and page._spill is not None and not page._pins and not self._admit(page):
+                    return self._read_through(page)
+        return self.array(page).copy()
+
+    def _admit(self, page: "Page") -> bool:
+        """Whether a read of spilled ``page`` makes it resident: only when its name is in the ghost queue of pages
+        read through their spill file lately (up to half the limit's bytes, oldest dropped first); otherwise it
+        enters that queue."""
+        ghost = self._ghost
+        if ghost.pop(page.name, None) is not None:
+            return True
+        ghost[page.name] = page.nbytes
+        self._ghost_bytes += page.nbytes
+        while ghost and self._ghost_bytes > self.limit // 2:
+            _, nb = ghost.popitem(last=False)
+            self._ghost_bytes -= nb
+        return False
+
+    def _read_through(self, page: "Page") -> np.ndarray:
+        from mmsb.checkpoint import read_blob_file
+
+        t0 = time.perf_counter()
+        out = np.empty(page.size, dtype=page.dtype)
+
+        def into(dtype: Any, n: int) -> np.ndarray:
+            if np.dtype(dtype) != page.dtype or int(n) != page.size:
+                from mmsb.errors import CorruptionError
+
+                raise CorruptionError(f"spill file of page {page.name!r} holds {n} {np.dtype(dtype)}, "
+                                      f"expected {page.size} {page.dtype}", file=page._spill, what="blob")
+            return out
+
+        read_blob_file(page._spill, blocks=into)
+        self.read_throughs += 1
+        self.reload_seconds += time.perf_counter() - t0
+        return out
 
     def array(self, page: "Page") -> np.ndarray:
         """The page's flat, writable storage, reloaded if it was spilled."""
@@ -216,6 +296,19 @@ class MemoryManager:
                 p = self._lru[name]
                 if p._data is not None and not p._pins:
                     self._spill(p)
+            self._settle()
+
+    def _settle(self) -> None:
+        """After evictions and the allocation they made room for: the blocks they freed stay in the allocator's
+        block cache (a reload of a page of the same size takes one at once, without the page faults of fresh
+        memory) only while resident plus cached bytes fit the limit; otherwise the cache is emptied and the C
+        heap trimmed, so that the process's RSS, not only the count, stays bounded."""
+        with self._lock:
+            if not self._trim_due:
+                return
+            self._trim_due = False
+            if self.resident_bytes + _kernels.alloc.block_cache_stats()["bytes"] > self.limit:
+                _trim_heap()
 
     # -- spill ------------------------------------------------------------------------------------------------
     def _dir(self) -> str:
@@ -242,7 +335,7 @@ class MemoryManager:
         self.resident_bytes -= page.nbytes
         self.spilled_bytes += page.nbytes
         self.evictions += 1
-        _trim_heap()      # hand freed page memory back to the OS so that RSS (not only the count) stays bounded
+        self._trim_due = True         # _settle: keep the freed block for the allocation this makes room for
         self.spill_seconds += time.perf_counter() - t0
 
     def _clean_copy(self, page: "Page") -> Optional[str]:
@@ -252,9 +345,8 @@ class MemoryManager:
         ent = self._clean.pop(page.name, None)
         if ent is None:
             return None
-        owner, path, epoch, crc, stamp = ent
-        if owner is page and page.epoch == epoch and _stamp(path) == stamp and \
-                _crc32c(memoryview(page._data).cast("B")) == crc:
+        owner, path, epoch, crcs, stamp = ent
+        if owner is page and page.epoch == epoch and _stamp(path) == stamp and _chunk_crcs(page._data, crcs):
             return path
         _unlink(path)
         return None
@@ -278,15 +370,20 @@ class MemoryManager:
                                           f"expected {page.size} {page.dtype}", file=page._spill, what="blob")
                 return arr
 
-            read_blob_file(page._spill, blocks=into)
+            info: dict = {}
+            read_blob_file(page._spill, blocks=into, info=info)
         except BaseException:
             self.allocator.free(handle)
             raise
+        finally:
+            self._settle()
         path = page._spill
         page._spill = None
         self.spilled_bytes -= page.nbytes
-        # the file stays: evicting the page again while unchanged writes nothing
-        self._clean[page.name] = (page, path, page.epoch, _crc32c(memoryview(arr).cast("B")), _stamp(path))
+        # the file stays: evicting the page again while unchanged writes nothing. What it holds is known from
+        # the checks the read just passed: each chunk's element count and CRC32C (no second pass over the page)
+        self._clean[page.name] = (page, path, page.epoch, _raw_crcs(arr, info["manifest"]["pages"][0]["chunks"]),
+                                  _stamp(path))
         page._handle, page._data = handle, arr
         self.resident_bytes += page.nbytes
         self.reloads += 1
@@ -308,6 +405,7 @@ class MemoryManager:
     def stats(self) -> dict:
         return {"limit": self.limit, "resident_bytes": self.resident_bytes, "spilled_bytes": self.spilled_bytes,
                 "evictions": self.evictions, "reloads": self.reloads, "spill_writes": self.spill_writes,
+                "read_throughs": self.read_throughs,
                 "spill_seconds": self.spill_seconds,
                 "reload_seconds": self.reload_seconds}
 

@@ -136,10 +136,13 @@ def test_corrupt_chunk_fails_open_before_any_page_exists(tmp_path, where):
     assert mm.allocator.stats()["bytes_in_use"] == 0
     for mode in ("r", "a"):
         # a corrupt (newest) checkpoint: open falls back to an older one, here none, so the whole log replays
-        with pytest.warns(RuntimeWarning, match="falling back"):
+        with pytest.warns(RuntimeWarning, match="falling back") as rec:
             with mmsb.open(root, mode) as buf:
                 for k, v in arrs.items():
                     np.testing.assert_array_equal(buf[k].read(), v)
+        # the warning names the checkpoint's file (a reader reads through a pinned descriptor: not /proc/self/fd)
+        msgs = [str(x.message) for x in rec if "falling back" in str(x.message)]
+        assert msgs and all(path in m and "/proc/" not in m for m in msgs), msgs
     assert not mmsb.verify(root).ok
     # the store is not locked or half-open after the failed open: a repaired file opens normally
     with open(path, "r+b") as f:

@@ -120,9 +120,11 @@ def test_pinned_pages_never_spilled(tmp_path):
         assert hot.read()[:3].tolist() == [7.0, 7.0, 7.0]
         for p in pages[1:]:
             assert p.read()[:3].tolist() == [0.0, 1.0, 2.0]
-        # once unpinned, the hot page can be spilled again
+        # once unpinned, the hot page can be spilled again (pinning the others makes each resident in turn; a
+        # read of a spilled page alone would read its spill file and evict nothing)
         for p in pages[1:]:
-            p.read()
+            with p.pin():
+                pass
         assert hot._data is None and hot._spill is not None
         np.testing.assert_array_equal(hot.read()[:3], [7.0, 7.0, 7.0])
 
@@ -135,8 +137,11 @@ def test_memory_budget_error_changes_nothing():
         buf.write(c, 3.0, index=[0])
         epoch, nlog = buf.epoch, len(list(buf.log.query()))
         with b.pin(), c.pin():
+            np.testing.assert_array_equal(a.read(), np.zeros(KB))     # read from its spill file: no room needed
+            assert a._data is None
             with pytest.raises(MemoryBudgetError):
-                a.read()
+                with a.pin():                                        # residency needs room
+                    pass
             with pytest.raises(MemoryBudgetError):
                 buf.write(a, 1.0, index=[0])
             with pytest.raises(MemoryBudgetError):
@@ -166,7 +171,7 @@ def test_in_memory_buffer_spills_to_temp_dir():
     for name, v in model.items():
         np.testing.assert_array_equal(buf[name].read(), v)
     st2 = buf.stats()["memory"]
-    assert st2["reloads"] >= 3 and st2["resident_bytes"] <= 3 * 8 * KB
+    assert st2["reloads"] + st2["read_throughs"] >= 3 and st2["resident_bytes"] <= 3 * 8 * KB
     # history and replay still exact with spilled pages
     np.testing.assert_array_equal(buf.at(2)["p0"].read(), np.zeros(KB))
     buf.close()
@@ -252,7 +257,8 @@ def test_evicting_a_clean_page_writes_nothing(tmp_path):
 
         def cycle():
             for k in "abc":
-                np.testing.assert_array_equal(buf[k].read(), vals[k])
+                with buf[k].pin():          # resident (reloaded if spilled, evicting another), then read
+                    np.testing.assert_array_equal(buf[k].read(), vals[k])
 
         cycle()
         cycle()
@@ -292,7 +298,8 @@ def test_damaged_clean_spill_file_is_rewritten_not_reused(tmp_path):
             buf.write(k, v)
         for _ in range(2):
             for k in "abc":
-                buf[k].read()
+                with buf[k].pin():          # resident: reloaded if spilled
+                    buf[k].read()
         mem = buf._memory
         clean = {name: ent[1] for name, ent in mem._clean.items() if buf[name]._data is not None}
         assert clean
@@ -303,5 +310,92 @@ def test_damaged_clean_spill_file_is_rewritten_not_reused(tmp_path):
         before = mem.spill_writes
         for _ in range(2):
             for k in "abc":
-                np.testing.assert_array_equal(buf[k].read(), vals[k])
+                with buf[k].pin():
+                    np.testing.assert_array_equal(buf[k].read(), vals[k])
         assert mem.spill_writes > before
+
+
+def test_scan_reads_spilled_pages_from_their_files(tmp_path):
+    """#16.12: under a memory limit a read of a spilled page goes straight from its spill file into the copy it
+    returns (checked like a reload): a scan over twice the limit evicts nothing and writes nothing, the resident
+    pages stay resident, every read is exact; a page read that way again soon after is made resident (2Q's
+    admission)."""
+    n = 1 << 14
+    rng = np.random.default_rng(4)
+    vals = {f"p{k}": rng.random(n) for k in range(8)}
+    with mmsb.open(str(tmp_path / "s"), "w", memory_limit=4 * n * 8, durability="none",
+                   auto_checkpoint=False) as buf:
+        for k, v in vals.items():
+            buf.create_page(k, n)
+            buf.write(k, v)
+        mem = buf._memory
+        resident = {k for k in vals if buf[k]._data is not None}
+        assert len(resident) == 4
+        ev, rl, sw = mem.evictions, mem.reloads, mem.spill_writes
+        for _ in range(3):
+            for k, v in vals.items():
+                np.testing.assert_array_equal(buf[k].read(), v)
+        assert (mem.evictions, mem.reloads, mem.spill_writes) == (ev, rl, sw)
+        assert {k for k in vals if buf[k]._data is not None} == resident
+        assert mem.read_throughs == 3 * 4 and buf.stats()["memory"]["read_throughs"] == 12
+        cold = sorted(set(vals) - resident)[0]
+        buf[cold].read()
+        buf[cold].read()                               # read again at once: admitted, made resident
+        assert buf[cold]._data is not None and mem.reloads == rl + 1
+        np.testing.assert_array_equal(buf[cold].read(), vals[cold])
+
+
+def test_read_through_of_a_damaged_spill_file(tmp_path):
+    """A damaged spill file read straight into a copy: CorruptionError naming the file; the page stays
+    spilled and the buffer's memory is unchanged."""
+    from mmsb.errors import CorruptionError
+
+    n = 1 << 14
+    with mmsb.open(str(tmp_path / "s"), "w", memory_limit=2 * n * 8, durability="none",
+                   auto_checkpoint=False) as buf:
+        for k in "abc":
+            buf.create_page(k, n)
+            buf.write(k, np.full(n, float(ord(k))))
+        spilled = [k for k in "abc" if buf[k]._spill is not None]
+        page = buf[spilled[0]]
+        path = page._spill
+        data = bytearray(open(path, "rb").read())
+        data[len(data) // 2] ^= 0x20
+        open(path, "wb").write(bytes(data))
+        before = buf.stats()["memory"]
+        with pytest.raises(CorruptionError) as ei:
+            page.read()
+        assert ei.value.file == path
+        assert page._data is None and page._spill == path
+        after = buf.stats()["memory"]
+        assert {k: after[k] for k in ("resident_bytes", "evictions", "reloads")} == \
+            {k: before[k] for k in ("resident_bytes", "evictions", "reloads")}
+
+
+def test_clean_eviction_of_a_compressible_page_writes_nothing(tmp_path):
+    """Evicting a page reloaded from a compressed (BLOSC2) spill file and not changed since writes nothing: its
+    chunks' CRC32C are taken from the decoded values at reload (the file's are those of the encoded bytes)."""
+    n = 1 << 17
+    vals = {k: np.arange(n, dtype=np.float64) * (i + 1) for i, k in enumerate("abc")}
+    with mmsb.open(str(tmp_path / "s"), "w", memory_limit=int(2.5 * n * 8), durability="none",
+                   auto_checkpoint=False) as buf:
+        for k, v in vals.items():
+            buf.create_page(k, n)
+            buf.write(k, v)
+        mem = buf._memory
+
+        def cycle():
+            for k in "abc":
+                with buf[k].pin():
+                    np.testing.assert_array_equal(buf[k].read(), vals[k])
+
+        cycle()
+        cycle()
+        from mmsb.checkpoint import _read_container, BLOB_MAGIC
+        spilled = [buf[k]._spill for k in "abc" if buf[k]._spill is not None]
+        assert spilled and all(c["codec"] != 0 for p in spilled
+                               for c in _read_container(p, BLOB_MAGIC)[0]["pages"][0]["chunks"])
+        before, ev = mem.spill_writes, mem.evictions
+        cycle()
+        cycle()
+        assert mem.evictions > ev and mem.spill_writes == before

@@ -43,6 +43,7 @@ _IOV_MAX = _iov_max()         # buffers per gathered write
 _RWF_DSYNC = getattr(os, "RWF_DSYNC", 0) if hasattr(os, "pwritev") and sys.platform.startswith("linux") else 0
 _DSYNC_AFTER = 16            # appends in a row from one thread before it writes with RWF_DSYNC
 _PREALLOC = 1 << 20          # fsync mode: zeros written and synced ahead of the commits that overwrite them
+_KEEP_SCANNED = 512 * 2**20  # bytes of transactions the open scan keeps for the replay that follows it
 
 
 def _gathered(bufs: list, write) -> None:
@@ -160,6 +161,9 @@ class DurableLog(LogBase):
         self.gaps: list = [tuple(g) for g in (manifest.gaps if manifest is not None else [])]
         self.lost: list = []     # epoch ranges this open cut out of the history (recovery="truncate")
         self._lazy_bound = 0     # every epoch in a lazy segment is <= this (the next segment's base - 1)
+        self.before_close = None  # called once by close() while the log is still open (a clean shutdown)
+        self._scanned: dict = {}  # epoch -> (TxnSpan, _Seg): transactions read and checked by the open scan
+        self._decoded: dict = {}  # epoch -> Txn decoded ahead of the replay (predecode)
         self._open_scan(skip_before if recovery == "strict" else None)
 
     # ------------------------------------------------------------ open / recovery
@@ -219,6 +223,7 @@ class DurableLog(LogBase):
             self._segs.append(_Seg(base, path, hdr.salt, size, logical, lazy=True))
             logical += size
         prev: Optional[int] = None
+        kept = 0
         if nskip:
             self._lazy_bound = segs[nskip][0] - 1
             prev = self._lazy_bound
@@ -262,6 +267,11 @@ class DurableLog(LogBase):
                 self._epochs.append(t.epoch)
                 self._stats["records"] += len(t.records) + 1
                 self._stats["transactions"] += 1
+                # what the open replays next was just read and checked: keep it (up to a budget) so that the
+                # replay neither reads nor checksums it again
+                if (skip_before is None or t.epoch > skip_before) and kept < _KEEP_SCANNED:
+                    self._scanned[t.epoch] = (t, seg)
+                    kept += t.end - t.start
             if chk.txns:
                 seg.last_epoch = last_epoch = prev = chk.txns[-1].epoch
                 seg.txns = len(chk.txns)
@@ -630,16 +640,35 @@ class DurableLog(LogBase):
             return self._logical_end
 
     def flush(self, fsync: bool = True) -> None:
-        """With ``fsync``, make every record written so far durable (e.g. before a checkpoint); records reach
-        the OS as they are appended, in every durability mode."""
+        """With ``fsync``, make every record written so far durable (e.g. before a checkpoint is published):
+        the segment being appended to and the segments rolled since the last flush (under durability "flush"
+        and "none" a roll does not sync the closed segment). Records reach the OS as they are appended, in
+        every durability mode.
+
+        The fsyncs run on duplicates of the descriptors taken under the append lock and release it: commits go on
+        while the disk catches up (an automatic checkpoint's flush would otherwise stall every commit behind it)."""
         with self._lock:
             self._check_writable()
+            if not fsync:
+                return
+            rolled, self._old_fds = self._old_fds, []
             try:
-                if fsync and self._fd is not None:
-                    os.fsync(self._fd)
-                    self._stats["fsyncs"] += 1
+                fds = [os.dup(fd) for fd in rolled + ([self._fd] if self._fd is not None else [])]
             except OSError as exc:
+                self._old_fds = rolled + self._old_fds
                 raise self._poison("log flush", exc) from exc
+        try:
+            for fd in fds:
+                os.fsync(fd)
+                self._stats["fsyncs"] += 1
+        except OSError as exc:
+            raise self._poison("log flush", exc) from exc
+        finally:
+            for fd in fds + rolled:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
 
     def sync(self, token: Optional[int] = None) -> None:
         """Make everything up to ``token`` (default: everything) durable as the durability mode promises."""
@@ -711,7 +740,43 @@ class DurableLog(LogBase):
         for e in entries:
             yield self._read_txn(e)
 
+    def predecode(self, since: int, budget: int = 512 * 2**20) -> int:
+        """Decode ahead the transactions after epoch ``since`` that the open scan kept (a reopen calls this on
+        the thread that opened the log, while the checkpoint loads on another); at most ``budget`` bytes of
+        records. Returns how many."""
+        n = used = 0
+        for ep in sorted(self._scanned):
+            if ep <= since:
+                continue
+            span, seg = self._scanned[ep]
+            if used + span.end - span.start > budget:
+                break
+            self._decoded[ep] = self._decode_span(span, seg)
+            used += span.end - span.start
+            n += 1
+        return n
+
+    def release_scan(self) -> None:
+        """Forget what the open scan kept (called once the open replayed it)."""
+        self._scanned = {}
+        self._decoded = {}
+
+    def _decode_span(self, span, seg: _Seg) -> Txn:
+        ops = []
+        for rec in span.records:
+            if rec.rtype in (R.DELTA, R.SCHEMA):
+                try:
+                    ops.append(R.decode_op(rec.rtype, rec.payload, span.epoch))
+                except CorruptionError as exc:
+                    raise CorruptionError(f"log record undecodable: {exc}", file=seg.path, offset=rec.offset,
+                                          what=exc.what) from None
+        return Txn(epoch=span.epoch, txid=span.txid, ops=ops)
+
     def _read_txn(self, e: _Entry) -> Txn:
+        got = self._decoded.pop(e.epoch, None)            # (each is replayed once, by the open)
+        kept = self._scanned.pop(e.epoch, None)
+        if kept is not None and kept[1] is e.seg and kept[0].start == e.start:
+            return got if got is not None else self._decode_span(kept[0], e.seg)
         with self._lock:
             fd = self._rfd(e.seg.path)
         data = os.pread(fd, e.end - e.start, e.start)
@@ -843,6 +908,9 @@ class DurableLog(LogBase):
             return st
 
     def close(self) -> None:
+        hook, self.before_close = self.before_close, None
+        if hook is not None and not self._closed and self._poisoned is None:
+            hook()                   # (the store's shutdown checkpoint: it needs the log still open)
         with self._lock:
             if self._closed:
                 return

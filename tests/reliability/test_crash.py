@@ -138,10 +138,24 @@ def _check(buf, model_hist, lo, hi):
         assert not d, f"buf.at({pe}) differs from the model on pages {d}"
 
 
-@pytest.mark.parametrize("durability", ["fsync", "flush"])
-def test_crash_loop(tmp_path, LONG, durability):
-    trials = (200 if durability == "fsync" else 40) if LONG else (30 if durability == "fsync" else 10)
-    seed = 20240 + (durability == "flush")
+@pytest.mark.parametrize("durability", ["fsync", "flush", "fsync-auto"])
+def test_crash_loop(tmp_path, LONG, durability, monkeypatch):
+    """``fsync-auto``: the automatic checkpoint policy fires after nearly every commit (incremental checkpoints,
+    container version 3, written on the background thread while the child is killed) and every clean close in
+    the parent writes a shutdown checkpoint."""
+    if durability == "fsync-auto":
+        from mmsb import durable as D
+
+        durability = "fsync"
+        monkeypatch.setenv("MMSB_AUTO_CHECKPOINT", "1e-9")
+        monkeypatch.setenv("MMSB_AUTO_CHECKPOINT_MIN_BYTES", "1")            # (a fresh interpreter's)
+        monkeypatch.setattr(D, "AUTO_CHECKPOINT_MIN_BYTES", 1)               # (a forked child's)
+        monkeypatch.setattr(D, "SHUTDOWN_CHECKPOINT_MIN_BYTES", 1)
+        trials = 40 if LONG else 12
+        seed = 20242
+    else:
+        trials = (200 if durability == "fsync" else 40) if LONG else (30 if durability == "fsync" else 10)
+        seed = 20240 + (durability == "flush")
     rnd = random.Random(seed)
     chain_len = 6
     path = None
@@ -188,6 +202,12 @@ def test_crash_loop(tmp_path, LONG, durability):
         count("crash_trials")
     count("crash_commits_checked", committed)
     count("crash_torn_tails_repaired", torn)
+    if seed == 20242:
+        from mmsb import checkpoint as C
+
+        formats = [C.verify_checkpoint(C.checkpoint_path(p, e))["format"] for p in
+                   [str(tmp_path / n) for n in os.listdir(tmp_path)] for e in C.list_checkpoints(p)]
+        assert 3 in formats, formats          # incremental checkpoints were written (and verified)
 
 
 def test_readonly_open_of_a_killed_store(tmp_path):

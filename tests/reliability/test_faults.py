@@ -166,6 +166,37 @@ def test_fail_nth_operation(tmp_path, kind, LONG):
     count("fault_runs", n)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_fail_nth_operation_with_shutdown_checkpoint(tmp_path, kind, LONG, monkeypatch):
+    """The same faults while close() writes a shutdown checkpoint (incremental: it borrows the pages the last
+    explicit checkpoint holds and that did not change). A fault there leaves the store as it was: close()
+    completes and releases the lock, the next open replays the log."""
+    from mmsb import durable as D
+
+    monkeypatch.setattr(D, "SHUTDOWN_CHECKPOINT_MIN_BYTES", 1)
+    base, hist0 = _base(tmp_path)
+    n = 0
+    while True:
+        n += 1
+        path = str(tmp_path / f"{kind}{n}")
+        shutil.copytree(base, path)
+        hist = dict(hist0)
+        fs = FaultFS(fail_kind=kind, fail_n=n)
+        with fs:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)     # "the shutdown checkpoint ... failed"
+                acked = _workload(path, hist, memory_limit=300 if n % 2 else None, steps=15)
+        count("faults_injected", fs.injected)
+        _check_reopen(path, hist, acked)
+        shutil.rmtree(path)
+        if fs.injected == 0:
+            break
+        assert n < 5000
+        if not LONG and n >= 8:
+            n += 4
+    count("fault_runs", n)
+
+
 def test_power_loss(tmp_path, LONG):
     base, hist0 = _base(tmp_path)
     with FaultFS() as probe:
