@@ -224,9 +224,10 @@ class Store:
         since = log.logical_end - self._ckpt_log_end
         if since < AUTO_CHECKPOINT_MIN_BYTES or (self._bg is not None and self._bg.is_alive()):
             return
-        state = sum(p.nbytes for p in list(buf._pages.values()))
-        if since < f * state:
-            return
+        pages = list(buf._pages.values())
+        state = sum(p.nbytes for p in pages)
+        if since < f * state or not all(p.checkpointable for p in pages):
+            return          # (a sharded page, mmsb.dask, is not checkpointed: its history is the log)
         with buf._locked():
             if buf._closed or buf.epoch in self.checkpoints or (self._bg is not None and self._bg.is_alive()):
                 return
@@ -256,8 +257,8 @@ class Store:
         state = sum(p.nbytes for p in pages)
         if since < SHUTDOWN_CHECKPOINT_MIN_BYTES or since < SHUTDOWN_CHECKPOINT_FRACTION * state:
             return
-        if any(getattr(p, "backend", None) is not None for p in pages):
-            return          # pages of another kind (sharded: mmsb.dask) are not checkpointed: their history is the log
+        if not all(p.checkpointable for p in pages):
+            return          # a sharded page (mmsb.dask) is not checkpointed: its history is the log
         try:
             pages, rules = self._incremental_snapshot(buf, copy=False)
             fsync = log.durability != "none"

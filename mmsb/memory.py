@@ -207,7 +207,8 @@ class MemoryManager:
         straight from its spill file into the copy (checksummed, as a reload is), without making the page
         resident or evicting another, unless the page was read that way recently: 2Q's admission (Johnson &
         Shasha), so that a scan over more pages than fit does not evict the hot ones or turn every read into an
-        eviction plus a reload. ``read_throughs`` counts those reads."""
+        eviction plus a reload. ``read_throughs`` counts those reads (``reloads`` counts them too: every load of
+        spilled data)."""
         if page.device == "cpu" and self.limit is not None:
             with self._lock:
                 if page._data is None and page._spill is not None and not page._pins and not self._admit(page):
@@ -244,6 +245,7 @@ class MemoryManager:
 
         read_blob_file(page._spill, blocks=into)
         self.read_throughs += 1
+        self.reloads += 1               # (a load of spilled data, though not into residency)
         self.reload_seconds += time.perf_counter() - t0
         return out
 

@@ -21,6 +21,8 @@ class Page:
     kind = "array"
     #: the backend that holds a page of another kind (None: the page's device family holds it)
     backend = None
+    #: whether a checkpoint can hold the page (a sharded page's history is the log)
+    checkpointable = True
 
     __slots__ = ("_buf", "name", "shape", "dtype", "semiring", "device", "_metadata", "epoch", "size", "_data",
                  "_handle", "_spill", "_pins", "__weakref__")

@@ -180,7 +180,7 @@ def test_durable_reopen_without_cluster_and_time_travel(client, tmp_path):
     A = sp.random(n, n, density=4 / n, random_state=2, format="csr")
     B = sp.random(n, n, density=3 / n, random_state=3, format="csr")
     path = str(tmp_path / "store")
-    buf = mmsb.open(path, cluster=client, auto_checkpoint=False)
+    buf = mmsb.open(path, cluster=client)            # (automatic checkpoints skip a store with sharded pages)
     _build(buf, n, Wt, A, B, 2)
     for page, vals, index, acc in _history(rng, n, 6):
         buf.write(page, vals, index=index, accumulate=acc)

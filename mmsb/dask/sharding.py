@@ -109,9 +109,9 @@ class ShardedBackend(DeviceBackend):
         raise DeviceError(f"page {page.name!r} is sharded over the Dask workers; it cannot move to {device!r}")
 
     def host_copy(self, page: Page) -> np.ndarray:
-        raise MMSBError(f"page {page.name!r} is sharded over the Dask workers: checkpoints (checkpoint(), compact(), "
-                        "automatic checkpoints: open stores holding sharded pages with auto_checkpoint=False) are "
-                        "not supported for sharded pages yet; their history is the log")
+        raise MMSBError(f"page {page.name!r} is sharded over the Dask workers: checkpoint() and compact() are not "
+                        "supported for sharded pages yet (automatic checkpoints skip such stores); their history is "
+                        "the log")
 
     def stats(self, buf: Any) -> dict:
         return {}
@@ -124,6 +124,8 @@ class ShardedPage(Page):
     """A page whose blocks live on the workers (see the module doc); reads and writes as any page."""
 
     __slots__ = ("_sh",)
+
+    checkpointable = False
 
     @property
     def backend(self) -> ShardedBackend:          # type: ignore[override]
@@ -152,6 +154,8 @@ class ShardedMatrix(MatrixPage):
     """A matrix page whose row blocks live on the workers (see the module doc)."""
 
     __slots__ = ("_sh",)
+
+    checkpointable = False
 
     @property
     def backend(self) -> ShardedBackend:          # type: ignore[override]
