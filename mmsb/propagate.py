@@ -62,6 +62,7 @@ from its inputs (so cancellation, e.g. a source going 1e20 -> 1, never leaves a 
 
 _PUSH_SHARE = 8        # a change to >= 1/8 of a float plus link's source recomputes the rows instead of pushing
 _REPAIR_SHARE = 16     # a matrix change that invalidates > 1/16 of a closure's values recomputes the closure
+_SERIAL_ROWS = 2048    # a pull over fewer rows runs on one thread
 
 _FLAGS: dict = {}
 
@@ -498,7 +499,7 @@ class Engine:
                 target = y if acc is None else np.empty_like(y)
                 A = r.matrix
                 _kernels.spmv.spmv(A.indptr, A.indices, _kview(A.data), _kview(x), _kview(target), codes[0],
-                                   codes[1], _kview(np.array([zero]))[0], rows, self.nthreads)
+                                   codes[1], _kview(np.array([zero]))[0], rows, self._threads_for(rows))
                 part = target[sel].copy() if target is y else target[sel]
             else:
                 part = self._pull_numpy(r.matrix, x, every, sr, zero)
@@ -804,6 +805,11 @@ class Engine:
                 mark[p] = False
         return rows
 
+    def _threads_for(self, rows: Optional[np.ndarray]) -> int:
+        """Threads for a pull over ``rows`` (None: every row): one below ``_SERIAL_ROWS`` rows, where waking a
+        thread team costs more than the rows (most on a many-core host), else the engine's setting."""
+        return 1 if rows is not None and rows.size < _SERIAL_ROWS else self.nthreads
+
     def _scratch(self, name: str, like: np.ndarray) -> np.ndarray:
         """A reusable uninitialised array like ``like`` (closure old values land there)."""
         buf = self._scratch_arrays.get(name)
@@ -885,7 +891,7 @@ class Engine:
         A = rule.matrix
         if codes is not None:
             _kernels.spmv.spmv(A.indptr, A.indices, _kview(A.data), _kview(y), _kview(tmp), codes[0], codes[1],
-                               _kview(np.array([zero]))[0], rows, self.nthreads)
+                               _kview(np.array([zero]))[0], rows, self._threads_for(rows))
             part = tmp[rows]
         else:
             part = self._pull_numpy(A, y, rows, sr, zero)
