@@ -14,7 +14,7 @@ copyright = "the mmsb authors"
 extensions = ["sphinx.ext.autodoc", "sphinx.ext.napoleon", "sphinx.ext.viewcode", "myst_parser"]
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 root_doc = "index"
-exclude_patterns = ["_build", "benchmarks/*.json"]
+exclude_patterns = ["_build", "benchmarks/*.json", "benchmarks/*.txt"]
 
 myst_enable_extensions = ["colon_fence"]
 myst_heading_anchors = 3
