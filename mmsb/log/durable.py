@@ -43,6 +43,7 @@ _IOV_MAX = _iov_max()         # buffers per gathered write
 _RWF_DSYNC = getattr(os, "RWF_DSYNC", 0) if hasattr(os, "pwritev") and sys.platform.startswith("linux") else 0
 _DSYNC_AFTER = 16            # appends in a row from one thread before it writes with RWF_DSYNC
 _PREALLOC = 1 << 20          # fsync mode: zeros written and synced ahead of the commits that overwrite them
+_SETTLE_READS = 16           # reads of a reader's last segment while a failure in it keeps moving (a write in flight)
 _KEEP_SCANNED = 512 * 2**20  # bytes of transactions the open scan keeps for the replay that follows it
 
 
@@ -242,6 +243,8 @@ class DurableLog(LogBase):
             chk = S.check_segment(self._pinned(path), base, prev, salts.get(base), skip_epoch=skip_before,
                                   gaps=self.gaps, contiguous=contiguous)
             chk.path = path
+            if is_last and self.readonly and chk.error is not None and not chk.torn:
+                chk = self._settle_tail(chk, base, prev, salts.get(base), skip_before, contiguous)
             size = chk.size
             err = chk.error
             if err is None and chk.dangling and not is_last:
@@ -307,6 +310,32 @@ class DurableLog(LogBase):
         self._stats["bytes"] = sum(s.size for s in self._segs)
         self._synced = logical
         self._logical_end = logical
+
+    def _settle_tail(self, chk, base: int, prev: Optional[int], salt: Optional[bytes],
+                     skip_before: Optional[int], contiguous: bool):
+        """A reader (mode="r") found a failure with valid records after it in the last segment of its listing:
+        damage, or a read racing the live writer's append. A read copies the file page by page without the
+        writer's lock, so it can copy a page before the writer fills it (the zeros the writer reserved ahead, or
+        half a record) and a later page after: a hole with complete records behind it, which is no torn tail.
+        The writer writes in file order, so every byte before a record the reader saw complete was written
+        before the read ended: read again, a write in flight is there and the failure moves on (or goes);
+        damage reads the same. The check is repeated until the failure either goes (the result is then the
+        reader's snapshot) or reads the same twice (damage: the caller raises). A failure that keeps moving
+        (a writer appending faster than the reader reads) was a write in flight each time: the reader's
+        snapshot ends at the last complete transaction before the newest one (as at a torn tail)."""
+        path = chk.path
+        for _ in range(_SETTLE_READS):
+            again = S.check_segment(self._pinned(path), base, prev, salt, skip_epoch=skip_before, gaps=self.gaps,
+                                    contiguous=contiguous)
+            again.path = path
+            if again.error is None or again.torn or again.error == chk.error or again.error[0] < chk.error[0]:
+                if again.error != chk.error:
+                    self.quiet_tail = True       # the bytes changed under the reader: a writer is appending
+                return again
+            self.quiet_tail = True
+            chk = again
+        chk.torn = True
+        return chk
 
     def _lose(self, first: int, last: int) -> None:
         """Record that epochs first..last were cut out of the history (warned; ``at()`` there raises)."""
