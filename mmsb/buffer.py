@@ -542,9 +542,24 @@ class Buffer:
         mine = [d for d in tx.ops if d.page == page.name]
         if index is None and not mine:
             return self._read(page, None)
-        if index is None:
-            raise InvalidDeltaError(f"matrix {page.name!r}: inside a transaction that wrote it, read entries with "
-                                    "index=(rows, cols)")
+        if index is None:                          # the whole matrix: its entries with the writes merged
+            cur = self._read(page, None).tocoo()
+            m = page.shape[1]
+            keys = cur.row.astype(np.int64) * m + cur.col
+            vals = np.asarray(cur.data)
+            for d in mine:
+                idx, dv = d.normalize().sparse()
+                every = np.union1d(keys, idx)
+                merged = np.full(every.size, page.zero, dtype=page.dtype)
+                merged[np.searchsorted(every, keys)] = vals
+                pos = np.searchsorted(every, idx)
+                merged[pos] = page.semiring.add_arrays(merged[pos], dv) if d.accumulate else dv
+                keep = merged != page.zero
+                keys, vals = every[keep], merged[keep]
+            import scipy.sparse as sp
+
+            rows, cols = np.divmod(keys, m)
+            return sp.csr_array((vals, (rows, cols)), shape=page.shape)
         keys = page.keys(index)
         with self._locked():
             vals = MATRIX.values_at(self, page, keys)

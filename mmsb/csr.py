@@ -1,4 +1,5 @@
-"""CSR matrices in the kernels' layout (int64 indices, the page dtype), their transposes, and entry updates.
+"""CSR matrices in the kernels' layout (int32 or int64 column indices, the page dtype), their transposes, and entry
+updates.
 
 A rule's matrix is a :class:`CSR`. A matrix page's is one too, and it changes entry by entry
 (:meth:`CSR.set_entries`): a changed value is written in place (in the matrix and in its transpose, when that was
@@ -29,7 +30,8 @@ def index_dtype(ncols: int, dtype: Any) -> np.dtype:
 
 @dataclass
 class CSR:
-    """A CSR matrix with int64 indices and its transpose (for push), both in the page dtype."""
+    """A CSR matrix (int64 ``indptr``; ``indices`` of :func:`index_dtype`) and its transpose (for push), both in the
+    page dtype."""
 
     shape: tuple
     indptr: np.ndarray
@@ -62,7 +64,9 @@ class CSR:
         entry updates (a wider range is still a valid bound for the bucketed closure)."""
         if self._range is None:
             d = self.data if self.free is None else self.data[self._live()]
-            self._range = (float(d.min()), float(d.max())) if d.size and d.dtype.kind in "iuf" else (0.0, 0.0)
+            if not d.size or d.dtype.kind not in "iuf":
+                return (0.0, 0.0)               # (not kept: the first stored values set the range)
+            self._range = (float(d.min()), float(d.max()))
         return self._range
 
     @property
@@ -173,8 +177,8 @@ def as_csr(matrix: Any, shape: tuple, dtype: np.dtype, what: str) -> CSR:
         indices = np.tile(np.arange(m, dtype=np.int64), n)
         data, mshape = dense.ravel(), dense.shape
     if tuple(mshape) != tuple(shape):
-        raise InvalidDeltaError(f"{what}: matrix has shape {tuple(mshape)}, expected {tuple(shape)} "
-                                "(dst.size, src.size)")
+        hint = "" if what.startswith("matrix") else " (dst.size, src.size)"
+        raise InvalidDeltaError(f"{what}: matrix has shape {tuple(mshape)}, expected {tuple(shape)}{hint}")
     data = np.asarray(data)
     if data.dtype.kind not in "biuf":
         raise InvalidDeltaError(f"{what}: matrix values must be numeric, got {data.dtype}")
@@ -348,7 +352,12 @@ def _adopt(A: CSR, B: CSR) -> None:
 
 
 def _widen(A: CSR, vals: np.ndarray) -> None:
-    """Keep the cached range and finiteness flags true bounds after ``vals`` were stored."""
+    """Keep the cached range and finiteness flags true bounds after ``vals`` were stored (values equal to a free
+    slot's are not entries)."""
+    if A.free is not None:
+        vals = vals[vals != A.free]
+    if A._finite is not None and A._finite != (False, False):
+        A._finite = None                        # a NaN or inf may just have been overwritten: look again when asked
     if not vals.size:
         return
     if A._range is not None and vals.dtype.kind in "iuf":
@@ -362,9 +371,8 @@ def set_entries(A: CSR, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, pr
     """Change entries of ``A`` and of its transpose (when built): ``A[rows[k], cols[k]] = vals[k]`` where
     ``present[k]``, the entry removed elsewhere. ``(rows, cols)`` pairs are unique; ``vals`` has A's dtype;
     ``pos`` (optional) are their positions in A from :func:`locate`."""
-    t = A._t
     moved = _set(A, rows, cols, vals, present, pos)
-    A._t = t
+    t = A._t
     if t is None:
         return
     t_moved = _set(t, cols, rows, vals, present)

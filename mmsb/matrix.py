@@ -239,9 +239,9 @@ class MatrixBackend(DeviceBackend):
         if not moved.all():
             idx, rows, cols, old, new, pos = idx[moved], rows[moved], cols[moved], old[moved], new[moved], pos[moved]
         new = np.asarray(new, dtype=page.dtype)
-        page.set(rows, cols, new, pos)
-        if undo is not None:
+        if undo is not None:                    # first: a failure inside set() is rolled back too
             undo.action(lambda: page.set(rows, cols, old))
+        page.set(rows, cols, new, pos)
         return Change(idx, old)
 
     def values_at(self, buf: "Buffer", page: "Page", idx: np.ndarray) -> np.ndarray:
@@ -285,7 +285,8 @@ def new_page(buf: "Buffer", op: SchemaOp, epoch: int) -> MatrixPage:
     keys, vals = op.arrays.get("keys"), op.arrays.get("values")
     total = math.prod(shape)
     if keys is None or vals is None or keys.dtype != np.int64 or vals.dtype != dt or keys.size != vals.size or \
-            (keys.size and (int(keys.min()) < 0 or int(keys.max()) >= total)):
+            (keys.size and (int(keys.min()) < 0 or int(keys.max()) >= total
+                            or not bool((keys[1:] > keys[:-1]).all()))):
         from mmsb.errors import CorruptionError
 
         raise CorruptionError(f"matrix {pl['name']!r}: its entries do not fit it", what="matrix entries")

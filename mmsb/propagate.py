@@ -295,7 +295,8 @@ class Engine:
         for r in rules:
             if full:
                 if r.matrix.has_nan:
-                    raise InvalidDeltaError(f"the link into page {name!r} from page {r.srcs[0]!r} has NaN matrix "
+                    what = f"matrix {r.matrix_page!r}" if r.matrix_page is not None else "matrix"
+                    raise InvalidDeltaError(f"the link into page {name!r} from page {r.srcs[0]!r} has NaN {what} "
                                             f"entries; NaN is not allowed under an idempotent ⊕ ({sr.name}); "
                                             "nothing was committed")
                 x = self._x(r, dtype)
@@ -358,6 +359,10 @@ class Engine:
         pushes: list[tuple[Rule, np.ndarray, np.ndarray]] = []
         mags: list[tuple[Rule, np.ndarray, np.ndarray]] = []
         recompute: list[np.ndarray] = []
+        if idem and not full:
+            for r in rules:                     # NaN entries of a changed matrix page (a view in another semiring)
+                if r.matrix_page is not None and r.matrix_page in inputs:
+                    self._refuse_nan_entries(name, r, inputs[r.matrix_page])
         if not full and self._pull_is_cheaper(rules, inputs):
             return self._links_all_rows(name, rules, y, sr, undo)
         if full:
@@ -389,8 +394,6 @@ class Engine:
                 mch = inputs.get(r.matrix_page) if r.matrix_page is not None else None
                 if mch is not None and mch.idx.size:     # changed entries: recompute the rows they sit in
                     recompute.append(unique(mch.idx // r.matrix.shape[1]))
-                    if idem:
-                        self._refuse_nan_entries(name, r, mch)
         cand_parts = [r.matrix.column_rows(idx) for r, idx, _ in pushes] + recompute
         if not cand_parts:
             return None
@@ -582,8 +585,9 @@ class Engine:
         if full or not idem:
             if idem:
                 if rule.matrix.has_nan:
+                    what = f"matrix {rule.matrix_page!r}" if rule.matrix_page is not None else "matrix"
                     raise InvalidDeltaError(f"the closure on page {name!r} from page {rule.srcs[0]!r} has NaN "
-                                            f"matrix entries; NaN is not allowed under an idempotent ⊕ "
+                                            f"{what} entries; NaN is not allowed under an idempotent ⊕ "
                                             f"({sr.name}); nothing was committed")
                 if src.dtype.kind == "f" and np.isnan(src).any():
                     raise self._refuse_nan(name, rule, rule.srcs[0], "a NaN source value")
@@ -648,7 +652,8 @@ class Engine:
 
     @staticmethod
     def _no_fixpoint(name: str, rule: Rule) -> SemiringError:
-        return SemiringError(f"closure on page {name!r} from page {rule.srcs[0]!r} does not converge under "
+        via = f" over matrix {rule.matrix_page!r}" if rule.matrix_page is not None else ""
+        return SemiringError(f"closure on page {name!r} from page {rule.srcs[0]!r}{via} does not converge under "
                              f"{rule.semiring.name} (a cycle that improves on every pass, e.g. a negative cycle "
                              f"under min_plus); page {name!r} is left as it was and nothing was committed")
 

@@ -1195,3 +1195,31 @@ def test_transaction_reading_a_derived_entry_conflicts_with_a_matrix_delta_that_
     b.write(W, [INF], index=([1], [3]))                 # remove 3 -> 1 (not tight): nothing changes
     tx.commit()
     np.testing.assert_array_equal(d.read(), [0, 0.5, 1.5, 2.5])
+
+
+def test_a_nan_entry_overwritten_no_longer_blocks_a_rule():
+    """A plus_times matrix with a NaN entry cannot feed a min_plus link; once the entry is overwritten it can."""
+    b = mmsb.open(None)
+    P = b.create_matrix("P", (2, 2), data=np.array([[1.0, np.nan], [0.0, 1.0]]))
+    x = b.create_page("x", 2, semiring="min_plus")
+    y = b.create_page("y", 2, semiring="min_plus")
+    with pytest.raises(E.InvalidDeltaError, match="'P'"):
+        b.link(y, x, P)
+    b.write(P, [1.0], index=([0], [1]))
+    b.link(y, x, P)
+    b.write(x, [2.0, 3.0])
+    np.testing.assert_array_equal(y.read(), [min(1 + 2, 1 + 3), min(0 + 2, 1 + 3)])
+
+
+def test_a_whole_matrix_read_inside_a_transaction_sees_its_writes():
+    b = mmsb.open(None)
+    M = b.create_matrix("M", (3, 3), semiring="min_plus")
+    b.write(M, [1.0, 2.0], index=([0, 1], [0, 1]))
+    with b.transaction() as tx:
+        tx.write(M, [5.0, 0.5], index=([2, 1], [2, 1]), accumulate=True)
+        tx.write(M, [INF], index=([0], [0]))
+        seen = tx.read(M)
+        assert sp.issparse(seen) and seen.nnz == 2
+        assert seen[1, 1] == 0.5 and seen[2, 2] == 5.0
+        assert M.read().nnz == 2 and M.read()[0, 0] == 1.0          # nothing committed yet
+    assert M.read()[1, 1] == 0.5 and M.read()[2, 2] == 5.0 and M.read().nnz == 2
