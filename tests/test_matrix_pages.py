@@ -1208,7 +1208,7 @@ def test_a_nan_entry_overwritten_no_longer_blocks_a_rule():
     b.write(P, [1.0], index=([0], [1]))
     b.link(y, x, P)
     b.write(x, [2.0, 3.0])
-    np.testing.assert_array_equal(y.read(), [min(1 + 2, 1 + 3), min(0 + 2, 1 + 3)])
+    np.testing.assert_array_equal(y.read(), [min(1 + 2, 1 + 3), 1 + 3])    # (a 0 is P's ⊕-zero: no entry)
 
 
 def test_a_whole_matrix_read_inside_a_transaction_sees_its_writes():
