@@ -32,19 +32,30 @@ class MatrixDeltaClosure:
         ch = self._next()
         self.closure.apply(kind, *ch[1:])
 
-    def track_ratio_networkit_over_mmsb(self, kind):
+
+
+class MatrixDeltaVsNetworKit:
+    """The same commits against NetworKit's DynDijkstra given the same changes (skipped without networkit)."""
+    params = ["dec", "inc", "del", "ins"]
+    param_names = ["change"]
+    number = 1
+    repeat = 1
+
+    def setup(self, kind):
         try:
             import networkit as nk
         except ImportError:
             raise NotImplementedError("networkit is not installed") from None
-        # a second road network, same seed: NetworKit and mmsb get the same changes
-        rng = np.random.default_rng(15)
-        roads = Roads(200, rng)
-        sources = np.sort(rng.choice(roads.n, 400, replace=False))
-        mm, nks = Closure("min_plus", roads, sources), NetworKitSSSP(nk, roads, sources)
-        pool = [roads.change(kind, 10) for _ in range(6)]
+        rng = np.random.default_rng(15)            # the network of MatrixDeltaClosure: the same changes both sides
+        self.roads = Roads(200, rng)
+        sources = np.sort(rng.choice(self.roads.n, 400, replace=False))
+        self.mm, self.nks = Closure("min_plus", self.roads, sources), NetworKitSSSP(nk, self.roads, sources)
+
+    def track_ratio_networkit_over_mmsb(self, kind):
+        pool = [self.roads.change(kind, 10) for _ in range(6)]
         it_m, it_n = iter(pool), iter(pool)
-        return ratio(lambda: mm.apply(kind, *next(it_m)[1:]), lambda: nks.apply(kind, *next(it_n)[1:]), 6)
+        return ratio(lambda: self.mm.apply(kind, *next(it_m)[1:]), lambda: self.nks.apply(kind, *next(it_n)[1:]),
+                     6)
     track_ratio_networkit_over_mmsb.unit = "x"
 
 
