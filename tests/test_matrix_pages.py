@@ -1223,3 +1223,29 @@ def test_a_whole_matrix_read_inside_a_transaction_sees_its_writes():
         assert seen[1, 1] == 0.5 and seen[2, 2] == 5.0
         assert M.read().nnz == 2 and M.read()[0, 0] == 1.0          # nothing committed yet
     assert M.read()[1, 1] == 0.5 and M.read()[2, 2] == 5.0 and M.read().nnz == 2
+
+
+def test_a_negative_cycle_through_a_matrix_write_names_the_matrix_and_changes_nothing():
+    b = mmsb.open(None)
+    s = b.create_page("s", 3, semiring="min_plus")
+    d = b.create_page("d", 3, semiring="min_plus")
+    M = b.create_matrix("Roads", (3, 3), semiring="min_plus", data=np.array([[INF, 1.0, INF],
+                                                                              [INF, INF, 1.0],
+                                                                              [INF, INF, INF]]))
+    b.closure(d, s, M)
+    b.write(s, [0.0], index=[2])
+    before, epoch = d.read(), b.epoch
+    with pytest.raises(E.SemiringError, match="'Roads'"):
+        b.write(M, [-5.0], index=([2], [0]))                # 0 -> 1 -> 2 -> 0 now has weight -3
+    assert b.epoch == epoch and M.read()[2, 0] == 0 and M.nnz == 2
+    np.testing.assert_array_equal(d.read(), before)
+
+
+def test_a_matrix_record_with_unsorted_keys_is_corrupt():
+    from mmsb.delta import SchemaOp
+    from mmsb.matrix import matrix_payload, new_page
+
+    op = SchemaOp("matrix_created", matrix_payload("M", (2, 2), np.dtype("float64"), "min_plus", None),
+                  {"keys": np.array([3, 1], dtype=np.int64), "values": np.array([1.0, 2.0])})
+    with pytest.raises(E.CorruptionError):
+        new_page(mmsb.open(None), op, 1)
