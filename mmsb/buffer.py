@@ -340,16 +340,8 @@ class Buffer:
             raise InvalidDeltaError(f"page {name!r} is derived (the target of rules); write to its inputs")
         if index is not None and mask is not None:
             raise InvalidDeltaError(f"page {name!r}: give index or mask, not both")
-        try:
-            vals = np.asarray(values)
-        except (TypeError, ValueError) as exc:
-            raise InvalidDeltaError(f"page {name!r}: values are not an array: {exc}") from exc
-        if vals.dtype.kind not in "biuf":
-            raise InvalidDeltaError(f"page {name!r}: values must be numeric or bool, got dtype {vals.dtype}")
+        vals = _value_array(values, page.dtype, f"page {name!r}")
         dt = page.dtype
-        if vals.dtype != dt and not _castable(values, vals, dt):
-            raise InvalidDeltaError(f"page {name!r}: values of dtype {vals.dtype} cannot be cast to {dt} "
-                                    "under the 'same_kind' rule")
         meta = None if metadata is None else _json_metadata(metadata, name)
         if index is not None:
             idx = np.asarray(index)
@@ -430,16 +422,8 @@ class Buffer:
             values = dense.reshape(-1)
         else:
             keys = page.keys(index)
-        try:
-            vals = np.asarray(values)
-        except (TypeError, ValueError) as exc:
-            raise InvalidDeltaError(f"matrix {name!r}: values are not an array: {exc}") from exc
-        if vals.dtype.kind not in "biuf":
-            raise InvalidDeltaError(f"matrix {name!r}: values must be numeric or bool, got dtype {vals.dtype}")
+        vals = _value_array(values, page.dtype, f"matrix {name!r}")
         dt = page.dtype
-        if vals.dtype != dt and not _castable(values, vals, dt):
-            raise InvalidDeltaError(f"matrix {name!r}: values of dtype {vals.dtype} cannot be cast to {dt} under "
-                                    "the 'same_kind' rule")
         k = keys.size
         if vals.ndim == 0:
             vals = np.full(k, vals, dtype=dt)
@@ -1197,6 +1181,21 @@ def _shape(shape: Any, name: str) -> tuple:
     if not t or any(s < 0 for s in t):
         raise InvalidDeltaError(f"page {name!r}: shape must be non-empty and non-negative, got {shape!r}")
     return t
+
+
+def _value_array(values: Any, dt: np.dtype, what: str) -> np.ndarray:
+    """``values`` as an array that casts to ``dt`` under numpy's "same_kind" rule (InvalidDeltaError naming
+    ``what`` otherwise)."""
+    try:
+        vals = np.asarray(values)
+    except (TypeError, ValueError) as exc:
+        raise InvalidDeltaError(f"{what}: values are not an array: {exc}") from exc
+    if vals.dtype.kind not in "biuf":
+        raise InvalidDeltaError(f"{what}: values must be numeric or bool, got dtype {vals.dtype}")
+    if vals.dtype != dt and not _castable(values, vals, dt):
+        raise InvalidDeltaError(f"{what}: values of dtype {vals.dtype} cannot be cast to {dt} under the "
+                                "'same_kind' rule")
+    return vals
 
 
 def _castable(raw: Any, arr: np.ndarray, dt: np.dtype) -> bool:

@@ -76,22 +76,11 @@ class CPUBackend(DeviceBackend):
     def apply_delta(self, buf: "Buffer", page: "Page", delta: "Delta", undo: Optional["UndoLog"]) \
             -> Optional["Change"]:
         """Merge ``delta`` with the merge kernel; the positions that changed and their old values."""
-        from mmsb import _kernels, _ops
-        from mmsb.propagate import Change, changed_positions
+        from mmsb.propagate import Change
 
         arr = buf._memory.array(page)
         idx, vals = delta.sparse()
-        sr = page.semiring
-        codes = sr.codes_for(page.dtype)
-        if codes is not None or not delta.accumulate:
-            op = codes[0] if delta.accumulate else _ops.OP_ASSIGN
-            old, changed = _kernels.merge.apply_normalized(_kview(arr), idx, _kview(vals), op)
-            old = old.view(page.dtype)
-            changed = changed.view(bool)
-        else:
-            old = arr[idx].copy()
-            arr[idx] = sr.add_arrays(old, vals)
-            changed = changed_positions(arr[idx], old)
+        old, changed = merge_into(arr, idx, vals, page.semiring, delta.accumulate)
         if undo is not None:
             undo.record(_storage(buf, page.name), idx, old)
         moved = int(np.count_nonzero(changed))
@@ -148,6 +137,24 @@ class CPUBackend(DeviceBackend):
         from mmsb import _kernels
 
         return _kernels.cpu.features()
+
+
+def merge_into(arr: np.ndarray, idx: np.ndarray, vals: np.ndarray, sr: Any, accumulate: bool) \
+        -> tuple[np.ndarray, np.ndarray]:
+    """Merge the sparse values ``(idx, vals)`` (sorted, unique; ``arr``'s dtype) into the flat array ``arr``:
+    assigned, or ⊕-merged with ``sr`` when ``accumulate``. Returns the old values at ``idx`` and a bool mask of
+    the positions that changed (the merge kernel; the semiring's own ⊕ where it has no kernel op)."""
+    from mmsb import _kernels, _ops
+    from mmsb.propagate import changed_positions
+
+    codes = sr.codes_for(arr.dtype)
+    if codes is not None or not accumulate:
+        op = codes[0] if accumulate else _ops.OP_ASSIGN
+        old, changed = _kernels.merge.apply_normalized(_kview(arr), idx, _kview(vals), op)
+        return old.view(arr.dtype), changed.view(bool)
+    old = arr[idx].copy()
+    arr[idx] = sr.add_arrays(old, vals)
+    return old, changed_positions(arr[idx], old)
 
 
 def _kview(a: np.ndarray) -> np.ndarray:

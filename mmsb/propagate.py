@@ -862,27 +862,7 @@ class Engine:
     def _reset_region(self, rule: Rule, worse: np.ndarray, src: np.ndarray, y: np.ndarray,
                       sr: Semiring) -> np.ndarray:
         """Reset the entries whose value may have come through the worsened sources; return them."""
-        A = rule.matrix
-        t = A.T
-        selective = sr.builtin or sr.add in _SELECTIVE
-        region = np.zeros(y.size, dtype=bool)
-        region[worse] = True
-        frontier = worse
-        while frontier.size:
-            starts, lens = t.indptr[frontier], t.indptr[frontier + 1] - t.indptr[frontier]
-            total = int(lens.sum())
-            if not total:
-                break
-            offs = np.repeat(starts - np.cumsum(np.r_[0, lens[:-1]]), lens) + np.arange(total)
-            tgt = t.indices[offs]
-            if selective:
-                via = sr.mul_arrays(t.data[offs], np.repeat(y[frontier], lens))
-                tight = ~changed_positions(via, y[tgt])
-                tgt = tgt[tight]
-            tgt = unique(tgt[~region[tgt]])
-            region[tgt] = True
-            frontier = tgt
-        rows = np.flatnonzero(region).astype(np.int64)
+        rows = self._region(rule.matrix, worse, y, sr, sr.zero_for(y.dtype))
         y[rows] = src[rows]
         self._pull_into(rule, rows, y, sr)
         self.stats.rows_recomputed += int(rows.size)

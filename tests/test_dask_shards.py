@@ -21,16 +21,10 @@ def clipped(a):
 
 @pytest.fixture(scope="module")
 def client():
-    import cloudpickle
-
     from _localcluster import local_client
 
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    try:
-        with local_client() as c:
-            yield c
-    finally:
-        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    with local_client(by_value=sys.modules[__name__]) as c:
+        yield c
 
 
 def _grid(rng, side):

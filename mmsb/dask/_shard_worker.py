@@ -31,10 +31,11 @@ from typing import Any, Optional
 
 import numpy as np
 
-from mmsb import _kernels, _ops
+from mmsb import _kernels
 from mmsb import csr as _csr
 from mmsb._sets import unique, unique_first
 from mmsb.csr import CSR
+from mmsb.devices import merge_into
 from mmsb.errors import MMSBError
 from mmsb.propagate import changed_positions
 from mmsb.semiring import _kview
@@ -628,18 +629,7 @@ class ShardActor:
         arr = self._block(name, b)
         if idx is None:
             idx = np.arange(arr.size, dtype=np.int64)
-        sr = pi.sr
-        vals = np.asarray(vals, dtype=pi.dtype)
-        codes = sr.codes_for(pi.dtype)
-        if codes is not None or not accumulate:
-            op = codes[0] if accumulate else _ops.OP_ASSIGN
-            old, changed = _kernels.merge.apply_normalized(_kview(arr), idx, _kview(vals), op)
-            old = old.view(pi.dtype)
-            changed = changed.view(bool)
-        else:
-            old = arr[idx].copy()
-            arr[idx] = sr.add_arrays(old, vals)
-            changed = changed_positions(arr[idx], old)
+        old, changed = merge_into(arr, idx, np.asarray(vals, dtype=pi.dtype), pi.sr, accumulate)
         if emit and changed.any():
             if not changed.all():
                 idx, old = idx[changed], old[changed]

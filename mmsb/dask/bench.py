@@ -306,7 +306,7 @@ def _grid_summary(runs: dict) -> dict:
     out[f"one-entry change, median ms, {sizes[-1]} workers (closure downstream) [<= 3 ms]"] = \
         big["one_entry_closure_ms"]["median"]
     out[f"one-entry change, median ms, {sizes[-1]} workers (no rule)"] = big["one_entry_no_rule_ms"]["median"]
-    out[f"driver RSS growth while pages and matrix are created, % of their bytes [<= 5 %]"] = \
+    out["driver RSS growth while pages and matrix are created, % of their bytes [<= 5 %]"] = \
         big["driver_rss_growth_pct"]
     fw = big.get("full_closure_wave", {})
     iw = big.get("incremental_wave", {})

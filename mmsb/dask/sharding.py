@@ -120,21 +120,27 @@ class ShardedBackend(DeviceBackend):
 SHARDED = ShardedBackend()
 
 
-class ShardedPage(Page):
-    """A page whose blocks live on the workers (see the module doc); reads and writes as any page."""
+class _Sharded:
+    """What a page and a matrix page whose blocks live on the workers share: their backend and their layout."""
 
-    __slots__ = ("_sh",)
+    __slots__ = ()
 
     checkpointable = False
 
     @property
-    def backend(self) -> ShardedBackend:          # type: ignore[override]
+    def backend(self) -> ShardedBackend:
         return SHARDED
 
     @property
     def shards(self) -> list:
         """``[(start, stop, worker address)]`` of the blocks."""
         return self._sh.layout()
+
+
+class ShardedPage(_Sharded, Page):
+    """A page whose blocks live on the workers (see the module doc); reads and writes as any page."""
+
+    __slots__ = ("_sh",)
 
 
 class _ShardedCSR:
@@ -150,20 +156,10 @@ class _ShardedCSR:
         return f"<rows of sharded matrix {self.page!r} on the workers, shape={self.shape}>"
 
 
-class ShardedMatrix(MatrixPage):
+class ShardedMatrix(_Sharded, MatrixPage):
     """A matrix page whose row blocks live on the workers (see the module doc)."""
 
     __slots__ = ("_sh",)
-
-    checkpointable = False
-
-    @property
-    def backend(self) -> ShardedBackend:          # type: ignore[override]
-        return SHARDED
-
-    @property
-    def shards(self) -> list:
-        return self._sh.layout()
 
     @property
     def nnz(self) -> int:
