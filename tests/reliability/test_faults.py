@@ -143,9 +143,11 @@ def _check_reopen(path, hist, acked):
     assert rep.ok, rep.problems
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_fail_nth_operation(tmp_path, kind, LONG):
+def _fail_each_nth(tmp_path, kind: str, LONG: bool, steps=None) -> None:
+    """Fail the Nth operation of ``kind`` for N = 1, 2, ... until the workload no longer reaches one; after each
+    run the store reopens to every acknowledged commit."""
     base, hist0 = _base(tmp_path)
+    extra = {} if steps is None else {"steps": steps}
     n = 0
     while True:
         n += 1
@@ -154,7 +156,9 @@ def test_fail_nth_operation(tmp_path, kind, LONG):
         hist = dict(hist0)
         fs = FaultFS(fail_kind=kind, fail_n=n)
         with fs:
-            acked = _workload(path, hist, memory_limit=300 if n % 2 else None)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)     # "the shutdown checkpoint ... failed"
+                acked = _workload(path, hist, memory_limit=300 if n % 2 else None, **extra)
         count("faults_injected", fs.injected)
         _check_reopen(path, hist, acked)
         shutil.rmtree(path)
@@ -167,6 +171,11 @@ def test_fail_nth_operation(tmp_path, kind, LONG):
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_fail_nth_operation(tmp_path, kind, LONG):
+    _fail_each_nth(tmp_path, kind, LONG)
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_fail_nth_operation_with_shutdown_checkpoint(tmp_path, kind, LONG, monkeypatch):
     """The same faults while close() writes a shutdown checkpoint (incremental: it borrows the pages the last
     explicit checkpoint holds and that did not change). A fault there leaves the store as it was: close()
@@ -174,27 +183,7 @@ def test_fail_nth_operation_with_shutdown_checkpoint(tmp_path, kind, LONG, monke
     from mmsb import durable as D
 
     monkeypatch.setattr(D, "SHUTDOWN_CHECKPOINT_MIN_BYTES", 1)
-    base, hist0 = _base(tmp_path)
-    n = 0
-    while True:
-        n += 1
-        path = str(tmp_path / f"{kind}{n}")
-        shutil.copytree(base, path)
-        hist = dict(hist0)
-        fs = FaultFS(fail_kind=kind, fail_n=n)
-        with fs:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)     # "the shutdown checkpoint ... failed"
-                acked = _workload(path, hist, memory_limit=300 if n % 2 else None, steps=15)
-        count("faults_injected", fs.injected)
-        _check_reopen(path, hist, acked)
-        shutil.rmtree(path)
-        if fs.injected == 0:
-            break
-        assert n < 5000
-        if not LONG and n >= 8:
-            n += 4
-    count("fault_runs", n)
+    _fail_each_nth(tmp_path, kind, LONG, steps=15)
 
 
 def test_power_loss(tmp_path, LONG):
