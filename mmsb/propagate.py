@@ -63,6 +63,7 @@ from its inputs (so cancellation, e.g. a source going 1e20 -> 1, never leaves a 
 _PUSH_SHARE = 8        # a change to >= 1/8 of a float plus link's source recomputes the rows instead of pushing
 _REPAIR_SHARE = 16     # a matrix change that invalidates > 1/16 of a closure's values recomputes the closure
 _SERIAL_ROWS = 2048    # a pull over fewer rows runs on one thread
+_FEW = 64              # a link step for at most this many changed source positions is one fused kernel call
 
 _FLAGS: dict = {}
 
@@ -365,6 +366,10 @@ class Engine:
                     self._refuse_nan_entries(name, r, inputs[r.matrix_page])
         if not full and self._pull_is_cheaper(rules, inputs):
             return self._links_all_rows(name, rules, y, sr, undo)
+        if not full and len(rules) == 1:
+            got = self._links_few(name, rules[0], inputs, y, sr, undo)
+            if got is not _MISSING:
+                return got
         if full:
             rows = np.arange(y.size, dtype=np.int64)
             recompute.append(rows)
@@ -425,6 +430,52 @@ class Engine:
         if not diff.any():
             return None
         return self._record(name, cand[diff], before[diff], undo)
+
+    def _links_few(self, name: str, rule: Rule, inputs: dict[str, Change], y: np.ndarray, sr: Semiring,
+                   undo: UndoLog) -> Any:
+        """The step of one link whose source changed at a few positions, as one fused kernel call (float64 pages,
+        plus/min/max ⊕): the same result as the general step. ``_MISSING`` where the general step is needed."""
+        ch = inputs.get(rule.srcs[0])
+        if ch is None or len(inputs) != 1 or y.dtype != np.float64 or ch.idx.size > _FEW \
+                or ch.idx.size * _PUSH_SHARE >= rule.matrix.shape[1]:
+            return _MISSING
+        codes = sr.codes_for(y.dtype)
+        x = self.array(rule.srcs[0])
+        if codes is None or x.dtype != y.dtype or ch.old.dtype != y.dtype:
+            return _MISSING
+        idem, inv = algebra_flags(sr, y.dtype)
+        A = rule.matrix
+        if idem and A.has_nonfinite:
+            return _MISSING
+        err = None
+        if inv:
+            if sr.add is not np.add:
+                return _MISSING
+            err = self._errors.get(name)
+            if err is None or err.size != y.size:
+                err = self._errors[name] = REL_TOL * np.abs(y)
+        t = A.T
+        got = _kernels.point.link_push(t.indptr, t.indices, t.data, ch.idx, x[ch.idx], ch.old, y, err,
+                                       codes[0], codes[1], REL_TOL)
+        if got is None:
+            return _MISSING
+        rows, before, bad = got
+        self.stats.entries_pushed += int(ch.idx.size)
+        if bad is not None:
+            try:
+                redo = rows[bad.view(np.bool_)]
+                undo.record(lambda a=err: a, redo, err[redo])
+                self._pull_rows([rule], redo, y, sr)
+                self.stats.rows_recomputed += int(redo.size)
+                err[redo] = 0.0
+            except BaseException:
+                y[rows] = before
+                raise
+            diff = changed_positions(y[rows], before)
+            rows, before = rows[diff], before[diff]
+        if not rows.size:
+            return None
+        return self._record(name, rows, before, undo)
 
     def _refuse_nan_entries(self, name: str, rule: Rule, mch: Change) -> None:
         """Refuse NaN entries of a matrix page entering an idempotent ⊕ (through a view in another semiring)."""

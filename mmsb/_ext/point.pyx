@@ -1,0 +1,223 @@
+# cython: language_level=3
+"""Compiled point-wave kernels: one ``link`` step for a commit that changed a few source positions, fused.
+
+The engine's general link step costs about thirty numpy calls, whatever the size of the change. For a change of a
+few source positions on float64 pages, :func:`link_push` does the same step in one call: the candidate rows, their
+old values, the push ``y ⊕= A ⊗ d``, the rounding-error bounds of difference propagation and the rows that changed.
+It returns None, having touched nothing, whenever the general step is needed (a worsened value under an
+idempotent ⊕, a non-finite value, another dtype). Twin: :mod:`mmsb._ref.point` (same API, same results).
+"""
+import numpy as np
+cimport numpy as cnp
+from libc.math cimport fabs, isfinite
+from libc.stdint cimport int32_t, int64_t, uint8_t
+from libc.stdlib cimport free, malloc, qsort
+
+from mmsb._ext._types cimport OP_MAX, OP_MIN, OP_PLUS, OP_TIMES, apply_op
+
+cnp.import_array()
+
+__all__ = ["link_push"]
+
+
+cdef int _cmp_i64(const void *a, const void *b) noexcept nogil:
+    cdef int64_t x = (<const int64_t *>a)[0]
+    cdef int64_t y = (<const int64_t *>b)[0]
+    return (x > y) - (x < y)
+
+
+cdef inline Py_ssize_t _find(const int64_t *rows, Py_ssize_t n, int64_t i) noexcept nogil:
+    """Position of ``i`` in the sorted ``rows[:n]`` (it is there)."""
+    cdef Py_ssize_t lo = 0, hi = n - 1, mid
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if rows[mid] < i:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+cdef inline int64_t _index(const void *p, bint wide, Py_ssize_t k) noexcept nogil:
+    return (<const int64_t *>p)[k] if wide else <int64_t>(<const int32_t *>p)[k]
+
+
+cdef object _array(object a, str what, int typenum, bint writable=False):
+    """``a`` checked to be a contiguous 1-d numpy array of ``typenum`` (int64 or float64)."""
+    if not cnp.PyArray_Check(a):
+        raise TypeError(f"link_push: {what} must be a numpy array")
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    if cnp.PyArray_TYPE(arr) != typenum or cnp.PyArray_NDIM(arr) != 1 or not cnp.PyArray_IS_C_CONTIGUOUS(arr):
+        kind = "int64" if typenum == cnp.NPY_INT64 else "float64"
+        raise TypeError(f"link_push: {what} must be a contiguous 1-d {kind} array")
+    if writable and not cnp.PyArray_ISWRITEABLE(arr):
+        raise ValueError(f"link_push: {what} is read-only")
+    return arr
+
+
+def link_push(indptr_t, indices_t, data_t, idx, new, old, y, err, int add_op, int mul_op, double tol):
+    """One link step ``y ⊕= A ⊗ Δx`` for the changed source positions ``idx`` (sorted, unique), fused.
+
+    ``(indptr_t, indices_t, data_t)`` is Aᵀ in CSR form (int64 / int32 or int64 / float64); ``new`` and ``old``
+    are the source values at ``idx`` after and before the commit (float64); ``y`` (float64) is updated in place.
+    Under ``add_op`` = plus the differences ``new - old`` are pushed and, when ``err`` (float64, per-row bounds) is
+    given, each candidate row's rounding bound grows by ``(k + 2) u (|y_before| + Σ_j |A[i, j]| (|new_j| + |old_j|))``;
+    a row whose bound exceeds ``tol * |y|`` (or that is not finite) is "bad": it must be recomputed. Under min or
+    max every new value must be at least as good as the old one (``old ⊕ new == new``), and ``new`` is pushed.
+
+    Returns None (nothing touched) when the general step is needed: a non-finite value, a worsened value under an
+    idempotent ⊕, or an ⊕ other than plus/min/max. Else ``(rows, before, bad)``: with ``bad`` None, the sorted
+    rows of ``y`` that changed and their old values; otherwise every candidate row, its old value and a uint8 mask
+    of the bad rows (whose bounds were left unchanged in ``err``).
+    """
+    cdef cnp.ndarray a_ptr = _array(indptr_t, "indptr_t", cnp.NPY_INT64)
+    cdef cnp.ndarray a_idx = _array(idx, "idx", cnp.NPY_INT64)
+    cdef cnp.ndarray a_data = _array(data_t, "data_t", cnp.NPY_FLOAT64)
+    cdef cnp.ndarray a_new = _array(new, "new", cnp.NPY_FLOAT64)
+    cdef cnp.ndarray a_old = _array(old, "old", cnp.NPY_FLOAT64)
+    cdef cnp.ndarray a_y = _array(y, "y", cnp.NPY_FLOAT64, True)
+    cdef cnp.ndarray a_err
+    cdef cnp.ndarray a_ind
+    cdef bint wide
+    if not cnp.PyArray_Check(indices_t):
+        raise TypeError("link_push: indices_t must be a numpy array")
+    a_ind = <cnp.ndarray>indices_t
+    if cnp.PyArray_TYPE(a_ind) == cnp.NPY_INT64:
+        wide = True
+    elif cnp.PyArray_TYPE(a_ind) == cnp.NPY_INT32:
+        wide = False
+    else:
+        raise TypeError("link_push: indices_t must be int32 or int64")
+    if cnp.PyArray_NDIM(a_ind) != 1 or not cnp.PyArray_IS_C_CONTIGUOUS(a_ind):
+        raise TypeError("link_push: indices_t must be a contiguous 1-d array")
+    cdef Py_ssize_t k = cnp.PyArray_DIM(a_idx, 0)
+    cdef Py_ssize_t ncols = cnp.PyArray_DIM(a_ptr, 0) - 1
+    cdef Py_ssize_t ny = cnp.PyArray_DIM(a_y, 0)
+    cdef Py_ssize_t nnz = min(cnp.PyArray_DIM(a_ind, 0), cnp.PyArray_DIM(a_data, 0))
+    if ncols < 0:
+        raise ValueError("link_push: indptr_t is empty")
+    if cnp.PyArray_DIM(a_new, 0) != k or cnp.PyArray_DIM(a_old, 0) != k:
+        raise ValueError(f"link_push: {k} positions but {cnp.PyArray_DIM(a_new, 0)} new and "
+                         f"{cnp.PyArray_DIM(a_old, 0)} old values")
+    cdef bint track = err is not None
+    cdef double *e = NULL
+    if track:
+        a_err = _array(err, "err", cnp.NPY_FLOAT64, True)
+        if cnp.PyArray_DIM(a_err, 0) != ny:
+            raise ValueError(f"link_push: err has {cnp.PyArray_DIM(a_err, 0)} entries, y has {ny}")
+        e = <double *>cnp.PyArray_DATA(a_err)
+    if add_op != OP_PLUS and add_op != OP_MIN and add_op != OP_MAX:
+        return None
+    if mul_op < OP_PLUS or mul_op > OP_MAX:
+        raise ValueError(f"link_push: unknown mul_op {mul_op}")
+    if add_op != OP_PLUS:
+        track = False
+
+    cdef const int64_t *ptr = <const int64_t *>cnp.PyArray_DATA(a_ptr)
+    cdef const int64_t *cols = <const int64_t *>cnp.PyArray_DATA(a_idx)
+    cdef const void *ind = cnp.PyArray_DATA(a_ind)
+    cdef const double *data = <const double *>cnp.PyArray_DATA(a_data)
+    cdef const double *nw = <const double *>cnp.PyArray_DATA(a_new)
+    cdef const double *od = <const double *>cnp.PyArray_DATA(a_old)
+    cdef double *yv = <double *>cnp.PyArray_DATA(a_y)
+    cdef Py_ssize_t c, p, q, total = 0, ncand
+    cdef int64_t j, i, s, t
+    cdef double v, a, u = np.finfo(np.float64).eps / 2
+    # every length and index first: nothing is touched before they all hold
+    for c in range(k):
+        j = cols[c]
+        if j < 0 or j >= ncols:
+            raise ValueError(f"link_push: position {j} out of range [0, {ncols})")
+        s, t = ptr[j], ptr[j + 1]
+        if s < 0 or t < s or t > nnz:
+            raise ValueError(f"link_push: column {j} spans entries [{s}, {t}) of {nnz}")
+        if not (isfinite(nw[c]) and isfinite(od[c])):
+            return None
+        if add_op != OP_PLUS and apply_op(add_op, od[c], nw[c]) != nw[c]:
+            return None                     # a worsened value: the rows it fed must be recomputed
+        total += t - s
+    cdef int64_t *rows = <int64_t *>malloc(max(total, 1) * sizeof(int64_t))
+    cdef double *mag = NULL
+    if rows == NULL:
+        raise MemoryError()
+    cdef bint ordered = True
+    q = 0
+    for c in range(k):
+        j = cols[c]
+        for p in range(ptr[j], ptr[j + 1]):
+            i = _index(ind, wide, p)
+            if i < 0 or i >= ny:
+                free(rows)
+                raise ValueError(f"link_push: row index {i} out of range [0, {ny})")
+            if q and rows[q - 1] >= i:
+                ordered = False
+            rows[q] = i
+            q += 1
+    if not ordered:
+        qsort(rows, total, sizeof(int64_t), _cmp_i64)
+        ncand = 0
+        for p in range(total):
+            if ncand == 0 or rows[ncand - 1] != rows[p]:
+                rows[ncand] = rows[p]
+                ncand += 1
+    else:
+        ncand = total
+    cdef cnp.ndarray out_rows = np.empty(ncand, dtype=np.int64)
+    cdef cnp.ndarray out_before = np.empty(ncand, dtype=np.float64)
+    cdef int64_t *orow = <int64_t *>cnp.PyArray_DATA(out_rows)
+    cdef double *obef = <double *>cnp.PyArray_DATA(out_before)
+    for p in range(ncand):
+        orow[p] = rows[p]
+        obef[p] = yv[rows[p]]
+    free(rows)
+    if track:
+        mag = <double *>malloc(max(ncand, 1) * sizeof(double))
+        if mag == NULL:
+            raise MemoryError()
+        for p in range(ncand):
+            mag[p] = 0.0
+    # the push, column by column (the order of the general step's kernel)
+    q = 0
+    for c in range(k):
+        j = cols[c]
+        v = nw[c] - od[c] if add_op == OP_PLUS else nw[c]
+        for p in range(ptr[j], ptr[j + 1]):
+            i = _index(ind, wide, p)
+            a = data[p]
+            yv[i] = apply_op(add_op, yv[i], apply_op(mul_op, a, v))
+            if track:
+                if ordered:
+                    mag[q] = mag[q] + fabs(a) * (fabs(nw[c]) + fabs(od[c]))
+                    q += 1
+                else:
+                    t = _find(orow, ncand, i)
+                    mag[t] = mag[t] + fabs(a) * (fabs(nw[c]) + fabs(od[c]))
+    cdef cnp.ndarray bad
+    cdef uint8_t *bv
+    cdef Py_ssize_t nbad = 0, nchanged = 0
+    cdef double bound, scale = (k + 2) * u
+    if track or add_op == OP_PLUS:
+        bad = np.zeros(ncand, dtype=np.uint8)
+        bv = <uint8_t *>cnp.PyArray_DATA(bad)
+        for p in range(ncand):
+            i = orow[p]
+            if track:
+                bound = e[i] + scale * (fabs(obef[p]) + mag[p])
+                if bound <= tol * fabs(yv[i]) and isfinite(yv[i]):
+                    e[i] = bound
+                else:
+                    bv[p] = 1
+                    nbad += 1
+            elif not isfinite(yv[i]):
+                bv[p] = 1
+                nbad += 1
+        if mag != NULL:
+            free(mag)
+        if nbad:
+            return out_rows, out_before, bad
+    for p in range(ncand):
+        if yv[orow[p]] != obef[p]:
+            orow[nchanged] = orow[p]
+            obef[nchanged] = obef[p]
+            nchanged += 1
+    return out_rows[:nchanged], out_before[:nchanged], None

@@ -1,0 +1,97 @@
+"""Pure-numpy twin of the point-wave kernel in ``mmsb._ext.point`` (same API, same results)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from mmsb._ops import OP_MAX, OP_MIN, OP_PLUS, OP_TIMES
+
+__all__ = ["link_push"]
+
+_UFUNCS = {OP_PLUS: np.add, OP_TIMES: np.multiply, OP_MIN: np.minimum, OP_MAX: np.maximum}
+
+
+def _array(a: object, what: str, dtype: type, writable: bool = False) -> np.ndarray:
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"link_push: {what} must be a numpy array")
+    if a.dtype != dtype or a.ndim != 1 or not a.flags.c_contiguous:
+        raise TypeError(f"link_push: {what} must be a contiguous 1-d {np.dtype(dtype).name} array")
+    if writable and not a.flags.writeable:
+        raise ValueError(f"link_push: {what} is read-only")
+    return a
+
+
+def link_push(indptr_t, indices_t, data_t, idx, new, old, y, err, add_op: int, mul_op: int,
+              tol: float) -> Optional[tuple]:
+    """One link step ``y ⊕= A ⊗ Δx`` for the changed source positions ``idx``, fused (see the compiled kernel)."""
+    ptr = _array(indptr_t, "indptr_t", np.int64)
+    cols = _array(idx, "idx", np.int64)
+    data = _array(data_t, "data_t", np.float64)
+    nw = _array(new, "new", np.float64)
+    od = _array(old, "old", np.float64)
+    yv = _array(y, "y", np.float64, True)
+    if not isinstance(indices_t, np.ndarray) or indices_t.dtype not in (np.int32, np.int64):
+        raise TypeError("link_push: indices_t must be int32 or int64")
+    if indices_t.ndim != 1 or not indices_t.flags.c_contiguous:
+        raise TypeError("link_push: indices_t must be a contiguous 1-d array")
+    k, ncols, ny = cols.size, ptr.size - 1, yv.size
+    nnz = min(indices_t.size, data.size)
+    if ncols < 0:
+        raise ValueError("link_push: indptr_t is empty")
+    if nw.size != k or od.size != k:
+        raise ValueError(f"link_push: {k} positions but {nw.size} new and {od.size} old values")
+    track = err is not None
+    if track:
+        e = _array(err, "err", np.float64, True)
+        if e.size != ny:
+            raise ValueError(f"link_push: err has {e.size} entries, y has {ny}")
+    if add_op not in (OP_PLUS, OP_MIN, OP_MAX):
+        return None
+    if mul_op not in _UFUNCS:
+        raise ValueError(f"link_push: unknown mul_op {mul_op}")
+    track = track and add_op == OP_PLUS
+    add, mul = _UFUNCS[add_op], _UFUNCS[mul_op]
+    bad_col = (cols < 0) | (cols >= ncols)
+    if bad_col.any():
+        raise ValueError(f"link_push: position {int(cols[bad_col][0])} out of range [0, {ncols})")
+    starts, ends = ptr[cols], ptr[cols + 1]
+    broken = (starts < 0) | (ends < starts) | (ends > nnz)
+    if broken.any():
+        c = int(np.flatnonzero(broken)[0])
+        raise ValueError(f"link_push: column {int(cols[c])} spans entries [{int(starts[c])}, {int(ends[c])}) of "
+                         f"{nnz}")
+    if not (np.isfinite(nw).all() and np.isfinite(od).all()):
+        return None
+    if add_op != OP_PLUS and (add(od, nw) != nw).any():
+        return None
+    lens = ends - starts
+    pos = np.concatenate([np.arange(s, t, dtype=np.int64) for s, t in zip(starts, ends)]) if k \
+        else np.empty(0, dtype=np.int64)
+    rows_all = indices_t[pos].astype(np.int64)
+    if rows_all.size and (rows_all.min() < 0 or rows_all.max() >= ny):
+        r = rows_all[(rows_all < 0) | (rows_all >= ny)][0]
+        raise ValueError(f"link_push: row index {int(r)} out of range [0, {ny})")
+    rows = np.unique(rows_all)
+    before = yv[rows].copy()
+    vals = nw - od if add_op == OP_PLUS else nw.copy()
+    mag = np.zeros(rows.size)
+    owner = np.repeat(np.arange(k), lens)
+    at = np.searchsorted(rows, rows_all)
+    for q in range(pos.size):                   # column by column, in the compiled kernel's order
+        i, a, c = rows_all[q], data[pos[q]], owner[q]
+        yv[i] = add(yv[i], mul(a, vals[c]))
+        if track:
+            mag[at[q]] = mag[at[q]] + abs(a) * (abs(nw[c]) + abs(od[c]))
+    if add_op == OP_PLUS:
+        after = yv[rows]
+        if track:
+            bound = e[rows] + ((k + 2) * (float(np.finfo(np.float64).eps) / 2)) * (np.abs(before) + mag)
+            ok = (bound <= tol * np.abs(after)) & np.isfinite(after)
+            e[rows[ok]] = bound[ok]
+        else:
+            ok = np.isfinite(after)
+        if not ok.all():
+            return rows, before, (~ok).astype(np.uint8)
+    changed = yv[rows] != before
+    return rows[changed], before[changed], None
