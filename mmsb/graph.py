@@ -29,6 +29,7 @@ class Graph:
         self._next_id = 1
         self._order_cache: Optional[list[str]] = None
         self._pos_cache: Optional[dict[str, int]] = None
+        self._plans: dict[tuple, list] = {}
 
     # -- structure -----------------------------------------------------------------------------------------
     def add_node(self, name: str) -> None:
@@ -49,6 +50,7 @@ class Graph:
     def _invalidate(self) -> None:
         self._order_cache = None
         self._pos_cache = None
+        self._plans.clear()
 
     def _check(self, p: Any) -> str:
         n = _name(p)
@@ -186,6 +188,21 @@ class Graph:
             self._pos_cache = {n: i for i, n in enumerate(self.topological_order())}
         pos = self._pos_cache
         return sorted(names, key=pos.__getitem__)
+
+    def plan(self, starts: tuple, also: tuple = ()) -> list[tuple[str, list[Rule]]]:
+        """The pages downstream of the pages ``starts`` and the pages ``also`` themselves, each with the rules into
+        it, in topological order, pages without rules left out (what a wave visits); kept until the rules change."""
+        key = (starts, also)
+        got = self._plans.get(key)
+        if got is None:
+            down: set = set(also)
+            for name in starts + also:
+                down.update(self.descendants(name))
+            got = [(n, rules) for n in self.in_order(down) if (rules := self.rules_into(n))]
+            if len(self._plans) >= 256:
+                self._plans.clear()
+            self._plans[key] = got
+        return got
 
     def heights(self) -> dict[str, int]:
         """Wave height of each page: 0 for pages without rules, else 1 + the max height of its parents."""

@@ -202,19 +202,9 @@ class Engine:
             return {}
         force = set(force or ())
         t0 = time.perf_counter()
-        affected = set(force)
-        for name in list(changes) + list(force):
-            affected.update(self.graph.descendants(name))
         pending = dict(changes)
         produced: dict[str, Change] = {}
-        if not affected:  # nothing downstream: skip the O(pages) walk of the topological order
-            self.stats.waves += 1
-            self.stats.seconds += time.perf_counter() - t0
-            return produced
-        for name in self.graph.in_order(affected):
-            rules = self.graph.rules_into(name)
-            if not rules:
-                continue
+        for name, rules in self.graph.plan(tuple(changes), tuple(sorted(force))):
             inputs = {s: pending[s] for r in rules for s in r.srcs if s in pending}
             if not inputs and name not in force:
                 continue
@@ -353,6 +343,10 @@ class Engine:
                undo: UndoLog) -> Optional[Change]:
         sr = rules[0].semiring
         y = self.array(name)
+        if not full and len(rules) == 1:
+            got = self._links_few(name, rules[0], inputs, y, sr, undo)
+            if got is not _MISSING:
+                return got
         idem, inv = algebra_flags(sr, y.dtype)
         if idem:
             self._refuse_nan_links(name, rules, inputs, full, sr, y.dtype)
@@ -366,10 +360,6 @@ class Engine:
                     self._refuse_nan_entries(name, r, inputs[r.matrix_page])
         if not full and self._pull_is_cheaper(rules, inputs):
             return self._links_all_rows(name, rules, y, sr, undo)
-        if not full and len(rules) == 1:
-            got = self._links_few(name, rules[0], inputs, y, sr, undo)
-            if got is not _MISSING:
-                return got
         if full:
             rows = np.arange(y.size, dtype=np.int64)
             recompute.append(rows)
@@ -434,7 +424,10 @@ class Engine:
     def _links_few(self, name: str, rule: Rule, inputs: dict[str, Change], y: np.ndarray, sr: Semiring,
                    undo: UndoLog) -> Any:
         """The step of one link whose source changed at a few positions, as one fused kernel call (float64 pages,
-        plus/min/max ⊕): the same result as the general step. ``_MISSING`` where the general step is needed."""
+        plus/min/max ⊕): the same result as the general step. ``_MISSING`` where the general step is needed (it
+        also refuses NaN: the kernel declines every non-finite value, and matrices with non-finite entries under
+        an idempotent ⊕ are left to it). Rounding bounds of rows that stay exact only grow here and are not
+        undo-logged: a rolled-back commit leaves them larger, which is safe (a bound only triggers recomputes)."""
         ch = inputs.get(rule.srcs[0])
         if ch is None or len(inputs) != 1 or y.dtype != np.float64 or ch.idx.size > _FEW \
                 or ch.idx.size * _PUSH_SHARE >= rule.matrix.shape[1]:

@@ -9,6 +9,7 @@ idempotent ⊕, a non-finite value, another dtype). Twin: :mod:`mmsb._ref.point`
 """
 import numpy as np
 cimport numpy as cnp
+from libc.float cimport DBL_EPSILON
 from libc.math cimport fabs, isfinite
 from libc.stdint cimport int32_t, int64_t, uint8_t
 from libc.stdlib cimport free, malloc, qsort
@@ -122,7 +123,7 @@ def link_push(indptr_t, indices_t, data_t, idx, new, old, y, err, int add_op, in
     cdef double *yv = <double *>cnp.PyArray_DATA(a_y)
     cdef Py_ssize_t c, p, q, total = 0, ncand
     cdef int64_t j, i, s, t
-    cdef double v, a, u = np.finfo(np.float64).eps / 2
+    cdef double v, a, u = DBL_EPSILON / 2
     # every length and index first: nothing is touched before they all hold
     for c in range(k):
         j = cols[c]
@@ -162,17 +163,17 @@ def link_push(indptr_t, indices_t, data_t, idx, new, old, y, err, int add_op, in
                 ncand += 1
     else:
         ncand = total
-    cdef cnp.ndarray out_rows = np.empty(ncand, dtype=np.int64)
-    cdef cnp.ndarray out_before = np.empty(ncand, dtype=np.float64)
-    cdef int64_t *orow = <int64_t *>cnp.PyArray_DATA(out_rows)
-    cdef double *obef = <double *>cnp.PyArray_DATA(out_before)
+    cdef double *before = <double *>malloc(max(ncand, 1) * sizeof(double))
+    if before == NULL:
+        free(rows)
+        raise MemoryError()
     for p in range(ncand):
-        orow[p] = rows[p]
-        obef[p] = yv[rows[p]]
-    free(rows)
+        before[p] = yv[rows[p]]
     if track:
         mag = <double *>malloc(max(ncand, 1) * sizeof(double))
         if mag == NULL:
+            free(rows)
+            free(before)
             raise MemoryError()
         for p in range(ncand):
             mag[p] = 0.0
@@ -190,19 +191,24 @@ def link_push(indptr_t, indices_t, data_t, idx, new, old, y, err, int add_op, in
                     mag[q] = mag[q] + fabs(a) * (fabs(nw[c]) + fabs(od[c]))
                     q += 1
                 else:
-                    t = _find(orow, ncand, i)
+                    t = _find(rows, ncand, i)
                     mag[t] = mag[t] + fabs(a) * (fabs(nw[c]) + fabs(od[c]))
-    cdef cnp.ndarray bad
-    cdef uint8_t *bv
-    cdef Py_ssize_t nbad = 0, nchanged = 0
+    cdef cnp.ndarray bad = None
+    cdef uint8_t *bv = NULL
+    cdef Py_ssize_t nbad = 0, nout
     cdef double bound, scale = (k + 2) * u
-    if track or add_op == OP_PLUS:
-        bad = np.zeros(ncand, dtype=np.uint8)
-        bv = <uint8_t *>cnp.PyArray_DATA(bad)
+    if add_op == OP_PLUS:
+        bv = <uint8_t *>malloc(max(ncand, 1))
+        if bv == NULL:
+            free(rows)
+            free(before)
+            free(mag)
+            raise MemoryError()
         for p in range(ncand):
-            i = orow[p]
+            i = rows[p]
+            bv[p] = 0
             if track:
-                bound = e[i] + scale * (fabs(obef[p]) + mag[p])
+                bound = e[i] + scale * (fabs(before[p]) + mag[p])
                 if bound <= tol * fabs(yv[i]) and isfinite(yv[i]):
                     e[i] = bound
                 else:
@@ -211,13 +217,31 @@ def link_push(indptr_t, indices_t, data_t, idx, new, old, y, err, int add_op, in
             elif not isfinite(yv[i]):
                 bv[p] = 1
                 nbad += 1
-        if mag != NULL:
-            free(mag)
-        if nbad:
-            return out_rows, out_before, bad
-    for p in range(ncand):
-        if yv[orow[p]] != obef[p]:
-            orow[nchanged] = orow[p]
-            obef[nchanged] = obef[p]
-            nchanged += 1
-    return out_rows[:nchanged], out_before[:nchanged], None
+    free(mag)
+    if nbad:                                # every candidate row, with the mask of the bad ones
+        nout = ncand
+    else:                                   # the rows that changed
+        nout = 0
+        for p in range(ncand):
+            if yv[rows[p]] != before[p]:
+                rows[nout] = rows[p]
+                before[nout] = before[p]
+                nout += 1
+    cdef cnp.npy_intp dim = nout
+    cdef cnp.ndarray out_rows = cnp.PyArray_EMPTY(1, &dim, cnp.NPY_INT64, 0)
+    cdef cnp.ndarray out_before = cnp.PyArray_EMPTY(1, &dim, cnp.NPY_FLOAT64, 0)
+    cdef int64_t *orow = <int64_t *>cnp.PyArray_DATA(out_rows)
+    cdef double *obef = <double *>cnp.PyArray_DATA(out_before)
+    cdef uint8_t *obad
+    for p in range(nout):
+        orow[p] = rows[p]
+        obef[p] = before[p]
+    if nbad:
+        bad = cnp.PyArray_EMPTY(1, &dim, cnp.NPY_UINT8, 0)
+        obad = <uint8_t *>cnp.PyArray_DATA(bad)
+        for p in range(nout):
+            obad[p] = bv[p]
+    free(rows)
+    free(before)
+    free(bv)
+    return out_rows, out_before, bad
