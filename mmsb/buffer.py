@@ -317,7 +317,10 @@ class Buffer:
         Returns the epoch of its commit, or None inside :meth:`batch` or a transaction block.
         """
         self._check_writable()
-        page = self._page(p)
+        name = p.name if isinstance(p, Page) else p
+        page = self._pages.get(name) if isinstance(name, str) else None
+        if page is None or (page is not p and isinstance(p, Page)):
+            page = self._page(p)            # (raises PageNotFoundError)
         delta = self._prepare(page, values, index, mask, accumulate, source, metadata)
         tx = self._current()
         if tx is not None:
@@ -347,7 +350,8 @@ class Buffer:
             idx = np.asarray(index)
             if idx.dtype.kind not in "iu" and not (idx.size == 0 and idx.dtype.kind == "f"):
                 raise InvalidDeltaError(f"page {name!r}: index must be integer, got dtype {idx.dtype}")
-            idx = np.array(idx.reshape(-1), dtype=np.int64)
+            # the delta's own int64 copy (an array built here from a list already is one)
+            idx = idx.reshape(-1).astype(np.int64, copy=idx is index or idx.dtype != np.int64)
             n = idx.size
             if n:
                 lo, hi = (int(idx[0]), int(idx[0])) if n == 1 else (int(idx.min()), int(idx.max()))
@@ -357,11 +361,12 @@ class Buffer:
                     raise InvalidDeltaError(f"page {name!r}: index {hi} out of range [0, {page.size})")
             if vals.ndim == 0:
                 vals = np.full(n, vals, dtype=dt)
-            elif vals.ndim != 1 and vals.size == n:
-                vals = vals.reshape(-1)
-            if vals.ndim != 1 or vals.size != n:
-                raise InvalidDeltaError(f"page {name!r}: {n} indices but values of shape {vals.shape}")
-            vals = np.array(vals, dtype=dt)
+            else:
+                if vals.ndim != 1 and vals.size == n:
+                    vals = vals.reshape(-1)
+                if vals.ndim != 1 or vals.size != n:
+                    raise InvalidDeltaError(f"page {name!r}: {n} indices but values of shape {vals.shape}")
+                vals = np.array(vals, dtype=dt)
             self._check_nan(page, vals)
             codes = page.semiring.codes_for(dt)
             if accumulate and codes is None:

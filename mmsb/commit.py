@@ -187,8 +187,8 @@ class CommitPipeline:
             if type(op) is not Delta:
                 return None
             page = buf._pages.get(op.page)
-            if page is None or backend_of(page) is not CPU or graph.is_derived(page.name) \
-                    or graph.has_rules_from(page.name):
+            if page is None or graph.has_rules_from(op.page) or graph.is_derived(op.page) \
+                    or backend_of(page) is not CPU:
                 return None
             if op.accumulate and page.semiring.codes_for(page.dtype) is None:
                 return None

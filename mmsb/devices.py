@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
+from mmsb import _kernels, _ops
 from mmsb.errors import DeviceError
 from mmsb.registry import LazyRegistry
 
@@ -106,7 +107,6 @@ class CPUBackend(DeviceBackend):
     def apply_blind(self, page: "Page", delta: "Delta", arr: np.ndarray) -> None:
         """Merge ``delta`` into the page's storage ``arr`` in place, keeping nothing (no old values): sparse
         deltas in the order given (duplicates fold in order), dense ones from their packed values."""
-        from mmsb import _kernels, _ops
         from mmsb.delta import covers_page
 
         codes = page.semiring.codes_for(page.dtype)
@@ -134,9 +134,10 @@ class CPUBackend(DeviceBackend):
         return page._buf._memory.array(page).copy()
 
     def stats(self, buf: "Buffer") -> dict:
-        from mmsb import _kernels
-
         return _kernels.cpu.features()
+
+
+_FEW = 16       # a sparse merge of at most this many float64 values takes the point kernel
 
 
 def merge_into(arr: np.ndarray, idx: np.ndarray, vals: np.ndarray, sr: Any, accumulate: bool) \
@@ -144,14 +145,19 @@ def merge_into(arr: np.ndarray, idx: np.ndarray, vals: np.ndarray, sr: Any, accu
     """Merge the sparse values ``(idx, vals)`` (sorted, unique; ``arr``'s dtype) into the flat array ``arr``:
     assigned, or ⊕-merged with ``sr`` when ``accumulate``. Returns the old values at ``idx`` and a bool mask of
     the positions that changed (the merge kernel; the semiring's own ⊕ where it has no kernel op)."""
-    from mmsb import _kernels, _ops
-    from mmsb.propagate import changed_positions
-
     codes = sr.codes_for(arr.dtype)
     if codes is not None or not accumulate:
         op = codes[0] if accumulate else _ops.OP_ASSIGN
-        old, changed = _kernels.merge.apply_normalized(_kview(arr), idx, _kview(vals), op)
-        return old.view(arr.dtype), changed.view(bool)
+        if idx.size <= _FEW and arr.dtype == np.float64:
+            old, changed = _kernels.point.apply_few(arr, idx, vals, op)
+            return old, changed.view(np.bool_)
+        if arr.dtype == np.bool_:
+            old, changed = _kernels.merge.apply_normalized(arr.view(np.uint8), idx, vals.view(np.uint8), op)
+            return old.view(np.bool_), changed.view(np.bool_)
+        old, changed = _kernels.merge.apply_normalized(arr, idx, vals, op)
+        return old, changed.view(np.bool_)
+    from mmsb.propagate import changed_positions
+
     old = arr[idx].copy()
     arr[idx] = sr.add_arrays(old, vals)
     return old, changed_positions(arr[idx], old)

@@ -98,7 +98,7 @@ class Semiring:
         """Kernel op codes ``(add, mul)`` for a built-in semiring on ``dtype``, or None for a numpy-only one."""
         if self.add_code is None:
             return None
-        if np.dtype(dtype).kind == "b":
+        if (dtype.kind if isinstance(dtype, np.dtype) else np.dtype(dtype).kind) == "b":
             return _BOOL_CODE[self.add_code], _BOOL_CODE[self.mul_code]
         return self.add_code, self.mul_code
 

@@ -191,3 +191,42 @@ def test_engine_few_position_step_equals_general_step(sr, monkeypatch):
         expect = np.array([red(mul(dense[i, dense[i] != 0], x1[dense[i] != 0]), initial=np.inf if red is np.min
                                else -np.inf) for i in range(n)])
         np.testing.assert_array_equal(y1, expect)
+
+
+@pytest.mark.parametrize("kern", KERNELS)
+@SETTINGS
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 50), k=st.integers(0, 8),
+       op=st.sampled_from([-1, OP_PLUS, OP_TIMES, OP_MIN, OP_MAX]), nan=st.booleans())
+def test_apply_few_matches_numpy(kern, seed, n, k, op, nan):
+    rng = np.random.default_rng(seed)
+    page = np.round(rng.uniform(-5, 5, n), 1)
+    idx = np.sort(rng.choice(n, size=min(k, n), replace=False)).astype(np.int64)
+    vals = np.round(rng.uniform(-5, 5, idx.size), 1)
+    if nan and idx.size:
+        page[idx[0]] = np.nan
+        vals[-1] = np.nan
+    before = page.copy()
+    old, changed = kern.apply_few(page, idx, vals, op)
+    ref_new = before[idx].copy()
+    for c, i in enumerate(idx):                 # an independent loop over the merge's definition
+        a, b = before[i], vals[c]
+        ref_new[c] = {-1: b, OP_PLUS: a + b, OP_TIMES: a * b, OP_MIN: b if b < a else a,
+                      OP_MAX: b if b > a else a}[op]
+    expect = before.copy()
+    expect[idx] = ref_new
+    np.testing.assert_array_equal(page, expect)
+    np.testing.assert_array_equal(old, before[idx])
+    same = (ref_new == before[idx]) | (np.isnan(ref_new) & np.isnan(before[idx]))
+    np.testing.assert_array_equal(changed, (~same).astype(np.uint8))
+
+
+@pytest.mark.parametrize("kern", KERNELS)
+def test_apply_few_checks_positions_first(kern):
+    page = np.zeros(3)
+    with pytest.raises(ValueError, match="out of range"):
+        kern.apply_few(page, np.array([0, 3], dtype=np.int64), np.array([1.0, 1.0]), OP_PLUS)
+    with pytest.raises(ValueError):
+        kern.apply_few(page, np.array([0], dtype=np.int64), np.array([1.0, 1.0]), OP_PLUS)
+    with pytest.raises(TypeError):
+        kern.apply_few(page.astype(np.float32), np.array([0], dtype=np.int64), np.array([1.0]), OP_PLUS)
+    np.testing.assert_array_equal(page, [0.0, 0.0, 0.0])

@@ -1,7 +1,8 @@
 # cython: language_level=3
 """Compiled point-wave kernels: one ``link`` step for a commit that changed a few source positions, fused.
 
-The engine's general link step costs about thirty numpy calls, whatever the size of the change. For a change of a
+:func:`apply_few` merges a few sparse values into a float64 page (the merge kernel's ``apply_normalized`` without
+its per-call dtype dispatch). The engine's general link step costs about thirty numpy calls, whatever the size of the change. For a change of a
 few source positions on float64 pages, :func:`link_push` does the same step in one call: the candidate rows, their
 old values, the push ``y ⊕= A ⊗ d``, the rounding-error bounds of difference propagation and the rows that changed.
 It returns None, having touched nothing, whenever the general step is needed (a worsened value under an
@@ -18,7 +19,7 @@ from mmsb._ext._types cimport OP_MAX, OP_MIN, OP_PLUS, OP_TIMES, apply_op
 
 cnp.import_array()
 
-__all__ = ["link_push"]
+__all__ = ["apply_few", "link_push"]
 
 
 cdef int _cmp_i64(const void *a, const void *b) noexcept nogil:
@@ -245,3 +246,36 @@ def link_push(indptr_t, indices_t, data_t, idx, new, old, y, err, int add_op, in
     free(before)
     free(bv)
     return out_rows, out_before, bad
+
+
+def apply_few(page, idx, vals, int op):
+    """Merge ``vals`` at the sorted, unique positions ``idx`` into the float64 array ``page`` in place: assigned
+    (``op`` = -1) or ``page[i] = op(page[i], v)``. Returns ``(old, changed)``: the values before and a uint8 mask
+    of the positions whose value changed (NaN to NaN counts as unchanged). Every index is checked first."""
+    cdef cnp.ndarray a_page = _array(page, "page", cnp.NPY_FLOAT64, True)
+    cdef cnp.ndarray a_idx = _array(idx, "idx", cnp.NPY_INT64)
+    cdef cnp.ndarray a_vals = _array(vals, "vals", cnp.NPY_FLOAT64)
+    cdef Py_ssize_t n = cnp.PyArray_DIM(a_idx, 0), size = cnp.PyArray_DIM(a_page, 0), c
+    if cnp.PyArray_DIM(a_vals, 0) != n:
+        raise ValueError(f"apply_few: {n} positions but {cnp.PyArray_DIM(a_vals, 0)} values")
+    if op < -1 or op > OP_MAX:
+        raise ValueError(f"apply_few: unknown op {op}")
+    cdef const int64_t *ix = <const int64_t *>cnp.PyArray_DATA(a_idx)
+    cdef const double *v = <const double *>cnp.PyArray_DATA(a_vals)
+    cdef double *y = <double *>cnp.PyArray_DATA(a_page)
+    for c in range(n):
+        if ix[c] < 0 or ix[c] >= size:
+            raise ValueError(f"apply_few: position {ix[c]} out of range [0, {size})")
+    cdef cnp.npy_intp dim = n
+    cdef cnp.ndarray old = cnp.PyArray_EMPTY(1, &dim, cnp.NPY_FLOAT64, 0)
+    cdef cnp.ndarray changed = cnp.PyArray_EMPTY(1, &dim, cnp.NPY_UINT8, 0)
+    cdef double *o = <double *>cnp.PyArray_DATA(old)
+    cdef uint8_t *ch = <uint8_t *>cnp.PyArray_DATA(changed)
+    cdef double a, b
+    for c in range(n):
+        a = y[ix[c]]
+        b = apply_op(op, a, v[c])
+        o[c] = a
+        y[ix[c]] = b
+        ch[c] = (b != a) and not (b != b and a != a)
+    return old, changed

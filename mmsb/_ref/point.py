@@ -7,7 +7,7 @@ import numpy as np
 
 from mmsb._ops import OP_MAX, OP_MIN, OP_PLUS, OP_TIMES
 
-__all__ = ["link_push"]
+__all__ = ["apply_few", "link_push"]
 
 _UFUNCS = {OP_PLUS: np.add, OP_TIMES: np.multiply, OP_MIN: np.minimum, OP_MAX: np.maximum}
 
@@ -20,6 +20,33 @@ def _array(a: object, what: str, dtype: type, writable: bool = False) -> np.ndar
     if writable and not a.flags.writeable:
         raise ValueError(f"link_push: {what} is read-only")
     return a
+
+
+def apply_few(page, idx, vals, op: int) -> tuple[np.ndarray, np.ndarray]:
+    """Merge ``vals`` at the sorted, unique positions ``idx`` into the float64 ``page`` in place (see the compiled
+    kernel): ``(old, changed)``."""
+    y = _array(page, "page", np.float64, True)
+    ix = _array(idx, "idx", np.int64)
+    v = _array(vals, "vals", np.float64)
+    if v.size != ix.size:
+        raise ValueError(f"apply_few: {ix.size} positions but {v.size} values")
+    if op < -1 or op > OP_MAX:
+        raise ValueError(f"apply_few: unknown op {op}")
+    bad = (ix < 0) | (ix >= y.size)
+    if bad.any():
+        raise ValueError(f"apply_few: position {int(ix[bad][0])} out of range [0, {y.size})")
+    old = y[ix]
+    if op == -1:
+        new = v.copy()
+    elif op == OP_MIN:
+        new = np.where(v < old, v, old)
+    elif op == OP_MAX:
+        new = np.where(v > old, v, old)
+    else:
+        new = _UFUNCS[op](old, v)
+    y[ix] = new
+    changed = (new != old) & ~(np.isnan(new) & np.isnan(old))
+    return old, changed.astype(np.uint8)
 
 
 def link_push(indptr_t, indices_t, data_t, idx, new, old, y, err, add_op: int, mul_op: int,

@@ -15,7 +15,7 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 
-from mmsb.delta import SchemaOp, Txn
+from mmsb.delta import Delta, SchemaOp, Txn
 from mmsb.errors import ClosedError
 from mmsb.log.base import LogBase
 
@@ -60,9 +60,12 @@ class MemoryLog(LogBase):
                 raise ValueError(f"epoch {txn.epoch} does not follow the last committed epoch {self._last_epoch}")
             if not commit:
                 return len(self._entries)
-            t = Txn(epoch=int(txn.epoch), txid=int(txn.txid), ops=list(txn.ops))
-            for op in t.ops:
-                if hasattr(op, "values") and getattr(op, "epoch", None) is None:
+            t = Txn(epoch=int(txn.epoch), txid=int(txn.txid), ops=list(ops))
+            for op in ops:
+                if type(op) is Delta:
+                    if op.epoch is None:
+                        op.epoch = t.epoch
+                elif hasattr(op, "values") and getattr(op, "epoch", None) is None:
                     op.epoch = t.epoch
             self._entries.append(t)
             self._epochs.append(t.epoch)
