@@ -1,6 +1,7 @@
 """The :class:`Buffer`: a mapping of named pages, the commit path, rules and propagation, history."""
 from __future__ import annotations
 
+import functools
 import json
 import math
 import operator
@@ -12,7 +13,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 import numpy as np
 
 from mmsb import _kernels, _ops, devices, engines, semirings
-from mmsb.commit import CommitPipeline
+from mmsb.commit import BufferLock, CommitPipeline
 from mmsb.delta import Delta, SchemaOp, Txn, full_mask, is_full_mask
 from mmsb.errors import (ClosedError, ConflictError, CorruptionError, DependencyError, DeviceError, HistoryError,
                          InvalidDeltaError, LogPoisonedError, MemoryBudgetError, MMSBError, PageExistsError, PageNotFoundError, ReadOnlyError,
@@ -50,8 +51,8 @@ class Buffer:
         self._graph = Graph(self._pages)
         self._memory = MemoryManager(memory_limit, spill_dir)
         self._pipe = CommitPipeline(self, eager=propagation == "eager")
-        self._lock = threading.RLock()
-        self._locked_cm = _Locked(self)
+        self._locked_cm = self._pipe.lock
+        self._lock = self._locked_cm.rlock
         self._local = threading.local()
         self._closed = False
         self._functions: dict[str, Callable] = dict(functions or {})
@@ -64,7 +65,7 @@ class Buffer:
         if self._cluster is not None:
             self._pipe.after_commit.append(self._cluster.after_commit)
         if store is not None and hasattr(store, "after_commit"):
-            self._pipe.after_commit.append(lambda epoch: store.after_commit(self, epoch))   # automatic checkpoints
+            self._pipe.after_commit.append(functools.partial(store.after_commit, self))   # automatic checkpoints
 
     # -- mapping ----------------------------------------------------------------------------------------------
     def __getitem__(self, name: str) -> Page:
@@ -163,7 +164,7 @@ class Buffer:
         if self._readonly:
             raise ReadOnlyError("this buffer is read-only" + (" (a view of a past epoch)" if self._view_of else ""))
 
-    def _locked(self) -> "_Locked":
+    def _locked(self) -> "BufferLock":
         """The buffer lock as a context manager that counts waits."""
         return self._locked_cm
 
@@ -1078,24 +1079,6 @@ class Buffer:
                 self.close()
         except Exception:
             pass
-
-
-class _Locked:
-    """``with buf._locked():`` — takes the buffer's RLock, counting a wait when it was not free at once."""
-
-    __slots__ = ("_buf",)
-
-    def __init__(self, buf: Buffer):
-        self._buf = buf
-
-    def __enter__(self) -> None:
-        lock = self._buf._lock
-        if not lock.acquire(blocking=False):
-            self._buf._counters["lock_waits"] += 1
-            lock.acquire()
-
-    def __exit__(self, *exc: Any) -> None:
-        self._buf._lock.release()
 
 
 class LogView:

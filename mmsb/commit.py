@@ -11,7 +11,8 @@ transaction tracks it), is chosen here (:meth:`CommitPipeline._apply`), not thre
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Iterable, Optional
+import threading
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 from mmsb.delta import Delta, Txn, covers_page
 from mmsb.devices import CPU, backend_of
@@ -97,6 +98,26 @@ class PendingWave:
         self.force.discard(name)
 
 
+class BufferLock:
+    """``with lock:`` takes the buffer's RLock, counting a wait in ``counters["lock_waits"]`` when it was not free
+    at once. The commit pipeline owns it; the buffer's readers and schema changes take the same lock."""
+
+    __slots__ = ("rlock", "_counters")
+
+    def __init__(self, counters: dict) -> None:
+        self.rlock = threading.RLock()
+        self._counters = counters
+
+    def __enter__(self) -> None:
+        lock = self.rlock
+        if not lock.acquire(blocking=False):
+            self._counters["lock_waits"] += 1
+            lock.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.rlock.release()
+
+
 class _Commit:
     """The state of one commit in flight."""
 
@@ -125,6 +146,7 @@ class CommitPipeline:
         self.counters = {"commits": 0, "conflicts": 0, "aborts": 0, "lock_waits": 0, "deltas": 0,
                          "torn_tail_bytes": 0}
         self.after_commit: list[Callable[[int], None]] = []
+        self.lock = BufferLock(self.counters)
 
     # -- the pipeline ---------------------------------------------------------------------------------------
     def commit(self, ops: list, tx: Optional["Transaction"] = None, *, propagate: bool = False,
@@ -136,8 +158,9 @@ class CommitPipeline:
         (the current one is returned). Nothing is left applied, logged or counted if any step fails.
         """
         buf = self.buf
-        with buf._locked():
-            buf._check_writable()
+        with self.lock:
+            if buf._closed or buf._readonly or buf._log.poisoned is not None:
+                buf._check_writable()           # (raises the error that says which)
             if tx is not None and self.history.tracking:
                 try:
                     tx.validate(self.history.entries)
