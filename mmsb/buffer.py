@@ -317,7 +317,8 @@ class Buffer:
 
         Returns the epoch of its commit, or None inside :meth:`batch` or a transaction block.
         """
-        self._check_writable()
+        if self._closed or self._readonly or self._log.poisoned is not None:
+            self._check_writable()              # (raises the error that says which)
         name = p.name if isinstance(p, Page) else p
         page = self._pages.get(name) if isinstance(name, str) else None
         if page is None or (page is not p and isinstance(p, Page)):

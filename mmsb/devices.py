@@ -148,7 +148,8 @@ def merge_into(arr: np.ndarray, idx: np.ndarray, vals: np.ndarray, sr: Any, accu
     codes = sr.codes_for(arr.dtype)
     if codes is not None or not accumulate:
         op = codes[0] if accumulate else _ops.OP_ASSIGN
-        if idx.size <= _FEW and arr.dtype == np.float64:
+        if idx.size <= _FEW and arr.dtype == np.float64 and idx.dtype == np.int64 and idx.flags.c_contiguous \
+                and vals.flags.c_contiguous:
             old, changed = _kernels.point.apply_few(arr, idx, vals, op)
             return old, changed.view(np.bool_)
         if arr.dtype == np.bool_:
@@ -197,7 +198,9 @@ def family_of(device: str) -> str:
 
 def backend_for(device: str) -> DeviceBackend:
     """The backend of a device string; imports a lazily registered one on first use."""
-    b = _registry.get(device if device == "cpu" else family_of(device))
+    if device == "cpu":
+        return CPU
+    b = _registry.get(family_of(device))
     if b is None:
         raise DeviceError(f"unknown device {device!r} (use 'cpu', 'cuda' or 'cuda:N')")
     return b

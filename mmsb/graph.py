@@ -113,20 +113,20 @@ class Graph:
 
     # -- queries -------------------------------------------------------------------------------------------
     def rules_into(self, p: Any) -> list[Rule]:
-        return [self._rules[i] for i in self._into.get(_name(p), [])]
+        return [self._rules[i] for i in self._into.get(p if type(p) is str else p.name, ())]
 
     def rules(self) -> list[Rule]:
         return list(self._rules.values())
 
     def has_rules_from(self, p: Any) -> bool:
         """Whether any rule reads page ``p``."""
-        return bool(self._out.get(_name(p)))
+        return bool(self._out.get(p if type(p) is str else p.name))
 
     def rules_from(self, p: Any) -> list[Rule]:
         return [self._rules[i] for i in self._out.get(_name(p), [])]
 
     def is_derived(self, p: Any) -> bool:
-        return bool(self._into.get(_name(p)))
+        return bool(self._into.get(p if type(p) is str else p.name))
 
     def _children(self, n: str) -> list[str]:
         return list(dict.fromkeys(self._rules[i].dst for i in self._out.get(n, [])))

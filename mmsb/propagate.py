@@ -434,7 +434,8 @@ class Engine:
             return _MISSING
         codes = sr.codes_for(y.dtype)
         x = self.array(rule.srcs[0])
-        if codes is None or x.dtype != y.dtype or ch.old.dtype != y.dtype:
+        if codes is None or x.dtype != y.dtype or ch.old.dtype != y.dtype or not (ch.idx.flags.c_contiguous
+                                                                                and ch.old.flags.c_contiguous):
             return _MISSING
         idem, inv = algebra_flags(sr, y.dtype)
         A = rule.matrix

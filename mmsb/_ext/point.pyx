@@ -49,7 +49,8 @@ cdef object _array(object a, str what, int typenum, bint writable=False):
     if not cnp.PyArray_Check(a):
         raise TypeError(f"link_push: {what} must be a numpy array")
     cdef cnp.ndarray arr = <cnp.ndarray>a
-    if cnp.PyArray_TYPE(arr) != typenum or cnp.PyArray_NDIM(arr) != 1 or not cnp.PyArray_IS_C_CONTIGUOUS(arr):
+    if not cnp.PyArray_EquivTypenums(cnp.PyArray_TYPE(arr), typenum) or cnp.PyArray_NDIM(arr) != 1 \
+            or not cnp.PyArray_IS_C_CONTIGUOUS(arr):
         kind = "int64" if typenum == cnp.NPY_INT64 else "float64"
         raise TypeError(f"link_push: {what} must be a contiguous 1-d {kind} array")
     if writable and not cnp.PyArray_ISWRITEABLE(arr):
@@ -84,9 +85,9 @@ def link_push(indptr_t, indices_t, data_t, idx, new, old, y, err, int add_op, in
     if not cnp.PyArray_Check(indices_t):
         raise TypeError("link_push: indices_t must be a numpy array")
     a_ind = <cnp.ndarray>indices_t
-    if cnp.PyArray_TYPE(a_ind) == cnp.NPY_INT64:
+    if cnp.PyArray_EquivTypenums(cnp.PyArray_TYPE(a_ind), cnp.NPY_INT64):
         wide = True
-    elif cnp.PyArray_TYPE(a_ind) == cnp.NPY_INT32:
+    elif cnp.PyArray_EquivTypenums(cnp.PyArray_TYPE(a_ind), cnp.NPY_INT32):
         wide = False
     else:
         raise TypeError("link_push: indices_t must be int32 or int64")
