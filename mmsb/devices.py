@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 
 from mmsb import _kernels, _ops
+from mmsb.delta import covers_page
 from mmsb.errors import DeviceError
 from mmsb.registry import LazyRegistry
 
@@ -80,6 +81,8 @@ class CPUBackend(DeviceBackend):
         from mmsb.propagate import Change
 
         arr = buf._memory.array(page)
+        if not delta.accumulate and delta.mask is not None and covers_page(delta.mask):
+            return self._assign_all(buf, page, arr, delta.values, undo)
         idx, vals = delta.sparse()
         old, changed = merge_into(arr, idx, vals, page.semiring, delta.accumulate)
         if undo is not None:
@@ -90,6 +93,27 @@ class CPUBackend(DeviceBackend):
         if moved == changed.size:
             return Change(idx, old)
         return Change(idx[changed], old[changed])
+
+    @staticmethod
+    def _assign_all(buf: "Buffer", page: "Page", arr: np.ndarray, values: np.ndarray,
+                    undo: Optional["UndoLog"]) -> Optional["Change"]:
+        """A whole-page assignment whose changed positions are needed: two copies and one comparison (streaming),
+        not an indexed merge over every position."""
+        from mmsb.delta import full_index
+        from mmsb.propagate import Change, changed_positions
+
+        old = arr.copy()
+        np.copyto(arr, values.reshape(arr.shape))
+        if undo is not None:
+            undo.record(_storage(buf, page.name), slice(None), old)
+        moved = changed_positions(arr, old)
+        count = int(np.count_nonzero(moved))
+        if count == 0:
+            return None
+        if count == arr.size:
+            return Change(full_index(arr.size), old)
+        idx = np.flatnonzero(moved)
+        return Change(idx, old[idx])
 
     def overwrite(self, buf: "Buffer", page: "Page", values: np.ndarray, undo: Optional["UndoLog"]) -> "Change":
         """Replace the whole page with ``values`` (flat, the page dtype) by two copies; every position counts as
@@ -107,7 +131,6 @@ class CPUBackend(DeviceBackend):
     def apply_blind(self, page: "Page", delta: "Delta", arr: np.ndarray) -> None:
         """Merge ``delta`` into the page's storage ``arr`` in place, keeping nothing (no old values): sparse
         deltas in the order given (duplicates fold in order), dense ones from their packed values."""
-        from mmsb.delta import covers_page
 
         codes = page.semiring.codes_for(page.dtype)
         op = codes[0] if delta.accumulate else _ops.OP_ASSIGN
@@ -119,7 +142,8 @@ class CPUBackend(DeviceBackend):
             _kernels.packed.merge_packed(_kview(arr), delta.mask.view(np.uint8), _kview(delta.values), op)
 
     def values_at(self, buf: "Buffer", page: "Page", idx: np.ndarray) -> np.ndarray:
-        return buf._memory.array(page)[idx]
+        arr = buf._memory.array(page)
+        return arr.copy() if idx.size == arr.size else arr[idx]     # (sorted, unique: all of them)
 
     def read(self, buf: "Buffer", page: "Page", index: Any) -> np.ndarray:
         if index is None:
