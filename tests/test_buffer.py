@@ -598,12 +598,14 @@ def test_whole_page_assign_copy_path_matches_the_kernel(n, monkeypatch):
     q = buf.create_page("q", n, dtype="float32")
     import scipy.sparse as sp
 
-    buf.link(q, p, sp.eye(n, format="csr", dtype=np.float32) * 2)   # a rule reads p now: the kernel runs
-    c = b.copy()
+    buf.link(q, p, sp.eye(n, format="csr", dtype=np.float32) * 2)   # a rule reads p now: its changed
+    c = b.copy()                                                     # positions are computed and pushed
     c[: n // 2] = rng.integers(0, 1000, n // 2)
-    buf.write(p, c)
-    assert calls
+    e = buf.write(p, c)
     np.testing.assert_array_equal(q.read(), 2 * c.astype(np.float32))
+    moved = np.flatnonzero(c.astype(np.float32) != b.astype(np.float32))
+    (derived,) = list(buf.log.query(page=q, since=e - 1))
+    np.testing.assert_array_equal(derived.index, moved)             # only the rows that changed
 
 
 def test_whole_page_assignment_commit_matches_the_general_path(tmp_path, monkeypatch):
