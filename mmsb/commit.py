@@ -14,6 +14,9 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
+import numpy as np
+
+from mmsb import _kernels, _ops
 from mmsb.delta import Delta, Txn, covers_page
 from mmsb.devices import CPU, backend_of
 from mmsb.errors import InvalidDeltaError, MMSBError, PageNotFoundError
@@ -22,6 +25,8 @@ from mmsb.propagate import Change, UndoLog
 if TYPE_CHECKING:  # pragma: no cover
     from mmsb.buffer import Buffer
     from mmsb.txn import Transaction
+
+_POINT = 16     # a write of at most this many values may take the point strategy (CommitPipeline._point)
 
 #: a device wave: given the undo log, run the wave on the device and return ``{page name: Change}``
 DeviceWave = Callable[[UndoLog], dict]
@@ -171,6 +176,9 @@ class CommitPipeline:
             blind = self._blind(ops) if ops else None
             if blind is not None:
                 token = self._log_then_apply(c, ops, blind)
+            elif len(ops) == 1 and tx is None and device_wave is None and not propagate \
+                    and (token := self._point(c, ops[0])) is not None:
+                pass
             else:
                 try:
                     self._apply(ops, c)
@@ -217,6 +225,55 @@ class CommitPipeline:
                 return None
             out.append((page, buf._memory.array(page)))
         return out
+
+    def _point(self, c: _Commit, op: Any) -> Optional[int]:
+        """The strategy for a few float64 values written to a resident CPU page that rules read (eager, nothing
+        queued, no transaction tracking, no memory limit, no cluster): the point merge kernel, then the engine's
+        wave, the log and the publication as in the general path. Returns the log token, or None (nothing done)
+        where the general path must run."""
+        buf = self.buf
+        if type(op) is not Delta or op.index is None or op.index.size > _POINT or not op.normalized \
+                or not self.eager or self.pending.changes or self.pending.force or self.history.tracking \
+                or buf._cluster is not None \
+                or buf._memory.limit is not None:
+            return None
+        page = buf._pages.get(op.page)
+        if page is None or page.backend is not None or page.device != "cpu":
+            return None
+        arr = page._data
+        if arr is None or arr.dtype != np.float64 or op.values.dtype != np.float64 \
+                or buf._graph.is_derived(op.page):
+            return None
+        if op.accumulate:
+            codes = page.semiring.codes_for(arr.dtype)
+            if codes is None:
+                return None
+            code = codes[0]
+        else:
+            code = _ops.OP_ASSIGN
+        idx = op.index
+        old, moved = _kernels.point.apply_few(arr, idx, op.values, code)
+        c.n_user = 1
+        c.logged.append(op)
+        try:
+            moved = moved.view(np.bool_)
+            ch = Change(idx, old) if moved.all() else Change(idx[moved], old[moved]) if moved.any() else None
+            derived = buf._engine.wave({page.name: ch}, c.undo) if ch is not None else {}
+            pages = buf._pages
+            for name, dch in derived.items():
+                dst = pages[name]
+                data = dst._data if dst.backend is None and dst.device == "cpu" else None
+                vals = data[dch.idx] if data is not None else backend_of(dst).values_at(buf, dst, dch.idx)
+                c.logged.append(Delta(name, vals, index=dch.idx, derived=True))
+            token = self._append(c)
+        except BaseException:
+            c.undo.rollback()
+            arr[idx] = old
+            raise
+        if ch is not None:
+            c.changes[page.name] = ch
+        self._publish(c, derived)
+        return token
 
     def _log_then_apply(self, c: _Commit, ops: list, targets: list) -> int:
         """Log first, then merge each delta in place with no undo log, no old values and no wave (the pages'
@@ -327,7 +384,8 @@ class CommitPipeline:
             self.history.record(epoch, rec)
         self.counters["commits"] += 1
         self.counters["deltas"] += c.n_user + len(derived)
-        buf._memory.enforce()
+        if buf._memory.limit is not None:
+            buf._memory.enforce()
 
     # -- transactions -----------------------------------------------------------------------------------------
     def track(self, step: int) -> None:

@@ -149,3 +149,66 @@ def test_deferred_pending_work_survives_reopen(tmp_path, checkpoint):
         b.write("x", [1.0], index=[0], accumulate=True)
         b.propagate()
         np.testing.assert_array_equal(b["y"].read(), [4.0, 4.0, 6.0])
+
+
+@pytest.mark.parametrize("sr", ["plus_times", "min_plus", "max_min"])
+def test_the_point_strategy_commits_what_the_general_path_commits(sr, monkeypatch):
+    """Writes of a few float64 values to a page that rules read take the point strategy (the point merge kernel,
+    then the engine's wave): pages, every past epoch, the logged deltas and the counters equal the general
+    path's, through a chain of two links and a page nobody reads."""
+    import scipy.sparse as sp
+
+    from mmsb import commit
+
+    n = 200
+    rng = np.random.default_rng(11)
+    A = sp.random(n, n, density=0.03, random_state=2, format="csr")
+    A.data = np.round(A.data * 9, 2) + 0.25
+    B = sp.random(n, n, density=0.02, random_state=4, format="csr")
+    B.data = np.round(B.data * 5, 2) + 0.5
+    x0 = np.round(rng.uniform(0, 30, n), 1)
+    writes = []
+    for _ in range(80):
+        k = int(rng.integers(1, 20))                   # above and below the strategy's size limit
+        idx = rng.choice(n, size=k, replace=bool(rng.integers(0, 2)))
+        writes.append((rng.choice(["x", "z"]), idx, np.round(rng.uniform(0, 30, k), 1), bool(rng.integers(0, 2))))
+    runs = []
+    for point in (commit._POINT, 0):
+        monkeypatch.setattr(commit, "_POINT", point)
+        taken = []
+        real = commit.CommitPipeline._point
+
+        def spy(self, c, op, real=real, taken=taken):
+            token = real(self, c, op)
+            taken.append(token is not None)
+            return token
+
+        monkeypatch.setattr(commit.CommitPipeline, "_point", spy)
+        with mmsb.open(None) as buf:
+            x = buf.create_page("x", n, semiring=sr)
+            y = buf.create_page("y", n, semiring=sr)
+            w = buf.create_page("w", n, semiring=sr)
+            buf.create_page("z", n, semiring=sr)
+            buf.write(x, x0)
+            buf.link(y, x, A)
+            buf.link(w, y, B)
+            for name, idx, vals, acc in writes:
+                buf.write(name, vals, index=idx, accumulate=acc and sr == "plus_times")
+            pages = {p: buf[p].read().copy() for p in buf}
+            past = [{p: v.read().copy() for p, v in buf.at(e).items()} for e in range(0, buf.epoch + 1, 7)]
+            logged = [(d.epoch, d.page, d.sparse()[0].tolist(), d.values.tolist(), d.derived)
+                      for d in buf.log.query()]
+            counters = buf.stats()["transactions"]
+        runs.append((pages, past, logged, counters, any(taken)))
+    (p1, h1, l1, c1, took), (p2, h2, l2, c2, took_none) = runs
+    assert took and not took_none
+    for name in p1:
+        np.testing.assert_allclose(p1[name], p2[name], rtol=1e-12)
+    for a, b in zip(h1, h2):
+        assert a.keys() == b.keys()
+        for name in a:
+            np.testing.assert_allclose(a[name], b[name], rtol=1e-12)
+    assert [t[:3] + t[4:] for t in l1] == [t[:3] + t[4:] for t in l2]
+    for a, b in zip(l1, l2):
+        np.testing.assert_allclose(a[3], b[3], rtol=1e-12)
+    assert c1 == c2
