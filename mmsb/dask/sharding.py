@@ -232,6 +232,7 @@ class ShardManager:
         self.actors: dict[str, Any] = {}
         self._actor_futs: dict[str, Any] = {}
         self.conns: dict[str, Any] = {}
+        self._token = b""
         self.workers: list[str] = []
         self.installed: dict[int, Any] = {}
         self.checked: set = set()
@@ -291,7 +292,7 @@ class ShardManager:
             self._drop_actors()
             raise ClusterError(f"cannot start the mmsb shard actors on the cluster: {type(exc).__name__}: "
                                f"{exc}") from exc
-        self.workers = workers
+        self.workers, self._token = workers, token
         self.pend, self.sent_to, self.dirty, self.worse = {}, {w: 0 for w in workers}, {}, set()
         self.installed = {}
 
@@ -312,8 +313,8 @@ class ShardManager:
         conns = {}
         for w in calls:
             c = self.conns.get(w)
-            if c is None or c.broken:
-                raise ShardStateError(f"no connection to the shard actor on worker {w}")
+            if c is None or c.broken or c.waiting:      # (waiting: a call was interrupted between its halves)
+                raise ShardStateError(f"no usable connection to the shard actor on worker {w}")
             conns[w] = c
         out: dict = {}
         err: Optional[BaseException] = None
