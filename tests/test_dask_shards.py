@@ -319,7 +319,7 @@ def test_data_plane_needs_the_token(client):
     buf.create_page("a", 100, shards=2)
     buf.write("a", np.arange(100.0))
     mgr = buf._cluster.engine.shards
-    w = sorted(mgr.conns)[0]
+    w = min(mgr.conns)
     ep = mgr.conns[w].endpoint
     drop_all = _frame(_rpc.REQUEST, ("drop_pages", ([],)))     # would forget every page, if it were obeyed
     for token in (b"x" * 32, b"short", b""):

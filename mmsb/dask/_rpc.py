@@ -20,7 +20,8 @@ import socket
 import struct
 import threading
 import traceback
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 REQUEST, OK, ERROR, CAST, HELLO = 1, 2, 3, 4, 5
 _HEAD = struct.Struct("<BIQ")
@@ -120,7 +121,7 @@ class Server:
         while not self.closed:
             try:
                 c, _ = self.sock.accept()
-            except socket.timeout:
+            except TimeoutError:
                 if not self.alive():
                     self.close()
                 continue
@@ -205,7 +206,7 @@ class Conn:
     """A client connection to one actor's server: ``call`` (request, reply), ``send``/``recv`` (the two halves,
     to keep several actors busy at once) and ``cast`` (one-way)."""
 
-    def __init__(self, endpoint: tuple, token: bytes, role: str, timeout: Optional[float], dumps: Callable):
+    def __init__(self, endpoint: tuple, token: bytes, role: str, timeout: float | None, dumps: Callable):
         self.endpoint = tuple(endpoint)
         self.sock = socket.create_connection(self.endpoint, timeout=30)
         self.sock.settimeout(timeout)

@@ -928,13 +928,16 @@ class ShardActor:
                 "bytes": self._bytes, "done_through": done_through, "addr": self.addr}
 
     def step(self, step: int, plan: dict, order: list, level: Optional[int], expected: int, deltas: list,
-             forced: list, solo: bool, levels: list) -> dict:
+             forced: list, solo: bool, levels: list, eager: bool = False) -> dict:
         """One superstep (see the module doc). ``deltas``: user deltas ``[(name, b, local idx or None, values,
         accumulate)]`` for blocks here (step 0 of a commit); ``level``: the level of the plan (``{page: level}``)
         to compute, or None; ``forced``: pages of that level to recompute from scratch (first step of the level
         only; their blocks reset before any message of this step is applied); ``expected``: how many messages
         other workers sent here so far (the step waits for them); ``solo``: this worker is the only one with work,
-        so it may go on through the ``levels`` as long as it sends nothing to another worker."""
+        so it may go on through the ``levels`` as long as it sends nothing to another worker; ``eager`` (step 0
+        of a wave with several busy workers): compute the first level of the plan in this step already (its pages
+        read only pages that no rule writes, final once this step's deltas are in; what other workers send later
+        is applied by the level's next steps, as within any level)."""
         t0 = time.perf_counter()
         with self.cond:
             ok = self.cond.wait_for(lambda: self.received >= expected, timeout=WAIT_S)
@@ -951,6 +954,10 @@ class ShardActor:
             done = None
             if level is not None:
                 self._run_level(level, forced, step)
+            elif eager:
+                first = levels[0]
+                if not self.worse & {p for p, v in self.plan.items() if v == first}:
+                    self._run_level(first, [], None)
             elif solo:
                 for lv in levels:
                     if self.worse & {p for p, v in self.plan.items() if v == lv}:

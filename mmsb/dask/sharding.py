@@ -233,6 +233,7 @@ class ShardManager:
         self._actor_futs: dict[str, Any] = {}
         self.conns: dict[str, Any] = {}
         self._token = b""
+        self._dead: set = set()                       # workers whose actor connection broke (process gone?)
         self.workers: list[str] = []
         self.installed: dict[int, Any] = {}
         self.checked: set = set()
@@ -271,7 +272,9 @@ class ShardManager:
         self._check_client()
         self._drop_actors()
         self.engine._refresh_workers()
-        workers = list(self.engine._alive)
+        # a worker whose process just died may still be listed by the scheduler: an actor aimed at it never starts
+        workers = [w for w in self.engine._alive if w not in self._dead] or list(self.engine._alive)
+        self._dead = set()
         if not workers:
             raise ClusterError("the Dask cluster has no workers")
         token = secrets.token_bytes(32)
@@ -324,11 +327,13 @@ class ShardManager:
                 conns[w].send(meth, args)
                 sent.append(w)
         except OSError as exc:
+            self._dead.add(w)
             err = ShardStateError(f"the shard actor on worker {w} is unreachable: {exc}")
         for w in sent:
             try:
                 out[w] = conns[w].recv()
             except OSError as exc:
+                self._dead.add(w)
                 err = err or ShardStateError(f"the shard actor on worker {w} is gone: {type(exc).__name__}: {exc}")
             except BaseException as exc:
                 err = err or exc
@@ -741,11 +746,13 @@ class ShardManager:
         if step0:
             others_idle = not any(self._pending(w, 10 ** 9, plan) or self.dirty.get(w) for w in self.actors
                                   if w not in routed)
-            solo = len(step0) == 1 and not forced and not specs and not removed and others_idle and bool(levels)
+            plain_wave = not forced and not specs and not removed and bool(levels)
+            solo = len(step0) == 1 and plain_wave and others_idle
+            eager = plain_wave and not solo and not any(self.dirty.values())
             self.step_no += 1
             t = time.perf_counter()
             calls = {w: ("step", (self.step_no, plan, order, None, self.sent_to.get(w, 0), routed.get(w, []), [],
-                                  solo, levels)) for w in step0}
+                                  solo, levels, eager)) for w in step0}
             reps = self._call(calls)
             self._reports(reps, trace, "deltas", t)
             if solo:
