@@ -803,11 +803,21 @@ class ShardActor:
         if old_out is None or old_out.size != y.size:
             old_out = self._scratch[("old", rb.rule.id, rb.d)] = np.empty_like(y)
         reached = self._kernel_closure(rb, frontier, old_out)
-        reached = reached[reached < nloc]
-        parts.append(reached)
-        olds.append(old_out[reached])
-        idx, pos = unique_first(np.concatenate(parts))
-        old = np.concatenate(olds)[pos]
+        reached = reached[reached < nloc]            # sorted, unique
+        if parts:                                    # sources improved before the kernel: their older value
+            src_pos, first = unique_first(np.concatenate(parts))
+            old_out[src_pos] = np.concatenate(olds)[first]
+            if reached.size * 32 > nloc:             # most of the block: a mask, not a sort of everything
+                m = self._scratch_mask(nloc)
+                m[reached] = True
+                m[src_pos] = True
+                idx = np.flatnonzero(m)
+                m[idx] = False
+            else:
+                idx = unique(np.concatenate([src_pos, reached]))
+        else:
+            idx = reached
+        old = old_out[idx]
         moved = changed_positions(y[idx], old)
         if moved.any():
             self._emit(page, d, idx[moved], old[moved])
