@@ -14,8 +14,8 @@ It holds, for the blocks the driver placed on its worker:
 A wave runs in *supersteps* the driver starts (:meth:`ShardActor.step`). A step applies the user deltas the driver
 routed here, applies the messages other workers sent (ghost updates), computes the blocks of the pages of the
 current level that have work, and sends the entries that changed at cut edges -- and only those -- straight to
-the workers whose blocks read them (:meth:`ShardActor.deliver` on their actors, worker to worker; the scheduler
-and the driver are not on that path). Messages between blocks of one worker are applied in the same step. The
+the workers whose blocks read them (:meth:`ShardActor.deliver` on their actors, worker to worker over the actors'
+own sockets, :mod:`mmsb.dask._rpc`; the scheduler and the driver are not on that path). Messages between blocks of one worker are applied in the same step. The
 driver only sees per-step counts (messages sent per worker and page, messages applied, pages with work left), so
 what it receives follows the number of workers, not the number of changed entries.
 
