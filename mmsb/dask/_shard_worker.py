@@ -983,7 +983,7 @@ class ShardActor:
             return self._report(done)
 
 
-def _registered_on_worker(actor: "ShardActor") -> Any:
+def _registered_on_worker(actor: ShardActor) -> Any:
     """A test the actor's server polls: false once Dask has released the actor (it was registered on the worker
     that created it, and is no longer)."""
     try:
