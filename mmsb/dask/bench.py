@@ -337,6 +337,8 @@ def _grid_summary(runs: dict) -> dict:
     out["bytes per cut entry: full closure wave"] = fw.get("bytes", 0) / cut if cut else None
     out["supersteps: full / incremental / one-entry"] = (fw.get("supersteps"), iw.get("supersteps"),
                                                          big.get("one_entry_wave", {}).get("supersteps"))
+    eq = [runs[f"workers_{k}"].get("equal_to_in_process") for k in sizes]
+    out["results equal to in process, bit for bit (per cluster run)"] = eq
     out["superstep ms: full closure wave"] = fw.get("step_ms")
     out["superstep ms: incremental wave"] = iw.get("step_ms")
     for k, v in out.items():
