@@ -1,6 +1,11 @@
 """Sharded pages on a Dask LocalCluster (mmsb.dask.sharding): equal to in-process, no block on the driver,
 rebuilt after a worker restart, durable without the cluster, matrix deltas, bad input."""
+import os
+import pickle
+import socket
+import struct
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -14,9 +19,29 @@ csgraph = pytest.importorskip("scipy.sparse.csgraph")
 import mmsb.dask  # noqa: E402
 
 
+KILL_MARKER = os.path.join(tempfile.gettempdir(), "mmsb-dask-shards-kill-marker")
+
+
 @mmsb.dask.elementwise
 def clipped(a):
     return np.minimum(a, 3.0)
+
+
+@mmsb.dask.elementwise
+def picky(a):
+    """Fails on a block holding the value 13 (an error raised by user code on a worker)."""
+    if np.any(a == 13.0):
+        raise ValueError("13 is unlucky")
+    return a + 1.0
+
+
+@mmsb.dask.elementwise
+def killer(a):
+    """Kills its worker process the first time it sees a 7 while the marker file exists (a death mid-wave)."""
+    if np.any(a == 7.0) and os.path.exists(KILL_MARKER):
+        os.remove(KILL_MARKER)
+        os._exit(1)
+    return a * 2.0
 
 
 @pytest.fixture(scope="module")
@@ -280,3 +305,100 @@ def test_worker_restart_rebuilds_blocks(client):
             b.write(page, vals, index=index, accumulate=acc)
     _check_equal(_state(local), _state(buf))
     buf.close()
+
+
+def _frame(kind, obj):
+    data = pickle.dumps(obj, protocol=5)
+    return struct.pack("<BIQ", kind, 0, len(data)) + data
+
+
+def test_data_plane_needs_the_token(client):
+    from mmsb.dask import _rpc
+
+    buf = mmsb.open(None, cluster=client)
+    buf.create_page("a", 100, shards=2)
+    buf.write("a", np.arange(100.0))
+    mgr = buf._cluster.engine.shards
+    w = min(mgr.conns)
+    ep = mgr.conns[w].endpoint
+    drop_all = _frame(_rpc.REQUEST, ("drop_pages", ([],)))     # would forget every page, if it were obeyed
+    for token in (b"x" * 32, b"short", b""):
+        with socket.create_connection(ep, timeout=10) as s:
+            s.sendall(struct.pack("<I", len(token)) + token + _frame(_rpc.HELLO, "driver") + drop_all)
+            try:
+                got = s.recv(1)
+            except ConnectionResetError:                          # closed with our frames unread
+                got = b""
+            assert got == b""                                     # closed, unanswered
+    good = _rpc.Conn(ep, mgr._token, "peer", 10, pickle.dumps)
+    assert good.call("ping") == w                                 # the same frames with the token are served
+    good.close()
+    np.testing.assert_array_equal(buf["a"].read(), np.arange(100.0))
+    assert buf.stats()["cluster"]["shards"]["rebuilds"] == 0
+    buf.close()
+
+
+def test_lost_connection_rebuilds_from_the_log(client):
+    rng = np.random.default_rng(4)
+    side = 12
+    n = side * side
+    Wt = _grid(rng, side)
+    A = sp.random(n, n, density=4 / n, random_state=1, format="csr")
+    B = sp.random(n, n, density=3 / n, random_state=2, format="csr")
+    local = mmsb.open(None)
+    buf = mmsb.open(None, cluster=client)
+    for b in (local, buf):
+        _build(b, n, Wt, A, B, 2)
+    for page, vals, index, acc in _history(rng, n, 5):
+        for b in (local, buf):
+            b.write(page, vals, index=index, accumulate=acc)
+    mgr = buf._cluster.engine.shards
+    next(iter(mgr.conns.values())).close()    # the actor sees its driver gone: it stops serving, drops its blocks
+    for page, vals, index, acc in _history(rng, n, 3):
+        for b in (local, buf):
+            b.write(page, vals, index=index, accumulate=acc)
+    _check_equal(_state(local), _state(buf))
+    assert buf.stats()["cluster"]["shards"]["rebuilds"] == 1
+    local.close()
+    buf.close()
+
+
+def test_worker_error_keeps_its_type_and_changes_nothing(client):
+    buf = mmsb.open(None, cluster=client)
+    buf.create_page("x", 20, shards=2)
+    buf.create_page("y", 20, shards=2)
+    buf.derive("y", ["x"], picky)
+    base = np.arange(20.0) + 100.0
+    buf.write("x", base)
+    e = buf.epoch
+    with pytest.raises(MMSBError, match="picky.*ValueError: 13 is unlucky"):      # raised on a worker
+        buf.write("x", np.array([13.0]), index=[3])
+    assert buf.epoch == e
+    np.testing.assert_array_equal(buf["x"].read(), base)
+    np.testing.assert_array_equal(buf["y"].read(), base + 1.0)
+    buf.write("x", np.array([5.0]), index=[3])
+    np.testing.assert_array_equal(buf["y"].read()[:5], [101.0, 102.0, 103.0, 6.0, 105.0])
+    buf.close()
+
+
+def test_worker_killed_mid_wave_reruns_the_commit(client):
+    if os.path.exists(KILL_MARKER):
+        os.remove(KILL_MARKER)
+    client.wait_for_workers(2, timeout=60)
+    buf = mmsb.open(None, cluster=client)
+    buf.create_page("x", 40, shards=2)
+    buf.create_page("y", 40, shards=2)
+    buf.derive("y", ["x"], killer)
+    buf.write("x", np.arange(40.0) + 10.0)
+    e = buf.epoch
+    open(KILL_MARKER, "w").close()
+    buf.write("x", np.array([7.0, 1.0]), index=[30, 31])       # its worker dies computing this wave
+    assert not os.path.exists(KILL_MARKER)
+    want = 2.0 * (np.arange(40.0) + 10.0)
+    want[30:32] = [14.0, 2.0]
+    np.testing.assert_array_equal(buf["y"].read(), want)
+    st = buf.stats()["cluster"]["shards"]
+    assert st["retries"] >= 1 and st["rebuilds"] >= 1
+    assert buf.epoch == e + 1
+    buf.close()
+    client.wait_for_workers(2, timeout=60)

@@ -14,8 +14,8 @@ It holds, for the blocks the driver placed on its worker:
 A wave runs in *supersteps* the driver starts (:meth:`ShardActor.step`). A step applies the user deltas the driver
 routed here, applies the messages other workers sent (ghost updates), computes the blocks of the pages of the
 current level that have work, and sends the entries that changed at cut edges -- and only those -- straight to
-the workers whose blocks read them (:meth:`ShardActor.deliver` on their actors, worker to worker; the scheduler
-and the driver are not on that path). Messages between blocks of one worker are applied in the same step. The
+the workers whose blocks read them (:meth:`ShardActor.deliver` on their actors, worker to worker over the actors'
+own sockets, :mod:`mmsb.dask._rpc`; the scheduler and the driver are not on that path). Messages between blocks of one worker are applied in the same step. The
 driver only sees per-step counts (messages sent per worker and page, messages applied, pages with work left), so
 what it receives follows the number of workers, not the number of changed entries.
 
@@ -23,8 +23,8 @@ Only this module (and what it imports from mmsb) must be importable on the worke
 """
 from __future__ import annotations
 
-import inspect
 import os
+import pickle
 import threading
 import time
 from typing import Any, Optional
@@ -32,6 +32,7 @@ from typing import Any, Optional
 import numpy as np
 
 from mmsb import _kernels
+from mmsb.dask import _rpc
 from mmsb import csr as _csr
 from mmsb._sets import unique, unique_first
 from mmsb.csr import CSR
@@ -178,11 +179,13 @@ class ShardActor:
     """The blocks of one buffer's sharded pages on one worker (see the module doc). Created by the driver with
     ``client.submit(ShardActor, ..., actor=True, workers=[addr])``."""
 
-    def __init__(self, buf_id: str, addr: str, nthreads: int = 1):
+    def __init__(self, buf_id: str, addr: str, nthreads: int = 1, token: bytes = b""):
         self.buf_id = buf_id
         self.addr = addr
         self.nthreads = int(nthreads)
-        self.peers: dict[str, Any] = {}
+        self.token = bytes(token)
+        self.peers: dict[str, tuple] = {}              # worker address -> (host, port) of its actor's server
+        self.conns: dict[str, Any] = {}                # worker address -> connection to its actor (one-way sends)
         self.pages: dict[str, PageInfo] = {}
         self.blocks: dict[tuple, np.ndarray] = {}
         self.mblocks: dict[tuple, CSR] = {}
@@ -193,7 +196,7 @@ class ShardActor:
         self.dirty: dict[tuple, Dirty] = {}
         self.worse: set = set()
         self.lock = threading.RLock()                   # the state (steps, and reads from tasks on this worker)
-        self.cond = threading.Condition(threading.Lock())   # the inbox (deliver runs on the event loop)
+        self.cond = threading.Condition(threading.Lock())   # the inbox (deliver runs on a peer's thread)
         self.inbox: list = []
         self.received = 0
         self.local: list = []
@@ -209,10 +212,44 @@ class ShardActor:
         self._scratch: dict = {}
         self.counters = {"steps": 0, "messages_sent": 0, "bytes_sent": 0, "messages_applied": 0,
                          "compute_s": 0.0, "wait_s": 0.0}
+        self.server = _rpc.Server(_rpc.bind_host(addr), self.token, self._handle, self._cast, self.shutdown,
+                                  _registered_on_worker(self))
+        self.endpoint = self.server.endpoint
+
+    # -- the data plane (mmsb.dask._rpc) ------------------------------------------------------------------------
+    _CALLS = frozenset({"ping", "set_peers", "create", "drop_pages", "read", "read_matrix", "block_stats", "stats",
+                        "install", "apply_logged", "step"})
+
+    def _handle(self, meth: str, args: tuple) -> Any:
+        if meth not in self._CALLS:
+            raise ShardStateError(f"shard actor on {self.addr}: no method {meth!r}")
+        return getattr(self, meth)(*args)
+
+    def _cast(self, meth: str, args: tuple) -> None:
+        if meth == "deliver":
+            self.deliver(*args)
+
+    def shutdown(self) -> None:
+        """The driver is gone (its connection closed) or Dask released this actor: stop serving, drop the
+        blocks (the driver rebuilds them from its log on fresh actors)."""
+        self.server.close()
+        for c in self.conns.values():
+            c.close()
+        self.conns = {}
+        with self.lock:
+            for d in (self.blocks, self.mblocks, self.rblocks, self.subs, self.dirty, self._scratch):
+                d.clear()
 
     # -- setup ------------------------------------------------------------------------------------------------
+    def get_endpoint(self) -> tuple:
+        """``(host, port)`` where this actor's server listens (asked once through Dask)."""
+        return self.endpoint
+
     def set_peers(self, peers: dict) -> bool:
-        self.peers = dict(peers)
+        """``{worker address: (host, port)}`` of every actor of this buffer."""
+        for c in self.conns.values():
+            c.close()
+        self.peers, self.conns = {a: tuple(e) for a, e in peers.items()}, {}
         return True
 
     def ping(self) -> str:
@@ -430,8 +467,8 @@ class ShardActor:
                 self._send(sub.addr, item)
 
     # -- messages ---------------------------------------------------------------------------------------------
-    async def deliver(self, items: list) -> int:
-        """Messages from another worker's actor (runs on this worker's event loop)."""
+    def deliver(self, items: list) -> int:
+        """Messages from another worker's actor (one-way, on the thread of that peer's connection)."""
         with self.cond:
             self.inbox.extend(items)
             self.received += len(items)
@@ -441,15 +478,24 @@ class ShardActor:
     def _send(self, addr: str, item: tuple) -> None:
         self.out.setdefault(addr, []).append(item)
 
+    def _peer(self, addr: str) -> Any:
+        c = self.conns.get(addr)
+        if c is None or c.broken:
+            ep = self.peers.get(addr)
+            if ep is None:
+                raise ShardStateError(f"worker {self.addr} does not know the shard actor of {addr}")
+            try:
+                c = self.conns[addr] = _rpc.Conn(ep, self.token, "peer", WAIT_S, pickle.dumps)
+            except OSError as exc:
+                raise ShardStateError(f"worker {self.addr} cannot reach the shard actor of {addr}: {exc}") from exc
+        return c
+
     def _flush(self) -> None:
-        """Send this step's messages, one batch per worker (fire and forget: the driver's counts make the
-        receiver wait for them)."""
+        """Send this step's messages, one batch per worker, straight to its actor (one-way: the driver's counts
+        make the receiver wait for them)."""
         for addr, items in self.out.items():
             if not items:
                 continue
-            peer = self.peers.get(addr)
-            if peer is None:
-                raise ShardStateError(f"worker {self.addr} has no actor handle for {addr}")
             nbytes = 0
             for it in items:
                 nbytes += sum(x.nbytes for x in it if isinstance(x, np.ndarray))
@@ -458,12 +504,10 @@ class ShardActor:
             self._bytes += nbytes
             self.counters["messages_sent"] += len(items)
             self.counters["bytes_sent"] += nbytes
-            res = peer.deliver(items)
-            if inspect.iscoroutine(res):     # Dask's same-process shortcut (processes=False): run it here
-                try:
-                    res.send(None)
-                except StopIteration:
-                    pass
+            try:
+                self._peer(addr).cast("deliver", (items,))
+            except OSError as exc:
+                raise ShardStateError(f"worker {self.addr} lost the shard actor of {addr}: {exc}") from exc
         self.out = {}
 
     def _remote_levels(self) -> set:
@@ -759,11 +803,21 @@ class ShardActor:
         if old_out is None or old_out.size != y.size:
             old_out = self._scratch[("old", rb.rule.id, rb.d)] = np.empty_like(y)
         reached = self._kernel_closure(rb, frontier, old_out)
-        reached = reached[reached < nloc]
-        parts.append(reached)
-        olds.append(old_out[reached])
-        idx, pos = unique_first(np.concatenate(parts))
-        old = np.concatenate(olds)[pos]
+        reached = reached[reached < nloc]            # sorted, unique
+        if parts:                                    # sources improved before the kernel: their older value
+            src_pos, first = unique_first(np.concatenate(parts))
+            old_out[src_pos] = np.concatenate(olds)[first]
+            if reached.size * 32 > nloc:             # most of the block: a mask, not a sort of everything
+                m = self._scratch_mask(nloc)
+                m[reached] = True
+                m[src_pos] = True
+                idx = np.flatnonzero(m)
+                m[idx] = False
+            else:
+                idx = unique(np.concatenate([src_pos, reached]))
+        else:
+            idx = reached
+        old = old_out[idx]
         moved = changed_positions(y[idx], old)
         if moved.any():
             self._emit(page, d, idx[moved], old[moved])
@@ -884,13 +938,16 @@ class ShardActor:
                 "bytes": self._bytes, "done_through": done_through, "addr": self.addr}
 
     def step(self, step: int, plan: dict, order: list, level: Optional[int], expected: int, deltas: list,
-             forced: list, solo: bool, levels: list) -> dict:
+             forced: list, solo: bool, levels: list, eager: bool = False) -> dict:
         """One superstep (see the module doc). ``deltas``: user deltas ``[(name, b, local idx or None, values,
         accumulate)]`` for blocks here (step 0 of a commit); ``level``: the level of the plan (``{page: level}``)
         to compute, or None; ``forced``: pages of that level to recompute from scratch (first step of the level
         only; their blocks reset before any message of this step is applied); ``expected``: how many messages
         other workers sent here so far (the step waits for them); ``solo``: this worker is the only one with work,
-        so it may go on through the ``levels`` as long as it sends nothing to another worker."""
+        so it may go on through the ``levels`` as long as it sends nothing to another worker; ``eager`` (step 0
+        of a wave with several busy workers): compute the first level of the plan in this step already (its pages
+        read only pages that no rule writes, final once this step's deltas are in; what other workers send later
+        is applied by the level's next steps, as within any level)."""
         t0 = time.perf_counter()
         with self.cond:
             ok = self.cond.wait_for(lambda: self.received >= expected, timeout=WAIT_S)
@@ -907,6 +964,10 @@ class ShardActor:
             done = None
             if level is not None:
                 self._run_level(level, forced, step)
+            elif eager:
+                first = levels[0]
+                if not self.worse & {p for p, v in self.plan.items() if v == first}:
+                    self._run_level(first, [], None)
             elif solo:
                 for lv in levels:
                     if self.worse & {p for p, v in self.plan.items() if v == lv}:
@@ -920,6 +981,28 @@ class ShardActor:
             else:
                 self._drain()
             return self._report(done)
+
+
+def _registered_on_worker(actor: ShardActor) -> Any:
+    """A test the actor's server polls: false once Dask has released the actor (it was registered on the worker
+    that created it, and is no longer)."""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except Exception:
+        return lambda: True
+    seen = [False]
+
+    def alive() -> bool:
+        actors = getattr(getattr(worker, "state", worker), "actors", None)
+        if actors is None:
+            return True
+        here = any(a is actor for a in list(actors.values()))
+        seen[0] = seen[0] or here
+        return here or not seen[0]
+
+    return alive
 
 
 def snapshot_block(actor_key: str, name: str, b: int, dask_worker: Any = None) -> np.ndarray:

@@ -226,12 +226,29 @@ def bench_sharded_grid(Wt: Any, sources: np.ndarray, more: np.ndarray, client: O
         out["one_entry_no_rule_ms"] = {"median": 1e3 * statistics.median(times),
                                        "p90": 1e3 * float(np.quantile(times, 0.9))}
         if client is not None:
+            out["data_plane_ms"] = _ping_figures(buf)
             st = mmsb.dask.shard_stats(buf, "W")
             out["cut_entries"] = st["cut"]
             out["cut_fraction"] = st["cut_fraction"]
             out["driver_resident_bytes"] = buf.stats()["memory"]["resident_bytes"]
     finally:
         buf.close()
+    return out
+
+
+def _ping_figures(buf: Any, rounds: int = 200) -> dict:
+    """Round trips over the shard actors' data plane (median ms): one actor, and every actor at once (the
+    driver's fan-out: all requests sent, then all replies read), as a superstep pays them."""
+    mgr = buf._cluster.engine.shards
+    one = min(mgr.conns)
+    out = {}
+    for label, calls in (("one_worker", {one: ("ping", ())}), ("all_workers", {w: ("ping", ()) for w in mgr.conns})):
+        times = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            mgr._call(calls)
+            times.append(time.perf_counter() - t0)
+        out[label] = 1e3 * statistics.median(times)
     return out
 
 
@@ -306,6 +323,9 @@ def _grid_summary(runs: dict) -> dict:
     out[f"one-entry change, median ms, {sizes[-1]} workers (closure downstream) [<= 3 ms]"] = \
         big["one_entry_closure_ms"]["median"]
     out[f"one-entry change, median ms, {sizes[-1]} workers (no rule)"] = big["one_entry_no_rule_ms"]["median"]
+    dp = big.get("data_plane_ms", {})
+    out[f"data plane round trip, median ms: one worker / all {sizes[-1]} at once"] = \
+        (round(dp.get("one_worker", 0.0), 4), round(dp.get("all_workers", 0.0), 4))
     out["driver RSS growth while pages and matrix are created, % of their bytes [<= 5 %]"] = \
         big["driver_rss_growth_pct"]
     fw = big.get("full_closure_wave", {})
@@ -317,6 +337,10 @@ def _grid_summary(runs: dict) -> dict:
     out["bytes per cut entry: full closure wave"] = fw.get("bytes", 0) / cut if cut else None
     out["supersteps: full / incremental / one-entry"] = (fw.get("supersteps"), iw.get("supersteps"),
                                                          big.get("one_entry_wave", {}).get("supersteps"))
+    eq = [runs[f"workers_{k}"].get("equal_to_in_process") for k in sizes]
+    out["results equal to in process, bit for bit (per cluster run)"] = eq
+    out["superstep ms: full closure wave"] = fw.get("step_ms")
+    out["superstep ms: incremental wave"] = iw.get("step_ms")
     for k, v in out.items():
         print(f"{k}: {v:.3g}" if isinstance(v, float) else f"{k}: {v}")
     return out

@@ -20,8 +20,8 @@ description -- name, shape, dtype, semiring, the block boundaries and their owne
 """
 from __future__ import annotations
 
-import gc
 import os
+import secrets
 import time
 import weakref
 from typing import Any, Iterable, Optional
@@ -36,6 +36,7 @@ from mmsb.matrix import MatrixPage
 from mmsb.pages import Page
 from mmsb.propagate import Change, UndoLog
 
+from mmsb.dask import _rpc
 from mmsb.dask._errors import ClusterError
 from mmsb.dask._shard_worker import ShardActor, ShardStateError, bounds_for, snapshot_block
 
@@ -187,22 +188,6 @@ class ShardedMatrix(_Sharded, MatrixPage):
                 f"semiring={self.semiring.name}, epoch={self.epoch})")
 
 
-_GC_AFTER_BYTES = 8 * 2 ** 20
-
-
-def _nbytes(x: Any, depth: int = 0) -> int:
-    """Bytes of the numpy arrays in ``x`` (nested lists, tuples and dicts, a few levels deep)."""
-    if isinstance(x, np.ndarray):
-        return x.nbytes
-    if depth > 3:
-        return 0
-    if isinstance(x, dict):
-        return sum(_nbytes(v, depth + 1) for v in x.values())
-    if isinstance(x, (list, tuple)):
-        return sum(_nbytes(v, depth + 1) for v in x)
-    return 0
-
-
 class _sig:
     """What identifies an installed rule: the rule object and its function (rebound by register_function)."""
 
@@ -246,6 +231,9 @@ class ShardManager:
         self.infos: dict[str, ShardInfo] = {}
         self.actors: dict[str, Any] = {}
         self._actor_futs: dict[str, Any] = {}
+        self.conns: dict[str, Any] = {}
+        self._token = b""
+        self._dead: set = set()                       # workers whose actor connection broke (process gone?)
         self.workers: list[str] = []
         self.installed: dict[int, Any] = {}
         self.checked: set = set()
@@ -277,53 +265,81 @@ class ShardManager:
                                "is gone")
 
     def _start_actors(self) -> None:
-        """One actor per worker alive now (the old ones, if any, are dropped)."""
+        """One actor per worker alive now (the old ones, if any, are dropped), each connected to the driver and to
+        its peers through its own socket (:mod:`mmsb.dask._rpc`)."""
+        import cloudpickle
+
         self._check_client()
         self._drop_actors()
         self.engine._refresh_workers()
-        workers = list(self.engine._alive)
+        # a worker whose process just died may still be listed by the scheduler: an actor aimed at it never starts
+        workers = [w for w in self.engine._alive if w not in self._dead] or list(self.engine._alive)
+        self._dead = set()
         if not workers:
             raise ClusterError("the Dask cluster has no workers")
+        token = secrets.token_bytes(32)
+        conns: dict = {}
         try:
-            futs = {w: self.client.submit(ShardActor, self.id, w, self.nthreads, actor=True, workers=[w],
+            futs = {w: self.client.submit(ShardActor, self.id, w, self.nthreads, token, actor=True, workers=[w],
                                           allow_other_workers=False, pure=False) for w in workers}
             actors = {w: f.result(timeout=60) for w, f in futs.items()}
-            self._wait([a.set_peers(actors) for a in actors.values()])
+            ends = {w: tuple(f.result(timeout=60)) for w, f in [(w, a.get_endpoint()) for w, a in actors.items()]}
+            for w, ep in ends.items():
+                conns[w] = _rpc.Conn(ep, token, "driver", CALL_TIMEOUT_S, cloudpickle.dumps)
+            self._actor_futs, self.actors, self.conns = futs, actors, conns
+            self._call({w: ("set_peers", (ends,)) for w in workers})
         except ClusterError:
+            self._drop_actors()
             raise
         except Exception as exc:
+            self._drop_actors()
             raise ClusterError(f"cannot start the mmsb shard actors on the cluster: {type(exc).__name__}: "
                                f"{exc}") from exc
-        self._actor_futs, self.actors, self.workers = futs, actors, workers
+        self.workers, self._token = workers, token
         self.pend, self.sent_to, self.dirty, self.worse = {}, {w: 0 for w in workers}, {}, set()
         self.installed = {}
 
     def _drop_actors(self) -> None:
+        for c in self.conns.values():
+            c.close()                                # the actor stops serving and drops its blocks
         for f in self._actor_futs.values():
             try:
                 f.release()
             except Exception:
                 pass
-        self._actor_futs, self.actors = {}, {}
-
-    def _wait(self, futs: list, timeout: Optional[float] = None) -> list:
-        return [f.result(timeout) for f in futs]
+        self._actor_futs, self.actors, self.conns = {}, {}, {}
 
     def _call(self, calls: dict) -> dict:
-        """``{addr: (method, args)}`` on the actors, in parallel; ``{addr: result}``."""
+        """``{addr: (method, args)}`` on the actors, all sent before any reply is read; ``{addr: result}``. A
+        remote exception is raised (with its type) once every reply is in, so the connections stay in step."""
         self._check_client()
-        futs = {}
-        for w, (meth, args) in calls.items():
-            actor = self.actors.get(w)
-            if actor is None:
-                raise ShardStateError(f"no shard actor on worker {w}")
-            futs[w] = getattr(actor, meth)(*args)
-        self.counters["worker_calls"] += len(futs)
-        out = {w: f.result(CALL_TIMEOUT_S) for w, f in futs.items()}
-        if sum(_nbytes(args) for _, args in calls.values()) > _GC_AFTER_BYTES:
-            # distributed keeps an actor call's arguments in a reference cycle until the next collection: big
-            # ones (block data, views of the logged creation record) would stay in driver memory meanwhile
-            gc.collect()
+        conns = {}
+        for w in calls:
+            c = self.conns.get(w)
+            if c is None or c.broken or c.waiting:      # (waiting: a call was interrupted between its halves)
+                raise ShardStateError(f"no usable connection to the shard actor on worker {w}")
+            conns[w] = c
+        out: dict = {}
+        err: Optional[BaseException] = None
+        sent = []
+        try:
+            for w, (meth, args) in calls.items():
+                conns[w].send(meth, args)
+                sent.append(w)
+        except OSError as exc:
+            self._dead.add(w)
+            err = ShardStateError(f"the shard actor on worker {w} is unreachable: {exc}")
+        for w in sent:
+            try:
+                out[w] = conns[w].recv()
+            except OSError as exc:
+                self._dead.add(w)
+                err = err or ShardStateError(f"the shard actor on worker {w} is gone: {type(exc).__name__}: {exc}")
+            except BaseException as exc:
+                err = err or exc
+        self.counters["worker_calls"] += len(sent)
+        if err is not None:
+            raise err
         return out
 
     def _ensure(self) -> None:
@@ -730,11 +746,13 @@ class ShardManager:
         if step0:
             others_idle = not any(self._pending(w, 10 ** 9, plan) or self.dirty.get(w) for w in self.actors
                                   if w not in routed)
-            solo = len(step0) == 1 and not forced and not specs and not removed and others_idle and bool(levels)
+            plain_wave = not forced and not specs and not removed and bool(levels)
+            solo = len(step0) == 1 and plain_wave and others_idle
+            eager = plain_wave and not solo and not any(self.dirty.values())
             self.step_no += 1
             t = time.perf_counter()
             calls = {w: ("step", (self.step_no, plan, order, None, self.sent_to.get(w, 0), routed.get(w, []), [],
-                                  solo, levels)) for w in step0}
+                                  solo, levels, eager)) for w in step0}
             reps = self._call(calls)
             self._reports(reps, trace, "deltas", t)
             if solo:

@@ -1,0 +1,260 @@
+"""The data plane of the shard actors: framed pickle messages over plain TCP sockets (see docs/dask.md, "Why
+actors, and a socket of their own").
+
+Dask starts each :class:`~mmsb.dask._shard_worker.ShardActor` on its worker and tells the driver where the
+actor listens; from then on the driver's calls (one request, one reply, in order, per connection) and the
+messages between workers (one-way) go over these sockets, straight between the two processes: no event-loop
+thread on either side, no scheduler, no Dask message framing. A call costs a few tens of microseconds instead of
+the millisecond (or more under load) of a Dask actor call.
+
+A frame is a header ``(kind, number of buffers, payload length)``, the buffers' lengths, the pickle payload
+(protocol 5) and the out-of-band buffers (numpy arrays travel without a copy into the payload). Every connection
+starts with a hello carrying the buffer's random token, compared in constant time before anything is unpickled:
+only the driver that created the actors (and the actors it introduced to each other) can talk to them.
+"""
+from __future__ import annotations
+
+import hmac
+import pickle
+import socket
+import struct
+import threading
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+REQUEST, OK, ERROR, CAST, HELLO = 1, 2, 3, 4, 5
+_HEAD = struct.Struct("<BIQ")
+_SMALL = 1 << 16
+#: the most bytes one frame may announce (a corrupt or hostile header is refused before allocating)
+MAX_FRAME = 1 << 40
+
+
+class ProtocolError(ConnectionError):
+    """A connection sent something that is not a frame of this protocol (or the wrong token)."""
+
+
+def _recv_exact(sock: socket.socket, mv: memoryview) -> None:
+    while mv.nbytes:
+        n = sock.recv_into(mv)
+        if n == 0:
+            raise ConnectionError("connection closed by the peer")
+        mv = mv[n:]
+
+
+def send_frame(sock: socket.socket, kind: int, obj: Any, dumps: Callable = pickle.dumps) -> int:
+    """Send ``obj`` as one frame; returns the bytes sent."""
+    bufs: list = []
+    data = dumps(obj, protocol=5, buffer_callback=bufs.append)
+    raws = [b.raw() for b in bufs]
+    head = _HEAD.pack(kind, len(raws), len(data)) + struct.pack(f"<{len(raws)}Q", *(r.nbytes for r in raws))
+    total = len(head) + len(data) + sum(r.nbytes for r in raws)
+    if total <= _SMALL:
+        sock.sendall(b"".join([head, data, *raws]))
+    else:
+        sock.sendall(head + data if len(data) <= _SMALL else head)
+        if len(data) > _SMALL:
+            sock.sendall(data)
+        for r in raws:
+            sock.sendall(r)
+    return total
+
+
+def recv_frame(sock: socket.socket) -> tuple[int, Any]:
+    """``(kind, object)`` of the next frame."""
+    head = bytearray(_HEAD.size)
+    _recv_exact(sock, memoryview(head))
+    kind, nbufs, size = _HEAD.unpack(head)
+    if kind not in (REQUEST, OK, ERROR, CAST, HELLO) or nbufs > 1 << 20 or size > MAX_FRAME:
+        raise ProtocolError(f"not an mmsb shard frame (kind {kind}, {nbufs} buffers, {size} bytes)")
+    lens: tuple = ()
+    if nbufs:
+        raw = bytearray(8 * nbufs)
+        _recv_exact(sock, memoryview(raw))
+        lens = struct.unpack(f"<{nbufs}Q", raw)
+        if sum(lens) > MAX_FRAME:
+            raise ProtocolError("an mmsb shard frame announces too many bytes")
+    payload = bytearray(size)
+    _recv_exact(sock, memoryview(payload))
+    bufs = []
+    for n in lens:
+        b = bytearray(n)
+        _recv_exact(sock, memoryview(b))
+        bufs.append(b)
+    return kind, pickle.loads(payload, buffers=bufs)
+
+
+def _nodelay(sock: socket.socket) -> None:
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def bind_host(address: str) -> str:
+    """The interface a worker's actor listens on: the host of the worker's own Dask address (loopback for an
+    in-process worker)."""
+    proto, _, rest = address.partition("://")
+    if proto not in ("tcp", "tls", "ws", "wss") or not rest:
+        return "127.0.0.1"
+    host = rest.rsplit(":", 1)[0]
+    return host.strip("[]") or "127.0.0.1"
+
+
+class Server:
+    """Listens for the driver and the peer actors: runs ``handle(method, args)`` for each request (replying
+    with its result or its exception) and ``cast(method, args)`` for one-way messages, one thread per
+    connection. ``on_driver_lost`` runs when the driver's connection closes; ``alive()`` is polled and the
+    server stops when it turns false (Dask released the actor)."""
+
+    def __init__(self, host: str, token: bytes, handle: Callable, cast: Callable, on_driver_lost: Callable,
+                 alive: Callable[[], bool], poll_s: float = 2.0):
+        self.token = token
+        self.handle, self.cast, self.on_driver_lost, self.alive = handle, cast, on_driver_lost, alive
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.create_server((host, 0), family=family, backlog=64)
+        self.sock.settimeout(poll_s)
+        self.endpoint = (host, self.sock.getsockname()[1])
+        self.closed = False
+        self._conns: set = set()
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, name="mmsb-shard-accept", daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.closed:
+            try:
+                c, _ = self.sock.accept()
+            except TimeoutError:
+                if not self.alive():
+                    self.close()
+                continue
+            except OSError:
+                break
+            c.settimeout(None)
+            _nodelay(c)
+            with self._lock:
+                self._conns.add(c)
+            threading.Thread(target=self._serve, args=(c,), name="mmsb-shard-conn", daemon=True).start()
+
+    def _serve(self, c: socket.socket) -> None:
+        role = None
+        try:
+            kind, hello = recv_frame(c) if self._hello_ok(c) else (None, None)
+            if kind != HELLO:
+                return
+            role = hello
+            while not self.closed:
+                kind, (meth, args) = recv_frame(c)
+                if kind == CAST:
+                    self.cast(meth, args)
+                    continue
+                try:
+                    out = self.handle(meth, args)
+                except BaseException as exc:      # the caller gets it, with its type
+                    send_frame(c, ERROR, _portable(exc))
+                else:
+                    send_frame(c, OK, out)
+        except Exception:                          # closed, reset, or not this protocol: drop the connection
+            pass
+        finally:
+            with self._lock:
+                self._conns.discard(c)
+            c.close()
+            if role == "driver" and not self.closed:
+                self.on_driver_lost()
+
+    def _hello_ok(self, c: socket.socket) -> bool:
+        """The first bytes of a connection: the token's length and the token (checked before any unpickling)."""
+        head = bytearray(4)
+        _recv_exact(c, memoryview(head))
+        n = struct.unpack("<I", head)[0]
+        if n != len(self.token):
+            return False
+        got = bytearray(n)
+        _recv_exact(c, memoryview(got))
+        return hmac.compare_digest(bytes(got), self.token)
+
+    def close(self) -> None:
+        self.closed = True
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        with self._lock:
+            conns, self._conns = list(self._conns), set()
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+def _portable(exc: BaseException) -> BaseException:
+    """``exc`` if it pickles (with the worker's traceback as a note), else an MMSBError saying what it was."""
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-6))
+    try:
+        exc.add_note("on the worker:\n" + tb)
+    except AttributeError:
+        pass
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:
+        from mmsb.errors import MMSBError
+
+        return MMSBError(f"{type(exc).__name__}: {exc} (on the worker:\n{tb})")
+
+
+class Conn:
+    """A client connection to one actor's server: ``call`` (request, reply), ``send``/``recv`` (the two halves,
+    to keep several actors busy at once) and ``cast`` (one-way)."""
+
+    def __init__(self, endpoint: tuple, token: bytes, role: str, timeout: float | None, dumps: Callable):
+        self.endpoint = tuple(endpoint)
+        self.sock = socket.create_connection(self.endpoint, timeout=30)
+        self.sock.settimeout(timeout)
+        _nodelay(self.sock)
+        self.dumps = dumps
+        self.sock.sendall(struct.pack("<I", len(token)) + token)
+        send_frame(self.sock, HELLO, role)
+        self.waiting = 0
+        self.broken = False
+
+    def send(self, meth: str, args: tuple) -> int:
+        try:
+            n = send_frame(self.sock, REQUEST, (meth, args), self.dumps)
+        except BaseException:
+            self.broken = True
+            raise
+        self.waiting += 1
+        return n
+
+    def recv(self) -> Any:
+        """The reply to the oldest request sent; a remote exception is raised here."""
+        try:
+            kind, obj = recv_frame(self.sock)
+        except BaseException:
+            self.broken = True
+            raise
+        self.waiting -= 1
+        if kind == ERROR:
+            raise obj
+        if kind != OK:
+            self.broken = True
+            raise ProtocolError(f"unexpected frame kind {kind} from {self.endpoint}")
+        return obj
+
+    def call(self, meth: str, *args: Any) -> Any:
+        self.send(meth, args)
+        return self.recv()
+
+    def cast(self, meth: str, args: tuple) -> int:
+        try:
+            return send_frame(self.sock, CAST, (meth, args), self.dumps)
+        except BaseException:
+            self.broken = True
+            raise
+
+    def close(self) -> None:
+        self.broken = True
+        try:
+            self.sock.close()
+        except OSError:
+            pass
