@@ -173,11 +173,12 @@ class CommitPipeline:
                     self.counters["conflicts"] += 1
                     raise
             c = _Commit(self.epoch + 1)
-            blind = self._blind(ops) if ops else None
+            point = len(ops) == 1 and tx is None and device_wave is None and not propagate \
+                and type(ops[0]) is Delta and buf._graph.has_rules_from(ops[0].page)
+            blind = self._blind(ops) if ops and not point else None
             if blind is not None:
                 token = self._log_then_apply(c, ops, blind)
-            elif len(ops) == 1 and tx is None and device_wave is None and not propagate \
-                    and (token := self._point(c, ops[0])) is not None:
+            elif point and (token := self._point(c, ops[0])) is not None:
                 pass
             else:
                 try:
