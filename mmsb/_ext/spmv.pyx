@@ -12,6 +12,7 @@ range); a bad index raises ValueError afterwards, when outputs may already be pa
 import numpy as np
 
 from cython.parallel cimport prange
+from libc.math cimport signbit
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 
@@ -28,6 +29,21 @@ cdef extern from *:
     #endif
     """
     void MMSB_SPMV_PREFETCH(const void *p) noexcept nogil
+
+cdef extern from "_spmv_sum.h":
+    int mmsb_spmv_sum_f64_i32(const int64_t *indptr, const int32_t *indices, const double *data, const double *x,
+                              double *y, const int64_t *rows, int64_t count, int64_t nnz, int64_t nx,
+                              int64_t ahead, int nthreads) noexcept nogil
+    int mmsb_spmv_sum_f64_i64(const int64_t *indptr, const int64_t *indices, const double *data, const double *x,
+                              double *y, const int64_t *rows, int64_t count, int64_t nnz, int64_t nx,
+                              int64_t ahead, int nthreads) noexcept nogil
+    int mmsb_spmv_sum_f32_i32(const int64_t *indptr, const int32_t *indices, const float *data, const float *x,
+                              float *y, const int64_t *rows, int64_t count, int64_t nnz, int64_t nx,
+                              int64_t ahead, int nthreads) noexcept nogil
+    int mmsb_spmv_sum_f32_i64(const int64_t *indptr, const int64_t *indices, const float *data, const float *x,
+                              float *y, const int64_t *rows, int64_t count, int64_t nnz, int64_t nx,
+                              int64_t ahead, int nthreads) noexcept nogil
+    int mmsb_sum_set_vector(int on) noexcept nogil
 
 cdef extern from "_threads.h":
     int mmsb_threads() noexcept nogil
@@ -93,11 +109,19 @@ cdef int _gather_ahead = 24     # stored entries ahead whose x is prefetched in 
 
 
 def set_gather_ahead(int entries):
-    """Set how many stored entries ahead the pull SpMV prefetches x (0: no prefetch); returns the old value."""
+    """Set how many stored entries ahead the pull SpMV's scalar loops prefetch x (0: no prefetch); returns the
+    old value."""
     global _gather_ahead
     old = _gather_ahead
     _gather_ahead = max(0, entries)
     return old
+
+
+def set_vector_gather(bint on):
+    """Let the float (plus, times) pull SpMV gather eight x per AVX-512 instruction (float64, int32 indices; the
+    default where this module was built for AVX-512) or use its scalar loop; the values are the same bit for bit.
+    Returns whether the vector path is on (always False at the levels built without AVX-512)."""
+    return bool(mmsb_sum_set_vector(on))
 
 cdef enum:
     ST_OK = 0
@@ -199,12 +223,35 @@ cdef inline int _row(const int64_t *indptr, const index_t *indices, const numeri
     return 0
 
 
+cdef int _spmv_sum(const int64_t *indptr, const index_t *indices, const numeric_t *data, const numeric_t *x,
+                   numeric_t *y, const int64_t *rows, int64_t count, int64_t nnz, int64_t nx,
+                   int nthreads) noexcept nogil:
+    """Float (plus, times) rows in eight interleaved partial sums each (mmsb/_ext/_spmv_sum.h), the same value at
+    every SIMD level; the number of bad rows (other types are not summed here: -1)."""
+    if numeric_t is double:
+        if index_t is int32_t:
+            return mmsb_spmv_sum_f64_i32(indptr, indices, data, x, y, rows, count, nnz, nx, _gather_ahead, nthreads)
+        return mmsb_spmv_sum_f64_i64(indptr, indices, data, x, y, rows, count, nnz, nx, _gather_ahead, nthreads)
+    elif numeric_t is float:
+        if index_t is int32_t:
+            return mmsb_spmv_sum_f32_i32(indptr, indices, data, x, y, rows, count, nnz, nx, _gather_ahead, nthreads)
+        return mmsb_spmv_sum_f32_i64(indptr, indices, data, x, y, rows, count, nnz, nx, _gather_ahead, nthreads)
+    return -1
+
+
 cdef int _spmv_kernel(const int64_t *indptr, const index_t *indices, const numeric_t *data,
                       const numeric_t *x, numeric_t *y, const int64_t *rows, int64_t count, int64_t nnz,
-                      int64_t nx, int add_op, int mul_op, numeric_t zero, int nthreads) noexcept nogil:
-    """Rows 0..count-1 (or rows[0..count-1]) in parallel; the common semirings get constant-folded loops."""
+                      int64_t nx, int add_op, int mul_op, numeric_t zero, bint lanes,
+                      int nthreads) noexcept nogil:
+    """Rows 0..count-1 (or rows[0..count-1]) in parallel; the common semirings get constant-folded loops, the
+    float (plus, times) one (``lanes``) eight partial sums per row."""
     cdef int64_t r, i
     cdef int bad = 0
+    if lanes:
+        bad = _spmv_sum(indptr, indices, data, x, y, rows, count, nnz, nx, nthreads)
+        if bad >= 0:
+            return ST_BAD_INDEX if bad else ST_OK
+        bad = 0
     for r in prange(count, schedule="guided", num_threads=nthreads):
         i = r if rows == NULL else rows[r]
         if add_op == OP_PLUS and mul_op == OP_TIMES:
@@ -231,14 +278,18 @@ cdef _spmv_run(const int64_t[::1] indptr, const index_t[::1] indices, const nume
     cdef int status
     cdef const int64_t *rows_ptr = NULL
     cdef int64_t count = y.shape[0] if all_rows else rows.shape[0]
+    cdef bint lanes = False
     if count == 0:
         return
     if not all_rows:
         rows_ptr = &rows[0]
+    if numeric_t is double or numeric_t is float:
+        lanes = add_op == OP_PLUS and mul_op == OP_TIMES and zero[0] == 0 and not signbit(zero[0])
     with nogil:
         status = _spmv_kernel(&indptr[0], &indices[0] if indices.shape[0] else NULL,
                               &data[0] if data.shape[0] else NULL, &x[0] if x.shape[0] else NULL, &y[0],
-                              rows_ptr, count, indices.shape[0], x.shape[0], add_op, mul_op, zero[0], nthreads)
+                              rows_ptr, count, indices.shape[0], x.shape[0], add_op, mul_op, zero[0], lanes,
+                              nthreads)
     _raise_status(status)
 
 
@@ -262,7 +313,10 @@ def spmv(indptr, indices, data, x, y, int add_op, int mul_op, zero, rows=None, i
     ``(indptr, indices, data)`` is A in CSR form (int64 index arrays); ``x`` has one entry per column and ``y``
     one per row (``len(indptr) - 1``); ``y`` is written in place and rows not listed are left untouched.
     Entries with ``x[j] == zero`` are skipped. Rows run in parallel on ``nthreads`` OpenMP threads
-    (0: the thread policy's count, see ``set_threads``).
+    (0: the thread policy's count, see ``set_threads``). Float (plus, times) with zero +0.0 sums each row in eight
+    interleaved partial sums (entry k of a row starting at ks goes to lane (k - ks) % 8; the lanes are added as
+    ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))), the same value at every SIMD level and in the twin;
+    other semirings fold the row in order.
     """
     indptr, indices, data, x, y, rows, z, n = spmv_args(indptr, indices, data, x, y, add_op, mul_op, zero, rows)
     sel = np.empty(1, dtype=np.int64) if rows is None else rows
