@@ -146,8 +146,8 @@ def lane_sum_row(data, xs):
        st.booleans(), st.booleans(), st.sampled_from([0, 1, 2]))
 def test_spmv_plus_times_float_lanes_bit_for_bit(kern, vector, seed, n, m, dtype, narrow, specials, nthreads):
     """Float (plus, times): the twin and every SIMD level (vector gathers on or off, int32 or int64 indices, any
-    thread count) give the documented eight-lane sum bit for bit (signed zeros included), on rows of 0 to 60 real-valued entries with
-    zeros (skipped, even against inf) and, with ``specials``, inf and NaN."""
+    thread count) give the documented eight-lane sum bit for bit (signed zeros included), on rows of 0 to 60
+    real-valued entries with zeros (skipped, even against inf) and, with ``specials``, inf and NaN."""
     rng = np.random.default_rng(seed)
     lens = rng.integers(0, m + 1, n)
     indptr = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
