@@ -434,3 +434,44 @@ def test_integer_zero_maps_infinity(kern):
     y = np.zeros(2, dtype=np.int32)
     kern.spmv(indptr, indices, data, x, y, OP_MIN, OP_PLUS, np.inf)
     np.testing.assert_array_equal(y, [4, np.iinfo(np.int32).max])
+
+
+@SETTINGS
+@given(params, st.sampled_from([0, 1, 2]), st.booleans())
+def test_spmv_old_out_keeps_old_values_and_counts_changes(kern, p, nthreads, narrow):
+    """``old_out``: y's values before the call, the same y as without it, and the number of rows that changed
+    (NaN equal to NaN) as numpy counts it."""
+    (name, dtype), seed, n, m, density = p
+    rng = np.random.default_rng(seed)
+    indptr, indices, data, _ = random_csr(rng, n, m, density, name, dtype)
+    x = values(rng, name, dtype, m)
+    x[rng.random(m) < 0.2] = zero_of(name, dtype)
+    add, mul, zero = SEMIRINGS[name][:3]
+    y0 = values(rng, name, dtype, n)
+    if n and rng.random() < 0.5:
+        y_plain = y0.copy()
+        kern.spmv(indptr, indices, data, x, y_plain, add, mul, zero)
+        y0[: n // 2] = y_plain[: n // 2]                 # some rows already hold their new value
+    y_plain, y = y0.copy(), y0.copy()
+    kern.spmv(indptr, indices, data, x, y_plain, add, mul, zero, nthreads=nthreads)
+    old = np.full(n, 3, dtype=dtype)
+    moved = kern.spmv(indptr, indices.astype(np.int32) if narrow else indices, data, x, y, add, mul, zero,
+                      nthreads=nthreads, old_out=old)
+    np.testing.assert_array_equal(old, y0)
+    np.testing.assert_array_equal(y, y_plain)
+    diff = y != y0
+    if y.dtype.kind == "f":
+        diff &= ~(np.isnan(y) & np.isnan(y0))
+    assert moved == int(np.count_nonzero(diff))
+
+
+def test_spmv_old_out_validation(kern):
+    indptr = np.array([0, 1, 2], dtype=np.int64)
+    indices = np.array([1, 0], dtype=np.int64)
+    data, x, y = np.array([1.0, 2.0]), np.array([1.0, 2.0]), np.zeros(2)
+    for bad in (np.zeros(3), np.zeros(2, dtype=np.float32), [0.0, 0.0]):
+        with pytest.raises(ValueError, match="old_out"):
+            kern.spmv(indptr, indices, data, x, y, OP_PLUS, OP_TIMES, 0.0, old_out=bad)
+    with pytest.raises(ValueError, match="rows=None"):
+        kern.spmv(indptr, indices, data, x, y, OP_PLUS, OP_TIMES, 0.0, rows=np.array([0]), old_out=np.zeros(2))
+    np.testing.assert_array_equal(y, [0.0, 0.0])         # nothing was written

@@ -8,8 +8,8 @@
  * count and the numpy twin (mmsb/_ref/spmv.py) give the same value bit for bit. (Adding +0.0 for a skipped entry
  * equals skipping it: a lane that starts at +0.0 never becomes -0.0 under round-to-nearest.)
  *
- * Each function returns 1, leaving y[i] untouched, when the row's range or one of its column indices is out of
- * bounds (x is never read out of range: a bad index is clamped to 0 for the load, then reported), else 0.
+ * Each row function returns 1 when the row's range or one of its column indices is out of bounds (x is never
+ * read out of range: a bad index is clamped to 0 for the load, then reported), else 0 and the value in *out.
  * `ahead` > 0 prefetches x[indices[k + ahead]] in the scalar code (the gathers keep eight loads in flight, so the
  * vector code does not prefetch).
  */
@@ -49,8 +49,8 @@ static int mmsb_sum_vector = MMSB_SUM_VECTOR;
     }
 
 #define MMSB_DEFINE_ROWSUM_SCALAR(NAME, REAL, INDEX)                                                              \
-    static inline int NAME(const int64_t *indptr, const INDEX *indices, const REAL *data, const REAL *x, REAL *y, \
-                           int64_t i, int64_t nnz, int64_t nx, int64_t ahead)                                     \
+    static inline int NAME(const int64_t *indptr, const INDEX *indices, const REAL *data, const REAL *x,         \
+                           int64_t i, int64_t nnz, int64_t nx, int64_t ahead, REAL *out)                          \
     {                                                                                                             \
         int64_t ks = indptr[i], ke = indptr[i + 1], k, r;                                                         \
         REAL s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0;                                      \
@@ -71,7 +71,7 @@ static int mmsb_sum_vector = MMSB_SUM_VECTOR;
         if (r > 6) MMSB_SUM_LANE(REAL, 6)                                                                         \
         if (bad)                                                                                                  \
             return 1;                                                                                             \
-        y[i] = ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7));                                                 \
+        *out = ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7));                                                 \
         return 0;                                                                                                 \
     }
 
@@ -92,8 +92,8 @@ static inline double mmsb_sum_tree512(__m512d s)
 }
 
 static inline int mmsb_rowsum_vector_f64_i32(const int64_t *indptr, const int32_t *indices, const double *data,
-                                             const double *x, double *y, int64_t i, int64_t nnz, int64_t nx,
-                                             int64_t ahead)
+                                             const double *x, int64_t i, int64_t nnz, int64_t nx, int64_t ahead,
+                                             double *out)
 {
     int64_t ks = indptr[i], ke = indptr[i + 1], k;
     const __m512d zero = _mm512_setzero_pd();
@@ -123,21 +123,38 @@ static inline int mmsb_rowsum_vector_f64_i32(const int64_t *indptr, const int32_
     }
     if (bad)
         return 1;
-    y[i] = mmsb_sum_tree512(s);
+    *out = mmsb_sum_tree512(s);
     return 0;
 }
 #endif
 
-/* All rows (rows == NULL) or rows[0..count-1] on nthreads OpenMP threads; the number of bad rows. */
+/* All rows (rows == NULL) or rows[0..count-1] on nthreads OpenMP threads; the number of bad rows. With
+ * old != NULL, old[i] receives y[i] before it is overwritten and *moved the number of rows whose value changed
+ * (NaN equal to NaN, -0.0 equal to +0.0: as mmsb.propagate.changed_positions). */
 #define MMSB_DEFINE_SPMV_SUM(NAME, ROW, REAL, INDEX)                                                              \
     static int NAME(const int64_t *indptr, const INDEX *indices, const REAL *data, const REAL *x, REAL *y,        \
-                    const int64_t *rows, int64_t count, int64_t nnz, int64_t nx, int64_t ahead, int nthreads)    \
+                    const int64_t *rows, int64_t count, int64_t nnz, int64_t nx, int64_t ahead, int nthreads,    \
+                    REAL *old, int64_t *moved)                                                                    \
     {                                                                                                             \
-        int64_t r;                                                                                                \
+        int64_t r, i, changed = 0;                                                                                \
         int bad = 0;                                                                                              \
-        _Pragma("omp parallel for schedule(guided) num_threads(nthreads) reduction(+:bad)")                       \
-        for (r = 0; r < count; r++)                                                                               \
-            bad += ROW(indptr, indices, data, x, y, rows == NULL ? r : rows[r], nnz, nx, ahead);                  \
+        REAL v, o;                                                                                                \
+        _Pragma("omp parallel for schedule(guided) num_threads(nthreads) reduction(+:bad, changed) private(i, v, o)") \
+        for (r = 0; r < count; r++) {                                                                             \
+            i = rows == NULL ? r : rows[r];                                                                       \
+            if (ROW(indptr, indices, data, x, i, nnz, nx, ahead, &v)) {                                           \
+                bad++;                                                                                            \
+                continue;                                                                                         \
+            }                                                                                                     \
+            if (old != NULL) {                                                                                    \
+                o = y[i];                                                                                         \
+                old[i] = o;                                                                                       \
+                changed += v != o && (v == v || o == o);                                                          \
+            }                                                                                                     \
+            y[i] = v;                                                                                             \
+        }                                                                                                         \
+        if (moved != NULL)                                                                                        \
+            *moved = changed;                                                                                     \
         return bad;                                                                                               \
     }
 
@@ -151,13 +168,14 @@ MMSB_DEFINE_SPMV_SUM(mmsb_spmv_sum_f32_i64, mmsb_rowsum_f32_i64, float, int64_t)
 
 static int mmsb_spmv_sum_f64_i32(const int64_t *indptr, const int32_t *indices, const double *data, const double *x,
                                  double *y, const int64_t *rows, int64_t count, int64_t nnz, int64_t nx,
-                                 int64_t ahead, int nthreads)
+                                 int64_t ahead, int nthreads, double *old, int64_t *moved)
 {
 #if MMSB_SUM_VECTOR
     if (mmsb_sum_vector && nx <= INT32_MAX)     /* (one check per call: a check per row costs an inlined loop) */
-        return mmsb_spmv_vector_f64_i32(indptr, indices, data, x, y, rows, count, nnz, nx, ahead, nthreads);
+        return mmsb_spmv_vector_f64_i32(indptr, indices, data, x, y, rows, count, nnz, nx, ahead, nthreads, old,
+                                        moved);
 #endif
-    return mmsb_spmv_scalar_f64_i32(indptr, indices, data, x, y, rows, count, nnz, nx, ahead, nthreads);
+    return mmsb_spmv_scalar_f64_i32(indptr, indices, data, x, y, rows, count, nnz, nx, ahead, nthreads, old, moved);
 }
 
 /* turn the gather path on or off (a no-op where it was not built); returns whether it is on */

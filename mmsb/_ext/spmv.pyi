@@ -17,8 +17,10 @@ def spmv(
     zero: Any,
     rows: npt.ArrayLike | None = None,
     nthreads: int = 0,
-) -> None:
-    """Pull SpMV ``y[i] = zero ⊕ (⊕_k data[k] ⊗ x[indices[k]])`` for all rows or only ``rows`` (in place)."""
+    old_out: Optional[np.ndarray] = None,
+) -> Optional[int]:
+    """Pull SpMV ``y[i] = zero ⊕ (⊕_k data[k] ⊗ x[indices[k]])`` for all rows or only ``rows`` (in place); with
+    ``old_out`` (all rows), y's old values go there and the number of changed rows is returned."""
 
 def push(
     indptr_t: npt.ArrayLike,

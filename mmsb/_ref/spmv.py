@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from mmsb._ops import OP_MAX, OP_MIN, OP_PLUS, OP_TIMES
-from mmsb._validate import closure_args, push_args, spmv_args
+from mmsb._validate import closure_args, push_args, spmv_args, spmv_old_out
 
 __all__ = ["spmv", "push", "closure", "set_threads", "threads"]
 
@@ -43,7 +43,7 @@ def _laned(dtype, add_op, mul_op, zero) -> bool:
             and not np.signbit(zero))
 
 
-def spmv(indptr, indices, data, x, y, add_op, mul_op, zero, rows=None, nthreads=0):
+def spmv(indptr, indices, data, x, y, add_op, mul_op, zero, rows=None, nthreads=0, old_out=None):
     """Pull SpMV ``y[i] = zero ⊕ (⊕_k data[k] ⊗ x[indices[k]])`` for all rows, or only ``rows``.
 
     ``y`` (length ``len(indptr) - 1``) is written in place; rows not listed are left untouched. Entries with
@@ -51,9 +51,25 @@ def spmv(indptr, indices, data, x, y, add_op, mul_op, zero, rows=None, nthreads=
     Float (plus, times) with zero +0.0 sums each row in ``LANES`` interleaved partial sums, as the compiled kernel
     does (entry k of a row starting at ks goes to lane (k - ks) % 8; the lanes are added as
     ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))): the same value bit for bit.
+    ``old_out`` (an array like ``y``; only with ``rows=None``) receives y's values before the call; the call then
+    returns the number of rows whose value changed (NaN equal to NaN, -0.0 to +0.0), else None.
     """
     indptr, indices, data, x, y, rows, z, n = spmv_args(indptr, indices, data, x, y, add_op, mul_op, zero, rows,
                                                         structure=True)
+    old = spmv_old_out(old_out, y, rows)
+    if old is not None:
+        old[:] = y
+        _spmv(indptr, indices, data, x, y, add_op, mul_op, z, n, None)
+        moved = y != old
+        if y.dtype.kind == "f":
+            moved &= ~(np.isnan(y) & np.isnan(old))
+        return int(np.count_nonzero(moved))
+    _spmv(indptr, indices, data, x, y, add_op, mul_op, z, n, rows)
+    return None
+
+
+def _spmv(indptr, indices, data, x, y, add_op, mul_op, z, n, rows) -> None:
+    """spmv on checked arguments."""
     sel = np.arange(n, dtype=np.int64) if rows is None else rows
     k, owner = _gather(indptr, sel)
     xv = x[indices[k]]
