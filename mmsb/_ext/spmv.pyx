@@ -51,6 +51,7 @@ cdef extern from "_spmv_sum.h":
 
 cdef extern from "_threads.h":
     int mmsb_threads() noexcept nogil
+    int mmsb_threads_dynamic() noexcept nogil
     void mmsb_threads_set(int max_threads, int cpus, int adapt) noexcept nogil
 
 cdef extern from "_pclosure.h":
@@ -347,8 +348,8 @@ def spmv(indptr, indices, data, x, y, int add_op, int mul_op, zero, rows=None, i
 
     ``(indptr, indices, data)`` is A in CSR form (int64 index arrays); ``x`` has one entry per column and ``y``
     one per row (``len(indptr) - 1``); ``y`` is written in place and rows not listed are left untouched.
-    Entries with ``x[j] == zero`` are skipped. Rows run in parallel on ``nthreads`` OpenMP threads
-    (0: the thread policy's count, see ``set_threads``). Float (plus, times) with zero +0.0 sums each row in eight
+    Entries with ``x[j] == zero`` are skipped. Rows run in parallel, in guided chunks, on ``nthreads`` OpenMP
+    threads (0: the thread policy's count for such work, ``mmsb_threads_dynamic`` in _threads.h). Float (plus, times) with zero +0.0 sums each row in eight
     interleaved partial sums (entry k of a row starting at ks goes to lane (k - ks) % 8; the lanes are added as
     ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))), the same value at every SIMD level and in the twin;
     other semirings fold the row in order.
@@ -360,7 +361,7 @@ def spmv(indptr, indices, data, x, y, int add_op, int mul_op, zero, rows=None, i
     old = spmv_old_out(old_out, y, rows)
     sel = np.empty(1, dtype=np.int64) if rows is None else rows
     if nthreads <= 0:
-        nthreads = mmsb_threads()
+        nthreads = mmsb_threads_dynamic()
     keep = y[:0] if old is None else old
     if indices.dtype == np.int32 and y.dtype in _HOT:
         moved = _spmv_typed32(indptr, indices, data, x, y, sel, rows is None, add_op, mul_op, z, nthreads, keep)
