@@ -349,9 +349,10 @@ def spmv(indptr, indices, data, x, y, int add_op, int mul_op, zero, rows=None, i
     ``(indptr, indices, data)`` is A in CSR form (int64 index arrays); ``x`` has one entry per column and ``y``
     one per row (``len(indptr) - 1``); ``y`` is written in place and rows not listed are left untouched.
     Entries with ``x[j] == zero`` are skipped. Rows run in parallel, in guided chunks, on ``nthreads`` OpenMP
-    threads (0: the thread policy's count for such work, ``mmsb_threads_dynamic`` in _threads.h). Float (plus, times) with zero +0.0 sums each row in eight
-    interleaved partial sums (entry k of a row starting at ks goes to lane (k - ks) % 8; the lanes are added as
-    ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))), the same value at every SIMD level and in the twin;
+    threads (0: the thread policy's count for such work, ``mmsb_threads_dynamic`` in _threads.h). Float
+    (plus, times) with zero +0.0 sums each row in eight interleaved partial sums (entry k of a row starting at ks
+    goes to lane (k - ks) % 8; the lanes are added as ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))), the
+    same value at every SIMD level and in the twin;
     other semirings fold the row in order.
     ``old_out`` (an array like ``y``; only with ``rows=None``) receives y's values before the call, in the same
     pass; the call then returns the number of rows whose value changed (NaN equal to NaN, -0.0 to +0.0), else
