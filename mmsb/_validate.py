@@ -152,6 +152,19 @@ def spmv_args(indptr, indices, data, x, y, add_op, mul_op, zero, rows, structure
     return indptr, indices, data, x, y, rows, zero_array(zero, y.dtype), n
 
 
+def spmv_old_out(old_out, y, rows):
+    """The checked ``old_out`` of ``spmv`` (an array like ``y``, for a call over every row), or None."""
+    if old_out is None:
+        return None
+    if rows is not None:
+        raise ValueError("old_out is only supported for a product over every row (rows=None)")
+    old_out = value_array(old_out, "old_out", out=True)
+    if old_out.dtype != y.dtype or old_out.size != y.size:
+        raise ValueError(f"old_out must have y's dtype {y.dtype} and length {y.size}, got {old_out.dtype} and "
+                         f"{old_out.size}")
+    return old_out
+
+
 def push_args(indptr_t, indices_t, data_t, idx, vals, y, add_op, mul_op, zero, structure: bool = False):
     """The checked arguments of ``push``: ``(indptr_t, indices_t, data_t, idx, vals, y, zero array)``."""
     check_ops(add_op, mul_op)

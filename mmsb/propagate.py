@@ -493,15 +493,27 @@ class Engine:
     def _links_all_rows(self, name: str, rules: list[Rule], y: np.ndarray, sr: Semiring,
                         undo: UndoLog) -> Optional[Change]:
         """Recompute every row of a link target; the positions that changed and their old values."""
-        before = y.copy()
-        self._pull_rows(rules, None, y, sr)
+        codes = sr.codes_for(y.dtype)
+        if codes is not None and len(rules) == 1:
+            # one kernel pass keeps the old values and counts the changed rows (no separate copy and compare)
+            A = rules[0].matrix
+            before = np.empty_like(y)
+            count = _kernels.spmv.spmv(A.indptr, A.indices, _kview(A.data), _kview(self._x(rules[0], y.dtype)),
+                                       _kview(y), codes[0], codes[1], _kview(np.array([sr.zero_for(y.dtype)]))[0],
+                                       None, self.nthreads, _kview(before))
+            moved = None
+        else:
+            before = y.copy()
+            self._pull_rows(rules, None, y, sr)
+            moved = changed_positions(y, before)
+            count = int(np.count_nonzero(moved))
         self.stats.rows_recomputed += int(y.size)
-        moved = changed_positions(y, before)
-        count = int(np.count_nonzero(moved))
         if not count:
             return None
         if count == y.size:
             return self._record(name, full_index(y.size), before, undo)
+        if moved is None:
+            moved = changed_positions(y, before)
         idx = np.flatnonzero(moved).astype(np.int64, copy=False)
         return self._record(name, idx, before[idx], undo)
 

@@ -6,6 +6,13 @@
  * thread itself): with r tasks runnable on a machine of c CPUs, r - 1 of them belong to others, and the kernel
  * takes at most c - (r - 1) threads, never fewer than one. The file is re-read at most every
  * MMSB_THREADS_RECHECK_NS (a few microseconds each time); where it cannot be read the maximum is used.
+ *
+ * mmsb_threads_dynamic() is the count for a single pass whose work is taken in dynamic or guided chunks (the pull
+ * SpMV, scatter, masked merge): while the machine is busy it takes one thread more than the free CPUs (still at
+ * most the maximum). A thread that shares a CPU with another task then only takes fewer chunks, nobody waits for
+ * it, and the kernel keeps its fair share of that CPU: with one busy process on two CPUs, two threads get about
+ * 4/3 of a CPU where one thread gets one. Kernels with many barriers (the parallel closure's rounds) keep
+ * mmsb_threads(): there a descheduled thread stalls every round.
  */
 #ifndef MMSB_THREADS_H
 #define MMSB_THREADS_H
@@ -69,24 +76,37 @@ static int mmsb_threads_running(void)
     return (int)strtol(p, NULL, 10);
 }
 
-static int mmsb_threads(void)
+/* CPUs not kept busy by other tasks (at least 1; the maximum n where unknown or adaptation is off) */
+static int mmsb_threads_free(int n)
 {
     struct timespec ts;
     long long now;
-    int n = mmsb_threads_configured(), running, free_cpus;
+    int running, free_cpus;
     if (n == 1 || !mmsb_thr_adapt || mmsb_thr_cpus <= 0)
         return n;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     now = (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
     if (now < mmsb_thr_next && mmsb_thr_cached > 0)
-        return mmsb_thr_cached < n ? mmsb_thr_cached : n;
+        return mmsb_thr_cached;
     running = mmsb_threads_running();
     free_cpus = running <= 0 ? n : mmsb_thr_cpus - (running - 1);
     if (free_cpus < 1)
         free_cpus = 1;
     mmsb_thr_cached = free_cpus;
     mmsb_thr_next = now + MMSB_THREADS_RECHECK_NS;
+    return free_cpus;
+}
+
+static int mmsb_threads(void)
+{
+    int n = mmsb_threads_configured(), free_cpus = mmsb_threads_free(n);
     return free_cpus < n ? free_cpus : n;
+}
+
+static int mmsb_threads_dynamic(void)
+{
+    int n = mmsb_threads_configured(), free_cpus = mmsb_threads_free(n);
+    return free_cpus < n ? free_cpus + 1 : n;
 }
 
 #endif

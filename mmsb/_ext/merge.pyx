@@ -41,6 +41,7 @@ cdef extern from *:
 
 cdef extern from "_threads.h":
     int mmsb_threads() noexcept nogil
+    int mmsb_threads_dynamic() noexcept nogil
     void mmsb_threads_set(int max_threads, int cpus, int adapt) noexcept nogil
 
 cdef enum:
@@ -55,8 +56,9 @@ cdef enum:
 
 
 cdef inline int _parts() noexcept nogil:
-    """Threads for one kernel call: the thread policy's count now (mmsb/_ext/_threads.h), at most MAX_PARTS."""
-    cdef int p = mmsb_threads()
+    """Threads for one kernel call: the thread policy's count now for work taken in dynamic chunks
+    (mmsb/_ext/_threads.h), at most MAX_PARTS."""
+    cdef int p = mmsb_threads_dynamic()
     if p < 1:
         return 1
     return p if p < MAX_PARTS else MAX_PARTS

@@ -17,8 +17,10 @@ def spmv(
     zero: Any,
     rows: npt.ArrayLike | None = None,
     nthreads: int = 0,
-) -> None:
-    """Pull SpMV ``y[i] = zero ⊕ (⊕_k data[k] ⊗ x[indices[k]])`` for all rows or only ``rows`` (in place)."""
+    old_out: Optional[np.ndarray] = None,
+) -> Optional[int]:
+    """Pull SpMV ``y[i] = zero ⊕ (⊕_k data[k] ⊗ x[indices[k]])`` for all rows or only ``rows`` (in place); with
+    ``old_out`` (all rows), y's old values go there and the number of changed rows is returned."""
 
 def push(
     indptr_t: npt.ArrayLike,
@@ -49,3 +51,5 @@ def closure(
     """Semi-naive least fixpoint (idempotent ⊕) from ``frontier``; returns the sorted unique changed entries."""
 def set_threads(max_threads: int, cpus: int, adapt: bool = True) -> None: ...
 def threads() -> int: ...
+def set_gather_ahead(entries: int) -> int: ...
+def set_vector_gather(on: bool) -> bool: ...

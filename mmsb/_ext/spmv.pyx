@@ -12,12 +12,13 @@ range); a bad index raises ValueError afterwards, when outputs may already be pa
 import numpy as np
 
 from cython.parallel cimport prange
+from libc.math cimport signbit
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 
 from mmsb._ext._types cimport OP_MAX, OP_MIN, OP_PLUS, OP_TIMES, apply_op, index_t, numeric_t
 
-from mmsb._validate import closure_args, push_args, spmv_args
+from mmsb._validate import closure_args, push_args, spmv_args, spmv_old_out
 
 cdef extern from *:
     """
@@ -29,8 +30,28 @@ cdef extern from *:
     """
     void MMSB_SPMV_PREFETCH(const void *p) noexcept nogil
 
+cdef extern from "_spmv_sum.h":
+    int mmsb_spmv_sum_f64_i32(const int64_t *indptr, const int32_t *indices, const double *data, const double *x,
+                              double *y, const int64_t *rows, int64_t count, int64_t nnz, int64_t nx,
+                              int64_t ahead, int nthreads, double *old,
+                              int64_t *moved) noexcept nogil
+    int mmsb_spmv_sum_f64_i64(const int64_t *indptr, const int64_t *indices, const double *data, const double *x,
+                              double *y, const int64_t *rows, int64_t count, int64_t nnz, int64_t nx,
+                              int64_t ahead, int nthreads, double *old,
+                              int64_t *moved) noexcept nogil
+    int mmsb_spmv_sum_f32_i32(const int64_t *indptr, const int32_t *indices, const float *data, const float *x,
+                              float *y, const int64_t *rows, int64_t count, int64_t nnz, int64_t nx,
+                              int64_t ahead, int nthreads, float *old,
+                              int64_t *moved) noexcept nogil
+    int mmsb_spmv_sum_f32_i64(const int64_t *indptr, const int64_t *indices, const float *data, const float *x,
+                              float *y, const int64_t *rows, int64_t count, int64_t nnz, int64_t nx,
+                              int64_t ahead, int nthreads, float *old,
+                              int64_t *moved) noexcept nogil
+    int mmsb_sum_set_vector(int on) noexcept nogil
+
 cdef extern from "_threads.h":
     int mmsb_threads() noexcept nogil
+    int mmsb_threads_dynamic() noexcept nogil
     void mmsb_threads_set(int max_threads, int cpus, int adapt) noexcept nogil
 
 cdef extern from "_pclosure.h":
@@ -93,11 +114,19 @@ cdef int _gather_ahead = 24     # stored entries ahead whose x is prefetched in 
 
 
 def set_gather_ahead(int entries):
-    """Set how many stored entries ahead the pull SpMV prefetches x (0: no prefetch); returns the old value."""
+    """Set how many stored entries ahead the pull SpMV's scalar loops prefetch x (0: no prefetch); returns the
+    old value."""
     global _gather_ahead
     old = _gather_ahead
     _gather_ahead = max(0, entries)
     return old
+
+
+def set_vector_gather(bint on):
+    """Let the float (plus, times) pull SpMV gather eight x per AVX-512 instruction (float64, int32 indices; the
+    default where this module was built for AVX-512) or use its scalar loop; the values are the same bit for bit.
+    Returns whether the vector path is on (always False at the levels built without AVX-512)."""
+    return bool(mmsb_sum_set_vector(on))
 
 cdef enum:
     ST_OK = 0
@@ -199,79 +228,148 @@ cdef inline int _row(const int64_t *indptr, const index_t *indices, const numeri
     return 0
 
 
+cdef int _spmv_sum(const int64_t *indptr, const index_t *indices, const numeric_t *data, const numeric_t *x,
+                   numeric_t *y, const int64_t *rows, int64_t count, int64_t nnz, int64_t nx, int nthreads,
+                   numeric_t *old, int64_t *moved) noexcept nogil:
+    """Float (plus, times) rows in eight interleaved partial sums each (mmsb/_ext/_spmv_sum.h), the same value at
+    every SIMD level; the number of bad rows (other types are not summed here: -1)."""
+    if numeric_t is double:
+        if index_t is int32_t:
+            return mmsb_spmv_sum_f64_i32(indptr, indices, data, x, y, rows, count, nnz, nx, _gather_ahead, nthreads,
+                                         old, moved)
+        return mmsb_spmv_sum_f64_i64(indptr, indices, data, x, y, rows, count, nnz, nx, _gather_ahead, nthreads,
+                                     old, moved)
+    elif numeric_t is float:
+        if index_t is int32_t:
+            return mmsb_spmv_sum_f32_i32(indptr, indices, data, x, y, rows, count, nnz, nx, _gather_ahead, nthreads,
+                                         old, moved)
+        return mmsb_spmv_sum_f32_i64(indptr, indices, data, x, y, rows, count, nnz, nx, _gather_ahead, nthreads,
+                                     old, moved)
+    return -1
+
+
+cdef inline int _row_old(const int64_t *indptr, const index_t *indices, const numeric_t *data, const numeric_t *x,
+                         numeric_t *y, int64_t i, int64_t nnz, int64_t nx, int add_op, int mul_op, numeric_t zero,
+                         numeric_t *old, int64_t *moved) noexcept nogil:
+    """``_row``, keeping y[i]'s old value in old[i] (when old is not NULL) and counting a change in moved[0]."""
+    cdef numeric_t o
+    cdef numeric_t v
+    if old == NULL:
+        return _row(indptr, indices, data, x, y, i, nnz, nx, add_op, mul_op, zero)
+    o = y[i]
+    if _row(indptr, indices, data, x, y, i, nnz, nx, add_op, mul_op, zero):
+        return 1
+    v = y[i]
+    old[i] = o
+    if v != o and (v == v or o == o):
+        moved[0] += 1
+    return 0
+
+
 cdef int _spmv_kernel(const int64_t *indptr, const index_t *indices, const numeric_t *data,
                       const numeric_t *x, numeric_t *y, const int64_t *rows, int64_t count, int64_t nnz,
-                      int64_t nx, int add_op, int mul_op, numeric_t zero, int nthreads) noexcept nogil:
-    """Rows 0..count-1 (or rows[0..count-1]) in parallel; the common semirings get constant-folded loops."""
+                      int64_t nx, int add_op, int mul_op, numeric_t zero, bint lanes, int nthreads,
+                      numeric_t *old, int64_t *moved) noexcept nogil:
+    """Rows 0..count-1 (or rows[0..count-1]) in parallel; the common semirings get constant-folded loops, the
+    float (plus, times) one (``lanes``) eight partial sums per row. With ``old`` (all rows only), old[i] receives
+    y[i]'s value before and moved[0] the number of rows whose value changed (NaN equal to NaN)."""
     cdef int64_t r, i
     cdef int bad = 0
+    cdef int64_t changed = 0, one
+    if lanes:
+        bad = _spmv_sum(indptr, indices, data, x, y, rows, count, nnz, nx, nthreads, old, moved)
+        if bad >= 0:
+            return ST_BAD_INDEX if bad else ST_OK
+        bad = 0
     for r in prange(count, schedule="guided", num_threads=nthreads):
         i = r if rows == NULL else rows[r]
+        one = 0
         if add_op == OP_PLUS and mul_op == OP_TIMES:
-            bad += _row(indptr, indices, data, x, y, i, nnz, nx, OP_PLUS, OP_TIMES, zero)
+            bad += _row_old(indptr, indices, data, x, y, i, nnz, nx, OP_PLUS, OP_TIMES, zero, old, &one)
         elif add_op == OP_MIN and mul_op == OP_PLUS:
-            bad += _row(indptr, indices, data, x, y, i, nnz, nx, OP_MIN, OP_PLUS, zero)
+            bad += _row_old(indptr, indices, data, x, y, i, nnz, nx, OP_MIN, OP_PLUS, zero, old, &one)
         elif add_op == OP_MAX and mul_op == OP_PLUS:
-            bad += _row(indptr, indices, data, x, y, i, nnz, nx, OP_MAX, OP_PLUS, zero)
+            bad += _row_old(indptr, indices, data, x, y, i, nnz, nx, OP_MAX, OP_PLUS, zero, old, &one)
         elif add_op == OP_MAX and mul_op == OP_TIMES:
-            bad += _row(indptr, indices, data, x, y, i, nnz, nx, OP_MAX, OP_TIMES, zero)
+            bad += _row_old(indptr, indices, data, x, y, i, nnz, nx, OP_MAX, OP_TIMES, zero, old, &one)
         elif add_op == OP_MAX and mul_op == OP_MIN:
-            bad += _row(indptr, indices, data, x, y, i, nnz, nx, OP_MAX, OP_MIN, zero)
+            bad += _row_old(indptr, indices, data, x, y, i, nnz, nx, OP_MAX, OP_MIN, zero, old, &one)
         elif add_op == OP_MIN and mul_op == OP_MAX:
-            bad += _row(indptr, indices, data, x, y, i, nnz, nx, OP_MIN, OP_MAX, zero)
+            bad += _row_old(indptr, indices, data, x, y, i, nnz, nx, OP_MIN, OP_MAX, zero, old, &one)
         else:
-            bad += _row(indptr, indices, data, x, y, i, nnz, nx, add_op, mul_op, zero)
+            bad += _row_old(indptr, indices, data, x, y, i, nnz, nx, add_op, mul_op, zero, old, &one)
+        changed += one
+    if moved != NULL:
+        moved[0] = changed
     return ST_BAD_INDEX if bad else ST_OK
 
 
-cdef _spmv_run(const int64_t[::1] indptr, const index_t[::1] indices, const numeric_t[::1] data,
-               const numeric_t[::1] x, numeric_t[::1] y, const int64_t[::1] rows, bint all_rows,
-               int add_op, int mul_op, const numeric_t[::1] zero, int nthreads):
-    """spmv on validated arguments."""
+cdef object _spmv_run(const int64_t[::1] indptr, const index_t[::1] indices, const numeric_t[::1] data,
+                      const numeric_t[::1] x, numeric_t[::1] y, const int64_t[::1] rows, bint all_rows,
+                      int add_op, int mul_op, const numeric_t[::1] zero, int nthreads, numeric_t[::1] old_out):
+    """spmv on validated arguments; the number of changed rows when ``old_out`` is not empty."""
     cdef int status
     cdef const int64_t *rows_ptr = NULL
     cdef int64_t count = y.shape[0] if all_rows else rows.shape[0]
+    cdef bint lanes = False
+    cdef numeric_t *old = &old_out[0] if old_out.shape[0] else NULL
+    cdef int64_t moved = 0
     if count == 0:
-        return
+        return 0
     if not all_rows:
         rows_ptr = &rows[0]
+    if numeric_t is double or numeric_t is float:
+        lanes = add_op == OP_PLUS and mul_op == OP_TIMES and zero[0] == 0 and not signbit(zero[0])
     with nogil:
         status = _spmv_kernel(&indptr[0], &indices[0] if indices.shape[0] else NULL,
                               &data[0] if data.shape[0] else NULL, &x[0] if x.shape[0] else NULL, &y[0],
-                              rows_ptr, count, indices.shape[0], x.shape[0], add_op, mul_op, zero[0], nthreads)
+                              rows_ptr, count, indices.shape[0], x.shape[0], add_op, mul_op, zero[0], lanes,
+                              nthreads, old, &moved)
     _raise_status(status)
+    return moved
 
 
 def _spmv_typed(const int64_t[::1] indptr, const int64_t[::1] indices, const numeric_t[::1] data,
                 const numeric_t[::1] x, numeric_t[::1] y, const int64_t[::1] rows, bint all_rows,
-                int add_op, int mul_op, const numeric_t[::1] zero, int nthreads):
+                int add_op, int mul_op, const numeric_t[::1] zero, int nthreads, numeric_t[::1] old_out):
     """Typed entry point of spmv, int64 column indices."""
-    _spmv_run(indptr, indices, data, x, y, rows, all_rows, add_op, mul_op, zero, nthreads)
+    return _spmv_run(indptr, indices, data, x, y, rows, all_rows, add_op, mul_op, zero, nthreads, old_out)
 
 
 def _spmv_typed32(const int64_t[::1] indptr, const int32_t[::1] indices, const hot_t[::1] data,
                   const hot_t[::1] x, hot_t[::1] y, const int64_t[::1] rows, bint all_rows,
-                  int add_op, int mul_op, const hot_t[::1] zero, int nthreads):
+                  int add_op, int mul_op, const hot_t[::1] zero, int nthreads, hot_t[::1] old_out):
     """Typed entry point of spmv, int32 column indices."""
-    _spmv_run(indptr, indices, data, x, y, rows, all_rows, add_op, mul_op, zero, nthreads)
+    return _spmv_run(indptr, indices, data, x, y, rows, all_rows, add_op, mul_op, zero, nthreads, old_out)
 
 
-def spmv(indptr, indices, data, x, y, int add_op, int mul_op, zero, rows=None, int nthreads=0):
+def spmv(indptr, indices, data, x, y, int add_op, int mul_op, zero, rows=None, int nthreads=0, old_out=None):
     """Pull SpMV ``y[i] = zero ⊕ (⊕_k data[k] ⊗ x[indices[k]])`` for all rows, or only the int64 ``rows``.
 
     ``(indptr, indices, data)`` is A in CSR form (int64 index arrays); ``x`` has one entry per column and ``y``
     one per row (``len(indptr) - 1``); ``y`` is written in place and rows not listed are left untouched.
-    Entries with ``x[j] == zero`` are skipped. Rows run in parallel on ``nthreads`` OpenMP threads
-    (0: the thread policy's count, see ``set_threads``).
+    Entries with ``x[j] == zero`` are skipped. Rows run in parallel, in guided chunks, on ``nthreads`` OpenMP
+    threads (0: the thread policy's count for such work, ``mmsb_threads_dynamic`` in _threads.h). Float
+    (plus, times) with zero +0.0 sums each row in eight interleaved partial sums (entry k of a row starting at ks
+    goes to lane (k - ks) % 8; the lanes are added as ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))), the
+    same value at every SIMD level and in the twin;
+    other semirings fold the row in order.
+    ``old_out`` (an array like ``y``; only with ``rows=None``) receives y's values before the call, in the same
+    pass; the call then returns the number of rows whose value changed (NaN equal to NaN, -0.0 to +0.0), else
+    None.
     """
     indptr, indices, data, x, y, rows, z, n = spmv_args(indptr, indices, data, x, y, add_op, mul_op, zero, rows)
+    old = spmv_old_out(old_out, y, rows)
     sel = np.empty(1, dtype=np.int64) if rows is None else rows
     if nthreads <= 0:
-        nthreads = mmsb_threads()
+        nthreads = mmsb_threads_dynamic()
+    keep = y[:0] if old is None else old
     if indices.dtype == np.int32 and y.dtype in _HOT:
-        _spmv_typed32(indptr, indices, data, x, y, sel, rows is None, add_op, mul_op, z, nthreads)
+        moved = _spmv_typed32(indptr, indices, data, x, y, sel, rows is None, add_op, mul_op, z, nthreads, keep)
     else:
-        _spmv_typed(indptr, _wide(indices), data, x, y, sel, rows is None, add_op, mul_op, z, nthreads)
+        moved = _spmv_typed(indptr, _wide(indices), data, x, y, sel, rows is None, add_op, mul_op, z, nthreads,
+                            keep)
+    return None if old is None else moved
 
 
 # ---------------------------------------------------------------------------------------------------- push

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from mmsb._ops import OP_MAX, OP_MIN, OP_PLUS, OP_TIMES
-from mmsb._validate import closure_args, push_args, spmv_args
+from mmsb._validate import closure_args, push_args, spmv_args, spmv_old_out
 
 __all__ = ["spmv", "push", "closure", "set_threads", "threads"]
 
@@ -32,19 +32,57 @@ def _gather(indptr, sel):
     return k, owner
 
 
-def spmv(indptr, indices, data, x, y, add_op, mul_op, zero, rows=None, nthreads=0):
+LANES = 8
+_LANED_DTYPES = (np.dtype(np.float64), np.dtype(np.float32))
+"""Partial sums per row of the float (plus, times) pull SpMV (mmsb/_ext/_spmv_sum.h)."""
+
+
+def _laned(dtype, add_op, mul_op, zero) -> bool:
+    """True where the pull SpMV sums a row in ``LANES`` partial sums: float (plus, times) with zero +0.0."""
+    return (dtype in _LANED_DTYPES and add_op == OP_PLUS and mul_op == OP_TIMES and zero == 0
+            and not np.signbit(zero))
+
+
+def spmv(indptr, indices, data, x, y, add_op, mul_op, zero, rows=None, nthreads=0, old_out=None):
     """Pull SpMV ``y[i] = zero ⊕ (⊕_k data[k] ⊗ x[indices[k]])`` for all rows, or only ``rows``.
 
     ``y`` (length ``len(indptr) - 1``) is written in place; rows not listed are left untouched. Entries with
     ``x[j] == zero`` are skipped. ``nthreads`` is accepted for API parity (the twin is single-threaded).
+    Float (plus, times) with zero +0.0 sums each row in ``LANES`` interleaved partial sums, as the compiled kernel
+    does (entry k of a row starting at ks goes to lane (k - ks) % 8; the lanes are added as
+    ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))): the same value bit for bit.
+    ``old_out`` (an array like ``y``; only with ``rows=None``) receives y's values before the call; the call then
+    returns the number of rows whose value changed (NaN equal to NaN, -0.0 to +0.0), else None.
     """
     indptr, indices, data, x, y, rows, z, n = spmv_args(indptr, indices, data, x, y, add_op, mul_op, zero, rows,
                                                         structure=True)
+    old = spmv_old_out(old_out, y, rows)
+    if old is not None:
+        old[:] = y
+        _spmv(indptr, indices, data, x, y, add_op, mul_op, z, n, None)
+        moved = y != old
+        if y.dtype.kind == "f":
+            moved &= ~(np.isnan(y) & np.isnan(old))
+        return int(np.count_nonzero(moved))
+    _spmv(indptr, indices, data, x, y, add_op, mul_op, z, n, rows)
+    return None
+
+
+def _spmv(indptr, indices, data, x, y, add_op, mul_op, z, n, rows) -> None:
+    """spmv on checked arguments."""
     sel = np.arange(n, dtype=np.int64) if rows is None else rows
     k, owner = _gather(indptr, sel)
     xv = x[indices[k]]
     keep = xv != z[0]
     prod = _UFUNCS[mul_op](data[k][keep], xv[keep])
+    if _laned(y.dtype, add_op, mul_op, z[0]):
+        lane = (k - indptr[sel][owner])[keep] % LANES
+        sums = np.zeros(sel.size * LANES, dtype=y.dtype)
+        np.add.at(sums, owner[keep] * LANES + lane, prod)
+        s = sums.reshape(sel.size, LANES)
+        with np.errstate(invalid="ignore", over="ignore"):      # inf + -inf is NaN, as in the kernel
+            y[sel] = ((s[:, 0] + s[:, 1]) + (s[:, 2] + s[:, 3])) + ((s[:, 4] + s[:, 5]) + (s[:, 6] + s[:, 7]))
+        return
     owner = owner[keep]
     if add_op in (OP_MIN, OP_MAX) and prod.dtype.kind == "f":
         real = ~np.isnan(prod)      # min/max ignore a NaN candidate, as the kernels' comparison does
@@ -134,6 +172,16 @@ def closure(indptr_t, indices_t, data_t, x, frontier, add_op, mul_op, zero, old_
     if old_out is not None:
         old_out[out] = before[out]
     return out
+
+
+def set_gather_ahead(entries: int) -> int:
+    """Accepted for parity with the compiled module (the twin does not prefetch); returns 0."""
+    return 0
+
+
+def set_vector_gather(on: bool) -> bool:
+    """Accepted for parity with the compiled module (the twin has no vector path); returns False."""
+    return False
 
 
 def set_threads(max_threads: int, cpus: int, adapt: bool = True) -> None:
