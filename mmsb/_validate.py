@@ -194,3 +194,60 @@ def closure_args(indptr_t, indices_t, data_t, x, frontier, add_op, mul_op, zero,
     if structure:
         check_structure(indptr_t, indices_t, n, "_t")
     return indptr_t, indices_t, data_t, x, frontier, zero_array(zero, x.dtype), old_out, n
+
+
+def _consts(zero, free, dtype):
+    """``[zero, free]`` as an array of dtype (free: zero when None) and whether there is a free-slot value."""
+    z = zero_array(zero, dtype)
+    if free is None:
+        return np.array([z[0], z[0]], dtype=dtype), False
+    return np.array([z[0], zero_array(free, dtype)[0]], dtype=dtype), True
+
+
+def locate_args(indptr, indices, data, rows, cols, zero, free):
+    """The checked arguments of ``repair.locate``: ``(indptr, indices, data, rows, cols, [zero, free], has_free)``."""
+    indptr = index_array(indptr, "indptr")
+    indices = indices_array(indices, "indices")
+    data = value_array(data, "data")
+    rows = index_array(rows, "rows")
+    cols = index_array(cols, "cols")
+    check_csr(indptr, indices, data, "")
+    if rows.size != cols.size:
+        raise ValueError(f"rows and cols differ in length ({rows.size} != {cols.size})")
+    consts, has_free = _consts(zero, free, data.dtype)
+    return indptr, indices, data, rows, cols, consts, has_free
+
+
+def repair_args(indptr, indices, data, indptr_t, indices_t, data_t, y, src, keys, old, add_op, mul_op, zero, free,
+                mark, old_out):
+    """The checked arguments of ``repair.repair`` (scratch arrays allocated when None)."""
+    check_ops(add_op, mul_op, idempotent=True)
+    indptr = index_array(indptr, "indptr")
+    indices = indices_array(indices, "indices")
+    indptr_t = index_array(indptr_t, "indptr_t")
+    indices_t = indices_array(indices_t, "indices_t")
+    y = value_array(y, "y", out=True)
+    data, data_t, src, old = same_dtype(y, data=value_array(data, "data"), data_t=value_array(data_t, "data_t"),
+                                        src=value_array(src, "src"), old=value_array(old, "old"))
+    keys = index_array(keys, "keys")
+    n = y.size
+    for sfx, ip, ix, dv in (("", indptr, indices, data), ("_t", indptr_t, indices_t, data_t)):
+        if check_csr(ip, ix, dv, sfx) != n:
+            raise ValueError(f"indptr{sfx} has {ip.size - 1} rows, expected {n} (the length of y; A is square)")
+    if src.size != n:
+        raise ValueError(f"src has length {src.size}, expected {n}")
+    if old.size != keys.size:
+        raise ValueError(f"keys and old differ in length ({keys.size} != {old.size})")
+    if mark is None:
+        mark = np.zeros(n, dtype=np.uint8)
+    elif not (isinstance(mark, np.ndarray) and mark.dtype == np.uint8 and mark.ndim == 1 and mark.size == n
+              and mark.flags.c_contiguous and mark.flags.writeable):
+        raise ValueError(f"mark must be a writable, C-contiguous uint8 array of length {n}")
+    if old_out is None:
+        old_out = np.empty_like(y)
+    else:
+        old_out = value_array(old_out, "old_out", out=True)
+        if old_out.dtype != y.dtype or old_out.size != n:
+            raise ValueError(f"old_out must be a {y.dtype} array of length {n}")
+    consts, has_free = _consts(zero, free, y.dtype)
+    return indptr, indices, data, indptr_t, indices_t, data_t, y, src, keys, old, consts, has_free, mark, old_out
