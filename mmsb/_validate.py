@@ -251,3 +251,28 @@ def repair_args(indptr, indices, data, indptr_t, indices_t, data_t, y, src, keys
             raise ValueError(f"old_out must be a {y.dtype} array of length {n}")
     consts, has_free = _consts(zero, free, y.dtype)
     return indptr, indices, data, indptr_t, indices_t, data_t, y, src, keys, old, consts, has_free, mark, old_out
+
+
+def assign_args(indptr, indices, data, rows, cols, vals, present, pos, free):
+    """The checked arguments of ``repair.assign``: ``(indptr, indices, data, rows, cols, vals, present, pos,
+    located, [zero, free], has_free)``; ``indices`` and ``data`` are written in place."""
+    indptr = index_array(indptr, "indptr")
+    if not (isinstance(indices, np.ndarray) and indices.dtype in (np.int32, np.int64)):
+        raise ValueError("indices must be an int32 or int64 numpy array (it is written in place)")
+    indices = value_array(indices, "indices", out=True)
+    data = value_array(data, "data", out=True)
+    rows = index_array(rows, "rows")
+    cols = index_array(cols, "cols")
+    (vals,) = same_dtype(data, vals=value_array(vals, "vals"))
+    present = np.ascontiguousarray(present)
+    if present.dtype != np.bool_:
+        raise ValueError(f"present must be a bool array, got dtype {present.dtype}")
+    check_csr(indptr, indices, data, "")
+    if not rows.size == cols.size == vals.size == present.size:
+        raise ValueError("rows, cols, vals and present differ in length")
+    located = pos is not None
+    pos = index_array(pos, "pos").copy() if located else np.empty(rows.size, dtype=np.int64)
+    if pos.size != rows.size:
+        raise ValueError(f"pos has length {pos.size}, expected {rows.size}")
+    consts, has_free = _consts(data.dtype.type(0), free, data.dtype)
+    return indptr, indices, data, rows, cols, vals, present.view(np.uint8), pos, located, consts, has_free

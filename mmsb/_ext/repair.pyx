@@ -20,9 +20,9 @@ from libc.string cimport memset
 
 from mmsb._ext._types cimport OP_MAX, apply_op, index_t, numeric_t
 
-from mmsb._validate import locate_args, repair_args
+from mmsb._validate import assign_args, locate_args, repair_args
 
-__all__ = ["locate", "repair"]
+__all__ = ["assign", "locate", "repair"]
 
 cdef enum:
     ST_OK = 0
@@ -130,6 +130,91 @@ def locate(indptr, indices, data, rows, cols, zero, free=None):
     pos = np.empty(rows.size, dtype=np.int64)
     _locate_typed(indptr, indices, data, rows, cols, has_free, consts, out, pos)
     return out, pos
+
+
+cdef int _assign_kernel(const int64_t *indptr, index_t *indices, numeric_t *data, int64_t nrows, int64_t ncols,
+                        int64_t nnz, const int64_t *rows, const int64_t *cols, const numeric_t *vals, const uint8_t *present,
+                        int64_t *pos, bint located, int64_t count, bint has_free, numeric_t free_val,
+                        uint8_t *miss, int64_t *nmiss, bint *claimed) noexcept nogil:
+    """Entries found first (set, or freed), then insertions into free slots (those just freed included)."""
+    cdef int64_t k, r, p, q
+    for k in range(count):
+        r = rows[k]
+        if <uint64_t>r >= <uint64_t>nrows or indptr[r] < 0 or indptr[r + 1] > nnz or indptr[r] > indptr[r + 1] \
+                or <uint64_t>cols[k] >= <uint64_t>ncols:
+            return ST_BAD_INDEX
+        if located:
+            if pos[k] < -1 or pos[k] >= nnz:
+                return ST_BAD_INDEX
+        else:
+            pos[k] = _find(indptr, indices, data, r, cols[k], has_free, free_val)
+    for k in range(count):
+        p = pos[k]
+        miss[k] = 0
+        if p < 0:
+            continue
+        if present[k]:
+            data[p] = vals[k]
+        elif has_free:
+            data[p] = free_val
+        else:
+            miss[k] = 1
+            nmiss[0] += 1
+    for k in range(count):
+        if pos[k] >= 0 or not present[k]:
+            continue
+        r = rows[k]
+        p = -1
+        if has_free:
+            for q in range(indptr[r], indptr[r + 1]):
+                if data[q] == free_val:
+                    p = q
+                    break
+        if p >= 0:
+            indices[p] = <index_t>cols[k]
+            data[p] = vals[k]
+            claimed[0] = True
+        else:
+            miss[k] = 1
+            nmiss[0] += 1
+    return ST_OK
+
+
+def _assign_typed(const int64_t[::1] indptr, index_t[::1] indices, numeric_t[::1] data, int64_t ncols,
+                  const int64_t[::1] rows,
+                  const int64_t[::1] cols, const numeric_t[::1] vals, const uint8_t[::1] present, int64_t[::1] pos,
+                  bint located, bint has_free, const numeric_t[::1] consts, uint8_t[::1] miss):
+    """Typed entry point of assign (``consts`` = [zero, free])."""
+    cdef int status
+    cdef int64_t nmiss = 0
+    cdef bint claimed = False
+    if rows.shape[0] == 0:
+        return 0, False
+    with nogil:
+        status = _assign_kernel(&indptr[0], &indices[0] if indices.shape[0] else NULL,
+                                &data[0] if data.shape[0] else NULL, indptr.shape[0] - 1, ncols, indices.shape[0],
+                                &rows[0], &cols[0], &vals[0], &present[0], &pos[0], located, rows.shape[0],
+                                has_free, consts[1], &miss[0], &nmiss, &claimed)
+    _raise_status(status)
+    return nmiss, claimed
+
+
+def assign(indptr, indices, data, ncols, rows, cols, vals, present, pos=None, free=None):
+    """Set ``A[rows[k], cols[k]] = vals[k]`` (A has ``ncols`` columns) where ``present[k]``, remove the entry elsewhere, in place.
+
+    The pairs are unique; ``pos`` are their positions from ``locate`` (None: located here). With free slots
+    (``free`` not None) a removed entry becomes a free slot (its value ``free``) and an insertion takes the first
+    free slot of its row; without, every removal and insertion is left undone. Returns ``(misses, claimed,
+    positions, miss)``: how many changes were left undone (``miss`` marks them: an insertion into a row with no
+    free slot, or a structural change without free slots), whether a free slot was taken (the row's column order
+    may be broken), and the positions found (-1: none).
+    """
+    indptr, indices, data, rows, cols, vals, present, pos, located, consts, has_free = assign_args(
+        indptr, indices, data, rows, cols, vals, present, pos, free)
+    miss = np.empty(rows.size, dtype=np.uint8)
+    nmiss, claimed = _assign_typed(indptr, indices, data, ncols, rows, cols, vals, present, pos, located, has_free,
+                                   consts, miss)
+    return nmiss, claimed, pos, miss.view(np.bool_)
 
 
 # ----------------------------------------------------------------------------------------------------- repair

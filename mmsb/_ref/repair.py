@@ -11,7 +11,7 @@ from mmsb._ops import OP_MAX, OP_MIN
 from mmsb._ref.spmv import _UFUNCS, closure, spmv
 from mmsb._validate import locate_args, repair_args
 
-__all__ = ["locate", "repair"]
+__all__ = ["assign", "locate", "repair"]
 
 OK = 0
 TOO_LARGE = 4
@@ -142,3 +142,39 @@ def repair(indptr, indices, data, indptr_t, indices_t, data_t, y, src, keys, old
     idx = np.flatnonzero(moved).astype(np.int64)
     old_out[idx] = before[idx]
     return OK, idx, before[idx], int(region.size)
+
+
+def assign(indptr, indices, data, ncols, rows, cols, vals, present, pos=None, free=None):
+    """Set entries in place, free slots taken for insertions (see the compiled one)."""
+    from mmsb._validate import assign_args
+
+    indptr, indices, data, rows, cols, vals, present, pos, located, consts, has_free = assign_args(
+        indptr, indices, data, rows, cols, vals, present, pos, free)
+    present = present.view(np.bool_)
+    free_val = consts[1]
+    if _bad_rows(indptr, rows, indices.size) or (cols.size and (cols.min() < 0 or cols.max() >= ncols)) \
+            or (located and pos.size and (pos.min() < -1 or pos.max() >= indices.size)):
+        raise ValueError("matrix indices/indptr or entry keys out of range")
+    if not located:
+        pos = _find(indptr, indices, data, rows, cols, has_free, free_val)
+    miss = np.zeros(rows.size, dtype=bool)
+    found = pos >= 0
+    keep = found & present
+    data[pos[keep]] = vals[keep]
+    gone = found & ~present
+    if has_free:
+        data[pos[gone]] = free_val
+    else:
+        miss |= gone
+    claimed = False
+    for k in np.flatnonzero(~found & present):
+        r = rows[k]
+        slots = np.flatnonzero(data[indptr[r]:indptr[r + 1]] == free_val) if has_free else ()
+        if len(slots):
+            p = indptr[r] + slots[0]
+            indices[p] = cols[k]
+            data[p] = vals[k]
+            claimed = True
+        else:
+            miss[k] = True
+    return int(miss.sum()), claimed, pos, miss
