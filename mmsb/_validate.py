@@ -276,3 +276,33 @@ def assign_args(indptr, indices, data, rows, cols, vals, present, pos, free):
         raise ValueError(f"pos has length {pos.size}, expected {rows.size}")
     consts, has_free = _consts(data.dtype.type(0), free, data.dtype)
     return indptr, indices, data, rows, cols, vals, present.view(np.uint8), pos, located, consts, has_free
+
+
+def update_args(indptr, indices, data, ncols, keys, vals, op, zero, free, indptr_t, indices_t, data_t):
+    """The checked arguments of ``repair.update``: A (written in place), its transpose or empty arrays, whether it
+    is given, the keys, the values, the number of rows, ``[zero, free]`` and whether there are free slots."""
+    if op != -1 and op not in KNOWN_OPS:
+        raise ValueError(f"op: unknown op code {op!r}")
+    indptr = index_array(indptr, "indptr")
+    indices = value_array(indices, "indices", out=True)
+    data = value_array(data, "data", out=True)
+    if indices.dtype not in (np.int32, np.int64):
+        raise ValueError(f"indices must be int32 or int64, got {indices.dtype}")
+    nrows = check_csr(indptr, indices, data, "")
+    has_t = indptr_t is not None
+    if has_t:
+        indptr_t = index_array(indptr_t, "indptr_t")
+        indices_t = value_array(indices_t, "indices_t", out=True)
+        data_t = value_array(data_t, "data_t", out=True)
+        if indices_t.dtype != indices.dtype or data_t.dtype != data.dtype:
+            raise ValueError("the transpose must have the dtypes of the matrix")
+        if check_csr(indptr_t, indices_t, data_t, "_t") != ncols:
+            raise ValueError(f"indptr_t has {indptr_t.size - 1} rows, expected {ncols}")
+    else:
+        indptr_t, indices_t, data_t = np.zeros(1, dtype=np.int64), indices[:0], data[:0]
+    keys = index_array(keys, "keys")
+    (vals,) = same_dtype(data, vals=value_array(vals, "vals"))
+    if vals.size != keys.size:
+        raise ValueError(f"keys and vals differ in length ({keys.size} != {vals.size})")
+    consts, has_free = _consts(zero, free, data.dtype)
+    return indptr, indices, data, indptr_t, indices_t, data_t, has_t, keys, vals, nrows, consts, has_free

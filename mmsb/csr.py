@@ -257,14 +257,19 @@ def _zero_of(A: CSR) -> Any:
 
 
 def _set(A: CSR, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, present: np.ndarray,
-         pos: Optional[np.ndarray] = None) -> bool:
-    """Set ``A[rows[k], cols[k]] = vals[k]`` where ``present[k]``, remove it elsewhere (pairs unique; ``pos``: their
-    positions, from :func:`locate`, when known). Returns True when the arrays were rebuilt (positions moved), False
-    when every change was made in place (one call of the ``assign`` kernel; a removal or an insertion that it
-    cannot make in place rebuilds the arrays here)."""
+         pos: Optional[np.ndarray] = None) -> tuple:
+    """Set ``A[rows[k], cols[k]] = vals[k]`` where ``present[k]``, remove it elsewhere, in place where it can (one
+    call of the ``assign`` kernel; ``pos``: the positions from :func:`locate`, when known). Returns the kernel's
+    ``(misses, claimed, positions, miss)``: :func:`_settle` makes the changes it could not."""
+    return _kernels.repair.assign(A.indptr, A.indices, _kview(A.data), A.shape[1], rows, cols, _kview(vals), present,
+                                  pos, A.free)
+
+
+def _settle(A: CSR, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, done: tuple) -> bool:
+    """Finish an entry update of ``A`` that the kernels made in place where they could (``done``: ``(misses,
+    claimed, positions, miss)``): rebuild the arrays for the changes left undone. True when rebuilt."""
+    misses, claimed, pos, miss = done
     A.version += 1
-    misses, claimed, pos, miss = _kernels.repair.assign(A.indptr, A.indices, _kview(A.data), A.shape[1], rows, cols,
-                                                        _kview(vals), present, pos, A.free)
     if claimed:
         A.ordered = False
     if not misses:
@@ -300,14 +305,26 @@ def _widen(A: CSR, vals: np.ndarray) -> None:
     slot's are not entries)."""
     if A.free is not None:
         vals = vals[vals != A.free]
+    if not vals.size:
+        _widen_by(A, (np.inf, -np.inf, False, False, 0))
+        return
+    real = vals.astype(np.float64) if vals.dtype.kind in "iuf" else np.zeros(0)
+    num = real[~np.isnan(real)] if vals.dtype.kind == "f" else real
+    _widen_by(A, (float(num.min()) if num.size else np.inf, float(num.max()) if num.size else -np.inf,
+                  num.size < real.size, bool(np.isinf(num).any()), int(vals.size)))
+
+
+def _widen_by(A: CSR, stats: tuple) -> None:
+    """:func:`_widen` from ``(lo, hi, any NaN, any ±inf, count)`` of the stored values (lo, hi over those not NaN)."""
+    lo, hi, nan, inf, count = stats
     if A._finite is not None and A._finite != (False, False):
         A._finite = None                        # a NaN or inf may just have been overwritten: look again when asked
-    if not vals.size:
+    if not count:
         return
-    if A._range is not None and vals.dtype.kind in "iuf":
-        A._range = (min(A._range[0], float(vals.min())), max(A._range[1], float(vals.max())))
-    if A._finite is not None and vals.dtype.kind == "f":
-        A._finite = (A._finite[0] or bool(np.isnan(vals).any()), A._finite[1] or not bool(np.isfinite(vals).all()))
+    if A._range is not None and A.data.dtype.kind in "iuf" and lo <= hi:
+        A._range = (min(A._range[0], lo), max(A._range[1], hi))
+    if A._finite is not None and A.data.dtype.kind == "f":
+        A._finite = (A._finite[0] or nan, A._finite[1] or nan or inf)
 
 
 def set_entries(A: CSR, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, present: np.ndarray,
@@ -315,16 +332,26 @@ def set_entries(A: CSR, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, pr
     """Change entries of ``A`` and of its transpose (when built): ``A[rows[k], cols[k]] = vals[k]`` where
     ``present[k]``, the entry removed elsewhere. ``(rows, cols)`` pairs are unique; ``vals`` has A's dtype;
     ``pos`` (optional) are their positions in A from :func:`locate`."""
-    moved = _set(A, rows, cols, vals, present, pos)
-    t = A._t
-    stored = vals[present]
+    done = _set(A, rows, cols, vals, present, pos)
+    done_t = _set(A._t, cols, rows, vals, present) if A._t is not None else None
+    settle_entries(A, rows, cols, vals, done, done_t, vals[present])
+
+
+def settle_entries(A: CSR, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, done: tuple,
+                   done_t: Optional[tuple], stored: Any) -> None:
+    """The bookkeeping after the kernels changed entries of ``A`` (``done``) and of its transpose (``done_t``)
+    in place: rebuilds for what they could not change in place, versions, the cached range and finiteness flags
+    (``stored``: the values stored, or their ``(lo, hi, any NaN, any ±inf, count)``), the magnitude transpose."""
+    stats = stored if isinstance(stored, tuple) else None
+    moved = _settle(A, rows, cols, vals, done)
     if not moved:
-        _widen(A, stored)
+        _widen_by(A, stats) if stats is not None else _widen(A, stored)
+    t = A._t
     if t is None:
         return
-    t_moved = _set(t, cols, rows, vals, present)
+    t_moved = _settle(t, cols, rows, vals, done_t)
     if not t_moved:
-        _widen(t, stored)
+        _widen_by(t, stats) if stats is not None else _widen(t, stored)
     if moved or t_moved or A._abs_t is None or t.free is not None:
         A._abs_t = None
         return

@@ -721,7 +721,7 @@ class Engine:
             old[mch.old == M.zero] = zero
         src = self._x(rule, y.dtype)
         try:
-            status, idx, olds, nregion = _kernels.repair.repair(
+            status, idx, olds, nregion, nonfinite = _kernels.repair.repair(
                 A.indptr, A.indices, _kview(A.data), t.indptr, t.indices, _kview(t.data), _kview(y), _kview(src),
                 mch.idx, _kview(old), codes[0], codes[1], zero, A.free, y.size // _REPAIR_SHARE,
                 self._marks(y.size).view(np.uint8), _kview(self._scratch(name, y)))
@@ -740,7 +740,8 @@ class Engine:
         if not idx.size:
             return None
         out = self._record(name, idx, olds.view(y.dtype), undo)
-        self._check_closure_nan(name, rule, sr, y, out.idx)
+        if nonfinite or A.has_nonfinite:        # (finite values over finite entries carry no NaN)
+            self._check_closure_nan(name, rule, sr, y, out.idx)
         return out
 
     def _closure_matrix_numpy(self, name: str, rule: Rule, mch: Change, undo: UndoLog) -> Optional[Change]:

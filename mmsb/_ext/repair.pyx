@@ -20,9 +20,9 @@ from libc.string cimport memset
 
 from mmsb._ext._types cimport OP_MAX, apply_op, index_t, numeric_t
 
-from mmsb._validate import assign_args, locate_args, repair_args
+from mmsb._validate import assign_args, locate_args, repair_args, update_args
 
-__all__ = ["assign", "locate", "repair"]
+__all__ = ["assign", "locate", "repair", "update"]
 
 cdef enum:
     ST_OK = 0
@@ -38,6 +38,34 @@ cdef enum:
     M_TOUCHED = 2       # its value before the call is in old_out
     M_QUEUED = 4        # in the FIFO worklist
     M_FRONT = 8         # in the initial frontier
+
+cdef object _I64 = np.dtype(np.int64)
+cdef object _I32 = np.dtype(np.int32)
+cdef object _U8 = np.dtype(np.uint8)
+cdef object _BOOL = np.dtype(np.bool_)
+
+
+cdef inline bint _vec(object a, object dtype):
+    """a is a 1-D C-contiguous ndarray of dtype (None: any)."""
+    return type(a) is np.ndarray and (dtype is None or a.dtype == dtype) and a.ndim == 1 and a.flags.c_contiguous
+
+
+cdef inline bint _csr_ok(object indptr, object indices, object data, Py_ssize_t nrows):
+    """The O(1) CSR checks: nrows + 1 row pointers from 0 to len(indices) == len(data)."""
+    return (indptr.shape[0] == nrows + 1 and indices.shape[0] == data.shape[0] and indptr[0] == 0
+            and indptr[nrows] == indices.shape[0])
+
+
+cdef object _fast_consts(object zero, object free, object dtype):
+    """[zero, free] in dtype when both are numpy scalars of that dtype (bool for a uint8 view), else None."""
+    cdef object f = zero if free is None else free
+    if not (isinstance(zero, np.generic) and isinstance(f, np.generic)):
+        return None
+    if not ((zero.dtype == dtype or (zero.dtype == _BOOL and dtype == _U8))
+            and (f.dtype == dtype or (f.dtype == _BOOL and dtype == _U8))):
+        return None
+    return np.array([zero, f], dtype=dtype)
+
 
 #: the status codes ``repair`` returns (the others raise)
 OK = ST_OK
@@ -215,6 +243,143 @@ def assign(indptr, indices, data, ncols, rows, cols, vals, present, pos=None, fr
     nmiss, claimed = _assign_typed(indptr, indices, data, ncols, rows, cols, vals, present, pos, located, has_free,
                                    consts, miss)
     return nmiss, claimed, pos, miss.view(np.bool_)
+
+
+cdef int _update_kernel(const int64_t *indptr, index_t *indices, numeric_t *data, int64_t nrows, int64_t ncols,
+                        int64_t nnz, const int64_t *indptr_t, index_t *indices_t, numeric_t *data_t, int64_t nnz_t,
+                        bint has_t, const int64_t *keys, const numeric_t *vals, int64_t count, int op,
+                        numeric_t zero, bint has_free, numeric_t free_val, int64_t *idx, int64_t *rows,
+                        int64_t *cols, numeric_t *old, numeric_t *new, int64_t *pos, uint8_t *present,
+                        int64_t *pos_t, uint8_t *miss, uint8_t *miss_t, int64_t *moved, int64_t *counts,
+                        double *stats) noexcept nogil:
+    """locate, merge (assign or ``op``), keep what changed, set in A and in its transpose; stats: the range of the
+    stored values and whether one is NaN / not finite."""
+    cdef int64_t k, r, c, p, m = 0
+    cdef numeric_t o, v
+    cdef int status
+    cdef bint claimed = False
+    for k in range(count):
+        if <uint64_t>keys[k] >= <uint64_t>(nrows * ncols):
+            return ST_BAD_INDEX
+        r = keys[k] // ncols
+        c = keys[k] - r * ncols
+        if indptr[r] < 0 or indptr[r + 1] > nnz or indptr[r] > indptr[r + 1]:
+            return ST_BAD_INDEX
+        p = _find(indptr, indices, data, r, c, has_free, free_val)
+        o = data[p] if p >= 0 else zero
+        v = vals[k] if op < 0 else apply_op(op, o, vals[k])
+        if v == o or (_float_nan(v) and _float_nan(o)):
+            continue
+        idx[m] = keys[k]
+        rows[m] = r
+        cols[m] = c
+        old[m] = o
+        new[m] = v
+        pos[m] = p
+        present[m] = v != zero
+        if present[m] and not (has_free and v == free_val):
+            stats[4] += 1
+            if _float_nan(v):
+                stats[2] = 1
+            else:
+                if <double>v < stats[0]:
+                    stats[0] = <double>v
+                if <double>v > stats[1]:
+                    stats[1] = <double>v
+                if numeric_t is float or numeric_t is double:
+                    if v - v != 0:
+                        stats[3] = 1
+        m += 1
+    moved[0] = m
+    if m == 0:
+        return ST_OK
+    status = _assign_kernel(indptr, indices, data, nrows, ncols, nnz, rows, cols, new, present, pos, True, m,
+                            has_free, free_val, miss, &counts[0], &claimed)
+    counts[1] = claimed
+    if status != ST_OK or not has_t:
+        return status
+    claimed = False
+    status = _assign_kernel(indptr_t, indices_t, data_t, ncols, nrows, nnz_t, cols, rows, new, present, pos_t, False,
+                            m, has_free, free_val, miss_t, &counts[2], &claimed)
+    counts[3] = claimed
+    return status
+
+
+def _update_typed(const int64_t[::1] indptr, index_t[::1] indices, numeric_t[::1] data, const int64_t[::1] indptr_t,
+                  index_t[::1] indices_t, numeric_t[::1] data_t, bint has_t, const int64_t[::1] keys,
+                  const numeric_t[::1] vals, int64_t nrows, int64_t ncols, int op, const numeric_t[::1] consts,
+                  bint has_free, int64_t[::1] idx, int64_t[::1] rows, int64_t[::1] cols, numeric_t[::1] old,
+                  numeric_t[::1] new, int64_t[::1] pos, uint8_t[::1] present, int64_t[::1] pos_t, uint8_t[::1] miss,
+                  uint8_t[::1] miss_t, int64_t[::1] counts, double[::1] stats):
+    """Typed entry point of update; returns how many entries changed."""
+    cdef int status
+    cdef int64_t moved = 0
+    if keys.shape[0] == 0:
+        return 0
+    with nogil:
+        status = _update_kernel(&indptr[0], &indices[0] if indices.shape[0] else NULL,
+                                &data[0] if data.shape[0] else NULL, nrows, ncols, indices.shape[0], &indptr_t[0],
+                                &indices_t[0] if indices_t.shape[0] else NULL,
+                                &data_t[0] if data_t.shape[0] else NULL, indices_t.shape[0], has_t, &keys[0],
+                                &vals[0], keys.shape[0], op, consts[0], has_free, consts[1], &idx[0], &rows[0],
+                                &cols[0], &old[0], &new[0], &pos[0], &present[0], &pos_t[0], &miss[0], &miss_t[0],
+                                &moved, &counts[0], &stats[0])
+    _raise_status(status)
+    return moved
+
+
+def update(indptr, indices, data, ncols, keys, vals, op, zero, free=None, indptr_t=None, indices_t=None,
+           data_t=None):
+    """Merge the entries ``keys`` (flat positions ``row * ncols + col``, unique) of a CSR matrix A with ``vals``
+    (``op`` -1: assign, else the kernel op of ⊕), in place in A and in its transpose when given.
+
+    A value equal to ``zero`` removes the entry (see ``assign``: ``free`` is the value of A's free slots, None
+    when it has none). Returns None when no entry changes, else ``(idx, rows, cols, old, new, present, pos, pos_t,
+    miss, miss_t, misses, claimed, misses_t, claimed_t, stats)``: the entries that changed (flat, row, column),
+    their values before and after, ``new != zero``, their positions in A before the change (-1: none) and in the
+    transpose, the changes left undone in A and in the transpose and their counts (see ``assign``), whether a
+    free slot was taken in each, and ``(lo, hi, any NaN, any ±inf, count)`` of the stored new values (lo and hi
+    over those not NaN: inf and -inf when none).
+    """
+    has_t = indptr_t is not None
+    consts = None
+    if (_vec(indptr, _I64) and _vec(indices, None) and (indices.dtype == _I32 or indices.dtype == _I64)
+            and _vec(data, None) and data.flags.writeable and indices.flags.writeable and _vec(keys, _I64)
+            and _vec(vals, data.dtype) and keys.shape[0] == vals.shape[0] and (op == -1 or 0 <= op <= 3)
+            and _csr_ok(indptr, indices, data, indptr.shape[0] - 1)):
+        nrows = indptr.shape[0] - 1
+        if not has_t:
+            indptr_t, indices_t, data_t = np.zeros(1, dtype=np.int64), indices[:0], data[:0]
+            consts = _fast_consts(zero, free, data.dtype)
+        elif (_vec(indptr_t, _I64) and _vec(indices_t, indices.dtype) and _vec(data_t, data.dtype)
+              and data_t.flags.writeable and indices_t.flags.writeable
+              and _csr_ok(indptr_t, indices_t, data_t, ncols)):
+            consts = _fast_consts(zero, free, data.dtype)
+    if consts is not None:
+        has_free = free is not None
+    else:
+        (indptr, indices, data, indptr_t, indices_t, data_t, has_t, keys, vals, nrows, consts,
+         has_free) = update_args(indptr, indices, data, ncols, keys, vals, op, zero, free, indptr_t, indices_t,
+                                 data_t)
+    k = keys.shape[0]
+    ints = np.empty((5, k), dtype=np.int64)            # idx, rows, cols, pos, pos_t
+    values = np.empty((2, k), dtype=data.dtype)         # old, new
+    flags = np.zeros((3, k), dtype=np.uint8)            # present, miss, miss_t
+    counts = np.zeros(4, dtype=np.int64)
+    stats = np.array([np.inf, -np.inf, 0.0, 0.0, 0.0])
+    idx, rows, cols, pos, pos_t = ints[0], ints[1], ints[2], ints[3], ints[4]
+    old, new = values[0], values[1]
+    present, miss, miss_t = flags[0], flags[1], flags[2]
+    m = _update_typed(indptr, indices, data, indptr_t, indices_t, data_t, has_t, keys, vals, nrows, ncols, op,
+                      consts, has_free, idx, rows, cols, old, new, pos, present, pos_t, miss, miss_t, counts, stats)
+    if not m:
+        return None
+    if m < k:
+        idx, rows, cols, pos, pos_t = idx[:m], rows[:m], cols[:m], pos[:m], pos_t[:m]
+        old, new, present, miss, miss_t = old[:m], new[:m], present[:m], miss[:m], miss_t[:m]
+    return (idx, rows, cols, old, new, present.view(np.bool_), pos, pos_t, miss.view(np.bool_),
+            miss_t.view(np.bool_), int(counts[0]), bool(counts[1]), int(counts[2]), bool(counts[3]),
+            (float(stats[0]), float(stats[1]), bool(stats[2]), bool(stats[3]), int(stats[4])))
 
 
 # ----------------------------------------------------------------------------------------------------- repair
@@ -584,6 +749,7 @@ cdef object _repair_run(const int64_t[::1] indptr, const index_t[::1] indices, c
     cdef numeric_t a, b
     cdef int64_t[::1] idx_v
     cdef numeric_t[::1] old_v
+    cdef bint nonfinite = False
     region.ptr = front.ptr = touched.ptr = NULL
     region.size = front.size = touched.size = 0
     region.cap = front.cap = touched.cap = 0
@@ -618,6 +784,9 @@ cdef object _repair_run(const int64_t[::1] indptr, const index_t[::1] indices, c
                             idx_v[moved] = i
                             old_v[moved] = b
                             moved += 1
+                            if numeric_t is float or numeric_t is double:
+                                if a - a != 0:
+                                    nonfinite = True
                     free(tmp)
         nregion = region.size
     finally:
@@ -631,9 +800,9 @@ cdef object _repair_run(const int64_t[::1] indptr, const index_t[::1] indices, c
         free(front.ptr)
         free(touched.ptr)
     if status in (ST_TOO_LARGE, ST_NAN):
-        return status, None, None, 0
+        return status, None, None, 0, False
     _raise_status(status)
-    return ST_OK, idx[:moved], olds[:moved], nregion
+    return ST_OK, idx[:moved], olds[:moved], nregion, nonfinite
 
 
 def _repair_typed(const int64_t[::1] indptr, const int64_t[::1] indices, const numeric_t[::1] data,
@@ -671,14 +840,27 @@ def repair(indptr, indices, data, indptr_t, indices_t, data_t, y, src, keys, old
     entries that improved. ``mark`` (uint8, length n, all zero, left all zero) and ``old_out`` (like ``y``) are
     scratch, kept by the caller (allocated here when None).
 
-    Returns ``(status, idx, old_values, region_size)``: ``status`` is ``OK``, with the sorted positions of ``y``
-    that changed and their values before; ``TOO_LARGE`` (the region would exceed ``limit`` values, -1: no limit),
+    Returns ``(status, idx, old_values, region_size, nonfinite)``: ``status`` is ``OK``, with the sorted
+    positions of ``y`` that changed, their values before and whether a new one is NaN or ±inf; ``TOO_LARGE`` (the region would exceed ``limit`` values, -1: no limit),
     or ``NAN_ENTRY`` (a changed entry is NaN now), both with ``y`` untouched and ``idx`` None. Raises
     ``ValueError("closure does not converge")`` after more than n + 1 FIFO rounds (``y`` then partly updated).
     """
-    (indptr, indices, data, indptr_t, indices_t, data_t, y, src, keys, old, consts, has_free, mark,
-     old_out) = repair_args(indptr, indices, data, indptr_t, indices_t, data_t, y, src, keys, old, add_op, mul_op,
-                            zero, free, mark, old_out)
+    consts = None
+    if (_vec(y, None) and y.flags.writeable and _vec(indptr, _I64) and _vec(indptr_t, _I64)
+            and _vec(indices, None) and _vec(indices_t, indices.dtype) and (indices.dtype == _I32
+                                                                           or indices.dtype == _I64)
+            and _vec(data, y.dtype) and _vec(data_t, y.dtype) and _vec(src, y.dtype) and _vec(keys, _I64)
+            and _vec(old, y.dtype) and _vec(mark, _U8) and mark.flags.writeable and _vec(old_out, y.dtype)
+            and old_out.flags.writeable and (add_op == 2 or add_op == 3) and 0 <= mul_op <= 3
+            and src.shape[0] == y.shape[0] == mark.shape[0] == old_out.shape[0] and old.shape[0] == keys.shape[0]
+            and _csr_ok(indptr, indices, data, y.shape[0]) and _csr_ok(indptr_t, indices_t, data_t, y.shape[0])):
+        consts = _fast_consts(zero, free, y.dtype)
+    if consts is not None:
+        has_free = free is not None
+    else:
+        (indptr, indices, data, indptr_t, indices_t, data_t, y, src, keys, old, consts, has_free, mark,
+         old_out) = repair_args(indptr, indices, data, indptr_t, indices_t, data_t, y, src, keys, old, add_op,
+                                mul_op, zero, free, mark, old_out)
     if indices.dtype == np.int32 and indices_t.dtype == np.int32:
         return _repair_typed32(indptr, indices, data, indptr_t, indices_t, data_t, y, src, keys, old, add_op,
                                mul_op, consts, has_free, limit, mark, old_out, y.dtype)

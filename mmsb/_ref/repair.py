@@ -11,7 +11,7 @@ from mmsb._ops import OP_MAX, OP_MIN
 from mmsb._ref.spmv import _UFUNCS, closure, spmv
 from mmsb._validate import locate_args, repair_args
 
-__all__ = ["assign", "locate", "repair"]
+__all__ = ["assign", "locate", "repair", "update"]
 
 OK = 0
 TOO_LARGE = 4
@@ -121,7 +121,7 @@ def repair(indptr, indices, data, indptr_t, indices_t, data_t, y, src, keys, old
     pos = _find(indptr, indices, data, rows, cols, has_free, consts[1])
     new = np.where(pos >= 0, data[np.maximum(pos, 0)] if data.size else z, z).astype(y.dtype)
     if new.dtype.kind == "f" and np.isnan(new).any():
-        return NAN_ENTRY, None, None, 0
+        return NAN_ENTRY, None, None, 0, False
     better = _op(add_op, old, new) == new
     yc = y[cols]
     tight = (yc != z) & (old != z) & (_op(mul_op, old, yc) == y[rows])
@@ -129,7 +129,7 @@ def repair(indptr, indices, data, indptr_t, indices_t, data_t, y, src, keys, old
     if (tight & ~better).any():
         region = _region(indptr_t, indices_t, data_t, y, np.unique(rows[tight]), mul_op, z, limit)
         if region is None:
-            return TOO_LARGE, None, None, 0
+            return TOO_LARGE, None, None, 0, False
     before = y.copy()
     if region.size:
         y[region] = src[region]
@@ -141,7 +141,8 @@ def repair(indptr, indices, data, indptr_t, indices_t, data_t, y, src, keys, old
     moved = (y != before) & ~((y != y) & (before != before))
     idx = np.flatnonzero(moved).astype(np.int64)
     old_out[idx] = before[idx]
-    return OK, idx, before[idx], int(region.size)
+    nonfinite = bool(y.dtype.kind == "f" and not np.isfinite(y[idx]).all())
+    return OK, idx, before[idx], int(region.size), nonfinite
 
 
 def assign(indptr, indices, data, ncols, rows, cols, vals, present, pos=None, free=None):
@@ -178,3 +179,39 @@ def assign(indptr, indices, data, ncols, rows, cols, vals, present, pos=None, fr
         else:
             miss[k] = True
     return int(miss.sum()), claimed, pos, miss
+
+
+def update(indptr, indices, data, ncols, keys, vals, op, zero, free=None, indptr_t=None, indices_t=None,
+           data_t=None):
+    """Merge entries into a CSR matrix and its transpose, in place (see the compiled one)."""
+    from mmsb._validate import update_args
+
+    (indptr, indices, data, indptr_t, indices_t, data_t, has_t, keys, vals, nrows, consts,
+     has_free) = update_args(indptr, indices, data, ncols, keys, vals, op, zero, free, indptr_t, indices_t, data_t)
+    z, free_val = consts
+    if keys.size and (keys.min() < 0 or keys.max() >= nrows * ncols):
+        raise ValueError("matrix indices/indptr or entry keys out of range")
+    rows, cols = np.divmod(keys, ncols) if ncols else (keys, keys)
+    if _bad_rows(indptr, rows, indices.size):
+        raise ValueError("matrix indices/indptr or entry keys out of range")
+    pos = _find(indptr, indices, data, rows, cols, has_free, free_val)
+    old = np.where(pos >= 0, data[np.maximum(pos, 0)] if data.size else z, z).astype(data.dtype)
+    new = vals.copy() if op < 0 else _op(op, old, vals)
+    keep = (new != old) & ~((new != new) & (old != old))
+    if not keep.any():
+        return None
+    idx, rows, cols, old, new, pos = keys[keep], rows[keep], cols[keep], old[keep], new[keep], pos[keep]
+    present = new != z
+    stored = new[present & ~(has_free & (new == free_val))]
+    real = stored.astype(np.float64)
+    num = real[~np.isnan(real)]
+    stats = (float(num.min()) if num.size else np.inf, float(num.max()) if num.size else -np.inf,
+             bool(num.size < real.size), bool(np.isinf(num).any()), int(real.size))
+    misses, claimed, _, miss = assign(indptr, indices, data, ncols, rows, cols, new, present, pos,
+                                      free_val if has_free else None)
+    misses_t, claimed_t, pos_t, miss_t = 0, False, np.full(idx.size, -1, dtype=np.int64), np.zeros(idx.size, bool)
+    if has_t:
+        misses_t, claimed_t, pos_t, miss_t = assign(indptr_t, indices_t, data_t, nrows, cols, rows, new, present,
+                                                    None, free_val if has_free else None)
+    return (idx, rows, cols, old, new, present, pos, pos_t, miss, miss_t, misses, claimed, misses_t, claimed_t,
+            stats)
