@@ -296,6 +296,9 @@ cdef int _update_kernel(const int64_t *indptr, index_t *indices, numeric_t *data
     status = _assign_kernel(indptr, indices, data, nrows, ncols, nnz, rows, cols, new, present, pos, True, m,
                             has_free, free_val, miss, &counts[0], &claimed)
     counts[1] = claimed
+    if not has_t:
+        for k in range(m):
+            pos_t[k] = -1
     if status != ST_OK or not has_t:
         return status
     claimed = False
@@ -348,15 +351,14 @@ def update(indptr, indices, data, ncols, keys, vals, op, zero, free=None, indptr
             and _vec(vals, data.dtype) and keys.shape[0] == vals.shape[0] and (op == -1 or 0 <= op <= 3)
             and _csr_ok(indptr, indices, data, indptr.shape[0] - 1)):
         nrows = indptr.shape[0] - 1
-        if not has_t:
-            indptr_t, indices_t, data_t = np.zeros(1, dtype=np.int64), indices[:0], data[:0]
-            consts = _fast_consts(zero, free, data.dtype)
-        elif (_vec(indptr_t, _I64) and _vec(indices_t, indices.dtype) and _vec(data_t, data.dtype)
-              and data_t.flags.writeable and indices_t.flags.writeable
-              and _csr_ok(indptr_t, indices_t, data_t, ncols)):
+        if not has_t or (_vec(indptr_t, _I64) and _vec(indices_t, indices.dtype) and _vec(data_t, data.dtype)
+                         and data_t.flags.writeable and indices_t.flags.writeable
+                         and _csr_ok(indptr_t, indices_t, data_t, ncols)):
             consts = _fast_consts(zero, free, data.dtype)
     if consts is not None:
         has_free = free is not None
+        if not has_t:
+            indptr_t, indices_t, data_t = np.zeros(1, dtype=np.int64), indices[:0], data[:0]
     else:
         (indptr, indices, data, indptr_t, indices_t, data_t, has_t, keys, vals, nrows, consts,
          has_free) = update_args(indptr, indices, data, ncols, keys, vals, op, zero, free, indptr_t, indices_t,
