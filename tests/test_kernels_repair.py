@@ -107,7 +107,7 @@ def test_update_matches_the_dict_model_and_the_twin(seed, n, m, slots, accumulat
         if not changed:
             assert got is None
             continue
-        idx, rows, cols, old, new = got[:5]
+        idx, _, _, old, new = got[:5]
         assert idx.tolist() == [c[0] for c in changed]
         assert old.tolist() == [c[1] for c in changed] and new.tolist() == [c[2] for c in changed]
         misses, miss = got[10], got[8]

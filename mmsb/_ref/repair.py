@@ -24,6 +24,11 @@ def _expand(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
     return np.repeat(starts - (np.cumsum(lens) - lens), lens) + np.arange(total, dtype=np.int64)
 
 
+def _nan(a: np.ndarray) -> np.ndarray:
+    """Where ``a`` is NaN (nowhere for integers)."""
+    return np.isnan(a) if a.dtype.kind == "f" else np.zeros(a.shape, dtype=bool)
+
+
 def _bad_rows(indptr: np.ndarray, rows: np.ndarray, nnz: int) -> bool:
     n = indptr.size - 1
     if rows.size and (rows.min() < 0 or rows.max() >= n):
@@ -138,7 +143,7 @@ def repair(indptr, indices, data, indptr_t, indices_t, data_t, y, src, keys, old
         y[region] = _op(add_op, y[region], pulled[region])
     frontier = np.unique(np.concatenate([region, cols[better]]))
     closure(indptr_t, indices_t, data_t, y, frontier, add_op, mul_op, z)
-    moved = (y != before) & ~((y != y) & (before != before))
+    moved = (y != before) & ~(_nan(y) & _nan(before))
     idx = np.flatnonzero(moved).astype(np.int64)
     old_out[idx] = before[idx]
     nonfinite = bool(y.dtype.kind == "f" and not np.isfinite(y[idx]).all())
@@ -197,7 +202,7 @@ def update(indptr, indices, data, ncols, keys, vals, op, zero, free=None, indptr
     pos = _find(indptr, indices, data, rows, cols, has_free, free_val)
     old = np.where(pos >= 0, data[np.maximum(pos, 0)] if data.size else z, z).astype(data.dtype)
     new = vals.copy() if op < 0 else _op(op, old, vals)
-    keep = (new != old) & ~((new != new) & (old != old))
+    keep = (new != old) & ~(_nan(new) & _nan(old))
     if not keep.any():
         return None
     idx, rows, cols, old, new, pos = keys[keep], rows[keep], cols[keep], old[keep], new[keep], pos[keep]
