@@ -207,3 +207,115 @@ def closure_args(indptr_t, indices_t, data_t, x, frontier, add_op, mul_op, zero,
     if structure:
         check_structure(indptr_t, indices_t, n, "_t")
     return indptr_t, indices_t, data_t, x, frontier, zero_array(zero, x.dtype), old_out, n
+
+
+def _consts(zero, free, dtype):
+    """``[zero, free]`` as an array of dtype (free: zero when None) and whether there is a free-slot value."""
+    z = zero_array(zero, dtype)
+    if free is None:
+        return np.array([z[0], z[0]], dtype=dtype), False
+    return np.array([z[0], zero_array(free, dtype)[0]], dtype=dtype), True
+
+
+def locate_args(indptr, indices, data, rows, cols, zero, free):
+    """The checked arguments of ``repair.locate``: ``(indptr, indices, data, rows, cols, [zero, free], has_free)``."""
+    indptr = index_array(indptr, "indptr")
+    indices = indices_array(indices, "indices")
+    data = value_array(data, "data")
+    rows = index_array(rows, "rows")
+    cols = index_array(cols, "cols")
+    check_csr(indptr, indices, data, "")
+    if rows.size != cols.size:
+        raise ValueError(f"rows and cols differ in length ({rows.size} != {cols.size})")
+    consts, has_free = _consts(zero, free, data.dtype)
+    return indptr, indices, data, rows, cols, consts, has_free
+
+
+def repair_args(indptr, indices, data, indptr_t, indices_t, data_t, y, src, keys, old, add_op, mul_op, zero, free,
+                mark, old_out):
+    """The checked arguments of ``repair.repair`` (scratch arrays allocated when None)."""
+    check_ops(add_op, mul_op, idempotent=True)
+    indptr = index_array(indptr, "indptr")
+    indices = indices_array(indices, "indices")
+    indptr_t = index_array(indptr_t, "indptr_t")
+    indices_t = indices_array(indices_t, "indices_t")
+    y = value_array(y, "y", out=True)
+    data, data_t, src, old = same_dtype(y, data=value_array(data, "data"), data_t=value_array(data_t, "data_t"),
+                                        src=value_array(src, "src"), old=value_array(old, "old"))
+    keys = index_array(keys, "keys")
+    n = y.size
+    for sfx, ip, ix, dv in (("", indptr, indices, data), ("_t", indptr_t, indices_t, data_t)):
+        if check_csr(ip, ix, dv, sfx) != n:
+            raise ValueError(f"indptr{sfx} has {ip.size - 1} rows, expected {n} (the length of y; A is square)")
+    if src.size != n:
+        raise ValueError(f"src has length {src.size}, expected {n}")
+    if old.size != keys.size:
+        raise ValueError(f"keys and old differ in length ({keys.size} != {old.size})")
+    if mark is None:
+        mark = np.zeros(n, dtype=np.uint8)
+    elif not (isinstance(mark, np.ndarray) and mark.dtype == np.uint8 and mark.ndim == 1 and mark.size == n
+              and mark.flags.c_contiguous and mark.flags.writeable):
+        raise ValueError(f"mark must be a writable, C-contiguous uint8 array of length {n}")
+    if old_out is None:
+        old_out = np.empty_like(y)
+    else:
+        old_out = value_array(old_out, "old_out", out=True)
+        if old_out.dtype != y.dtype or old_out.size != n:
+            raise ValueError(f"old_out must be a {y.dtype} array of length {n}")
+    consts, has_free = _consts(zero, free, y.dtype)
+    return indptr, indices, data, indptr_t, indices_t, data_t, y, src, keys, old, consts, has_free, mark, old_out
+
+
+def assign_args(indptr, indices, data, rows, cols, vals, present, pos, free):
+    """The checked arguments of ``repair.assign``: ``(indptr, indices, data, rows, cols, vals, present, pos,
+    located, [zero, free], has_free)``; ``indices`` and ``data`` are written in place."""
+    indptr = index_array(indptr, "indptr")
+    if not (isinstance(indices, np.ndarray) and indices.dtype in (np.int32, np.int64)):
+        raise ValueError("indices must be an int32 or int64 numpy array (it is written in place)")
+    indices = value_array(indices, "indices", out=True)
+    data = value_array(data, "data", out=True)
+    rows = index_array(rows, "rows")
+    cols = index_array(cols, "cols")
+    (vals,) = same_dtype(data, vals=value_array(vals, "vals"))
+    present = np.ascontiguousarray(present)
+    if present.dtype != np.bool_:
+        raise ValueError(f"present must be a bool array, got dtype {present.dtype}")
+    check_csr(indptr, indices, data, "")
+    if not rows.size == cols.size == vals.size == present.size:
+        raise ValueError("rows, cols, vals and present differ in length")
+    located = pos is not None
+    pos = index_array(pos, "pos").copy() if located else np.empty(rows.size, dtype=np.int64)
+    if pos.size != rows.size:
+        raise ValueError(f"pos has length {pos.size}, expected {rows.size}")
+    consts, has_free = _consts(data.dtype.type(0), free, data.dtype)
+    return indptr, indices, data, rows, cols, vals, present.view(np.uint8), pos, located, consts, has_free
+
+
+def update_args(indptr, indices, data, ncols, keys, vals, op, zero, free, indptr_t, indices_t, data_t):
+    """The checked arguments of ``repair.update``: A (written in place), its transpose or empty arrays, whether it
+    is given, the keys, the values, the number of rows, ``[zero, free]`` and whether there are free slots."""
+    if op != -1 and op not in KNOWN_OPS:
+        raise ValueError(f"op: unknown op code {op!r}")
+    indptr = index_array(indptr, "indptr")
+    indices = value_array(indices, "indices", out=True)
+    data = value_array(data, "data", out=True)
+    if indices.dtype not in (np.int32, np.int64):
+        raise ValueError(f"indices must be int32 or int64, got {indices.dtype}")
+    nrows = check_csr(indptr, indices, data, "")
+    has_t = indptr_t is not None
+    if has_t:
+        indptr_t = index_array(indptr_t, "indptr_t")
+        indices_t = value_array(indices_t, "indices_t", out=True)
+        data_t = value_array(data_t, "data_t", out=True)
+        if indices_t.dtype != indices.dtype or data_t.dtype != data.dtype:
+            raise ValueError("the transpose must have the dtypes of the matrix")
+        if check_csr(indptr_t, indices_t, data_t, "_t") != ncols:
+            raise ValueError(f"indptr_t has {indptr_t.size - 1} rows, expected {ncols}")
+    else:
+        indptr_t, indices_t, data_t = np.zeros(1, dtype=np.int64), indices[:0], data[:0]
+    keys = index_array(keys, "keys")
+    (vals,) = same_dtype(data, vals=value_array(vals, "vals"))
+    if vals.size != keys.size:
+        raise ValueError(f"keys and vals differ in length ({keys.size} != {vals.size})")
+    consts, has_free = _consts(zero, free, data.dtype)
+    return indptr, indices, data, indptr_t, indices_t, data_t, has_t, keys, vals, nrows, consts, has_free

@@ -15,7 +15,9 @@ from typing import Any, Optional
 
 import numpy as np
 
+from mmsb import _kernels
 from mmsb.errors import InvalidDeltaError
+from mmsb.semiring import _kview
 
 
 _NARROW = frozenset((np.dtype(np.float64), np.dtype(np.float32), np.dtype(np.bool_)))
@@ -247,95 +249,42 @@ def _entries(A: CSR) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _locate(A: CSR, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """Positions of ``A[rows[k], cols[k]]`` in ``A.indices``/``A.data``; -1 where row ``rows[k]`` has no slot of
     that column. A live entry wins over a free slot of the same column."""
-    k = rows.size
-    pos = np.full(k, -1, dtype=np.int64)
-    if not k:
-        return pos
-    starts = A.indptr[rows]
-    lens = A.indptr[rows + 1] - starts
-    total = int(lens.sum())
-    if not total:
-        return pos
-    offs = _expand(starts, lens, total)
-    owner = np.repeat(np.arange(k, dtype=np.int64), lens)
-    hit = A.indices[offs] == np.repeat(cols, lens)
-    if A.free is not None:
-        live = A.data[offs] != A.free
-        spare = hit & ~live
-        pos[owner[spare]] = offs[spare]
-        hit &= live
-    pos[owner[hit]] = offs[hit]
-    return pos
+    return locate(A, rows, cols, _zero_of(A))[1]
 
 
-def _claim(A: CSR, rows: np.ndarray) -> np.ndarray:
-    """A distinct free slot of row ``rows[k]`` for every k (-1 where the row has none left)."""
-    out = np.full(rows.size, -1, dtype=np.int64)
-    if not rows.size or A.free is None:
-        return out
-    order = np.argsort(rows, kind="stable")
-    rs = rows[order]
-    rank = np.arange(rs.size, dtype=np.int64) - np.searchsorted(rs, rs, "left")
-    ur = np.unique(rs)
-    starts = A.indptr[ur]
-    lens = A.indptr[ur + 1] - starts
-    total = int(lens.sum())
-    if not total:
-        return out
-    offs = _expand(starts, lens, total)
-    owner = np.repeat(ur, lens)
-    free = A.data[offs] == A.free
-    f_offs, f_row = offs[free], owner[free]
-    if not f_offs.size:
-        return out
-    f_rank = np.arange(f_row.size, dtype=np.int64) - np.searchsorted(f_row, f_row, "left")
-    width = int(max(lens.max(), rank.max())) + 1
-    key_f = f_row * width + f_rank
-    key_i = rs * width + rank
-    at = np.minimum(np.searchsorted(key_f, key_i), key_f.size - 1)
-    ok = key_f[at] == key_i
-    got = np.where(ok, f_offs[at], -1)
-    out[order] = got
-    return out
+def _zero_of(A: CSR) -> Any:
+    return A.free if A.free is not None else A.data.dtype.type(0)
 
 
 def _set(A: CSR, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, present: np.ndarray,
-         pos: Optional[np.ndarray] = None) -> bool:
-    """Set ``A[rows[k], cols[k]] = vals[k]`` where ``present[k]``, remove it elsewhere (pairs unique; ``pos``: their
-    positions, from :func:`locate`, when known). Returns True when the arrays were rebuilt (positions moved), False
-    when every change was made in place."""
+         pos: Optional[np.ndarray] = None) -> tuple:
+    """Set ``A[rows[k], cols[k]] = vals[k]`` where ``present[k]``, remove it elsewhere, in place where it can (one
+    call of the ``assign`` kernel; ``pos``: the positions from :func:`locate`, when known). Returns the kernel's
+    ``(misses, claimed, positions, miss)``: :func:`_settle` makes the changes it could not."""
+    return _kernels.repair.assign(A.indptr, A.indices, _kview(A.data), A.shape[1], rows, cols, _kview(vals), present,
+                                  pos, A.free)
+
+
+def _settle(A: CSR, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, done: tuple) -> bool:
+    """Finish an entry update of ``A`` that the kernels made in place where they could (``done``: ``(misses,
+    claimed, positions, miss)``): rebuild the arrays for the changes left undone. True when rebuilt."""
+    misses, claimed, pos, miss = done
     A.version += 1
-    if pos is None:
-        pos = _locate(A, rows, cols)
-    found = pos >= 0
-    keep = found & present
-    A.data[pos[keep]] = vals[keep]
-    gone = found & ~present
-    ins = ~found & present
-    if A.free is None:
-        if not gone.any() and not ins.any():
-            _widen(A, vals[keep])
-            return False
+    if claimed:
+        A.ordered = False
+    if not misses:
+        return False
+    if A.free is None:                                  # every slot is an entry: rebuild without and with them
+        gone = miss & (pos >= 0)
+        ins = miss & ~gone
         r, c, v = _entries_without(A, pos[gone])
         _adopt(A, build_csr(A.shape, np.concatenate([r, rows[ins]]), np.concatenate([c, cols[ins]]),
                             np.concatenate([v, vals[ins]])))
         return True
-    A.data[pos[gone]] = A.free
-    if ins.any():
-        slots = _claim(A, rows[ins])
-        fits = slots >= 0
-        A.indices[slots[fits]] = cols[ins][fits]
-        A.data[slots[fits]] = vals[ins][fits]
-        A.ordered = False
-        if not fits.all():
-            r, c, v = _entries(A)
-            miss = ~fits
-            _adopt(A, build_csr(A.shape, np.concatenate([r, rows[ins][miss]]),
-                                np.concatenate([c, cols[ins][miss]]), np.concatenate([v, vals[ins][miss]]),
-                                free=A.free, slack=True))
-            return True
-    _widen(A, vals[present])
-    return False
+    r, c, v = _entries(A)                               # rows with no free slot left: rebuild with slack
+    _adopt(A, build_csr(A.shape, np.concatenate([r, rows[miss]]), np.concatenate([c, cols[miss]]),
+                        np.concatenate([v, vals[miss]]), free=A.free, slack=True))
+    return True
 
 
 def _entries_without(A: CSR, drop: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -356,14 +305,26 @@ def _widen(A: CSR, vals: np.ndarray) -> None:
     slot's are not entries)."""
     if A.free is not None:
         vals = vals[vals != A.free]
+    if not vals.size:
+        _widen_by(A, (np.inf, -np.inf, False, False, 0))
+        return
+    real = vals.astype(np.float64) if vals.dtype.kind in "iuf" else np.zeros(0)
+    num = real[~np.isnan(real)] if vals.dtype.kind == "f" else real
+    _widen_by(A, (float(num.min()) if num.size else np.inf, float(num.max()) if num.size else -np.inf,
+                  num.size < real.size, bool(np.isinf(num).any()), int(vals.size)))
+
+
+def _widen_by(A: CSR, stats: tuple) -> None:
+    """:func:`_widen` from ``(lo, hi, any NaN, any ±inf, count)`` of the stored values (lo, hi over those not NaN)."""
+    lo, hi, nan, inf, count = stats
     if A._finite is not None and A._finite != (False, False):
         A._finite = None                        # a NaN or inf may just have been overwritten: look again when asked
-    if not vals.size:
+    if not count:
         return
-    if A._range is not None and vals.dtype.kind in "iuf":
-        A._range = (min(A._range[0], float(vals.min())), max(A._range[1], float(vals.max())))
-    if A._finite is not None and vals.dtype.kind == "f":
-        A._finite = (A._finite[0] or bool(np.isnan(vals).any()), A._finite[1] or not bool(np.isfinite(vals).all()))
+    if A._range is not None and A.data.dtype.kind in "iuf" and lo <= hi:
+        A._range = (min(A._range[0], lo), max(A._range[1], hi))
+    if A._finite is not None and A.data.dtype.kind == "f":
+        A._finite = (A._finite[0] or nan, A._finite[1] or nan or inf)
 
 
 def set_entries(A: CSR, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, present: np.ndarray,
@@ -371,11 +332,26 @@ def set_entries(A: CSR, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, pr
     """Change entries of ``A`` and of its transpose (when built): ``A[rows[k], cols[k]] = vals[k]`` where
     ``present[k]``, the entry removed elsewhere. ``(rows, cols)`` pairs are unique; ``vals`` has A's dtype;
     ``pos`` (optional) are their positions in A from :func:`locate`."""
-    moved = _set(A, rows, cols, vals, present, pos)
+    done = _set(A, rows, cols, vals, present, pos)
+    done_t = _set(A._t, cols, rows, vals, present) if A._t is not None else None
+    settle_entries(A, rows, cols, vals, done, done_t, vals[present])
+
+
+def settle_entries(A: CSR, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, done: tuple,
+                   done_t: Optional[tuple], stored: Any) -> None:
+    """The bookkeeping after the kernels changed entries of ``A`` (``done``) and of its transpose (``done_t``)
+    in place: rebuilds for what they could not change in place, versions, the cached range and finiteness flags
+    (``stored``: the values stored, or their ``(lo, hi, any NaN, any ±inf, count)``), the magnitude transpose."""
+    stats = stored if isinstance(stored, tuple) else None
+    moved = _settle(A, rows, cols, vals, done)
+    if not moved:
+        _widen_by(A, stats) if stats is not None else _widen(A, stored)
     t = A._t
     if t is None:
         return
-    t_moved = _set(t, cols, rows, vals, present)
+    t_moved = _settle(t, cols, rows, vals, done_t)
+    if not t_moved:
+        _widen_by(t, stats) if stats is not None else _widen(t, stored)
     if moved or t_moved or A._abs_t is None or t.free is not None:
         A._abs_t = None
         return
@@ -385,11 +361,9 @@ def set_entries(A: CSR, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, pr
 
 def locate(A: CSR, rows: np.ndarray, cols: np.ndarray, zero: Any) -> tuple[np.ndarray, np.ndarray]:
     """``(A[rows[k], cols[k]], their positions)``: ``zero`` and -1 where there is no entry or free slot."""
-    pos = _locate(A, rows, cols)
-    out = np.full(rows.size, zero, dtype=A.data.dtype)
-    f = pos >= 0
-    out[f] = A.data[pos[f]]
-    return out, pos
+    vals, pos = _kernels.repair.locate(A.indptr, A.indices, _kview(A.data), rows, cols,
+                                       _kview(np.array([zero], dtype=A.data.dtype))[0], A.free)
+    return vals.view(A.data.dtype), pos
 
 
 def get_entries(A: CSR, rows: np.ndarray, cols: np.ndarray, zero: Any) -> np.ndarray:

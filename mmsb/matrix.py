@@ -23,7 +23,7 @@ from mmsb.delta import SchemaOp
 from mmsb.devices import DeviceBackend
 from mmsb.errors import DeviceError, InvalidDeltaError
 from mmsb.pages import Page
-from mmsb.semiring import Semiring
+from mmsb.semiring import Semiring, _kview
 
 if TYPE_CHECKING:  # pragma: no cover
     from mmsb.buffer import Buffer
@@ -224,15 +224,46 @@ class MatrixBackend(DeviceBackend):
 
     def apply_delta(self, buf: "Buffer", page: "Page", delta: "Delta", undo: Optional["UndoLog"]) \
             -> Optional["Change"]:
-        """Merge ``delta`` (flat positions) into the matrix; the entries that changed and their old values."""
-        from mmsb.propagate import Change, changed_positions
+        """Merge ``delta`` (flat positions) into the matrix; the entries that changed and their old values.
+
+        Under a built-in semiring one kernel call locates the entries, merges them, keeps those that change and
+        sets them in the page's CSR and in its transpose; views in other semirings follow here."""
+        from mmsb import _kernels, _ops
+        from mmsb.propagate import Change
 
         assert isinstance(page, MatrixPage)
         idx, vals = delta.sparse()
-        m = page.shape[1]
-        rows, cols = np.divmod(idx, m)
+        codes = page.semiring.codes_for(page.dtype)
+        if delta.accumulate and codes is None:
+            return self._apply_numpy(page, idx, vals, undo)
+        A = page.csr
+        t = A._t
+        got = _kernels.repair.update(A.indptr, A.indices, _kview(A.data), page.shape[1], idx,
+                                     _kview(np.asarray(vals, dtype=page.dtype)),
+                                     codes[0] if delta.accumulate else _ops.OP_ASSIGN, page.zero, A.free,
+                                     *((t.indptr, t.indices, _kview(t.data)) if t is not None else ()))
+        if got is None:
+            return None
+        idx, rows, cols, old, new, present, pos, pos_t, miss, miss_t, misses, claimed, misses_t, claimed_t, \
+            stats = got
+        old, new = old.view(page.dtype), new.view(page.dtype)
+        if undo is not None:                    # a failure in what follows is rolled back too
+            undo.action(lambda: page.set(rows, cols, old))
+        _csr.settle_entries(A, rows, cols, new, (misses, claimed, pos, miss),
+                            (misses_t, claimed_t, pos_t, miss_t) if t is not None else None, stats)
+        for v, _, _ in page._views.values():
+            _csr.set_entries(v, rows, cols, new.astype(v.data.dtype), present)
+        return Change(idx, old)
+
+    @staticmethod
+    def _apply_numpy(page: MatrixPage, idx: np.ndarray, vals: np.ndarray, undo: Optional["UndoLog"]) \
+            -> Optional["Change"]:
+        """An accumulating delta under a semiring the kernels do not know: ⊕ in numpy, then the entries set."""
+        from mmsb.propagate import Change, changed_positions
+
+        rows, cols = np.divmod(idx, page.shape[1])
         old, pos = _csr.locate(page.csr, rows, cols, page.zero)
-        new = page.semiring.add_arrays(old, vals) if delta.accumulate else vals
+        new = page.semiring.add_arrays(old, vals)
         moved = changed_positions(new, old)
         if not moved.any():
             return None

@@ -757,12 +757,54 @@ class Engine:
         through them, and what was tight through those, and those values are repaired from their unaffected
         neighbours before the push (the dynamic shortest-path repair of Ramalingam and Reps). Everything costs
         the region it touches, not the page. A change of the source in the same wave, or a non-idempotent ⊕,
-        recomputes the closure.
+        recomputes the closure. Under the built-in semirings the whole step (which entries improved, the tight
+        region, the reset and pull, the push) is one call of the compiled ``repair`` kernel.
         """
         sr = rule.semiring
         y = self.array(name)
         if (ch is not None and ch.idx.size) or not algebra_flags(sr, y.dtype)[0]:
             return self._closure(name, rule, ch, True, undo)
+        codes = sr.codes_for(y.dtype)
+        if codes is None:
+            return self._closure_matrix_numpy(name, rule, mch, undo)
+        A = rule.matrix
+        t = A.T
+        zero = sr.zero_for(y.dtype)
+        M = self.page(rule.matrix_page)
+        if A is M.csr:
+            old = mch.old
+        else:                                            # a view: an absent entry of the page is ⊕'s zero of the rule
+            old = mch.old.astype(y.dtype)
+            old[mch.old == M.zero] = zero
+        src = self._x(rule, y.dtype)
+        try:
+            status, idx, olds, nregion, nonfinite = _kernels.repair.repair(
+                A.indptr, A.indices, _kview(A.data), t.indptr, t.indices, _kview(t.data), _kview(y), _kview(src),
+                mch.idx, _kview(old), codes[0], codes[1], zero, A.free, y.size // _REPAIR_SHARE,
+                self._marks(y.size).view(np.uint8), _kview(self._scratch(name, y)))
+        except BaseException as exc:
+            rows, cols = np.divmod(mch.idx, A.shape[1])
+            self._closure_rebuild_before(name, rule, rows, cols, old, csr.get_entries(A, rows, cols, zero), y, sr)
+            if "converge" in str(exc):
+                raise self._no_fixpoint(name, rule) from None
+            raise
+        if status == _kernels.repair.NAN_ENTRY:
+            self._refuse_nan_entries(name, rule, mch)
+        if status == _kernels.repair.TOO_LARGE:         # most of the page depended on them: recompute it instead
+            return self._closure(name, rule, ch, True, undo)
+        self.stats.rows_recomputed += nregion
+        self.stats.entries_pushed += int(mch.idx.size)
+        if not idx.size:
+            return None
+        out = self._record(name, idx, olds.view(y.dtype), undo)
+        if nonfinite or A.has_nonfinite:        # (finite values over finite entries carry no NaN)
+            self._check_closure_nan(name, rule, sr, y, out.idx)
+        return out
+
+    def _closure_matrix_numpy(self, name: str, rule: Rule, mch: Change, undo: UndoLog) -> Optional[Change]:
+        """:meth:`_closure_matrix` under a semiring the kernels do not know (numpy ⊕ and ⊗, same steps)."""
+        sr = rule.semiring
+        y = self.array(name)
         A = rule.matrix
         zero = sr.zero_for(y.dtype)
         rows, cols = np.divmod(mch.idx, A.shape[1])
@@ -786,7 +828,7 @@ class Engine:
             if (tight & ~better).any():
                 region = self._region(A, unique(rows[tight]), y, sr, zero, limit=y.size // _REPAIR_SHARE)
                 if region is None:              # most of the page depended on them: recompute it instead
-                    return self._closure(name, rule, ch, True, undo)
+                    return self._closure(name, rule, None, True, undo)
         heads = cols[better]
         saved = y[region].copy()
         try:
@@ -832,9 +874,7 @@ class Engine:
         ``limit`` entries (a repair would then cost more than a recompute)."""
         t = A.T
         selective = sr.builtin or sr.add in _SELECTIVE
-        mark = self._scratch_arrays.get("\0marks")
-        if mark is None or mark.size != y.size:            # all False between calls (cleared below)
-            mark = self._scratch_arrays["\0marks"] = np.zeros(y.size, dtype=bool)
+        mark = self._marks(y.size)
         parts = [seeds]
         frontier = seeds
         mark[seeds] = True
@@ -866,6 +906,13 @@ class Engine:
             for p in parts:
                 mark[p] = False
         return rows
+
+    def _marks(self, n: int) -> np.ndarray:
+        """A bool scratch array of length ``n``, all False between calls (every user clears what it sets)."""
+        mark = self._scratch_arrays.get("\0marks")
+        if mark is None or mark.size != n:
+            mark = self._scratch_arrays["\0marks"] = np.zeros(n, dtype=bool)
+        return mark
 
     def _threads_for(self, rows: Optional[np.ndarray]) -> int:
         """Threads for a pull over ``rows`` (None: every row): one below ``_SERIAL_ROWS`` rows, where waking a

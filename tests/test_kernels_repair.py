@@ -1,0 +1,229 @@
+"""Matrix-page kernels (mmsb._ext.repair): the compiled module equals its numpy twin, and both equal independent
+references (a dict model of the matrix, scipy's shortest paths, a closure recomputed from scratch)."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scipy.sparse.csgraph import dijkstra
+
+from mmsb import _kernels
+from mmsb._ops import OP_ASSIGN, OP_MAX, OP_MIN, OP_PLUS
+from mmsb._ref import repair as ref
+from mmsb._ref import spmv as ref_spmv
+
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+KERNELS = [ref] + ([_kernels.repair] if _kernels.KIND == "compiled" else [])
+IDS = ["ref"] + (["compiled"] if _kernels.KIND == "compiled" else [])
+
+
+def slotted(rng, n, m, density, free):
+    """A CSR (int64 indptr, int32 indices) whose rows hold live entries and free slots (value ``free``), the
+    free slots sometimes carrying the column of a live entry of their row; and its dict model."""
+    rows, cols, vals = [], [], []
+    model = {}
+    indptr = [0]
+    for r in range(n):
+        live = rng.choice(m, size=int(rng.binomial(m, density)), replace=False) if m else []
+        slots = [(int(c), float(rng.integers(1, 9))) for c in live]
+        for c, v in slots:
+            model[(r, c)] = v
+        for _ in range(int(rng.integers(0, 3))):
+            c = int(slots[0][0]) if slots and rng.random() < 0.3 else int(rng.integers(0, m))
+            slots.append((c, free))
+        rng.shuffle(slots)
+        for c, v in slots:
+            rows.append(r)
+            cols.append(c)
+            vals.append(v)
+        indptr.append(len(cols))
+    return (np.array(indptr, dtype=np.int64), np.array(cols, dtype=np.int32), np.array(vals, dtype=np.float64),
+            model)
+
+
+def model_of(indptr, indices, data, free):
+    out = {}
+    for r in range(indptr.size - 1):
+        for p in range(indptr[r], indptr[r + 1]):
+            if free is None or data[p] != free:
+                assert (r, int(indices[p])) not in out, "a live entry stored twice"
+                out[(r, int(indices[p]))] = float(data[p])
+    return out
+
+
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 12), m=st.integers(1, 12))
+@SETTINGS
+def test_locate_matches_the_dict_model_and_the_twin(seed, n, m):
+    rng = np.random.default_rng(seed)
+    indptr, indices, data, model = slotted(rng, n, m, 0.3, np.inf)
+    k = int(rng.integers(0, 15))
+    rows, cols = rng.integers(0, n, k), rng.integers(0, m, k)
+    got = [kern.locate(indptr, indices, data, rows, cols, np.inf, np.inf) for kern in KERNELS]
+    want = np.array([model.get((int(r), int(c)), np.inf) for r, c in zip(rows, cols)])
+    for vals, pos in got:
+        np.testing.assert_array_equal(vals, want)
+        live = np.isfinite(want)
+        np.testing.assert_array_equal(data[pos[live]], want[live])
+        np.testing.assert_array_equal(indices[pos[pos >= 0]], cols[pos >= 0])
+    np.testing.assert_array_equal(got[0][1], got[-1][1])
+
+
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 10), m=st.integers(1, 10), slots=st.booleans(),
+       accumulate=st.booleans())
+@SETTINGS
+def test_update_matches_the_dict_model_and_the_twin(seed, n, m, slots, accumulate):
+    rng = np.random.default_rng(seed)
+    free = np.inf if slots else None
+    indptr, indices, data, model = slotted(rng, n, m, 0.4, np.inf)
+    if not slots:                                   # every slot an entry: the live ones only
+        rc = sorted(model)
+        indptr = np.searchsorted([r for r, _ in rc], np.arange(n + 1)).astype(np.int64)
+        indices = np.array([c for _, c in rc], dtype=np.int32)
+        data = np.array([model[e] for e in rc], dtype=np.float64)
+    T = sp.csr_array((data, indices, indptr), shape=(n, m)).T.tocsr() if not slots else None
+    k = int(rng.integers(0, 12))
+    keys = np.unique(rng.integers(0, n * m, k)).astype(np.int64)
+    vals = np.where(rng.random(keys.size) < 0.3, np.inf, rng.integers(1, 9, keys.size)).astype(np.float64)
+    results = []
+    for kern in KERNELS:
+        ip, ix, dv = indptr.copy(), indices.copy(), data.copy()
+        extra = () if T is None else (T.indptr.astype(np.int64), T.indices.astype(np.int32), T.data.copy())
+        got = kern.update(ip, ix, dv, m, keys, vals, OP_MIN if accumulate else OP_ASSIGN, np.inf, free, *extra)
+        results.append((got, ip, ix, dv, extra))
+    want = dict(model)
+    changed = []
+    for key, v in zip(keys.tolist(), vals.tolist()):
+        r, c = divmod(key, m)
+        old = want.get((r, c), np.inf)
+        new = min(old, v) if accumulate else v
+        if new != old:
+            changed.append((key, old, new))
+            if new == np.inf:
+                want.pop((r, c), None)
+            else:
+                want[(r, c)] = new
+    for got, ip, ix, dv, extra in results:
+        if not changed:
+            assert got is None
+            continue
+        idx, _, _, old, new = got[:5]
+        assert idx.tolist() == [c[0] for c in changed]
+        assert old.tolist() == [c[1] for c in changed] and new.tolist() == [c[2] for c in changed]
+        misses, miss = got[10], got[8]
+        if not misses:
+            assert model_of(ip, ix, dv, free) == want
+        else:                                       # the undone changes are exactly what the model lacks
+            assert not miss[~miss].any() and int(miss.sum()) == misses
+    if len(results) == 2 and results[0][0] is not None:
+        a, b = results[0][0], results[1][0]
+        for x, y in zip(a[:10], b[:10]):
+            np.testing.assert_array_equal(x, y)
+        assert a[10:] == b[10:]
+        np.testing.assert_array_equal(results[0][3], results[1][3])
+
+
+def _grid_closure(rng, n, density, sr):
+    W = sp.random(n, n, density=density, random_state=rng, format="csr")
+    W.data = rng.integers(1, 10, W.nnz).astype(np.float64)
+    src_idx = rng.choice(n, max(1, n // 6), replace=False)
+    return W, src_idx
+
+
+def _closure_of(A, src, add_op, mul_op, zero):
+    """The closure y = src ⊕ A ⊗ y recomputed from scratch with the twin."""
+    T = A.T.tocsr()
+    T.sort_indices()
+    y = src.copy()
+    ref_spmv.closure(T.indptr.astype(np.int64), T.indices.astype(np.int64), T.data, y,
+                     np.flatnonzero(y != zero).astype(np.int64), add_op, mul_op, zero)
+    return y
+
+
+@pytest.mark.parametrize("semiring", ["min_plus", "max_min"])
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(2, 30), limit=st.sampled_from([-1, 3]))
+@SETTINGS
+def test_repair_equals_a_recompute_and_the_twin(semiring, seed, n, limit):
+    rng = np.random.default_rng(seed)
+    add_op, mul_op, zero = (OP_MIN, OP_PLUS, np.inf) if semiring == "min_plus" else (OP_MAX, OP_MIN, -np.inf)
+    W, src_idx = _grid_closure(rng, n, rng.uniform(0.05, 0.3), semiring)
+    A = W.T.tocsr()
+    src = np.full(n, zero)
+    src[src_idx] = 0.0 if semiring == "min_plus" else np.inf
+    Ad = np.where(A.toarray() != 0, A.toarray(), zero)
+    y0 = _closure_of(sp.csr_array(np.where(Ad != zero, Ad, 0)), src, add_op, mul_op, zero)
+    k = int(rng.integers(1, 7))
+    keys = np.unique(rng.integers(0, n * n, k)).astype(np.int64)
+    r, c = np.divmod(keys, n)
+    old = Ad[r, c].copy()
+    Ad[r, c] = np.where(rng.random(keys.size) < 0.3, zero, rng.integers(1, 10, keys.size).astype(float))
+    A2 = sp.csr_array(np.where(Ad != zero, Ad, 0))
+    A2.sort_indices()
+    T2 = A2.T.tocsr()
+    T2.sort_indices()
+    want = _closure_of(A2, src, add_op, mul_op, zero)
+    if semiring == "min_plus":                      # and an independent reference
+        np.testing.assert_array_equal(want, dijkstra(A2.T.tocsr(), indices=src_idx, min_only=True))
+    outs = []
+    for kern in KERNELS:
+        y = y0.copy()
+        mark = np.zeros(n, dtype=np.uint8)
+        got = kern.repair(A2.indptr.astype(np.int64), A2.indices.astype(np.int32), A2.data,
+                          T2.indptr.astype(np.int64), T2.indices.astype(np.int32), T2.data, y, src, keys, old,
+                          add_op, mul_op, zero, None, limit, mark, np.empty_like(y))
+        assert not mark.any()                       # the scratch comes back clear
+        status, idx, olds, nregion, nonfinite = got
+        if status == kern.TOO_LARGE:
+            assert nregion == 0 and idx is None
+            np.testing.assert_array_equal(y, y0)    # untouched
+        else:
+            assert status == kern.OK
+            np.testing.assert_array_equal(y, want)
+            exp = np.flatnonzero(want != y0)
+            np.testing.assert_array_equal(idx, exp)
+            np.testing.assert_array_equal(olds, y0[exp])
+            assert nonfinite == bool(not np.isfinite(want[exp]).all())
+            assert limit < 0 or nregion <= limit
+        outs.append((status, nregion))
+    assert outs[0] == outs[-1]
+
+
+@pytest.mark.parametrize("kern", KERNELS, ids=IDS)
+def test_repair_reports_a_nan_entry_and_changes_nothing(kern):
+    A = sp.csr_array(np.array([[0.0, np.nan], [1.0, 0.0]]))
+    T = A.T.tocsr()
+    y = np.array([0.0, 1.0])
+    got = kern.repair(A.indptr.astype(np.int64), A.indices.astype(np.int64), A.data, T.indptr.astype(np.int64),
+                      T.indices.astype(np.int64), T.data, y, np.array([0.0, np.inf]), np.array([1]),
+                      np.array([2.0]), OP_MIN, OP_PLUS, np.inf)
+    assert got[0] == kern.NAN_ENTRY and got[1] is None
+    np.testing.assert_array_equal(y, [0.0, 1.0])
+
+
+@pytest.mark.parametrize("kern", KERNELS, ids=IDS)
+def test_repair_of_a_negative_cycle_raises(kern):
+    A = sp.csr_array(np.array([[0.0, -2.0], [1.0, 0.0]]))      # 0 -> 1 (1.0), 1 -> 0 (-2.0): a negative cycle
+    T = A.T.tocsr()
+    y = np.array([0.0, 1.0])
+    with pytest.raises(ValueError, match="converge"):
+        kern.repair(A.indptr.astype(np.int64), A.indices.astype(np.int64), A.data, T.indptr.astype(np.int64),
+                    T.indices.astype(np.int64), T.data, y, np.array([0.0, np.inf]), np.array([1]),
+                    np.array([np.inf]), OP_MIN, OP_PLUS, np.inf)
+
+
+@pytest.mark.parametrize("kern", KERNELS, ids=IDS)
+def test_kernels_refuse_bad_arguments(kern):
+    ip, ix, dv = np.array([0, 1, 2], np.int64), np.array([1, 0], np.int64), np.array([1.0, 2.0])
+    with pytest.raises(ValueError):
+        kern.locate(ip, ix, dv, np.array([2]), np.array([0]), np.inf)          # row out of range
+    with pytest.raises(ValueError):
+        kern.update(ip, ix.copy(), dv.copy(), 2, np.array([4]), np.array([1.0]), OP_ASSIGN, np.inf)  # key
+    with pytest.raises(ValueError):
+        kern.assign(ip, ix.copy(), dv.copy(), 2, np.array([0]), np.array([5]), np.array([1.0]),
+                    np.array([True]))                                          # column out of range
+    with pytest.raises(ValueError):
+        kern.repair(ip, ix, dv, ip, ix, dv, np.zeros(3), np.zeros(3), np.array([0]), np.array([1.0]), OP_MIN,
+                    OP_PLUS, np.inf)                                           # y of the wrong length
+    with pytest.raises(ValueError):
+        kern.repair(ip, ix, dv, ip, ix, dv, np.zeros(2), np.zeros(2), np.array([0]), np.array([1.0]), OP_PLUS,
+                    OP_PLUS, np.inf)                                           # ⊕ not idempotent
