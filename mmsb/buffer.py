@@ -410,6 +410,9 @@ class Buffer:
         if mask is not None:
             raise InvalidDeltaError(f"matrix {name!r}: write entries with index=(rows, cols) or a scipy sparse "
                                     "delta, not a mask")
+        few = self._few_entries(page, values, index, accumulate, source, metadata)
+        if few is not None:
+            return few
         if index is None and hasattr(values, "tocoo") and hasattr(values, "format"):
             if tuple(values.shape) != (n, m):
                 raise InvalidDeltaError(f"matrix {name!r}: a sparse delta of shape {tuple(values.shape)}, the "
@@ -449,6 +452,36 @@ class Buffer:
         d = Delta(name, vals, index=keys, accumulate=bool(accumulate), source=source, metadata=meta,
                   normalized=False, fold_op=codes[0] if (accumulate and codes) else _ops.OP_ASSIGN)
         return d.normalize()
+
+    @staticmethod
+    def _few_entries(page: Page, values: Any, index: Any, accumulate: bool, source: Optional[str],
+                     metadata: Optional[dict]) -> Optional[Delta]:
+        """A float64 matrix delta of a few entries given as int64 arrays: keys, sort and duplicate folding in one
+        point-kernel call. None where the general path must run (it also raises the errors)."""
+        if type(index) is not tuple or len(index) != 2 or page.dtype != np.float64 or metadata is not None:
+            return None
+        rows, cols = index
+        if type(rows) is not np.ndarray or type(cols) is not np.ndarray or rows.dtype != np.int64 \
+                or cols.dtype != np.int64 or rows.size > _FEW_ENTRIES or rows.ndim != 1 or cols.ndim != 1:
+            return None
+        codes = page.semiring.codes_for(page.dtype)
+        if accumulate and codes is None:
+            return None
+        if type(values) is np.ndarray and values.dtype == np.float64 and values.ndim == 1:
+            vals = values
+        elif isinstance(values, (float, int)) and not isinstance(values, bool):
+            vals = np.full(rows.size, values, dtype=np.float64)
+        else:
+            return None
+        op = codes[0] if accumulate else _ops.OP_ASSIGN
+        got = _kernels.point.entry_keys(np.ascontiguousarray(rows), np.ascontiguousarray(cols),
+                                        np.ascontiguousarray(vals), page.shape[0], page.shape[1], op)
+        if got is None:
+            return None
+        keys, vals = got
+        if page.semiring.idempotent and np.isnan(vals).any():
+            return None
+        return Delta(page.name, vals, index=keys, accumulate=bool(accumulate), source=source, fold_op=op)
 
     @staticmethod
     def _check_nan(page: Page, vals: np.ndarray) -> None:
@@ -1134,6 +1167,7 @@ class _NullLog:
 
 #: a sparse delta of more entries than this is kept in the order given until something needs it sorted
 _RAW_MIN = 4096
+_FEW_ENTRIES = 64          # a matrix delta of at most this many entries takes the point kernel (_few_entries)
 
 _SHAPES: dict = {}
 

@@ -230,3 +230,67 @@ def test_apply_few_checks_positions_first(kern):
     with pytest.raises(TypeError):
         kern.apply_few(page.astype(np.float32), np.array([0], dtype=np.int64), np.array([1.0]), OP_PLUS)
     np.testing.assert_array_equal(page, [0.0, 0.0, 0.0])
+
+
+@pytest.mark.parametrize("kern", KERNELS)
+@SETTINGS
+@given(seed=st.integers(0, 10_000), k=st.integers(0, 40), nrows=st.integers(1, 6), ncols=st.integers(1, 6),
+       op=st.sampled_from([-1, OP_PLUS, OP_TIMES, OP_MIN, OP_MAX]))
+def test_entry_keys_sort_and_fold_in_order(kern, seed, k, nrows, ncols, op):
+    rng = np.random.default_rng(seed)
+    r = rng.integers(0, nrows, k).astype(np.int64)
+    c = rng.integers(0, ncols, k).astype(np.int64)
+    v = np.round(rng.uniform(-5, 5, k), 1)
+    keys, vals = kern.entry_keys(r, c, v, nrows, ncols, op)
+    folded: dict = {}                           # an independent model: a dict folded in the order given
+    for key, val in zip((r * ncols + c).tolist(), v.tolist()):
+        if key in folded:
+            prev = folded[key]
+            val = {-1: val, OP_PLUS: prev + val, OP_TIMES: prev * val, OP_MIN: min(prev, val),
+                   OP_MAX: max(prev, val)}[op]
+        folded[key] = val
+    np.testing.assert_array_equal(keys, sorted(folded))
+    np.testing.assert_array_equal(vals, [folded[key] for key in sorted(folded)])
+
+
+@pytest.mark.parametrize("kern", KERNELS)
+def test_entry_keys_declines_bad_entries(kern):
+    one = np.array([0], dtype=np.int64)
+    assert kern.entry_keys(np.array([3], dtype=np.int64), one, np.array([1.0]), 3, 3, -1) is None
+    assert kern.entry_keys(one, np.array([-1], dtype=np.int64), np.array([1.0]), 3, 3, -1) is None
+    assert kern.entry_keys(one, one, np.array([1.0, 2.0]), 3, 3, -1) is None
+
+
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_small_matrix_writes_equal_the_general_path(accumulate, monkeypatch):
+    """Matrix deltas of a few entries (keys by the point kernel) give the pages, history and log of the general
+    path, duplicates and ⊕-zero removals included."""
+    from mmsb import buffer as buffer_mod
+
+    n = 40
+    rng = np.random.default_rng(5)
+    writes = []
+    for _ in range(50):
+        k = int(rng.integers(1, 12))
+        rows = rng.integers(0, n, k).astype(np.int64)
+        cols = rng.integers(0, n, k).astype(np.int64)
+        vals = np.round(rng.uniform(0.5, 9, k), 1)
+        vals[rng.random(k) < 0.2] = np.inf               # a removed road
+        writes.append((rows, cols, vals))
+    runs = []
+    for few in (buffer_mod._FEW_ENTRIES, 0):
+        monkeypatch.setattr(buffer_mod, "_FEW_ENTRIES", few)
+        with mmsb.open(None) as buf:
+            src = buf.create_page("src", n, semiring="min_plus")
+            dist = buf.create_page("dist", n, semiring="min_plus")
+            W = buf.create_matrix("W", (n, n), semiring="min_plus")
+            buf.write(src, 0.0, index=[0, 7])
+            buf.closure(dist, src, W)
+            for rows, cols, vals in writes:
+                buf.write(W, vals, index=(rows, cols), accumulate=accumulate)
+            runs.append((dist.read().copy(), W.read().toarray(),
+                         [(d.epoch, d.page, d.index.tolist(), d.values.tolist()) for d in buf.log.query(page=W)]))
+    (d1, w1, l1), (d2, w2, l2) = runs
+    np.testing.assert_array_equal(d1, d2)
+    np.testing.assert_array_equal(w1, w2)
+    assert l1 == l2

@@ -1,6 +1,7 @@
 # cython: language_level=3
 """Compiled point-wave kernels: one ``link`` step for a commit that changed a few source positions, fused.
 
+:func:`entry_keys` turns a few matrix entries into sorted flat keys with duplicates folded.
 :func:`apply_few` merges a few sparse values into a float64 page (the merge kernel's ``apply_normalized`` without
 its per-call dtype dispatch). The engine's general link step costs about thirty numpy calls, whatever the size of the change. For a change of a
 few source positions on float64 pages, :func:`link_push` does the same step in one call: the candidate rows, their
@@ -19,7 +20,7 @@ from mmsb._ext._types cimport OP_MAX, OP_MIN, OP_PLUS, OP_TIMES, apply_op
 
 cnp.import_array()
 
-__all__ = ["apply_few", "link_push"]
+__all__ = ["apply_few", "entry_keys", "link_push"]
 
 
 cdef int _cmp_i64(const void *a, const void *b) noexcept nogil:
@@ -280,3 +281,54 @@ def apply_few(page, idx, vals, int op):
         y[ix[c]] = b
         ch[c] = (b != a) and not (b != b and a != a)
     return old, changed
+
+
+def entry_keys(rows, cols, vals, int64_t nrows, int64_t ncols, int fold_op):
+    """The flat keys ``row * ncols + col`` of a few matrix entries, sorted, with duplicates folded in the order
+    given (``fold_op`` -1: the last value wins; else folded with that op), and their float64 values.
+
+    ``rows`` / ``cols``: int64 arrays of one length; ``vals``: float64 of that length. Returns ``(keys, values)``,
+    or None (nothing computed) when an index is out of range or the lengths differ: the caller's general path then
+    raises the error that names the entry."""
+    cdef cnp.ndarray a_r = _array(rows, "rows", cnp.NPY_INT64)
+    cdef cnp.ndarray a_c = _array(cols, "cols", cnp.NPY_INT64)
+    cdef cnp.ndarray a_v = _array(vals, "vals", cnp.NPY_FLOAT64)
+    cdef Py_ssize_t k = cnp.PyArray_DIM(a_r, 0), p, q, nout
+    if cnp.PyArray_DIM(a_c, 0) != k or cnp.PyArray_DIM(a_v, 0) != k:
+        return None
+    if fold_op < -1 or fold_op > OP_MAX:
+        raise ValueError(f"entry_keys: unknown op {fold_op}")
+    cdef const int64_t *r = <const int64_t *>cnp.PyArray_DATA(a_r)
+    cdef const int64_t *c = <const int64_t *>cnp.PyArray_DATA(a_c)
+    cdef const double *v = <const double *>cnp.PyArray_DATA(a_v)
+    for p in range(k):
+        if r[p] < 0 or r[p] >= nrows or c[p] < 0 or c[p] >= ncols:
+            return None
+    cdef cnp.npy_intp dim = k
+    cdef cnp.ndarray keys = cnp.PyArray_EMPTY(1, &dim, cnp.NPY_INT64, 0)
+    cdef cnp.ndarray out = cnp.PyArray_EMPTY(1, &dim, cnp.NPY_FLOAT64, 0)
+    cdef int64_t *kk = <int64_t *>cnp.PyArray_DATA(keys)
+    cdef double *ov = <double *>cnp.PyArray_DATA(out)
+    cdef int64_t key
+    cdef double val
+    for p in range(k):                          # insertion sort: stable, so duplicates keep their order
+        key = r[p] * ncols + c[p]
+        val = v[p]
+        q = p
+        while q > 0 and kk[q - 1] > key:
+            kk[q] = kk[q - 1]
+            ov[q] = ov[q - 1]
+            q -= 1
+        kk[q] = key
+        ov[q] = val
+    nout = 0
+    for p in range(k):
+        if nout and kk[nout - 1] == kk[p]:
+            ov[nout - 1] = apply_op(fold_op, ov[nout - 1], ov[p])
+        else:
+            kk[nout] = kk[p]
+            ov[nout] = ov[p]
+            nout += 1
+    if nout == k:
+        return keys, out
+    return keys[:nout].copy(), out[:nout].copy()

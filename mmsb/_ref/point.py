@@ -7,7 +7,7 @@ import numpy as np
 
 from mmsb._ops import OP_MAX, OP_MIN, OP_PLUS, OP_TIMES
 
-__all__ = ["apply_few", "link_push"]
+__all__ = ["apply_few", "entry_keys", "link_push"]
 
 _UFUNCS = {OP_PLUS: np.add, OP_TIMES: np.multiply, OP_MIN: np.minimum, OP_MAX: np.maximum}
 
@@ -122,3 +122,31 @@ def link_push(indptr_t, indices_t, data_t, idx, new, old, y, err, add_op: int, m
             return rows, before, (~ok).astype(np.uint8)
     changed = yv[rows] != before
     return rows[changed], before[changed], None
+
+
+def entry_keys(rows, cols, vals, nrows: int, ncols: int, fold_op: int) -> Optional[tuple]:
+    """The sorted flat keys of a few matrix entries with duplicates folded in order (see the compiled kernel);
+    None when an index is out of range or the lengths differ."""
+    r = _array(rows, "rows", np.int64)
+    c = _array(cols, "cols", np.int64)
+    v = _array(vals, "vals", np.float64)
+    if c.size != r.size or v.size != r.size:
+        return None
+    if fold_op < -1 or fold_op > OP_MAX:
+        raise ValueError(f"entry_keys: unknown op {fold_op}")
+    if r.size and (r.min() < 0 or r.max() >= nrows or c.min() < 0 or c.max() >= ncols):
+        return None
+    keys = r * ncols + c
+    order = np.argsort(keys, kind="stable")
+    keys, v = keys[order], v[order]
+    out_k: list = []
+    out_v: list = []
+    for key, val in zip(keys.tolist(), v.tolist()):
+        if out_k and out_k[-1] == key:
+            prev = out_v[-1]
+            out_v[-1] = {-1: val, OP_PLUS: prev + val, OP_TIMES: prev * val,
+                         OP_MIN: val if val < prev else prev, OP_MAX: val if val > prev else prev}[fold_op]
+        else:
+            out_k.append(key)
+            out_v.append(val)
+    return np.array(out_k, dtype=np.int64), np.array(out_v, dtype=np.float64)
