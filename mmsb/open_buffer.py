@@ -38,7 +38,7 @@ def open(path: Union[str, "os.PathLike[str]", None] = None, mode: str = "a", *, 
 
         return Buffer(log=MemoryLog(), memory_limit=limit, propagation=propagation, device=device,
                       functions=functions, cluster=cluster)
-    from mmsb.durable import open_store
+    from mmsb.store import open_store
 
     return open_store(os.fspath(path), mode, durability=durability, memory_limit=limit, device=device,
                       propagation=propagation, cluster=cluster, recovery=recovery, functions=functions,

@@ -32,7 +32,7 @@ class Report:
 
 
 def _segment_has_records(path: str) -> bool:
-    from mmsb.durable import _segment_has_records as has
+    from mmsb.store import _segment_has_records as has
 
     return has(path)
 

@@ -11,7 +11,7 @@ import pytest
 
 import mmsb
 from mmsb import checkpoint as C
-from mmsb import durable as D
+from mmsb import store as D
 from mmsb.errors import CorruptionError, HistoryError
 
 

@@ -17,13 +17,13 @@ import random
 import stat
 
 import mmsb.checkpoint
-import mmsb.durable
+import mmsb.store
 import mmsb.fileio
 import mmsb.log.durable
 import mmsb.manifest
 import mmsb.memory
 
-MODULES = (mmsb.log.durable, mmsb.checkpoint, mmsb.durable, mmsb.memory, mmsb.fileio, mmsb.manifest)
+MODULES = (mmsb.log.durable, mmsb.checkpoint, mmsb.store, mmsb.memory, mmsb.fileio, mmsb.manifest)
 KINDS = ("write", "fsync", "rename", "dirfsync")
 
 

@@ -25,7 +25,7 @@ SEED = 5
 def store(tmp_path_factory, request):
     """A small store with a checkpoint in the middle of its log; ``incremental``: close() adds a shutdown
     checkpoint (container version 3) that borrows the unchanged pages' chunks from that one."""
-    from mmsb import durable as D
+    from mmsb import store as D
 
     root = tmp_path_factory.mktemp("corrupt")
     path = str(root / "s")
