@@ -222,7 +222,7 @@ def cmd_log(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from mmsb.checkpoint import write_checkpoint, write_store_file
+    from mmsb.container import write_checkpoint, write_store_file
     from mmsb.errors import HistoryError
 
     if os.path.exists(args.out) and not os.path.isdir(args.out):

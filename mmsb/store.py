@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from mmsb.buffer import Buffer, _NullLog
-from mmsb.checkpoint import (LOCK_FILE, STORE_FILE, PageRef, checkpoint_digest, checkpoint_path, checkpoint_refs,
+from mmsb.container import (LOCK_FILE, STORE_FILE, PageRef, checkpoint_digest, checkpoint_path, checkpoint_refs,
                              checkpoint_store_id, cleanup_temp, list_checkpoints, load_checkpoint, remove_checkpoint,
                              write_checkpoint)
 from mmsb.errors import ClosedError, CorruptionError, HistoryError, StoreLockedError
@@ -168,7 +168,7 @@ class Store:
         return epoch
 
     def loaded(self, snap) -> None:
-        """The checkpoint ``snap`` (mmsb.checkpoint.Snapshot) was loaded at open: the next automatic checkpoint
+        """The checkpoint ``snap`` (mmsb.container.Snapshot) was loaded at open: the next automatic checkpoint
         may borrow its unchanged pages' chunks."""
         epochs = {m.get("name"): m.get("epoch") for m, _ in snap.pages if isinstance(m, dict)}
         self._layout = (snap.epoch, {n: (epochs.get(n), ref) for n, ref in snap.layout.items()
@@ -504,7 +504,7 @@ def _manifest_moved(root: str, before: Optional[int]) -> bool:
 def _open_store(root: str, mode: str, *, durability: str, memory_limit: Optional[int], device: str,
                 propagation: str, cluster: Any, recovery: str, functions: Optional[dict[str, Callable]],
                 segment_bytes: int, seen: dict, auto_checkpoint: Any = None) -> Buffer:
-    from mmsb.checkpoint import STORE_VERSION, read_store_file, write_store_file
+    from mmsb.container import STORE_VERSION, read_store_file, write_store_file
 
     exists = is_store(root)
     if mode in ("r", "r+") and not exists:

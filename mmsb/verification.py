@@ -5,7 +5,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 
-from mmsb import checkpoint as C
+from mmsb import container as C
 from mmsb.errors import CorruptionError
 from mmsb.log import scan_store_log
 from mmsb.log.segment import iter_segments, parse_segment_name

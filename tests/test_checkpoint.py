@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 
-from mmsb import checkpoint as C
+from mmsb import container as C
 from mmsb.delta import SchemaOp
 from mmsb.errors import CorruptionError
 

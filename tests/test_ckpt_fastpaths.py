@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import mmsb
-from mmsb import checkpoint as C
+from mmsb import container as C
 from mmsb import codecs
 from mmsb.errors import CorruptionError
 from mmsb.log import iter_segments

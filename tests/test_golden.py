@@ -89,7 +89,7 @@ def test_golden_checkpoint_v2(tmp_path):
     exactly the arrays it was written from (SHA-256 of their bytes recorded at generation), and verifies."""
     import hashlib
 
-    from mmsb import checkpoint as C
+    from mmsb import container as C
 
     meta = json.load(open(os.path.join(HERE, "expected_ckpt_v2.json")))
     root = tmp_path / "ckpt_v2"
@@ -117,7 +117,7 @@ def test_golden_manifest_v2(tmp_path):
 
     import crc32c
 
-    from mmsb import checkpoint as C
+    from mmsb import container as C
     from mmsb.manifest import read_manifest
 
     root = os.path.join(HERE, "store_v2")

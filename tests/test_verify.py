@@ -4,7 +4,7 @@ import warnings
 
 import numpy as np
 
-from mmsb import checkpoint as C
+from mmsb import container as C
 from mmsb.delta import Delta, SchemaOp, Txn
 from mmsb.log import DurableLog
 from mmsb.log.segment import iter_segments

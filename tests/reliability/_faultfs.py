@@ -16,14 +16,14 @@ import os as _os
 import random
 import stat
 
-import mmsb.checkpoint
+import mmsb.container
 import mmsb.store
 import mmsb.fileio
 import mmsb.log.durable
 import mmsb.manifest
 import mmsb.memory
 
-MODULES = (mmsb.log.durable, mmsb.checkpoint, mmsb.store, mmsb.memory, mmsb.fileio, mmsb.manifest)
+MODULES = (mmsb.log.durable, mmsb.container, mmsb.store, mmsb.memory, mmsb.fileio, mmsb.manifest)
 KINDS = ("write", "fsync", "rename", "dirfsync")
 
 

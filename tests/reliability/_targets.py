@@ -7,7 +7,7 @@ import tempfile
 
 import numpy as np
 
-from mmsb import checkpoint as C
+from mmsb import container as C
 from mmsb import codecs
 from mmsb._ref import codecs as ref
 from mmsb.log import records as R

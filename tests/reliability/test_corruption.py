@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import mmsb
-from mmsb import checkpoint as C
+from mmsb import container as C
 from mmsb.errors import CorruptionError, TornWriteWarning
 
 import _workload as W

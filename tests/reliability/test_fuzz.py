@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from mmsb import checkpoint as C
+from mmsb import container as C
 from mmsb import codecs
 from mmsb.delta import Delta, SchemaOp
 from mmsb.errors import CorruptionError

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import mmsb
-from mmsb import checkpoint as C
+from mmsb import container as C
 from mmsb.errors import CorruptionError, HistoryError, TornWriteWarning
 from mmsb.log.segment import iter_segments
 
