@@ -20,9 +20,9 @@ if TYPE_CHECKING:  # pragma: no cover - the names below load lazily at run time
     from mmsb.buffer import Buffer, LogView
     from mmsb.delta import Delta
     from mmsb.graph import Graph
+    from mmsb.open_buffer import open
     from mmsb.pages import Page
     from mmsb.plugins import hookimpl
-    from mmsb.open_buffer import open
     from mmsb.txn import Transaction, with_transaction
     from mmsb.verification import Report, verify
 

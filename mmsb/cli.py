@@ -222,8 +222,9 @@ def cmd_log(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from mmsb.container import write_checkpoint, write_store_file
+    from mmsb.checkpoint import write_checkpoint
     from mmsb.errors import HistoryError
+    from mmsb.identity import write_store_file
 
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise CLIError(f"--out {args.out} is a file; give a new directory")

@@ -1,6 +1,6 @@
-"""Checkpoints, spill blobs and the STORE identity file.
+"""The checksummed container format, shared by checkpoints (mmsb.checkpoint) and spill files (mmsb.spill).
 
-One checkpoint is ONE file, ``root/checkpoints/<epoch:020d>.ckpt``, a *container*::
+A container is ONE file::
 
     header (32 bytes) | chunk data, contiguous, no gaps | manifest (JSON) | trailer (64 bytes)
 
@@ -8,8 +8,9 @@ Every byte is covered by a checksum: the header and trailer carry their own CRC3
 the CRC32C and SHA-256 in the trailer, and every chunk by the CRC32C and SHA-256 listed in the manifest; the
 chunks must tile the data region exactly. Parts are addressed by offset inside the file (no paths), so a
 manifest cannot point outside the store. Publication is atomic: a temporary file in the same directory is
-written, fsynced, renamed over the final name, and the directory is fsynced. Spill blobs (``write_blob_file``)
-use the same container with another magic. Byte-level layouts: docs/FORMAT.md.
+written, fsynced, renamed over the final name, and the directory is fsynced. The magic in the header names the
+kind of file. A version-3 container (an incremental checkpoint) may borrow chunks of older containers beside it
+(:class:`PageRef`). Byte-level layouts: docs/FORMAT.md.
 """
 from __future__ import annotations
 
@@ -20,73 +21,43 @@ import os
 import struct
 import threading
 import time
-import uuid
-import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Optional
 
 import crc32c as _crc
 import numpy as np
 
-from mmsb.fileio import fsync_dir as _fsync_dir
-from mmsb.fileio import start_writeback
 from mmsb import codecs
+from mmsb.codecs import NTHREADS
 from mmsb.delta import SchemaOp
 from mmsb.errors import CorruptionError
-from mmsb.log.records import loads_json
+from mmsb.fileio import fsync_dir as _fsync_dir
+from mmsb.fileio import start_writeback
+from mmsb.layout import temp_path
+from mmsb.log.records import MAX_ELEMS, loads_json
+from mmsb.log.records import dumps as _dumps
 from mmsb.log.segment import mask_crc
 
 FORMAT_VERSION = 2            # containers without borrowed chunks; 1 (chunks strictly back to back) is still read
-REF_VERSION = 3               # a checkpoint that borrows chunks of older checkpoints (an incremental one)
+REF_VERSION = 3               # a container that borrows chunks of older ones (an incremental checkpoint)
 READ_VERSIONS = (1, 2, 3)
-STORE_VERSION = 2            # written; 2 = the store has a MANIFEST (mmsb/manifest.py); 1 (none) is still read
-STORE_READ_VERSIONS = (1, 2)
-STORE_MAX_BYTES = 1 << 20    # a STORE file is small; a larger one is refused before it is read
 ALIGN = 4096                  # version 2: a RAW chunk of ALIGN_MIN bytes or more starts at a multiple of ALIGN
 ALIGN_MIN = 64 * 2**10        # (the bytes skipped to get there are zero), so that it can be written with O_DIRECT
 DIRECT_PIECE = 4 * 2**20      # O_DIRECT writes of this size, DIRECT_DEPTH of them in flight
 DIRECT_DEPTH = 4
-CKPT_MAGIC = b"MMSBCKP\0"
-BLOB_MAGIC = b"MMSBBLB\0"
 END_MAGIC = b"MMSBEND\0"
-STORE_MAGIC = b"MMSBSTOR"
-STORE_FILE = "STORE"
-LOCK_FILE = "LOCK"
-CKPT_DIR = "checkpoints"
 CHUNK_BYTES = 16 * 2**20
-BLOB_CHUNK_BYTES = 4 * 2**20   # spill blobs: smaller chunks, so that a reload reads and checks them on NTHREADS threads
 MAX_FRACTION = 0.8   # compress a chunk only when blosc2 saves at least 20% (raw chunks load fastest)
 FLUSH_BYTES = 64 * 2**20   # fsync mode without sync_file_range: a background fdatasync after this many bytes
-# Checkpoint page compression ("on", "off", "auto"; env MMSB_CHECKPOINT_COMPRESS; default on). Every 16 MiB chunk
-# is probed and kept raw when blosc2 saves less than 20%. blosc2 (LZ4 + shuffle) decodes at ~3 GB/s per core while
-# a raw read from a warm page cache runs at memory speed (~10 GB/s): on machines with fewer than
-# AUTO_COMPRESS_CPUS cores a raw checkpoint of compressible data reloads faster from cache (but is far larger on
-# disk and slower to read cold); "auto" writes raw there, "off" always.
-CHECKPOINT_COMPRESS = os.environ.get("MMSB_CHECKPOINT_COMPRESS", "on")
-# MMSB_DIRECT_IO=0 keeps every checkpoint write in the page cache (leaves a fresh checkpoint cached for a reopen)
+# MMSB_DIRECT_IO=0 keeps every container write in the page cache (leaves a fresh checkpoint cached for a reopen)
 DIRECT_IO = os.environ.get("MMSB_DIRECT_IO", "1") not in ("0", "off", "false", "no")
-AUTO_COMPRESS_CPUS = 4
-
-
-def checkpoint_compression() -> bool:
-    """Whether ``buf.checkpoint()`` compresses pages by default (see CHECKPOINT_COMPRESS)."""
-    mode = str(CHECKPOINT_COMPRESS).lower()
-    if mode in ("1", "on", "true", "yes"):
-        return True
-    if mode in ("0", "off", "false", "no"):
-        return False
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cpus = os.cpu_count() or 1
-    return cpus >= AUTO_COMPRESS_CPUS
 _HEAD = struct.Struct("<8sHHIQI")      # magic, version, flags, reserved, epoch, reserved2 (28) + crc
 HEAD_SIZE = _HEAD.size + 4             # 32
 _TRAIL = struct.Struct("<QQI32s8s")    # manifest offset, length, crc32c, sha256, END magic (60) + crc
 TRAIL_SIZE = _TRAIL.size + 4           # 64
 _U32 = struct.Struct("<I")
-NTHREADS = max(1, min(8, os.cpu_count() or 1))
 _mask = mask_crc                       # LevelDB's CRC mask, one definition (mmsb.log.segment)
 
 
@@ -94,29 +65,12 @@ def _crc32c(b) -> int:
     return _crc.crc32c(b)
 
 
-def _dumps(obj) -> bytes:
-    from mmsb.log.records import dumps
-    return dumps(obj)
-
-
-@dataclass
-class Snapshot:
-    """A loaded checkpoint."""
-    epoch: int
-    pages: list = field(default_factory=list)    # [(meta dict, numpy array)]
-    rules: list = field(default_factory=list)    # [SchemaOp]
-    extra: Any = None
-    path: Optional[str] = None
-    blocks: Any = None     # the memory.BlockLoader whose blocks hold the page arrays (None: plain arrays)
-    layout: dict = field(default_factory=dict)   # page name -> PageRef: where each page's chunks lie on disk
-
-
 @dataclass
 class PageRef:
-    """A page whose bytes older checkpoints already hold, for :func:`write_checkpoint` (an incremental checkpoint
+    """A page whose bytes older containers already hold, for :func:`write_container` (an incremental checkpoint
     lists its chunks instead of writing them again). ``chunks``: array-entry chunks, each with ``ref`` = the
-    epoch of the checkpoint file that holds its bytes (``offset``, ``length``, ``codec``, ``n``, ``crc32c``,
-    ``sha256`` as there). :func:`load_checkpoint` gives one per page in ``Snapshot.layout``."""
+    epoch of the container file that holds its bytes (``offset``, ``length``, ``codec``, ``n``, ``crc32c``,
+    ``sha256`` as there). :func:`mmsb.checkpoint.load_checkpoint` gives one per page in ``Snapshot.layout``."""
     dtype: str
     shape: list
     chunks: list
@@ -321,14 +275,20 @@ def _ref_entry(ref: PageRef) -> dict:
     return {"dtype": ref.dtype, "shape": [int(x) for x in ref.shape], "chunks": chunks}
 
 
-def _write_container(final: str, magic: bytes, epoch: int, pages, rules, extra, fsync: bool,
-                     compress: bool = True, kind: str = "checkpoint", ref_digest=None,
-                     background: bool = False, chunk: int = CHUNK_BYTES) -> dict:
-    """Write and publish one container. ``background``: the caller is a low-priority thread beside running
-    commits: no worker pools, whole chunks per call (the writer then takes the GIL a few times per chunk instead
-    of several times per 512 KiB piece, which would make the committing thread wait for it)."""
+def write_container(final: str, magic: bytes, epoch: int, pages, rules, extra, fsync: bool,
+                    compress: bool = True, *, kind: str, ref_digest: Callable[[int], str] | None = None,
+                    background: bool = False, chunk: int | None = None) -> dict:
+    """Write and publish one container; returns its manifest. ``magic`` names the kind of file, ``kind`` is
+    recorded in the manifest. ``pages``: [(meta, array or :class:`PageRef`)]; a PageRef borrows chunks of older
+    containers beside ``final``, named by epoch, whose manifest digests ``ref_digest(epoch)`` gives (None: this
+    container may borrow nothing). ``chunk``: bytes per chunk (default CHUNK_BYTES). ``background``: the caller
+    is a low-priority thread beside running commits: no worker pools, whole chunks per call (the writer then
+    takes the GIL a few times per chunk instead of several times per 512 KiB piece, which would make the
+    committing thread wait for it)."""
+    if chunk is None:
+        chunk = CHUNK_BYTES
     refs = sorted({e for _, a in pages if isinstance(a, PageRef) for e in a.files})
-    if refs and (magic != CKPT_MAGIC or ref_digest is None):
+    if refs and ref_digest is None:
         raise ValueError("only a checkpoint of a store can borrow chunks of older checkpoints")
     if any(e >= int(epoch) for e in refs):
         raise ValueError(f"checkpoint {epoch} can only borrow chunks of older checkpoints, not of {refs}")
@@ -336,7 +296,7 @@ def _write_container(final: str, magic: bytes, epoch: int, pages, rules, extra, 
     ref_list = [{"epoch": e, "sha256": ref_digest(e)} for e in refs]
     version = REF_VERSION if refs else FORMAT_VERSION
     d = os.path.dirname(final) or "."
-    tmp = os.path.join(d, f".{os.path.basename(final)}.tmp-{uuid.uuid4().hex[:12]}")
+    tmp = temp_path(final)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     # fsync mode: large RAW chunks bypass the page cache (O_DIRECT); without fsync a buffered write returns sooner
     dfd = _open_direct(tmp) if fsync and DIRECT_IO else None
@@ -403,36 +363,39 @@ def _write_container(final: str, magic: bytes, epoch: int, pages, rules, extra, 
 
 # ====================================================================== container reader
 
-def _bad(msg: str, path: str, offset=None, what=None):
+def corrupt(msg: str, path: str, offset=None, what=None) -> CorruptionError:
+    """The CorruptionError that names ``path``, the ``offset`` of the damage and ``what`` is damaged."""
     return CorruptionError(msg, file=path, offset=offset, what=what or msg)
 
 
-def _read_manifest(fd: int, path: str, magic: bytes) -> tuple[int, dict]:
+def read_container_manifest(fd: int, path: str, magic: bytes) -> tuple[int, dict]:
+    """(manifest offset, manifest) of the container open at ``fd``, after checking its header, trailer and the
+    manifest's checksums and its agreement with the header."""
     size = os.fstat(fd).st_size
     if size < HEAD_SIZE + TRAIL_SIZE:
-        raise _bad("file too short", path, 0, "container size")
+        raise corrupt("file too short", path, 0, "container size")
     head = os.pread(fd, HEAD_SIZE, 0)
     mg, ver, flags, res, epoch, res2 = _HEAD.unpack_from(head)
     if mg != magic:
-        raise _bad("bad magic", path, 0, "magic")
+        raise corrupt("bad magic", path, 0, "magic")
     if _mask(_crc32c(head[:_HEAD.size])) != _U32.unpack_from(head, _HEAD.size)[0]:
-        raise _bad("header checksum mismatch", path, 0, "header crc")
+        raise corrupt("header checksum mismatch", path, 0, "header crc")
     if ver not in READ_VERSIONS or flags or res or res2:
-        raise _bad(f"unsupported format version {ver} / flags", path, 8, "version")
+        raise corrupt(f"unsupported format version {ver} / flags", path, 8, "version")
     tr = os.pread(fd, TRAIL_SIZE, size - TRAIL_SIZE)
     if _mask(_crc32c(tr[:_TRAIL.size])) != _U32.unpack_from(tr, _TRAIL.size)[0]:
-        raise _bad("trailer checksum mismatch", path, size - TRAIL_SIZE, "trailer crc")
+        raise corrupt("trailer checksum mismatch", path, size - TRAIL_SIZE, "trailer crc")
     moff, mlen, mcrc, msha, endm = _TRAIL.unpack_from(tr)
     if endm != END_MAGIC or moff < HEAD_SIZE or moff + mlen != size - TRAIL_SIZE:
-        raise _bad("bad trailer", path, size - TRAIL_SIZE, "trailer")
+        raise corrupt("bad trailer", path, size - TRAIL_SIZE, "trailer")
     mb = os.pread(fd, mlen, moff)
     if len(mb) != mlen or _crc32c(mb) != mcrc or hashlib.sha256(mb).digest() != msha:
-        raise _bad("manifest checksum mismatch", path, moff, "manifest checksum")
+        raise corrupt("manifest checksum mismatch", path, moff, "manifest checksum")
     man = loads_json(mb, "manifest json", path, moff)
     if not isinstance(man, dict) or man.get("format") != ver or man.get("epoch") != epoch:
-        raise _bad("manifest does not match the header", path, moff, "manifest")
+        raise corrupt("manifest does not match the header", path, moff, "manifest")
     if man.get("data_start") != HEAD_SIZE or man.get("data_end") != moff:
-        raise _bad("manifest data range is wrong", path, moff, "manifest")
+        raise corrupt("manifest data range is wrong", path, moff, "manifest")
     return moff, man
 
 
@@ -452,7 +415,7 @@ def _array_plan(ent, path: str, cursor: list, moff: int, gaps: Optional[list] = 
         big = 1
         for s in shape:      # exact (no int64 wrap-around), and a 0 dim must not hide a huge one
             big *= max(s, 1)
-        if big > 1 << 48:
+        if big > MAX_ELEMS:
             raise ValueError
         n = int(np.prod(shape, dtype=np.int64)) if shape else 1
         total = 0
@@ -487,7 +450,7 @@ def _array_plan(ent, path: str, cursor: list, moff: int, gaps: Optional[list] = 
         if total != n and not (n == 0 and total == 0):
             raise ValueError
     except (KeyError, TypeError, ValueError, CorruptionError):
-        raise _bad("manifest entry is malformed", path, moff, "manifest entry") from None
+        raise corrupt("manifest entry is malformed", path, moff, "manifest entry") from None
     return dt, shape, chunks
 
 
@@ -522,31 +485,31 @@ def _run_job(fd: int, path: str, job: _Job, strong: bool) -> None:
             piece = mv[pos:pos + READ_PIECE]
             got = os.preadv(fd, [piece], off + pos)
             if got != piece.nbytes:
-                raise _bad("chunk is short", path, off, "chunk length")
+                raise corrupt("chunk is short", path, off, "chunk length")
             crc = _crc.crc32c(piece, crc)
             if sha is not None:
                 sha.update(piece)
             pos += got
         ok = crc == c["crc32c"] and (sha is None or sha.hexdigest() == c["sha256"])
         if not ok:
-            raise _bad("chunk checksum mismatch", path, off, "chunk checksum")
+            raise corrupt("chunk checksum mismatch", path, off, "chunk checksum")
         if dt.kind == "b" and dst.size and (dst.view(np.uint8) > 1).any():
-            raise _bad("bool chunk holds bytes other than 0/1", path, off, "chunk")
+            raise corrupt("bool chunk holds bytes other than 0/1", path, off, "chunk")
         return
     data = os.pread(fd, ln, off)
     if len(data) != ln:
-        raise _bad("chunk is short", path, off, "chunk length")
+        raise corrupt("chunk is short", path, off, "chunk length")
     if strong:
         crc2, sha_hex = _hash(data)
         ok = crc2 == c["crc32c"] and sha_hex == c["sha256"]
     else:
         ok = _crc32c(data) == c["crc32c"]
     if not ok:
-        raise _bad("chunk checksum mismatch", path, off, "chunk checksum")
+        raise corrupt("chunk checksum mismatch", path, off, "chunk checksum")
     try:
         codecs.decode_values(codecs.BLOSC2, data, dt, c["n"], out=dst, nthreads=1)
     except CorruptionError as exc:
-        raise _bad(f"chunk does not decode ({exc.what})", path, off, "chunk") from None
+        raise corrupt(f"chunk does not decode ({exc.what})", path, off, "chunk") from None
 
 
 def _jobs_for(out: np.ndarray, dt: np.dtype, chunks: list, sources: Optional[dict] = None) -> list:
@@ -598,50 +561,29 @@ def _run_jobs(fd: int, path: str, jobs: list, strong: bool) -> None:
         raise failed[0]
 
 
-def _check_described(plans: list, rplans: list, path: str, moff: int) -> None:
-    """A checkpoint's page descriptions (name, shape, dtype, semiring) must be valid and agree with the arrays
-    that hold them; its rules must be well formed (CorruptionError naming the page otherwise)."""
-    from mmsb.log.records import check_page_meta, check_schema
 
-    for meta, (dt, shape, _) in plans:
-        if not isinstance(meta, dict):
-            raise _bad("manifest: page description is not an object", path, moff, "manifest page")
-        name = meta.get("name")
-        if "shape" in meta or "dtype" in meta:
-            desc = {"semiring": "", "name": name if name else "?", "shape": meta.get("shape", list(shape)),
-                    "dtype": meta.get("dtype", dt.str)}
-            try:
-                mshape, mdt = check_page_meta(desc, "checkpoint page")
-            except CorruptionError as exc:
-                raise _bad(f"manifest: {exc}", path, moff, "manifest page") from None
-            if mshape != tuple(shape) or mdt != dt:
-                raise _bad(f"manifest: page {name!r} is described as {list(mshape)} {mdt.str} but its array "
-                           f"is {list(shape)} {dt.str}", path, moff, "manifest page")
-    for kind, pl, _ in rplans:
-        try:
-            check_schema(kind, pl, {})
-        except CorruptionError as exc:
-            raise _bad(f"manifest: {exc}", path, moff, "manifest rule") from None
-
-
-def _read_container(path: str, magic: bytes, strong: bool = True, blocks=None, fd: Optional[int] = None,
-                    ref_fd=None):
-    """Read and validate a container. Loading checks every CRC32C; ``strong`` adds SHA-256 (verify).
+def read_container(path: str, magic: bytes, strong: bool = True, blocks=None, fd: Optional[int] = None,
+                   ref_fd=None, borrowed_path: Callable[[int], str] | None = None,
+                   check: Callable[[list, list, str, int], None] | None = None):
+    """Read and validate a container: (manifest, pages [(meta, array)], rules [SchemaOp]). Loading checks every
+    CRC32C; ``strong`` adds SHA-256 (verify).
 
     ``blocks`` (a memory.BlockLoader, optional) gives the destination arrays of the pages: every chunk is read or
     decoded straight into them; nothing is returned (and the blocks are freed) unless every check passed.
     ``fd``: read through this open descriptor (a reader's pin; left open) instead of opening ``path``, which
-    then only names the file in errors. A version-3 container's borrowed chunks are read from the checkpoints
-    beside it that hold them (``ref_fd(epoch)``: a pinned descriptor for one, or None)."""
+    then only names the file in errors. A version-3 container's borrowed chunks are read from the containers
+    ``borrowed_path(epoch)`` names (None: a container of this kind borrows nothing, and one that says it does is
+    corrupt); ``ref_fd(epoch)`` may give a pinned descriptor for one. ``check(plans, rule_plans, path,
+    manifest offset)``: the kind's own checks of the validated manifest entries, before any chunk is read."""
     own = fd is None
     if own:
         fd = os.open(path, os.O_RDONLY)
     opened: list = []
     try:
-        moff, man = _read_manifest(fd, path, magic)
+        moff, man = read_container_manifest(fd, path, magic)
         cursor = [HEAD_SIZE]
         gaps: Optional[list] = [] if man["format"] >= 2 else None
-        refs = _declared_refs(man, path, moff, magic)
+        refs = declared_refs(man, path, moff, borrowed_path is not None)
         ref_ends = {e: 0 for e in refs} if refs is not None else None
         try:
             pages_in = man["pages"]
@@ -657,16 +599,16 @@ def _read_container(path: str, magic: bytes, strong: bool = True, blocks=None, f
                                [(str(k), _array_plan(v, path, cursor, moff, gaps))
                                 for k, v in r["arrays"].items()]))
         except (KeyError, TypeError, ValueError, AttributeError):
-            raise _bad("manifest is malformed", path, moff, "manifest") from None
-        sources = _open_refs(path, refs or {}, ref_ends or {}, ref_fd, opened)
+            raise corrupt("manifest is malformed", path, moff, "manifest") from None
+        sources = _open_refs(path, refs or {}, ref_ends or {}, ref_fd, opened, borrowed_path)
         if cursor[0] != moff:
-            raise _bad("chunks do not cover the data region", path, cursor[0], "manifest coverage")
-        if magic == CKPT_MAGIC:
-            _check_described(plans, rplans, path, moff)
+            raise corrupt("chunks do not cover the data region", path, cursor[0], "manifest coverage")
+        if check is not None:
+            check(plans, rplans, path, moff)
         for off, ln in gaps or ():        # alignment padding: covered by no checksum, so it must be zeros
             pad = os.pread(fd, ln, off)
             if len(pad) != ln or pad.count(0) != ln:
-                raise _bad("alignment padding is not zero", path, off, "padding")
+                raise corrupt("alignment padding is not zero", path, off, "padding")
         try:
             jobs: list = []
             pages = []
@@ -697,17 +639,17 @@ def _read_container(path: str, magic: bytes, strong: bool = True, blocks=None, f
             os.close(fd)
 
 
-def _declared_refs(man: dict, path: str, moff: int, magic: bytes) -> Optional[dict]:
+def declared_refs(man: dict, path: str, moff: int, borrows: bool) -> Optional[dict]:
     """Version 3: {epoch: manifest digest} of the older checkpoints this one borrows chunks from (None for
-    earlier versions, which borrow nothing)."""
+    earlier versions, which borrow nothing). ``borrows``: whether a container of this kind may borrow."""
     if man["format"] < REF_VERSION:
         if "refs" in man:
-            raise _bad("manifest lists borrowed checkpoints in a container version without them", path, moff,
+            raise corrupt("manifest lists borrowed checkpoints in a container version without them", path, moff,
                        "manifest refs")
         return None
     refs: dict = {}
     try:
-        if magic != CKPT_MAGIC:
+        if not borrows:
             raise ValueError
         for r in man["refs"]:
             e, dg = r["epoch"], r["sha256"]
@@ -718,317 +660,52 @@ def _declared_refs(man: dict, path: str, moff: int, magic: bytes) -> Optional[di
         if not refs:
             raise ValueError
     except (KeyError, TypeError, ValueError, AttributeError):
-        raise _bad("manifest list of borrowed checkpoints is malformed", path, moff, "manifest refs") from None
+        raise corrupt("manifest list of borrowed checkpoints is malformed", path, moff, "manifest refs") from None
     return refs
 
 
-def _open_refs(path: str, refs: dict, ends: dict, ref_fd, opened: list) -> dict:
+def _open_refs(path: str, refs: dict, ends: dict, ref_fd, opened: list, borrowed_path) -> dict:
     """{epoch: (descriptor, path)} of the checkpoints a version-3 container borrows chunks from, each checked to
     be the very file it was written against (its manifest's SHA-256) and to hold the bytes borrowed (they lie in
-    its data region). Files are looked up beside ``path``; ``ref_fd(epoch)`` may give an open descriptor (a
+    its data region). Files are named by ``borrowed_path(epoch)``; ``ref_fd(epoch)`` may give an open descriptor (a
     reader's pin). Descriptors this opens are appended to ``opened`` (the caller closes them)."""
     out = {}
     for e, digest in refs.items():
-        rpath = os.path.join(os.path.dirname(path), f"{int(e):020d}.ckpt")
+        rpath = borrowed_path(e)
         rfd = ref_fd(e) if ref_fd is not None else None
         if rfd is None:
             try:
                 rfd = os.open(rpath, os.O_RDONLY)
             except FileNotFoundError:
-                raise _bad(f"checkpoint {e}, which holds chunks of {os.path.basename(path)}, is missing", rpath,
+                raise corrupt(f"checkpoint {e}, which holds chunks of {os.path.basename(path)}, is missing", rpath,
                            None, "borrowed checkpoint missing") from None
             opened.append(rfd)
-        data_end, got = _trailer_info(rfd, rpath)
+        data_end, got = trailer_info(rfd, rpath)
         if got != digest:
-            raise _bad(f"checkpoint {e} is not the one {os.path.basename(path)} borrows chunks from (its "
+            raise corrupt(f"checkpoint {e} is not the one {os.path.basename(path)} borrows chunks from (its "
                        "manifest digest differs)", rpath, None, "borrowed checkpoint digest")
         if ends.get(e, 0) > data_end:
-            raise _bad(f"{os.path.basename(path)} borrows bytes past the data of checkpoint {e}", path, None,
+            raise corrupt(f"{os.path.basename(path)} borrows bytes past the data of checkpoint {e}", path, None,
                        "borrowed chunk range")
         out[e] = (rfd, rpath)
     return out
 
 
-def _trailer_info(fd: int, path: str) -> tuple[int, str]:
+def trailer_info(fd: int, path: str) -> tuple[int, str]:
     """(manifest offset = end of the data region, SHA-256 hex of the manifest) from a container's trailer, whose
     own CRC is checked."""
     size = os.fstat(fd).st_size
     if size < HEAD_SIZE + TRAIL_SIZE:
-        raise _bad("file too short", path, 0, "container size")
+        raise corrupt("file too short", path, 0, "container size")
     tr = os.pread(fd, TRAIL_SIZE, size - TRAIL_SIZE)
     if len(tr) != TRAIL_SIZE or _mask(_crc32c(tr[:_TRAIL.size])) != _U32.unpack_from(tr, _TRAIL.size)[0]:
-        raise _bad("trailer checksum mismatch", path, size - TRAIL_SIZE, "trailer crc")
+        raise corrupt("trailer checksum mismatch", path, size - TRAIL_SIZE, "trailer crc")
     moff, mlen, _, msha, endm = _TRAIL.unpack_from(tr)
     if endm != END_MAGIC or moff < HEAD_SIZE or moff + mlen != size - TRAIL_SIZE:
-        raise _bad("bad trailer", path, size - TRAIL_SIZE, "trailer")
+        raise corrupt("bad trailer", path, size - TRAIL_SIZE, "trailer")
     return moff, msha.hex()
 
 
-# ====================================================================== checkpoints
-
-def checkpoint_dir(root: str) -> str:
-    return os.path.join(os.fspath(root), CKPT_DIR)
-
-
-def checkpoint_path(root: str, epoch: int) -> str:
-    return os.path.join(checkpoint_dir(root), f"{int(epoch):020d}.ckpt")
-
-
-def parse_checkpoint_name(name: str) -> Optional[int]:
-    if len(name) == 25 and name.endswith(".ckpt") and name[:20].isdigit():
-        return int(name[:20])
-    return None
-
-
-def write_checkpoint(root: str, epoch: int, pages, rules, extra=None, fsync: bool = True,
-                     compress: Optional[bool] = True, info: Optional[dict] = None, background: bool = False) -> str:
-    """Write and atomically publish the checkpoint of ``epoch``; returns its path.
-
-    ``pages``: list of (meta, array) — meta is JSON-able (name, shape, dtype, semiring, device, metadata, epoch);
-    the array may be a :class:`PageRef` (a page older checkpoints of ``root`` hold: an incremental checkpoint,
-    container version 3; those checkpoints must be kept while this one is).
-    ``rules``: list of SchemaOp. ``extra``: any JSON-able value. ``compress``: try blosc2 on each chunk
-    (kept only where it saves >= 20%); None: :func:`checkpoint_compression`. ``info``: a dict that receives the
-    written container manifest (``info["manifest"]``). ``background``: written by a low-priority thread beside
-    running commits (one thread, whole chunks per call; see :func:`_write_container`).
-    """
-    if compress is None:
-        compress = checkpoint_compression()
-    d = checkpoint_dir(root)
-    os.makedirs(d, exist_ok=True)
-    final = checkpoint_path(root, epoch)
-    man = _write_container(final, CKPT_MAGIC, epoch, pages, rules, extra, fsync, compress,
-                           ref_digest=lambda e: checkpoint_digest(checkpoint_path(root, e)), background=background)
-    if info is not None:
-        info["manifest"] = man
-    return final
-
-
-def list_checkpoints(root: str) -> list[int]:
-    try:
-        names = os.listdir(checkpoint_dir(root))
-    except FileNotFoundError:
-        return []
-    return sorted(e for e in map(parse_checkpoint_name, names) if e is not None)
-
-
-def load_checkpoint(root: str, epoch: Optional[int] = None, max_epoch: Optional[int] = None,
-                    fallback: bool = False, blocks=None, epochs: Optional[list] = None,
-                    fd_of=None) -> Optional[Snapshot]:
-    """Load (after validating every checksum) the checkpoint of ``epoch``, or the newest one <= ``max_epoch``
-    (the newest overall if both are None). Returns None when there is none. A corrupt one raises
-    CorruptionError, unless ``fallback=True``: then the next older valid one is returned with a warning.
-    ``blocks`` (memory.BlockLoader): page arrays are loaded into its fresh blocks (``Snapshot.blocks``).
-    ``epochs``: the checkpoints to consider (the store's MANIFEST list; default: every checkpoint file);
-    ``fd_of(epoch)``: an open descriptor to read each one through (a reader's pin, or None: open the file);
-    errors and warnings name the checkpoint's path either way."""
-    eps = sorted(epochs) if epochs is not None else list_checkpoints(root)
-    if epoch is not None:
-        if int(epoch) not in eps:
-            return None
-        cands = [int(epoch)]
-    else:
-        cands = [e for e in eps if max_epoch is None or e <= max_epoch]
-    if epoch is not None and fallback:
-        cands = [e for e in eps if e <= int(epoch)]
-    first_err = None
-    for e in reversed(cands):
-        path = checkpoint_path(root, e)
-        try:
-            man, pages, rules = _read_container(path, CKPT_MAGIC, strong=False, blocks=blocks,
-                                                fd=fd_of(e) if fd_of is not None else None, ref_fd=fd_of)
-        except CorruptionError as exc:
-            if not fallback:
-                raise
-            warnings.warn(f"mmsb: checkpoint {path} is corrupt ({exc}); falling back to an older one",
-                          RuntimeWarning, stacklevel=2)
-            first_err = first_err or exc
-            continue
-        if man["epoch"] != e:
-            if blocks is not None:
-                blocks.discard()
-            raise _bad("checkpoint epoch does not match its name", path, 0, "epoch")
-        return Snapshot(epoch=e, pages=pages, rules=rules, extra=man.get("extra"), path=path, blocks=blocks,
-                        layout=_layout(man, e))
-    return None
-
-
-def _layout(man: dict, epoch: int) -> dict:
-    """page name -> PageRef of a (validated) checkpoint manifest: where each page's chunks physically lie."""
-    out = {}
-    for p in man["pages"]:
-        name = p["meta"].get("name") if isinstance(p["meta"], dict) else None
-        if isinstance(name, str):
-            out[name] = PageRef(p["dtype"], list(p["shape"]),
-                                [dict(c, ref=c.get("ref", epoch)) for c in p["chunks"]])
-    return out
-
-
-def checkpoint_refs(path: str) -> list[int]:
-    """The epochs of the older checkpoints a checkpoint file borrows chunks from ([] for a full one); its
-    manifest is checked (CorruptionError)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        moff, man = _read_manifest(fd, path, CKPT_MAGIC)
-        return sorted(_declared_refs(man, path, moff, CKPT_MAGIC) or ())
-    finally:
-        os.close(fd)
-
-
-def checkpoint_digest(path: str) -> str:
-    """The SHA-256 (hex) of a container's manifest, read from its trailer (the MANIFEST records it); the
-    trailer's own CRC is checked. CorruptionError when the file is not a valid container."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return _trailer_info(fd, path)[1]
-    finally:
-        os.close(fd)
-
-
-def checkpoint_store_id(path: str) -> Optional[str]:
-    """The store id a checkpoint was written for (its manifest's ``extra.store_id``); None when the file cannot
-    be read (gone, damaged), "" when it names no store or its file name is not the epoch it holds."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        _, man = _read_manifest(fd, path, CKPT_MAGIC)
-    except CorruptionError:
-        return None
-    finally:
-        os.close(fd)
-    if man.get("epoch") != parse_checkpoint_name(os.path.basename(path)):
-        return ""                        # copied under another epoch's name: no store's leftover
-    extra = man.get("extra")
-    sid = extra.get("store_id") if isinstance(extra, dict) else None
-    return sid if isinstance(sid, str) else ""
-
-
-def verify_checkpoint(path: str) -> dict:
-    """Fully validate one checkpoint file (raises CorruptionError); returns a summary."""
-    man, pages, rules = _read_container(path, CKPT_MAGIC)
-    return {"epoch": man["epoch"], "pages": len(pages), "rules": len(rules), "raw_bytes": man.get("raw_bytes"),
-            "encoded_bytes": man.get("encoded_bytes"), "path": path, "format": man["format"],
-            "refs": [r["epoch"] for r in man.get("refs", [])], "borrowed_bytes": man.get("borrowed_bytes", 0)}
-
-
-def remove_checkpoint(root: str, epoch: int) -> None:
-    path = checkpoint_path(root, epoch)
-    os.unlink(path)
-    _fsync_dir(checkpoint_dir(root))
-
-
-def cleanup_temp(root: str) -> int:
-    """Remove the temporary files interrupted atomic writes left (``.<name>.tmp-<hex>``) in the store's root,
-    ``checkpoints/`` and ``log/``; returns how many. Called when a writer opens (it holds the lock)."""
-    root = os.fspath(root)
-    n = 0
-    for d in (root, checkpoint_dir(root), os.path.join(root, "log")):
-        try:
-            names = os.listdir(d)
-        except FileNotFoundError:
-            continue
-        gone = 0
-        for name in names:
-            if is_temp_name(name):
-                try:
-                    os.unlink(os.path.join(d, name))
-                    gone += 1
-                except FileNotFoundError:
-                    pass
-        if gone:
-            _fsync_dir(d)
-        n += gone
-    return n
-
-
-def is_temp_name(name: str) -> bool:
-    return name.startswith(".") and ".tmp-" in name
-
-
-# ====================================================================== spill blobs
-
-def write_blob_file(path: str, array, meta: Optional[dict] = None, fsync: bool = False,
-                    compress: bool = True) -> str:
-    """Write one array (+ JSON meta) as a self-checksummed file, atomically (temp + rename)."""
-    _write_container(os.fspath(path), BLOB_MAGIC, 0, [(meta or {}, np.asarray(array))], [], None, fsync,
-                     compress, kind="blob", chunk=BLOB_CHUNK_BYTES)
-    return os.fspath(path)
-
-
-def read_blob_file(path: str, blocks=None, info: Optional[dict] = None) -> tuple[dict, np.ndarray]:
-    """Read and validate a blob file: (meta, array). CorruptionError when any check fails. ``blocks`` (a
-    callable ``(dtype, n) -> flat array``, as the checkpoint reader's): the array is read straight into it.
-    ``info``: a dict that receives the validated container manifest (``info["manifest"]``)."""
-    man, pages, _ = _read_container(os.fspath(path), BLOB_MAGIC, strong=False, blocks=blocks)
-    if len(pages) != 1:
-        raise _bad("blob file must hold one array", path, None, "blob")
-    if info is not None:
-        info["manifest"] = man
-    return pages[0]
-
-
-# ====================================================================== STORE identity file
-
-_STORE_HEAD = struct.Struct("<8sHHI")   # magic, version, reserved, json length; then json; then u32 masked crc
-
-
-def write_store_file(root: str, info: Optional[dict] = None, fsync: bool = True, version: int = 1) -> dict:
-    """Write root/STORE (atomically): identity JSON with format version, a store id and creation time.
-
-    ``version=2`` (what :func:`mmsb.open` writes) declares that the store keeps a MANIFEST, which the caller
-    writes first; version 1 (the default, for tools that lay a store out by hand) declares none."""
-    if version not in STORE_READ_VERSIONS:
-        raise ValueError(f"STORE version must be one of {STORE_READ_VERSIONS}")
-    body = {"format": "mmsb", "version": int(version), "store_id": uuid.uuid4().hex, "created": time.time()}
-    if info:
-        body.update(info)
-    jb = _dumps(body)
-    head = _STORE_HEAD.pack(STORE_MAGIC, int(body["version"]), 0, len(jb))
-    data = head + jb
-    data += _U32.pack(_mask(_crc32c(data)))
-    root = os.fspath(root)
-    final = os.path.join(root, STORE_FILE)
-    tmp = os.path.join(root, f".STORE.tmp-{uuid.uuid4().hex[:12]}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        if fsync:
-            os.fsync(f.fileno())
-    os.replace(tmp, final)
-    if fsync:
-        _fsync_dir(root)
-    return body
-
-
-def read_store_file(root: str) -> dict:
-    """Read and validate root/STORE; FileNotFoundError when absent, CorruptionError when damaged."""
-    path = os.path.join(os.fspath(root), STORE_FILE)
-    with open(path, "rb") as f:
-        if os.fstat(f.fileno()).st_size > STORE_MAX_BYTES:
-            raise _bad(f"STORE file larger than {STORE_MAX_BYTES} bytes", path, 0, "store size")
-        data = f.read()
-    if len(data) < _STORE_HEAD.size + 4:
-        raise _bad("STORE file too short", path, 0, "store size")
-    magic, ver, res, ln = _STORE_HEAD.unpack_from(data)
-    if magic != STORE_MAGIC:
-        raise _bad("bad STORE magic", path, 0, "store magic")
-    if len(data) != _STORE_HEAD.size + ln + 4:
-        raise _bad("STORE length mismatch", path, 12, "store length")
-    if _mask(_crc32c(data[:-4])) != _U32.unpack_from(data, len(data) - 4)[0]:
-        raise _bad("STORE checksum mismatch", path, len(data) - 4, "store crc")
-    if ver not in STORE_READ_VERSIONS or res:
-        raise _bad(f"unsupported STORE version {ver}", path, 8, "store version")
-    body = loads_json(data[_STORE_HEAD.size:-4], "store json", path, _STORE_HEAD.size)
-    if not isinstance(body, dict) or body.get("format") != "mmsb" or body.get("version") != ver \
-            or not isinstance(body.get("store_id"), str):
-        raise _bad("STORE body is not an mmsb identity", path, _STORE_HEAD.size, "store json")
-    return body
-
-
-__all__ = ["Snapshot", "PageRef", "checkpoint_refs", "write_checkpoint", "list_checkpoints", "load_checkpoint",
-           "remove_checkpoint",
-           "verify_checkpoint", "cleanup_temp", "checkpoint_path", "checkpoint_dir", "write_blob_file",
-           "read_blob_file", "write_store_file", "read_store_file", "FORMAT_VERSION", "STORE_FILE",
-           "checkpoint_compression", "checkpoint_digest", "checkpoint_store_id", "LOCK_FILE", "cleanup_temp"]
+__all__ = ["ALIGN", "ALIGN_MIN", "CHUNK_BYTES", "END_MAGIC", "FORMAT_VERSION", "HEAD_SIZE", "READ_VERSIONS",
+           "REF_VERSION", "TRAIL_SIZE", "PageRef", "corrupt", "declared_refs", "read_container",
+           "read_container_manifest", "trailer_info", "write_container"]

@@ -1,6 +1,6 @@
 """A store directory: the writer lock, open modes, recovery (checkpoint + log replay), checkpoints, compaction.
 
-Layout (docs/FORMAT.md): ``LOCK`` (the writer's OS lock, no data), ``STORE`` (identity and format version),
+Layout (mmsb.layout, docs/FORMAT.md): ``LOCK`` (the writer's OS lock, no data), ``STORE`` (identity, mmsb.identity),
 ``log/`` (segments), ``checkpoints/`` and ``spill/`` (cold pages while the buffer is open).
 """
 from __future__ import annotations
@@ -16,14 +16,16 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from mmsb.buffer import Buffer, _NullLog
-from mmsb.container import (LOCK_FILE, STORE_FILE, PageRef, checkpoint_digest, checkpoint_path, checkpoint_refs,
-                             checkpoint_store_id, cleanup_temp, list_checkpoints, load_checkpoint, remove_checkpoint,
-                             write_checkpoint)
+from mmsb.checkpoint import (checkpoint_digest, checkpoint_path, checkpoint_refs, checkpoint_store_id,
+                             list_checkpoints, load_checkpoint, remove_checkpoint, write_checkpoint)
+from mmsb.container import PageRef
 from mmsb.errors import ClosedError, CorruptionError, HistoryError, StoreLockedError
 from mmsb.fileio import fsync_dir
+from mmsb.identity import STORE_VERSION, is_store, read_store_file, write_store_file
+from mmsb.layout import LOCK_FILE, LOG_DIR, MANIFEST_FILE, SPILL_DIR, STORE_FILE, cleanup_temp
 from mmsb.log import DurableLog
 from mmsb.log import segment as S
-from mmsb.manifest import MANIFEST_FILE, Manifest, new_manifest, read_manifest, reconcile
+from mmsb.manifest import Manifest, new_manifest, read_manifest, reconcile
 
 
 # Automatic checkpoints (issue #16.11): after a commit, once the log written since the newest checkpoint holds
@@ -69,10 +71,6 @@ def auto_checkpoint_factor(value: Any = None) -> Optional[float]:
     if not f > 0:
         raise ValueError(f"auto checkpoint factor must be positive, got {value!r}")
     return f
-
-
-def is_store(root: str) -> bool:
-    return os.path.isfile(os.path.join(root, STORE_FILE))
 
 
 class Store:
@@ -168,7 +166,7 @@ class Store:
         return epoch
 
     def loaded(self, snap) -> None:
-        """The checkpoint ``snap`` (mmsb.container.Snapshot) was loaded at open: the next automatic checkpoint
+        """The checkpoint ``snap`` (mmsb.checkpoint.Snapshot) was loaded at open: the next automatic checkpoint
         may borrow its unchanged pages' chunks."""
         epochs = {m.get("name"): m.get("epoch") for m, _ in snap.pages if isinstance(m, dict)}
         self._layout = (snap.epoch, {n: (epochs.get(n), ref) for n, ref in snap.layout.items()
@@ -456,7 +454,7 @@ def _store_files(root: str, manifest: Optional[Manifest], writable: bool, strict
     """The segments ([(base, path)]) and checkpoints ([epoch]) of the store, checked against its MANIFEST:
     damage (a missing, unlisted, foreign or replaced file) raises CorruptionError; leftovers of an interrupted
     roll, checkpoint or compaction are removed by a writer and ignored by a reader."""
-    segs = S.iter_segments(os.path.join(root, "log"))
+    segs = S.iter_segments(os.path.join(root, LOG_DIR))
     ckpts = list_checkpoints(root)
     if manifest is None:
         return segs, ckpts
@@ -504,8 +502,6 @@ def _manifest_moved(root: str, before: Optional[int]) -> bool:
 def _open_store(root: str, mode: str, *, durability: str, memory_limit: Optional[int], device: str,
                 propagation: str, cluster: Any, recovery: str, functions: Optional[dict[str, Callable]],
                 segment_bytes: int, seen: dict, auto_checkpoint: Any = None) -> Buffer:
-    from mmsb.container import STORE_VERSION, read_store_file, write_store_file
-
     exists = is_store(root)
     if mode in ("r", "r+") and not exists:
         raise FileNotFoundError(f"no mmsb store at {root!r}")
@@ -514,7 +510,7 @@ def _open_store(root: str, mode: str, *, durability: str, memory_limit: Optional
     if os.path.exists(root) and not os.path.isdir(root):
         raise FileExistsError(f"{root!r} exists and is not a store directory")
     if not exists and os.path.isdir(root) and [n for n in os.listdir(root) if n not in (LOCK_FILE, MANIFEST_FILE)
-                                               and not n.startswith((".STORE.tmp-", ".MANIFEST.tmp-"))]:
+                                               and not n.startswith((f".{STORE_FILE}.tmp-", f".{MANIFEST_FILE}.tmp-"))]:
         # (MANIFEST and ".STORE.tmp-*" are what a creation cut before STORE was renamed in place leaves: not
         # foreign files)
         raise FileExistsError(f"{root!r} is a non-empty directory that is not an mmsb store")
@@ -568,7 +564,7 @@ def _open_store(root: str, mode: str, *, durability: str, memory_limit: Optional
             return lg
 
         buf = Buffer(log=_NullLog(), store=store, readonly=False, propagation=propagation,
-                     memory_limit=memory_limit, spill_dir=os.path.join(root, "spill") if writable else None,
+                     memory_limit=memory_limit, spill_dir=os.path.join(root, SPILL_DIR) if writable else None,
                      device=device, functions=functions, cluster=cluster)
         if ckpts:
             with ThreadPoolExecutor(1) as ex:
@@ -609,15 +605,15 @@ def _open_store(root: str, mode: str, *, durability: str, memory_limit: Optional
             first = log.segment_bases[0]
         if first is not None and first > start + 1 and not _gap_covers(log.gaps, start + 1, first - 1):
             what = f"the history from epoch {start + 1} to {first - 1} is missing"
-            raise CorruptionError(f"log corrupt: {what}", file=os.path.join(root, "log"), offset=0, what=what)
+            raise CorruptionError(f"log corrupt: {what}", file=os.path.join(root, LOG_DIR), offset=0, what=what)
         if manifest is not None and log.last_epoch < start and recovery == "strict":
             what = f"the log ends at epoch {log.last_epoch}, before the checkpoint at {start}"
-            raise CorruptionError(f"log corrupt: {what}", file=os.path.join(root, "log"), offset=0, what=what)
+            raise CorruptionError(f"log corrupt: {what}", file=os.path.join(root, LOG_DIR), offset=0, what=what)
         expect = start + 1
         for txn in log.txns(since=start):
             if manifest is not None and txn.epoch != expect and not _gap_covers(log.gaps, expect, txn.epoch - 1):
                 what = f"epoch {txn.epoch} does not follow the checkpoint at {start}"
-                raise CorruptionError(f"log corrupt: {what}", file=os.path.join(root, "log"), offset=0, what=what)
+                raise CorruptionError(f"log corrupt: {what}", file=os.path.join(root, LOG_DIR), offset=0, what=what)
             expect = txn.epoch + 1
             buf._replay(txn)
         log.release_scan()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import mmsb
-from mmsb import container as C
+from mmsb import checkpoint as C
 from mmsb.delta import Delta, SchemaOp
 from mmsb.log import records as R
 from mmsb.log import segment as S

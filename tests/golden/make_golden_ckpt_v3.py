@@ -20,7 +20,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 
-from mmsb import container as C  # noqa: E402
+from mmsb import checkpoint as C  # noqa: E402
 from mmsb.delta import SchemaOp  # noqa: E402
 
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import mmsb
-from mmsb import container as C
+from mmsb import checkpoint as C
+from mmsb import spill as SP
 from mmsb.errors import CorruptionError, TornWriteWarning
 
 import _workload as W
@@ -134,7 +135,7 @@ def test_flip_spill_blobs(tmp_path, LONG):
                 bad[off] ^= 0xFF
                 open(fpath, "wb").write(bytes(bad))
                 with pytest.raises(CorruptionError):
-                    C.read_blob_file(fpath)
+                    SP.read_blob_file(fpath)
                 flips += 1
             open(fpath, "wb").write(data)
         # a damaged spill file of a spilled page surfaces as CorruptionError on reload, never as wrong data (a

@@ -203,7 +203,7 @@ def test_crash_loop(tmp_path, LONG, durability, monkeypatch):
     count("crash_commits_checked", committed)
     count("crash_torn_tails_repaired", torn)
     if seed == 20242:
-        from mmsb import container as C
+        from mmsb import checkpoint as C
 
         formats = [C.verify_checkpoint(C.checkpoint_path(p, e))["format"] for p in
                    [str(tmp_path / n) for n in os.listdir(tmp_path)] for e in C.list_checkpoints(p)]

@@ -253,7 +253,7 @@ def test_automatic_checkpoints(tmp_path, monkeypatch):
             assert st["auto_checkpoint_error"] is None
         assert (st["auto_checkpoints"] > 0) == expect_some, st
         ckpts = st["checkpoints"]
-        from mmsb import container as C
+        from mmsb import checkpoint as C
 
         for e in ckpts:
             snap = C.load_checkpoint(root, epoch=e)
