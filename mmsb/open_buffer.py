@@ -1,4 +1,4 @@
-"""Opening a buffer: in memory, or a store directory (lock, modes, recovery, checkpoints, compaction)."""
+"""Opening a buffer: in memory, or a store directory (the Store itself, its lock, modes and recovery: mmsb.store)."""
 from __future__ import annotations
 
 import os
