@@ -20,9 +20,9 @@ if TYPE_CHECKING:  # pragma: no cover - the names below load lazily at run time
     from mmsb.buffer import Buffer, LogView
     from mmsb.delta import Delta
     from mmsb.graph import Graph
+    from mmsb.open_buffer import open
     from mmsb.pages import Page
     from mmsb.plugins import hookimpl
-    from mmsb.store import open
     from mmsb.txn import Transaction, with_transaction
     from mmsb.verification import Report, verify
 
@@ -32,7 +32,7 @@ __all__ = ["Buffer", "Delta", "Graph", "LogView", "Page", "Report", "Semiring", 
            "hookimpl", "kernels", "open", "semirings", "verify", "with_transaction", "__version__"]
 
 _LAZY = {"Buffer": "mmsb.buffer", "LogView": "mmsb.buffer", "Delta": "mmsb.delta", "Graph": "mmsb.graph",
-         "Page": "mmsb.pages", "hookimpl": "mmsb.plugins", "open": "mmsb.store", "Transaction": "mmsb.txn",
+         "Page": "mmsb.pages", "hookimpl": "mmsb.plugins", "open": "mmsb.open_buffer", "Transaction": "mmsb.txn",
          "with_transaction": "mmsb.txn", "Report": "mmsb.verification", "verify": "mmsb.verification"}
 _SUBMODULES = ("testing", "plugins", "codecs", "hookspecs")
 

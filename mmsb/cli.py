@@ -222,8 +222,9 @@ def cmd_log(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from mmsb.checkpoint import write_checkpoint, write_store_file
+    from mmsb.checkpoint import write_checkpoint
     from mmsb.errors import HistoryError
+    from mmsb.identity import write_store_file
 
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise CLIError(f"--out {args.out} is a file; give a new directory")
@@ -358,13 +359,17 @@ def _path_arg(p: argparse.ArgumentParser, what: str = "the store directory") -> 
 
 
 def _recovery_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--recovery", choices=("strict", "truncate"), default="strict",
+    from mmsb.log.durable import RECOVERY
+
+    p.add_argument("--recovery", choices=RECOVERY, default="strict",
                    help="strict (default): refuse a store whose log is corrupt; truncate: open it at the last "
                         "good committed transaction (the store on disk is not changed by read-only commands)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``mmsb`` argument parser (also the source of every ``--help`` page)."""
+    from mmsb.log.durable import DURABILITY
+
     fmt = argparse.RawDescriptionHelpFormatter
     ap = argparse.ArgumentParser(prog="mmsb", description="mmsb: a paged, durable, semiring-algebraic state buffer",
                                  epilog=_EPILOG, formatter_class=fmt)
@@ -459,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--replay", metavar="SRC_STORE", help="replay SRC_STORE's log into STORE on the cluster")
     p.add_argument("--workers", type=positive_int, default=None,
                    help="workers of the local cluster (no --scheduler)")
-    p.add_argument("--durability", default="flush", choices=("fsync", "flush", "none"),
+    p.add_argument("--durability", default="flush", choices=DURABILITY,
                    help="durability of the written store (default flush)")
     p.add_argument("--function", action="append", default=[], metavar="NAME=MODULE:ATTR",
                    help="bind derive function NAME to MODULE:ATTR (repeatable; NAME= may be omitted)")

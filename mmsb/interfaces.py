@@ -2,7 +2,7 @@
 
 - :class:`Log`: the committed history (:class:`~mmsb.log.MemoryLog` in memory, :class:`~mmsb.log.DurableLog` on
   disk).
-- :class:`Store`: the files behind a durable buffer (:class:`mmsb.durable.Store`): checkpoints, compaction, the
+- :class:`Store`: the files behind a durable buffer (:class:`mmsb.store.Store`): checkpoints, compaction, the
   snapshots time travel starts from, the writer lock.
 - :class:`~mmsb.engines.PropagationEngine` (in :mod:`mmsb.engines`) and
   :class:`~mmsb.devices.DeviceBackend` (in :mod:`mmsb.devices`) complete the set; engines and device families

@@ -13,25 +13,18 @@ Stores whose STORE file has version 1 predate the MANIFEST and are read without 
 from __future__ import annotations
 
 import os
-import struct
 import threading
-import uuid
 from dataclasses import dataclass, field
-
-import crc32c as _crc
 
 from mmsb.errors import CorruptionError
 from mmsb.fileio import fsync_dir
-from mmsb.log.segment import mask_crc
+from mmsb.identity import FRAME, seal, seal_ok
+from mmsb.layout import CKPT_DIR, LOG_DIR, MANIFEST_FILE, checkpoint_name, temp_path
+from mmsb.log.segment import segment_name
 
-MANIFEST_FILE = "MANIFEST"
 MAGIC = b"MMSBMANI"
 VERSION = 1
 MAX_BYTES = 64 * 2**20          # a MANIFEST is small; a larger one is refused before it is read
-_HEAD = struct.Struct("<8sHHI")    # magic, version, reserved, json length; then json; then u32 masked crc
-_U32 = struct.Struct("<I")
-
-
 
 
 @dataclass
@@ -85,10 +78,8 @@ class Manifest:
                 "segments": [{"base": b, "salt": s.hex()} for b, s in self.segments],
                 "checkpoints": [{"epoch": e, "sha256": d} for e, d in sorted(self.checkpoints.items())],
                 "gaps": [[int(a), int(b)] for a, b in self.gaps]}
-        jb = dumps(body)
-        data = _HEAD.pack(MAGIC, VERSION, 0, len(jb)) + jb
-        data += _U32.pack(mask_crc(_crc.crc32c(data)))
-        tmp = os.path.join(self.root, f".{MANIFEST_FILE}.tmp-{uuid.uuid4().hex[:12]}")
+        data = seal(MAGIC, VERSION, dumps(body))
+        tmp = temp_path(self.path)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             mv = memoryview(data)
@@ -126,18 +117,18 @@ def read_manifest(root: str, fsync: bool = True) -> Manifest:
         if size > MAX_BYTES:
             raise _bad(f"MANIFEST of {size} bytes is larger than {MAX_BYTES}", path, 0, "manifest size")
         data = f.read()
-    if len(data) < _HEAD.size + 4:
+    if len(data) < FRAME.size + 4:
         raise _bad("MANIFEST too short", path, 0, "manifest size")
-    magic, ver, res, ln = _HEAD.unpack_from(data)
+    magic, ver, res, ln = FRAME.unpack_from(data)
     if magic != MAGIC:
         raise _bad("bad MANIFEST magic", path, 0, "manifest magic")
-    if len(data) != _HEAD.size + ln + 4:
+    if len(data) != FRAME.size + ln + 4:
         raise _bad("MANIFEST length mismatch", path, 12, "manifest length")
-    if mask_crc(_crc.crc32c(data[:-4])) != _U32.unpack_from(data, len(data) - 4)[0]:
+    if not seal_ok(data):
         raise _bad("MANIFEST checksum mismatch", path, len(data) - 4, "manifest crc")
     if ver != VERSION or res:
         raise _bad(f"unsupported MANIFEST version {ver}", path, 8, "manifest version")
-    body = loads_json(data[_HEAD.size:-4], path=path, offset=_HEAD.size)
+    body = loads_json(data[FRAME.size:-4], path=path, offset=FRAME.size)
     try:
         if not isinstance(body, dict):
             raise TypeError("not an object")
@@ -163,9 +154,9 @@ def read_manifest(root: str, fsync: bool = True) -> Manifest:
                 raise ValueError(f"bad gap {g!r}")
             gaps.append((a, b))
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise _bad(f"MANIFEST content is malformed ({exc})", path, _HEAD.size, "manifest json") from None
+        raise _bad(f"MANIFEST content is malformed ({exc})", path, FRAME.size, "manifest json") from None
     if [b for b, _ in segs] != sorted(set(b for b, _ in segs)):
-        raise _bad("MANIFEST segments are not in ascending order", path, _HEAD.size, "manifest json")
+        raise _bad("MANIFEST segments are not in ascending order", path, FRAME.size, "manifest json")
     return Manifest(os.fspath(root), sid, segs, ckpts, gaps, gen, fsync)
 
 
@@ -204,8 +195,8 @@ def reconcile(root: str, man: Manifest, segment_files: list, checkpoint_files: l
     for base, salt in man.segments:
         path = on_disk.get(base)
         if path is None:
-            problems.append(_bad(f"log segment {base:020d}.seg listed in the MANIFEST is missing",
-                                 os.path.join(root, "log", f"{base:020d}.seg"), 0, "missing segment"))
+            problems.append(_bad(f"log segment {segment_name(base)} listed in the MANIFEST is missing",
+                                 os.path.join(root, LOG_DIR, segment_name(base)), 0, "missing segment"))
             continue
         segs.append((base, path, salt))
     lo = man.segments[0][0] if man.segments else None
@@ -225,7 +216,7 @@ def reconcile(root: str, man: Manifest, segment_files: list, checkpoint_files: l
     for e in sorted(man.checkpoints):
         if e not in ck_disk:
             problems.append(_bad(f"checkpoint {e} listed in the MANIFEST is missing",
-                                 os.path.join(root, "checkpoints", f"{e:020d}.ckpt"), 0, "missing checkpoint"))
+                                 os.path.join(root, CKPT_DIR, checkpoint_name(e)), 0, "missing checkpoint"))
             continue
         if checkpoint_digest is not None:
             try:

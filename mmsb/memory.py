@@ -230,7 +230,7 @@ class MemoryManager:
         return False
 
     def _read_through(self, page: "Page") -> np.ndarray:
-        from mmsb.checkpoint import read_blob_file
+        from mmsb.spill import read_blob_file
 
         t0 = time.perf_counter()
         out = np.empty(page.size, dtype=page.dtype)
@@ -322,7 +322,7 @@ class MemoryManager:
         return self._spill_root
 
     def _spill(self, page: "Page") -> None:
-        from mmsb.checkpoint import write_blob_file
+        from mmsb.spill import write_blob_file
 
         t0 = time.perf_counter()
         path = self._clean_copy(page)
@@ -354,7 +354,7 @@ class MemoryManager:
         return None
 
     def _reload(self, page: "Page") -> None:
-        from mmsb.checkpoint import read_blob_file
+        from mmsb.spill import read_blob_file
 
         t0 = time.perf_counter()
         self._lru.pop(page.name, None)

@@ -7,9 +7,13 @@ from dataclasses import asdict, dataclass, field
 
 from mmsb import checkpoint as C
 from mmsb.errors import CorruptionError
+from mmsb.identity import read_store_file
+from mmsb.layout import (CKPT_DIR, LOCK_FILE, LOG_DIR, MANIFEST_FILE, SPILL_DIR, STORE_FILE, is_temp_name,
+                         parse_checkpoint_name)
 from mmsb.log import scan_store_log
 from mmsb.log.segment import iter_segments, parse_segment_name
-from mmsb.manifest import MANIFEST_FILE, read_manifest, reconcile
+from mmsb.manifest import read_manifest, reconcile
+from mmsb.spill import read_blob_file
 
 
 @dataclass
@@ -32,7 +36,7 @@ class Report:
 
 
 def _segment_has_records(path: str) -> bool:
-    from mmsb.durable import _segment_has_records as has
+    from mmsb.store import _segment_has_records as has
 
     return has(path)
 
@@ -108,12 +112,12 @@ def verify(path) -> Report:
         return rep
 
     # STORE identity and MANIFEST
-    store = os.path.join(root, C.STORE_FILE)
+    store = os.path.join(root, STORE_FILE)
     info = None
     if os.path.exists(store):
         rep.files_checked += 1
         try:
-            info = C.read_store_file(root)
+            info = read_store_file(root)
         except CorruptionError as exc:
             rep.problems.append(f"STORE: {exc}")
     else:
@@ -127,7 +131,7 @@ def verify(path) -> Report:
             rep.problems.append("MANIFEST: missing (the store's list of segments and checkpoints)")
         except CorruptionError as exc:
             rep.problems.append(f"MANIFEST: {exc}")
-    segs = iter_segments(os.path.join(root, "log"))
+    segs = iter_segments(os.path.join(root, LOG_DIR))
     ckpt_files = [(e, C.checkpoint_path(root, e)) for e in C.list_checkpoints(root)]
     leftovers: set = set()
     salts = None
@@ -165,8 +169,7 @@ def verify(path) -> Report:
     ck_valid = []
 
     # every other file
-    # every other file
-    known_dirs = {"log", C.CKPT_DIR, "spill"}
+    known_dirs = {LOG_DIR, CKPT_DIR, SPILL_DIR}
     for dirpath, dirnames, filenames in os.walk(root):
         rel = os.path.relpath(dirpath, root)
         top = rel.split(os.sep)[0]
@@ -174,9 +177,9 @@ def verify(path) -> Report:
             full = os.path.join(dirpath, name)
             relf = os.path.relpath(full, root)
             if rel == ".":
-                if name in ("LOCK", C.STORE_FILE) or (name == MANIFEST_FILE and manifest is not None):
+                if name in (LOCK_FILE, STORE_FILE) or (name == MANIFEST_FILE and manifest is not None):
                     continue
-                if C.is_temp_name(name):
+                if is_temp_name(name):
                     rep.notes.append(f"{relf}: temporary file left by an interrupted write")
                     continue
                 rep.problems.append(f"{relf}: unknown file")
@@ -184,15 +187,15 @@ def verify(path) -> Report:
             if top not in known_dirs or rel != top:
                 rep.problems.append(f"{relf}: unknown file")
                 continue
-            if top == "log":
-                if parse_segment_name(name) is None and not C.is_temp_name(name):
+            if top == LOG_DIR:
+                if parse_segment_name(name) is None and not is_temp_name(name):
                     rep.problems.append(f"{relf}: unknown file")
                 continue
-            if C.is_temp_name(name):
+            if is_temp_name(name):
                 rep.notes.append(f"{relf}: temporary file left by an interrupted write")
                 continue
-            if top == C.CKPT_DIR:
-                ep = C.parse_checkpoint_name(name)
+            if top == CKPT_DIR:
+                ep = parse_checkpoint_name(name)
                 if ep is None:
                     rep.problems.append(f"{relf}: unknown file")
                     continue
@@ -211,10 +214,10 @@ def verify(path) -> Report:
                 except OSError as exc:
                     rep.problems.append(f"{relf}: unreadable ({exc})")
                 continue
-            if top == "spill":
+            if top == SPILL_DIR:
                 rep.files_checked += 1
                 try:
-                    C.read_blob_file(full)
+                    read_blob_file(full)
                 except CorruptionError as exc:
                     rep.problems.append(f"{relf}: {exc}")
                 except OSError as exc:

@@ -5,6 +5,10 @@ import numpy as np
 import pytest
 
 from mmsb import checkpoint as C
+from mmsb import container as K
+from mmsb import identity as ID
+from mmsb import layout as LY
+from mmsb import spill as SP
 from mmsb.delta import SchemaOp
 from mmsb.errors import CorruptionError
 
@@ -55,7 +59,7 @@ def test_round_trip_and_listing(tmp_path):
 
 
 def test_multi_chunk_pages(tmp_path, monkeypatch):
-    monkeypatch.setattr(C, "CHUNK_BYTES", 4096)
+    monkeypatch.setattr(K, "CHUNK_BYTES", 4096)
     ps = [({"name": "big"}, np.random.default_rng(0).random(10000)),
           ({"name": "ramp"}, np.arange(20000, dtype=np.int64))]
     C.write_checkpoint(tmp_path, 1, ps, [])
@@ -113,7 +117,7 @@ def test_atomic_publish_crash_before_rename(tmp_path, monkeypatch):
     tmp = os.path.join(C.checkpoint_dir(tmp_path), f".{2:020d}.ckpt.tmp-abcdef")
     open(tmp, "wb").write(b"partial")
     assert C.list_checkpoints(tmp_path) == [1]
-    assert C.cleanup_temp(tmp_path) == 1
+    assert LY.cleanup_temp(tmp_path) == 1
 
 
 def test_overwrite_same_epoch_is_atomic(tmp_path):
@@ -125,8 +129,8 @@ def test_overwrite_same_epoch_is_atomic(tmp_path):
 def test_blob_round_trip_and_corruption(tmp_path):
     p = str(tmp_path / "blob")
     for arr in (np.arange(1000.0).reshape(10, 100), np.zeros(5, np.uint16), np.array(3.5)):
-        C.write_blob_file(p, arr, {"name": "x", "epoch": 2})
-        meta, out = C.read_blob_file(p)
+        SP.write_blob_file(p, arr, {"name": "x", "epoch": 2})
+        meta, out = SP.read_blob_file(p)
         assert meta == {"name": "x", "epoch": 2}
         np.testing.assert_array_equal(out, arr)
         assert out.shape == arr.shape
@@ -136,12 +140,12 @@ def test_blob_round_trip_and_corruption(tmp_path):
         b[pos] ^= 4
         open(p, "wb").write(b)
         with pytest.raises(CorruptionError):
-            C.read_blob_file(p)
+            SP.read_blob_file(p)
 
 
 def test_store_file(tmp_path):
-    info = C.write_store_file(tmp_path)
-    assert C.read_store_file(tmp_path) == info
+    info = ID.write_store_file(tmp_path)
+    assert ID.read_store_file(tmp_path) == info
     path = tmp_path / "STORE"
     data = path.read_bytes()
     for pos in range(len(data)):
@@ -149,9 +153,9 @@ def test_store_file(tmp_path):
         b[pos] ^= 1
         path.write_bytes(b)
         with pytest.raises(CorruptionError):
-            C.read_store_file(tmp_path)
+            ID.read_store_file(tmp_path)
     with pytest.raises(FileNotFoundError):
-        C.read_store_file(tmp_path / "nope")
+        ID.read_store_file(tmp_path / "nope")
 
 
 # ---------------------------------------------------------------- version 2: aligned RAW chunks, O_DIRECT writes
@@ -159,19 +163,19 @@ def test_store_file(tmp_path):
 def aligned_pages(seed=0):
     rng = np.random.default_rng(seed)
     return [({"name": "tiny"}, np.arange(5, dtype=np.int8)),               # leaves the cursor unaligned
-            ({"name": "big"}, rng.random(3 * C.ALIGN_MIN // 8 + 5)),        # RAW, >= 64 KiB: aligned
+            ({"name": "big"}, rng.random(3 * K.ALIGN_MIN // 8 + 5)),        # RAW, >= 64 KiB: aligned
             ({"name": "smooth"}, np.repeat(np.arange(100.0), 200)),         # compressed: not aligned
-            ({"name": "big2"}, rng.random(C.ALIGN_MIN // 8))]
+            ({"name": "big2"}, rng.random(K.ALIGN_MIN // 8))]
 
 
 def test_large_raw_chunks_start_aligned_and_padding_must_be_zero(tmp_path):
     ps = aligned_pages()
     path = C.write_checkpoint(tmp_path, 1, ps, RULES)
-    man = C._read_container(path, C.CKPT_MAGIC)[0]
+    man = C.read_checkpoint_file(path)[0]
     assert man["format"] == 2
     chunks = {p["meta"]["name"]: p["chunks"] for p in man["pages"]}
     for name in ("big", "big2"):
-        assert all(c["codec"] == C.codecs.RAW and c["offset"] % C.ALIGN == 0 for c in chunks[name])
+        assert all(c["codec"] == K.codecs.RAW and c["offset"] % K.ALIGN == 0 for c in chunks[name])
     pad_start = chunks["tiny"][0]["offset"] + chunks["tiny"][0]["length"]
     pad_end = chunks["big"][0]["offset"]
     assert pad_end - pad_start > 0
@@ -192,26 +196,26 @@ def test_large_raw_chunks_start_aligned_and_padding_must_be_zero(tmp_path):
 def direct_fds(monkeypatch):
     """The O_DIRECT descriptors checkpoint writers open (None where the file system refuses O_DIRECT)."""
     opened = []
-    real = C._open_direct
+    real = K._open_direct
 
     def spy(path):
         fd = real(path)
         opened.append(fd)
         return fd
 
-    monkeypatch.setattr(C, "_open_direct", spy)
+    monkeypatch.setattr(K, "_open_direct", spy)
     return opened
 
 
 @pytest.mark.parametrize("direct", [True, False])
 def test_direct_and_buffered_writes_give_the_same_container(tmp_path, monkeypatch, direct_fds, direct):
-    monkeypatch.setattr(C, "DIRECT_IO", direct)
+    monkeypatch.setattr(K, "DIRECT_IO", direct)
     ps = aligned_pages(3)
     path = C.write_checkpoint(tmp_path, 2, ps, RULES, fsync=True)
     assert bool(direct_fds) == direct
-    man = C._read_container(path, C.CKPT_MAGIC)[0]
+    man = C.read_checkpoint_file(path)[0]
     ref = C.write_checkpoint(tmp_path / "ref", 2, ps, RULES, fsync=False)   # never direct
-    man_ref = C._read_container(ref, C.CKPT_MAGIC)[0]
+    man_ref = C.read_checkpoint_file(ref)[0]
     assert [p["chunks"] for p in man["pages"]] == [p["chunks"] for p in man_ref["pages"]]
     check_same(C.load_checkpoint(tmp_path, epoch=2), ps)
 
@@ -226,9 +230,9 @@ def test_direct_write_refused_or_unaligned_falls_back(tmp_path, monkeypatch, dir
             raise OSError(errno.EINVAL, "no O_DIRECT on this file system")
         return real(fd, data, offset)
 
-    monkeypatch.setattr(C.os, "pwrite", pwrite)
+    monkeypatch.setattr(K.os, "pwrite", pwrite)
     rng = np.random.default_rng(5)
-    unaligned = np.empty(C.ALIGN_MIN // 8 + 9)[1:]                 # 8-byte aligned memory: never direct
+    unaligned = np.empty(K.ALIGN_MIN // 8 + 9)[1:]                 # 8-byte aligned memory: never direct
     unaligned[...] = rng.random(unaligned.size)
     ps = aligned_pages(4) + [({"name": "unaligned"}, unaligned)]
     C.write_checkpoint(tmp_path, 3, ps, RULES, fsync=True)
@@ -239,12 +243,12 @@ def test_direct_write_refused_or_unaligned_falls_back(tmp_path, monkeypatch, dir
 def test_version_1_containers_still_load(tmp_path, monkeypatch):
     """A version-1 writer (chunks back to back) is emulated by turning alignment off: the reader takes it."""
     ps = aligned_pages(6)
-    monkeypatch.setattr(C, "FORMAT_VERSION", 1)
-    monkeypatch.setattr(C, "ALIGN_MIN", 1 << 62)
+    monkeypatch.setattr(K, "FORMAT_VERSION", 1)
+    monkeypatch.setattr(K, "ALIGN_MIN", 1 << 62)
     path = C.write_checkpoint(tmp_path, 4, ps, RULES)
     monkeypatch.undo()
-    man = C._read_container(path, C.CKPT_MAGIC)[0]
+    man = C.read_checkpoint_file(path)[0]
     assert man["format"] == 1
     offs = [c["offset"] for p in man["pages"] for c in p["chunks"]]
-    assert offs[1] % C.ALIGN != 0                                  # not aligned, yet valid in version 1
+    assert offs[1] % K.ALIGN != 0                                  # not aligned, yet valid in version 1
     check_same(C.load_checkpoint(tmp_path, epoch=4), ps)

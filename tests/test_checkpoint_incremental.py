@@ -11,7 +11,9 @@ import pytest
 
 import mmsb
 from mmsb import checkpoint as C
-from mmsb import durable as D
+from mmsb import container as K
+from mmsb import spill as SP
+from mmsb import store as D
 from mmsb.errors import CorruptionError, HistoryError
 
 
@@ -67,7 +69,7 @@ def test_auto_checkpoints_borrow_unchanged_pages(tmp_path, monkeypatch):
             np.testing.assert_array_equal(got[name], arr, err_msg=f"{name} at {e}")
         if summ["format"] == 3:
             assert summ["refs"] and all(r < e for r in summ["refs"])
-            man = C._read_container(path, C.CKPT_MAGIC)[0]
+            man = C.read_checkpoint_file(path)[0]
             byname = {p["meta"]["name"]: p for p in man["pages"]}
             assert all("ref" in c for c in byname["cold"]["chunks"])        # never written again
             hot_written += not any("ref" in c for c in byname["hot"]["chunks"])
@@ -106,7 +108,7 @@ def test_recreated_page_is_not_borrowed(tmp_path, monkeypatch):
         e1 = buf.epoch
         assert e1 in buf._store.checkpoints
     np.testing.assert_array_equal(_pages(C.load_checkpoint(root, epoch=e1))["a"], np.zeros(1000))
-    man = C._read_container(C.checkpoint_path(root, e1), C.CKPT_MAGIC)[0]
+    man = C.read_checkpoint_file(C.checkpoint_path(root, e1))[0]
     a = [p for p in man["pages"] if p["meta"]["name"] == "a"][0]
     assert not any("ref" in c for c in a["chunks"])
 
@@ -190,7 +192,7 @@ def test_missing_or_replaced_borrowed_file(tmp_path):
     open(p5, "wb").write(saved)
     np.testing.assert_array_equal(_pages(C.load_checkpoint(root, epoch=9))["a"], a)
     # a flipped byte in the borrowed chunk is caught by its checksum, naming the file that holds it
-    man = C._read_container(p5, C.CKPT_MAGIC)[0]
+    man = C.read_checkpoint_file(p5)[0]
     off = man["pages"][0]["chunks"][0]["offset"] + 100
     data = bytearray(saved)
     data[off] ^= 0x10
@@ -207,13 +209,13 @@ def _rewrite_manifest(path, edit):
     import struct
 
     data = bytearray(open(path, "rb").read())
-    tr = data[-C.TRAIL_SIZE:]
+    tr = data[-K.TRAIL_SIZE:]
     moff, mlen = struct.unpack_from("<QQ", tr)
     man = json.loads(bytes(data[moff:moff + mlen]))
     edit(man)
     mb = json.dumps(man).encode()
-    trail = C._TRAIL.pack(moff, len(mb), C._crc32c(mb), hashlib.sha256(mb).digest(), C.END_MAGIC)
-    out = bytes(data[:moff]) + mb + trail + C._U32.pack(C._mask(C._crc32c(trail)))
+    trail = K._TRAIL.pack(moff, len(mb), K._crc32c(mb), hashlib.sha256(mb).digest(), K.END_MAGIC)
+    out = bytes(data[:moff]) + mb + trail + K._U32.pack(K._mask(K._crc32c(trail)))
     open(path, "wb").write(out)
 
 
@@ -253,7 +255,7 @@ def test_blobs_and_v2_writers_borrow_nothing(tmp_path):
     root, a, b = _v3(tmp_path)
     ref = C.load_checkpoint(root, epoch=5).layout["a"]
     with pytest.raises(ValueError):
-        C.write_blob_file(str(tmp_path / "x.spill"), ref)
+        SP.write_blob_file(str(tmp_path / "x.spill"), ref)
     with pytest.raises(ValueError):                     # only older checkpoints can be borrowed from
         C.write_checkpoint(root, 4, [({"name": "a", "shape": [20000], "dtype": "<f8"}, ref)], [], fsync=False)
 

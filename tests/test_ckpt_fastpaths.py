@@ -12,6 +12,7 @@ import pytest
 import mmsb
 from mmsb import checkpoint as C
 from mmsb import codecs
+from mmsb import container as K
 from mmsb.errors import CorruptionError
 from mmsb.log import iter_segments
 from mmsb.memory import MemoryManager
@@ -22,7 +23,7 @@ N = 300_000           # 2.4 MB of float64: above the probe's minimum size
 def _manifest(path):
     with open(path, "rb") as f:
         data = f.read()
-    moff, mlen = struct.unpack_from("<QQ", data, len(data) - C.TRAIL_SIZE)
+    moff, mlen = struct.unpack_from("<QQ", data, len(data) - K.TRAIL_SIZE)
     return json.loads(data[moff:moff + mlen])
 
 
@@ -91,8 +92,8 @@ def test_raw_probe_returns_memory_not_copy():
 
 
 def test_many_chunks_per_page_and_load_into_blocks(tmp_path, monkeypatch):
-    monkeypatch.setattr(C, "CHUNK_BYTES", 1 << 20)      # several chunks per page, several per worker
-    monkeypatch.setattr(C, "READ_PIECE", 100_000)       # pieces that do not divide a chunk
+    monkeypatch.setattr(K, "CHUNK_BYTES", 1 << 20)      # several chunks per page, several per worker
+    monkeypatch.setattr(K, "READ_PIECE", 100_000)       # pieces that do not divide a chunk
     arrs = _arrays()
     C.write_checkpoint(str(tmp_path), 3, [({"name": k}, v) for k, v in arrs.items()], [])
     mm = MemoryManager(None, None)

@@ -103,7 +103,7 @@ def test_golden_checkpoint_v2(tmp_path):
         assert a.dtype.str == exp["dtype"] and list(a.shape) == exp["shape"], name
         assert hashlib.sha256(a.tobytes()).hexdigest() == exp["sha256"], name
     path = str(tmp_path / meta["file"])
-    man = C._read_container(path, C.CKPT_MAGIC)[0]
+    man = C.read_checkpoint_file(path)[0]
     assert man["format"] == meta["format"] == 2
     assert {p["meta"]["name"]: [c["offset"] for c in p["chunks"]] for p in man["pages"]} == meta["offsets"]
     assert C.verify_checkpoint(path)["epoch"] == 5
@@ -118,6 +118,7 @@ def test_golden_manifest_v2(tmp_path):
     import crc32c
 
     from mmsb import checkpoint as C
+    from mmsb import identity as ID
     from mmsb.manifest import read_manifest
 
     root = os.path.join(HERE, "store_v2")
@@ -128,7 +129,7 @@ def test_golden_manifest_v2(tmp_path):
     assert struct.unpack_from("<I", data, len(data) - 4)[0] == ((((c >> 15) | (c << 17)) & 0xFFFFFFFF)
                                                                + 0xA282EAD8) & 0xFFFFFFFF
     body = json.loads(data[16:-4])
-    store = C.read_store_file(root)
+    store = ID.read_store_file(root)
     assert store["version"] == 2 and body["store_id"] == store["store_id"]
     segs = sorted(os.listdir(os.path.join(root, "log")))
     assert [f"{s['base']:020d}.seg" for s in body["segments"]] == segs

@@ -392,10 +392,11 @@ def test_clean_eviction_of_a_compressible_page_writes_nothing(tmp_path):
 
         cycle()
         cycle()
-        from mmsb.checkpoint import _read_container, BLOB_MAGIC
+        from mmsb.container import read_container
+        from mmsb.spill import BLOB_MAGIC
         spilled = [buf[k]._spill for k in "abc" if buf[k]._spill is not None]
         assert spilled and all(c["codec"] != 0 for p in spilled
-                               for c in _read_container(p, BLOB_MAGIC)[0]["pages"][0]["chunks"])
+                               for c in read_container(p, BLOB_MAGIC)[0]["pages"][0]["chunks"])
         before, ev = mem.spill_writes, mem.evictions
         cycle()
         cycle()

@@ -5,6 +5,8 @@ import warnings
 import numpy as np
 
 from mmsb import checkpoint as C
+from mmsb import identity as ID
+from mmsb import spill as SP
 from mmsb.delta import Delta, SchemaOp, Txn
 from mmsb.log import DurableLog
 from mmsb.log.segment import iter_segments
@@ -14,7 +16,7 @@ from mmsb.verification import verify
 
 def make_store(root):
     os.makedirs(root, exist_ok=True)
-    info = C.write_store_file(root, version=2)
+    info = ID.write_store_file(root, version=2)
     man = new_manifest(root, info["store_id"])
     open(os.path.join(root, "LOCK"), "wb").close()
     with DurableLog(root, segment_bytes=1500, manifest=man) as log:
@@ -28,7 +30,7 @@ def make_store(root):
                               extra={"store_id": info["store_id"]})
     man.add_checkpoint(10, C.checkpoint_digest(path))
     os.makedirs(os.path.join(root, "spill"), exist_ok=True)
-    C.write_blob_file(os.path.join(root, "spill", "p.blob"), np.arange(100.0), {"name": "p"})
+    SP.write_blob_file(os.path.join(root, "spill", "p.blob"), np.arange(100.0), {"name": "p"})
 
 
 def snapshot(root):

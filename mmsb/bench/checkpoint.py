@@ -51,7 +51,7 @@ _LOAD_CHILD = """
 import os, sys, time
 import numpy as np
 import mmsb
-import mmsb.codecs, mmsb.durable, mmsb.verification   # what `import mmsb` loads lazily, loaded before the clock
+import mmsb.codecs, mmsb.store, mmsb.verification   # what `import mmsb` loads lazily, loaded before the clock
 mmsb.codecs._blosc2()
 what, path, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
 t0 = time.perf_counter()
@@ -147,7 +147,7 @@ _HIST_CHILD = """
 import hashlib, sys, time
 import numpy as np
 import mmsb
-import mmsb.codecs, mmsb.durable, mmsb.verification   # what `import mmsb` loads lazily, loaded before the clock
+import mmsb.codecs, mmsb.store, mmsb.verification   # what `import mmsb` loads lazily, loaded before the clock
 mmsb.codecs._blosc2()
 what, path = sys.argv[1], sys.argv[2]
 t0 = time.perf_counter()

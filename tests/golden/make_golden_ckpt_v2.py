@@ -40,7 +40,7 @@ def main(out=HERE):
     rules = [SchemaOp("rule_added", {"kind": "link", "dst": "aligned", "src": "small"},
                       {"data": a["rule_data"]})]
     path = C.write_checkpoint(root, 5, pages, rules, extra={"golden": 2}, fsync=False, compress=True)
-    man = C._read_container(path, C.CKPT_MAGIC)[0]
+    man = C.read_checkpoint_file(path)[0]
     expected = {
         "file": os.path.relpath(path, out),
         "format": man["format"],

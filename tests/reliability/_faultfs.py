@@ -17,13 +17,18 @@ import random
 import stat
 
 import mmsb.checkpoint
-import mmsb.durable
+import mmsb.container
 import mmsb.fileio
+import mmsb.identity
+import mmsb.layout
 import mmsb.log.durable
 import mmsb.manifest
 import mmsb.memory
+import mmsb.spill
+import mmsb.store
 
-MODULES = (mmsb.log.durable, mmsb.checkpoint, mmsb.durable, mmsb.memory, mmsb.fileio, mmsb.manifest)
+MODULES = (mmsb.log.durable, mmsb.container, mmsb.checkpoint, mmsb.spill, mmsb.identity, mmsb.layout, mmsb.store,
+           mmsb.memory, mmsb.fileio, mmsb.manifest)
 KINDS = ("write", "fsync", "rename", "dirfsync")
 
 

@@ -9,6 +9,8 @@ import numpy as np
 
 from mmsb import checkpoint as C
 from mmsb import codecs
+from mmsb import identity as ID
+from mmsb import spill as SP
 from mmsb._ref import codecs as ref
 from mmsb.log import records as R
 from mmsb.log import segment as S
@@ -87,14 +89,14 @@ def _as_file(data: bytes, name: str) -> str:
 
 def t_container(data: bytes):
     path = _as_file(data, f"{os.getpid()}.ckpt")
-    (C._read_container(path, C.CKPT_MAGIC) if (data[:1] or b"\0")[0] % 2 else C.read_blob_file(path))
+    (C.read_checkpoint_file(path) if (data[:1] or b"\0")[0] % 2 else SP.read_blob_file(path))
 
 
 def t_store(data: bytes):
     d = os.path.join(_TMP, f"store{os.getpid()}")
     os.makedirs(d, exist_ok=True)
     _as_file(data, os.path.join(d, "STORE"))
-    C.read_store_file(d)
+    ID.read_store_file(d)
 
 
 TARGETS = {"segment": t_segment, "records": t_records, "codecs": t_codecs, "codecs_agree": t_codecs_agree,

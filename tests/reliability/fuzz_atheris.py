@@ -20,6 +20,9 @@ with atheris.instrument_imports(include=["mmsb"]):
     import mmsb.log.records  # noqa: F401
     import mmsb.log.segment  # noqa: F401
     import mmsb.checkpoint  # noqa: F401
+    import mmsb.container  # noqa: F401
+    import mmsb.identity  # noqa: F401
+    import mmsb.spill  # noqa: F401
     import mmsb._ref.codecs  # noqa: F401
 
 from mmsb.errors import CorruptionError  # noqa: E402

@@ -12,6 +12,7 @@ import pytest
 
 import mmsb
 from mmsb import checkpoint as C
+from mmsb import spill as SP
 from mmsb.errors import CorruptionError, TornWriteWarning
 
 import _workload as W
@@ -25,7 +26,7 @@ SEED = 5
 def store(tmp_path_factory, request):
     """A small store with a checkpoint in the middle of its log; ``incremental``: close() adds a shutdown
     checkpoint (container version 3) that borrows the unchanged pages' chunks from that one."""
-    from mmsb import durable as D
+    from mmsb import store as D
 
     root = tmp_path_factory.mktemp("corrupt")
     path = str(root / "s")
@@ -134,7 +135,7 @@ def test_flip_spill_blobs(tmp_path, LONG):
                 bad[off] ^= 0xFF
                 open(fpath, "wb").write(bytes(bad))
                 with pytest.raises(CorruptionError):
-                    C.read_blob_file(fpath)
+                    SP.read_blob_file(fpath)
                 flips += 1
             open(fpath, "wb").write(data)
         # a damaged spill file of a spilled page surfaces as CorruptionError on reload, never as wrong data (a

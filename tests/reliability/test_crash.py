@@ -144,7 +144,7 @@ def test_crash_loop(tmp_path, LONG, durability, monkeypatch):
     container version 3, written on the background thread while the child is killed) and every clean close in
     the parent writes a shutdown checkpoint."""
     if durability == "fsync-auto":
-        from mmsb import durable as D
+        from mmsb import store as D
 
         durability = "fsync"
         monkeypatch.setenv("MMSB_AUTO_CHECKPOINT", "1e-9")

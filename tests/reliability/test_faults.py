@@ -180,7 +180,7 @@ def test_fail_nth_operation_with_shutdown_checkpoint(tmp_path, kind, LONG, monke
     """The same faults while close() writes a shutdown checkpoint (incremental: it borrows the pages the last
     explicit checkpoint holds and that did not change). A fault there leaves the store as it was: close()
     completes and releases the lock, the next open replays the log."""
-    from mmsb import durable as D
+    from mmsb import store as D
 
     monkeypatch.setattr(D, "SHUTDOWN_CHECKPOINT_MIN_BYTES", 1)
     _fail_each_nth(tmp_path, kind, LONG, steps=15)

@@ -10,6 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from mmsb import checkpoint as C
+from mmsb import identity as ID
+from mmsb import spill as SP
 from mmsb import codecs
 from mmsb.delta import Delta, SchemaOp
 from mmsb.errors import CorruptionError
@@ -52,9 +54,9 @@ def _valid_inputs() -> dict:
     C.write_checkpoint(d, 3, [({"name": "p"}, np.arange(100.0)), ({"name": "z"}, np.zeros(5000))],
                        [rule], extra={"txid": 1}, fsync=False)
     ck = open(C.checkpoint_path(d, 3), "rb").read()
-    C.write_blob_file(os.path.join(d, "b.spill"), np.arange(40, dtype=np.int32), {"page": "p"})
+    SP.write_blob_file(os.path.join(d, "b.spill"), np.arange(40, dtype=np.int32), {"page": "p"})
     blob = open(os.path.join(d, "b.spill"), "rb").read()
-    C.write_store_file(d, fsync=False)
+    ID.write_store_file(d, fsync=False)
     store = open(os.path.join(d, "STORE"), "rb").read()
     return {"segment": [seg], "records": records, "codecs": cods, "codecs_agree": [c[1:] for c in cods[:3]],
             "container": [b"\x01" + ck[1:] if False else ck, blob], "store": [store]}

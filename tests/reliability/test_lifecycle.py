@@ -48,7 +48,7 @@ def test_compact_keep_k_keeps_k_epochs(tmp_path):
 
 def test_close_removes_spill_files_before_releasing_the_lock(tmp_path, monkeypatch):
     """#16.4: a writer that opens in the instant after LOCK is released keeps its own spill files."""
-    from mmsb import durable as D
+    from mmsb import store as D
 
     root = str(tmp_path / "s")
     with mmsb.open(root, "w") as buf:
@@ -235,7 +235,7 @@ def test_automatic_checkpoints(tmp_path, monkeypatch):
     """#16.11: with the policy on, a checkpoint is written once the log since the newest one outweighs the pages
     (background thread); each one equals the state at its epoch; reopen replays only the tail; off writes none;
     bad settings are refused."""
-    from mmsb import durable as D
+    from mmsb import store as D
 
     monkeypatch.setattr(D, "AUTO_CHECKPOINT_MIN_BYTES", 1)
     rng = np.random.default_rng(5)

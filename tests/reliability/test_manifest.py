@@ -14,6 +14,7 @@ import pytest
 
 import mmsb
 from mmsb import checkpoint as C
+from mmsb import container as K
 from mmsb.errors import CorruptionError, HistoryError, TornWriteWarning
 from mmsb.log.segment import iter_segments
 
@@ -348,9 +349,9 @@ def test_checkpoint_manifest_shape_disagrees_with_array(tmp_path):
     moff, mlen = struct.unpack_from("<QQ", tr)
     man = json.loads(bytes(data[moff:moff + mlen]))
     man["pages"][0]["meta"]["shape"] = [3, 3]
-    mb = C._dumps(man)
+    mb = K._dumps(man)
     trail = struct.pack("<QQI32s8s", moff, len(mb), crc32c.crc32c(mb), hashlib.sha256(mb).digest(), b"MMSBEND\0")
-    trail += struct.pack("<I", C._mask(crc32c.crc32c(trail)))
+    trail += struct.pack("<I", K._mask(crc32c.crc32c(trail)))
     open(path, "wb").write(bytes(data[:moff]) + mb + trail)
     with pytest.raises(CorruptionError, match="described"):
         C.verify_checkpoint(path)

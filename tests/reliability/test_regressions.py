@@ -32,7 +32,7 @@ def test_close_releases_lock_when_final_fsync_fails(tmp_path, monkeypatch):
 
 
 def test_creation_cut_before_store_rename_can_be_reopened(tmp_path):
-    """mmsb/durable.py: a creation interrupted after writing .STORE.tmp-* (before the rename) left a directory
+    """mmsb/store.py: a creation interrupted after writing .STORE.tmp-* (before the rename) left a directory
     that every later open refused as "a non-empty directory that is not an mmsb store"."""
     path = tmp_path / "s"
     path.mkdir()

@@ -11,6 +11,7 @@ import pytest
 
 import mmsb
 from mmsb import checkpoint as C
+from mmsb import container as K
 from mmsb.errors import CorruptionError, SemiringError
 
 pytestmark = pytest.mark.reliability
@@ -37,12 +38,12 @@ def test_no_code_executing_deserialisers():
 def _rewrite_manifest(path, fn):
     """Re-seal a container after fn(manifest) changed its manifest (so only the content checks can refuse)."""
     data = open(path, "rb").read()
-    moff, mlen = struct.unpack_from("<QQ", data, len(data) - C.TRAIL_SIZE)
+    moff, mlen = struct.unpack_from("<QQ", data, len(data) - K.TRAIL_SIZE)
     man = json.loads(data[moff:moff + mlen])
     fn(man)
     mb = json.dumps(man).encode()
-    tr = C._TRAIL.pack(moff, len(mb), C._crc32c(mb), hashlib.sha256(mb).digest(), C.END_MAGIC)
-    out = data[:moff] + mb + tr + struct.pack("<I", C._mask(C._crc32c(tr)))
+    tr = K._TRAIL.pack(moff, len(mb), K._crc32c(mb), hashlib.sha256(mb).digest(), K.END_MAGIC)
+    out = data[:moff] + mb + tr + struct.pack("<I", K._mask(K._crc32c(tr)))
     open(path, "wb").write(out)
 
 
