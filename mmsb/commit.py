@@ -18,7 +18,7 @@ import numpy as np
 
 from mmsb import _kernels, _ops
 from mmsb.delta import Delta, Txn, covers_page
-from mmsb.devices import CPU, backend_of
+from mmsb.devices import CPU, POINT_VALUES, backend_of
 from mmsb.errors import InvalidDeltaError, MMSBError, PageNotFoundError
 from mmsb.propagate import Change, UndoLog
 
@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from mmsb.buffer import Buffer
     from mmsb.txn import Transaction
 
-_POINT = 16     # a write of at most this many values may take the point strategy (CommitPipeline._point)
+_POINT = POINT_VALUES   # a write of at most this many values may take the point strategy (CommitPipeline._point)
 
 #: a device wave: given the undo log, run the wave on the device and return ``{page name: Change}``
 DeviceWave = Callable[[UndoLog], dict]

@@ -161,7 +161,7 @@ class CPUBackend(DeviceBackend):
         return _kernels.cpu.features()
 
 
-_FEW = 16       # a sparse merge of at most this many float64 values takes the point kernel
+POINT_VALUES = 16   # a sparse merge of at most this many float64 values takes the point kernel
 
 
 def merge_into(arr: np.ndarray, idx: np.ndarray, vals: np.ndarray, sr: Any, accumulate: bool) \
@@ -172,7 +172,7 @@ def merge_into(arr: np.ndarray, idx: np.ndarray, vals: np.ndarray, sr: Any, accu
     codes = sr.codes_for(arr.dtype)
     if codes is not None or not accumulate:
         op = codes[0] if accumulate else _ops.OP_ASSIGN
-        if idx.size <= _FEW and arr.dtype == np.float64 and idx.dtype == np.int64 and idx.flags.c_contiguous \
+        if idx.size <= POINT_VALUES and arr.dtype == np.float64 and idx.dtype == np.int64 and idx.flags.c_contiguous \
                 and vals.flags.c_contiguous:
             old, changed = _kernels.point.apply_few(arr, idx, vals, op)
             return old, changed.view(np.bool_)
