@@ -1,4 +1,5 @@
-"""The durable log's one-pass transaction encoder (``mmsb.log.durable.encode_txn``) against the general encoder.
+"""The durable log's one-pass transaction encoder (``mmsb.log.durable.encode_txn``) against the general encoder,
+and the compiled log framing kernel (``mmsb._ext.logframe``) against its twin (``mmsb._ref.logframe``).
 
 The fast path (deltas without a mask or metadata) must write exactly the bytes of the general encoder
 (``records.op_pieces`` framed by ``segment.frame_records``), make the same codec choices and leave the same
@@ -7,11 +8,13 @@ decode to a CorruptionError only.
 """
 import os
 
+import crc32c as crc_package
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mmsb._ref import logframe as ref_logframe
 from mmsb.delta import Delta, SchemaOp, Txn
 from mmsb.errors import CorruptionError
 from mmsb.log import DurableLog
@@ -91,7 +94,7 @@ def transactions(draw) -> list:
 
 
 def _general(ops: list, epoch: int, txid: int, salt: bytes, commit: bool = True) -> tuple[bytes, int, int]:
-    """The general encoder, framed by segment.frame_records: (bytes, raw, encoded)."""
+    """The general encoder, framed by the pure-Python framing (the twin): (bytes, raw, encoded)."""
     records, raw, enc = [], 0, 0
     for op in ops:
         rt, pieces, r, e = R.op_pieces(op)
@@ -100,7 +103,7 @@ def _general(ops: list, epoch: int, txid: int, salt: bytes, commit: bool = True)
         enc += e
     if commit:
         records.append((R.COMMIT, [len(ops).to_bytes(4, "little")]))
-    bufs, total = S.frame_records(records, epoch, txid, salt)
+    bufs, total = ref_logframe.frame_records(records, epoch, txid, salt)
     data = b"".join(bytes(b) for b in bufs)
     assert len(data) == total
     return data, raw, enc
@@ -192,6 +195,7 @@ def test_fast_path_taken_for_small_sparse_deltas(monkeypatch, adaptive_state):
            Delta("dist", np.arange(5000.0), index=np.arange(0, 10000, 2), derived=True, source="closure")]
     bufs, total, raw, enc, records = LD.encode_txn(ops, 3, 4, SALT)
     assert total == sum(len(b) for b in bufs) and len(records) == 3
+    assert raw == 8 + 8 + 5000 * 16 and enc < raw          # the derived index delta-packs
     monkeypatch.undo()
     assert _decode(b"".join(bytes(b) for b in bufs), 2, 3, 4)[1].values.size == 5000
 
@@ -241,8 +245,7 @@ def test_log_files_identical(tmp_path, monkeypatch, adaptive_state, fast):
             for t in txns:
                 log.append(t)
             stats = log.stats()
-        files[flag] = ({p: open(os.path.join(root, "log", p), "rb").read()
-                        for p in sorted(os.listdir(root / "log"))},
+        files[flag] = ({p.name: p.read_bytes() for p in sorted((root / "log").iterdir())},
                        {k: stats[k] for k in ("records", "bytes", "raw_bytes", "encoded_bytes")})
     assert len(files[True][0]) > 1                   # rolled: re-framed under a new segment's salt
     assert files[True] == files[False]
@@ -259,7 +262,7 @@ def test_log_files_identical(tmp_path, monkeypatch, adaptive_state, fast):
 def test_damaged_fast_payload_raises_corruption_only(adaptive_state, ops, data):
     """A fast-encoded delta payload with bytes changed, cut or appended decodes or raises CorruptionError:
     never another exception."""
-    bufs, total, raw, enc, records = LD.encode_txn(ops, 1, 1, None)
+    records = LD.encode_txn(ops, 1, 1, None)[4]
     rtype, pieces = records[data.draw(st.integers(0, len(ops) - 1))]
     payload = bytearray(b"".join(bytes(p) for p in pieces))
     how = data.draw(st.sampled_from(["flip", "cut", "extend"]))
@@ -283,3 +286,94 @@ def test_refused_values_raise_as_before(adaptive_state):
         LD.encode_txn([Delta("p", np.array(["a"], dtype=object))], 1, 1, SALT)
     with pytest.raises(ValueError):
         LD.encode_txn([Delta("p" * 70_000, np.zeros(1))], 1, 1, SALT)
+
+
+# ------------------------------------------------------------------ the framing kernel and its twin
+
+KERNELS = [ref_logframe]
+try:
+    from mmsb._ext import logframe as ext_logframe
+    KERNELS.append(ext_logframe)
+except ImportError:                      # not built: the twin alone (its tests below still run)
+    ext_logframe = None
+
+LARGE = 1 << 16
+
+
+@st.composite
+def framed(draw) -> tuple:
+    records = []
+    for _ in range(draw(st.integers(0, 4))):
+        pieces = []
+        for _ in range(draw(st.integers(0, 3))):
+            n = draw(st.sampled_from([0, 1, 3, 8, 9, 31, 200, LARGE - 1, LARGE, LARGE + 13]))
+            b = bytes(draw(st.binary(min_size=min(n, 64), max_size=min(n, 64)))) * (n // 64 + 1)
+            b = b[:n] if len(b) >= n else b + bytes(n - len(b))
+            pieces.append(memoryview(b) if draw(st.booleans()) else b)
+        records.append((draw(st.integers(0, 255)), pieces))
+    salt = draw(st.sampled_from([bytes(16), bytes(range(16)), b"", b"salty"]))
+    return records, draw(st.integers(0, 2**64 - 1)), draw(st.integers(0, 2**64 - 1)), salt
+
+
+def _reference_frames(records, epoch, txid, salt) -> tuple[bytes, int]:
+    """The record layout of docs/FORMAT.md written out with struct and the crc32c package."""
+    import struct
+
+    def mask(c):
+        return ((((c >> 15) | (c << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
+
+    out = b""
+    for rtype, pieces in records:
+        payload = b"".join(bytes(p) for p in pieces)
+        h = struct.pack("<IBQQ", len(payload), rtype, epoch, txid)
+        h += struct.pack("<I", mask(crc_package.crc32c(h + salt)))
+        out += h + payload + struct.pack("<I", mask(crc_package.crc32c(h + payload + salt)))
+    return out, len(out)
+
+
+@pytest.mark.parametrize("kernel", KERNELS, ids=lambda k: k.__name__)
+@settings(max_examples=150, deadline=None)
+@given(case=framed())
+def test_frame_records_matches_the_format(kernel, case):
+    records, epoch, txid, salt = case
+    bufs, total = kernel.frame_records(records, epoch, txid, salt)
+    assert (b"".join(bytes(b) for b in bufs), total) == _reference_frames(records, epoch, txid, salt)
+    pieces = [p for _, ps in records for p in ps]
+    assert sum(1 for b in bufs if any(b is p for p in pieces)) == len(pieces)     # payloads are not copied
+
+
+@pytest.mark.skipif(ext_logframe is None, reason="compiled kernels not built")
+@settings(max_examples=150, deadline=None)
+@given(case=framed())
+def test_frame_kernel_equals_twin(case):
+    records, epoch, txid, salt = case
+    a, ta = ext_logframe.frame_records(records, epoch, txid, salt)
+    b, tb = ref_logframe.frame_records(records, epoch, txid, salt)
+    assert ta == tb and [bytes(x) for x in a] == [bytes(x) for x in b]
+
+
+@pytest.mark.parametrize("kernel", KERNELS, ids=lambda k: k.__name__)
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=300), value=st.integers(0, 2**32 - 1), soft=st.booleans())
+def test_crc32c_matches_the_package(kernel, data, value, soft):
+    assert kernel.crc32c(data, value, soft) == crc_package.crc32c(data, value)
+
+
+@pytest.mark.parametrize("kernel", KERNELS, ids=lambda k: k.__name__)
+def test_crc32c_long_and_unaligned(kernel):
+    data = np.random.default_rng(5).integers(0, 256, 200_003, dtype=np.uint8).tobytes()
+    for start in range(9):
+        for soft in (False, True):
+            assert kernel.crc32c(memoryview(data)[start:], 7, soft) == crc_package.crc32c(data[start:], 7)
+
+
+@pytest.mark.parametrize("kernel", KERNELS, ids=lambda k: k.__name__)
+def test_frame_records_refuses_what_does_not_fit(kernel):
+    with pytest.raises(ValueError, match="record type"):
+        kernel.frame_records([(256, [b"x"])], 1, 1, SALT)
+    with pytest.raises(ValueError, match="record type"):
+        kernel.frame_records([(-1, [b"x"])], 1, 1, SALT)
+    with pytest.raises(OverflowError):
+        kernel.frame_records([(1, [b"x"])], -1, 1, SALT)
+    with pytest.raises(OverflowError):
+        kernel.frame_records([(1, [b"x"])], 1, 2**64, SALT)

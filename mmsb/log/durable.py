@@ -19,9 +19,9 @@ import warnings
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
-import crc32c as _crc
 import numpy as np
 
+from mmsb import _kernels
 from mmsb import codecs as C
 from mmsb.log.base import LogBase
 from mmsb.fileio import fsync_dir
@@ -87,13 +87,24 @@ _H = struct.Struct("<H")
 _B = struct.Struct("<B")
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
-_RHEAD = S.RHEAD
-_RECORD_OVERHEAD = S.RHEAD_SIZE + S.TRAILER_SIZE
+_frame = _kernels.logframe.frame_records   # (records, epoch, txid, salt) -> (buffers, total): segment.frame_records
 _SHAPES = {nd: struct.Struct(f"<B{nd}Q") for nd in range(R.MAX_NDIM + 1)}
-_ALLOWED = C.ALLOWED_DTYPES
 _NDARRAY = np.ndarray
 _INT64 = np.dtype(np.int64)
 _MAX_STR = 0xFFFF
+_RAW, _INDEX_DELTA_PACK, _BLOSC2 = C.RAW, C.INDEX_DELTA_PACK, C.BLOSC2
+_DTYPES: dict = {}           # dtype -> (dtype.str, its u8 length + ascii) for an allowed little-endian dtype, or None
+
+
+def _dtype_head(dt: np.dtype) -> Optional[tuple[str, bytes]]:
+    """``(dtype.str, the dtype part of a values header)`` for a dtype stored as it is; None for any other
+    (a big-endian dtype to convert, one that cannot be stored: the general encoder's cases)."""
+    ds = dt.str
+    got = (ds, _B.pack(len(ds)) + ds.encode("ascii")) if ds in C.ALLOWED_DTYPES else None
+    if len(_DTYPES) >= 64:
+        _DTYPES.clear()
+    _DTYPES[dt] = got
+    return got
 
 
 def encode_txn(ops: list, epoch: int, txid: int, salt: Optional[bytes], commit: bool = True
@@ -111,14 +122,13 @@ def encode_txn(ops: list, epoch: int, txid: int, salt: Optional[bytes], commit: 
     into another module: the bytes of :func:`mmsb.log.records.delta_pieces`, the same codec choices
     (:func:`mmsb.codecs.encode_index`, :class:`mmsb.codecs.AdaptiveValues` with its state) and the same
     statistics. Every other operation goes through the general encoder (and raises there what it refuses).
-    Each record is framed as :func:`mmsb.log.segment.frame_records` frames it."""
-    crc = _crc.crc32c
-    pack, u32, bq = _RHEAD.pack, _U32.pack, _BQ.pack
+    The records are framed by the log framing kernel (``mmsb._kernels.logframe``, as
+    :func:`mmsb.log.segment.frame_records`)."""
+    bq = _BQ.pack
     fast = FAST_ENCODE and C._LITTLE
     av = R._VALUES
-    out: list = []
     records: list = []
-    total = raw = enc = 0
+    raw = enc = 0
     for op in ops:
         simple = False
         if fast and type(op) is Delta and op.mask is None and op.metadata is None:
@@ -130,8 +140,10 @@ def encode_txn(ops: list, epoch: int, txid: int, salt: Optional[bytes], commit: 
             name = op.page.encode("utf-8")
             if src is not None:
                 src = str(src).encode("utf-8")
-            ds = a.dtype.str
-            simple = (ds in _ALLOWED and a.ndim <= R.MAX_NDIM and a.nbytes <= C.BLOSC_CHUNK
+            dt = _DTYPES.get(a.dtype, False)
+            if dt is False:
+                dt = _dtype_head(a.dtype)
+            simple = (dt is not None and a.ndim <= R.MAX_NDIM and a.nbytes <= C.BLOSC_CHUNK
                       and len(name) <= _MAX_STR and (src is None or len(src) <= _MAX_STR)
                       and (idx is None or idx.ndim <= R.MAX_NDIM))
         if not simple:
@@ -149,65 +161,59 @@ def encode_txn(ops: list, epoch: int, txid: int, salt: Optional[bytes], commit: 
         head = _H.pack(len(name)) + name + _B.pack(flags)
         if src is not None:
             head += _H.pack(len(src)) + src
-        # index: shape, then delta-bitpacked when sorted and smaller, else raw (codecs.encode_index)
+        # index: shape, then delta-bitpacked when sorted and smaller, else raw (codecs.encode_index; the packed
+        # form of 0 or 1 entries is never the smaller: b"" against b"", 9 bytes against 8)
         if idx is not None:
-            flat = np.ascontiguousarray(idx).reshape(-1)
             data = None
-            if flat.size < 2 or (flat[1:] >= flat[:-1]).all():
-                packed = C._k.encode_index(flat)
-                if len(packed) < flat.nbytes:
-                    cid, data = C.INDEX_DELTA_PACK, packed
+            if idx.size > 1:
+                flat = np.ascontiguousarray(idx).reshape(-1)
+                try:
+                    packed = C._k.encode_index(flat)      # ValueError: not non-decreasing, stored raw
+                except ValueError:
+                    packed = None
+                if packed is not None and len(packed) < flat.nbytes:
+                    cid, data = _INDEX_DELTA_PACK, packed
             if data is None:
-                cid, data = C.RAW, flat.tobytes()
-            head += _SHAPES[idx.ndim].pack(idx.ndim, *idx.shape) + bq(cid, len(data)) + data
+                cid, data = _RAW, idx.tobytes()
+            shape = bq(1, idx.shape[0]) if idx.ndim == 1 else _SHAPES[idx.ndim].pack(idx.ndim, *idx.shape)
+            head += shape + bq(cid, len(data)) + data
             raw += idx.nbytes
             enc += len(data)
-        # values: dtype, shape, then blosc2 when the page's stream is worth trying and it saves, else a raw view
-        # (records.values_pieces, codecs.AdaptiveValues.encode, codecs.encode_values)
-        if not a.flags.c_contiguous:
-            a = np.ascontiguousarray(a)
+        # values: dtype, shape, then blosc2 when the page's stream is worth trying and it saves, else raw: a copy
+        # when small, else a view (records.values_pieces, codecs.AdaptiveValues.encode, codecs.encode_values)
         nbytes = a.nbytes
-        data = memoryview(a.reshape(-1)).cast("B").toreadonly() if nbytes else b""
-        cid = C.RAW
-        key = (op.page, ds)
+        small = nbytes < C.SMALL
+        if small:
+            data = a.tobytes()
+        else:
+            if not a.flags.c_contiguous:
+                a = np.ascontiguousarray(a)
+            data = memoryview(a.reshape(-1)).cast("B").toreadonly()
+        cid = _RAW
+        key = (op.page, dt[0])
         miss = av._miss.get(key, 0)
         if miss >= av.misses and miss % av.probe:
             av._miss[key] = miss + 1
         else:
-            if nbytes >= C.SMALL:
+            if not small:
                 bl = C._blosc2_module if C._blosc2_module is not None else C._blosc2()
                 c = bl.compress2(data, typesize=a.dtype.itemsize, clevel=5, codec=bl.Codec.LZ4,
                                  filters=[bl.Filter.SHUFFLE],
                                  nthreads=C.NTHREADS if nbytes >= C.PARALLEL_BYTES else 1)
                 if len(c) < nbytes and len(c) + 12 <= nbytes:         # one chunk: u32 count, u64 length
-                    cid, data = C.BLOSC2, _U32.pack(1) + _U64.pack(len(c)) + c
-            av._miss[key] = 0 if cid != C.RAW and len(data) <= (1.0 - av.min_saving) * nbytes else miss + 1
-        head += _B.pack(len(ds)) + ds.encode("ascii") + _SHAPES[a.ndim].pack(a.ndim, *a.shape) + bq(cid, len(data))
+                    cid, data = _BLOSC2, _U32.pack(1) + _U64.pack(len(c)) + c
+            av._miss[key] = 0 if cid != _RAW and len(data) <= (1.0 - av.min_saving) * nbytes else miss + 1
+        shape = bq(1, a.shape[0]) if a.ndim == 1 else _SHAPES[a.ndim].pack(a.ndim, *a.shape)
+        head += dt[1] + shape + bq(cid, len(data))
         raw += nbytes
         enc += len(data)
         records.append((R.DELTA, [head, data]))
     if commit:
-        records.append((R.COMMIT, [u32(len(ops))]))
+        records.append((R.COMMIT, [_U32.pack(len(ops))]))
     if salt is None:
-        return out, 0, raw, enc, records
-    for rtype, pieces in records:        # segment.frame_records, the masks inline
-        n = 0
-        for p in pieces:
-            n += len(p)
-        if n > S.MAX_PAYLOAD:
-            raise ValueError("record payload larger than 4 GiB")
-        h = pack(n, rtype, epoch, txid)
-        c = crc(h + salt)
-        head = h + u32(((((c >> 15) | (c << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF)
-        c = crc(head)
-        for p in pieces:
-            c = crc(p, c)
-        c = crc(salt, c)
-        out.append(head)
-        out += pieces
-        out.append(u32(((((c >> 15) | (c << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF))
-        total += n + _RECORD_OVERHEAD
-    return out, total, raw, enc, records
+        return [], 0, raw, enc, records
+    bufs, total = _frame(records, epoch, txid, salt)
+    return bufs, total, raw, enc, records
 
 
 def _read_head(path: str) -> bytes:
@@ -756,7 +762,7 @@ class DurableLog(LogBase):
                         if not self._segs or self._segs[-1].size >= self.segment_bytes:
                             self._roll(epoch)
                         seg = self._segs[-1]
-                        bufs, total = S.frame_records(records, epoch, txid, seg.salt)
+                        bufs, total = _frame(records, epoch, txid, seg.salt)
                     if self._fd is None:
                         self._open_current()
                     start = seg.size
