@@ -17,6 +17,9 @@ class LogBase:
     #: commit in memory that never became durable: it refuses reads too (docs/reliability.md). A plain attribute
     #: (read on every write), set once by the log that fails.
     poisoned: Optional[str] = None
+    #: whether ``sync(token)`` can have anything to do (a durable log with durability="fsync"): where it is False
+    #: a committer may skip the call (an append that failed has raised and poisoned the log already)
+    sync_needed: bool = False
 
     @property
     def last_epoch(self) -> int:

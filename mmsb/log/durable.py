@@ -302,6 +302,7 @@ class DurableLog(LogBase):
         self._last_thread = 0    # the thread that appended last, and how many appends from that one thread
         self._same_thread = 0    # in a row: RWF_DSYNC only once one thread has had the log to itself a while
         self._dsync = bool(_RWF_DSYNC) and durability == "fsync"
+        self.sync_needed = durability == "fsync" and not readonly
         self._stats = dict(records=0, transactions=0, bytes=0, raw_bytes=0, encoded_bytes=0, fsyncs=0,
                            group_commit_batches=0, synced_commits=0, torn_tail_bytes=0, truncated_bytes=0,
                            appended_transactions=0, appended_bytes=0, dropped_segments=0)
