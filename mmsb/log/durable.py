@@ -6,6 +6,10 @@ writer (one thread appending for a while, no other append in flight, everything 
 writes its transaction with ``RWF_DSYNC`` instead (Linux): one system call that returns once the bytes are on
 disk, and its ``sync`` has nothing left to do.
 A failed write or fsync poisons the log: that call and every later append/sync raise LogPoisonedError.
+
+Write path: :func:`encode_txn` turns a transaction into its framed records (small deltas in one pass here, the
+rest through :mod:`mmsb.log.records`; the framing and CRC32C in the ``logframe`` kernel), outside the lock;
+``append`` writes them with one ``writev``. ``poisoned`` and ``logical_end`` are plain attributes.
 """
 from __future__ import annotations
 
