@@ -90,15 +90,15 @@ _LEVELS: dict[str, types.SimpleNamespace] = {}
 
 KIND = "python"
 if os.environ.get("MMSB_PUREPYTHON") == "1":
-    from mmsb._ref import alloc, codecs, cpu, merge, packed, point, repair, spmv
+    from mmsb._ref import alloc, codecs, cpu, logframe, merge, packed, point, repair, spmv
 else:
     try:
-        from mmsb._ext import alloc, codecs, cpu, merge, packed, point, repair, spmv
+        from mmsb._ext import alloc, codecs, cpu, logframe, merge, packed, point, repair, spmv
         KIND = "compiled"
     except ImportError as exc:  # pragma: no cover - only on a broken install
         warnings.warn(f"mmsb: compiled kernels unavailable ({exc}); using the numpy reference kernels",
                       RuntimeWarning, stacklevel=2)
-        from mmsb._ref import alloc, codecs, cpu, merge, packed, point, repair, spmv
+        from mmsb._ref import alloc, codecs, cpu, logframe, merge, packed, point, repair, spmv
 
 
 def compiled_levels() -> dict[str, types.SimpleNamespace]:
@@ -157,4 +157,4 @@ if KIND == "compiled":
     cpu.set_dispatch(SIMD, SIMD_LEVELS, threads_now)
 
 __all__ = ["KIND", "SIMD", "SIMD_LEVELS", "THREADS", "alloc", "codecs", "compiled_levels", "cpu", "default_threads",
-           "merge", "packed", "point", "repair", "set_threads", "spmv", "threads_now"]
+           "logframe", "merge", "packed", "point", "repair", "set_threads", "spmv", "threads_now"]

@@ -83,7 +83,6 @@ PARALLEL_BYTES = 4 * 2**20
 SAMPLE_BYTES = 256 * 2**10
 
 _U32 = struct.Struct("<I")
-_U64 = struct.Struct("<Q")
 
 
 class CodecStats:
@@ -261,8 +260,7 @@ def _blosc_encode(mv: memoryview, typesize: int, codec: str, clevel: int, nthrea
         total += len(c)
         if total >= mv.nbytes:
             return None
-    head = _U32.pack(len(chunks)) + b"".join(_U64.pack(len(c)) for c in chunks)
-    return head + b"".join(chunks)
+    return struct.pack(f"<I{len(chunks)}Q", len(chunks), *map(len, chunks)) + b"".join(chunks)
 
 
 def decode_values(codec_id: int, buf, dtype, n: int, out: Optional[np.ndarray] = None,

@@ -397,6 +397,23 @@ def test_other_durabilities(tmp_path, durability):
         assert log.last_epoch == 29
 
 
+def test_sync_needed_only_where_sync_does_something(tmp_path, monkeypatch):
+    """``sync_needed`` is True only for a writable fsync log: elsewhere ``sync`` syncs nothing (a committer may
+    skip it), and a failed append has already raised and poisoned the log."""
+    assert MemoryLog().sync_needed is False
+    for durability in ("fsync", "flush", "none"):
+        with DurableLog(tmp_path / durability, durability=durability) as log:
+            assert log.sync_needed is (durability == "fsync")
+            log.append(Txn(1, 1, []))                  # (creates the segment: its directory is synced)
+            if durability != "fsync":
+                monkeypatch.setattr(os, "fsync", lambda fd: pytest.fail("sync has nothing to do"))
+                log.sync(log.append(Txn(2, 2, [])))
+                monkeypatch.undo()
+        if durability == "fsync":
+            with DurableLog(tmp_path / durability, readonly=True) as reader:
+                assert reader.sync_needed is False
+
+
 def test_checkpoint_mark_and_abort(tmp_path):
     with DurableLog(tmp_path) as log:
         log.append(make_txn(1))

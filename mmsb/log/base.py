@@ -13,13 +13,13 @@ class LogBase:
     #: True when the log keeps the Delta objects it is given (in memory): a sparse delta may then be appended in
     #: the order the user gave it and sorted only when read back (``Delta.normalize``)
     keeps_deltas: bool = False
-    _poisoned: Optional[str] = None
-
-    @property
-    def poisoned(self) -> Optional[str]:
-        """Why the log refuses commits (a failed write or fsync), or None. A buffer whose log is poisoned may hold
-        a commit in memory that never became durable: it refuses reads too (docs/reliability.md)."""
-        return self._poisoned
+    #: why the log refuses commits (a failed write or fsync), or None. A buffer whose log is poisoned may hold a
+    #: commit in memory that never became durable: it refuses reads too (docs/reliability.md). A plain attribute
+    #: (read on every write), set once by the log that fails.
+    poisoned: Optional[str] = None
+    #: whether ``sync(token)`` can have anything to do (a durable log with durability="fsync"): where it is False
+    #: a committer may skip the call (an append that failed has raised and poisoned the log already)
+    sync_needed: bool = False
 
     @property
     def last_epoch(self) -> int:

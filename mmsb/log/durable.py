@@ -6,6 +6,10 @@ writer (one thread appending for a while, no other append in flight, everything 
 writes its transaction with ``RWF_DSYNC`` instead (Linux): one system call that returns once the bytes are on
 disk, and its ``sync`` has nothing left to do.
 A failed write or fsync poisons the log: that call and every later append/sync raise LogPoisonedError.
+
+Write path: :func:`encode_txn` turns a transaction into its framed records (small deltas in one pass here, the
+rest through :mod:`mmsb.log.records`; the framing and CRC32C in the ``logframe`` kernel), outside the lock;
+``append`` writes them with one ``writev``. ``poisoned`` and ``logical_end`` are plain attributes.
 """
 from __future__ import annotations
 
@@ -19,9 +23,13 @@ import warnings
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
+import numpy as np
+
+from mmsb import _kernels
+from mmsb import codecs as C
 from mmsb.log.base import LogBase
 from mmsb.fileio import fsync_dir
-from mmsb.delta import Txn
+from mmsb.delta import Delta, Txn
 from mmsb.errors import CorruptionError, LogPoisonedError, ReadOnlyError, TornWriteWarning, ClosedError
 from mmsb.log import records as R
 from mmsb.log import segment as S
@@ -47,10 +55,18 @@ _SETTLE_READS = 16           # reads of a reader's last segment while a failure 
 _KEEP_SCANNED = 512 * 2**20  # bytes of transactions the open scan keeps for the replay that follows it
 
 
-def _gathered(bufs: list, write) -> None:
+def _gathered(bufs: list, write, done: int = 0) -> None:
     """Hand ``bufs`` in order to ``write(list of buffers) -> bytes taken`` (a gathered write, at most _IOV_MAX
-    buffers a call), resuming after a short write in the middle of a buffer."""
+    buffers a call), resuming after a short write in the middle of a buffer. ``done``: bytes of ``bufs``
+    already written (a short first write): they are skipped."""
     todo = [b for b in bufs if len(b)]
+    n = done
+    while n:
+        if n >= len(todo[0]):
+            n -= len(todo.pop(0))
+        else:
+            todo[0] = memoryview(todo[0]).cast("B")[n:]
+            n = 0
     while todo:
         n = write(todo[:_IOV_MAX])
         if n <= 0:
@@ -62,6 +78,146 @@ def _gathered(bufs: list, write) -> None:
         todo = todo[i:]
         if n:
             todo[0] = memoryview(todo[0]).cast("B")[n:]
+
+
+# ------------------------------------------------------------ one transaction's bytes
+
+#: encode deltas without a mask or metadata in :func:`encode_txn` itself (False: every operation through
+#: :func:`mmsb.log.records.op_pieces`, the general encoder; the bytes are the same either way)
+FAST_ENCODE = True
+
+_BQ = struct.Struct("<BQ")           # a u8 + u64: a codec part's head, a 1-d shape
+_H = struct.Struct("<H")
+_B = struct.Struct("<B")
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+_frame = _kernels.logframe.frame_records   # (records, epoch, txid, salt) -> (buffers, total): segment.frame_records
+_SHAPES = {nd: struct.Struct(f"<B{nd}Q") for nd in range(R.MAX_NDIM + 1)}
+_NDARRAY = np.ndarray
+_INT64 = np.dtype(np.int64)
+_MAX_STR = 0xFFFF
+_RAW, _INDEX_DELTA_PACK, _BLOSC2 = C.RAW, C.INDEX_DELTA_PACK, C.BLOSC2
+_DTYPES: dict = {}           # dtype -> (dtype.str, its u8 length + ascii) for an allowed little-endian dtype, or None
+
+
+def _dtype_head(dt: np.dtype) -> Optional[tuple[str, bytes]]:
+    """``(dtype.str, the dtype part of a values header)`` for a dtype stored as it is; None for any other
+    (a big-endian dtype to convert, one that cannot be stored: the general encoder's cases)."""
+    ds = dt.str
+    got = (ds, _B.pack(len(ds)) + ds.encode("ascii")) if ds in C.ALLOWED_DTYPES else None
+    if len(_DTYPES) >= 64:
+        _DTYPES.clear()
+    _DTYPES[dt] = got
+    return got
+
+
+def encode_txn(ops: list, epoch: int, txid: int, salt: Optional[bytes], commit: bool = True
+               ) -> tuple[list, int, int, int, list]:
+    """One transaction as the records docs/FORMAT.md specifies: ``(buffers, total, raw, encoded, records)``.
+
+    ``buffers`` (``total`` bytes) are the framed records in order (each: header, payload buffers, CRC trailer),
+    then the COMMIT record when ``commit``; ``raw``/``encoded``: the bytes of the arrays before and after their
+    codecs; ``records``: ``[(record type, payload buffers)]``, to frame again under another segment's salt
+    (``salt=None``: not framed, ``buffers`` is empty). Raw values are views of the deltas' arrays: write them
+    before these change.
+
+    A delta without a mask or metadata (a sparse write, a derived delta, a whole-value delta) whose values have
+    an allowed little-endian dtype and fit one blosc2 chunk is encoded here, in one pass and without a call
+    into another module: the bytes of :func:`mmsb.log.records.delta_pieces`, the same codec choices
+    (:func:`mmsb.codecs.encode_index`, :class:`mmsb.codecs.AdaptiveValues` with its state) and the same
+    statistics. Every other operation goes through the general encoder (and raises there what it refuses).
+    The records are framed by the log framing kernel (``mmsb._kernels.logframe``, as
+    :func:`mmsb.log.segment.frame_records`)."""
+    bq = _BQ.pack
+    fast = FAST_ENCODE and C._LITTLE
+    av = R._VALUES
+    records: list = []
+    raw = enc = 0
+    for op in ops:
+        simple = False
+        if fast and type(op) is Delta and op.mask is None and op.metadata is None:
+            a, idx, src = op.values, op.index, op.source
+            if type(a) is not _NDARRAY:
+                a = np.asarray(a)
+            if idx is not None and (type(idx) is not _NDARRAY or idx.dtype != _INT64):
+                idx = np.asarray(idx, dtype=np.int64)
+            name = op.page.encode("utf-8")
+            if src is not None:
+                src = str(src).encode("utf-8")
+            dt = _DTYPES.get(a.dtype, False)
+            if dt is False:
+                dt = _dtype_head(a.dtype)
+            simple = (dt is not None and a.ndim <= R.MAX_NDIM and a.nbytes <= C.BLOSC_CHUNK
+                      and len(name) <= _MAX_STR and (src is None or len(src) <= _MAX_STR)
+                      and (idx is None or idx.ndim <= R.MAX_NDIM))
+        if not simple:
+            rtype, pieces, r, e = R.op_pieces(op)
+            raw += r
+            enc += e
+            records.append((rtype, pieces))
+            continue
+        # name, flags, source (records._delta_head)
+        flags = (R.F_ACCUMULATE if op.accumulate else 0) | (R.F_DERIVED if op.derived else 0)
+        if src is not None:
+            flags |= R.F_SOURCE
+        if idx is not None:
+            flags |= R.F_SPARSE
+        head = _H.pack(len(name)) + name + _B.pack(flags)
+        if src is not None:
+            head += _H.pack(len(src)) + src
+        # index: shape, then delta-bitpacked when sorted and smaller, else raw (codecs.encode_index; the packed
+        # form of 0 or 1 entries is never the smaller: b"" against b"", 9 bytes against 8)
+        if idx is not None:
+            data = None
+            if idx.size > 1:
+                flat = np.ascontiguousarray(idx).reshape(-1)
+                try:
+                    packed = C._k.encode_index(flat)      # ValueError: not non-decreasing, stored raw
+                except ValueError:
+                    packed = None
+                if packed is not None and len(packed) < flat.nbytes:
+                    cid, data = _INDEX_DELTA_PACK, packed
+            if data is None:
+                cid, data = _RAW, idx.tobytes()
+            shape = bq(1, idx.shape[0]) if idx.ndim == 1 else _SHAPES[idx.ndim].pack(idx.ndim, *idx.shape)
+            head += shape + bq(cid, len(data)) + data
+            raw += idx.nbytes
+            enc += len(data)
+        # values: dtype, shape, then blosc2 when the page's stream is worth trying and it saves, else raw: a copy
+        # when small, else a view (records.values_pieces, codecs.AdaptiveValues.encode, codecs.encode_values)
+        nbytes = a.nbytes
+        small = nbytes < C.SMALL
+        if small:
+            data = a.tobytes()
+        else:
+            if not a.flags.c_contiguous:
+                a = np.ascontiguousarray(a)
+            data = memoryview(a.reshape(-1)).cast("B").toreadonly()
+        cid = _RAW
+        key = (op.page, dt[0])
+        miss = av._miss.get(key, 0)
+        if miss >= av.misses and miss % av.probe:
+            av._miss[key] = miss + 1
+        else:
+            if not small:
+                bl = C._blosc2_module if C._blosc2_module is not None else C._blosc2()
+                c = bl.compress2(data, typesize=a.dtype.itemsize, clevel=5, codec=bl.Codec.LZ4,
+                                 filters=[bl.Filter.SHUFFLE],
+                                 nthreads=C.NTHREADS if nbytes >= C.PARALLEL_BYTES else 1)
+                if len(c) < nbytes and len(c) + 12 <= nbytes:         # one chunk: u32 count, u64 length
+                    cid, data = _BLOSC2, _U32.pack(1) + _U64.pack(len(c)) + c
+            av._miss[key] = 0 if cid != _RAW and len(data) <= (1.0 - av.min_saving) * nbytes else miss + 1
+        shape = bq(1, a.shape[0]) if a.ndim == 1 else _SHAPES[a.ndim].pack(a.ndim, *a.shape)
+        head += dt[1] + shape + bq(cid, len(data))
+        raw += nbytes
+        enc += len(data)
+        records.append((R.DELTA, [head, data]))
+    if commit:
+        records.append((R.COMMIT, [_U32.pack(len(ops))]))
+    if salt is None:
+        return [], 0, raw, enc, records
+    bufs, total = _frame(records, epoch, txid, salt)
+    return bufs, total, raw, enc, records
 
 
 def _read_head(path: str) -> bytes:
@@ -140,7 +296,8 @@ class DurableLog(LogBase):
         self._alloc_end = 0
         self._old_fds: list[int] = []
         self._rfds: dict[str, int] = {}
-        self._poisoned: Optional[str] = None
+        self.poisoned: Optional[str] = None   # why the log refuses commits (LogBase.poisoned)
+        self.logical_end = 0     # bytes written to the log so far (all segments, as one stream)
         self._closed = False
         self._syncing = False
         self._synced = 0
@@ -149,6 +306,7 @@ class DurableLog(LogBase):
         self._last_thread = 0    # the thread that appended last, and how many appends from that one thread
         self._same_thread = 0    # in a row: RWF_DSYNC only once one thread has had the log to itself a while
         self._dsync = bool(_RWF_DSYNC) and durability == "fsync"
+        self.sync_needed = durability == "fsync" and not readonly
         self._stats = dict(records=0, transactions=0, bytes=0, raw_bytes=0, encoded_bytes=0, fsyncs=0,
                            group_commit_batches=0, synced_commits=0, torn_tail_bytes=0, truncated_bytes=0,
                            appended_transactions=0, appended_bytes=0, dropped_segments=0)
@@ -309,7 +467,7 @@ class DurableLog(LogBase):
         self._last_epoch = end
         self._stats["bytes"] = sum(s.size for s in self._segs)
         self._synced = logical
-        self._logical_end = logical
+        self.logical_end = logical
 
     def _settle_tail(self, chk, base: int, prev: Optional[int], salt: Optional[bytes],
                      skip_before: Optional[int], contiguous: bool):
@@ -457,11 +615,11 @@ class DurableLog(LogBase):
             raise ClosedError("the log is closed")
         if self.readonly:
             raise ReadOnlyError("the log is open read-only")
-        if self._poisoned is not None:
-            raise LogPoisonedError(f"the log is poisoned by an earlier failure: {self._poisoned}")
+        if self.poisoned is not None:
+            raise LogPoisonedError(f"the log is poisoned by an earlier failure: {self.poisoned}")
 
     def _poison(self, what: str, exc: BaseException) -> LogPoisonedError:
-        self._poisoned = f"{what}: {exc}"
+        self.poisoned = f"{what}: {exc}"
         with self._cond:
             self._cond.notify_all()
         return LogPoisonedError(f"mmsb log: {what} failed ({exc}); the log refuses further commits")
@@ -471,7 +629,9 @@ class DurableLog(LogBase):
         if self.durability == "fsync":
             self._reserve(total)
         fd = self._fd
-        _gathered(bufs, lambda iov: os.writev(fd, iov))
+        done = os.writev(fd, bufs) if len(bufs) <= _IOV_MAX else 0
+        if done != total:
+            _gathered(bufs, lambda iov: os.writev(fd, iov), done)
 
     def _dsync_alone(self) -> bool:
         """fsync mode, lock held: this append may sync itself: the last ``_DSYNC_AFTER`` appends came from this
@@ -487,7 +647,7 @@ class DurableLog(LogBase):
             self._same_thread += 1
             return False
         with self._cond:
-            return self._appending == 1 and not self._syncing and self._synced >= self._logical_end
+            return self._appending == 1 and not self._syncing and self._synced >= self.logical_end
 
     def _write_durably(self, bufs: list, total: int) -> bool:
         """Write ``bufs`` at the file position with RWF_DSYNC (returns once durable); False, having written
@@ -570,7 +730,7 @@ class DurableLog(LogBase):
             self._manifest.add_segment(epoch, salt)
         start = (cur.start + cur.size) if cur is not None else 0
         self._segs.append(_Seg(epoch, path, salt, len(header), start))
-        self._logical_end = start + len(header)
+        self.logical_end = start + len(header)
         self._stats["segments_created"] = self._stats.get("segments_created", 0) + 1
 
     def _open_current(self) -> None:
@@ -584,60 +744,68 @@ class DurableLog(LogBase):
         """Write the transaction's records and its COMMIT; returns a token for :meth:`sync`.
 
         ``commit=False`` writes the records without a COMMIT (for tests of recovery: they are never replayed).
-        """
-        encoded = [R.op_pieces(op) for op in txn.ops]   # the expensive part runs outside the lock
-        with self._count_lock:
-            self._appending += 1
-        try:
-            return self._append_encoded(txn, encoded, commit)
-        finally:
-            with self._count_lock:
-                self._appending -= 1
 
-    def _append_encoded(self, txn: Txn, encoded: list, commit: bool) -> int:
-        with self._lock:
-            self._check_writable()
-            epoch, txid = int(txn.epoch), int(txn.txid)
-            if epoch <= self._last_epoch:
-                raise ValueError(f"epoch {epoch} does not follow the last committed epoch {self._last_epoch}")
-            try:
-                if not self._segs or self._segs[-1].size >= self.segment_bytes:
-                    self._roll(epoch)
-                elif self._fd is None:
-                    self._open_current()
-                seg = self._segs[-1]
-                records = [(rt, pieces) for rt, pieces, _, _ in encoded]
-                if commit:
-                    records.append((R.COMMIT, [struct.pack("<I", len(encoded))]))
-                bufs, total = S.frame_records(records, epoch, txid, seg.salt)
-                start = seg.size
-                synced = commit and self._dsync_alone() and self._write_durably(bufs, total)
-                if not synced:
-                    self._write_buffers(bufs, total)
-            except OSError as exc:
-                raise self._poison("log write", exc) from exc
-            seg.size += total
-            self._logical_end = seg.start + seg.size
-            if synced:
-                with self._cond:
-                    self._synced = max(self._synced, self._logical_end)
-                    self._stats["fsyncs"] += 1
-            st = self._stats
-            st["bytes"] += total
-            st["appended_bytes"] += total
-            for _, _, raw, enc in encoded:
+        The records are encoded and framed outside the lock, under the salt of the segment being appended to
+        (framed again under the new salt when a roll comes first); under the lock they go out in one gathered
+        write (fsync mode: or one ``RWF_DSYNC`` write, see the module docstring)."""
+        epoch, txid = int(txn.epoch), int(txn.txid)
+        segs = self._segs
+        seg = segs[-1] if segs else None
+        bufs, total, raw, enc, records = encode_txn(txn.ops, epoch, txid, None if seg is None else seg.salt, commit)
+        counted = self._dsync                 # appends in flight matter only to a log that may write RWF_DSYNC
+        if counted:
+            with self._count_lock:
+                self._appending += 1
+        try:
+            with self._lock:
+                if self._closed or self.readonly or self.poisoned is not None:
+                    self._check_writable()
+                if epoch <= self._last_epoch:
+                    raise ValueError(f"epoch {epoch} does not follow the last committed epoch {self._last_epoch}")
+                try:
+                    if seg is None or seg.size >= self.segment_bytes or seg is not self._segs[-1]:
+                        if not self._segs or self._segs[-1].size >= self.segment_bytes:
+                            self._roll(epoch)
+                        seg = self._segs[-1]
+                        bufs, total = _frame(records, epoch, txid, seg.salt)
+                    if self._fd is None:
+                        self._open_current()
+                    start = seg.size
+                    synced = commit and self._dsync and self._dsync_alone() and self._write_durably(bufs, total)
+                    if not synced:
+                        if self.durability == "fsync":
+                            self._reserve(total)
+                        fd = self._fd
+                        done = os.writev(fd, bufs) if len(bufs) <= _IOV_MAX else 0
+                        if done != total:
+                            _gathered(bufs, lambda iov: os.writev(fd, iov), done)
+                except OSError as exc:
+                    raise self._poison("log write", exc) from exc
+                seg.size += total
+                self.logical_end = seg.start + seg.size
+                st = self._stats
+                if synced:
+                    with self._cond:
+                        self._synced = max(self._synced, self.logical_end)
+                        st["fsyncs"] += 1
+                st["bytes"] += total
+                st["appended_bytes"] += total
                 st["raw_bytes"] += raw
                 st["encoded_bytes"] += enc
-            if commit:
-                st["records"] += len(encoded) + 1
-                st["transactions"] += 1
-                st["appended_transactions"] += 1
-                self._last_epoch = epoch
-                self._index.append(_Entry(epoch, txid, seg, start, seg.size))
-                self._epochs.append(epoch)
-                seg.last_epoch = epoch
-                seg.txns += 1
-            return self._logical_end
+                if commit:
+                    st["records"] += len(records)
+                    st["transactions"] += 1
+                    st["appended_transactions"] += 1
+                    self._last_epoch = epoch
+                    self._index.append(_Entry(epoch, txid, seg, start, seg.size))
+                    self._epochs.append(epoch)
+                    seg.last_epoch = epoch
+                    seg.txns += 1
+                return self.logical_end
+        finally:
+            if counted:
+                with self._count_lock:
+                    self._appending -= 1
 
     def append_abort(self, epoch: int, txid: int) -> int:
         """Write an ABORT record (closes an uncommitted transaction explicitly)."""
@@ -665,8 +833,8 @@ class DurableLog(LogBase):
             seg.size += len(data)
             self._stats["bytes"] += len(data)
             self._stats["records"] += 1
-            self._logical_end = seg.start + seg.size
-            return self._logical_end
+            self.logical_end = seg.start + seg.size
+            return self.logical_end
 
     def flush(self, fsync: bool = True) -> None:
         """With ``fsync``, make every record written so far durable (e.g. before a checkpoint is published):
@@ -701,16 +869,16 @@ class DurableLog(LogBase):
 
     def sync(self, token: Optional[int] = None) -> None:
         """Make everything up to ``token`` (default: everything) durable as the durability mode promises."""
-        if self._poisoned is not None:
-            raise LogPoisonedError(f"the log is poisoned by an earlier failure: {self._poisoned}")
+        if self.poisoned is not None:
+            raise LogPoisonedError(f"the log is poisoned by an earlier failure: {self.poisoned}")
         if self.durability != "fsync":
             return
         if token is None:
-            token = self._logical_end
+            token = self.logical_end
         with self._cond:
             while True:
-                if self._poisoned is not None:
-                    raise LogPoisonedError(f"the log is poisoned by an earlier failure: {self._poisoned}")
+                if self.poisoned is not None:
+                    raise LogPoisonedError(f"the log is poisoned by an earlier failure: {self.poisoned}")
                 if self._synced >= token:
                     self._stats["synced_commits"] += 1
                     return
@@ -722,7 +890,7 @@ class DurableLog(LogBase):
         try:
             with self._lock:
                 fd = self._fd
-                target = self._logical_end
+                target = self.logical_end
             if fd is not None:
                 os.fsync(fd)
         except OSError as exc:
@@ -862,11 +1030,6 @@ class DurableLog(LogBase):
         with self._lock:
             return [s.path for s in self._segs[:-1]]
 
-    @property
-    def logical_end(self) -> int:
-        """Bytes written to the log so far (all segments, as one stream)."""
-        return self._logical_end
-
     def bytes_after(self, epoch: int) -> int:
         """Bytes of the indexed transactions with an epoch after ``epoch`` (what a reopen would replay)."""
         with self._lock:
@@ -929,7 +1092,7 @@ class DurableLog(LogBase):
             st["first_epoch"] = self._epochs[0] if self._epochs else None
             st["checkpoint_marks"] = len(self._marks)
             st["durability"] = self.durability
-            st["poisoned"] = self._poisoned is not None
+            st["poisoned"] = self.poisoned is not None
             enc = st["encoded_bytes"]
             st["compression_ratio"] = (st["raw_bytes"] / enc) if enc else 1.0
             sc = st["synced_commits"]
@@ -938,7 +1101,7 @@ class DurableLog(LogBase):
 
     def close(self) -> None:
         hook, self.before_close = self.before_close, None
-        if hook is not None and not self._closed and self._poisoned is None:
+        if hook is not None and not self._closed and self.poisoned is None:
             hook()                   # (the store's shutdown checkpoint: it needs the log still open)
         with self._lock:
             if self._closed:
@@ -946,7 +1109,7 @@ class DurableLog(LogBase):
             self._closed = True
             err = None
             try:
-                if self._fd is not None and self._poisoned is None:
+                if self._fd is not None and self.poisoned is None:
                     self._trim(self._fd, self._segs[-1].size)
                     if self.durability != "none":
                         os.fsync(self._fd)

@@ -131,9 +131,11 @@ class Reader:
 # ---------------------------------------------------------------- array parts
 
 def _shape_bytes(shape) -> bytes:
-    if len(shape) > MAX_NDIM:
+    """u8 ndim + one u64 per dimension."""
+    nd = len(shape)
+    if nd > MAX_NDIM:
         raise ValueError("too many dimensions")
-    return struct.pack("<B", len(shape)) + b"".join(struct.pack("<Q", int(d)) for d in shape)
+    return struct.pack(f"<B{nd}Q", nd, *map(int, shape))
 
 
 def _read_shape(r: Reader) -> tuple:

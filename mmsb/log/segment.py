@@ -22,6 +22,7 @@ from typing import Optional
 
 import crc32c as _crc
 
+from mmsb import _kernels
 from mmsb.errors import CorruptionError
 from mmsb.log.records import ABORT, CHECKPOINT_MARK, COMMIT, DELTA, RECORD_TYPES, SCHEMA
 
@@ -93,44 +94,13 @@ def build_record(rtype: int, epoch: int, txid: int, payload: bytes, salt: bytes)
 
 def frame_record(rtype: int, epoch: int, txid: int, payload: list, salt: bytes) -> tuple[list, int]:
     """A record as buffers to write in order (header, the payload's buffers, CRC trailer) and its length."""
-    n = 0
-    for p in payload:
-        n += len(p)
-    if n > MAX_PAYLOAD:
-        raise ValueError("record payload larger than 4 GiB")
-    crc = _crc.crc32c
-    h = RHEAD.pack(n, rtype, epoch, txid)
-    head = h + _U32.pack(mask_crc(crc(h + salt)))         # = crc(salt, crc(h)): one call on the joined bytes
-    c = crc(head)
-    for p in payload:
-        c = crc(p, c)
-    c = crc(salt, c)
-    return [head, *payload, _U32.pack(mask_crc(c))], RHEAD_SIZE + n + TRAILER_SIZE
+    return _kernels.logframe.frame_records([(rtype, payload)], epoch, txid, salt)
 
 
 def frame_records(records: list, epoch: int, txid: int, salt: bytes) -> tuple[list, int]:
     """:func:`frame_record` for several ``(rtype, payload buffers)`` of one transaction: all buffers in order
-    and their total length."""
-    crc = _crc.crc32c
-    pack, u32, mask = RHEAD.pack, _U32.pack, mask_crc
-    out: list = []
-    total = 0
-    for rtype, payload in records:
-        n = 0
-        for p in payload:
-            n += len(p)
-        if n > MAX_PAYLOAD:
-            raise ValueError("record payload larger than 4 GiB")
-        h = pack(n, rtype, epoch, txid)
-        head = h + u32(mask(crc(h + salt)))
-        c = crc(head)
-        for p in payload:
-            c = crc(p, c)
-        out.append(head)
-        out += payload
-        out.append(u32(mask(crc(salt, c))))
-        total += RHEAD_SIZE + n + TRAILER_SIZE
-    return out, total
+    and their total length (the log framing kernel, ``mmsb._kernels.logframe``)."""
+    return _kernels.logframe.frame_records(records, epoch, txid, salt)
 
 
 @dataclass
