@@ -197,7 +197,9 @@ class CommitPipeline:
                     c.undo.rollback()
                     raise
                 self._publish(c, derived)
-        buf._log.sync(token)
+        log = buf._log
+        if getattr(log, "sync_needed", True):       # (only an fsync log has work left once append returned)
+            log.sync(token)
         for hook in self.after_commit:
             hook(c.epoch)
         return c.epoch

@@ -26,19 +26,19 @@ LOG_DIR = "log"
 CKPT_DIR = "checkpoints"
 SPILL_DIR = "spill"
 CKPT_SUFFIX = ".ckpt"
-_EPOCH_DIGITS = 20
+EPOCH_DIGITS = 20   # epochs in file names: zero-padded to this many digits
 
 
 def checkpoint_name(epoch: int) -> str:
     """The file name of the checkpoint of ``epoch``: ``<epoch:020d>.ckpt``."""
-    return f"{int(epoch):0{_EPOCH_DIGITS}d}{CKPT_SUFFIX}"
+    return f"{int(epoch):0{EPOCH_DIGITS}d}{CKPT_SUFFIX}"
 
 
 def parse_checkpoint_name(name: str) -> int | None:
     """The epoch a checkpoint file name holds, or None when ``name`` is not one."""
-    if len(name) == _EPOCH_DIGITS + len(CKPT_SUFFIX) and name.endswith(CKPT_SUFFIX) \
-            and name[:_EPOCH_DIGITS].isdigit():
-        return int(name[:_EPOCH_DIGITS])
+    if len(name) == EPOCH_DIGITS + len(CKPT_SUFFIX) and name.endswith(CKPT_SUFFIX) \
+            and name[:EPOCH_DIGITS].isdigit():
+        return int(name[:EPOCH_DIGITS])
     return None
 
 

@@ -22,6 +22,7 @@ from mmsb.csr import CSR
 from mmsb.delta import SchemaOp
 from mmsb.devices import DeviceBackend
 from mmsb.errors import DeviceError, InvalidDeltaError
+from mmsb.log.records import MAX_ELEMS
 from mmsb.pages import Page
 from mmsb.semiring import Semiring, _kview
 
@@ -31,7 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from mmsb.propagate import Change, UndoLog
 
 #: the largest number of positions (rows x cols) a matrix page may have: flat positions stay exact in int64
-MAX_POSITIONS = 1 << 48
+MAX_POSITIONS = MAX_ELEMS      # a matrix's flat positions are a log record's element bound
 
 
 def selective(sr: Semiring, dtype: np.dtype) -> bool:

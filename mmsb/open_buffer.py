@@ -5,7 +5,7 @@ import os
 from typing import Any, Callable, Optional, Union
 
 from mmsb.buffer import Buffer
-from mmsb.log.durable import DURABILITY, RECOVERY
+from mmsb.log.durable import DURABILITY, RECOVERY, SEGMENT_BYTES
 from mmsb.memory import parse_bytes
 
 MODES = ("r", "r+", "a", "w", "x")
@@ -14,7 +14,7 @@ MODES = ("r", "r+", "a", "w", "x")
 def open(path: Union[str, "os.PathLike[str]", None] = None, mode: str = "a", *, durability: str = "fsync",
          memory_limit: Union[int, str, None] = None, device: str = "cpu", propagation: str = "eager",
          cluster: Any = None, recovery: str = "strict", functions: Optional[dict[str, Callable]] = None,
-         segment_bytes: int = 64 * 2**20, auto_checkpoint: Union[bool, float, str, None] = None) -> Buffer:
+         segment_bytes: int = SEGMENT_BYTES, auto_checkpoint: Union[bool, float, str, None] = None) -> Buffer:
     """Open a buffer: in memory (``path=None``) or the store directory at ``path``.
 
     ``mode`` as h5py: ``"r"`` read-only, ``"r+"`` read/write (must exist), ``"a"`` read/write (create if

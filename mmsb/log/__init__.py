@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+from mmsb.layout import LOG_DIR
 from mmsb.log.durable import DurableLog, fsync_dir
 from mmsb.log.memory import MemoryLog
 from mmsb.log.records import ABORT, CHECKPOINT_MARK, COMMIT, DELTA, SCHEMA
@@ -29,7 +30,7 @@ def scan_store_log(root: str, segments=None, salts=None, gaps=(), contiguous: bo
     from mmsb.log.segment import _in_gap, check_segment
 
     out = []
-    segs = iter_segments(os.path.join(root, "log")) if segments is None else list(segments)
+    segs = iter_segments(os.path.join(root, LOG_DIR)) if segments is None else list(segments)
     prev = None
     for i, (base, path) in enumerate(segs):
         is_last = i == len(segs) - 1

@@ -29,11 +29,13 @@ from mmsb import _kernels
 from mmsb import codecs as C
 from mmsb.log.base import LogBase
 from mmsb.fileio import fsync_dir
+from mmsb.layout import LOCK_FILE, LOG_DIR
 from mmsb.delta import Delta, Txn
 from mmsb.errors import CorruptionError, LogPoisonedError, ReadOnlyError, TornWriteWarning, ClosedError
 from mmsb.log import records as R
 from mmsb.log import segment as S
 
+SEGMENT_BYTES = 64 * 2**20     # a segment is closed once it holds this many bytes (the default)
 DURABILITY = ("fsync", "flush", "none")
 RECOVERY = ("strict", "truncate")
 
@@ -230,7 +232,7 @@ def _writer_active(root: str) -> bool:
     import fcntl
 
     try:
-        fd = os.open(os.path.join(root, "LOCK"), os.O_RDONLY)
+        fd = os.open(os.path.join(root, LOCK_FILE), os.O_RDONLY)
     except OSError:
         return False
     try:
@@ -269,7 +271,7 @@ assemble = S.assemble
 class DurableLog(LogBase):
     """Append-only log of committed transactions. See docs/FORMAT.md for the bytes."""
 
-    def __init__(self, root: str, durability: str = "fsync", segment_bytes: int = 64 * 2**20,
+    def __init__(self, root: str, durability: str = "fsync", segment_bytes: int = SEGMENT_BYTES,
                  readonly: bool = False, recovery: str = "strict", skip_before: Optional[int] = None,
                  manifest=None, segments: Optional[list] = None, checkpoint_epoch: Optional[int] = None):
         """``manifest`` (mmsb.manifest.Manifest, None for a store written before it): the segment list it
@@ -281,7 +283,7 @@ class DurableLog(LogBase):
         if recovery not in RECOVERY:
             raise ValueError(f"recovery must be one of {RECOVERY}")
         self.root = os.fspath(root)
-        self.dir = os.path.join(self.root, "log")
+        self.dir = os.path.join(self.root, LOG_DIR)
         self.durability = durability
         self.segment_bytes = int(segment_bytes)
         self.readonly = readonly

@@ -24,6 +24,7 @@ import crc32c as _crc
 
 from mmsb import _kernels
 from mmsb.errors import CorruptionError
+from mmsb.layout import EPOCH_DIGITS
 from mmsb.log.records import ABORT, CHECKPOINT_MARK, COMMIT, DELTA, RECORD_TYPES, SCHEMA
 
 MAGIC = b"MMSBLOG\0"
@@ -47,7 +48,7 @@ def mask_crc(c: int) -> int:
 
 
 def segment_name(epoch: int) -> str:
-    return f"{epoch:020d}.seg"
+    return f"{epoch:0{EPOCH_DIGITS}d}.seg"
 
 
 def parse_segment_name(name: str) -> Optional[int]:
