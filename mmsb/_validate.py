@@ -275,6 +275,9 @@ def _bool_array(a, name, out=False):
     return arr
 
 
+_REACH_MAX = 3037000499        # the largest n with n * n (flat entry keys, level * n + id) within int64
+
+
 def level_array(level, n):
     """The level array of a reachability closure: writable, C-contiguous int32 or int64 of length ``n``, with
     room above every level (int32 only while ``n < 2**31 - 1``)."""
@@ -285,6 +288,8 @@ def level_array(level, n):
         raise ValueError(f"level has length {level.size}, expected {n}")
     if level.dtype == np.int32 and n >= np.iinfo(np.int32).max:
         raise ValueError(f"an int32 level array cannot hold the levels of {n} vertices; use int64")
+    if n > _REACH_MAX:
+        raise ValueError(f"reachability levels support at most {_REACH_MAX} vertices, got {n}")
     return level
 
 

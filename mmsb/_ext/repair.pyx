@@ -919,30 +919,70 @@ cdef int _reach_touch(uint8_t *y, uint8_t *old_out, uint8_t *mark, IdList *touch
     return _push_id(touched, i)
 
 
+cdef struct LevelQueue:
+    IdList init         # level * n + id of the entries given before the first pop (sorted then)
+    IdList gen          # level * n + id of the entries pushed while popping (their levels never decrease)
+    Py_ssize_t hi       # next of init
+    Py_ssize_t hg       # next of gen
+
+
+cdef int _lq_sort(LevelQueue *lq, int64_t n) noexcept nogil:
+    """Sort the initial entries (radix, by level then id) and start popping; -1 when out of memory."""
+    cdef Py_ssize_t k
+    cdef int64_t top = 0
+    cdef int64_t *tmp
+    lq.hi = lq.hg = 0
+    lq.gen.size = 0
+    if lq.init.size <= 1:
+        return 0
+    for k in range(lq.init.size):
+        if lq.init.ptr[k] > top:
+            top = lq.init.ptr[k]
+    tmp = <int64_t *>malloc(<size_t>lq.init.size * sizeof(int64_t))
+    if tmp == NULL:
+        return -1
+    _sort_ids(lq.init.ptr, tmp, lq.init.size, top + 1)
+    free(tmp)
+    return 0
+
+
+cdef inline bint _lq_pop(LevelQueue *lq, int64_t n, int64_t *level, int64_t *v) noexcept nogil:
+    """The entry of lowest level (initial ones first on a tie); False when both lists are spent."""
+    cdef int64_t key
+    if lq.hi < lq.init.size and (lq.hg >= lq.gen.size or lq.init.ptr[lq.hi] // n <= lq.gen.ptr[lq.hg] // n):
+        key = lq.init.ptr[lq.hi]
+        lq.hi += 1
+    elif lq.hg < lq.gen.size:
+        key = lq.gen.ptr[lq.hg]
+        lq.hg += 1
+    else:
+        return False
+    level[0] = key // n
+    v[0] = key - level[0] * n
+    return True
+
+
 cdef int _reach_kernel(const int64_t *indptr, const index_t *indices, const uint8_t *data, int64_t nnz,
                        const int64_t *indptr_t, const index_t *indices_t, const uint8_t *data_t, int64_t nnz_t,
                        const uint8_t *src, level_t *lev, int64_t n, const int64_t *keys, const uint8_t *old,
                        int64_t count, const int64_t *points, int64_t npoints, uint8_t *y, uint8_t *mark,
-                       uint8_t *old_out, IdList *cand, IdList *region, IdList *pulls, IdList *touched) noexcept nogil:
-    """The level repair on validated arguments (see ``reach``); the lists come back filled (their marks set)."""
+                       uint8_t *old_out, IdList *cand, IdList *region, IdList *pulls, IdList *touched,
+                       LevelQueue *lq) noexcept nogil:
+    """The level repair on validated arguments (see ``reach``); the lists come back filled (their marks set).
+    Levels are below n, so ``level * n + id`` fits in int64 (n < 2**31) and orders by level."""
     cdef level_t INF = _level_inf(lev)
-    cdef int64_t k, r, c, p, u, w, v, l, t, ks, ke
+    cdef int64_t k, r, c, p, u, w, v, l, t
     cdef Py_ssize_t q
     cdef bint now, was, supported
-    cdef int64_t *hkeys = NULL
-    cdef int64_t *hids = NULL
-    cdef Py_ssize_t hsize = 0, hcap = 0
-    cdef int status = ST_OK
     # 1. candidates: heads of removed supporting entries, sources switched off; heads of new entries to pull
+    lq.init.size = 0
     for k in range(count):
         if <uint64_t>keys[k] >= <uint64_t>(n * n):
-            status = ST_BAD_INDEX
-            break
+            return ST_BAD_INDEX
         r = keys[k] // n
         c = keys[k] - r * n
         if not _row_ok(indptr, r, nnz):
-            status = ST_BAD_INDEX
-            break
+            return ST_BAD_INDEX
         p = _find(indptr, indices, data, r, c, True, <uint8_t>0)
         now = p >= 0 and data[p] != 0
         was = old[k] != 0
@@ -952,129 +992,102 @@ cdef int _reach_kernel(const int64_t *indptr, const index_t *indices, const uint
             if not src[r] and not (mark[r] & R_PULL):
                 mark[r] |= R_PULL
                 if _push_id(pulls, r):
-                    status = ST_NO_MEMORY
-                    break
+                    return ST_NO_MEMORY
         elif lev[c] != INF and lev[r] != INF and lev[r] == lev[c] + 1 and not src[r] \
                 and not (mark[r] & R_CAND):
             mark[r] |= R_CAND
-            if _push_id(cand, r) or _heap_push(&hkeys, &hids, &hsize, &hcap, <int64_t>lev[r], r, False):
-                status = ST_NO_MEMORY
-                break
+            if _push_id(cand, r) or _push_id(&lq.init, <int64_t>lev[r] * n + r):
+                return ST_NO_MEMORY
     for k in range(npoints):
-        if status != ST_OK:
-            break
         v = points[k]
         if <uint64_t>v >= <uint64_t>n:
-            status = ST_BAD_INDEX
-            break
+            return ST_BAD_INDEX
         if src[v]:
             if lev[v] != 0 and not (mark[v] & R_PULL):
                 mark[v] |= R_PULL
                 if _push_id(pulls, v):
-                    status = ST_NO_MEMORY
+                    return ST_NO_MEMORY
         elif lev[v] == 0 and not (mark[v] & R_CAND):
             mark[v] |= R_CAND
-            if _push_id(cand, v) or _heap_push(&hkeys, &hids, &hsize, &hcap, 0, v, False):
-                status = ST_NO_MEMORY
+            if _push_id(cand, v) or _push_id(&lq.init, v):
+                return ST_NO_MEMORY
     # 2. in level order: a candidate with no unaffected in-neighbour one level below is affected, and so become
     #    candidates its out-neighbours one level above (their other supports are all decided by then)
-    while status == ST_OK and hsize:
-        v = hids[0]
-        l = hkeys[0]
-        _heap_pop(hkeys, hids, &hsize, False)
+    if _lq_sort(lq, n):
+        return ST_NO_MEMORY
+    while _lq_pop(lq, n, &l, &v):
         if not _row_ok(indptr, v, nnz):
-            status = ST_BAD_INDEX
-            break
+            return ST_BAD_INDEX
         supported = src[v] != 0
         if not supported and l > 0:
             for p in range(indptr[v], indptr[v + 1]):
                 u = indices[p]
                 if <uint64_t>u >= <uint64_t>n:
-                    status = ST_BAD_INDEX
-                    break
+                    return ST_BAD_INDEX
                 if data[p] != 0 and lev[u] == l - 1 and not (mark[u] & R_AFFECTED):
                     supported = True
                     break
-        if status != ST_OK or supported:
+        if supported:
             continue
         mark[v] |= R_AFFECTED
         if _push_id(region, v):
-            status = ST_NO_MEMORY
-            break
+            return ST_NO_MEMORY
         if not _row_ok(indptr_t, v, nnz_t):
-            status = ST_BAD_INDEX
-            break
+            return ST_BAD_INDEX
         for p in range(indptr_t[v], indptr_t[v + 1]):
             w = indices_t[p]
             if <uint64_t>w >= <uint64_t>n:
-                status = ST_BAD_INDEX
-                break
+                return ST_BAD_INDEX
             if data_t[p] != 0 and lev[w] == l + 1 and not src[w] and not (mark[w] & R_CAND):
                 mark[w] |= R_CAND
-                if _push_id(cand, w) or _heap_push(&hkeys, &hids, &hsize, &hcap, l + 1, w, False):
-                    status = ST_NO_MEMORY
-                    break
+                if _push_id(cand, w) or _push_id(&lq.gen, (l + 1) * n + w):
+                    return ST_NO_MEMORY
     # 3. the affected lose their level; they and the other pull targets take one from their in-neighbours
     for q in range(region.size):
-        if status != ST_OK:
-            break
         v = region.ptr[q]
         if _reach_touch(y, old_out, mark, touched, v):
-            status = ST_NO_MEMORY
+            return ST_NO_MEMORY
         lev[v] = INF
         if not (mark[v] & R_PULL):
             mark[v] |= R_PULL
             if _push_id(pulls, v):
-                status = ST_NO_MEMORY
-    hsize = 0
+                return ST_NO_MEMORY
+    lq.init.size = 0
     for q in range(pulls.size):
-        if status != ST_OK:
-            break
         v = pulls.ptr[q]
         if src[v]:
             t = 0
         else:
             t = INF
             if not _row_ok(indptr, v, nnz):
-                status = ST_BAD_INDEX
-                break
+                return ST_BAD_INDEX
             for p in range(indptr[v], indptr[v + 1]):
                 u = indices[p]
                 if <uint64_t>u >= <uint64_t>n:
-                    status = ST_BAD_INDEX
-                    break
+                    return ST_BAD_INDEX
                 if data[p] != 0 and lev[u] != INF and lev[u] + 1 < t:
                     t = lev[u] + 1
-        if status == ST_OK and t < lev[v]:
-            if _reach_touch(y, old_out, mark, touched, v) \
-                    or _heap_push(&hkeys, &hids, &hsize, &hcap, t, v, False):
-                status = ST_NO_MEMORY
-                break
+        if t < lev[v]:
+            if _reach_touch(y, old_out, mark, touched, v) or _push_id(&lq.init, t * n + v):
+                return ST_NO_MEMORY
             lev[v] = <level_t>t
     # 4. breadth first from the lowered levels, in level order
-    while status == ST_OK and hsize:
-        v = hids[0]
-        l = hkeys[0]
-        _heap_pop(hkeys, hids, &hsize, False)
+    if _lq_sort(lq, n):
+        return ST_NO_MEMORY
+    while _lq_pop(lq, n, &l, &v):
         if l != lev[v]:
             continue
         if not _row_ok(indptr_t, v, nnz_t):
-            status = ST_BAD_INDEX
-            break
+            return ST_BAD_INDEX
         for p in range(indptr_t[v], indptr_t[v + 1]):
             w = indices_t[p]
             if <uint64_t>w >= <uint64_t>n:
-                status = ST_BAD_INDEX
-                break
+                return ST_BAD_INDEX
             if data_t[p] != 0 and l + 1 < lev[w]:
-                if _reach_touch(y, old_out, mark, touched, w) \
-                        or _heap_push(&hkeys, &hids, &hsize, &hcap, l + 1, w, False):
-                    status = ST_NO_MEMORY
-                    break
+                if _reach_touch(y, old_out, mark, touched, w) or _push_id(&lq.gen, (l + 1) * n + w):
+                    return ST_NO_MEMORY
                 lev[w] = <level_t>(l + 1)
-    free(hkeys)
-    free(hids)
-    return status
+    return ST_OK
 
 
 cdef int _reach_build_kernel(const int64_t *indptr_t, const index_t *indices_t, const uint8_t *data_t,
@@ -1178,6 +1191,7 @@ def _reach_typed(const int64_t[::1] indptr, const index_t[::1] indices, const ui
                  const uint8_t[::1] old, const int64_t[::1] points, uint8_t[::1] mark, uint8_t[::1] old_out):
     """Typed entry point of reach."""
     cdef IdList cand, region, pulls, touched
+    cdef LevelQueue lq
     cdef int status
     cdef Py_ssize_t q, t, moved = 0
     cdef int64_t n = y.shape[0], i
@@ -1194,6 +1208,8 @@ def _reach_typed(const int64_t[::1] indptr, const index_t[::1] indices, const ui
     cand.ptr = region.ptr = pulls.ptr = touched.ptr = NULL
     cand.size = region.size = pulls.size = touched.size = 0
     cand.cap = region.cap = pulls.cap = touched.cap = 0
+    lq.init.ptr = lq.gen.ptr = NULL
+    lq.init.size = lq.gen.size = lq.init.cap = lq.gen.cap = 0
     try:
         with nogil:
             status = _reach_kernel(&indptr[0], &indices[0] if indices.shape[0] else NULL,
@@ -1202,7 +1218,7 @@ def _reach_typed(const int64_t[::1] indptr, const index_t[::1] indices, const ui
                                    &data_t[0] if data_t.shape[0] else NULL, indices_t.shape[0], &src[0], &lev[0],
                                    n, &keys[0] if keys.shape[0] else NULL, &old[0] if old.shape[0] else NULL,
                                    keys.shape[0], &points[0] if points.shape[0] else NULL, points.shape[0],
-                                   &y[0], &mark[0], &old_out[0], &cand, &region, &pulls, &touched)
+                                   &y[0], &mark[0], &old_out[0], &cand, &region, &pulls, &touched, &lq)
         t = touched.size
         idx = np.empty(t, dtype=np.int64)
         olds = np.empty(t, dtype=np.uint8)
@@ -1236,6 +1252,8 @@ def _reach_typed(const int64_t[::1] indptr, const index_t[::1] indices, const ui
         free(region.ptr)
         free(pulls.ptr)
         free(touched.ptr)
+        free(lq.init.ptr)
+        free(lq.gen.ptr)
     _raise_status(status)
     return idx[:moved], olds[:moved], nregion
 
@@ -1268,7 +1286,7 @@ def reach(indptr, indices, data, indptr_t, indices_t, data_t, y, src, level, key
             and _vec(points, _I64) and _vec(indices, None) and _vec(indices_t, indices.dtype)
             and (indices.dtype == _I32 or indices.dtype == _I64) and _vec(mark, _U8) and mark.flags.writeable
             and _vec(old_out, _U8) and old_out.flags.writeable
-            and (_vec(level, _I64) or (_vec(level, _I32) and y.shape[0] < 0x7FFFFFFF)) and level.flags.writeable
+            and (_vec(level, _I64) or _vec(level, _I32)) and level.flags.writeable and y.shape[0] < 0x7FFFFFFF
             and src.shape[0] == y.shape[0] == mark.shape[0] == old_out.shape[0] == level.shape[0]
             and old.shape[0] == keys.shape[0] and _csr_ok(indptr, indices, data, y.shape[0])
             and _csr_ok(indptr_t, indices_t, data_t, y.shape[0])):
