@@ -281,7 +281,8 @@ def test_reach_keeps_bfs_levels_through_a_history_and_equals_the_twin(seed, n, s
         T = sp.csr_array((dv, ix, ip), shape=(n, n)).T.tocsr()
         idx, olds = kern.reach_build(T.indptr.astype(np.int64), T.indices.astype(np.int32), T.data, y, src, level)
         np.testing.assert_array_equal(_level_of(level), _bfs_levels(D, src))
-        np.testing.assert_array_equal(idx, np.flatnonzero(y)) and np.testing.assert_array_equal(olds, 0)
+        np.testing.assert_array_equal(idx, np.flatnonzero(y))       # (y started all False)
+        np.testing.assert_array_equal(olds, np.zeros(idx.size, np.uint8))
         state.append((y, level))
     for _ in range(steps):
         k = int(rng.integers(0, 8))
@@ -344,21 +345,21 @@ def test_reach_refuses_bad_arguments_and_leaves_y_alone(kern):
     kern.reach_build(ip, ix, dv, y, src, level)
     assert y.tolist() == [True, True] and level.tolist() == [0, 1]
     bad = [
-        dict(level=np.zeros(3, np.int32)),                      # level of the wrong length
-        dict(level=np.zeros(2, np.float64)),                    # level not an integer array
-        dict(y=np.zeros(3, bool)),                              # y of the wrong length
-        dict(src=np.zeros(3, bool)),                            # src of the wrong length
-        dict(y=np.zeros(2, np.float64)),                        # y not bool
-        dict(keys=[4]),                                         # key out of range (n * n = 4)
-        dict(keys=[1, 2]),                                      # keys and old differ in length
-        dict(points=[2]),                                       # source position out of range
-        dict(points=[-1]),
-        dict(mark=np.zeros(3, np.uint8)),                       # scratch of the wrong length
-        dict(ip=np.array([0, 1, 3], np.int64)),                 # indptr past the end of indices
+        {"level": np.zeros(3, np.int32)},                      # level of the wrong length
+        {"level": np.zeros(2, np.float64)},                    # level not an integer array
+        {"y": np.zeros(3, bool)},                              # y of the wrong length
+        {"src": np.zeros(3, bool)},                            # src of the wrong length
+        {"y": np.zeros(2, np.float64)},                        # y not bool
+        {"keys": [4]},                                         # key out of range (n * n = 4)
+        {"keys": [1, 2]},                                      # keys and old differ in length
+        {"points": [2]},                                       # source position out of range
+        {"points": [-1]},
+        {"mark": np.zeros(3, np.uint8)},                       # scratch of the wrong length
+        {"ip": np.array([0, 1, 3], np.int64)},                 # indptr past the end of indices
     ]
     for change in bad:
-        args = dict(ip=ip, ix=ix, dv=dv, y=y, src=src, level=level.copy(), keys=[1], old=[True], points=[],
-                    mark=None)
+        args = {"ip": ip, "ix": ix, "dv": dv, "y": y, "src": src, "level": level.copy(), "keys": [1],
+                "old": [True], "points": [], "mark": None}
         args.update(change)
         before = args["y"].copy()
         with pytest.raises(ValueError):
