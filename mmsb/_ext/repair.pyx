@@ -969,7 +969,8 @@ cdef int _reach_kernel(const int64_t *indptr, const index_t *indices, const uint
                        uint8_t *old_out, IdList *cand, IdList *region, IdList *pulls, IdList *touched,
                        LevelQueue *lq) noexcept nogil:
     """The level repair on validated arguments (see ``reach``); the lists come back filled (their marks set).
-    Levels are below n, so ``level * n + id`` fits in int64 (n < 2**31) and orders by level."""
+    Levels are below n, so ``level * n + id`` fits in int64 and orders by level. Only a value whose level goes
+    to or from unreached can change, so only those are touched (a finite level lowered leaves y as it was)."""
     cdef level_t INF = _level_inf(lev)
     cdef int64_t k, r, c, p, u, w, v, l, t
     cdef Py_ssize_t q
@@ -1068,7 +1069,7 @@ cdef int _reach_kernel(const int64_t *indptr, const index_t *indices, const uint
                 if data[p] != 0 and lev[u] != INF and lev[u] + 1 < t:
                     t = lev[u] + 1
         if t < lev[v]:
-            if _reach_touch(y, old_out, mark, touched, v) or _push_id(&lq.init, t * n + v):
+            if (lev[v] == INF and _reach_touch(y, old_out, mark, touched, v)) or _push_id(&lq.init, t * n + v):
                 return ST_NO_MEMORY
             lev[v] = <level_t>t
     # 4. breadth first from the lowered levels, in level order
@@ -1084,7 +1085,8 @@ cdef int _reach_kernel(const int64_t *indptr, const index_t *indices, const uint
             if <uint64_t>w >= <uint64_t>n:
                 return ST_BAD_INDEX
             if data_t[p] != 0 and l + 1 < lev[w]:
-                if _reach_touch(y, old_out, mark, touched, w) or _push_id(&lq.gen, (l + 1) * n + w):
+                if (lev[w] == INF and _reach_touch(y, old_out, mark, touched, w)) \
+                        or _push_id(&lq.gen, (l + 1) * n + w):
                     return ST_NO_MEMORY
                 lev[w] = <level_t>(l + 1)
     return ST_OK
