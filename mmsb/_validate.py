@@ -266,6 +266,76 @@ def repair_args(indptr, indices, data, indptr_t, indices_t, data_t, y, src, keys
     return indptr, indices, data, indptr_t, indices_t, data_t, y, src, keys, old, consts, has_free, mark, old_out
 
 
+
+def _bool_array(a, name, out=False):
+    """A 1-D bool array viewed as uint8 (uint8 accepted as it is); ``out`` arrays are used in place."""
+    arr = value_array(a, name, out=out)
+    if arr.dtype != np.uint8:
+        raise ValueError(f"{name} must be a bool (or uint8) array, got dtype {arr.dtype}")
+    return arr
+
+
+_REACH_MAX = 3037000499        # the largest n with n * n (flat entry keys, level * n + id) within int64
+
+
+def level_array(level, n):
+    """The level array of a reachability closure: writable, C-contiguous int32 or int64 of length ``n``, with
+    room above every level (int32 only while ``n < 2**31 - 1``)."""
+    if not (isinstance(level, np.ndarray) and level.dtype in (np.int32, np.int64) and level.ndim == 1
+            and level.flags.c_contiguous and level.flags.writeable):
+        raise ValueError("level must be a writable, C-contiguous int32 or int64 array")
+    if level.size != n:
+        raise ValueError(f"level has length {level.size}, expected {n}")
+    if level.dtype == np.int32 and n >= np.iinfo(np.int32).max:
+        raise ValueError(f"an int32 level array cannot hold the levels of {n} vertices; use int64")
+    if n > _REACH_MAX:
+        raise ValueError(f"reachability levels support at most {_REACH_MAX} vertices, got {n}")
+    return level
+
+
+def reach_build_args(indptr_t, indices_t, data_t, y, src, level):
+    """The checked arguments of ``repair.reach_build``: ``(indptr_t, indices_t, data_t, y, src, level)``."""
+    indptr_t = index_array(indptr_t, "indptr_t")
+    indices_t = indices_array(indices_t, "indices_t")
+    data_t = _bool_array(data_t, "data_t")
+    y = _bool_array(y, "y", out=True)
+    src = _bool_array(src, "src")
+    n = y.size
+    if check_csr(indptr_t, indices_t, data_t, "_t") != n:
+        raise ValueError(f"indptr_t has {indptr_t.size - 1} rows, expected {n} (the length of y; A is square)")
+    if src.size != n:
+        raise ValueError(f"src has length {src.size}, expected {n}")
+    return indptr_t, indices_t, data_t, y, src, level_array(level, n)
+
+
+def reach_args(indptr, indices, data, indptr_t, indices_t, data_t, y, src, level, keys, old, points, mark,
+               old_out):
+    """The checked arguments of ``repair.reach`` (scratch arrays allocated when None)."""
+    indptr_t, indices_t, data_t, y, src, level = reach_build_args(indptr_t, indices_t, data_t, y, src, level)
+    indptr = index_array(indptr, "indptr")
+    indices = indices_array(indices, "indices")
+    data = _bool_array(data, "data")
+    n = y.size
+    if check_csr(indptr, indices, data, "") != n:
+        raise ValueError(f"indptr has {indptr.size - 1} rows, expected {n} (the length of y; A is square)")
+    if indices.dtype != indices_t.dtype:
+        indices, indices_t = indices.astype(np.int64), indices_t.astype(np.int64)
+    keys = index_array(keys, "keys")
+    old = _bool_array(old, "old")
+    if old.size != keys.size:
+        raise ValueError(f"keys and old differ in length ({keys.size} != {old.size})")
+    points = index_array(points, "points")
+    if mark is None:
+        mark = np.zeros(n, dtype=np.uint8)
+    elif not (isinstance(mark, np.ndarray) and mark.dtype == np.uint8 and mark.ndim == 1 and mark.size == n
+              and mark.flags.c_contiguous and mark.flags.writeable):
+        raise ValueError(f"mark must be a writable, C-contiguous uint8 array of length {n}")
+    old_out = np.empty(n, dtype=np.uint8) if old_out is None else _bool_array(old_out, "old_out", out=True)
+    if old_out.size != n:
+        raise ValueError(f"old_out must have length {n}")
+    return (indptr, indices, data, indptr_t, indices_t, data_t, y, src, level, keys, old, points, mark,
+            old_out)
+
 def assign_args(indptr, indices, data, rows, cols, vals, present, pos, free):
     """The checked arguments of ``repair.assign``: ``(indptr, indices, data, rows, cols, vals, present, pos,
     located, [zero, free], has_free)``; ``indices`` and ``data`` are written in place."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import time
+import weakref
 from dataclasses import dataclass
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Optional
@@ -101,6 +102,11 @@ def _unit_roundoff(dtype: np.dtype) -> float:
     return u
 
 
+def _reachability(sr: Semiring, y: np.ndarray, A: CSR) -> bool:
+    """A closure of bool values over a bool matrix whose ⊕ is or and ⊗ is and (or_and, plus_times and max_min on
+    bool pages): a reachability closure, repaired on BFS levels."""
+    return y.dtype == np.bool_ and A.data.dtype == np.bool_ and sr.codes_for(y.dtype) == (_ops.OP_MAX, _ops.OP_MIN)
+
 class _NoFixpoint(Exception):
     """A closure iteration ran past its round bound (e.g. a negative cycle under min_plus)."""
 
@@ -188,6 +194,10 @@ class Engine:
         self.stats = WaveStats()
         self._scratch_arrays: dict[str, np.ndarray] = {}
         self._errors: dict[str, np.ndarray] = {}     # float plus links: per-row rounding-error bounds
+        # reachability closures over a matrix page: the BFS level of every value, under a weak reference to the
+        # rule (dropped with it). Derived state, never logged: built on the first matrix change, dropped by a
+        # full recompute or a rolled-back commit, rebuilt on the next change.
+        self._levels: dict[str, tuple[weakref.ref, np.ndarray]] = {}
 
     # -- a wave -----------------------------------------------------------------------------------------------
     def wave(self, changes: dict[str, Change], undo: UndoLog, force: Optional[set] = None) -> dict[str, Change]:
@@ -639,6 +649,10 @@ class Engine:
         src = self._x(rule, y.dtype)
         zero = sr.zero_for(y.dtype)
         idem = algebra_flags(sr, y.dtype)[0]
+        if full:
+            self._levels.pop(name, None)
+        elif name in self._levels and _reachability(sr, y, rule.matrix):
+            return self._closure_reach(name, rule, ch, None, undo)
         if full or not idem:
             if idem:
                 if rule.matrix.has_nan:
@@ -762,6 +776,8 @@ class Engine:
         """
         sr = rule.semiring
         y = self.array(name)
+        if _reachability(sr, y, rule.matrix):
+            return self._closure_reach(name, rule, ch, mch, undo)
         if (ch is not None and ch.idx.size) or not algebra_flags(sr, y.dtype)[0]:
             return self._closure(name, rule, ch, True, undo)
         codes = sr.codes_for(y.dtype)
@@ -800,6 +816,53 @@ class Engine:
         if nonfinite or A.has_nonfinite:        # (finite values over finite entries carry no NaN)
             self._check_closure_nan(name, rule, sr, y, out.idx)
         return out
+
+    def _closure_reach(self, name: str, rule: Rule, ch: Optional[Change], mch: Optional[Change],
+                       undo: UndoLog) -> Optional[Change]:
+        """A reachability closure (bool, ⊕ or, ⊗ and) after entries of its matrix (``mch``) and/or its sources
+        (``ch``) changed, repaired on the BFS levels the engine keeps for it (see ``repair.reach``): a removed
+        entry costs only the values whose level it raised. The levels are built by one BFS on the first call."""
+        y = self.array(name)
+        A = rule.matrix
+        t = A.T
+        src = self._x(rule, y.dtype)
+        got = self._levels.get(name)
+        level = got[1] if got is not None and got[0]() is rule else None
+        undo.action(lambda: self._levels.pop(name, None))     # rolled back: rebuilt on the next change
+        if level is None:
+            self._levels.pop(name, None)
+            level = np.empty(y.size, dtype=np.int32 if y.size < np.iinfo(np.int32).max else np.int64)
+            idx, olds = _kernels.repair.reach_build(t.indptr, t.indices, _kview(t.data), _kview(y), _kview(src),
+                                                    level)
+            table = self._levels
+
+            def gone(ref: weakref.ref, table: dict = table, name: str = name) -> None:
+                if name in table and table[name][0] is ref:
+                    del table[name]
+
+            table[name] = (weakref.ref(rule, gone), level)
+            self.stats.rows_recomputed += int(y.size)
+        else:
+            keys = np.empty(0, dtype=np.int64)
+            old = np.empty(0, dtype=np.bool_)
+            if mch is not None:
+                M = self.page(rule.matrix_page)
+                keys = mch.idx
+                old = mch.old if A is M.csr else mch.old.astype(np.bool_) & (mch.old != M.zero)
+            points = ch.idx if ch is not None else np.empty(0, dtype=np.int64)
+            try:
+                idx, olds, region = _kernels.repair.reach(
+                    A.indptr, A.indices, _kview(A.data), t.indptr, t.indices, _kview(t.data), _kview(y),
+                    _kview(src), level, keys, _kview(old), points, self._marks(y.size).view(np.uint8),
+                    _kview(self._scratch(name, y)))
+            except BaseException:
+                self._levels.pop(name, None)
+                raise
+            self.stats.rows_recomputed += region
+            self.stats.entries_pushed += int(keys.size + points.size)
+        if not idx.size:
+            return None
+        return self._record(name, idx, olds.view(y.dtype), undo)
 
     def _closure_matrix_numpy(self, name: str, rule: Rule, mch: Change, undo: UndoLog) -> Optional[Change]:
         """:meth:`_closure_matrix` under a semiring the kernels do not know (numpy ⊕ and ⊗, same steps)."""

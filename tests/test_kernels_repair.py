@@ -6,7 +6,7 @@ import pytest
 import scipy.sparse as sp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from scipy.sparse.csgraph import dijkstra
+from scipy.sparse.csgraph import dijkstra, shortest_path
 
 from mmsb import _kernels
 from mmsb._ops import OP_ASSIGN, OP_MAX, OP_MIN, OP_PLUS
@@ -227,3 +227,147 @@ def test_kernels_refuse_bad_arguments(kern):
     with pytest.raises(ValueError):
         kern.repair(ip, ix, dv, ip, ix, dv, np.zeros(2), np.zeros(2), np.array([0]), np.array([1.0]), OP_PLUS,
                     OP_PLUS, np.inf)                                           # ⊕ not idempotent
+
+
+# ------------------------------------------------------------------------------------------------ reachability
+
+def _bfs_levels(D, src):
+    """Hop counts from the nearest source along the edges c -> r of the bool matrix ``D[r, c]`` (scipy's
+    unweighted shortest paths from every source; inf where unreached)."""
+    n = D.shape[0]
+    if not src.any():
+        return np.full(n, np.inf)
+    d = shortest_path(sp.csr_array(D.T.astype(np.float64)), unweighted=True, directed=True,
+                      indices=np.flatnonzero(src))
+    return np.atleast_2d(d).min(axis=0)
+
+
+def _bool_csr(rng, D, slots):
+    """``D`` in CSR form (int64 indptr, int32 indices, bool data as uint8), with free slots (False entries, some
+    on the column of a live entry of their row) when ``slots``."""
+    indptr, cols, vals = [0], [], []
+    n = D.shape[0]
+    for r in range(n):
+        row = [(int(c), 1) for c in np.flatnonzero(D[r])]
+        if slots:
+            for _ in range(int(rng.integers(0, 3))):
+                row.append((row[0][0] if row and rng.random() < 0.3 else int(rng.integers(0, n)), 0))
+            rng.shuffle(row)
+        cols += [c for c, _ in row]
+        vals += [v for _, v in row]
+        indptr.append(len(cols))
+    return np.array(indptr, np.int64), np.array(cols, np.int32), np.array(vals, np.uint8)
+
+
+def _level_of(level):
+    return np.where(level == np.iinfo(level.dtype).max, np.inf, level.astype(np.float64))
+
+
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 25), slots=st.booleans(),
+       wide=st.booleans(), steps=st.integers(1, 6))
+@SETTINGS
+def test_reach_keeps_bfs_levels_through_a_history_and_equals_the_twin(seed, n, slots, wide, steps):
+    """A history of entry insertions, removals and source switches: after every step the levels equal scipy's
+    unweighted shortest paths from the sources, y their reachability, the changes reported are exactly those of
+    y, the scratch comes back clear, and the compiled kernel and the twin agree (affected counts included)."""
+    rng = np.random.default_rng(seed)
+    D = rng.random((n, n)) < rng.uniform(0.02, 0.3)
+    src = rng.random(n) < rng.uniform(0.0, 0.3)
+    ldt = np.int64 if wide else np.int32
+    state = []
+    for kern in KERNELS:
+        y, level = np.zeros(n, np.uint8), np.zeros(n, ldt)
+        ip, ix, dv = _bool_csr(np.random.default_rng(seed), D, slots)
+        T = sp.csr_array((dv, ix, ip), shape=(n, n)).T.tocsr()
+        idx, olds = kern.reach_build(T.indptr.astype(np.int64), T.indices.astype(np.int32), T.data, y, src, level)
+        np.testing.assert_array_equal(_level_of(level), _bfs_levels(D, src))
+        np.testing.assert_array_equal(idx, np.flatnonzero(y))       # (y started all False)
+        np.testing.assert_array_equal(olds, np.zeros(idx.size, np.uint8))
+        state.append((y, level))
+    for _ in range(steps):
+        k = int(rng.integers(0, 8))
+        keys = np.unique(rng.integers(0, n * n, k)).astype(np.int64)
+        r, c = np.divmod(keys, n)
+        old = D[r, c].copy()
+        D[r, c] = rng.random(keys.size) < 0.4
+        points = rng.integers(0, n, int(rng.integers(0, 3))).astype(np.int64)     # duplicates allowed
+        src[points] = rng.random(points.size) < 0.5
+        want = _bfs_levels(D, src)
+        ip, ix, dv = _bool_csr(rng, D, slots)
+        T = sp.csr_array((dv, ix, ip), shape=(n, n)).T.tocsr()
+        regions = []
+        for kern, (y, level) in zip(KERNELS, state):
+            y0 = y.copy()
+            mark = np.zeros(n, np.uint8)
+            idx, olds, region = kern.reach(ip, ix, dv, T.indptr.astype(np.int64), T.indices.astype(np.int32),
+                                           T.data, y, src, level, keys, old, points, mark, np.empty(n, np.uint8))
+            assert not mark.any()
+            np.testing.assert_array_equal(_level_of(level), want)
+            np.testing.assert_array_equal(y, np.isfinite(want))
+            np.testing.assert_array_equal(idx, np.flatnonzero(y != y0))
+            np.testing.assert_array_equal(olds, y0[idx])
+            regions.append(region)
+        assert regions[0] == regions[-1]
+
+
+def test_reach_region_is_what_the_deletion_affects():
+    """On a path 0 -> 1 -> ... -> 9 with a second route 0 -> 5, removing 3 -> 4 raises only 4 (5 keeps level 1);
+    removing 0 -> 1 then raises 1, 2, 3 (4 is reached from 5 no more: no edge 5 -> 4)."""
+    n = 10
+    D = np.zeros((n, n), bool)
+    D[np.arange(1, n), np.arange(n - 1)] = True
+    D[5, 0] = True
+    src = np.zeros(n, bool)
+    src[0] = True
+    for kern in KERNELS:
+        Dk = D.copy()
+        y, level = np.zeros(n, bool), np.zeros(n, np.int32)
+        A = sp.csr_array(Dk)
+        T = A.T.tocsr()
+        kern.reach_build(T.indptr.astype(np.int64), T.indices, T.data, y, src, level)
+        assert level.tolist() == [0, 1, 2, 3, 4, 1, 2, 3, 4, 5]
+        for (r, c), moved, region in (((4, 3), [4], 1), ((1, 0), [1, 2, 3], 3)):
+            Dk[r, c] = False
+            A = sp.csr_array(Dk)
+            T = A.T.tocsr()
+            idx, _, got = kern.reach(A.indptr.astype(np.int64), A.indices, A.data, T.indptr.astype(np.int64),
+                                     T.indices, T.data, y, src, level, [r * n + c], [True], [])
+            assert idx.tolist() == moved and got == region
+        np.testing.assert_array_equal(_level_of(level), _bfs_levels(Dk, src))
+
+
+@pytest.mark.parametrize("kern", KERNELS, ids=IDS)
+def test_reach_refuses_bad_arguments_and_leaves_y_alone(kern):
+    A = sp.csr_array(np.array([[False, True], [True, False]]))
+    ip, ix, dv = A.indptr.astype(np.int64), A.indices.astype(np.int64), A.data
+    src = np.array([True, False])
+    y, level = np.zeros(2, bool), np.zeros(2, np.int32)
+    kern.reach_build(ip, ix, dv, y, src, level)
+    assert y.tolist() == [True, True] and level.tolist() == [0, 1]
+    bad = [
+        {"level": np.zeros(3, np.int32)},                      # level of the wrong length
+        {"level": np.zeros(2, np.float64)},                    # level not an integer array
+        {"y": np.zeros(3, bool)},                              # y of the wrong length
+        {"src": np.zeros(3, bool)},                            # src of the wrong length
+        {"y": np.zeros(2, np.float64)},                        # y not bool
+        {"keys": [4]},                                         # key out of range (n * n = 4)
+        {"keys": [1, 2]},                                      # keys and old differ in length
+        {"points": [2]},                                       # source position out of range
+        {"points": [-1]},
+        {"mark": np.zeros(3, np.uint8)},                       # scratch of the wrong length
+        {"ip": np.array([0, 1, 3], np.int64)},                 # indptr past the end of indices
+    ]
+    for change in bad:
+        args = {"ip": ip, "ix": ix, "dv": dv, "y": y, "src": src, "level": level.copy(), "keys": [1],
+                "old": [True], "points": [], "mark": None}
+        args.update(change)
+        before = args["y"].copy()
+        with pytest.raises(ValueError):
+            kern.reach(args["ip"], args["ix"], args["dv"], ip, ix, dv, args["y"], args["src"], args["level"],
+                       args["keys"], args["old"], args["points"], args["mark"])
+        np.testing.assert_array_equal(args["y"], before)
+    with pytest.raises(ValueError):
+        kern.reach_build(ip, ix, dv, y, src, np.zeros(1, np.int64))
+    with pytest.raises(ValueError):
+        kern.reach_build(ip, np.array([2, 0], np.int64), dv, np.zeros(2, bool), src, np.zeros(2, np.int32))
+    assert y.tolist() == [True, True]

@@ -4,7 +4,7 @@ from typing import Any, Optional
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["assign", "locate", "repair", "update"]
+__all__ = ["assign", "locate", "reach", "reach_build", "repair", "update"]
 
 OK: int
 TOO_LARGE: int
@@ -30,3 +30,14 @@ def repair(indptr: npt.ArrayLike, indices: npt.ArrayLike, data: npt.ArrayLike, i
            mark: Optional[np.ndarray] = None, old_out: Optional[np.ndarray] = None,
            ) -> tuple[int, Optional[npt.NDArray[np.int64]], Optional[np.ndarray], int, bool]:
     """Repair the closure after entries of its matrix changed; ``(status, idx, old_values, region, nonfinite)``."""
+
+def reach_build(indptr_t: npt.ArrayLike, indices_t: npt.ArrayLike, data_t: npt.ArrayLike, y: np.ndarray,
+                src: npt.ArrayLike, level: np.ndarray) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint8]]:
+    """Levels of a reachability closure from scratch (one BFS); ``y`` set from them; ``(idx, old_values)``."""
+
+def reach(indptr: npt.ArrayLike, indices: npt.ArrayLike, data: npt.ArrayLike, indptr_t: npt.ArrayLike,
+          indices_t: npt.ArrayLike, data_t: npt.ArrayLike, y: np.ndarray, src: npt.ArrayLike, level: np.ndarray,
+          keys: npt.ArrayLike, old: npt.ArrayLike, points: npt.ArrayLike, mark: Optional[np.ndarray] = None,
+          old_out: Optional[np.ndarray] = None) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint8], int]:
+    """Repair a reachability closure and its levels after entries and sources changed; ``(idx, old_values,
+    region)``."""

@@ -20,9 +20,9 @@ from libc.string cimport memset
 
 from mmsb._ext._types cimport OP_MAX, apply_op, index_t, numeric_t
 
-from mmsb._validate import assign_args, locate_args, repair_args, update_args
+from mmsb._validate import assign_args, locate_args, reach_args, reach_build_args, repair_args, update_args
 
-__all__ = ["assign", "locate", "repair", "update"]
+__all__ = ["assign", "locate", "reach", "reach_build", "repair", "update"]
 
 cdef enum:
     ST_OK = 0
@@ -882,3 +882,418 @@ cdef object _raise_status(int status):
         raise MemoryError("repair kernel: out of memory")
     if status == ST_NO_CONVERGENCE:
         raise ValueError("closure does not converge")
+
+
+# ------------------------------------------------------------------------------------------------ reachability
+
+ctypedef fused level_t:
+    int32_t
+    int64_t
+
+# bits of the caller's mark array in reach (all clear between calls)
+cdef enum:
+    R_CAND = 1          # queued as a candidate whose level may rise
+    R_AFFECTED = 2      # lost every support: its level rises
+    R_TOUCHED = 4       # its value before the call is in old_out
+    R_PULL = 8          # in the pull list
+
+
+cdef inline level_t _level_inf(level_t *lev) noexcept nogil:
+    """The level of an unreached vertex: the largest value of the level type."""
+    if level_t is int32_t:
+        return <int32_t>0x7FFFFFFF
+    else:
+        return <int64_t>0x7FFFFFFFFFFFFFFF
+
+
+cdef inline bint _row_ok(const int64_t *indptr, int64_t r, int64_t nnz) noexcept nogil:
+    return indptr[r] >= 0 and indptr[r + 1] <= nnz and indptr[r] <= indptr[r + 1]
+
+
+cdef int _reach_touch(uint8_t *y, uint8_t *old_out, uint8_t *mark, IdList *touched, int64_t i) noexcept nogil:
+    """Record y[i]'s value before the call (once); -1 when out of memory."""
+    if mark[i] & R_TOUCHED:
+        return 0
+    mark[i] |= R_TOUCHED
+    old_out[i] = y[i]
+    return _push_id(touched, i)
+
+
+cdef struct LevelQueue:
+    IdList init         # level * n + id of the entries given before the first pop (sorted then)
+    IdList gen          # level * n + id of the entries pushed while popping (their levels never decrease)
+    Py_ssize_t hi       # next of init
+    Py_ssize_t hg       # next of gen
+
+
+cdef int _lq_sort(LevelQueue *lq, int64_t n) noexcept nogil:
+    """Sort the initial entries (radix, by level then id) and start popping; -1 when out of memory."""
+    cdef Py_ssize_t k
+    cdef int64_t top = 0
+    cdef int64_t *tmp
+    lq.hi = lq.hg = 0
+    lq.gen.size = 0
+    if lq.init.size <= 1:
+        return 0
+    for k in range(lq.init.size):
+        if lq.init.ptr[k] > top:
+            top = lq.init.ptr[k]
+    tmp = <int64_t *>malloc(<size_t>lq.init.size * sizeof(int64_t))
+    if tmp == NULL:
+        return -1
+    _sort_ids(lq.init.ptr, tmp, lq.init.size, top + 1)
+    free(tmp)
+    return 0
+
+
+cdef inline bint _lq_pop(LevelQueue *lq, int64_t n, int64_t *level, int64_t *v) noexcept nogil:
+    """The entry of lowest level (initial ones first on a tie); False when both lists are spent."""
+    cdef int64_t key
+    if lq.hi < lq.init.size and (lq.hg >= lq.gen.size or lq.init.ptr[lq.hi] // n <= lq.gen.ptr[lq.hg] // n):
+        key = lq.init.ptr[lq.hi]
+        lq.hi += 1
+    elif lq.hg < lq.gen.size:
+        key = lq.gen.ptr[lq.hg]
+        lq.hg += 1
+    else:
+        return False
+    level[0] = key // n
+    v[0] = key - level[0] * n
+    return True
+
+
+cdef int _reach_kernel(const int64_t *indptr, const index_t *indices, const uint8_t *data, int64_t nnz,
+                       const int64_t *indptr_t, const index_t *indices_t, const uint8_t *data_t, int64_t nnz_t,
+                       const uint8_t *src, level_t *lev, int64_t n, const int64_t *keys, const uint8_t *old,
+                       int64_t count, const int64_t *points, int64_t npoints, uint8_t *y, uint8_t *mark,
+                       uint8_t *old_out, IdList *cand, IdList *region, IdList *pulls, IdList *touched,
+                       LevelQueue *lq) noexcept nogil:
+    """The level repair on validated arguments (see ``reach``); the lists come back filled (their marks set).
+    Levels are below n, so ``level * n + id`` fits in int64 and orders by level. Only a value whose level goes
+    to or from unreached can change, so only those are touched (a finite level lowered leaves y as it was)."""
+    cdef level_t INF = _level_inf(lev)
+    cdef int64_t k, r, c, p, u, w, v, l, t
+    cdef Py_ssize_t q
+    cdef bint now, was, supported
+    # 1. candidates: heads of removed supporting entries, sources switched off; heads of new entries to pull
+    lq.init.size = 0
+    for k in range(count):
+        if <uint64_t>keys[k] >= <uint64_t>(n * n):
+            return ST_BAD_INDEX
+        r = keys[k] // n
+        c = keys[k] - r * n
+        if not _row_ok(indptr, r, nnz):
+            return ST_BAD_INDEX
+        p = _find(indptr, indices, data, r, c, True, <uint8_t>0)
+        now = p >= 0 and data[p] != 0
+        was = old[k] != 0
+        if now == was:
+            continue
+        if now:                                        # a new entry c -> r: r may get a lower level
+            if not src[r] and not (mark[r] & R_PULL):
+                mark[r] |= R_PULL
+                if _push_id(pulls, r):
+                    return ST_NO_MEMORY
+        elif lev[c] != INF and lev[r] != INF and lev[r] == lev[c] + 1 and not src[r] \
+                and not (mark[r] & R_CAND):
+            mark[r] |= R_CAND
+            if _push_id(cand, r) or _push_id(&lq.init, <int64_t>lev[r] * n + r):
+                return ST_NO_MEMORY
+    for k in range(npoints):
+        v = points[k]
+        if <uint64_t>v >= <uint64_t>n:
+            return ST_BAD_INDEX
+        if src[v]:
+            if lev[v] != 0 and not (mark[v] & R_PULL):
+                mark[v] |= R_PULL
+                if _push_id(pulls, v):
+                    return ST_NO_MEMORY
+        elif lev[v] == 0 and not (mark[v] & R_CAND):
+            mark[v] |= R_CAND
+            if _push_id(cand, v) or _push_id(&lq.init, v):
+                return ST_NO_MEMORY
+    # 2. in level order: a candidate with no unaffected in-neighbour one level below is affected, and so become
+    #    candidates its out-neighbours one level above (their other supports are all decided by then)
+    if _lq_sort(lq, n):
+        return ST_NO_MEMORY
+    while _lq_pop(lq, n, &l, &v):
+        if not _row_ok(indptr, v, nnz):
+            return ST_BAD_INDEX
+        supported = src[v] != 0
+        if not supported and l > 0:
+            for p in range(indptr[v], indptr[v + 1]):
+                u = indices[p]
+                if <uint64_t>u >= <uint64_t>n:
+                    return ST_BAD_INDEX
+                if data[p] != 0 and lev[u] == l - 1 and not (mark[u] & R_AFFECTED):
+                    supported = True
+                    break
+        if supported:
+            continue
+        mark[v] |= R_AFFECTED
+        if _push_id(region, v):
+            return ST_NO_MEMORY
+        if not _row_ok(indptr_t, v, nnz_t):
+            return ST_BAD_INDEX
+        for p in range(indptr_t[v], indptr_t[v + 1]):
+            w = indices_t[p]
+            if <uint64_t>w >= <uint64_t>n:
+                return ST_BAD_INDEX
+            if data_t[p] != 0 and lev[w] == l + 1 and not src[w] and not (mark[w] & R_CAND):
+                mark[w] |= R_CAND
+                if _push_id(cand, w) or _push_id(&lq.gen, (l + 1) * n + w):
+                    return ST_NO_MEMORY
+    # 3. the affected lose their level; they and the other pull targets take one from their in-neighbours
+    for q in range(region.size):
+        v = region.ptr[q]
+        if _reach_touch(y, old_out, mark, touched, v):
+            return ST_NO_MEMORY
+        lev[v] = INF
+        if not (mark[v] & R_PULL):
+            mark[v] |= R_PULL
+            if _push_id(pulls, v):
+                return ST_NO_MEMORY
+    lq.init.size = 0
+    for q in range(pulls.size):
+        v = pulls.ptr[q]
+        if src[v]:
+            t = 0
+        else:
+            t = INF
+            if not _row_ok(indptr, v, nnz):
+                return ST_BAD_INDEX
+            for p in range(indptr[v], indptr[v + 1]):
+                u = indices[p]
+                if <uint64_t>u >= <uint64_t>n:
+                    return ST_BAD_INDEX
+                if data[p] != 0 and lev[u] != INF and lev[u] + 1 < t:
+                    t = lev[u] + 1
+        if t < lev[v]:
+            if (lev[v] == INF and _reach_touch(y, old_out, mark, touched, v)) or _push_id(&lq.init, t * n + v):
+                return ST_NO_MEMORY
+            lev[v] = <level_t>t
+    # 4. breadth first from the lowered levels, in level order
+    if _lq_sort(lq, n):
+        return ST_NO_MEMORY
+    while _lq_pop(lq, n, &l, &v):
+        if l != lev[v]:
+            continue
+        if not _row_ok(indptr_t, v, nnz_t):
+            return ST_BAD_INDEX
+        for p in range(indptr_t[v], indptr_t[v + 1]):
+            w = indices_t[p]
+            if <uint64_t>w >= <uint64_t>n:
+                return ST_BAD_INDEX
+            if data_t[p] != 0 and l + 1 < lev[w]:
+                if (lev[w] == INF and _reach_touch(y, old_out, mark, touched, w)) \
+                        or _push_id(&lq.gen, (l + 1) * n + w):
+                    return ST_NO_MEMORY
+                lev[w] = <level_t>(l + 1)
+    return ST_OK
+
+
+cdef int _reach_build_kernel(const int64_t *indptr_t, const index_t *indices_t, const uint8_t *data_t,
+                             int64_t nnz_t, const uint8_t *src, level_t *lev, int64_t n,
+                             int64_t *queue) noexcept nogil:
+    """Breadth first from every source: ``lev`` the hop count (the largest level value where unreached)."""
+    cdef level_t INF = _level_inf(lev)
+    cdef int64_t head = 0, tail = 0, v, w, p
+    cdef level_t l
+    for v in range(n):
+        if src[v]:
+            lev[v] = 0
+            queue[tail] = v
+            tail += 1
+        else:
+            lev[v] = INF
+    while head < tail:
+        v = queue[head]
+        head += 1
+        l = lev[v] + 1
+        if not _row_ok(indptr_t, v, nnz_t):
+            return ST_BAD_INDEX
+        for p in range(indptr_t[v], indptr_t[v + 1]):
+            w = indices_t[p]
+            if <uint64_t>w >= <uint64_t>n:
+                return ST_BAD_INDEX
+            if data_t[p] != 0 and lev[w] == INF:
+                lev[w] = l
+                queue[tail] = w
+                tail += 1
+    return ST_OK
+
+
+cdef object _reach_changes(uint8_t[::1] y, level_t[::1] lev):
+    """Set y to (level reached) everywhere; the sorted positions that changed and their values before."""
+    cdef level_t INF = _level_inf(&lev[0]) if lev.shape[0] else 0
+    cdef Py_ssize_t i, m = 0, n = y.shape[0]
+    cdef uint8_t a
+    cdef int64_t[::1] idx_v
+    cdef uint8_t[::1] old_v
+    with nogil:
+        for i in range(n):
+            if y[i] != (lev[i] != INF):
+                m += 1
+    idx = np.empty(m, dtype=np.int64)
+    olds = np.empty(m, dtype=np.uint8)
+    if m:
+        idx_v = idx
+        old_v = olds
+        m = 0
+        with nogil:
+            for i in range(n):
+                a = lev[i] != INF
+                if y[i] != a:
+                    idx_v[m] = i
+                    old_v[m] = y[i]
+                    y[i] = a
+                    m += 1
+    return idx, olds
+
+
+def _reach_build_typed(const int64_t[::1] indptr_t, const index_t[::1] indices_t, const uint8_t[::1] data_t,
+                       uint8_t[::1] y, const uint8_t[::1] src, level_t[::1] lev):
+    """Typed entry point of reach_build."""
+    cdef int64_t n = y.shape[0]
+    cdef int status
+    cdef int64_t *queue
+    if n == 0:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.uint8)
+    queue = <int64_t *>malloc(<size_t>n * sizeof(int64_t))
+    if queue == NULL:
+        raise MemoryError("reach_build: out of memory")
+    try:
+        with nogil:
+            status = _reach_build_kernel(&indptr_t[0], &indices_t[0] if indices_t.shape[0] else NULL,
+                                         &data_t[0] if data_t.shape[0] else NULL, indices_t.shape[0], &src[0],
+                                         &lev[0], n, queue)
+    finally:
+        free(queue)
+    _raise_status(status)
+    return _reach_changes(y, lev)
+
+
+def reach_build(indptr_t, indices_t, data_t, y, src, level):
+    """Build the levels of the reachability closure ``y = src ∨ A ∧ y`` (bool) from scratch: one breadth-first
+    search from the sources over ``A``'s transpose ``(indptr_t, indices_t, data_t)`` (an entry is an edge when it
+    is True: free slots and explicit False are none).
+
+    ``level`` (int32 or int64, length n) receives the hop count of every vertex from the nearest source (0 at a
+    source, the dtype's largest value where unreached), and ``y`` becomes ``level != unreached``. Returns
+    ``(idx, old_values)``: the sorted positions of ``y`` that changed and their values before (uint8). Raises
+    ``ValueError`` on malformed arguments (with ``y`` untouched).
+    """
+    indptr_t, indices_t, data_t, y, src, level = reach_build_args(indptr_t, indices_t, data_t, y, src, level)
+    return _reach_build_typed(indptr_t, indices_t, data_t, y, src, level)
+
+
+def _reach_typed(const int64_t[::1] indptr, const index_t[::1] indices, const uint8_t[::1] data,
+                 const int64_t[::1] indptr_t, const index_t[::1] indices_t, const uint8_t[::1] data_t,
+                 uint8_t[::1] y, const uint8_t[::1] src, level_t[::1] lev, const int64_t[::1] keys,
+                 const uint8_t[::1] old, const int64_t[::1] points, uint8_t[::1] mark, uint8_t[::1] old_out):
+    """Typed entry point of reach."""
+    cdef IdList cand, region, pulls, touched
+    cdef LevelQueue lq
+    cdef int status
+    cdef Py_ssize_t q, t, moved = 0
+    cdef int64_t n = y.shape[0], i
+    cdef int64_t *tmp = NULL
+    cdef uint8_t a
+    cdef level_t INF
+    cdef int64_t[::1] idx_v
+    cdef uint8_t[::1] old_v
+    if n == 0:
+        if keys.shape[0] or points.shape[0]:
+            raise ValueError("matrix indices/indptr or entry keys out of range")
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.uint8), 0
+    INF = _level_inf(&lev[0])
+    cand.ptr = region.ptr = pulls.ptr = touched.ptr = NULL
+    cand.size = region.size = pulls.size = touched.size = 0
+    cand.cap = region.cap = pulls.cap = touched.cap = 0
+    lq.init.ptr = lq.gen.ptr = NULL
+    lq.init.size = lq.gen.size = lq.init.cap = lq.gen.cap = 0
+    try:
+        with nogil:
+            status = _reach_kernel(&indptr[0], &indices[0] if indices.shape[0] else NULL,
+                                   &data[0] if data.shape[0] else NULL, indices.shape[0], &indptr_t[0],
+                                   &indices_t[0] if indices_t.shape[0] else NULL,
+                                   &data_t[0] if data_t.shape[0] else NULL, indices_t.shape[0], &src[0], &lev[0],
+                                   n, &keys[0] if keys.shape[0] else NULL, &old[0] if old.shape[0] else NULL,
+                                   keys.shape[0], &points[0] if points.shape[0] else NULL, points.shape[0],
+                                   &y[0], &mark[0], &old_out[0], &cand, &region, &pulls, &touched, &lq)
+        t = touched.size
+        idx = np.empty(t, dtype=np.int64)
+        olds = np.empty(t, dtype=np.uint8)
+        if status == ST_OK and t:
+            idx_v = idx
+            old_v = olds
+            with nogil:
+                tmp = <int64_t *>malloc(<size_t>t * sizeof(int64_t))
+                if tmp == NULL:
+                    status = ST_NO_MEMORY
+                else:
+                    _sort_ids(touched.ptr, tmp, t, n)
+                    for q in range(t):
+                        i = touched.ptr[q]
+                        a = lev[i] != INF
+                        if a != old_out[i]:
+                            y[i] = a
+                            idx_v[moved] = i
+                            old_v[moved] = old_out[i]
+                            moved += 1
+                    free(tmp)
+        nregion = region.size
+    finally:
+        for q in range(cand.size):
+            mark[cand.ptr[q]] = 0
+        for q in range(pulls.size):
+            mark[pulls.ptr[q]] = 0
+        for q in range(touched.size):
+            mark[touched.ptr[q]] = 0
+        free(cand.ptr)
+        free(region.ptr)
+        free(pulls.ptr)
+        free(touched.ptr)
+        free(lq.init.ptr)
+        free(lq.gen.ptr)
+    _raise_status(status)
+    return idx[:moved], olds[:moved], nregion
+
+
+def reach(indptr, indices, data, indptr_t, indices_t, data_t, y, src, level, keys, old, points, mark=None,
+          old_out=None):
+    """Repair the reachability closure ``y = src ∨ A ∧ y`` (bool, ⊕ or, ⊗ and) and its levels after entries of A
+    and sources changed: the dynamic breadth-first search of Ramalingam and Reps on unit weights.
+
+    ``(indptr, indices, data)`` is A (n x n, CSR, an entry ``A[r, c]`` True is an edge c -> r), already holding
+    the new entries, and ``(indptr_t, indices_t, data_t)`` its transpose; ``src`` holds the new sources. ``level``
+    (see ``reach_build``) holds the levels under the old entries and sources and ``y`` the closure they give;
+    both are updated in place. ``keys`` are the flat positions ``r * n + c`` of the changed entries and ``old``
+    their values before; ``points`` the positions whose source value changed.
+
+    A vertex at level L > 0 is supported by an in-neighbour at level L - 1. A removed entry matters only when it
+    was such a support; a vertex left without support (and a source switched off) is affected, and so are, in
+    level order, the out-neighbours one level above it that lose their last unaffected support. Only the
+    affected vertices are reset; they, the heads of new entries and the new sources take a level from their
+    in-neighbours, and a breadth-first search in level order lowers the levels from there. A vertex is reachable
+    iff its level is finite.
+
+    ``mark`` (uint8, length n, all zero, left all zero) and ``old_out`` (uint8, length n) are scratch kept by the
+    caller (allocated when None). Returns ``(idx, old_values, region)``: the sorted positions of ``y`` that
+    changed, their values before (uint8) and how many vertices were affected. Raises ``ValueError`` on malformed
+    arguments or out-of-range indices, keys or points; ``y`` is then untouched and ``level`` must be rebuilt.
+    """
+    if not (_vec(y, _U8) and y.flags.writeable and _vec(src, _U8) and _vec(data, _U8) and _vec(data_t, _U8)
+            and _vec(old, _U8) and _vec(indptr, _I64) and _vec(indptr_t, _I64) and _vec(keys, _I64)
+            and _vec(points, _I64) and _vec(indices, None) and _vec(indices_t, indices.dtype)
+            and (indices.dtype == _I32 or indices.dtype == _I64) and _vec(mark, _U8) and mark.flags.writeable
+            and _vec(old_out, _U8) and old_out.flags.writeable
+            and (_vec(level, _I64) or _vec(level, _I32)) and level.flags.writeable and y.shape[0] < 0x7FFFFFFF
+            and src.shape[0] == y.shape[0] == mark.shape[0] == old_out.shape[0] == level.shape[0]
+            and old.shape[0] == keys.shape[0] and _csr_ok(indptr, indices, data, y.shape[0])
+            and _csr_ok(indptr_t, indices_t, data_t, y.shape[0])):
+        (indptr, indices, data, indptr_t, indices_t, data_t, y, src, level, keys, old, points, mark,
+         old_out) = reach_args(indptr, indices, data, indptr_t, indices_t, data_t, y, src, level, keys, old,
+                               points, mark, old_out)
+    return _reach_typed(indptr, indices, data, indptr_t, indices_t, data_t, y, src, level, keys, old, points,
+                        mark, old_out)

@@ -9,9 +9,9 @@ import numpy as np
 
 from mmsb._ops import OP_MAX, OP_MIN
 from mmsb._ref.spmv import _UFUNCS, closure, spmv
-from mmsb._validate import locate_args, repair_args
+from mmsb._validate import locate_args, reach_args, reach_build_args, repair_args
 
-__all__ = ["assign", "locate", "repair", "update"]
+__all__ = ["assign", "locate", "reach", "reach_build", "repair", "update"]
 
 OK = 0
 TOO_LARGE = 4
@@ -220,3 +220,96 @@ def update(indptr, indices, data, ncols, keys, vals, op, zero, free=None, indptr
                                                     None, free_val if has_free else None)
     return (idx, rows, cols, old, new, present, pos, pos_t, miss, miss_t, misses, claimed, misses_t, claimed_t,
             stats)
+
+
+def _unreached(level: np.ndarray) -> int:
+    """The level of an unreached vertex: the largest value of the level dtype."""
+    return int(np.iinfo(level.dtype).max)
+
+
+def _out_edges(indptr_t, indices_t, data_t, frontier, n):
+    """``(tails, heads)`` of the edges (True entries of the transpose's rows ``frontier``), indices checked."""
+    if frontier.size and _bad_rows(indptr_t, frontier, indices_t.size):
+        raise ValueError("matrix indices/indptr or entry keys out of range")
+    starts = indptr_t[frontier]
+    lens = indptr_t[frontier + 1] - starts
+    offs = _expand(starts, lens)
+    heads = indices_t[offs].astype(np.int64)
+    if heads.size and (heads.min() < 0 or heads.max() >= n):
+        raise ValueError("matrix indices/indptr or entry keys out of range")
+    live = data_t[offs] != 0
+    return np.repeat(frontier, lens)[live], heads[live]
+
+
+def _levels(indptr_t, indices_t, data_t, src, level):
+    """Breadth first from the sources, one level at a time: the hop counts into ``level``."""
+    n = src.size
+    lev = np.full(n, _unreached(level), dtype=level.dtype)
+    frontier = np.flatnonzero(src).astype(np.int64)
+    lev[frontier] = 0
+    depth = 0
+    while frontier.size:
+        depth += 1
+        _, heads = _out_edges(indptr_t, indices_t, data_t, frontier, n)
+        heads = np.unique(heads[lev[heads] == _unreached(level)])
+        lev[heads] = depth
+        frontier = heads
+    level[:] = lev
+
+
+def _set_reached(y, level):
+    """y = (level reached); the sorted positions that changed and their values before."""
+    now = (level != _unreached(level)).view(np.uint8)
+    idx = np.flatnonzero(now != y).astype(np.int64)
+    olds = y[idx].copy()
+    y[idx] = now[idx]
+    return idx, olds
+
+
+def reach_build(indptr_t, indices_t, data_t, y, src, level):
+    """Build the levels of the reachability closure from scratch (see the compiled one)."""
+    indptr_t, indices_t, data_t, y, src, level = reach_build_args(indptr_t, indices_t, data_t, y, src, level)
+    lev = level.copy()
+    _levels(indptr_t, indices_t, data_t, src, lev)
+    level[:] = lev
+    return _set_reached(y, level)
+
+
+def _affected(indptr_t, indices_t, data_t, src, level):
+    """The vertices whose old level no chain of supports from a source holds up any more: a vertex is held up
+    when it is a source, or when a held-up in-neighbour (under the new entries) sits one level below it."""
+    n = src.size
+    inf = _unreached(level)
+    finite = level != inf
+    held = src.astype(bool)
+    order = np.argsort(level, kind="stable")
+    bounds = np.searchsorted(level[order], np.arange(int(level[finite].max()) + 2 if finite.any() else 0))
+    for depth in range(bounds.size - 1):
+        at = order[bounds[depth]:bounds[depth + 1]]
+        frontier = at[held[at]].astype(np.int64)
+        _, heads = _out_edges(indptr_t, indices_t, data_t, frontier, n)
+        held[heads[level[heads] == depth + 1]] = True
+    return np.flatnonzero(finite & ~held)
+
+
+def reach(indptr, indices, data, indptr_t, indices_t, data_t, y, src, level, keys, old, points, mark=None,
+          old_out=None):
+    """Repair the reachability closure and its levels after entries and sources changed (see the compiled one):
+    here the affected vertices are found level by level and the levels rebuilt by a breadth-first search."""
+    (indptr, indices, data, indptr_t, indices_t, data_t, y, src, level, keys, old, points, mark,
+     old_out) = reach_args(indptr, indices, data, indptr_t, indices_t, data_t, y, src, level, keys, old, points,
+                           mark, old_out)
+    n = y.size
+    if (keys.size and (keys.min() < 0 or keys.max() >= n * n)) or \
+            (points.size and (points.min() < 0 or points.max() >= n)):
+        raise ValueError("matrix indices/indptr or entry keys out of range")
+    if _bad_rows(indptr, np.arange(n, dtype=np.int64), indices.size) or \
+            (indices.size and (indices.min() < 0 or indices.max() >= n)):
+        raise ValueError("matrix indices/indptr or entry keys out of range")
+    region = _affected(indptr_t, indices_t, data_t, src, level)
+    lev = level.copy()
+    _levels(indptr_t, indices_t, data_t, src, lev)
+    level[:] = lev
+    idx, olds = _set_reached(y, level)
+    old_out[idx] = olds
+    return idx, olds, int(region.size)
