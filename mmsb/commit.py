@@ -6,8 +6,12 @@ open transactions, apply with undo, the propagation wave (eager, deferred or giv
 sync, the conflict history, the counters, memory enforcement and the after-commit hooks. A failure at any step
 rolls every earlier step back: the buffer, the log and the counters are exactly as before.
 
-The one special case, a whole-page assignment whose changed positions nobody needs (no rule reads the page, no
-transaction tracks it), is chosen here (:meth:`CommitPipeline._apply`), not threaded through the general code.
+The cheaper strategies for the same commit are chosen here and nowhere else (docs/architecture.md): a commit whose
+changed positions nobody needs is logged first and merged in place (:meth:`CommitPipeline._blind`), a whole-page
+assignment nobody reads is two copies (:meth:`CommitPipeline._apply`), and a write of a few float64 values to a
+page that rules read takes the point kernel before the engine's ordinary wave (:meth:`CommitPipeline._point`).
+The pipeline owns the buffer's lock (:class:`BufferLock`); a write calls nothing in the buffer (schema operations and
+errors do).
 """
 from __future__ import annotations
 
