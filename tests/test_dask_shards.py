@@ -402,3 +402,25 @@ def test_worker_killed_mid_wave_reruns_the_commit(client):
     assert buf.epoch == e + 1
     buf.close()
     client.wait_for_workers(2, timeout=60)
+
+
+def test_a_raised_source_on_one_worker_is_repaired_in_the_same_commit(client):
+    """A commit whose only delta sits on one worker and makes a closure source worse (a retracted source) takes
+    the solo path; the closure must equal the in-process one right after that commit, not a later one."""
+    rng = np.random.default_rng(3)
+    side = 8
+    n = side * side
+    Wt = _grid(rng, side)
+    bufs = [mmsb.open(None), mmsb.open(None, cluster=client)]
+    for b in bufs:
+        b.create_page("src", n, semiring="min_plus", shards=2)
+        b.create_page("dist", n, semiring="min_plus", shards=2)
+        b.create_matrix("W", (n, n), semiring="min_plus", data=Wt, shards=2)
+        b.closure("dist", "src", "W")
+        b.write("src", np.array([0.0, 0.0, 0.0]), index=[1, 20, n - 2])
+    for index, vals in (([1], [np.inf]), ([n - 2], [5.0]), ([20], [np.inf]), ([1, n - 2], [0.0, np.inf])):
+        for b in bufs:
+            b.write("src", np.array(vals), index=index)
+        np.testing.assert_array_equal(bufs[1]["dist"].read(), bufs[0]["dist"].read())
+    for b in bufs:
+        b.close()

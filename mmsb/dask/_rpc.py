@@ -28,6 +28,8 @@ _HEAD = struct.Struct("<BIQ")
 _SMALL = 1 << 16
 #: the most bytes one frame may announce (a corrupt or hostile header is refused before allocating)
 MAX_FRAME = 1 << 40
+#: seconds a new connection has to send the token and its hello
+HELLO_TIMEOUT_S = 10.0
 
 
 class ProtocolError(ConnectionError):
@@ -62,6 +64,12 @@ def send_frame(sock: socket.socket, kind: int, obj: Any, dumps: Callable = pickl
 
 def recv_frame(sock: socket.socket) -> tuple[int, Any]:
     """``(kind, object)`` of the next frame."""
+    kind, payload, bufs = recv_raw(sock)
+    return kind, pickle.loads(payload, buffers=bufs)
+
+
+def recv_raw(sock: socket.socket) -> tuple[int, bytearray, list]:
+    """``(kind, payload, out-of-band buffers)`` of the next frame, read whole and not unpickled yet."""
     head = bytearray(_HEAD.size)
     _recv_exact(sock, memoryview(head))
     kind, nbufs, size = _HEAD.unpack(head)
@@ -81,11 +89,20 @@ def recv_frame(sock: socket.socket) -> tuple[int, Any]:
         b = bytearray(n)
         _recv_exact(sock, memoryview(b))
         bufs.append(b)
-    return kind, pickle.loads(payload, buffers=bufs)
+    return kind, payload, bufs
 
 
 def _nodelay(sock: socket.socket) -> None:
+    """No Nagle delay, and TCP keepalive as Dask sets it on its own connections, so that a peer whose host
+    vanished is noticed in about 30 s rather than at the call timeout."""
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for opt, value in (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 2), ("TCP_KEEPCNT", 10)):
+        if hasattr(socket, opt):
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), value)
+            except OSError:
+                pass
 
 
 def bind_host(address: str) -> str:
@@ -123,13 +140,17 @@ class Server:
                 c, _ = self.sock.accept()
             except TimeoutError:
                 if not self.alive():
+                    self.on_driver_lost()       # Dask released the actor: stop serving and drop the blocks
                     self.close()
                 continue
             except OSError:
                 break
-            c.settimeout(None)
+            c.settimeout(HELLO_TIMEOUT_S)       # (a connection that never says hello does not hold a thread)
             _nodelay(c)
             with self._lock:
+                if self.closed:
+                    c.close()
+                    break
                 self._conns.add(c)
             threading.Thread(target=self._serve, args=(c,), name="mmsb-shard-conn", daemon=True).start()
 
@@ -140,10 +161,20 @@ class Server:
             if kind != HELLO:
                 return
             role = hello
+            c.settimeout(None)
             while not self.closed:
-                kind, (meth, args) = recv_frame(c)
-                if kind == CAST:
+                kind, payload, bufs = recv_raw(c)
+                if kind == CAST:                   # (a message that cannot be read drops the connection)
+                    meth, args = pickle.loads(payload, buffers=bufs)
                     self.cast(meth, args)
+                    continue
+                try:
+                    meth, args = pickle.loads(payload, buffers=bufs)
+                except Exception as exc:            # e.g. a function from a module this worker cannot import
+                    from mmsb.errors import MMSBError
+
+                    send_frame(c, ERROR, _portable(MMSBError(
+                        f"the shard worker could not read the request: {type(exc).__name__}: {exc}")))
                     continue
                 try:
                     out = self.handle(meth, args)

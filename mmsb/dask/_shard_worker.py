@@ -970,12 +970,13 @@ class ShardActor:
                     self._run_level(first, [], None)
             elif solo:
                 for lv in levels:
-                    if self.worse & {p for p, v in self.plan.items() if v == lv}:
-                        break
-                    if any(r <= lv for r in self._remote_levels()):
+                    pages = {p for p, v in self.plan.items() if v == lv}
+                    if self.worse & pages or any(r <= lv for r in self._remote_levels()):
                         break
                     self._run_level(lv, [], None)
-                    if any(r <= lv for r in self._remote_levels()):
+                    # a value that got worse while the level ran (a raised source of a closure) needs the
+                    # driver's forced recompute of the level: it is not done here
+                    if self.worse & pages or any(r <= lv for r in self._remote_levels()):
                         break
                     done = lv
             else:

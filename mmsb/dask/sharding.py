@@ -277,22 +277,29 @@ class ShardManager:
         self._dead = set()
         if not workers:
             raise ClusterError("the Dask cluster has no workers")
+        secure = [w for w in workers if w.split("://", 1)[0] in ("tls", "wss")]
+        if secure and os.environ.get("MMSB_SHARD_PLAINTEXT") != "1":
+            raise ClusterError(f"the cluster's workers use TLS ({secure[0]}), but the sharded pages' data plane "
+                               "(docs/dask.md) is not encrypted: on a network you trust, allow it with "
+                               "MMSB_SHARD_PLAINTEXT=1")
         token = secrets.token_bytes(32)
         conns: dict = {}
         try:
             futs = {w: self.client.submit(ShardActor, self.id, w, self.nthreads, token, actor=True, workers=[w],
                                           allow_other_workers=False, pure=False) for w in workers}
+            self._actor_futs = futs                 # (released by _drop_actors if the start fails)
             actors = {w: f.result(timeout=60) for w, f in futs.items()}
             ends = {w: tuple(f.result(timeout=60)) for w, f in [(w, a.get_endpoint()) for w, a in actors.items()]}
             for w, ep in ends.items():
                 conns[w] = _rpc.Conn(ep, token, "driver", CALL_TIMEOUT_S, cloudpickle.dumps)
             self._actor_futs, self.actors, self.conns = futs, actors, conns
             self._call({w: ("set_peers", (ends,)) for w in workers})
-        except ClusterError:
+        except BaseException as exc:
+            for c in conns.values():
+                c.close()
             self._drop_actors()
-            raise
-        except Exception as exc:
-            self._drop_actors()
+            if isinstance(exc, ClusterError) or not isinstance(exc, Exception):
+                raise
             raise ClusterError(f"cannot start the mmsb shard actors on the cluster: {type(exc).__name__}: "
                                f"{exc}") from exc
         self.workers, self._token = workers, token
