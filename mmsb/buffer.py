@@ -352,8 +352,9 @@ class Buffer:
             idx = np.asarray(index)
             if idx.dtype.kind not in "iu" and not (idx.size == 0 and idx.dtype.kind == "f"):
                 raise InvalidDeltaError(f"page {name!r}: index must be integer, got dtype {idx.dtype}")
-            # the delta's own int64 copy (an array built here from a list already is one)
-            idx = idx.reshape(-1).astype(np.int64, copy=idx is index or idx.dtype != np.int64)
+            # the delta's own int64 copy (an array numpy built here from a list or tuple already is one; any
+            # other array may share the caller's memory)
+            idx = idx.reshape(-1).astype(np.int64, copy=not isinstance(index, (list, tuple)))
             n = idx.size
             if n:
                 lo, hi = (int(idx[0]), int(idx[0])) if n == 1 else (int(idx.min()), int(idx.max()))
@@ -469,7 +470,7 @@ class Buffer:
             return None
         if type(values) is np.ndarray and values.dtype == np.float64 and values.ndim == 1:
             vals = values
-        elif isinstance(values, (float, int)) and not isinstance(values, bool):
+        elif type(values) is float or (type(values) is int and -(1 << 63) <= values < 1 << 63):
             vals = np.full(rows.size, values, dtype=np.float64)
         else:
             return None

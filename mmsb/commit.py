@@ -239,7 +239,7 @@ class CommitPipeline:
         wave, the log and the publication as in the general path. Returns the log token, or None (nothing done)
         where the general path must run."""
         buf = self.buf
-        if type(op) is not Delta or op.index is None or op.index.size > _POINT or not op.normalized \
+        if type(op) is not Delta or op.index is None or not 0 < op.index.size <= _POINT or not op.normalized \
                 or not self.eager or self.pending.changes or self.pending.force or self.history.tracking \
                 or buf._cluster is not None \
                 or buf._memory.limit is not None:

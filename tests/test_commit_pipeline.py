@@ -212,3 +212,42 @@ def test_the_point_strategy_commits_what_the_general_path_commits(sr, monkeypatc
     for a, b in zip(l1, l2):
         np.testing.assert_allclose(a[3], b[3], rtol=1e-12)
     assert c1 == c2
+
+
+def test_a_write_keeps_its_own_copy_of_an_index_that_shares_the_callers_memory():
+    """An index given as array.array (numpy wraps its memory without copying) may change after write() returns,
+    inside a batch and after the commit: the delta, the page and the history keep the index as written."""
+    import array
+
+    buf = mmsb.open(None)
+    p = buf.create_page("p", 10)
+    ix = array.array("q", [1])
+    with buf.batch():
+        buf.write(p, [5.0], index=ix)
+        ix[0] = 1 << 40                                  # (out of range: it must never reach the kernels)
+    np.testing.assert_array_equal(p.read(), np.eye(10)[1] * 5)
+    ix2 = array.array("q", [2, 3])
+    e = buf.write(p, [1.0, 2.0], index=ix2)
+    ix2[0] = 7
+    (d,) = list(buf.log.query(page=p, since=e - 1))
+    assert d.index.tolist() == [2, 3]
+    np.testing.assert_array_equal(buf.at(e)["p"].read()[[2, 3, 7]], [1.0, 2.0, 0.0])
+
+
+def test_an_empty_write_runs_no_wave_on_the_point_path():
+    """A write of no positions to a page that rules read changes nothing downstream: no rule runs (as on the
+    general path), and it still commits its (empty) delta."""
+    buf = mmsb.open(None)
+    x = buf.create_page("x", 4)
+    y = buf.create_page("y", 4)
+    calls = []
+
+    def f(v):
+        calls.append(1)
+        return v + 1
+
+    buf.derive(y, [x], f)
+    n = len(calls)
+    e = buf.write(x, np.array([]), index=np.array([], dtype=np.int64))
+    assert len(calls) == n and e == buf.epoch
+    np.testing.assert_array_equal(y.read(), np.ones(4))

@@ -294,3 +294,23 @@ def test_small_matrix_writes_equal_the_general_path(accumulate, monkeypatch):
     np.testing.assert_array_equal(d1, d2)
     np.testing.assert_array_equal(w1, w2)
     assert l1 == l2
+
+
+@pytest.mark.parametrize("kern", KERNELS)
+def test_kernels_refuse_outputs_that_overlap_inputs_and_foreign_byte_order(kern):
+    a = np.zeros(4)
+    ix = a[0:2].view(np.int64)
+    ix[:] = [1, 2]
+    with pytest.raises(ValueError, match="shares memory"):
+        kern.apply_few(a, ix, np.array([1.0, 5.0]), -1)
+    with pytest.raises(TypeError, match="byte order"):
+        kern.apply_few(np.zeros(4, dtype=">f8"), np.array([1], dtype=np.int64), np.array([1.0]), -1)
+    ptr = np.array([0, 1, 2], dtype=np.int64)
+    y = np.zeros(4)
+    with pytest.raises(ValueError, match="shares memory"):
+        kern.link_push(ptr, np.array([0, 1], dtype=np.int64), y[:2], np.array([0], dtype=np.int64),
+                       np.array([1.0]), np.array([0.0]), y, None, OP_PLUS, OP_TIMES, 1e-10)
+    with pytest.raises(ValueError, match="out of range"):      # ranges are checked before anything declines
+        kern.link_push(ptr, np.array([0, 1], dtype=np.int64), np.array([1.0, 1.0]),
+                       np.array([0, 99], dtype=np.int64), np.array([np.nan, 1.0]), np.array([0.0, 0.0]),
+                       np.zeros(2), None, OP_MIN, OP_PLUS, 1e-10)

@@ -51,12 +51,29 @@ cdef object _array(object a, str what, int typenum, bint writable=False):
         raise TypeError(f"link_push: {what} must be a numpy array")
     cdef cnp.ndarray arr = <cnp.ndarray>a
     if not cnp.PyArray_EquivTypenums(cnp.PyArray_TYPE(arr), typenum) or cnp.PyArray_NDIM(arr) != 1 \
-            or not cnp.PyArray_IS_C_CONTIGUOUS(arr):
+            or not cnp.PyArray_IS_C_CONTIGUOUS(arr) or not cnp.PyArray_ISNOTSWAPPED(arr):
         kind = "int64" if typenum == cnp.NPY_INT64 else "float64"
-        raise TypeError(f"link_push: {what} must be a contiguous 1-d {kind} array")
+        raise TypeError(f"point kernel: {what} must be a contiguous 1-d {kind} array in native byte order")
     if writable and not cnp.PyArray_ISWRITEABLE(arr):
-        raise ValueError(f"link_push: {what} is read-only")
+        raise ValueError(f"point kernel: {what} is read-only")
     return arr
+
+
+cdef bint _overlap(cnp.ndarray a, object b):
+    """Whether the memory of ``a`` and of the array ``b`` (None: no array) overlap."""
+    if b is None:
+        return False
+    cdef cnp.ndarray o = <cnp.ndarray>b
+    cdef char *p = <char *>cnp.PyArray_DATA(a)
+    cdef char *q = <char *>cnp.PyArray_DATA(o)
+    return p < q + cnp.PyArray_NBYTES(o) and q < p + cnp.PyArray_NBYTES(a)
+
+
+cdef _check_apart(cnp.ndarray out, tuple inputs, str fn):
+    """Refuse an output array that shares memory with an input (a write would change what was checked)."""
+    for a in inputs:
+        if _overlap(out, a):
+            raise ValueError(f"{fn}: an output array shares memory with an input")
 
 
 def link_push(indptr_t, indices_t, data_t, idx, new, old, y, err, int add_op, int mul_op, double tol):
@@ -110,6 +127,9 @@ def link_push(indptr_t, indices_t, data_t, idx, new, old, y, err, int add_op, in
         if cnp.PyArray_DIM(a_err, 0) != ny:
             raise ValueError(f"link_push: err has {cnp.PyArray_DIM(a_err, 0)} entries, y has {ny}")
         e = <double *>cnp.PyArray_DATA(a_err)
+    _check_apart(a_y, (a_ptr, a_ind, a_data, a_idx, a_new, a_old) + ((a_err,) if track else ()), "link_push")
+    if track:
+        _check_apart(a_err, (a_ptr, a_ind, a_data, a_idx, a_new, a_old, a_y), "link_push")
     if add_op != OP_PLUS and add_op != OP_MIN and add_op != OP_MAX:
         return None
     if mul_op < OP_PLUS or mul_op > OP_MAX:
@@ -135,11 +155,12 @@ def link_push(indptr_t, indices_t, data_t, idx, new, old, y, err, int add_op, in
         s, t = ptr[j], ptr[j + 1]
         if s < 0 or t < s or t > nnz:
             raise ValueError(f"link_push: column {j} spans entries [{s}, {t}) of {nnz}")
+        total += t - s
+    for c in range(k):
         if not (isfinite(nw[c]) and isfinite(od[c])):
             return None
         if add_op != OP_PLUS and apply_op(add_op, od[c], nw[c]) != nw[c]:
             return None                     # a worsened value: the rows it fed must be recomputed
-        total += t - s
     cdef int64_t *rows = <int64_t *>malloc(max(total, 1) * sizeof(int64_t))
     cdef double *mag = NULL
     if rows == NULL:
@@ -262,6 +283,7 @@ def apply_few(page, idx, vals, int op):
         raise ValueError(f"apply_few: {n} positions but {cnp.PyArray_DIM(a_vals, 0)} values")
     if op < -1 or op > OP_MAX:
         raise ValueError(f"apply_few: unknown op {op}")
+    _check_apart(a_page, (a_idx, a_vals), "apply_few")
     cdef const int64_t *ix = <const int64_t *>cnp.PyArray_DATA(a_idx)
     cdef const double *v = <const double *>cnp.PyArray_DATA(a_vals)
     cdef double *y = <double *>cnp.PyArray_DATA(a_page)

@@ -14,12 +14,20 @@ _UFUNCS = {OP_PLUS: np.add, OP_TIMES: np.multiply, OP_MIN: np.minimum, OP_MAX: n
 
 def _array(a: object, what: str, dtype: type, writable: bool = False) -> np.ndarray:
     if not isinstance(a, np.ndarray):
-        raise TypeError(f"link_push: {what} must be a numpy array")
-    if a.dtype != dtype or a.ndim != 1 or not a.flags.c_contiguous:
-        raise TypeError(f"link_push: {what} must be a contiguous 1-d {np.dtype(dtype).name} array")
+        raise TypeError(f"point kernel: {what} must be a numpy array")
+    if a.dtype != dtype or a.ndim != 1 or not a.flags.c_contiguous or not a.dtype.isnative:
+        raise TypeError(f"point kernel: {what} must be a contiguous 1-d {np.dtype(dtype).name} array in native "
+                        "byte order")
     if writable and not a.flags.writeable:
-        raise ValueError(f"link_push: {what} is read-only")
+        raise ValueError(f"point kernel: {what} is read-only")
     return a
+
+
+def _check_apart(out: np.ndarray, inputs: tuple, fn: str) -> None:
+    """Refuse an output array that shares memory with an input (a write would change what was checked)."""
+    for a in inputs:
+        if a is not None and np.may_share_memory(out, a):
+            raise ValueError(f"{fn}: an output array shares memory with an input")
 
 
 def apply_few(page, idx, vals, op: int) -> tuple[np.ndarray, np.ndarray]:
@@ -32,6 +40,7 @@ def apply_few(page, idx, vals, op: int) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"apply_few: {ix.size} positions but {v.size} values")
     if op < -1 or op > OP_MAX:
         raise ValueError(f"apply_few: unknown op {op}")
+    _check_apart(y, (ix, v), "apply_few")
     bad = (ix < 0) | (ix >= y.size)
     if bad.any():
         raise ValueError(f"apply_few: position {int(ix[bad][0])} out of range [0, {y.size})")
@@ -73,6 +82,9 @@ def link_push(indptr_t, indices_t, data_t, idx, new, old, y, err, add_op: int, m
         e = _array(err, "err", np.float64, True)
         if e.size != ny:
             raise ValueError(f"link_push: err has {e.size} entries, y has {ny}")
+    _check_apart(yv, (ptr, indices_t, data, cols, nw, od, e if track else None), "link_push")
+    if track:
+        _check_apart(e, (ptr, indices_t, data, cols, nw, od, yv), "link_push")
     if add_op not in (OP_PLUS, OP_MIN, OP_MAX):
         return None
     if mul_op not in _UFUNCS:
