@@ -26,6 +26,7 @@ from mmsb.propagate import Change, UndoLog
 from mmsb.rules import Rule, as_csr
 from mmsb.semiring import Semiring, _kview
 from mmsb.txn import Transaction
+from mmsb._validate import VALUE_DTYPES
 
 PageLike = Union[str, Page]
 _observed = observed
@@ -273,6 +274,9 @@ class Buffer:
         _check_name(name)
         shape_t = check_shape(shape, name)
         dt = _dtype(dtype, name)
+        if dt not in VALUE_DTYPES and dt != np.bool_:
+            raise InvalidDeltaError(f"matrix {name!r}: dtype {dt} has no matrix kernels; use a bool, integer, "
+                                    "float32 or float64 matrix")
         sr = semirings.get(semiring)
         zero = _zero_for(sr, dt, name)
         if device is not None and devices.normalize(device) != "cpu":

@@ -371,3 +371,21 @@ def test_reach_refuses_bad_arguments_and_leaves_y_alone(kern):
     with pytest.raises(ValueError):
         kern.reach_build(ip, np.array([2, 0], np.int64), dv, np.zeros(2, bool), src, np.zeros(2, np.int32))
     assert y.tolist() == [True, True]
+
+
+@pytest.mark.parametrize("kern", KERNELS)
+def test_update_refuses_a_negative_column_count(kern):
+    indptr, indices, data = np.array([0, 1, 2]), np.array([0, 1]), np.array([1.0, 2.0])
+    with pytest.raises(ValueError):
+        kern.update(indptr, indices, data, -1, np.array([10 ** 15]), np.array([5.0]), -1, np.float64(0))
+    np.testing.assert_array_equal(data, [1.0, 2.0])
+
+
+def test_a_matrix_of_a_dtype_without_kernels_is_refused_at_creation():
+    import mmsb
+    from mmsb.errors import InvalidDeltaError
+
+    buf = mmsb.open(None)
+    with pytest.raises(InvalidDeltaError, match="no matrix kernels"):
+        buf.create_matrix("M", (3, 3), dtype=np.longdouble)
+    assert "M" not in buf

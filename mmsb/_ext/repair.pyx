@@ -263,7 +263,7 @@ cdef int _update_kernel(const int64_t *indptr, index_t *indices, numeric_t *data
             return ST_BAD_INDEX
         r = keys[k] // ncols
         c = keys[k] - r * ncols
-        if indptr[r] < 0 or indptr[r + 1] > nnz or indptr[r] > indptr[r + 1]:
+        if r < 0 or r >= nrows or indptr[r] < 0 or indptr[r + 1] > nnz or indptr[r] > indptr[r + 1]:
             return ST_BAD_INDEX
         p = _find(indptr, indices, data, r, c, has_free, free_val)
         o = data[p] if p >= 0 else zero
@@ -344,6 +344,8 @@ def update(indptr, indices, data, ncols, keys, vals, op, zero, free=None, indptr
     free slot was taken in each, and ``(lo, hi, any NaN, any ±inf, count)`` of the stored new values (lo and hi
     over those not NaN: inf and -inf when none).
     """
+    if not 0 <= ncols < 1 << 62:
+        raise ValueError(f"ncols must lie in [0, 2**62), got {ncols}")
     has_t = indptr_t is not None
     consts = None
     if (_vec(indptr, _I64) and _vec(indices, None) and (indices.dtype == _I32 or indices.dtype == _I64)
@@ -924,6 +926,7 @@ cdef struct LevelQueue:
     IdList gen          # level * n + id of the entries pushed while popping (their levels never decrease)
     Py_ssize_t hi       # next of init
     Py_ssize_t hg       # next of gen
+    bint bad            # a key that decodes outside [0, n): the levels given were not levels
 
 
 cdef int _lq_sort(LevelQueue *lq, int64_t n) noexcept nogil:
@@ -956,6 +959,9 @@ cdef inline bint _lq_pop(LevelQueue *lq, int64_t n, int64_t *level, int64_t *v) 
         key = lq.gen.ptr[lq.hg]
         lq.hg += 1
     else:
+        return False
+    if key < 0:                     # (a negative level given in: never index with what it decodes to)
+        lq.bad = True
         return False
     level[0] = key // n
     v[0] = key - level[0] * n
@@ -1016,6 +1022,7 @@ cdef int _reach_kernel(const int64_t *indptr, const index_t *indices, const uint
     #    candidates its out-neighbours one level above (their other supports are all decided by then)
     if _lq_sort(lq, n):
         return ST_NO_MEMORY
+    lq.bad = False
     while _lq_pop(lq, n, &l, &v):
         if not _row_ok(indptr, v, nnz):
             return ST_BAD_INDEX
@@ -1043,6 +1050,8 @@ cdef int _reach_kernel(const int64_t *indptr, const index_t *indices, const uint
                 mark[w] |= R_CAND
                 if _push_id(cand, w) or _push_id(&lq.gen, (l + 1) * n + w):
                     return ST_NO_MEMORY
+    if lq.bad:
+        return ST_BAD_INDEX
     # 3. the affected lose their level; they and the other pull targets take one from their in-neighbours
     for q in range(region.size):
         v = region.ptr[q]
@@ -1075,6 +1084,7 @@ cdef int _reach_kernel(const int64_t *indptr, const index_t *indices, const uint
     # 4. breadth first from the lowered levels, in level order
     if _lq_sort(lq, n):
         return ST_NO_MEMORY
+    lq.bad = False
     while _lq_pop(lq, n, &l, &v):
         if l != lev[v]:
             continue
@@ -1089,6 +1099,8 @@ cdef int _reach_kernel(const int64_t *indptr, const index_t *indices, const uint
                         or _push_id(&lq.gen, (l + 1) * n + w):
                     return ST_NO_MEMORY
                 lev[w] = <level_t>(l + 1)
+    if lq.bad:
+        return ST_BAD_INDEX
     return ST_OK
 
 
