@@ -775,12 +775,7 @@ class DurableLog(LogBase):
                     start = seg.size
                     synced = commit and self._dsync and self._dsync_alone() and self._write_durably(bufs, total)
                     if not synced:
-                        if self.durability == "fsync":
-                            self._reserve(total)
-                        fd = self._fd
-                        done = os.writev(fd, bufs) if len(bufs) <= _IOV_MAX else 0
-                        if done != total:
-                            _gathered(bufs, lambda iov: os.writev(fd, iov), done)
+                        self._write_buffers(bufs, total)
                 except OSError as exc:
                     raise self._poison("log write", exc) from exc
                 seg.size += total
