@@ -374,8 +374,9 @@ class Buffer:
                 if vals.ndim != 1 or vals.size != n:
                     raise InvalidDeltaError(f"page {name!r}: {n} indices but values of shape {vals.shape}")
                 vals = np.array(vals, dtype=dt)
-            self._check_nan(page, vals)
-            codes = page.semiring.codes_for(dt)
+            if dt.kind == "f" and page.semiring.idempotent and np.isnan(vals).any():
+                self._check_nan(page, vals)         # (raises)
+            codes = page.ops
             if accumulate and codes is None:
                 idx, vals = page.semiring.reduce_duplicates(idx, vals)
                 ordered = True

@@ -228,7 +228,7 @@ class CommitPipeline:
             if page is None or graph.has_rules_from(op.page) or graph.is_derived(op.page) \
                     or backend_of(page) is not CPU:
                 return None
-            if op.accumulate and page.semiring.codes_for(page.dtype) is None:
+            if op.accumulate and page.ops is None:
                 return None
             out.append((page, buf._memory.array(page)))
         return out
@@ -252,7 +252,7 @@ class CommitPipeline:
                 or buf._graph.is_derived(op.page):
             return None
         if op.accumulate:
-            codes = page.semiring.codes_for(arr.dtype)
+            codes = page.ops
             if codes is None:
                 return None
             code = codes[0]

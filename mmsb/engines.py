@@ -32,10 +32,11 @@ Factory = Callable[["Buffer", Any], tuple]
 
 
 def _local(buf: "Buffer", cluster: Any) -> tuple:
+    from mmsb.memory import ResidentArrays
     from mmsb.propagate import Engine
 
-    pages, memory = buf._pages, buf._memory
-    return Engine(buf._graph, lambda n: memory.array(pages[n]), lambda n: pages[n].shape,
+    pages = buf._pages
+    return Engine(buf._graph, ResidentArrays(pages, buf._memory), lambda n: pages[n].shape,
                   lambda n: pages[n].semiring, pages=pages.__getitem__), None
 
 

@@ -477,3 +477,22 @@ class BlockLoader:
         blocks, self._blocks = self._blocks, {}
         for handle, _ in blocks.values():
             self._mm.allocator.free(handle)
+
+
+class ResidentArrays:
+    """``name -> flat, writable storage`` of the pages in ``pages`` (the propagation engine's view of them): a
+    resident CPU page's array straight away when no limit applies (no LRU to keep), else
+    :meth:`MemoryManager.array` (which reloads a spilled page and copies a GPU page to the host)."""
+
+    __slots__ = ("pages", "memory")
+
+    def __init__(self, pages: dict, memory: MemoryManager):
+        self.pages = pages
+        self.memory = memory
+
+    def __call__(self, name: str) -> np.ndarray:
+        page = self.pages[name]
+        data = page._data
+        if data is None or page.device != "cpu" or self.memory.limit is not None:
+            return self.memory.array(page)
+        return data

@@ -24,8 +24,8 @@ class Page:
     #: whether a checkpoint can hold the page (a sharded page's history is the log)
     checkpointable = True
 
-    __slots__ = ("_buf", "name", "shape", "dtype", "semiring", "device", "_metadata", "epoch", "size", "_data",
-                 "_handle", "_spill", "_pins", "__weakref__")
+    __slots__ = ("_buf", "name", "shape", "dtype", "semiring", "ops", "device", "_metadata", "epoch", "size",
+                 "_data", "_handle", "_spill", "_pins", "__weakref__")
 
     def __init__(self, buf: "Buffer", name: str, shape: tuple, dtype: np.dtype, semiring: Semiring, device: str,
                  metadata: Optional[dict], epoch: int):
@@ -34,6 +34,8 @@ class Page:
         self.shape = shape
         self.dtype = dtype
         self.semiring = semiring
+        #: the kernel op codes ``(⊕, ⊗)`` of the semiring on the page's dtype; None for a numpy-only semiring
+        self.ops = semiring.codes_for(dtype)
         self.device = device
         self._metadata = metadata or None        # None until asked for: most pages have no metadata
         self.epoch = epoch

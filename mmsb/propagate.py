@@ -92,6 +92,52 @@ def algebra_flags(sr: Semiring, dtype: np.dtype) -> tuple[bool, bool]:
     return got
 
 
+class RuleKernel:
+    """What the kernels need of one rule acting on a page of ``dtype``, built once per version of its matrix: the
+    ⊕/⊗ op codes (None: a numpy-only semiring), ⊕'s zero as a scalar of ``dtype`` and as the kernels see it, ⊕ on
+    two arrays of ``dtype``, the algebra flags, and, looked up on first use, whether the matrix holds ±inf or NaN
+    and the transpose's arrays. Derived state kept on the rule (``Rule.kernel``), never logged."""
+
+    __slots__ = ("matrix", "version", "dtype", "codes", "zero", "kzero", "add", "idem", "inv", "nonfinite", "t")
+
+    def __init__(self, A: CSR, sr: Semiring, dtype: np.dtype):
+        self.matrix = A
+        self.version = A.version
+        self.dtype = dtype
+        self.codes = sr.codes_for(dtype)
+        self.zero = sr.zero_for(dtype)
+        self.kzero = _kview(np.array([self.zero], dtype=dtype))[0]
+        self.add = sr.add if sr.add in _DTYPE_KEEPING else sr.add_arrays
+        self.idem, self.inv = algebra_flags(sr, dtype)
+        self.nonfinite: Optional[bool] = None
+        self.t: Optional[tuple] = None
+
+    def matrix_nonfinite(self) -> bool:
+        """Whether the matrix holds ±inf or NaN (looked up on first use)."""
+        if self.nonfinite is None:
+            self.nonfinite = self.matrix.has_nonfinite
+        return self.nonfinite
+
+    def transpose(self) -> tuple:
+        """``(indptr_t, indices_t, data_t as the kernels see it, weight range)`` of the matrix's transpose."""
+        if self.t is None:
+            t = self.matrix.T
+            self.t = (t.indptr, t.indices, _kview(t.data), t.weight_range)
+        return self.t
+
+
+_DTYPE_KEEPING = (np.minimum, np.maximum, np.fmin, np.fmax)     # ⊕ whose result has its inputs' dtype
+
+
+def rule_kernel(rule: Rule, dtype: np.dtype) -> RuleKernel:
+    """The rule's :class:`RuleKernel` for ``dtype``, rebuilt when its matrix changed."""
+    k = rule.kernel
+    A = rule.matrix
+    if k is None or k.matrix is not A or k.version != A.version or k.dtype != dtype:
+        k = rule.kernel = RuleKernel(A, rule.semiring, dtype)
+    return k
+
+
 _ROUNDOFF: dict = {}
 
 
@@ -263,22 +309,26 @@ class Engine:
                                  f"({how}); NaN is not allowed on a page whose ⊕ is idempotent ({sr}); nothing "
                                  "was committed")
 
-    def _check_nan_columns(self, name: str, rule: Rule, sr: Semiring, cols: np.ndarray, vals: np.ndarray) -> None:
+    def _check_nan_columns(self, name: str, rule: Rule, sr: Semiring, cols: np.ndarray, vals: np.ndarray,
+                           k: Optional[RuleKernel] = None) -> None:
         """Refuse a NaN that ``A ⊗ x`` would carry into ``name`` from the columns ``cols`` (values ``vals``).
 
         A NaN source value on a column with stored entries, or a product IEEE makes NaN (±inf against an
-        opposite infinity, 0 × inf); values equal to ⊕'s zero are skipped, as the kernels skip them.
+        opposite infinity, 0 × inf); values equal to ⊕'s zero are skipped, as the kernels skip them. ``k``: the
+        rule's kernel arguments for ``vals``' dtype, when the caller has them.
         """
         if vals.dtype.kind != "f" or not cols.size:
             return
         A = rule.matrix
-        if A.has_nonfinite:
+        if k is None or k.matrix is not A or k.dtype != vals.dtype:
+            k = RuleKernel(A, sr, vals.dtype)
+        if k.nonfinite if k.nonfinite is not None else k.matrix_nonfinite():
             suspect = np.ones(cols.size, dtype=bool)
         else:
             suspect = ~np.isfinite(vals)
             if not suspect.any():
                 return
-        suspect &= vals != sr.zero_for(vals.dtype)
+        suspect &= vals != k.zero
         if not suspect.any():
             return
         k, _, data = A.column_entries(cols[suspect])
@@ -442,24 +492,23 @@ class Engine:
         if ch is None or len(inputs) != 1 or y.dtype != np.float64 or ch.idx.size > _FEW \
                 or ch.idx.size * _PUSH_SHARE >= rule.matrix.shape[1]:
             return _MISSING
-        codes = sr.codes_for(y.dtype)
+        k = rule_kernel(rule, y.dtype)
+        codes = k.codes
         x = self.array(rule.srcs[0])
         if codes is None or x.dtype != y.dtype or ch.old.dtype != y.dtype or not (ch.idx.flags.c_contiguous
                                                                                 and ch.old.flags.c_contiguous):
             return _MISSING
-        idem, inv = algebra_flags(sr, y.dtype)
-        A = rule.matrix
-        if idem and A.has_nonfinite:
+        if k.idem and (k.nonfinite if k.nonfinite is not None else k.matrix_nonfinite()):
             return _MISSING
         err = None
-        if inv:
+        if k.inv:
             if sr.add is not np.add:
                 return _MISSING
             err = self._errors.get(name)
             if err is None or err.size != y.size:
                 err = self._errors[name] = REL_TOL * np.abs(y)
-        t = A.T
-        got = _kernels.point.link_push(t.indptr, t.indices, t.data, ch.idx, x[ch.idx], ch.old, y, err,
+        t_indptr, t_indices, t_data, _ = k.t or k.transpose()
+        got = _kernels.point.link_push(t_indptr, t_indices, t_data, ch.idx, x[ch.idx], ch.old, y, err,
                                        codes[0], codes[1], REL_TOL)
         if got is None:
             return _MISSING
@@ -647,8 +696,9 @@ class Engine:
         sr = rule.semiring
         y = self.array(name)
         src = self._x(rule, y.dtype)
-        zero = sr.zero_for(y.dtype)
-        idem = algebra_flags(sr, y.dtype)[0]
+        k = rule_kernel(rule, y.dtype)
+        zero = k.zero
+        idem = k.idem
         if full:
             self._levels.pop(name, None)
         elif name in self._levels and _reachability(sr, y, rule.matrix):
@@ -682,30 +732,33 @@ class Engine:
         new, old = src[ch.idx], ch.old.astype(y.dtype, copy=False)
         if new.dtype.kind == "f" and np.isnan(new).any():
             raise self._refuse_nan(name, rule, rule.srcs[0], "a NaN source value")
-        better = ~changed_positions(sr.add_arrays(old, new), new)
+        add = k.add
+        better = ~changed_positions(add(old, new), new)
         if not better.all():
             out = self._closure_worse(name, rule, ch, better, src, y, sr, undo)
         else:
             imp = ch.idx
-            merged = sr.add_arrays(y[imp], new)
-            moved = changed_positions(merged, y[imp])
-            seeds, seed_old = imp[moved], y[imp][moved]
+            was = y[imp]
+            merged = add(was, new)
+            moved = changed_positions(merged, was)
+            seeds, seed_old = imp[moved], was[moved]
             if not seeds.size:
                 return None
             y[seeds] = merged[moved]
             old_out = self._scratch(name, y)
             try:
-                reached = self._run_closure(rule.matrix, y, seeds, sr, old_out)
+                reached = self._run_closure(rule.matrix, y, seeds, sr, old_out, k)
             except BaseException as exc:
                 self._closure_restore(rule, ch, src, y, sr)
                 if isinstance(exc, _NoFixpoint):
                     raise self._no_fixpoint(name, rule) from None
                 raise
-            idx, pos = unique_first(np.concatenate([seeds, reached]))
-            olds = np.concatenate([seed_old, old_out[reached]])[pos]
+            # the union of the seeds and the entries reached, each with its value before the commit (a seed's
+            # old value wins: old_out holds its seeded value)
+            idx, olds = _kernels.merge.merge_sparse(reached, old_out[reached], seeds, seed_old, _ops.OP_ASSIGN)
             out = self._record(name, idx, olds, undo)
         if out is not None:
-            self._check_closure_nan(name, rule, sr, y, out.idx)
+            self._check_closure_nan(name, rule, sr, y, out.idx, k)
         return out
 
     @contextmanager
@@ -728,14 +781,15 @@ class Engine:
                              f"{rule.semiring.name} (a cycle that improves on every pass, e.g. a negative cycle "
                              f"under min_plus); page {name!r} is left as it was and nothing was committed")
 
-    def _check_closure_nan(self, name: str, rule: Rule, sr: Semiring, y: np.ndarray, changed: np.ndarray) -> None:
+    def _check_closure_nan(self, name: str, rule: Rule, sr: Semiring, y: np.ndarray, changed: np.ndarray,
+                           k: Optional[RuleKernel] = None) -> None:
         """Refuse (after the change was undo-logged) a NaN that entered the closure through ``A ⊗ x``."""
         if y.dtype.kind != "f" or not changed.size:
             return
         vals = y[changed]
         if np.isnan(vals).any():
             raise self._refuse_nan(name, rule, rule.srcs[0], "a NaN product A[i, j] ⊗ x[j]")
-        self._check_nan_columns(name, rule, sr, changed, vals)
+        self._check_nan_columns(name, rule, sr, changed, vals, k)
 
     def _closure_restore(self, rule: Rule, ch: Change, src: np.ndarray, y: np.ndarray, sr: Semiring) -> None:
         """Put back the closure of the source as it was before ``ch`` (the value ``y`` held) after a failed run."""
@@ -991,23 +1045,24 @@ class Engine:
         return buf
 
     def _run_closure(self, A: CSR, y: np.ndarray, frontier: np.ndarray, sr: Semiring,
-                     old_out: Optional[np.ndarray] = None) -> np.ndarray:
+                     old_out: Optional[np.ndarray] = None, k: Optional[RuleKernel] = None) -> np.ndarray:
         """Converge y from ``frontier``; returns the entries changed (their old values land in ``old_out``).
+        ``k``: the kernel arguments of the rule over ``A``, when the caller has them.
 
         Raises :class:`_NoFixpoint` when the iteration runs past ``n + 1`` rounds; ``y`` is then partly updated
         (the caller restores it).
         """
         if not frontier.size:
             return np.empty(0, dtype=np.int64)
-        t = A.T
-        codes = sr.codes_for(y.dtype)
-        zero = sr.zero_for(y.dtype)
+        if k is None or k.matrix is not A:
+            k = RuleKernel(A, sr, y.dtype)
+        codes = k.codes
         self.stats.entries_pushed += int(frontier.size)
         if codes is not None:
+            t_indptr, t_indices, t_data, t_range = k.t or k.transpose()
             try:
-                return _kernels.spmv.closure(t.indptr, t.indices, _kview(t.data), _kview(y), frontier, codes[0],
-                                             codes[1], _kview(np.array([zero]))[0],
-                                             None if old_out is None else _kview(old_out), t.weight_range)
+                return _kernels.spmv.closure(t_indptr, t_indices, t_data, y, frontier, codes[0], codes[1], k.kzero,
+                                             old_out, t_range)      # (the kernel views bool arrays as uint8)
             except ValueError as exc:
                 if "converge" in str(exc):
                     raise _NoFixpoint() from exc

@@ -1,7 +1,7 @@
 """Rules: how a derived page depends on others (``link``, ``derive``, ``closure``)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from mmsb.csr import CSR, as_csr
@@ -24,6 +24,8 @@ class Rule:
     fn_name: Optional[str] = None
     #: the matrix page the rule reads (its second source), or None for a matrix kept with the rule
     matrix_page: Optional[str] = None
+    #: the engine's kernel arguments for this rule (derived state, rebuilt when the matrix changes; never logged)
+    kernel: Any = field(default=None, repr=False, compare=False)
 
     @property
     def active(self) -> bool:

@@ -10,6 +10,7 @@ is touched. The matrix's ``indices`` are bounds-checked while the loops run (mem
 range); a bad index raises ValueError afterwards, when outputs may already be partly updated.
 """
 import numpy as np
+cimport numpy as cnp
 
 from cython.parallel cimport prange
 from libc.math cimport signbit
@@ -79,6 +80,59 @@ ctypedef fused hot_t:
 
 # value dtypes whose kernels also take int32 column indices (others widen them to int64 first)
 _HOT = frozenset((np.dtype(np.float64), np.dtype(np.float32), np.dtype(np.uint8)))
+
+cnp.import_array()
+
+
+cdef bint _plain(object a, int typenum, bint writable):
+    """Whether ``a`` is a 1-d, C-contiguous, native-order numpy array of ``typenum`` (and writable if asked)."""
+    if not cnp.PyArray_Check(a):
+        return False
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    return (cnp.PyArray_TYPE(arr) == typenum and cnp.PyArray_NDIM(arr) == 1 and cnp.PyArray_IS_C_CONTIGUOUS(arr)
+            and cnp.PyArray_ISNOTSWAPPED(arr) and (not writable or cnp.PyArray_ISWRITEABLE(arr)))
+
+
+cdef tuple _closure_args_plain(indptr_t, indices_t, data_t, x, frontier, int add_op, int mul_op, zero, old_out):
+    """The checks of ``closure_args`` made in C for arguments already in the form it returns them (float x, data
+    of x's dtype, int64 indptr and frontier, int32 or int64 indices, a Python or numpy float zero); None where the
+    general check (``mmsb._validate``, which converts and explains) must run. Raises ValueError as it would."""
+    if (add_op != OP_MIN and add_op != OP_MAX) or not OP_PLUS <= mul_op <= OP_MAX or not cnp.PyArray_Check(x):
+        return None
+    cdef int xt = cnp.PyArray_TYPE(<cnp.ndarray>x)
+    if xt != cnp.NPY_FLOAT64 and xt != cnp.NPY_FLOAT32:
+        return None
+    if not (_plain(x, xt, True) and _plain(data_t, xt, False) and _plain(indptr_t, cnp.NPY_INT64, False)
+            and _plain(frontier, cnp.NPY_INT64, False)
+            and (_plain(indices_t, cnp.NPY_INT32, False) or _plain(indices_t, cnp.NPY_INT64, False))
+            and (old_out is None or _plain(old_out, xt, True))):
+        return None
+    zt = type(zero)
+    if zt is not float and zt is not np.float64 and zt is not np.float32:
+        return None
+    cdef cnp.ndarray ip = <cnp.ndarray>indptr_t
+    cdef cnp.ndarray fr = <cnp.ndarray>frontier
+    cdef Py_ssize_t np1 = cnp.PyArray_DIM(ip, 0), nnz = cnp.PyArray_DIM(<cnp.ndarray>indices_t, 0)
+    if np1 < 1:
+        raise ValueError("indptr_t must have at least one entry")
+    if nnz != cnp.PyArray_DIM(<cnp.ndarray>data_t, 0):
+        raise ValueError(f"indices_t and data_t differ in length ({nnz} != {cnp.PyArray_DIM(<cnp.ndarray>data_t, 0)})")
+    cdef const int64_t *p = <const int64_t *>cnp.PyArray_DATA(ip)
+    if p[0] != 0 or p[np1 - 1] != nnz:
+        raise ValueError(f"indptr_t must start at 0 and end at len(indices_t) = {nnz}")
+    cdef Py_ssize_t n = np1 - 1, k, nf = cnp.PyArray_DIM(fr, 0)
+    if cnp.PyArray_DIM(<cnp.ndarray>x, 0) != n:
+        raise ValueError(f"x has length {cnp.PyArray_DIM(<cnp.ndarray>x, 0)}, expected {n} (the matrix must be "
+                         "square)")
+    cdef const int64_t *f = <const int64_t *>cnp.PyArray_DATA(fr)
+    for k in range(nf):
+        if f[k] < 0 or f[k] >= n:
+            raise ValueError(f"frontier entries must lie in [0, {n})")
+    if old_out is not None and cnp.PyArray_DIM(<cnp.ndarray>old_out, 0) != n:
+        raise ValueError(f"old_out has length {cnp.PyArray_DIM(<cnp.ndarray>old_out, 0)}, expected {n}")
+    z = np.empty(1, dtype=x.dtype)
+    z[0] = zero
+    return indptr_t, indices_t, data_t, x, frontier, z, old_out, n
 
 
 def _wide(indices):
@@ -857,8 +911,10 @@ def closure(indptr_t, indices_t, data_t, x, frontier, int add_op, int mul_op, ze
     (``PAR_CLOSURE_FRONTIER`` entries, ``PAR_CLOSURE_N`` vertices), a parallel bucketed Bellman-Ford on
     ``nthreads`` threads (0: the thread policy's count); the values are the same bit for bit.
     """
-    indptr_t, indices_t, data_t, x, frontier, z, old_out, n = closure_args(indptr_t, indices_t, data_t, x, frontier,
-                                                                          add_op, mul_op, zero, old_out)
+    args = _closure_args_plain(indptr_t, indices_t, data_t, x, frontier, add_op, mul_op, zero, old_out)
+    if args is None:
+        args = closure_args(indptr_t, indices_t, data_t, x, frontier, add_op, mul_op, zero, old_out)
+    indptr_t, indices_t, data_t, x, frontier, z, old_out, n = args
     if old_out is None:
         old_out = np.empty(0, dtype=x.dtype)
     wmin = wmax = 0.0
