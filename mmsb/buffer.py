@@ -328,9 +328,9 @@ class Buffer:
         if page is None or (page is not p and isinstance(p, Page)):
             page = self._page(p)            # (raises PageNotFoundError)
         delta = self._prepare(page, values, index, mask, accumulate, source, metadata)
-        tx = self._current()
-        if tx is not None:
-            tx.ops.append(delta)
+        stack = getattr(self._local, "stack", None)         # (the innermost batch or transaction of this thread)
+        if stack:
+            stack[-1].ops.append(delta)
             return None
         return self._pipe.commit([delta])
 
@@ -349,7 +349,7 @@ class Buffer:
             raise InvalidDeltaError(f"page {name!r} is derived (the target of rules); write to its inputs")
         if index is not None and mask is not None:
             raise InvalidDeltaError(f"page {name!r}: give index or mask, not both")
-        vals = _value_array(values, page.dtype, f"page {name!r}")
+        vals = _value_array(values, page.dtype, "page", name)
         dt = page.dtype
         meta = None if metadata is None else _json_metadata(metadata, name)
         if index is not None:
@@ -367,7 +367,7 @@ class Buffer:
                 if hi >= page.size:
                     raise InvalidDeltaError(f"page {name!r}: index {hi} out of range [0, {page.size})")
             if vals.ndim == 0:
-                vals = np.full(n, vals, dtype=dt)
+                vals = np.array(vals, dtype=dt, ndmin=1) if n == 1 else np.full(n, vals, dtype=dt)
             else:
                 if vals.ndim != 1 and vals.size == n:
                     vals = vals.reshape(-1)
@@ -438,7 +438,7 @@ class Buffer:
             values = dense.reshape(-1)
         else:
             keys = page.keys(index)
-        vals = _value_array(values, page.dtype, f"matrix {name!r}")
+        vals = _value_array(values, page.dtype, "matrix", name)
         dt = page.dtype
         k = keys.size
         if vals.ndim == 0:
@@ -1212,17 +1212,17 @@ def _shape(shape: Any, name: str) -> tuple:
     return t
 
 
-def _value_array(values: Any, dt: np.dtype, what: str) -> np.ndarray:
-    """``values`` as an array that casts to ``dt`` under numpy's "same_kind" rule (InvalidDeltaError naming
-    ``what`` otherwise)."""
+def _value_array(values: Any, dt: np.dtype, kind: str, name: str) -> np.ndarray:
+    """``values`` as an array that casts to ``dt`` under numpy's "same_kind" rule (InvalidDeltaError naming the
+    ``kind`` ("page", "matrix") ``name`` otherwise)."""
     try:
         vals = np.asarray(values)
     except (TypeError, ValueError) as exc:
-        raise InvalidDeltaError(f"{what}: values are not an array: {exc}") from exc
+        raise InvalidDeltaError(f"{kind} {name!r}: values are not an array: {exc}") from exc
     if vals.dtype.kind not in "biuf":
-        raise InvalidDeltaError(f"{what}: values must be numeric or bool, got dtype {vals.dtype}")
+        raise InvalidDeltaError(f"{kind} {name!r}: values must be numeric or bool, got dtype {vals.dtype}")
     if vals.dtype != dt and not _castable(values, vals, dt):
-        raise InvalidDeltaError(f"{what}: values of dtype {vals.dtype} cannot be cast to {dt} under the "
+        raise InvalidDeltaError(f"{kind} {name!r}: values of dtype {vals.dtype} cannot be cast to {dt} under the "
                                 "'same_kind' rule")
     return vals
 

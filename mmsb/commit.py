@@ -259,12 +259,15 @@ class CommitPipeline:
         else:
             code = _ops.OP_ASSIGN
         idx = op.index
-        old, moved = _kernels.point.apply_few(arr, idx, op.values, code)
+        old, moved, count = _kernels.point.apply_few(arr, idx, op.values, code)
         c.n_user = 1
         c.logged.append(op)
         try:
-            moved = moved.view(np.bool_)
-            ch = Change(idx, old) if moved.all() else Change(idx[moved], old[moved]) if moved.any() else None
+            if count == idx.size:
+                ch = Change(idx, old)
+            else:
+                moved = moved.view(np.bool_)
+                ch = Change(idx[moved], old[moved]) if count else None
             derived = buf._engine.wave({page.name: ch}, c.undo) if ch is not None else {}
             pages = buf._pages
             for name, dch in derived.items():

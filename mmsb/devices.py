@@ -174,7 +174,7 @@ def merge_into(arr: np.ndarray, idx: np.ndarray, vals: np.ndarray, sr: Any, accu
         op = codes[0] if accumulate else _ops.OP_ASSIGN
         if idx.size <= POINT_VALUES and arr.dtype == np.float64 and idx.dtype == np.int64 and idx.flags.c_contiguous \
                 and vals.flags.c_contiguous:
-            old, changed = _kernels.point.apply_few(arr, idx, vals, op)
+            old, changed, _ = _kernels.point.apply_few(arr, idx, vals, op)
             return old, changed.view(np.bool_)
         if arr.dtype == np.bool_:
             old, changed = _kernels.merge.apply_normalized(arr.view(np.uint8), idx, vals.view(np.uint8), op)

@@ -253,15 +253,20 @@ class Engine:
         """
         if not changes and not force:
             return {}
-        if not force and not self.graph.rule_count:   # no rules at all: nothing downstream of anything
+        force = set(force) if force else set()
+        plan = self.graph.plan(tuple(changes), tuple(sorted(force)) if force else ())
+        if not plan:                        # nothing downstream of the changes
             self.stats.waves += 1
             return {}
-        force = set(force or ())
         t0 = time.perf_counter()
         pending = dict(changes)
         produced: dict[str, Change] = {}
-        for name, rules in self.graph.plan(tuple(changes), tuple(sorted(force))):
-            inputs = {s: pending[s] for r in rules for s in r.srcs if s in pending}
+        for name, rules in plan:
+            inputs = {}
+            for r in rules:
+                for s in r.srcs:
+                    if s in pending:
+                        inputs[s] = pending[s]
             if not inputs and name not in force:
                 continue
             ch = self.update(name, rules, inputs, name in force, undo)

@@ -206,7 +206,7 @@ def test_apply_few_matches_numpy(kern, seed, n, k, op, nan):
         page[idx[0]] = np.nan
         vals[-1] = np.nan
     before = page.copy()
-    old, changed = kern.apply_few(page, idx, vals, op)
+    old, changed, count = kern.apply_few(page, idx, vals, op)
     ref_new = before[idx].copy()
     for c, i in enumerate(idx):                 # an independent loop over the merge's definition
         a, b = before[i], vals[c]
@@ -218,6 +218,7 @@ def test_apply_few_matches_numpy(kern, seed, n, k, op, nan):
     np.testing.assert_array_equal(old, before[idx])
     same = (ref_new == before[idx]) | (np.isnan(ref_new) & np.isnan(before[idx]))
     np.testing.assert_array_equal(changed, (~same).astype(np.uint8))
+    assert count == int((~same).sum())
 
 
 @pytest.mark.parametrize("kern", KERNELS)

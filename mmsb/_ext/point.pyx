@@ -273,8 +273,9 @@ def link_push(indptr_t, indices_t, data_t, idx, new, old, y, err, int add_op, in
 
 def apply_few(page, idx, vals, int op):
     """Merge ``vals`` at the sorted, unique positions ``idx`` into the float64 array ``page`` in place: assigned
-    (``op`` = -1) or ``page[i] = op(page[i], v)``. Returns ``(old, changed)``: the values before and a uint8 mask
-    of the positions whose value changed (NaN to NaN counts as unchanged). Every index is checked first."""
+    (``op`` = -1) or ``page[i] = op(page[i], v)``. Returns ``(old, changed, count)``: the values before, a uint8
+    mask of the positions whose value changed (NaN to NaN counts as unchanged) and how many did. Every index is
+    checked first."""
     cdef cnp.ndarray a_page = _array(page, "page", cnp.NPY_FLOAT64, True)
     cdef cnp.ndarray a_idx = _array(idx, "idx", cnp.NPY_INT64)
     cdef cnp.ndarray a_vals = _array(vals, "vals", cnp.NPY_FLOAT64)
@@ -296,13 +297,15 @@ def apply_few(page, idx, vals, int op):
     cdef double *o = <double *>cnp.PyArray_DATA(old)
     cdef uint8_t *ch = <uint8_t *>cnp.PyArray_DATA(changed)
     cdef double a, b
+    cdef Py_ssize_t count = 0
     for c in range(n):
         a = y[ix[c]]
         b = apply_op(op, a, v[c])
         o[c] = a
         y[ix[c]] = b
         ch[c] = (b != a) and not (b != b and a != a)
-    return old, changed
+        count += ch[c]
+    return old, changed, count
 
 
 def entry_keys(rows, cols, vals, int64_t nrows, int64_t ncols, int fold_op):

@@ -32,7 +32,7 @@ def _check_apart(out: np.ndarray, inputs: tuple, fn: str) -> None:
 
 def apply_few(page, idx, vals, op: int) -> tuple[np.ndarray, np.ndarray]:
     """Merge ``vals`` at the sorted, unique positions ``idx`` into the float64 ``page`` in place (see the compiled
-    kernel): ``(old, changed)``."""
+    kernel): ``(old, changed, count)``."""
     y = _array(page, "page", np.float64, True)
     ix = _array(idx, "idx", np.int64)
     v = _array(vals, "vals", np.float64)
@@ -55,7 +55,7 @@ def apply_few(page, idx, vals, op: int) -> tuple[np.ndarray, np.ndarray]:
         new = _UFUNCS[op](old, v)
     y[ix] = new
     changed = (new != old) & ~(np.isnan(new) & np.isnan(old))
-    return old, changed.astype(np.uint8)
+    return old, changed.astype(np.uint8), int(np.count_nonzero(changed))
 
 
 def link_push(indptr_t, indices_t, data_t, idx, new, old, y, err, add_op: int, mul_op: int,

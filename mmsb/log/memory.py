@@ -3,8 +3,11 @@
 History costs memory for as long as the buffer lives, so the common record is kept compact: a transaction that
 only creates one page without metadata (what ``create_page`` commits) is stored as the page's name (the very
 string the buffer keys the page by), its epoch and transaction id in ``array('q')`` columns, and an index into a
-small table of shared page specs (shape, dtype, semiring, device, fill bytes). :meth:`MemoryLog.txns` rebuilds the
-same :class:`~mmsb.delta.Txn` / :class:`~mmsb.delta.SchemaOp` the buffer would have appended, on demand.
+small table of shared page specs (shape, dtype, semiring, device, fill bytes). A transaction of deltas without
+metadata (what a write commits) is stored as a tuple of tuples of the deltas' fields: strings, numbers and
+arrays, which the garbage collector stops tracking, so that a long history costs no collection time on every
+later commit. :meth:`MemoryLog.txns` rebuilds the same :class:`~mmsb.delta.Txn`, :class:`~mmsb.delta.Delta` and
+:class:`~mmsb.delta.SchemaOp` the buffer appended, on demand.
 """
 from __future__ import annotations
 
@@ -23,8 +26,9 @@ from mmsb.log.base import LogBase
 class MemoryLog(LogBase):
     """The log of an in-memory buffer: committed transactions kept in memory (history in memory).
 
-    ``_entries[k]`` is a :class:`Txn` or, for a compact page creation, the page's name; ``_epochs[k]``,
-    ``_txids[k]`` and ``_spec[k]`` (-1 for a full Txn) are the matching columns.
+    ``_entries[k]`` is a :class:`Txn`, the packed deltas of one (a tuple, :func:`_pack`) or, for a compact page
+    creation, the page's name; ``_epochs[k]``, ``_txids[k]`` and ``_spec[k]`` (-1 unless a page creation) are the
+    matching columns.
     """
 
     durability = "none"
@@ -60,20 +64,22 @@ class MemoryLog(LogBase):
                 raise ValueError(f"epoch {txn.epoch} does not follow the last committed epoch {self._last_epoch}")
             if not commit:
                 return len(self._entries)
-            t = Txn(epoch=int(txn.epoch), txid=int(txn.txid), ops=list(ops))
+            epoch, txid = int(txn.epoch), int(txn.txid)
             for op in ops:
                 if type(op) is Delta:
                     if op.epoch is None:
-                        op.epoch = t.epoch
+                        op.epoch = epoch
                 elif hasattr(op, "values") and getattr(op, "epoch", None) is None:
-                    op.epoch = t.epoch
-            self._entries.append(t)
-            self._epochs.append(t.epoch)
-            self._txids.append(t.txid)
+                    op.epoch = epoch
+            packed = _pack(ops)
+            self._entries.append(packed if packed is not None else Txn(epoch, txid, list(ops)))
+            self._epochs.append(epoch)
+            self._txids.append(txid)
             self._spec.append(-1)
-            self._last_epoch = t.epoch
-            self._stats["transactions"] += 1
-            self._stats["records"] += len(t.ops) + 1
+            self._last_epoch = epoch
+            stats = self._stats
+            stats["transactions"] += 1
+            stats["records"] += len(ops) + 1
             return len(self._entries)
 
     def append_page_created(self, epoch: int, txid: int, name: str, shape: tuple, dtype: np.dtype, semiring: str,
@@ -111,6 +117,13 @@ class MemoryLog(LogBase):
     def _txn(self, k: int) -> Txn:
         """Entry ``k`` as a Txn (lock held); a compact page creation is rebuilt as a fresh Txn."""
         e = self._entries[k]
+        if type(e) is tuple:
+            epoch = self._epochs[k]
+            return Txn(epoch, self._txids[k], [Delta(page, values, index=index, mask=mask, accumulate=accumulate,
+                                                     source=source, derived=derived, epoch=epoch,
+                                                     normalized=normalized, fold_op=fold_op)
+                                               for page, values, index, mask, accumulate, source, derived,
+                                               normalized, fold_op in e])
         if type(e) is not str:
             return e
         shape, dts, semiring, device, fill = self._specs[self._spec[k]]
@@ -145,7 +158,7 @@ class MemoryLog(LogBase):
         """Like :meth:`txns` but without the compact page creations (they hold no deltas): for ``log.query``."""
         with self._lock:
             lo, hi = self._range(since, until)
-            sel = [e for e in self._entries[lo:hi] if type(e) is not str]
+            sel = [self._txn(k) for k in range(lo, hi) if type(self._entries[k]) is not str]
         return iter(sel)
 
     def drop_segments_before(self, epoch: int) -> int:
@@ -176,3 +189,14 @@ class MemoryLog(LogBase):
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _pack(ops: list) -> Optional[tuple]:
+    """The deltas ``ops`` as a tuple of field tuples (None where an op is not a delta or carries metadata)."""
+    out = []
+    for op in ops:
+        if type(op) is not Delta or op.metadata is not None:
+            return None
+        out.append((op.page, op.values, op.index, op.mask, op.accumulate, op.source, op.derived, op.normalized,
+                    op.fold_op))
+    return tuple(out)
