@@ -55,6 +55,8 @@ class Buffer:
         self._locked_cm = self._pipe.lock
         self._lock = self._locked_cm.rlock
         self._local = threading.local()
+        self._blocks_open = 0               # batch/transaction blocks open in any thread (0: skip the lookup)
+        self._blocks_lock = threading.Lock()
         self._closed = False
         self._functions: dict[str, Callable] = dict(functions or {})
         self._open_txns: list[Transaction] = []
@@ -328,10 +330,11 @@ class Buffer:
         if page is None or (page is not p and isinstance(p, Page)):
             page = self._page(p)            # (raises PageNotFoundError)
         delta = self._prepare(page, values, index, mask, accumulate, source, metadata)
-        stack = getattr(self._local, "stack", None)         # (the innermost batch or transaction of this thread)
-        if stack:
-            stack[-1].ops.append(delta)
-            return None
+        if self._blocks_open:                   # the innermost batch or transaction block of this thread, if any
+            stack = getattr(self._local, "stack", None)
+            if stack:
+                stack[-1].ops.append(delta)
+                return None
         return self._pipe.commit([delta])
 
     def _prepare(self, page: Page, values: Any, index: Any, mask: Any, accumulate: bool, source: Optional[str],
@@ -504,11 +507,15 @@ class Buffer:
         if not hasattr(self._local, "stack"):
             self._local.stack = []
         self._local.stack.append(tx)
+        with self._blocks_lock:
+            self._blocks_open += 1
 
     def _pop_current(self, tx: Transaction) -> None:
         stack = getattr(self._local, "stack", [])
         if stack and stack[-1] is tx:
             stack.pop()
+            with self._blocks_lock:
+                self._blocks_open -= 1
 
     @contextmanager
     def batch(self) -> Iterator[Transaction]:

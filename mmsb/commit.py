@@ -268,7 +268,7 @@ class CommitPipeline:
             else:
                 moved = moved.view(np.bool_)
                 ch = Change(idx[moved], old[moved]) if count else None
-            derived = buf._engine.wave({page.name: ch}, c.undo) if ch is not None else {}
+            derived = buf._engine.point_wave(page.name, ch, c.undo) if ch is not None else {}
             pages = buf._pages
             for name, dch in derived.items():
                 dst = pages[name]

@@ -27,6 +27,10 @@ class PropagationEngine(Protocol):
         """Push ``changes`` (and full recomputes of ``force``) down the rules; return the derived changes."""
         ...
 
+    def point_wave(self, name: str, ch: "Change", undo: "UndoLog") -> dict[str, "Change"]:
+        """``wave({name: ch}, undo)`` for a change of a few values (an engine may take a shorter path)."""
+        ...
+
 
 Factory = Callable[["Buffer", Any], tuple]
 

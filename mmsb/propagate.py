@@ -280,6 +280,25 @@ class Engine:
         self.stats.seconds += time.perf_counter() - t0
         return produced
 
+    def point_wave(self, name: str, ch: Change, undo: UndoLog) -> dict[str, Change]:
+        """:meth:`wave` for a change of a few values of page ``name`` (the commit pipeline's point strategy): when
+        the whole wave is one ``link`` from ``name`` under a built-in semiring into a CPU page, that link's step
+        goes straight to the fused kernel; anything else takes :meth:`wave`."""
+        plan = self.graph.plan((name,), ())
+        if len(plan) == 1 and len(plan[0][1]) == 1:
+            dst, (rule,) = plan[0]
+            if rule.kind == "link" and rule.srcs[0] == name and rule.semiring.builtin \
+                    and (self._pages is None or self._pages(dst).device == "cpu"):
+                t0 = time.perf_counter()
+                got = self._links_few(dst, rule, {name: ch}, self.array(dst), rule.semiring, undo)
+                if got is not _MISSING:
+                    stats = self.stats
+                    stats.waves += 1
+                    stats.pages_touched += 1
+                    stats.seconds += time.perf_counter() - t0
+                    return {dst: got} if got is not None else {}
+        return self.wave({name: ch}, undo)
+
     def page(self, name: str, default: Any = _MISSING) -> Any:
         """The Page object named ``name`` (``default``, or KeyError, when there is none)."""
         try:

@@ -208,6 +208,10 @@ class DistributedEngine:
         self._owner, self._held, self._sig = owner, held, sig
 
     # -- the wave ---------------------------------------------------------------------------------------------
+    def point_wave(self, name: str, ch: Change, undo: UndoLog) -> dict[str, Change]:
+        """The wave of a change of a few values of one page: :meth:`wave`."""
+        return self.wave({name: ch}, undo)
+
     def wave(self, changes: dict[str, Change], undo: UndoLog, force: Optional[set] = None) -> dict[str, Change]:
         """Propagate ``changes`` (and full recomputes of ``force``) on the cluster; same contract as Engine.wave."""
         if self._closed:

@@ -57,21 +57,22 @@ class MemoryLog(LogBase):
             fill = ops[0].arrays["fill"]
             return self.append_page_created(int(txn.epoch), int(txn.txid), pl["name"], tuple(pl["shape"]),
                                             fill.dtype, pl["semiring"], pl["device"], fill[0])
+        epoch, txid = int(txn.epoch), int(txn.txid)
         with self._lock:
             if self._closed:
                 raise ClosedError("the log is closed")
-            if int(txn.epoch) <= self._last_epoch:
-                raise ValueError(f"epoch {txn.epoch} does not follow the last committed epoch {self._last_epoch}")
+            if epoch <= self._last_epoch:
+                raise ValueError(f"epoch {epoch} does not follow the last committed epoch {self._last_epoch}")
             if not commit:
                 return len(self._entries)
-            epoch, txid = int(txn.epoch), int(txn.txid)
-            for op in ops:
-                if type(op) is Delta:
-                    if op.epoch is None:
+            packed = _pack(ops)                 # (its deltas come back with this epoch)
+            if packed is None:
+                for op in ops:
+                    if type(op) is Delta:
+                        if op.epoch is None:
+                            op.epoch = epoch
+                    elif hasattr(op, "values") and getattr(op, "epoch", None) is None:
                         op.epoch = epoch
-                elif hasattr(op, "values") and getattr(op, "epoch", None) is None:
-                    op.epoch = epoch
-            packed = _pack(ops)
             self._entries.append(packed if packed is not None else Txn(epoch, txid, list(ops)))
             self._epochs.append(epoch)
             self._txids.append(txid)
