@@ -352,24 +352,35 @@ class Buffer:
             raise InvalidDeltaError(f"page {name!r} is derived (the target of rules); write to its inputs")
         if index is not None and mask is not None:
             raise InvalidDeltaError(f"page {name!r}: give index or mask, not both")
-        vals = _value_array(values, page.dtype, "page", name)
         dt = page.dtype
+        # a Python float to a float page needs no checks (numpy's "same_kind" rule takes it)
+        vals = values if type(values) is float and dt.kind == "f" else _value_array(values, dt, "page", name)
         meta = None if metadata is None else _json_metadata(metadata, name)
         if index is not None:
-            idx = np.asarray(index)
-            if idx.dtype.kind not in "iu" and not (idx.size == 0 and idx.dtype.kind == "f"):
-                raise InvalidDeltaError(f"page {name!r}: index must be integer, got dtype {idx.dtype}")
-            # the delta's own int64 copy (an array numpy built here from a list or tuple already is one; any
-            # other array may share the caller's memory)
-            idx = idx.reshape(-1).astype(np.int64, copy=not isinstance(index, (list, tuple)))
-            n = idx.size
+            one = type(index) is list and len(index) == 1 and type(index[0]) is int
+            if one:
+                lo = hi = index[0]              # one Python int: checked as it is, then the delta's own array
+                n = 1
+            else:
+                idx = np.asarray(index)
+                if idx.dtype.kind not in "iu" and not (idx.size == 0 and idx.dtype.kind == "f"):
+                    raise InvalidDeltaError(f"page {name!r}: index must be integer, got dtype {idx.dtype}")
+                # the delta's own int64 copy (an array numpy built here from a list or tuple already is one; any
+                # other array may share the caller's memory)
+                idx = idx.reshape(-1).astype(np.int64, copy=not isinstance(index, (list, tuple)))
+                n = idx.size
+                if n:
+                    lo, hi = (int(idx[0]), int(idx[0])) if n == 1 else (int(idx.min()), int(idx.max()))
             if n:
-                lo, hi = (int(idx[0]), int(idx[0])) if n == 1 else (int(idx.min()), int(idx.max()))
                 if lo < 0:
                     raise InvalidDeltaError(f"page {name!r}: negative index {lo} (indices lie in [0, {page.size}))")
                 if hi >= page.size:
                     raise InvalidDeltaError(f"page {name!r}: index {hi} out of range [0, {page.size})")
-            if vals.ndim == 0:
+            if one:
+                idx = np.array(index, dtype=np.int64)
+            if type(vals) is float:
+                vals = np.array((vals,), dtype=dt) if n == 1 else np.full(n, vals, dtype=dt)
+            elif vals.ndim == 0:
                 vals = np.array(vals, dtype=dt, ndmin=1) if n == 1 else np.full(n, vals, dtype=dt)
             else:
                 if vals.ndim != 1 and vals.size == n:
@@ -388,6 +399,8 @@ class Buffer:
             d = Delta(name, vals, index=idx, accumulate=bool(accumulate), source=source, metadata=meta,
                       normalized=ordered, fold_op=codes[0] if (accumulate and codes) else _ops.OP_ASSIGN)
             return d if ordered or n > _RAW_MIN else d.normalize()
+        if type(vals) is float:
+            vals = np.asarray(vals, dtype=dt)
         if vals.ndim == 0:
             vals = np.full(page.shape, vals, dtype=dt)
         if vals.shape != page.shape:

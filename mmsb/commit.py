@@ -167,7 +167,11 @@ class CommitPipeline:
         (the current one is returned). Nothing is left applied, logged or counted if any step fails.
         """
         buf = self.buf
-        with self.lock:
+        lock = self.lock.rlock                  # (BufferLock, inline: this is every write's path)
+        if not lock.acquire(blocking=False):
+            self.counters["lock_waits"] += 1
+            lock.acquire()
+        try:
             if buf._closed or buf._readonly or buf._log.poisoned is not None:
                 buf._check_writable()           # (raises the error that says which)
             if tx is not None and self.history.tracking:
@@ -201,6 +205,8 @@ class CommitPipeline:
                     c.undo.rollback()
                     raise
                 self._publish(c, derived)
+        finally:
+            lock.release()
         log = buf._log
         if getattr(log, "sync_needed", True):       # (only an fsync log has work left once append returned)
             log.sync(token)
