@@ -378,3 +378,32 @@ def test_frame_records_refuses_what_does_not_fit(kernel):
         kernel.frame_records([(1, [b"x"])], -1, 1, SALT)
     with pytest.raises(OverflowError):
         kernel.frame_records([(1, [b"x"])], 1, 2**64, SALT)
+
+
+@pytest.mark.parametrize("kernel", KERNELS, ids=lambda k: k.__name__)
+@settings(max_examples=150, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(0, 31), k=st.integers(0, 12), packed=st.booleans(),
+       src=st.sampled_from([None, b"", b"user", "rule:ü".encode()]), flags=st.integers(0, 255),
+       name=st.sampled_from([b"p", "päge".encode(), b"x" * 300]))
+def test_small_delta_matches_the_record_codec(kernel, seed, n, k, packed, src, flags, name):
+    """One small DELTA payload in one call: the bytes the record codec writes, field by field (docs/FORMAT.md)."""
+    rng = np.random.default_rng(seed)
+    values = rng.random(n)
+    idx = None if k == 0 else np.cumsum(rng.integers(0, 9, k)).astype(np.int64)
+    pk = None
+    if idx is not None and packed:
+        pk = bytes(rng.integers(0, 256, int(rng.integers(0, 12 * k)), dtype=np.uint8))
+    payload, nidx = kernel.small_delta(name, flags, src, idx, pk, b"\x03<f8", values, 0, 1)
+    expect = len(name).to_bytes(2, "little") + name + bytes((flags,))
+    if src is not None:
+        expect += len(src).to_bytes(2, "little") + src
+    if idx is not None:
+        use = pk is not None and len(pk) < idx.nbytes
+        data = pk if use else idx.tobytes()
+        expect += bytes((1,)) + k.to_bytes(8, "little") + bytes((1 if use else 0,)) + len(data).to_bytes(8, "little")
+        expect += data
+        assert nidx == len(data)
+    else:
+        assert nidx == 0
+    expect += b"\x03<f8" + bytes((1,)) + n.to_bytes(8, "little") + bytes((0,)) + values.nbytes.to_bytes(8, "little")
+    assert payload == expect + values.tobytes()

@@ -13,12 +13,13 @@ more go to the ``crc32c`` package (which interleaves three streams and releases 
 :mod:`mmsb._ref.logframe` (same API, same bytes).
 """
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
-from cpython.bytes cimport PyBytes_FromStringAndSize
-from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport memcpy
 
 from crc32c import crc32c as _package_crc
 
-__all__ = ["crc32c", "frame_records", "hardware"]
+__all__ = ["crc32c", "frame_records", "hardware", "small_delta"]
 
 cdef extern from *:
     """
@@ -198,3 +199,72 @@ def frame_records(list records, uint64_t epoch, uint64_t txid, bytes salt) -> tu
         out.append(PyBytes_FromStringAndSize(<char *>tail, 4))
         total += <Py_ssize_t>n + 29
     return out, total
+
+
+cdef inline char *_put_part(char *out, uint8_t code, uint64_t n) noexcept:
+    """A u8 + u64 little-endian (a 1-d shape, or a codec part's head)."""
+    out[0] = <char>code
+    _put64(<uint8_t *>out + 1, n)
+    return out + 9
+
+
+def small_delta(bytes name, int flags, src, idx, packed, bytes dt_head, values, int raw_code,
+                int packed_code) -> tuple:
+    """The payload of one DELTA record (docs/FORMAT.md, :func:`mmsb.log.records.delta_pieces`) of a delta whose
+    values are stored raw, in one bytes object: name, ``flags``, ``src`` (bytes or None), the index when ``idx``
+    is not None (a 1-d int64 array: ``packed``, its delta-bitpacked bytes, where given and smaller, else raw),
+    then ``dt_head`` (the dtype part of the values header) and the 1-d ``values``, raw. ``raw_code`` and
+    ``packed_code`` are the codec ids. Returns ``(payload, encoded bytes of the index)``."""
+    cdef Py_buffer iv, vv
+    cdef Py_ssize_t nname = len(name), nsrc = 0, ndt = len(dt_head), total, nidx = 0, ndata = 0
+    cdef bint has_src = src is not None, has_idx = idx is not None, use_packed = False, got_idx = False
+    cdef Py_ssize_t nvals = len(values)
+    cdef bytes src_b, out
+    cdef char *o
+    if nname > 0xFFFF:
+        raise ValueError("name longer than 65535 bytes")
+    if has_src:
+        src_b = <bytes?>src
+        nsrc = len(src_b)
+        if nsrc > 0xFFFF:
+            raise ValueError("source longer than 65535 bytes")
+    PyObject_GetBuffer(values, &vv, PyBUF_SIMPLE)
+    try:
+        if has_idx:
+            PyObject_GetBuffer(idx, &iv, PyBUF_SIMPLE)
+            got_idx = True
+            nidx = iv.len // 8
+            use_packed = packed is not None and len(<bytes?>packed) < iv.len
+            ndata = len(<bytes>packed) if use_packed else iv.len
+        total = 2 + nname + 1 + (2 + nsrc if has_src else 0) + (18 + ndata if has_idx else 0) + ndt + 18 + vv.len
+        out = PyBytes_FromStringAndSize(NULL, total)
+        o = PyBytes_AS_STRING(out)
+        o[0] = <char>(nname & 0xFF)
+        o[1] = <char>(nname >> 8)
+        memcpy(o + 2, <char *>name, nname)
+        o += 2 + nname
+        o[0] = <char>flags
+        o += 1
+        if has_src:
+            o[0] = <char>(nsrc & 0xFF)
+            o[1] = <char>(nsrc >> 8)
+            memcpy(o + 2, <char *>src_b, nsrc)
+            o += 2 + nsrc
+        if has_idx:
+            o = _put_part(o, 1, <uint64_t>nidx)
+            o = _put_part(o, <uint8_t>(packed_code if use_packed else raw_code), <uint64_t>ndata)
+            if use_packed:
+                memcpy(o, <char *>(<bytes>packed), ndata)
+            else:
+                memcpy(o, <char *>iv.buf, ndata)
+            o += ndata
+        memcpy(o, <char *>dt_head, ndt)
+        o += ndt
+        o = _put_part(o, 1, <uint64_t>nvals)
+        o = _put_part(o, <uint8_t>raw_code, <uint64_t>vv.len)
+        memcpy(o, <char *>vv.buf, vv.len)
+    finally:
+        PyBuffer_Release(&vv)
+        if got_idx:
+            PyBuffer_Release(&iv)
+    return out, ndata

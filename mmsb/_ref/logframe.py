@@ -9,10 +9,12 @@ import struct
 
 import crc32c as _crc
 
-__all__ = ["crc32c", "frame_records", "hardware"]
+__all__ = ["crc32c", "frame_records", "hardware", "small_delta"]
 
 _RHEAD = struct.Struct("<IBQQ")
 _U32 = struct.Struct("<I")
+_H = struct.Struct("<H")
+_BQ = struct.Struct("<BQ")
 _MAX_PAYLOAD = (1 << 32) - 1
 _MAX_U64 = (1 << 64) - 1
 
@@ -60,3 +62,25 @@ def frame_records(records: list, epoch: int, txid: int, salt: bytes) -> tuple:
         out.append(_U32.pack(_mask(crc(salt, c))))
         total += n + 29
     return out, total
+
+
+def small_delta(name: bytes, flags: int, src, idx, packed, dt_head: bytes, values, raw_code: int,
+                packed_code: int) -> tuple:
+    """The payload of one DELTA record of a delta whose values are stored raw, in one bytes object (see the
+    compiled kernel): ``(payload, encoded bytes of the index)``."""
+    if len(name) > 0xFFFF:
+        raise ValueError("name longer than 65535 bytes")
+    if src is not None and len(src) > 0xFFFF:
+        raise ValueError("source longer than 65535 bytes")
+    out = [_H.pack(len(name)), name, bytes((flags,))]
+    if src is not None:
+        out += [_H.pack(len(src)), bytes(src)]
+    ndata = 0
+    if idx is not None:
+        raw = memoryview(idx).cast("B").tobytes()
+        data, code = (packed, packed_code) if packed is not None and len(packed) < len(raw) else (raw, raw_code)
+        ndata = len(data)
+        out += [_BQ.pack(1, len(idx)), _BQ.pack(code, ndata), data]
+    vals = memoryview(values).cast("B").tobytes()
+    out += [dt_head, _BQ.pack(1, len(values)), _BQ.pack(raw_code, len(vals)), vals]
+    return b"".join(out), ndata

@@ -94,6 +94,7 @@ _B = struct.Struct("<B")
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _frame = _kernels.logframe.frame_records   # (records, epoch, txid, salt) -> (buffers, total): segment.frame_records
+_small = _kernels.logframe.small_delta     # the payload of a DELTA record whose values are stored raw
 _SHAPES = {nd: struct.Struct(f"<B{nd}Q") for nd in range(R.MAX_NDIM + 1)}
 _NDARRAY = np.ndarray
 _INT64 = np.dtype(np.int64)
@@ -164,6 +165,25 @@ def encode_txn(ops: list, epoch: int, txid: int, salt: Optional[bytes], commit: 
             flags |= R.F_SOURCE
         if idx is not None:
             flags |= R.F_SPARSE
+        nbytes = a.nbytes
+        if nbytes < C.SMALL and a.ndim == 1 and a.flags.c_contiguous and (idx is None or (
+                idx.ndim == 1 and idx.flags.c_contiguous)):
+            # values stored raw (too small to try a codec) and 1-d arrays: the whole payload in one compiled call
+            packed = None
+            if idx is not None and idx.size > 1:
+                try:
+                    packed = C._k.encode_index(idx)
+                except ValueError:                  # not non-decreasing: stored raw
+                    pass
+            payload, nidx = _small(name, flags, src, idx, packed, dt[1], a, _RAW, _INDEX_DELTA_PACK)
+            key = (op.page, dt[0])
+            av._miss[key] = av._miss.get(key, 0) + 1     # (a raw store is a miss of the adaptive codec)
+            raw += nbytes
+            enc += nbytes + nidx
+            if idx is not None:
+                raw += idx.nbytes
+            records.append((R.DELTA, [payload]))
+            continue
         head = _H.pack(len(name)) + name + _B.pack(flags)
         if src is not None:
             head += _H.pack(len(src)) + src
@@ -187,7 +207,6 @@ def encode_txn(ops: list, epoch: int, txid: int, salt: Optional[bytes], commit: 
             enc += len(data)
         # values: dtype, shape, then blosc2 when the page's stream is worth trying and it saves, else raw: a copy
         # when small, else a view (records.values_pieces, codecs.AdaptiveValues.encode, codecs.encode_values)
-        nbytes = a.nbytes
         small = nbytes < C.SMALL
         if small:
             data = a.tobytes()
@@ -256,7 +275,7 @@ class _Seg:
     lazy: bool = False   # not scanned at open (wholly covered by the checkpoint); indexed on first need
 
 
-@dataclass
+@dataclass(slots=True)
 class _Entry:
     epoch: int
     txid: int
