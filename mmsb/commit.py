@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from mmsb.buffer import Buffer
     from mmsb.txn import Transaction
 
+_F64 = np.dtype(np.float64)
 _POINT = POINT_VALUES   # a write of at most this many values may take the point strategy (CommitPipeline._point)
 
 #: a device wave: given the undo log, run the wave on the device and return ``{page name: Change}``
@@ -254,7 +255,7 @@ class CommitPipeline:
         if page is None or page.backend is not None or page.device != "cpu":
             return None
         arr = page._data
-        if arr is None or arr.dtype != np.float64 or op.values.dtype != np.float64 \
+        if arr is None or arr.dtype != _F64 or op.values.dtype != _F64 \
                 or buf._graph.is_derived(op.page):
             return None
         if op.accumulate:

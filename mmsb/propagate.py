@@ -29,6 +29,7 @@ from mmsb.rules import CSR, Rule
 from mmsb.semiring import Semiring, _is_ufunc, _kview
 
 _MISSING = object()
+_F64 = np.dtype(np.float64)
 _PULL_FRACTION = 8          # a link change of >= 1/8 of its inputs' entries is recomputed by one pull ...
 _PULL_MIN = 4096            # ... once it is big enough for the pull's fixed costs not to matter
 _SELECTIVE = (np.minimum, np.maximum, np.fmin, np.fmax, np.logical_or)
@@ -513,14 +514,13 @@ class Engine:
         an idempotent ⊕ are left to it). Rounding bounds of rows that stay exact only grow here and are not
         undo-logged: a rolled-back commit leaves them larger, which is safe (a bound only triggers recomputes)."""
         ch = inputs.get(rule.srcs[0])
-        if ch is None or len(inputs) != 1 or y.dtype != np.float64 or ch.idx.size > _FEW \
+        if ch is None or len(inputs) != 1 or y.dtype != _F64 or ch.idx.size > _FEW \
                 or ch.idx.size * _PUSH_SHARE >= rule.matrix.shape[1]:
             return _MISSING
         k = rule_kernel(rule, y.dtype)
         codes = k.codes
         x = self.array(rule.srcs[0])
-        if codes is None or x.dtype != y.dtype or ch.old.dtype != y.dtype or not (ch.idx.flags.c_contiguous
-                                                                                and ch.old.flags.c_contiguous):
+        if codes is None or x.dtype != y.dtype or ch.old.dtype != y.dtype:
             return _MISSING
         if k.idem and (k.nonfinite if k.nonfinite is not None else k.matrix_nonfinite()):
             return _MISSING
@@ -532,8 +532,11 @@ class Engine:
             if err is None or err.size != y.size:
                 err = self._errors[name] = REL_TOL * np.abs(y)
         t_indptr, t_indices, t_data, _ = k.t or k.transpose()
-        got = _kernels.point.link_push(t_indptr, t_indices, t_data, ch.idx, x[ch.idx], ch.old, y, err,
-                                       codes[0], codes[1], REL_TOL)
+        try:
+            got = _kernels.point.link_push(t_indptr, t_indices, t_data, ch.idx, x[ch.idx], ch.old, y, err,
+                                           codes[0], codes[1], REL_TOL)
+        except TypeError:                       # a layout the kernel does not take (checked before any write)
+            return _MISSING
         if got is None:
             return _MISSING
         rows, before, bad = got
