@@ -49,6 +49,7 @@ def _iov_max() -> int:
 
 
 _IOV_MAX = _iov_max()         # buffers per gathered write
+_JOIN_BYTES = 4096     # a commit up to this size is written as one joined buffer
 # pwritev2(fd, iov, -1, RWF_DSYNC): write at the file position and return once the bytes are durable
 _RWF_DSYNC = getattr(os, "RWF_DSYNC", 0) if hasattr(os, "pwritev") and sys.platform.startswith("linux") else 0
 _DSYNC_AFTER = 16            # appends in a row from one thread before it writes with RWF_DSYNC
@@ -650,6 +651,8 @@ class DurableLog(LogBase):
         if self.durability == "fsync":
             self._reserve(total)
         fd = self._fd
+        if total <= _JOIN_BYTES:                # a small commit: one joined copy costs less than the iovecs
+            bufs = [b"".join(bufs)]
         done = os.writev(fd, bufs) if len(bufs) <= _IOV_MAX else 0
         if done != total:
             _gathered(bufs, lambda iov: os.writev(fd, iov), done)
