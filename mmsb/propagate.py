@@ -356,11 +356,11 @@ class Engine:
         suspect &= vals != k.zero
         if not suspect.any():
             return
-        k, _, data = A.column_entries(cols[suspect])
-        if not k.size:
+        at, _, data = A.column_entries(cols[suspect])
+        if not at.size:
             return
         with np.errstate(all="ignore"):
-            prod = sr.mul_arrays(data, vals[suspect][k])
+            prod = sr.mul_arrays(data, vals[suspect][at])
         if np.isnan(prod).any():
             raise self._refuse_nan(name, rule, rule.srcs[0], "a NaN source value or a NaN product A[i, j] ⊗ x[j]")
 

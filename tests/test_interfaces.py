@@ -49,7 +49,8 @@ def test_a_lazily_registered_device_family_is_imported_on_first_use(monkeypatch)
     class Fake(devices.CPUBackend):
         family = "fake"
 
-    import types, sys
+    import sys
+    import types
     mod = types.ModuleType("mmsb_fake_device")
     mod.Fake = Fake
     monkeypatch.setitem(sys.modules, "mmsb_fake_device", mod)

@@ -94,7 +94,7 @@ def read_host(buf: Any, page: Any, index: Any = None) -> np.ndarray:
         if index is None:
             return rt.to_host(page._data).reshape(page.shape)
         idx = buf._index(page, index)
-        with rt.on(_dev(page)) as cp:
+        with rt.on(_dev(page)):
             flat = idx.reshape(-1)
             out = rt.to_host(page._data[rt.to_device(flat, _dev(page))])
         return out.reshape(idx.shape)
