@@ -114,7 +114,7 @@ def hollow(M: "MatrixPage", parts: list) -> None:
         for a in _ARRAYS:
             d.pop(a, None)
         c._abs_t = None
-        d["_spilled_of"] = M
+        d["_spilled_of"], d["_spilled_cls"] = M, type(c)
         c.__class__ = SpilledCSR
 
 
@@ -124,7 +124,7 @@ def restore(parts: list, arrays: dict) -> None:
         d = c.__dict__
         d["indptr"], d["indices"], d["data"] = arrays[part]
         d.pop("_spilled_of", None)
-        c.__class__ = CSR
+        c.__class__ = d.pop("_spilled_cls", CSR)
 
 
 def write_matrix_spill(path: str, M: "MatrixPage", parts: list, fsync: bool = False) -> str:
