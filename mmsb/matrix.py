@@ -59,7 +59,7 @@ class MatrixPage(Page):
     ``scipy.sparse.csr_array`` copy); write it with ``buf.write(M, values, index=(rows, cols))`` or a scipy
     sparse delta; give it to ``buf.link`` / ``buf.closure`` so that its later changes update their targets."""
 
-    __slots__ = ("csr", "zero", "_views")
+    __slots__ = ("csr", "zero", "_views", "_mspill")
 
     kind = "matrix"
 
@@ -69,6 +69,7 @@ class MatrixPage(Page):
         self.zero = zero
         self.csr = csr
         self._views: dict = {}
+        self._mspill: Any = None        # a memory.MatrixSpill while spilled under memory_limit (mmsb.spill)
 
     @property
     def backend(self) -> "MatrixBackend":
@@ -77,13 +78,34 @@ class MatrixPage(Page):
     @property
     def nnz(self) -> int:
         """The number of stored entries."""
+        if self._mspill is not None:
+            return self._mspill.nnz
         return self.csr.nnz
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the page's own arrays (views kept for rules in other semirings not counted)."""
+        """Bytes of the page's own CSR arrays, free slots included (its transpose and the views kept for rules in
+        other semirings not counted: :attr:`memory_bytes` counts everything)."""
+        if self._mspill is not None:
+            return self._mspill.page_nbytes
         a = self.csr
         return int(a.indptr.nbytes + a.indices.nbytes + a.data.nbytes)
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes the matrix holds in memory now, as ``memory_limit`` counts them: its CSR (free slots included),
+        its transpose and magnitude transpose once built, and the views kept for rules in other semirings with
+        their transposes; 0 while it is spilled."""
+        from mmsb.spill import held_bytes
+
+        return 0 if self._mspill is not None else held_bytes(self)
+
+    def use(self) -> None:
+        """The engine is about to run a rule that reads this matrix: under ``memory_limit``, reload it if it was
+        spilled and make it the most recently used page (without a limit: one attribute check)."""
+        mm = self._buf._memory
+        if mm.limit is not None:
+            mm.use_matrix(self)
 
     def read(self, index: Any = None) -> Any:
         """A ``scipy.sparse.csr_array`` copy of the matrix, or with ``index=(rows, cols)`` the values of those
@@ -137,8 +159,9 @@ class MatrixPage(Page):
         return _csr.get_entries(self.csr, rows, cols, self.zero)
 
     def to_schema(self) -> SchemaOp:
-        """The page as a ``matrix_created`` record (its description and its entries as flat keys and values)."""
-        rows, cols, vals = _csr._entries(self.csr)
+        """The page as a ``matrix_created`` record (its description and its entries as flat keys and values). A
+        spilled matrix's entries are read from its spill file: it stays spilled."""
+        rows, cols, vals = _csr._entries(self.csr if self._mspill is None else self._buf._memory.spilled_csr(self))
         keys = rows * self.shape[1] + cols
         order = np.argsort(keys, kind="stable")
         return SchemaOp("matrix_created", matrix_payload(self.name, self.shape, self.dtype, self.semiring.name,
@@ -233,6 +256,9 @@ class MatrixBackend(DeviceBackend):
         from mmsb.propagate import Change
 
         assert isinstance(page, MatrixPage)
+        mm = buf._memory
+        if mm.limit is not None:
+            mm.use_matrix(page)
         idx, vals = delta.sparse()
         codes = page.semiring.codes_for(page.dtype)
         if delta.accumulate and codes is None:
@@ -277,10 +303,12 @@ class MatrixBackend(DeviceBackend):
         return Change(idx, old)
 
     def values_at(self, buf: "Buffer", page: "Page", idx: np.ndarray) -> np.ndarray:
+        page.use()
         rows, cols = np.divmod(idx, page.shape[1])
         return page.get(rows, cols)
 
     def read(self, buf: "Buffer", page: "Page", index: Any) -> Any:
+        page.use()
         if index is not None:
             rows, cols = entry_index(page, index)
             return page.get(rows, cols)
@@ -322,5 +350,7 @@ def new_page(buf: "Buffer", op: SchemaOp, epoch: int) -> MatrixPage:
         from mmsb.errors import CorruptionError
 
         raise CorruptionError(f"matrix {pl['name']!r}: its entries do not fit it", what="matrix entries")
-    return MatrixPage(buf, pl["name"], shape, dt, sr, pl.get("metadata"), int(pl.get("epoch", epoch)), zero,
+    page = MatrixPage(buf, pl["name"], shape, dt, sr, pl.get("metadata"), int(pl.get("epoch", epoch)), zero,
                       csr_from_keys(shape, keys, vals, sr, zero))
+    buf._memory.track_matrix(page)          # (a rolled-back creation releases it again)
+    return page

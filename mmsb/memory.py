@@ -1,4 +1,9 @@
-"""Page memory: storage from the arena allocator, a resident-bytes budget, LRU spill to disk and reload."""
+"""Page memory: storage from the arena allocator, a resident-bytes budget, LRU spill to disk and reload.
+
+Value pages and matrix pages share the budget and the LRU order. A value page's storage is an allocator block;
+a matrix page's is the numpy arrays of its CSRs (:func:`mmsb.spill.held_bytes`), measured when the budget is
+checked, since writes, transposes and views change it. A spilled matrix reloads on the first read of one of its
+arrays (:class:`mmsb.spill.SpilledCSR`) or on :meth:`MemoryManager.use_matrix`."""
 from __future__ import annotations
 
 import os
@@ -9,14 +14,15 @@ import threading
 import time
 import warnings
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Union
 
 import numpy as np
 
 from mmsb import _kernels
-from mmsb.errors import MemoryBudgetError
+from mmsb.errors import CorruptionError, MemoryBudgetError, PageNotFoundError
 
 if TYPE_CHECKING:  # pragma: no cover
+    from mmsb.matrix import MatrixPage
     from mmsb.pages import Page
 
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20, "mib": 2**20,
@@ -110,6 +116,11 @@ def _chunk_crcs(data: np.ndarray, chunks: list) -> bool:
     return pos == flat.size
 
 
+def _signature(parts: list) -> tuple:
+    """What a matrix's CSRs are: which ones, and their versions (bumped by every entry update)."""
+    return tuple((part, id(c), c.version) for part, c in parts)
+
+
 def _trim_heap() -> None:
     """Hand freed page memory back to the OS: the block cache is emptied, and glibc (which keeps freed blocks of
     every thread's arena mapped) is asked to ``malloc_trim``. The latter is a no-op elsewhere."""
@@ -128,6 +139,16 @@ def _trim_heap() -> None:
         _MALLOC_TRIM(0)
 
 
+class MatrixSpill(NamedTuple):
+    """Where a spilled matrix page is and what it held (``MatrixPage._mspill``)."""
+
+    path: str
+    nbytes: int           # the bytes it held (held_bytes), freed by the spill
+    nnz: int
+    page_nbytes: int      # its own CSR's bytes (MatrixPage.nbytes)
+    layout: tuple         # ((part, shape, dtype, index dtype), ...) of the CSRs in the file
+
+
 class MemoryManager:
     """Allocates page storage and keeps resident page bytes under ``limit`` by spilling cold pages."""
 
@@ -136,8 +157,10 @@ class MemoryManager:
         self.allocator = _kernels.alloc.Allocator()
         self._spill_root = spill_dir
         self._own_tmp: Optional[str] = None
-        self._lru: dict[str, "Page"] = {}
-        self.resident_bytes = 0
+        self._lru: "OrderedDict[str, Page]" = OrderedDict()     # least recently used first
+        self._page_bytes = 0          # resident value pages (matrix pages are measured: see resident_bytes)
+        self._matrices: dict[str, "MatrixPage"] = {}     # matrix pages held here, resident or spilled
+        self._mclean: dict[str, tuple] = {}   # name -> (page, file, signature, CRC32Cs, stamp) of a reloaded matrix
         self.spilled_bytes = 0
         self.evictions = 0
         self.reloads = 0
@@ -152,6 +175,17 @@ class MemoryManager:
         self._ghost_bytes = 0
         self.read_throughs = 0
 
+    @property
+    def resident_bytes(self) -> int:
+        """Bytes of the resident value pages and matrix pages."""
+        return self._page_bytes + sum(self._matrix_bytes().values())
+
+    def _matrix_bytes(self) -> dict:
+        """name -> bytes held, of every resident matrix page."""
+        from mmsb.spill import held_bytes
+
+        return {n: held_bytes(M) for n, M in self._matrices.items() if M._mspill is None}
+
     # -- storage --------------------------------------------------------------------------------------------
     def allocate(self, page: "Page", fill: Any) -> None:
         """Give ``page`` resident storage filled with ``fill`` (None: left uninitialised for the caller)."""
@@ -162,7 +196,7 @@ class MemoryManager:
         if fill is not None:
             arr.fill(fill)
         page._handle, page._data = handle, arr
-        self.resident_bytes += nbytes
+        self._page_bytes += nbytes
         if self.limit is not None:
             self._lru[page.name] = page
             self._settle()
@@ -177,10 +211,13 @@ class MemoryManager:
     def adopt(self, page: "Page", handle: int, arr: np.ndarray) -> None:
         """Make a block filled by a :class:`BlockLoader` the storage of ``page`` (no copy)."""
         page._handle, page._data = handle, arr
-        self.resident_bytes += page.nbytes
+        self._page_bytes += page.nbytes
 
     def release(self, page: "Page") -> None:
         """Free ``page``'s storage (resident or spilled)."""
+        if page.kind == "matrix":
+            self._release_matrix(page)
+            return
         if page.device != "cpu":                  # GPU page: device memory goes back to mmsb.gpu's pool
             page._data = None
             self._lru.pop(page.name, None)
@@ -190,7 +227,7 @@ class MemoryManager:
                 page._data = None
                 self.allocator.free(page._handle)
                 page._handle = None
-                self.resident_bytes -= page.nbytes
+                self._page_bytes -= page.nbytes
             if page._spill is not None:
                 self._remove_spill(page)
             ent = self._clean.get(page.name)
@@ -275,30 +312,50 @@ class MemoryManager:
         with self._lock:
             if nbytes > self.limit:
                 raise MemoryBudgetError(f"a page of {nbytes} bytes cannot fit a memory_limit of {self.limit} bytes")
-            evictable = sum(p.nbytes for p in self._lru.values() if p._data is not None and not p._pins)
-            if self.resident_bytes - evictable + nbytes > self.limit:
+            mbytes = self._matrix_bytes()
+            resident = self._page_bytes + sum(mbytes.values())
+            evictable = sum(mbytes[p.name] if p.kind == "matrix" else p.nbytes
+                            for p in self._lru.values() if self._evictable(p))
+            if resident - evictable + nbytes > self.limit:
                 raise MemoryBudgetError(
-                    f"memory_limit of {self.limit} bytes cannot be met: {self.resident_bytes - evictable} bytes "
+                    f"memory_limit of {self.limit} bytes cannot be met: {resident - evictable} bytes "
                     f"are pinned and {nbytes} more are needed")
-            for name in list(self._lru):
-                if self.resident_bytes + nbytes <= self.limit:
-                    break
-                p = self._lru[name]
-                if p._data is not None and not p._pins:
-                    self._spill(p)
+            self._evict(resident, nbytes, mbytes)
 
     def enforce(self) -> None:
         """Spill cold, unpinned pages until resident bytes are within the limit (best effort)."""
-        if self.limit is None or self.resident_bytes <= self.limit:
+        if self.limit is None:
             return
         with self._lock:
-            for name in list(self._lru):
-                if self.resident_bytes <= self.limit:
-                    break
-                p = self._lru[name]
-                if p._data is not None and not p._pins:
-                    self._spill(p)
+            mbytes = self._matrix_bytes()
+            resident = self._page_bytes + sum(mbytes.values())
+            if resident <= self.limit:
+                return
+            self._evict(resident, 0, mbytes)
             self._settle()
+
+    @staticmethod
+    def _evictable(p: "Page") -> bool:
+        """Whether ``p`` is resident and not pinned."""
+        if p._pins:
+            return False
+        return p._mspill is None if p.kind == "matrix" else p._data is not None
+
+    def _evict(self, resident: int, nbytes: int, mbytes: dict, keep: Optional["Page"] = None) -> None:
+        """Spill resident, unpinned pages (value and matrix pages alike), least recently used first, until
+        ``resident`` (bytes now) plus ``nbytes`` fit the limit or none is left; never ``keep``."""
+        for name in list(self._lru):
+            if resident + nbytes <= self.limit:
+                break
+            p = self._lru[name]
+            if p is keep or not self._evictable(p):
+                continue
+            if p.kind == "matrix":
+                self._spill_matrix(p, mbytes[name])
+                resident -= mbytes[name]
+            else:
+                self._spill(p)
+                resident -= p.nbytes
 
     def _settle(self) -> None:
         """After evictions and the allocation they made room for: the blocks they freed stay in the allocator's
@@ -334,7 +391,7 @@ class MemoryManager:
         page._spill = path
         self.allocator.free(page._handle)
         page._data, page._handle = None, None
-        self.resident_bytes -= page.nbytes
+        self._page_bytes -= page.nbytes
         self.spilled_bytes += page.nbytes
         self.evictions += 1
         self._trim_due = True         # _settle: keep the freed block for the allocation this makes room for
@@ -387,7 +444,7 @@ class MemoryManager:
         self._clean[page.name] = (page, path, page.epoch, _raw_crcs(arr, info["manifest"]["pages"][0]["chunks"]),
                                   _stamp(path))
         page._handle, page._data = handle, arr
-        self.resident_bytes += page.nbytes
+        self._page_bytes += page.nbytes
         self.reloads += 1
         self._lru[page.name] = page
         self.reload_seconds += time.perf_counter() - t0
@@ -397,6 +454,150 @@ class MemoryManager:
         page._spill = None
         self.spilled_bytes -= page.nbytes
 
+    # -- matrix pages -----------------------------------------------------------------------------------------
+    def track_matrix(self, M: "MatrixPage") -> None:
+        """Count matrix page ``M`` (just made) in the budget; under a limit, make room for it (best effort: a
+        matrix is never refused, since its bytes already exist) and make it the most recently used."""
+        with self._lock:
+            self._matrices[M.name] = M
+            if self.limit is not None:
+                self._lru.pop(M.name, None)
+                self._lru[M.name] = M
+                mbytes = self._matrix_bytes()
+                self._evict(self._page_bytes + sum(mbytes.values()), 0, mbytes, keep=M)
+                self._settle()
+
+    def use_matrix(self, M: "MatrixPage") -> None:
+        """``M`` is about to be used (a wave's step through a rule that reads it, before the step holds any page
+        array; a write; a read): reload it if it was spilled, making room for it, and make it the most recently
+        used."""
+        if self.limit is None or self._matrices.get(M.name) is not M:
+            return
+        if M._mspill is not None:
+            self.load_matrix(M, evict=True)
+            return
+        lru = self._lru
+        lru.pop(M.name, None)
+        lru[M.name] = M
+
+    def _read_matrix_spill(self, M: "MatrixPage", info: Optional[dict] = None) -> dict:
+        """The checked arrays of spilled ``M``'s spill file (part -> (indptr, indices, data)); a damaged, foreign
+        or missing file is a CorruptionError naming the matrix."""
+        from mmsb.spill import read_matrix_spill
+
+        rec = M._mspill
+        try:
+            pl, arrays = read_matrix_spill(rec.path, info)
+            layout = tuple((c["part"], tuple(c["shape"]), c["dtype"], c["index"]) for c in pl["csrs"])
+            if pl.get("matrix") != M.name or layout != rec.layout:
+                raise CorruptionError("it holds another matrix or other CSRs than were spilled", what="matrix spill")
+        except FileNotFoundError:
+            raise CorruptionError(f"matrix {M.name!r}: its spill file is missing; the matrix cannot be reloaded",
+                                  file=rec.path, what="matrix spill") from None
+        except CorruptionError as exc:
+            raise CorruptionError(f"matrix {M.name!r}: its spill file does not read back ({exc})",
+                                  file=rec.path, what="matrix spill") from None
+        return arrays
+
+    def spilled_csr(self, M: "MatrixPage") -> Any:
+        """The own CSR of spilled ``M`` read from its spill file, without making ``M`` resident (a checkpoint's
+        copy of its entries)."""
+        from mmsb.csr import CSR
+
+        with self._lock:
+            if M._mspill is None:
+                return M.csr
+            indptr, indices, data = self._read_matrix_spill(M)["A"]
+            return CSR(M.shape, indptr, indices, data, free=M.csr.free)
+
+    def load_matrix(self, M: "MatrixPage", evict: bool = False) -> None:
+        """Reload spilled matrix page ``M``: its spill file is read and checked first (a damaged or missing one is
+        a CorruptionError naming the matrix, and ``M`` stays spilled), then every CSR it held gets its arrays
+        back, exactly as they were. ``evict``: make room for it first, as a value page's reload does, and make it
+        the most recently used; without (the first read of an array of a spilled CSR, maybe in the middle of a
+        wave's step, which may hold page arrays that an eviction would take away) nothing is evicted, it becomes
+        the *least* recently used (the first to go when that step needs room), and the end of the commit
+        restores the limit (:meth:`enforce`)."""
+        from mmsb.spill import matrix_parts, restore
+
+        with self._lock:
+            rec = M._mspill
+            if rec is None:
+                return
+            if self._matrices.get(M.name) is not M:
+                raise PageNotFoundError(f"matrix {M.name!r} is no longer in the buffer (dropped or closed)")
+            t0 = time.perf_counter()
+            parts = list(matrix_parts(M))
+            info: dict = {}
+            arrays = self._read_matrix_spill(M, info)
+            if evict:
+                mbytes = self._matrix_bytes()
+                self._evict(self._page_bytes + sum(mbytes.values()), rec.nbytes, mbytes, keep=M)
+            restore(parts, arrays)
+            M._mspill = None
+            self.spilled_bytes -= rec.nbytes
+            # the file stays: evicting the matrix again while unchanged writes nothing (see _clean_matrix_copy)
+            crcs = {part: [_raw_crcs(a, ch) for a, ch in zip(arrays[part], info["chunks"][part])]
+                    for part, _ in parts}
+            self._mclean[M.name] = (M, rec.path, _signature(parts), crcs, _stamp(rec.path))
+            self.reloads += 1
+            self._lru.pop(M.name, None)
+            self._lru[M.name] = M
+            if evict:
+                self._settle()
+            else:       # in the middle of a step: the first to go when a page it holds needs room, not that page
+                self._lru.move_to_end(M.name, last=False)
+            self.reload_seconds += time.perf_counter() - t0
+
+    def _spill_matrix(self, M: "MatrixPage", nbytes: int) -> None:
+        """Write ``M``'s CSRs to a spill file (none when its last one still holds them) and drop their arrays."""
+        from mmsb.spill import hollow, matrix_parts, write_matrix_spill
+
+        t0 = time.perf_counter()
+        parts = list(matrix_parts(M))
+        path = self._clean_matrix_copy(M, parts)
+        if path is None:
+            self._gen += 1
+            path = os.path.join(self._dir(), f"{self._gen:012d}.spill")
+            write_matrix_spill(path, M, parts)
+            self.spill_writes += 1
+        layout = tuple((part, tuple(int(x) for x in c.shape), c.data.dtype.str, c.indices.dtype.str)
+                       for part, c in parts)
+        M._mspill = MatrixSpill(path, nbytes, M.csr.nnz, M.nbytes, layout)
+        hollow(M, parts)
+        self.spilled_bytes += nbytes
+        self.evictions += 1
+        self.spill_seconds += time.perf_counter() - t0
+
+    def _clean_matrix_copy(self, M: "MatrixPage", parts: list) -> Optional[str]:
+        """The spill file ``M`` was reloaded from, when it still holds exactly ``M``'s CSRs (the same CSR objects
+        at the same versions, every array's CRC32C unchanged, the file untouched), else None (a stale one is
+        removed)."""
+        ent = self._mclean.pop(M.name, None)
+        if ent is None:
+            return None
+        owner, path, sig, crcs, stamp = ent
+        if owner is M and sig == _signature(parts) and _stamp(path) == stamp \
+                and all(_chunk_crcs(a, cr) for part, c in parts
+                        for a, cr in zip((c.indptr, c.indices, c.data), crcs[part])):
+            return path
+        _unlink(path)
+        return None
+
+    def _release_matrix(self, M: "MatrixPage") -> None:
+        with self._lock:
+            if self._matrices.get(M.name) is not M:
+                return
+            del self._matrices[M.name]
+            self._lru.pop(M.name, None)
+            rec = M._mspill
+            if rec is not None:
+                _unlink(rec.path)
+                self.spilled_bytes -= rec.nbytes
+            ent = self._mclean.pop(M.name, None)
+            if ent is not None:
+                _unlink(ent[1])
+
     def close(self) -> None:
         if self._own_tmp is not None:
             shutil.rmtree(self._own_tmp, ignore_errors=True)
@@ -405,7 +606,11 @@ class MemoryManager:
             shutil.rmtree(self._spill_root, ignore_errors=True)
 
     def stats(self) -> dict:
-        return {"limit": self.limit, "resident_bytes": self.resident_bytes, "spilled_bytes": self.spilled_bytes,
+        mbytes = self._matrix_bytes()
+        return {"limit": self.limit, "resident_bytes": self._page_bytes + sum(mbytes.values()),
+                "matrix_bytes": sum(mbytes.values()),
+                "matrices_spilled": sum(1 for M in self._matrices.values() if M._mspill is not None),
+                "spilled_bytes": self.spilled_bytes,
                 "evictions": self.evictions, "reloads": self.reloads, "spill_writes": self.spill_writes,
                 "read_throughs": self.read_throughs,
                 "spill_seconds": self.spill_seconds,

@@ -314,6 +314,9 @@ class Engine:
         """One page's step of a wave: apply ``rules`` into page ``name`` given its inputs' changes."""
         if self._pages is not None:
             page = self._pages(name)
+            for r in rules:                     # the matrix pages it reads: reloaded first if spilled (memory_limit)
+                if r.matrix_page is not None:
+                    self._pages(r.matrix_page).use()
             if page.device != "cpu":            # another device family runs the step where the page lives
                 return backend_for(page.device).update_page(self, page, rules, inputs, full, undo)
         kind = rules[0].kind

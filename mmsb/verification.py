@@ -13,7 +13,7 @@ from mmsb.layout import (CKPT_DIR, LOCK_FILE, LOG_DIR, MANIFEST_FILE, SPILL_DIR,
 from mmsb.log import scan_store_log
 from mmsb.log.segment import iter_segments, parse_segment_name
 from mmsb.manifest import read_manifest, reconcile
-from mmsb.spill import read_blob_file
+from mmsb.spill import check_spill_file
 
 
 @dataclass
@@ -217,7 +217,7 @@ def verify(path) -> Report:
             if top == SPILL_DIR:
                 rep.files_checked += 1
                 try:
-                    read_blob_file(full)
+                    check_spill_file(full)
                 except CorruptionError as exc:
                     rep.problems.append(f"{relf}: {exc}")
                 except OSError as exc:
