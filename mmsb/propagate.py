@@ -97,9 +97,11 @@ class RuleKernel:
     """What the kernels need of one rule acting on a page of ``dtype``, built once per version of its matrix: the
     ⊕/⊗ op codes (None: a numpy-only semiring), ⊕'s zero as a scalar of ``dtype`` and as the kernels see it, ⊕ on
     two arrays of ``dtype``, the algebra flags, and, looked up on first use, whether the matrix holds ±inf or NaN
-    and the transpose's arrays. Derived state kept on the rule (``Rule.kernel``), never logged."""
+    and its transpose (the CSR object, whose arrays are read at each use: a spilled matrix reloads then) with the
+    range of its weights. Derived state kept on the rule (``Rule.kernel``), never logged."""
 
-    __slots__ = ("matrix", "version", "dtype", "codes", "zero", "kzero", "add", "idem", "inv", "nonfinite", "t")
+    __slots__ = ("matrix", "version", "dtype", "codes", "zero", "kzero", "add", "idem", "inv", "nonfinite", "t",
+                 "t_range")
 
     def __init__(self, A: CSR, sr: Semiring, dtype: np.dtype):
         self.matrix = A
@@ -111,7 +113,8 @@ class RuleKernel:
         self.add = sr.add if sr.add in _DTYPE_KEEPING else sr.add_arrays
         self.idem, self.inv = algebra_flags(sr, dtype)
         self.nonfinite: Optional[bool] = None
-        self.t: Optional[tuple] = None
+        self.t: Optional[CSR] = None
+        self.t_range: tuple = (0.0, 0.0)
 
     def matrix_nonfinite(self) -> bool:
         """Whether the matrix holds ±inf or NaN (looked up on first use)."""
@@ -119,11 +122,12 @@ class RuleKernel:
             self.nonfinite = self.matrix.has_nonfinite
         return self.nonfinite
 
-    def transpose(self) -> tuple:
-        """``(indptr_t, indices_t, data_t as the kernels see it, weight range)`` of the matrix's transpose."""
+    def transpose(self) -> CSR:
+        """The matrix's transpose (built on first use), its weight range kept in ``t_range``."""
         if self.t is None:
             t = self.matrix.T
-            self.t = (t.indptr, t.indices, _kview(t.data), t.weight_range)
+            self.t_range = t.weight_range
+            self.t = t
         return self.t
 
 
@@ -283,12 +287,12 @@ class Engine:
 
     def point_wave(self, name: str, ch: Change, undo: UndoLog) -> dict[str, Change]:
         """:meth:`wave` for a change of a few values of page ``name`` (the commit pipeline's point strategy): when
-        the whole wave is one ``link`` from ``name`` under a built-in semiring into a CPU page, that link's step
-        goes straight to the fused kernel; anything else takes :meth:`wave`."""
+        the whole wave is one ``link`` from ``name`` under a built-in semiring, over a matrix of its own, into a CPU
+        page, that link's step goes straight to the fused kernel; anything else takes :meth:`wave`."""
         plan = self.graph.plan((name,), ())
         if len(plan) == 1 and len(plan[0][1]) == 1:
             dst, (rule,) = plan[0]
-            if rule.kind == "link" and rule.srcs[0] == name and rule.semiring.builtin \
+            if rule.kind == "link" and rule.srcs[0] == name and rule.semiring.builtin and rule.matrix_page is None \
                     and (self._pages is None or self._pages(dst).device == "cpu"):
                 t0 = time.perf_counter()
                 got = self._links_few(dst, rule, {name: ch}, self.array(dst), rule.semiring, undo)
@@ -534,9 +538,9 @@ class Engine:
             err = self._errors.get(name)
             if err is None or err.size != y.size:
                 err = self._errors[name] = REL_TOL * np.abs(y)
-        t_indptr, t_indices, t_data, _ = k.t or k.transpose()
+        t = k.t if k.t is not None else k.transpose()
         try:
-            got = _kernels.point.link_push(t_indptr, t_indices, t_data, ch.idx, x[ch.idx], ch.old, y, err,
+            got = _kernels.point.link_push(t.indptr, t.indices, t.data, ch.idx, x[ch.idx], ch.old, y, err,
                                            codes[0], codes[1], REL_TOL)
         except TypeError:                       # a layout the kernel does not take (checked before any write)
             return _MISSING
@@ -1089,10 +1093,10 @@ class Engine:
         codes = k.codes
         self.stats.entries_pushed += int(frontier.size)
         if codes is not None:
-            t_indptr, t_indices, t_data, t_range = k.t or k.transpose()
+            t = k.t if k.t is not None else k.transpose()
             try:
-                return _kernels.spmv.closure(t_indptr, t_indices, t_data, y, frontier, codes[0], codes[1], k.kzero,
-                                             old_out, t_range)      # (the kernel views bool arrays as uint8)
+                return _kernels.spmv.closure(t.indptr, t.indices, t.data, y, frontier, codes[0], codes[1], k.kzero,
+                                             old_out, k.t_range)    # (the kernel views bool arrays as uint8)
             except ValueError as exc:
                 if "converge" in str(exc):
                     raise _NoFixpoint() from exc
