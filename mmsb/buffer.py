@@ -194,8 +194,11 @@ class Buffer:
 
     def _pin(self, page: Page, step: int) -> None:
         with self._locked():
-            if step > 0 and page.kind != "matrix":
-                self._memory.array(page)
+            if step > 0:                        # pinned pages are resident: a spilled one comes back now
+                if page.kind == "matrix":
+                    page.use()
+                else:
+                    self._memory.array(page)
             page._pins += step
 
     def _move(self, page: Page, device: str) -> None:

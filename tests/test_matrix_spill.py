@@ -470,3 +470,18 @@ def test_a_failed_commit_restores_a_matrix_spilled_meanwhile():
         step(a, np.random.default_rng(1))
         step(b, np.random.default_rng(1))
         same_state(a, b)
+
+
+def test_pinning_a_spilled_matrix_reloads_it():
+    with mmsb.open(None) as probe:
+        one = probe.create_matrix("A", (N, N), "float64", "min_plus",
+                                  data=sp.diags(np.arange(1, N + 1, dtype=float), 0, shape=(N, N))).memory_bytes
+    with mmsb.open(None, memory_limit=int(1.5 * one)) as buf:
+        A, B = (buf.create_matrix(n, (N, N), "float64", "min_plus",
+                                  data=sp.diags(np.arange(1, N + 1, dtype=float), 0, shape=(N, N))) for n in "AB")
+        assert A._mspill is not None
+        with A.pin():
+            assert A._mspill is None and B._mspill is not None
+            buf.write(B, 5.0, index=([0], [0]))          # B comes back; A, pinned, stays
+            assert A._mspill is None
+        np.testing.assert_array_equal(A.read().toarray(), np.diag(np.arange(1, N + 1, dtype=float)))
