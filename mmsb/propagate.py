@@ -391,7 +391,8 @@ class Engine:
                 self._check_nan_columns(name, r, sr, ch.idx, new)
 
     def _record(self, name: str, idx: np.ndarray, old: np.ndarray, undo: UndoLog) -> Change:
-        undo.record(lambda n=name: self.array(n), idx, old)
+        """The change of page ``name`` at ``idx`` (values before: ``old``), undo-logged (as UndoLog.record)."""
+        undo.steps.append(lambda: self.array(name).__setitem__(idx, old))
         return Change(idx, old)
 
     # -- derive ---------------------------------------------------------------------------------------------
