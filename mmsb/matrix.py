@@ -24,7 +24,7 @@ from mmsb.devices import DeviceBackend
 from mmsb.errors import DeviceError, InvalidDeltaError
 from mmsb.log.records import MAX_ELEMS
 from mmsb.pages import Page
-from mmsb.semiring import Semiring, _kview
+from mmsb.semiring import Semiring
 
 if TYPE_CHECKING:  # pragma: no cover
     from mmsb.buffer import Buffer
@@ -239,15 +239,14 @@ class MatrixBackend(DeviceBackend):
             return self._apply_numpy(page, idx, vals, undo)
         A = page.csr
         t = A._t
-        got = _kernels.repair.update(A.indptr, A.indices, _kview(A.data), page.shape[1], idx,
-                                     _kview(np.asarray(vals, dtype=page.dtype)),
+        got = _kernels.repair.update(A.indptr, A.indices, A.data, page.shape[1], idx,
+                                     np.asarray(vals, dtype=page.dtype),
                                      codes[0] if delta.accumulate else _ops.OP_ASSIGN, page.zero, A.free,
-                                     *((t.indptr, t.indices, _kview(t.data)) if t is not None else ()))
+                                     *((t.indptr, t.indices, t.data) if t is not None else ()))
         if got is None:
             return None
         idx, rows, cols, old, new, present, pos, pos_t, miss, miss_t, misses, claimed, misses_t, claimed_t, \
             stats = got
-        old, new = old.view(page.dtype), new.view(page.dtype)
         if undo is not None:                    # a failure in what follows is rolled back too
             undo.action(lambda: page.set(rows, cols, old))
         _csr.settle_entries(A, rows, cols, new, (misses, claimed, pos, miss),
