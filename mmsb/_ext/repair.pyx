@@ -15,9 +15,10 @@ the caller's, kept between calls, so that a small change touches no more memory 
 import numpy as np
 cimport numpy as cnp
 from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.stdlib cimport free, malloc, realloc
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
+from mmsb._ext._heap cimport IdList, better, heap_pop, heap_push, push_id
 from mmsb._ext._types cimport OP_MAX, apply_op, index_t, numeric_t
 
 from mmsb._validate import assign_args, locate_args, reach_args, reach_build_args, repair_args, update_args
@@ -167,28 +168,6 @@ cdef bint _fast_consts(object zero, object free, int elem, char *out):
 OK = ST_OK
 TOO_LARGE = ST_TOO_LARGE
 NAN_ENTRY = ST_NAN
-
-
-cdef struct IdList:
-    int64_t *ptr
-    Py_ssize_t size
-    Py_ssize_t cap
-
-
-cdef inline int _push_id(IdList *lst, int64_t value) noexcept nogil:
-    """Append value; -1 when out of memory."""
-    cdef Py_ssize_t cap
-    cdef int64_t *p
-    if lst.size == lst.cap:
-        cap = lst.cap * 2 if lst.cap else 64
-        p = <int64_t *>realloc(lst.ptr, cap * sizeof(int64_t))
-        if p == NULL:
-            return -1
-        lst.ptr = p
-        lst.cap = cap
-    lst.ptr[lst.size] = value
-    lst.size += 1
-    return 0
 
 
 cdef inline bint _float_nan(numeric_t v) noexcept nogil:
@@ -524,68 +503,6 @@ def update(indptr, indices, data, ncols, keys, vals, op, zero, free=None, indptr
 
 # ----------------------------------------------------------------------------------------------------- repair
 
-cdef inline bint _better(numeric_t a, numeric_t b, bint maxfirst) noexcept nogil:
-    """a strictly better than b for the ⊕ order (larger for max, smaller for min)."""
-    return a > b if maxfirst else a < b
-
-
-cdef int _heap_push(numeric_t **keys, int64_t **ids, Py_ssize_t *size, Py_ssize_t *cap, numeric_t key,
-                    int64_t ident, bint maxfirst) noexcept nogil:
-    """Insert (key, ident) into the binary heap ordered by _better; -1 when out of memory."""
-    cdef Py_ssize_t pos, parent, newcap
-    cdef numeric_t *nk
-    cdef int64_t *ni
-    if size[0] == cap[0]:
-        newcap = cap[0] * 2 if cap[0] else 256
-        nk = <numeric_t *>realloc(keys[0], newcap * sizeof(numeric_t))
-        if nk == NULL:
-            return -1
-        keys[0] = nk
-        ni = <int64_t *>realloc(ids[0], newcap * sizeof(int64_t))
-        if ni == NULL:
-            return -1
-        ids[0] = ni
-        cap[0] = newcap
-    nk = keys[0]
-    ni = ids[0]
-    pos = size[0]
-    size[0] += 1
-    while pos > 0:
-        parent = (pos - 1) >> 1
-        if not _better(key, nk[parent], maxfirst):
-            break
-        nk[pos] = nk[parent]
-        ni[pos] = ni[parent]
-        pos = parent
-    nk[pos] = key
-    ni[pos] = ident
-    return 0
-
-
-cdef void _heap_pop(numeric_t *keys, int64_t *ids, Py_ssize_t *size, bint maxfirst) noexcept nogil:
-    """Remove the top of the heap."""
-    cdef Py_ssize_t n = size[0] - 1
-    cdef Py_ssize_t pos = 0
-    cdef Py_ssize_t child
-    cdef numeric_t key = keys[n]
-    cdef int64_t ident = ids[n]
-    size[0] = n
-    while True:
-        child = 2 * pos + 1
-        if child >= n:
-            break
-        if child + 1 < n and _better(keys[child + 1], keys[child], maxfirst):
-            child += 1
-        if not _better(keys[child], key, maxfirst):
-            break
-        keys[pos] = keys[child]
-        ids[pos] = ids[child]
-        pos = child
-    if n > 0:
-        keys[pos] = key
-        ids[pos] = ident
-
-
 cdef struct Queue:
     int64_t *ptr
     Py_ssize_t head
@@ -619,14 +536,15 @@ cdef inline int _touch(numeric_t *y, numeric_t *old_out, uint8_t *mark, IdList *
         return 0
     mark[i] |= M_TOUCHED
     old_out[i] = y[i]
-    return _push_id(touched, i)
+    return push_id(touched, i)
 
 
 cdef int _converge(const int64_t *indptr_t, const index_t *indices_t, const numeric_t *data_t, int64_t nnz,
                    numeric_t *y, int64_t n, const IdList *front, int add_op, int mul_op, numeric_t zero,
                    uint8_t *mark, numeric_t *old_out, IdList *touched) noexcept nogil:
     """Semi-naive closure from ``front``: a binary heap (Dijkstra's order) while every improvement is no better
-    than the value being pushed, then a FIFO worklist capped at n + 1 rounds (as ``spmv.closure``)."""
+    than the value being pushed, then a FIFO worklist capped at n + 1 rounds (as ``spmv.closure``); one loop,
+    the worklist it pops from switching once."""
     cdef bint maxfirst = add_op == OP_MAX
     cdef numeric_t *hkeys = NULL
     cdef int64_t *hids = NULL
@@ -635,66 +553,57 @@ cdef int _converge(const int64_t *indptr_t, const index_t *indices_t, const nume
     cdef int64_t in_round = 0, rounds = 0
     cdef int64_t r, j, k, i, ks, ke
     cdef numeric_t v, cur, new
-    cdef bint ordered = True
+    cdef bint ordered = True, from_heap
     cdef int status = ST_OK
     q.ptr = NULL
     q.head = q.size = q.cap = 0
     for r in range(front.size):
         j = front.ptr[r]
-        if y[j] != zero and _heap_push(&hkeys, &hids, &hsize, &hcap, y[j], j, maxfirst):
+        if y[j] != zero and heap_push(&hkeys, &hids, &hsize, &hcap, y[j], j, maxfirst):
             status = ST_NO_MEMORY
             break
-    while status == ST_OK and ordered and hsize:
-        j = hids[0]
-        v = hkeys[0]
-        _heap_pop(hkeys, hids, &hsize, maxfirst)
-        if v != y[j] or v == zero:
-            continue
-        ks = indptr_t[j]
-        ke = indptr_t[j + 1]
-        if ks < 0 or ke > nnz or ks > ke:
-            status = ST_BAD_INDEX
-            break
-        for k in range(ks, ke):
-            i = indices_t[k]
-            if <uint64_t>i >= <uint64_t>n:
-                status = ST_BAD_INDEX
+    while status == ST_OK:
+        if ordered:                                 # Dijkstra's order, while it holds
+            if not hsize:
                 break
-            cur = y[i]
-            new = apply_op(add_op, cur, apply_op(mul_op, data_t[k], v))
-            if new == cur:
+            j = hids[0]
+            v = hkeys[0]
+            heap_pop(hkeys, hids, &hsize, maxfirst)
+            if v != y[j]:
                 continue
-            if _touch(y, old_out, mark, touched, i) or _heap_push(&hkeys, &hids, &hsize, &hcap, new, i, maxfirst):
-                status = ST_NO_MEMORY
-                break
-            y[i] = new
-            if _better(new, v, maxfirst):
-                ordered = False
-    if status == ST_OK:
-        for h in range(hsize):
-            j = hids[h]
-            if hkeys[h] == y[j] and not (mark[j] & M_QUEUED):
-                mark[j] |= M_QUEUED
-                if _queue_push(&q, j):
-                    status = ST_NO_MEMORY
+        else:
+            if hkeys != NULL:                       # the order broke: the heap's live entries join the FIFO
+                for h in range(hsize):
+                    j = hids[h]
+                    if hkeys[h] == y[j] and not (mark[j] & M_QUEUED):
+                        mark[j] |= M_QUEUED
+                        if _queue_push(&q, j):
+                            status = ST_NO_MEMORY
+                            break
+                free(hkeys)
+                free(hids)
+                hkeys = NULL
+                hids = NULL
+                hsize = 0
+                if status != ST_OK:
                     break
-    free(hkeys)
-    free(hids)
-    while status == ST_OK and q.size:
-        if in_round == 0:
-            rounds += 1
-            if rounds > n + 1:
-                status = ST_NO_CONVERGENCE
+            if not q.size:
                 break
-            in_round = q.size
-        j = q.ptr[q.head]
-        q.head = q.head + 1 if q.head + 1 < q.cap else 0
-        q.size -= 1
-        in_round -= 1
-        mark[j] &= ~M_QUEUED
-        v = y[j]
+            if in_round == 0:
+                rounds += 1
+                if rounds > n + 1:
+                    status = ST_NO_CONVERGENCE
+                    break
+                in_round = q.size
+            j = q.ptr[q.head]
+            q.head = q.head + 1 if q.head + 1 < q.cap else 0
+            q.size -= 1
+            in_round -= 1
+            mark[j] &= ~M_QUEUED
+            v = y[j]
         if v == zero:
             continue
+        from_heap = ordered                          # (the row pushes to where j came from)
         ks = indptr_t[j]
         ke = indptr_t[j + 1]
         if ks < 0 or ke > nnz or ks > ke:
@@ -713,11 +622,19 @@ cdef int _converge(const int64_t *indptr_t, const index_t *indices_t, const nume
                 status = ST_NO_MEMORY
                 break
             y[i] = new
-            if not (mark[i] & M_QUEUED):
+            if from_heap:
+                if heap_push(&hkeys, &hids, &hsize, &hcap, new, i, maxfirst):
+                    status = ST_NO_MEMORY
+                    break
+                if better(new, v, maxfirst):
+                    ordered = False
+            elif not (mark[i] & M_QUEUED):
                 mark[i] |= M_QUEUED
                 if _queue_push(&q, i):
                     status = ST_NO_MEMORY
                     break
+    free(hkeys)
+    free(hids)
     free(q.ptr)
     return status
 
@@ -791,7 +708,7 @@ cdef int _repair_kernel(const int64_t *indptr, const index_t *indices, const num
         if apply_op(add_op, w, nw) == nw:              # improved (or equal): push from its head
             if not (mark[c] & M_FRONT):
                 mark[c] |= M_FRONT
-                if _push_id(front, c):
+                if push_id(front, c):
                     return ST_NO_MEMORY
             better = True
         else:
@@ -801,7 +718,7 @@ cdef int _repair_kernel(const int64_t *indptr, const index_t *indices, const num
             worse_tight = worse_tight or not better
             if not (mark[r] & M_REGION):
                 mark[r] |= M_REGION
-                if _push_id(region, r):
+                if push_id(region, r):
                     return ST_NO_MEMORY
     if not worse_tight:                                # no value depended on a worsened entry
         for q in range(region.size):
@@ -830,7 +747,7 @@ cdef int _repair_kernel(const int64_t *indptr, const index_t *indices, const num
             w = data_t[p]
             if w != zero and apply_op(mul_op, w, yj) == y[i]:
                 mark[i] |= M_REGION
-                if _push_id(region, i):
+                if push_id(region, i):
                     return ST_NO_MEMORY
     if limit >= 0 and region.size > limit:
         return ST_TOO_LARGE
@@ -867,7 +784,7 @@ cdef int _repair_kernel(const int64_t *indptr, const index_t *indices, const num
         y[j] = apply_op(add_op, y[j], pulled[q])
         if not (mark[j] & M_FRONT):
             mark[j] |= M_FRONT
-            if _push_id(front, j):
+            if push_id(front, j):
                 free(pulled)
                 return ST_NO_MEMORY
     free(pulled)
@@ -1125,7 +1042,7 @@ cdef int _reach_touch(uint8_t *y, uint8_t *old_out, uint8_t *mark, IdList *touch
         return 0
     mark[i] |= R_TOUCHED
     old_out[i] = y[i]
-    return _push_id(touched, i)
+    return push_id(touched, i)
 
 
 cdef struct LevelQueue:
@@ -1205,12 +1122,12 @@ cdef int _reach_kernel(const int64_t *indptr, const index_t *indices, const uint
         if now:                                        # a new entry c -> r: r may get a lower level
             if not src[r] and not (mark[r] & R_PULL):
                 mark[r] |= R_PULL
-                if _push_id(pulls, r):
+                if push_id(pulls, r):
                     return ST_NO_MEMORY
         elif lev[c] != INF and lev[r] != INF and lev[r] == lev[c] + 1 and not src[r] \
                 and not (mark[r] & R_CAND):
             mark[r] |= R_CAND
-            if _push_id(cand, r) or _push_id(&lq.init, <int64_t>lev[r] * n + r):
+            if push_id(cand, r) or push_id(&lq.init, <int64_t>lev[r] * n + r):
                 return ST_NO_MEMORY
     for k in range(npoints):
         v = points[k]
@@ -1219,11 +1136,11 @@ cdef int _reach_kernel(const int64_t *indptr, const index_t *indices, const uint
         if src[v]:
             if lev[v] != 0 and not (mark[v] & R_PULL):
                 mark[v] |= R_PULL
-                if _push_id(pulls, v):
+                if push_id(pulls, v):
                     return ST_NO_MEMORY
         elif lev[v] == 0 and not (mark[v] & R_CAND):
             mark[v] |= R_CAND
-            if _push_id(cand, v) or _push_id(&lq.init, v):
+            if push_id(cand, v) or push_id(&lq.init, v):
                 return ST_NO_MEMORY
     # 2. in level order: a candidate with no unaffected in-neighbour one level below is affected, and so become
     #    candidates its out-neighbours one level above (their other supports are all decided by then)
@@ -1245,7 +1162,7 @@ cdef int _reach_kernel(const int64_t *indptr, const index_t *indices, const uint
         if supported:
             continue
         mark[v] |= R_AFFECTED
-        if _push_id(region, v):
+        if push_id(region, v):
             return ST_NO_MEMORY
         if not _row_ok(indptr_t, v, nnz_t):
             return ST_BAD_INDEX
@@ -1255,7 +1172,7 @@ cdef int _reach_kernel(const int64_t *indptr, const index_t *indices, const uint
                 return ST_BAD_INDEX
             if data_t[p] != 0 and lev[w] == l + 1 and not src[w] and not (mark[w] & R_CAND):
                 mark[w] |= R_CAND
-                if _push_id(cand, w) or _push_id(&lq.gen, (l + 1) * n + w):
+                if push_id(cand, w) or push_id(&lq.gen, (l + 1) * n + w):
                     return ST_NO_MEMORY
     if lq.bad:
         return ST_BAD_INDEX
@@ -1267,7 +1184,7 @@ cdef int _reach_kernel(const int64_t *indptr, const index_t *indices, const uint
         lev[v] = INF
         if not (mark[v] & R_PULL):
             mark[v] |= R_PULL
-            if _push_id(pulls, v):
+            if push_id(pulls, v):
                 return ST_NO_MEMORY
     lq.init.size = 0
     for q in range(pulls.size):
@@ -1285,7 +1202,7 @@ cdef int _reach_kernel(const int64_t *indptr, const index_t *indices, const uint
                 if data[p] != 0 and lev[u] != INF and lev[u] + 1 < t:
                     t = lev[u] + 1
         if t < lev[v]:
-            if (lev[v] == INF and _reach_touch(y, old_out, mark, touched, v)) or _push_id(&lq.init, t * n + v):
+            if (lev[v] == INF and _reach_touch(y, old_out, mark, touched, v)) or push_id(&lq.init, t * n + v):
                 return ST_NO_MEMORY
             lev[v] = <level_t>t
     # 4. breadth first from the lowered levels, in level order
@@ -1303,7 +1220,7 @@ cdef int _reach_kernel(const int64_t *indptr, const index_t *indices, const uint
                 return ST_BAD_INDEX
             if data_t[p] != 0 and l + 1 < lev[w]:
                 if (lev[w] == INF and _reach_touch(y, old_out, mark, touched, w)) \
-                        or _push_id(&lq.gen, (l + 1) * n + w):
+                        or push_id(&lq.gen, (l + 1) * n + w):
                     return ST_NO_MEMORY
                 lev[w] = <level_t>(l + 1)
     if lq.bad:
