@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
+from mmsb import _kernels, _ops
 from mmsb import csr as _csr
 from mmsb.csr import CSR
 from mmsb.delta import SchemaOp
@@ -24,12 +25,13 @@ from mmsb.devices import DeviceBackend
 from mmsb.errors import DeviceError, InvalidDeltaError
 from mmsb.log.records import MAX_ELEMS
 from mmsb.pages import Page
+from mmsb.propagate import Change, changed_positions
 from mmsb.semiring import Semiring
 
 if TYPE_CHECKING:  # pragma: no cover
     from mmsb.buffer import Buffer
     from mmsb.delta import Delta
-    from mmsb.propagate import Change, UndoLog
+    from mmsb.propagate import UndoLog
 
 #: the largest number of positions (rows x cols) a matrix page may have: flat positions stay exact in int64
 MAX_POSITIONS = MAX_ELEMS      # a matrix's flat positions are a log record's element bound
@@ -43,8 +45,6 @@ def selective(sr: Semiring, dtype: np.dtype) -> bool:
     (``±inf + x`` stays ±inf). It fails for ⊗ = plus on integers (the zero is the dtype's max or min:
     ``INT_MAX + x`` overflows, or is a finite value for x < 0) and for ⊗ = times (max_times: ``0 * x`` beats a
     negative value): those matrices rebuild their arrays on a structural change instead."""
-    from mmsb import _ops
-
     dtype = np.dtype(dtype)
     codes = sr.codes_for(dtype)
     if codes is None or codes[0] not in (_ops.OP_MIN, _ops.OP_MAX):
@@ -229,9 +229,6 @@ class MatrixBackend(DeviceBackend):
 
         Under a built-in semiring one kernel call locates the entries, merges them, keeps those that change and
         sets them in the page's CSR and in its transpose; views in other semirings follow here."""
-        from mmsb import _kernels, _ops
-        from mmsb.propagate import Change
-
         assert isinstance(page, MatrixPage)
         idx, vals = delta.sparse()
         codes = page.semiring.codes_for(page.dtype)
@@ -259,8 +256,6 @@ class MatrixBackend(DeviceBackend):
     def _apply_numpy(page: MatrixPage, idx: np.ndarray, vals: np.ndarray, undo: Optional["UndoLog"]) \
             -> Optional["Change"]:
         """An accumulating delta under a semiring the kernels do not know: ⊕ in numpy, then the entries set."""
-        from mmsb.propagate import Change, changed_positions
-
         rows, cols = np.divmod(idx, page.shape[1])
         old, pos = _csr.locate(page.csr, rows, cols, page.zero)
         new = page.semiring.add_arrays(old, vals)

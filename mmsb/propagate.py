@@ -879,9 +879,8 @@ class Engine:
             points = ch.idx if ch is not None else np.empty(0, dtype=np.int64)
             try:
                 idx, olds, region = _kernels.repair.reach(
-                    A.indptr, A.indices, _kview(A.data), t.indptr, t.indices, _kview(t.data), _kview(y),
-                    _kview(src), level, keys, _kview(old), points, self._marks8(y.size),
-                    _kview(self._scratch(name, y)))
+                    A.indptr, A.indices, A.data, t.indptr, t.indices, t.data, y, src, level, keys, old, points,
+                    self._marks8(y.size), self._scratch(name, y))
             except BaseException:
                 self._levels.pop(name, None)
                 raise

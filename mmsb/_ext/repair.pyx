@@ -11,6 +11,10 @@ values that were tight through a worsened entry (``y[i] == old ⊗ y[j]``), and 
 them, are reset to their source value, pulled from their neighbours, and the closure then converges from them and
 from the heads of the improved entries. Its scratch (a bitmap and an old-value array, both the length of ``y``) is
 the caller's, kept between calls, so that a small change touches no more memory than its region.
+
+The entry points that run on every commit (``update``, ``repair``, ``reach``) check their arrays with C-level
+tests and hand the kernels raw pointers through one typed dispatch (no typed memoryviews, whose per-argument
+set-up dominated a small change's cost); arrays they cannot take as they are go through ``mmsb._validate`` first.
 """
 import numpy as np
 cimport numpy as cnp
@@ -107,11 +111,6 @@ cdef inline bint _arr(object a, int elem, bint writable=False) noexcept:
 cdef inline bint _index_arr(object a) noexcept:
     """``a`` qualifies for ``_arr`` as int32 or int64 (a CSR's column indices)."""
     return _arr(a, E_I32) or _arr(a, E_I64)
-
-
-cdef inline bint _bytes(object a, bint writable=False) noexcept:
-    """``a`` qualifies for ``_arr`` as uint8 (not bool: a typed memoryview tells them apart)."""
-    return _arr(a, E_U8, writable) and cnp.PyArray_TYPE(<cnp.ndarray>a) != cnp.NPY_BOOL
 
 
 cdef inline Py_ssize_t _len(object a) noexcept:
@@ -1323,77 +1322,98 @@ def reach_build(indptr_t, indices_t, data_t, y, src, level):
     return _reach_build_typed(indptr_t, indices_t, data_t, y, src, level)
 
 
-def _reach_typed(const int64_t[::1] indptr, const index_t[::1] indices, const uint8_t[::1] data,
-                 const int64_t[::1] indptr_t, const index_t[::1] indices_t, const uint8_t[::1] data_t,
-                 uint8_t[::1] y, const uint8_t[::1] src, level_t[::1] lev, const int64_t[::1] keys,
-                 const uint8_t[::1] old, const int64_t[::1] points, uint8_t[::1] mark, uint8_t[::1] old_out):
-    """Typed entry point of reach."""
-    cdef IdList cand, region, pulls, touched
+cdef struct ReachCall:
+    # A, its transpose, the sources, the levels, the changes, the closure, the scratch (see reach)
+    const int64_t *indptr
+    const void *indices
+    const uint8_t *data
+    int64_t nnz
+    const int64_t *indptr_t
+    const void *indices_t
+    const uint8_t *data_t
+    int64_t nnz_t
+    const uint8_t *src
+    void *level
+    int64_t n
+    const int64_t *keys
+    const uint8_t *old
+    int64_t count
+    const int64_t *points
+    int64_t npoints
+    uint8_t *y
+    uint8_t *mark
+    uint8_t *old_out
+    # out: the positions of y that changed (sorted, in touched.ptr[:moved]), their values before (olds, malloc'd),
+    # how many vertices were affected
+    IdList touched
+    uint8_t *olds
+    int64_t moved
+    int64_t nregion
+
+
+cdef int _reach_call(index_t *width, level_t *lw, ReachCall *a) noexcept nogil:
+    """The level repair on the call's arrays, typed (``width`` and ``lw`` only pick the index and level types); the
+    marks are left clear, y set where a level went to or from unreached, those positions sorted and compacted in
+    ``a.touched`` with their old values in ``a.olds``."""
+    cdef IdList cand, region, pulls
     cdef LevelQueue lq
-    cdef int status
-    cdef Py_ssize_t q, t, moved = 0
-    cdef int64_t n = y.shape[0], i
+    cdef level_t *lev = <level_t *>a.level
+    cdef level_t INF = _level_inf(lev)
     cdef int64_t *tmp = NULL
-    cdef uint8_t a
-    cdef level_t INF
-    cdef int64_t[::1] idx_v
-    cdef uint8_t[::1] old_v
-    if n == 0:
-        if keys.shape[0] or points.shape[0]:
-            raise ValueError("matrix indices/indptr or entry keys out of range")
-        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.uint8), 0
-    INF = _level_inf(&lev[0])
-    cand.ptr = region.ptr = pulls.ptr = touched.ptr = NULL
-    cand.size = region.size = pulls.size = touched.size = 0
-    cand.cap = region.cap = pulls.cap = touched.cap = 0
+    cdef Py_ssize_t q, t, moved = 0
+    cdef int64_t i
+    cdef uint8_t u
+    cdef int status
+    cand.ptr = region.ptr = pulls.ptr = NULL
+    cand.size = region.size = pulls.size = cand.cap = region.cap = pulls.cap = 0
     lq.init.ptr = lq.gen.ptr = NULL
     lq.init.size = lq.gen.size = lq.init.cap = lq.gen.cap = 0
-    try:
-        with nogil:
-            status = _reach_kernel(&indptr[0], &indices[0] if indices.shape[0] else NULL,
-                                   &data[0] if data.shape[0] else NULL, indices.shape[0], &indptr_t[0],
-                                   &indices_t[0] if indices_t.shape[0] else NULL,
-                                   &data_t[0] if data_t.shape[0] else NULL, indices_t.shape[0], &src[0], &lev[0],
-                                   n, &keys[0] if keys.shape[0] else NULL, &old[0] if old.shape[0] else NULL,
-                                   keys.shape[0], &points[0] if points.shape[0] else NULL, points.shape[0],
-                                   &y[0], &mark[0], &old_out[0], &cand, &region, &pulls, &touched, &lq)
-        t = touched.size
-        idx = np.empty(t, dtype=np.int64)
-        olds = np.empty(t, dtype=np.uint8)
-        if status == ST_OK and t:
-            idx_v = idx
-            old_v = olds
-            with nogil:
-                tmp = <int64_t *>malloc(<size_t>t * sizeof(int64_t))
-                if tmp == NULL:
-                    status = ST_NO_MEMORY
-                else:
-                    _sort_ids(touched.ptr, tmp, t, n)
-                    for q in range(t):
-                        i = touched.ptr[q]
-                        a = lev[i] != INF
-                        if a != old_out[i]:
-                            y[i] = a
-                            idx_v[moved] = i
-                            old_v[moved] = old_out[i]
-                            moved += 1
-                    free(tmp)
-        nregion = region.size
-    finally:
-        for q in range(cand.size):
-            mark[cand.ptr[q]] = 0
-        for q in range(pulls.size):
-            mark[pulls.ptr[q]] = 0
-        for q in range(touched.size):
-            mark[touched.ptr[q]] = 0
-        free(cand.ptr)
-        free(region.ptr)
-        free(pulls.ptr)
-        free(touched.ptr)
-        free(lq.init.ptr)
-        free(lq.gen.ptr)
-    _raise_status(status)
-    return idx[:moved], olds[:moved], nregion
+    status = _reach_kernel(a.indptr, <const index_t *>a.indices, a.data, a.nnz, a.indptr_t,
+                           <const index_t *>a.indices_t, a.data_t, a.nnz_t, a.src, lev, a.n, a.keys, a.old, a.count,
+                           a.points, a.npoints, a.y, a.mark, a.old_out, &cand, &region, &pulls, &a.touched, &lq)
+    t = a.touched.size
+    for q in range(cand.size):
+        a.mark[cand.ptr[q]] = 0
+    for q in range(pulls.size):
+        a.mark[pulls.ptr[q]] = 0
+    for q in range(t):
+        a.mark[a.touched.ptr[q]] = 0
+    a.nregion = region.size
+    free(cand.ptr)
+    free(region.ptr)
+    free(pulls.ptr)
+    free(lq.init.ptr)
+    free(lq.gen.ptr)
+    if status != ST_OK or t == 0:
+        return status
+    tmp = <int64_t *>malloc(<size_t>t * sizeof(int64_t))
+    a.olds = <uint8_t *>malloc(<size_t>t)
+    if tmp == NULL or a.olds == NULL:
+        free(tmp)
+        return ST_NO_MEMORY
+    _sort_ids(a.touched.ptr, tmp, t, a.n)
+    free(tmp)
+    for q in range(t):
+        i = a.touched.ptr[q]
+        u = lev[i] != INF
+        if u != a.old_out[i]:
+            a.y[i] = u
+            a.touched.ptr[moved] = i
+            a.olds[moved] = a.old_out[i]
+            moved += 1
+    a.moved = moved
+    return ST_OK
+
+
+cdef int _reach_dispatch(bint wide, bint wide_level, ReachCall *a) noexcept nogil:
+    """Run the level repair typed for int64 (``wide``) or int32 indices and int64 or int32 levels."""
+    if wide:
+        if wide_level:
+            return _reach_call(<int64_t *>NULL, <int64_t *>NULL, a)
+        return _reach_call(<int64_t *>NULL, <int32_t *>NULL, a)
+    if wide_level:
+        return _reach_call(<int32_t *>NULL, <int64_t *>NULL, a)
+    return _reach_call(<int32_t *>NULL, <int32_t *>NULL, a)
 
 
 def reach(indptr, indices, data, indptr_t, indices_t, data_t, y, src, level, keys, old, points, mark=None,
@@ -1419,15 +1439,46 @@ def reach(indptr, indices, data, indptr_t, indices_t, data_t, y, src, level, key
     changed, their values before (uint8) and how many vertices were affected. Raises ``ValueError`` on malformed
     arguments or out-of-range indices, keys or points; ``y`` is then untouched and ``level`` must be rebuilt.
     """
-    if not (_bytes(y, True) and _bytes(src) and _bytes(data) and _bytes(data_t) and _bytes(old)
+    if not (_arr(y, E_U8, True) and _arr(src, E_U8) and _arr(data, E_U8) and _arr(data_t, E_U8) and _arr(old, E_U8)
             and _arr(indptr, E_I64) and _arr(indptr_t, E_I64) and _arr(keys, E_I64) and _arr(points, E_I64)
-            and _index_arr(indices) and _arr(indices_t, _elem(<cnp.ndarray>indices)) and _bytes(mark, True)
-            and _bytes(old_out, True) and (_arr(level, E_I64, True) or _arr(level, E_I32, True))
+            and _index_arr(indices) and _arr(indices_t, _elem(<cnp.ndarray>indices)) and _arr(mark, E_U8, True)
+            and _arr(old_out, E_U8, True) and (_arr(level, E_I64, True) or _arr(level, E_I32, True))
             and _len(y) < 0x7FFFFFFF and _len(src) == _len(y) == _len(mark) == _len(old_out) == _len(level)
             and _len(old) == _len(keys) and _csr_ok(indptr, indices, data, _len(y))
             and _csr_ok(indptr_t, indices_t, data_t, _len(y))):
         (indptr, indices, data, indptr_t, indices_t, data_t, y, src, level, keys, old, points, mark,
          old_out) = reach_args(indptr, indices, data, indptr_t, indices_t, data_t, y, src, level, keys, old,
                                points, mark, old_out)
-    return _reach_typed(indptr, indices, data, indptr_t, indices_t, data_t, y, src, level, keys, old, points,
-                        mark, old_out)
+        if indices.dtype != indices_t.dtype:
+            indices, indices_t = indices.astype(np.int64), indices_t.astype(np.int64)
+    cdef ReachCall a
+    cdef int status
+    cdef bint wide, wide_level
+    if _len(y) == 0:
+        if _len(keys) or _len(points):
+            raise ValueError("matrix indices/indptr or entry keys out of range")
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.uint8), 0
+    a.indptr, a.indices, a.data, a.nnz = <const int64_t *>_ptr(indptr), _ptr(indices), <uint8_t *>_ptr(data), \
+        _len(indices)
+    a.indptr_t, a.indices_t, a.data_t = <const int64_t *>_ptr(indptr_t), _ptr(indices_t), <uint8_t *>_ptr(data_t)
+    a.nnz_t, a.src, a.level, a.n = _len(indices_t), <uint8_t *>_ptr(src), _ptr(level), _len(y)
+    a.keys, a.old, a.count = <const int64_t *>_ptr(keys), <uint8_t *>_ptr(old), _len(keys)
+    a.points, a.npoints = <const int64_t *>_ptr(points), _len(points)
+    a.y, a.mark, a.old_out = <uint8_t *>_ptr(y), <uint8_t *>_ptr(mark), <uint8_t *>_ptr(old_out)
+    a.touched.ptr, a.touched.size, a.touched.cap = NULL, 0, 0
+    a.olds, a.moved, a.nregion = NULL, 0, 0
+    wide = cnp.PyArray_ITEMSIZE(<cnp.ndarray>indices) == 8
+    wide_level = cnp.PyArray_ITEMSIZE(<cnp.ndarray>level) == 8
+    try:
+        with nogil:
+            status = _reach_dispatch(wide, wide_level, &a)
+        _raise_status(status)
+        idx = _empty(a.moved, cnp.NPY_INT64)
+        olds = _empty(a.moved, cnp.NPY_UINT8)
+        if a.moved:
+            memcpy(_ptr(idx), a.touched.ptr, <size_t>a.moved * sizeof(int64_t))
+            memcpy(_ptr(olds), a.olds, <size_t>a.moved)
+    finally:
+        _release(a.touched.ptr)
+        _release(a.olds)
+    return idx, olds, a.nregion
