@@ -110,6 +110,17 @@ def _reachability(sr: Semiring, y: np.ndarray, A: CSR) -> bool:
     bool pages): a reachability closure, repaired on BFS levels."""
     return y.dtype == np.bool_ and A.data.dtype == np.bool_ and sr.codes_for(y.dtype) == (_ops.OP_MAX, _ops.OP_MIN)
 
+def _rule_ref(table: dict, name: str, rule: Rule) -> weakref.ref:
+    """A weak reference to ``rule`` for the entry ``table[name] = (ref, ...)``: the entry goes with the rule (unless
+    it was replaced by then)."""
+
+    def gone(ref: weakref.ref, table: dict = table, name: str = name) -> None:
+        if name in table and table[name][0] is ref:
+            del table[name]
+
+    return weakref.ref(rule, gone)
+
+
 class _NoFixpoint(Exception):
     """A closure iteration ran past its round bound (e.g. a negative cycle under min_plus)."""
 
@@ -835,13 +846,8 @@ class Engine:
             how = _RECOMPUTE
         else:
             how = _NUMPY if codes is None else _KERNEL
-        table = self._matrix_plans
-
-        def gone(ref: weakref.ref, table: dict = table, name: str = name) -> None:
-            if name in table and table[name][0] is ref:
-                del table[name]
-
-        plan = table[name] = (weakref.ref(rule, gone), y.dtype, how, codes, sr.zero_for(y.dtype))
+        plan = self._matrix_plans[name] = (_rule_ref(self._matrix_plans, name, rule), y.dtype, how, codes,
+                                           sr.zero_for(y.dtype))
         return plan
 
     def _closure_reach(self, name: str, rule: Rule, ch: Optional[Change], mch: Optional[Change],
@@ -861,13 +867,7 @@ class Engine:
             level = np.empty(y.size, dtype=np.int32 if y.size < np.iinfo(np.int32).max else np.int64)
             idx, olds = _kernels.repair.reach_build(t.indptr, t.indices, _kview(t.data), _kview(y), _kview(src),
                                                     level)
-            table = self._levels
-
-            def gone(ref: weakref.ref, table: dict = table, name: str = name) -> None:
-                if name in table and table[name][0] is ref:
-                    del table[name]
-
-            table[name] = (weakref.ref(rule, gone), level)
+            self._levels[name] = (_rule_ref(self._levels, name, rule), level)
             self.stats.rows_recomputed += int(y.size)
         else:
             keys = np.empty(0, dtype=np.int64)
