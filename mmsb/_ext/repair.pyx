@@ -59,10 +59,6 @@ cdef enum:
     E_F32 = 8
     E_F64 = 9
 
-cdef object _I64 = np.dtype(np.int64)
-cdef object _I32 = np.dtype(np.int32)
-cdef object _U8 = np.dtype(np.uint8)
-cdef object _BOOL = np.dtype(np.bool_)
 cdef object _GENERIC = np.generic
 
 
