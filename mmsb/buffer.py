@@ -483,16 +483,17 @@ class Buffer:
                      metadata: Optional[dict]) -> Optional[Delta]:
         """A float64 matrix delta of a few entries given as int64 arrays: keys, sort and duplicate folding in one
         point-kernel call. None where the general path must run (it also raises the errors)."""
-        if type(index) is not tuple or len(index) != 2 or page.dtype != np.float64 or metadata is not None:
+        # (dtypes compared by identity with numpy's own: any other dtype object takes the general path)
+        if type(index) is not tuple or len(index) != 2 or page.dtype is not _F64 or metadata is not None:
             return None
         rows, cols = index
-        if type(rows) is not np.ndarray or type(cols) is not np.ndarray or rows.dtype != np.int64 \
-                or cols.dtype != np.int64 or rows.size > _FEW_ENTRIES or rows.ndim != 1 or cols.ndim != 1:
+        if type(rows) is not np.ndarray or type(cols) is not np.ndarray or rows.dtype is not _I64 \
+                or cols.dtype is not _I64 or rows.size > _FEW_ENTRIES or rows.ndim != 1 or cols.ndim != 1:
             return None
-        codes = page.semiring.codes_for(page.dtype)
+        codes = page.semiring.codes_for(page.dtype) if accumulate else None
         if accumulate and codes is None:
             return None
-        if type(values) is np.ndarray and values.dtype == np.float64 and values.ndim == 1:
+        if type(values) is np.ndarray and values.dtype is _F64 and values.ndim == 1:
             vals = values
         elif type(values) is float or (type(values) is int and -(1 << 63) <= values < 1 << 63):
             vals = np.full(rows.size, values, dtype=np.float64)
@@ -504,8 +505,10 @@ class Buffer:
         if got is None:
             return None
         keys, vals = got
-        if page.semiring.idempotent and np.isnan(vals).any():
-            return None
+        if page.semiring.idempotent:
+            # (the sum is NaN when a value is: a C loop, cheaper than two ufunc calls on a few values)
+            if math.isnan(sum(vals.tolist())) and np.isnan(vals).any():
+                return None
         return Delta(page.name, vals, index=keys, accumulate=bool(accumulate), source=source, fold_op=op)
 
     @staticmethod
@@ -1197,6 +1200,7 @@ class _NullLog:
 #: a sparse delta of more entries than this is kept in the order given until something needs it sorted
 _RAW_MIN = 4096
 _FEW_ENTRIES = 64          # a matrix delta of at most this many entries takes the point kernel (_few_entries)
+_F64, _I64 = np.dtype(np.float64), np.dtype(np.int64)
 
 _SHAPES: dict = {}
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
+from mmsb import _kernels, _ops
 from mmsb import csr as _csr
 from mmsb.csr import CSR
 from mmsb.delta import SchemaOp
@@ -24,12 +25,13 @@ from mmsb.devices import DeviceBackend
 from mmsb.errors import DeviceError, InvalidDeltaError
 from mmsb.log.records import MAX_ELEMS
 from mmsb.pages import Page
-from mmsb.semiring import Semiring, _kview
+from mmsb.propagate import Change, changed_positions
+from mmsb.semiring import Semiring
 
 if TYPE_CHECKING:  # pragma: no cover
     from mmsb.buffer import Buffer
     from mmsb.delta import Delta
-    from mmsb.propagate import Change, UndoLog
+    from mmsb.propagate import UndoLog
 
 #: the largest number of positions (rows x cols) a matrix page may have: flat positions stay exact in int64
 MAX_POSITIONS = MAX_ELEMS      # a matrix's flat positions are a log record's element bound
@@ -43,8 +45,6 @@ def selective(sr: Semiring, dtype: np.dtype) -> bool:
     (``±inf + x`` stays ±inf). It fails for ⊗ = plus on integers (the zero is the dtype's max or min:
     ``INT_MAX + x`` overflows, or is a finite value for x < 0) and for ⊗ = times (max_times: ``0 * x`` beats a
     negative value): those matrices rebuild their arrays on a structural change instead."""
-    from mmsb import _ops
-
     dtype = np.dtype(dtype)
     codes = sr.codes_for(dtype)
     if codes is None or codes[0] not in (_ops.OP_MIN, _ops.OP_MAX):
@@ -252,9 +252,6 @@ class MatrixBackend(DeviceBackend):
 
         Under a built-in semiring one kernel call locates the entries, merges them, keeps those that change and
         sets them in the page's CSR and in its transpose; views in other semirings follow here."""
-        from mmsb import _kernels, _ops
-        from mmsb.propagate import Change
-
         assert isinstance(page, MatrixPage)
         mm = buf._memory
         if mm.limit is not None:
@@ -265,15 +262,14 @@ class MatrixBackend(DeviceBackend):
             return self._apply_numpy(page, idx, vals, undo)
         A = page.csr
         t = A._t
-        got = _kernels.repair.update(A.indptr, A.indices, _kview(A.data), page.shape[1], idx,
-                                     _kview(np.asarray(vals, dtype=page.dtype)),
+        got = _kernels.repair.update(A.indptr, A.indices, A.data, page.shape[1], idx,
+                                     np.asarray(vals, dtype=page.dtype),
                                      codes[0] if delta.accumulate else _ops.OP_ASSIGN, page.zero, A.free,
-                                     *((t.indptr, t.indices, _kview(t.data)) if t is not None else ()))
+                                     *((t.indptr, t.indices, t.data) if t is not None else ()))
         if got is None:
             return None
         idx, rows, cols, old, new, present, pos, pos_t, miss, miss_t, misses, claimed, misses_t, claimed_t, \
             stats = got
-        old, new = old.view(page.dtype), new.view(page.dtype)
         if undo is not None:                    # a failure in what follows is rolled back too
             undo.action(lambda: page.set(rows, cols, old))
         _csr.settle_entries(A, rows, cols, new, (misses, claimed, pos, miss),
@@ -286,8 +282,6 @@ class MatrixBackend(DeviceBackend):
     def _apply_numpy(page: MatrixPage, idx: np.ndarray, vals: np.ndarray, undo: Optional["UndoLog"]) \
             -> Optional["Change"]:
         """An accumulating delta under a semiring the kernels do not know: ⊕ in numpy, then the entries set."""
-        from mmsb.propagate import Change, changed_positions
-
         rows, cols = np.divmod(idx, page.shape[1])
         old, pos = _csr.locate(page.csr, rows, cols, page.zero)
         new = page.semiring.add_arrays(old, vals)

@@ -69,6 +69,9 @@ _FEW = 64              # a link step for at most this many changed source positi
 
 _FLAGS: dict = {}
 
+# how a closure over a matrix page takes a change of the matrix (Engine._matrix_plan)
+_REACH, _RECOMPUTE, _NUMPY, _KERNEL = range(4)
+
 
 def algebra_flags(sr: Semiring, dtype: np.dtype) -> tuple[bool, bool]:
     """``(idempotent, invertible)`` of ``sr`` as it acts on ``dtype``.
@@ -157,6 +160,17 @@ def _reachability(sr: Semiring, y: np.ndarray, A: CSR) -> bool:
     """A closure of bool values over a bool matrix whose ⊕ is or and ⊗ is and (or_and, plus_times and max_min on
     bool pages): a reachability closure, repaired on BFS levels."""
     return y.dtype == np.bool_ and A.data.dtype == np.bool_ and sr.codes_for(y.dtype) == (_ops.OP_MAX, _ops.OP_MIN)
+
+def _rule_ref(table: dict, name: str, rule: Rule) -> weakref.ref:
+    """A weak reference to ``rule`` for the entry ``table[name] = (ref, ...)``: the entry goes with the rule (unless
+    it was replaced by then)."""
+
+    def gone(ref: weakref.ref, table: dict = table, name: str = name) -> None:
+        if name in table and table[name][0] is ref:
+            del table[name]
+
+    return weakref.ref(rule, gone)
+
 
 class _NoFixpoint(Exception):
     """A closure iteration ran past its round bound (e.g. a negative cycle under min_plus)."""
@@ -249,6 +263,8 @@ class Engine:
         # rule (dropped with it). Derived state, never logged: built on the first matrix change, dropped by a
         # full recompute or a rolled-back commit, rebuilt on the next change.
         self._levels: dict[str, tuple[weakref.ref, np.ndarray]] = {}
+        # closures over a matrix page: how a matrix change updates each (see _matrix_plan)
+        self._matrix_plans: dict[str, tuple] = {}
 
     # -- a wave -----------------------------------------------------------------------------------------------
     def wave(self, changes: dict[str, Change], undo: UndoLog, force: Optional[set] = None) -> dict[str, Change]:
@@ -863,18 +879,20 @@ class Engine:
         recomputes the closure. Under the built-in semirings the whole step (which entries improved, the tight
         region, the reset and pull, the push) is one call of the compiled ``repair`` kernel.
         """
-        sr = rule.semiring
         y = self.array(name)
-        if _reachability(sr, y, rule.matrix):
+        plan = self._matrix_plans.get(name)
+        if plan is None or plan[0]() is not rule or plan[1] is not y.dtype:
+            plan = self._matrix_plan(name, rule, y)
+        how = plan[2]
+        if how == _REACH:
             return self._closure_reach(name, rule, ch, mch, undo)
-        if (ch is not None and ch.idx.size) or not algebra_flags(sr, y.dtype)[0]:
+        if (ch is not None and ch.idx.size) or how == _RECOMPUTE:
             return self._closure(name, rule, ch, True, undo)
-        codes = sr.codes_for(y.dtype)
-        if codes is None:
+        if how == _NUMPY:
             return self._closure_matrix_numpy(name, rule, mch, undo)
+        codes, zero = plan[3], plan[4]
         A = rule.matrix
         t = A.T
-        zero = sr.zero_for(y.dtype)
         M = self.page(rule.matrix_page)
         if A is M.csr:
             old = mch.old
@@ -884,10 +902,10 @@ class Engine:
         src = self._x(rule, y.dtype)
         try:
             status, idx, olds, nregion, nonfinite = _kernels.repair.repair(
-                A.indptr, A.indices, _kview(A.data), t.indptr, t.indices, _kview(t.data), _kview(y), _kview(src),
-                mch.idx, _kview(old), codes[0], codes[1], zero, A.free, y.size // _REPAIR_SHARE,
-                self._marks(y.size).view(np.uint8), _kview(self._scratch(name, y)))
+                A.indptr, A.indices, A.data, t.indptr, t.indices, t.data, y, src, mch.idx, old, codes[0], codes[1],
+                zero, A.free, y.size // _REPAIR_SHARE, self._marks8(y.size), self._scratch(name, y))
         except BaseException as exc:
+            sr = rule.semiring
             rows, cols = np.divmod(mch.idx, A.shape[1])
             self._closure_rebuild_before(name, rule, rows, cols, old, csr.get_entries(A, rows, cols, zero), y, sr)
             if "converge" in str(exc):
@@ -898,13 +916,28 @@ class Engine:
         if status == _kernels.repair.TOO_LARGE:         # most of the page depended on them: recompute it instead
             return self._closure(name, rule, ch, True, undo)
         self.stats.rows_recomputed += nregion
-        self.stats.entries_pushed += int(mch.idx.size)
+        self.stats.entries_pushed += mch.idx.size
         if not idx.size:
             return None
-        out = self._record(name, idx, olds.view(y.dtype), undo)
+        out = self._record(name, idx, olds, undo)
         if nonfinite or A.has_nonfinite:        # (finite values over finite entries carry no NaN)
-            self._check_closure_nan(name, rule, sr, y, out.idx)
+            self._check_closure_nan(name, rule, rule.semiring, y, out.idx)
         return out
+
+    def _matrix_plan(self, name: str, rule: Rule, y: np.ndarray) -> tuple:
+        """How :meth:`_closure_matrix` updates the closure ``name`` of ``rule`` over values of ``y``'s dtype,
+        kept until the rule or the dtype changes: ``(rule ref, dtype, how, op codes, zero)``."""
+        sr = rule.semiring
+        codes = sr.codes_for(y.dtype)
+        if _reachability(sr, y, rule.matrix):
+            how = _REACH
+        elif not algebra_flags(sr, y.dtype)[0]:
+            how = _RECOMPUTE
+        else:
+            how = _NUMPY if codes is None else _KERNEL
+        plan = self._matrix_plans[name] = (_rule_ref(self._matrix_plans, name, rule), y.dtype, how, codes,
+                                           sr.zero_for(y.dtype))
+        return plan
 
     def _closure_reach(self, name: str, rule: Rule, ch: Optional[Change], mch: Optional[Change],
                        undo: UndoLog) -> Optional[Change]:
@@ -923,13 +956,7 @@ class Engine:
             level = np.empty(y.size, dtype=np.int32 if y.size < np.iinfo(np.int32).max else np.int64)
             idx, olds = _kernels.repair.reach_build(t.indptr, t.indices, _kview(t.data), _kview(y), _kview(src),
                                                     level)
-            table = self._levels
-
-            def gone(ref: weakref.ref, table: dict = table, name: str = name) -> None:
-                if name in table and table[name][0] is ref:
-                    del table[name]
-
-            table[name] = (weakref.ref(rule, gone), level)
+            self._levels[name] = (_rule_ref(self._levels, name, rule), level)
             self.stats.rows_recomputed += int(y.size)
         else:
             keys = np.empty(0, dtype=np.int64)
@@ -941,9 +968,8 @@ class Engine:
             points = ch.idx if ch is not None else np.empty(0, dtype=np.int64)
             try:
                 idx, olds, region = _kernels.repair.reach(
-                    A.indptr, A.indices, _kview(A.data), t.indptr, t.indices, _kview(t.data), _kview(y),
-                    _kview(src), level, keys, _kview(old), points, self._marks(y.size).view(np.uint8),
-                    _kview(self._scratch(name, y)))
+                    A.indptr, A.indices, A.data, t.indptr, t.indices, t.data, y, src, level, keys, old, points,
+                    self._marks8(y.size), self._scratch(name, y))
             except BaseException:
                 self._levels.pop(name, None)
                 raise
@@ -1064,6 +1090,14 @@ class Engine:
         mark = self._scratch_arrays.get("\0marks")
         if mark is None or mark.size != n:
             mark = self._scratch_arrays["\0marks"] = np.zeros(n, dtype=bool)
+            self._scratch_arrays["\0marks8"] = mark.view(np.uint8)
+        return mark
+
+    def _marks8(self, n: int) -> np.ndarray:
+        """:meth:`_marks` seen as uint8 (the kernels' bit flags)."""
+        mark = self._scratch_arrays.get("\0marks8")
+        if mark is None or mark.size != n:
+            mark = self._marks(n).view(np.uint8)
         return mark
 
     def _threads_for(self, rows: Optional[np.ndarray]) -> int:

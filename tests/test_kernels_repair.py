@@ -70,11 +70,11 @@ def test_locate_matches_the_dict_model_and_the_twin(seed, n, m):
 
 
 @given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 10), m=st.integers(1, 10), slots=st.booleans(),
-       accumulate=st.booleans())
+       accumulate=st.booleans(), scalar=st.booleans())
 @SETTINGS
-def test_update_matches_the_dict_model_and_the_twin(seed, n, m, slots, accumulate):
+def test_update_matches_the_dict_model_and_the_twin(seed, n, m, slots, accumulate, scalar):
     rng = np.random.default_rng(seed)
-    free = np.inf if slots else None
+    free = (np.float64(np.inf) if scalar else np.inf) if slots else None
     indptr, indices, data, model = slotted(rng, n, m, 0.4, np.inf)
     if not slots:                                   # every slot an entry: the live ones only
         rc = sorted(model)
@@ -89,7 +89,8 @@ def test_update_matches_the_dict_model_and_the_twin(seed, n, m, slots, accumulat
     for kern in KERNELS:
         ip, ix, dv = indptr.copy(), indices.copy(), data.copy()
         extra = () if T is None else (T.indptr.astype(np.int64), T.indices.astype(np.int32), T.data.copy())
-        got = kern.update(ip, ix, dv, m, keys, vals, OP_MIN if accumulate else OP_ASSIGN, np.inf, free, *extra)
+        got = kern.update(ip, ix, dv, m, keys, vals, OP_MIN if accumulate else OP_ASSIGN,
+                          np.float64(np.inf) if scalar else np.inf, free, *extra)
         results.append((got, ip, ix, dv, extra))
     want = dict(model)
     changed = []
@@ -141,9 +142,9 @@ def _closure_of(A, src, add_op, mul_op, zero):
 
 
 @pytest.mark.parametrize("semiring", ["min_plus", "max_min"])
-@given(seed=st.integers(0, 2**32 - 1), n=st.integers(2, 30), limit=st.sampled_from([-1, 3]))
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(2, 30), limit=st.sampled_from([-1, 3]), scalar=st.booleans())
 @SETTINGS
-def test_repair_equals_a_recompute_and_the_twin(semiring, seed, n, limit):
+def test_repair_equals_a_recompute_and_the_twin(semiring, seed, n, limit, scalar):
     rng = np.random.default_rng(seed)
     add_op, mul_op, zero = (OP_MIN, OP_PLUS, np.inf) if semiring == "min_plus" else (OP_MAX, OP_MIN, -np.inf)
     W, src_idx = _grid_closure(rng, n, rng.uniform(0.05, 0.3), semiring)
@@ -168,9 +169,11 @@ def test_repair_equals_a_recompute_and_the_twin(semiring, seed, n, limit):
     for kern in KERNELS:
         y = y0.copy()
         mark = np.zeros(n, dtype=np.uint8)
+        # (a numpy scalar zero takes the compiled kernel's unchecked path, a Python float its checked one)
         got = kern.repair(A2.indptr.astype(np.int64), A2.indices.astype(np.int32), A2.data,
                           T2.indptr.astype(np.int64), T2.indices.astype(np.int32), T2.data, y, src, keys, old,
-                          add_op, mul_op, zero, None, limit, mark, np.empty_like(y))
+                          add_op, mul_op, np.float64(zero) if scalar else zero, None, limit, mark,
+                          np.empty_like(y))
         assert not mark.any()                       # the scratch comes back clear
         status, idx, olds, nregion, nonfinite = got
         if status == kern.TOO_LARGE:
@@ -209,6 +212,43 @@ def test_repair_of_a_negative_cycle_raises(kern):
         kern.repair(A.indptr.astype(np.int64), A.indices.astype(np.int64), A.data, T.indptr.astype(np.int64),
                     T.indices.astype(np.int64), T.data, y, np.array([0.0, np.inf]), np.array([1]),
                     np.array([np.inf]), OP_MIN, OP_PLUS, np.inf)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32", "int64", "int32", "int16", "uint8", "bool"])
+def test_update_and_repair_take_every_dtype_and_give_its_values_back_in_it(dtype):
+    """A path 0 -> 1 -> 2 -> 3 (A[i + 1, i] = 1, every row with a free slot) under min_plus on floats and max_min
+    on integers and bool (the semirings whose free slots are absent entries there): the entry 1 -> 2 is removed,
+    then put back. Each step gives the closure worked out by hand, in the dtype given, in both implementations,
+    with a numpy scalar zero (the compiled unchecked path) and a Python one (its checked path)."""
+    dt = np.dtype(dtype)
+    one = dt.type(1)
+    if dt.kind == "f":
+        add_op, mul_op, zero, top = OP_MIN, OP_PLUS, dt.type(np.inf), dt.type(0)
+        full, cut = np.array([0, 1, 2, 3], dtype=dt), np.array([0, 1, zero, zero], dtype=dt)
+    else:
+        lo, hi = (False, True) if dt.kind == "b" else (np.iinfo(dt).min, np.iinfo(dt).max)
+        add_op, mul_op, zero, top = OP_MAX, OP_MIN, dt.type(lo), dt.type(hi)
+        full, cut = np.array([top, one, one, one], dtype=dt), np.array([top, one, zero, zero], dtype=dt)
+    src = np.array([top, zero, zero, zero], dtype=dt)
+    for kern in KERNELS:
+        for given_zero in (zero, zero.item()):
+            indptr, indices = np.array([0, 1, 3, 5, 7], np.int64), np.array([0, 0, 0, 1, 1, 2, 2], np.int32)
+            data = np.array([zero, one, zero, one, zero, one, zero], dtype=dt)
+            t_ptr, t_ind = np.array([0, 2, 4, 6, 7], np.int64), np.array([1, 1, 2, 2, 3, 3, 3], np.int32)
+            t_data = np.array([one, zero, one, zero, one, zero, zero], dtype=dt)
+            y = full.copy()
+            for value, want in ((zero, cut), (one, full)):
+                got = kern.update(indptr, indices, data, 4, np.array([2 * 4 + 1]), np.array([value], dtype=dt),
+                                  OP_ASSIGN, given_zero, given_zero, t_ptr, t_ind, t_data)
+                was = one if value == zero else zero
+                assert got[3].dtype == dt and got[4].dtype == dt and (got[3][0], got[4][0]) == (was, value)
+                before = y.copy()
+                status, idx, olds, _, _ = kern.repair(indptr, indices, data, t_ptr, t_ind, t_data, y, src, got[0],
+                                                      got[3], add_op, mul_op, given_zero, given_zero)
+                assert status == kern.OK and y.dtype == dt and olds.dtype == dt
+                np.testing.assert_array_equal(y, want)
+                np.testing.assert_array_equal(idx, np.flatnonzero(y != before))
+                np.testing.assert_array_equal(olds, before[idx])
 
 
 @pytest.mark.parametrize("kern", KERNELS, ids=IDS)

@@ -22,14 +22,16 @@ def assign(indptr: npt.ArrayLike, indices: np.ndarray, data: np.ndarray, ncols: 
 def update(indptr: npt.ArrayLike, indices: np.ndarray, data: np.ndarray, ncols: int, keys: npt.ArrayLike,
            vals: npt.ArrayLike, op: int, zero: Any, free: Any = None, indptr_t: Optional[npt.ArrayLike] = None,
            indices_t: Optional[np.ndarray] = None, data_t: Optional[np.ndarray] = None) -> Optional[tuple]:
-    """Merge entries (flat keys) into A and its transpose in place; None when nothing changes."""
+    """Merge entries (flat keys) into A and its transpose in place; None when nothing changes (old and new values
+    in the dtype of ``data``)."""
 
 def repair(indptr: npt.ArrayLike, indices: npt.ArrayLike, data: npt.ArrayLike, indptr_t: npt.ArrayLike,
            indices_t: npt.ArrayLike, data_t: npt.ArrayLike, y: np.ndarray, src: npt.ArrayLike, keys: npt.ArrayLike,
            old: npt.ArrayLike, add_op: int, mul_op: int, zero: Any, free: Any = None, limit: int = -1,
            mark: Optional[np.ndarray] = None, old_out: Optional[np.ndarray] = None,
            ) -> tuple[int, Optional[npt.NDArray[np.int64]], Optional[np.ndarray], int, bool]:
-    """Repair the closure after entries of its matrix changed; ``(status, idx, old_values, region, nonfinite)``."""
+    """Repair the closure after entries of its matrix changed; ``(status, idx, old_values, region, nonfinite)``
+    (old values in the dtype of ``y``)."""
 
 def reach_build(indptr_t: npt.ArrayLike, indices_t: npt.ArrayLike, data_t: npt.ArrayLike, y: np.ndarray,
                 src: npt.ArrayLike, level: np.ndarray) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint8]]:

@@ -11,16 +11,23 @@ values that were tight through a worsened entry (``y[i] == old ⊗ y[j]``), and 
 them, are reset to their source value, pulled from their neighbours, and the closure then converges from them and
 from the heads of the improved entries. Its scratch (a bitmap and an old-value array, both the length of ``y``) is
 the caller's, kept between calls, so that a small change touches no more memory than its region.
+
+The entry points that run on every commit (``update``, ``repair``, ``reach``) check their arrays with C-level
+tests and hand the kernels raw pointers through one typed dispatch (no typed memoryviews, whose per-argument
+set-up dominated a small change's cost); arrays they cannot take as they are go through ``mmsb._validate`` first.
 """
 import numpy as np
+cimport numpy as cnp
+from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy, memset
 
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
-from libc.stdlib cimport free, malloc, realloc
-from libc.string cimport memset
-
+from mmsb._ext._heap cimport IdList, better, heap_pop, heap_push, push_id
 from mmsb._ext._types cimport OP_MAX, apply_op, index_t, numeric_t
 
 from mmsb._validate import assign_args, locate_args, reach_args, reach_build_args, repair_args, update_args
+
+cnp.import_array()
 
 __all__ = ["assign", "locate", "reach", "reach_build", "repair", "update"]
 
@@ -39,60 +46,123 @@ cdef enum:
     M_QUEUED = 4        # in the FIFO worklist
     M_FRONT = 8         # in the initial frontier
 
-cdef object _I64 = np.dtype(np.int64)
-cdef object _I32 = np.dtype(np.int32)
-cdef object _U8 = np.dtype(np.uint8)
-cdef object _BOOL = np.dtype(np.bool_)
+# element types of the value arrays (numeric_t), as _elem gives them; -1: none the kernels take
+cdef enum:
+    E_I8 = 0
+    E_I16 = 1
+    E_I32 = 2
+    E_I64 = 3
+    E_U8 = 4
+    E_U16 = 5
+    E_U32 = 6
+    E_U64 = 7
+    E_F32 = 8
+    E_F64 = 9
+
+cdef object _GENERIC = np.generic
 
 
-cdef inline bint _vec(object a, object dtype):
-    """a is a 1-D C-contiguous ndarray of dtype (None: any)."""
-    return type(a) is np.ndarray and (dtype is None or a.dtype == dtype) and a.ndim == 1 and a.flags.c_contiguous
+cdef inline int _elem_of(int typenum, Py_ssize_t size) noexcept:
+    """The element type of numpy type ``typenum`` of ``size`` bytes (bool as uint8), -1 when the kernels have none
+    for it."""
+    cdef int lg = 0 if size == 1 else 1 if size == 2 else 2 if size == 4 else 3 if size == 8 else -1
+    if lg < 0:
+        return -1
+    if typenum == cnp.NPY_DOUBLE:
+        return E_F64
+    if typenum == cnp.NPY_FLOAT:
+        return E_F32
+    if typenum == cnp.NPY_BOOL:
+        return E_U8
+    if cnp.PyTypeNum_ISSIGNED(typenum):
+        return E_I8 + lg
+    if cnp.PyTypeNum_ISUNSIGNED(typenum):
+        return E_U8 + lg
+    return -1
 
 
-cdef inline bint _csr_ok(object indptr, object indices, object data, Py_ssize_t nrows):
-    """The O(1) CSR checks: nrows + 1 row pointers from 0 to len(indices) == len(data)."""
-    return (indptr.shape[0] == nrows + 1 and indices.shape[0] == data.shape[0] and indptr[0] == 0
-            and indptr[nrows] == indices.shape[0])
+cdef inline Py_ssize_t _elem_size(int elem) noexcept:
+    """Bytes of an element of type ``elem``."""
+    return 1 << (elem & 3) if elem < E_F32 else 4 if elem == E_F32 else 8
 
 
-cdef object _fast_consts(object zero, object free, object dtype):
-    """[zero, free] in dtype when both are numpy scalars of that dtype (bool for a uint8 view), else None."""
-    cdef object f = zero if free is None else free
-    if not (isinstance(zero, np.generic) and isinstance(f, np.generic)):
-        return None
-    if not ((zero.dtype == dtype or (zero.dtype == _BOOL and dtype == _U8))
-            and (f.dtype == dtype or (f.dtype == _BOOL and dtype == _U8))):
-        return None
-    return np.array([zero, f], dtype=dtype)
+cdef inline int _elem(cnp.ndarray a) noexcept:
+    """The element type of ``a`` (see ``_elem_of``)."""
+    return _elem_of(cnp.PyArray_TYPE(a), cnp.PyArray_ITEMSIZE(a))
+
+
+cdef inline bint _arr(object a, int elem, bint writable=False) noexcept:
+    """``a`` is a 1-D, C-contiguous, aligned, native-order ndarray of element type ``elem`` (-1: any the kernels
+    take), writable when asked: what the kernels read through a raw pointer. C-level checks only (no attribute
+    look-ups: a call pays for them on every commit)."""
+    if not cnp.PyArray_Check(a):
+        return False
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    cdef int e = _elem(arr)
+    return (cnp.PyArray_NDIM(arr) == 1 and cnp.PyArray_IS_C_CONTIGUOUS(arr) and cnp.PyArray_ISALIGNED(arr)
+            and cnp.PyArray_ISNOTSWAPPED(arr) and e >= 0 and (elem < 0 or e == elem)
+            and (not writable or cnp.PyArray_ISWRITEABLE(arr)))
+
+
+cdef inline bint _index_arr(object a) noexcept:
+    """``a`` qualifies for ``_arr`` as int32 or int64 (a CSR's column indices)."""
+    return _arr(a, E_I32) or _arr(a, E_I64)
+
+
+cdef inline Py_ssize_t _len(object a) noexcept:
+    return cnp.PyArray_DIM(<cnp.ndarray>a, 0)
+
+
+cdef inline void *_ptr(object a) noexcept:
+    return cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+cdef inline bint _csr_ok(object indptr, object indices, object data, Py_ssize_t nrows) noexcept:
+    """The O(1) CSR checks on arrays that passed ``_arr``: nrows + 1 row pointers from 0 to len(indices) ==
+    len(data)."""
+    cdef const int64_t *p = <const int64_t *>_ptr(indptr)
+    return (_len(indptr) == nrows + 1 and _len(indices) == _len(data) and p[0] == 0
+            and p[nrows] == _len(indices))
+
+
+cdef inline void _release(void *p) noexcept nogil:
+    free(p)
+
+
+cdef inline object _empty(Py_ssize_t size, int typenum):
+    cdef cnp.npy_intp dim = size
+    return cnp.PyArray_EMPTY(1, &dim, typenum, 0)
+
+
+cdef inline object _zeros(Py_ssize_t size, int typenum):
+    cdef cnp.npy_intp dim = size
+    return cnp.PyArray_ZEROS(1, &dim, typenum, 0)
+
+
+cdef bint _scalar_into(object x, int elem, void *out):
+    """Copy the numpy scalar ``x`` into ``out`` when its element type is ``elem``; False (nothing written) when
+    it is another type or not a numpy scalar (the checked path then converts it)."""
+    cdef cnp.dtype d
+    if not isinstance(x, _GENERIC):
+        return False
+    d = cnp.PyArray_DescrFromScalar(x)
+    if _elem_of(d.type_num, d.itemsize) != elem:
+        return False
+    cnp.PyArray_ScalarAsCtype(x, out)
+    return True
+
+
+cdef bint _fast_consts(object zero, object free, int elem, char *out):
+    """``[zero, free]`` (``free`` None: zero twice) written into ``out`` (16 bytes) in the element type ``elem``
+    when both are numpy scalars of that type (bool for uint8); False otherwise."""
+    return (_scalar_into(zero, elem, out)
+            and _scalar_into(zero if free is None else free, elem, out + _elem_size(elem)))
 
 
 #: the status codes ``repair`` returns (the others raise)
 OK = ST_OK
 TOO_LARGE = ST_TOO_LARGE
 NAN_ENTRY = ST_NAN
-
-
-cdef struct IdList:
-    int64_t *ptr
-    Py_ssize_t size
-    Py_ssize_t cap
-
-
-cdef inline int _push_id(IdList *lst, int64_t value) noexcept nogil:
-    """Append value; -1 when out of memory."""
-    cdef Py_ssize_t cap
-    cdef int64_t *p
-    if lst.size == lst.cap:
-        cap = lst.cap * 2 if lst.cap else 64
-        p = <int64_t *>realloc(lst.ptr, cap * sizeof(int64_t))
-        if p == NULL:
-            return -1
-        lst.ptr = p
-        lst.cap = cap
-    lst.ptr[lst.size] = value
-    lst.size += 1
-    return 0
 
 
 cdef inline bint _float_nan(numeric_t v) noexcept nogil:
@@ -308,27 +378,49 @@ cdef int _update_kernel(const int64_t *indptr, index_t *indices, numeric_t *data
     return status
 
 
-def _update_typed(const int64_t[::1] indptr, index_t[::1] indices, numeric_t[::1] data, const int64_t[::1] indptr_t,
-                  index_t[::1] indices_t, numeric_t[::1] data_t, bint has_t, const int64_t[::1] keys,
-                  const numeric_t[::1] vals, int64_t nrows, int64_t ncols, int op, const numeric_t[::1] consts,
-                  bint has_free, int64_t[::1] idx, int64_t[::1] rows, int64_t[::1] cols, numeric_t[::1] old,
-                  numeric_t[::1] new, int64_t[::1] pos, uint8_t[::1] present, int64_t[::1] pos_t, uint8_t[::1] miss,
-                  uint8_t[::1] miss_t, int64_t[::1] counts, double[::1] stats):
-    """Typed entry point of update; returns how many entries changed."""
-    cdef int status
-    cdef int64_t moved = 0
-    if keys.shape[0] == 0:
-        return 0
-    with nogil:
-        status = _update_kernel(&indptr[0], &indices[0] if indices.shape[0] else NULL,
-                                &data[0] if data.shape[0] else NULL, nrows, ncols, indices.shape[0], &indptr_t[0],
-                                &indices_t[0] if indices_t.shape[0] else NULL,
-                                &data_t[0] if data_t.shape[0] else NULL, indices_t.shape[0], has_t, &keys[0],
-                                &vals[0], keys.shape[0], op, consts[0], has_free, consts[1], &idx[0], &rows[0],
-                                &cols[0], &old[0], &new[0], &pos[0], &present[0], &pos_t[0], &miss[0], &miss_t[0],
-                                &moved, &counts[0], &stats[0])
-    _raise_status(status)
-    return moved
+cdef struct UpdateCall:
+    # A and its transpose (has_t), the entries, the merge
+    const int64_t *indptr
+    void *indices
+    void *data
+    int64_t nrows
+    int64_t ncols
+    int64_t nnz
+    const int64_t *indptr_t
+    void *indices_t
+    void *data_t
+    int64_t nnz_t
+    bint has_t
+    const int64_t *keys
+    const void *vals
+    int64_t count
+    int op
+    const void *consts          # [zero, free] in the element type
+    bint has_free
+    # out: the entries that changed (capacity count), the counts, the stats (see update)
+    int64_t *idx
+    int64_t *rows
+    int64_t *cols
+    void *old
+    void *new
+    int64_t *pos
+    uint8_t *present
+    int64_t *pos_t
+    uint8_t *miss
+    uint8_t *miss_t
+    int64_t moved
+    int64_t counts[4]
+    double stats[5]
+
+
+cdef int _update_call(numeric_t *elem, index_t *width, UpdateCall *a) noexcept nogil:
+    """_update_kernel on the call's arrays, typed (``elem`` and ``width`` only pick the types)."""
+    cdef const numeric_t *consts = <const numeric_t *>a.consts
+    return _update_kernel(a.indptr, <index_t *>a.indices, <numeric_t *>a.data, a.nrows, a.ncols, a.nnz, a.indptr_t,
+                          <index_t *>a.indices_t, <numeric_t *>a.data_t, a.nnz_t, a.has_t, a.keys,
+                          <const numeric_t *>a.vals, a.count, a.op, consts[0], a.has_free, consts[1], a.idx, a.rows,
+                          a.cols, <numeric_t *>a.old, <numeric_t *>a.new, a.pos, a.present, a.pos_t, a.miss,
+                          a.miss_t, &a.moved, a.counts, a.stats)
 
 
 def update(indptr, indices, data, ncols, keys, vals, op, zero, free=None, indptr_t=None, indices_t=None,
@@ -339,116 +431,72 @@ def update(indptr, indices, data, ncols, keys, vals, op, zero, free=None, indptr
     A value equal to ``zero`` removes the entry (see ``assign``: ``free`` is the value of A's free slots, None
     when it has none). Returns None when no entry changes, else ``(idx, rows, cols, old, new, present, pos, pos_t,
     miss, miss_t, misses, claimed, misses_t, claimed_t, stats)``: the entries that changed (flat, row, column),
-    their values before and after, ``new != zero``, their positions in A before the change (-1: none) and in the
+    their values before and after (in the dtype of ``data``: bool stays bool), ``new != zero``, their positions in A before the change (-1: none) and in the
     transpose, the changes left undone in A and in the transpose and their counts (see ``assign``), whether a
     free slot was taken in each, and ``(lo, hi, any NaN, any ±inf, count)`` of the stored new values (lo and hi
     over those not NaN: inf and -inf when none).
     """
+    cdef UpdateCall a
+    cdef int status, elem, typenum
+    cdef bint wide, fast = False
+    cdef Py_ssize_t count, m
+    cdef char cbuf[16]
     if not 0 <= ncols < 1 << 62:
         raise ValueError(f"ncols must lie in [0, 2**62), got {ncols}")
     has_t = indptr_t is not None
     consts = None
-    if (_vec(indptr, _I64) and _vec(indices, None) and (indices.dtype == _I32 or indices.dtype == _I64)
-            and _vec(data, None) and data.flags.writeable and indices.flags.writeable and _vec(keys, _I64)
-            and _vec(vals, data.dtype) and keys.shape[0] == vals.shape[0] and (op == -1 or 0 <= op <= 3)
-            and _csr_ok(indptr, indices, data, indptr.shape[0] - 1)):
-        nrows = indptr.shape[0] - 1
-        if not has_t or (_vec(indptr_t, _I64) and _vec(indices_t, indices.dtype) and _vec(data_t, data.dtype)
-                         and data_t.flags.writeable and indices_t.flags.writeable
-                         and _csr_ok(indptr_t, indices_t, data_t, ncols)):
-            consts = _fast_consts(zero, free, data.dtype)
-    if consts is not None:
+    typenum = cnp.PyArray_TYPE(<cnp.ndarray>data) if cnp.PyArray_Check(data) else cnp.NPY_NOTYPE
+    if (_arr(indptr, E_I64) and _index_arr(indices) and _arr(data, -1, True) and cnp.PyArray_ISWRITEABLE(indices)
+            and _arr(keys, E_I64) and _arr(vals, _elem(data)) and _len(keys) == _len(vals)
+            and (op == -1 or 0 <= op <= 3) and _csr_ok(indptr, indices, data, _len(indptr) - 1)):
+        nrows = _len(indptr) - 1
+        if not has_t or (_arr(indptr_t, E_I64) and _arr(indices_t, _elem(indices), True)
+                         and _arr(data_t, _elem(data), True) and _csr_ok(indptr_t, indices_t, data_t, ncols)):
+            fast = _fast_consts(zero, free, _elem(<cnp.ndarray>data), cbuf)
+    if fast:
         has_free = free is not None
         if not has_t:
-            indptr_t, indices_t, data_t = np.zeros(1, dtype=np.int64), indices[:0], data[:0]
+            indptr_t, indices_t, data_t = indptr, indices, data
     else:
         (indptr, indices, data, indptr_t, indices_t, data_t, has_t, keys, vals, nrows, consts,
          has_free) = update_args(indptr, indices, data, ncols, keys, vals, op, zero, free, indptr_t, indices_t,
                                  data_t)
-    k = keys.shape[0]
-    ints = np.empty((5, k), dtype=np.int64)            # idx, rows, cols, pos, pos_t
-    values = np.empty((2, k), dtype=data.dtype)         # old, new
-    flags = np.zeros((3, k), dtype=np.uint8)            # present, miss, miss_t
-    counts = np.zeros(4, dtype=np.int64)
-    stats = np.array([np.inf, -np.inf, 0.0, 0.0, 0.0])
-    idx, rows, cols, pos, pos_t = ints[0], ints[1], ints[2], ints[3], ints[4]
-    old, new = values[0], values[1]
-    present, miss, miss_t = flags[0], flags[1], flags[2]
-    m = _update_typed(indptr, indices, data, indptr_t, indices_t, data_t, has_t, keys, vals, nrows, ncols, op,
-                      consts, has_free, idx, rows, cols, old, new, pos, present, pos_t, miss, miss_t, counts, stats)
-    if not m:
+    count = _len(keys)
+    if count == 0:
         return None
-    if m < k:
+    elem = _elem(data)
+    wide = cnp.PyArray_ITEMSIZE(<cnp.ndarray>indices) == 8
+    idx, rows, cols = _empty(count, cnp.NPY_INT64), _empty(count, cnp.NPY_INT64), _empty(count, cnp.NPY_INT64)
+    pos, pos_t = _empty(count, cnp.NPY_INT64), _empty(count, cnp.NPY_INT64)
+    old, new = _empty(count, typenum), _empty(count, typenum)
+    present, miss, miss_t = _zeros(count, cnp.NPY_BOOL), _zeros(count, cnp.NPY_BOOL), _zeros(count, cnp.NPY_BOOL)
+    a.indptr, a.indices, a.data = <const int64_t *>_ptr(indptr), _ptr(indices), _ptr(data)
+    a.nrows, a.ncols, a.nnz = nrows, ncols, _len(indices)
+    a.indptr_t, a.indices_t, a.data_t = <const int64_t *>_ptr(indptr_t), _ptr(indices_t), _ptr(data_t)
+    a.nnz_t, a.has_t = _len(indices_t) if has_t else 0, has_t
+    a.keys, a.vals, a.count, a.op = <const int64_t *>_ptr(keys), _ptr(vals), count, op
+    a.consts, a.has_free = <void *>cbuf if fast else _ptr(consts), has_free
+    a.idx, a.rows, a.cols = <int64_t *>_ptr(idx), <int64_t *>_ptr(rows), <int64_t *>_ptr(cols)
+    a.old, a.new, a.pos, a.pos_t = _ptr(old), _ptr(new), <int64_t *>_ptr(pos), <int64_t *>_ptr(pos_t)
+    a.present, a.miss, a.miss_t = <uint8_t *>_ptr(present), <uint8_t *>_ptr(miss), <uint8_t *>_ptr(miss_t)
+    a.moved = 0
+    memset(a.counts, 0, sizeof(a.counts))
+    a.stats[0], a.stats[1], a.stats[2], a.stats[3], a.stats[4] = np.inf, -np.inf, 0.0, 0.0, 0.0
+    with nogil:
+        status = _dispatch(K_UPDATE, elem, wide, &a)
+    _raise_status(status)
+    m = a.moved
+    if m == 0:
+        return None
+    if m < count:
         idx, rows, cols, pos, pos_t = idx[:m], rows[:m], cols[:m], pos[:m], pos_t[:m]
         old, new, present, miss, miss_t = old[:m], new[:m], present[:m], miss[:m], miss_t[:m]
-    return (idx, rows, cols, old, new, present.view(np.bool_), pos, pos_t, miss.view(np.bool_),
-            miss_t.view(np.bool_), int(counts[0]), bool(counts[1]), int(counts[2]), bool(counts[3]),
-            (float(stats[0]), float(stats[1]), bool(stats[2]), bool(stats[3]), int(stats[4])))
+    return (idx, rows, cols, old, new, present, pos, pos_t, miss, miss_t, int(a.counts[0]), bool(a.counts[1]),
+            int(a.counts[2]), bool(a.counts[3]),
+            (float(a.stats[0]), float(a.stats[1]), bool(a.stats[2]), bool(a.stats[3]), int(a.stats[4])))
 
 
 # ----------------------------------------------------------------------------------------------------- repair
-
-cdef inline bint _better(numeric_t a, numeric_t b, bint maxfirst) noexcept nogil:
-    """a strictly better than b for the ⊕ order (larger for max, smaller for min)."""
-    return a > b if maxfirst else a < b
-
-
-cdef int _heap_push(numeric_t **keys, int64_t **ids, Py_ssize_t *size, Py_ssize_t *cap, numeric_t key,
-                    int64_t ident, bint maxfirst) noexcept nogil:
-    """Insert (key, ident) into the binary heap ordered by _better; -1 when out of memory."""
-    cdef Py_ssize_t pos, parent, newcap
-    cdef numeric_t *nk
-    cdef int64_t *ni
-    if size[0] == cap[0]:
-        newcap = cap[0] * 2 if cap[0] else 256
-        nk = <numeric_t *>realloc(keys[0], newcap * sizeof(numeric_t))
-        if nk == NULL:
-            return -1
-        keys[0] = nk
-        ni = <int64_t *>realloc(ids[0], newcap * sizeof(int64_t))
-        if ni == NULL:
-            return -1
-        ids[0] = ni
-        cap[0] = newcap
-    nk = keys[0]
-    ni = ids[0]
-    pos = size[0]
-    size[0] += 1
-    while pos > 0:
-        parent = (pos - 1) >> 1
-        if not _better(key, nk[parent], maxfirst):
-            break
-        nk[pos] = nk[parent]
-        ni[pos] = ni[parent]
-        pos = parent
-    nk[pos] = key
-    ni[pos] = ident
-    return 0
-
-
-cdef void _heap_pop(numeric_t *keys, int64_t *ids, Py_ssize_t *size, bint maxfirst) noexcept nogil:
-    """Remove the top of the heap."""
-    cdef Py_ssize_t n = size[0] - 1
-    cdef Py_ssize_t pos = 0
-    cdef Py_ssize_t child
-    cdef numeric_t key = keys[n]
-    cdef int64_t ident = ids[n]
-    size[0] = n
-    while True:
-        child = 2 * pos + 1
-        if child >= n:
-            break
-        if child + 1 < n and _better(keys[child + 1], keys[child], maxfirst):
-            child += 1
-        if not _better(keys[child], key, maxfirst):
-            break
-        keys[pos] = keys[child]
-        ids[pos] = ids[child]
-        pos = child
-    if n > 0:
-        keys[pos] = key
-        ids[pos] = ident
-
 
 cdef struct Queue:
     int64_t *ptr
@@ -483,14 +531,15 @@ cdef inline int _touch(numeric_t *y, numeric_t *old_out, uint8_t *mark, IdList *
         return 0
     mark[i] |= M_TOUCHED
     old_out[i] = y[i]
-    return _push_id(touched, i)
+    return push_id(touched, i)
 
 
 cdef int _converge(const int64_t *indptr_t, const index_t *indices_t, const numeric_t *data_t, int64_t nnz,
                    numeric_t *y, int64_t n, const IdList *front, int add_op, int mul_op, numeric_t zero,
                    uint8_t *mark, numeric_t *old_out, IdList *touched) noexcept nogil:
     """Semi-naive closure from ``front``: a binary heap (Dijkstra's order) while every improvement is no better
-    than the value being pushed, then a FIFO worklist capped at n + 1 rounds (as ``spmv.closure``)."""
+    than the value being pushed, then a FIFO worklist capped at n + 1 rounds (as ``spmv.closure``); one loop,
+    the worklist it pops from switching once."""
     cdef bint maxfirst = add_op == OP_MAX
     cdef numeric_t *hkeys = NULL
     cdef int64_t *hids = NULL
@@ -499,66 +548,57 @@ cdef int _converge(const int64_t *indptr_t, const index_t *indices_t, const nume
     cdef int64_t in_round = 0, rounds = 0
     cdef int64_t r, j, k, i, ks, ke
     cdef numeric_t v, cur, new
-    cdef bint ordered = True
+    cdef bint ordered = True, from_heap
     cdef int status = ST_OK
     q.ptr = NULL
     q.head = q.size = q.cap = 0
     for r in range(front.size):
         j = front.ptr[r]
-        if y[j] != zero and _heap_push(&hkeys, &hids, &hsize, &hcap, y[j], j, maxfirst):
+        if y[j] != zero and heap_push(&hkeys, &hids, &hsize, &hcap, y[j], j, maxfirst):
             status = ST_NO_MEMORY
             break
-    while status == ST_OK and ordered and hsize:
-        j = hids[0]
-        v = hkeys[0]
-        _heap_pop(hkeys, hids, &hsize, maxfirst)
-        if v != y[j] or v == zero:
-            continue
-        ks = indptr_t[j]
-        ke = indptr_t[j + 1]
-        if ks < 0 or ke > nnz or ks > ke:
-            status = ST_BAD_INDEX
-            break
-        for k in range(ks, ke):
-            i = indices_t[k]
-            if <uint64_t>i >= <uint64_t>n:
-                status = ST_BAD_INDEX
+    while status == ST_OK:
+        if ordered:                                 # Dijkstra's order, while it holds
+            if not hsize:
                 break
-            cur = y[i]
-            new = apply_op(add_op, cur, apply_op(mul_op, data_t[k], v))
-            if new == cur:
+            j = hids[0]
+            v = hkeys[0]
+            heap_pop(hkeys, hids, &hsize, maxfirst)
+            if v != y[j]:
                 continue
-            if _touch(y, old_out, mark, touched, i) or _heap_push(&hkeys, &hids, &hsize, &hcap, new, i, maxfirst):
-                status = ST_NO_MEMORY
-                break
-            y[i] = new
-            if _better(new, v, maxfirst):
-                ordered = False
-    if status == ST_OK:
-        for h in range(hsize):
-            j = hids[h]
-            if hkeys[h] == y[j] and not (mark[j] & M_QUEUED):
-                mark[j] |= M_QUEUED
-                if _queue_push(&q, j):
-                    status = ST_NO_MEMORY
+        else:
+            if hkeys != NULL:                       # the order broke: the heap's live entries join the FIFO
+                for h in range(hsize):
+                    j = hids[h]
+                    if hkeys[h] == y[j] and not (mark[j] & M_QUEUED):
+                        mark[j] |= M_QUEUED
+                        if _queue_push(&q, j):
+                            status = ST_NO_MEMORY
+                            break
+                free(hkeys)
+                free(hids)
+                hkeys = NULL
+                hids = NULL
+                hsize = 0
+                if status != ST_OK:
                     break
-    free(hkeys)
-    free(hids)
-    while status == ST_OK and q.size:
-        if in_round == 0:
-            rounds += 1
-            if rounds > n + 1:
-                status = ST_NO_CONVERGENCE
+            if not q.size:
                 break
-            in_round = q.size
-        j = q.ptr[q.head]
-        q.head = q.head + 1 if q.head + 1 < q.cap else 0
-        q.size -= 1
-        in_round -= 1
-        mark[j] &= ~M_QUEUED
-        v = y[j]
+            if in_round == 0:
+                rounds += 1
+                if rounds > n + 1:
+                    status = ST_NO_CONVERGENCE
+                    break
+                in_round = q.size
+            j = q.ptr[q.head]
+            q.head = q.head + 1 if q.head + 1 < q.cap else 0
+            q.size -= 1
+            in_round -= 1
+            mark[j] &= ~M_QUEUED
+            v = y[j]
         if v == zero:
             continue
+        from_heap = ordered                          # (the row pushes to where j came from)
         ks = indptr_t[j]
         ke = indptr_t[j + 1]
         if ks < 0 or ke > nnz or ks > ke:
@@ -577,11 +617,19 @@ cdef int _converge(const int64_t *indptr_t, const index_t *indices_t, const nume
                 status = ST_NO_MEMORY
                 break
             y[i] = new
-            if not (mark[i] & M_QUEUED):
+            if from_heap:
+                if heap_push(&hkeys, &hids, &hsize, &hcap, new, i, maxfirst):
+                    status = ST_NO_MEMORY
+                    break
+                if better(new, v, maxfirst):
+                    ordered = False
+            elif not (mark[i] & M_QUEUED):
                 mark[i] |= M_QUEUED
                 if _queue_push(&q, i):
                     status = ST_NO_MEMORY
                     break
+    free(hkeys)
+    free(hids)
     free(q.ptr)
     return status
 
@@ -655,7 +703,7 @@ cdef int _repair_kernel(const int64_t *indptr, const index_t *indices, const num
         if apply_op(add_op, w, nw) == nw:              # improved (or equal): push from its head
             if not (mark[c] & M_FRONT):
                 mark[c] |= M_FRONT
-                if _push_id(front, c):
+                if push_id(front, c):
                     return ST_NO_MEMORY
             better = True
         else:
@@ -665,7 +713,7 @@ cdef int _repair_kernel(const int64_t *indptr, const index_t *indices, const num
             worse_tight = worse_tight or not better
             if not (mark[r] & M_REGION):
                 mark[r] |= M_REGION
-                if _push_id(region, r):
+                if push_id(region, r):
                     return ST_NO_MEMORY
     if not worse_tight:                                # no value depended on a worsened entry
         for q in range(region.size):
@@ -694,7 +742,7 @@ cdef int _repair_kernel(const int64_t *indptr, const index_t *indices, const num
             w = data_t[p]
             if w != zero and apply_op(mul_op, w, yj) == y[i]:
                 mark[i] |= M_REGION
-                if _push_id(region, i):
+                if push_id(region, i):
                     return ST_NO_MEMORY
     if limit >= 0 and region.size > limit:
         return ST_TOO_LARGE
@@ -731,7 +779,7 @@ cdef int _repair_kernel(const int64_t *indptr, const index_t *indices, const num
         y[j] = apply_op(add_op, y[j], pulled[q])
         if not (mark[j] & M_FRONT):
             mark[j] |= M_FRONT
-            if _push_id(front, j):
+            if push_id(front, j):
                 free(pulled)
                 return ST_NO_MEMORY
     free(pulled)
@@ -740,93 +788,92 @@ cdef int _repair_kernel(const int64_t *indptr, const index_t *indices, const num
                      touched)
 
 
-cdef object _repair_run(const int64_t[::1] indptr, const index_t[::1] indices, const numeric_t[::1] data,
-                        const int64_t[::1] indptr_t, const index_t[::1] indices_t, const numeric_t[::1] data_t,
-                        numeric_t[::1] y, const numeric_t[::1] src, const int64_t[::1] keys,
-                        const numeric_t[::1] old, int add_op, int mul_op, const numeric_t[::1] consts,
-                        bint has_free, int64_t limit, uint8_t[::1] mark, numeric_t[::1] old_out, dtype):
-    cdef IdList region, front, touched
-    cdef int status
-    cdef Py_ssize_t q, t, moved = 0
-    cdef int64_t n = y.shape[0], i
+cdef struct RepairCall:
+    # A, its transpose, the closure, the changed entries, the semiring, the scratch (see repair)
+    const int64_t *indptr
+    const void *indices
+    const void *data
+    int64_t nnz
+    const int64_t *indptr_t
+    const void *indices_t
+    const void *data_t
+    int64_t nnz_t
+    void *y
+    const void *src
+    int64_t n
+    const int64_t *keys
+    const void *old
+    int64_t count
+    int add_op
+    int mul_op
+    const void *consts          # [zero, free] in the element type
+    bint has_free
+    int64_t limit
+    uint8_t *mark
+    void *old_out
+    # out: the positions of y that changed (sorted, in touched.ptr[:moved]), their values before (olds, malloc'd),
+    # the region's size, whether a new value is NaN or ±inf
+    IdList touched
+    void *olds
+    int64_t moved
+    int64_t nregion
+    bint nonfinite
+
+
+cdef int _repair_call(numeric_t *elem, index_t *width, RepairCall *a) noexcept nogil:
+    """The repair on the call's arrays, typed (``elem`` and ``width`` only pick the types); the marks are left
+    clear, the changed positions sorted and compacted in ``a.touched`` with their old values in ``a.olds``."""
+    cdef IdList region, front
+    cdef const numeric_t *consts = <const numeric_t *>a.consts
+    cdef numeric_t *y = <numeric_t *>a.y
+    cdef numeric_t *old_out = <numeric_t *>a.old_out
+    cdef numeric_t *olds = NULL
     cdef int64_t *tmp = NULL
-    cdef numeric_t a, b
-    cdef int64_t[::1] idx_v
-    cdef numeric_t[::1] old_v
-    cdef bint nonfinite = False
-    region.ptr = front.ptr = touched.ptr = NULL
-    region.size = front.size = touched.size = 0
-    region.cap = front.cap = touched.cap = 0
-    try:
-        with nogil:
-            status = _repair_kernel(&indptr[0], &indices[0] if indices.shape[0] else NULL,
-                                    &data[0] if data.shape[0] else NULL, indices.shape[0], &indptr_t[0],
-                                    &indices_t[0] if indices_t.shape[0] else NULL,
-                                    &data_t[0] if data_t.shape[0] else NULL, indices_t.shape[0],
-                                    &y[0] if n else NULL, &src[0] if n else NULL, n,
-                                    &keys[0] if keys.shape[0] else NULL, &old[0] if old.shape[0] else NULL,
-                                    keys.shape[0], add_op, mul_op, consts[0], has_free, consts[1], limit,
-                                    &mark[0] if n else NULL, &old_out[0] if n else NULL, &region, &front,
-                                    &touched)
-        t = touched.size
-        idx = np.empty(t, dtype=np.int64)
-        olds = np.empty(t, dtype=dtype)
-        if status == ST_OK and t:
-            idx_v = idx
-            old_v = olds
-            with nogil:
-                tmp = <int64_t *>malloc(<size_t>t * sizeof(int64_t))
-                if tmp == NULL:
-                    status = ST_NO_MEMORY
-                else:
-                    _sort_ids(touched.ptr, tmp, t, n)
-                    for q in range(t):
-                        i = touched.ptr[q]
-                        a = y[i]
-                        b = old_out[i]
-                        if a != b and not (_float_nan(a) and _float_nan(b)):
-                            idx_v[moved] = i
-                            old_v[moved] = b
-                            moved += 1
-                            if numeric_t is float or numeric_t is double:
-                                if a - a != 0:
-                                    nonfinite = True
-                    free(tmp)
-        nregion = region.size
-    finally:
-        for q in range(region.size):
-            mark[region.ptr[q]] = 0
-        for q in range(front.size):
-            mark[front.ptr[q]] = 0
-        for q in range(touched.size):
-            mark[touched.ptr[q]] = 0
-        free(region.ptr)
-        free(front.ptr)
-        free(touched.ptr)
-    if status in (ST_TOO_LARGE, ST_NAN):
-        return status, None, None, 0, False
-    _raise_status(status)
-    return ST_OK, idx[:moved], olds[:moved], nregion, nonfinite
-
-
-def _repair_typed(const int64_t[::1] indptr, const int64_t[::1] indices, const numeric_t[::1] data,
-                  const int64_t[::1] indptr_t, const int64_t[::1] indices_t, const numeric_t[::1] data_t,
-                  numeric_t[::1] y, const numeric_t[::1] src, const int64_t[::1] keys, const numeric_t[::1] old,
-                  int add_op, int mul_op, const numeric_t[::1] consts, bint has_free, int64_t limit,
-                  uint8_t[::1] mark, numeric_t[::1] old_out, dtype):
-    """Typed entry point of repair, int64 column indices."""
-    return _repair_run(indptr, indices, data, indptr_t, indices_t, data_t, y, src, keys, old, add_op, mul_op,
-                       consts, has_free, limit, mark, old_out, dtype)
-
-
-def _repair_typed32(const int64_t[::1] indptr, const int32_t[::1] indices, const numeric_t[::1] data,
-                    const int64_t[::1] indptr_t, const int32_t[::1] indices_t, const numeric_t[::1] data_t,
-                    numeric_t[::1] y, const numeric_t[::1] src, const int64_t[::1] keys, const numeric_t[::1] old,
-                    int add_op, int mul_op, const numeric_t[::1] consts, bint has_free, int64_t limit,
-                    uint8_t[::1] mark, numeric_t[::1] old_out, dtype):
-    """Typed entry point of repair, int32 column indices."""
-    return _repair_run(indptr, indices, data, indptr_t, indices_t, data_t, y, src, keys, old, add_op, mul_op,
-                       consts, has_free, limit, mark, old_out, dtype)
+    cdef numeric_t u, v
+    cdef Py_ssize_t q, t, moved = 0
+    cdef int64_t i
+    cdef int status
+    region.ptr = front.ptr = NULL
+    region.size = front.size = region.cap = front.cap = 0
+    status = _repair_kernel(a.indptr, <const index_t *>a.indices, <const numeric_t *>a.data, a.nnz, a.indptr_t,
+                            <const index_t *>a.indices_t, <const numeric_t *>a.data_t, a.nnz_t, y,
+                            <const numeric_t *>a.src, a.n, a.keys, <const numeric_t *>a.old, a.count, a.add_op,
+                            a.mul_op, consts[0], a.has_free, consts[1], a.limit, a.mark, old_out, &region, &front,
+                            &a.touched)
+    t = a.touched.size
+    for q in range(region.size):
+        a.mark[region.ptr[q]] = 0
+    for q in range(front.size):
+        a.mark[front.ptr[q]] = 0
+    for q in range(t):
+        a.mark[a.touched.ptr[q]] = 0
+    a.nregion = region.size
+    free(region.ptr)
+    free(front.ptr)
+    if status != ST_OK or t == 0:
+        return status
+    tmp = <int64_t *>malloc(<size_t>t * sizeof(int64_t))
+    olds = <numeric_t *>malloc(<size_t>t * sizeof(numeric_t))
+    if tmp == NULL or olds == NULL:
+        free(tmp)
+        free(olds)
+        return ST_NO_MEMORY
+    _sort_ids(a.touched.ptr, tmp, t, a.n)
+    free(tmp)
+    for q in range(t):
+        i = a.touched.ptr[q]
+        u = y[i]
+        v = old_out[i]
+        if u != v and not (_float_nan(u) and _float_nan(v)):
+            a.touched.ptr[moved] = i
+            olds[moved] = v
+            moved += 1
+            if numeric_t is float or numeric_t is double:
+                if u - u != 0:
+                    a.nonfinite = True
+    a.olds = olds
+    a.moved = moved
+    return ST_OK
 
 
 def repair(indptr, indices, data, indptr_t, indices_t, data_t, y, src, keys, old, add_op, mul_op, zero,
@@ -845,35 +892,107 @@ def repair(indptr, indices, data, indptr_t, indices_t, data_t, y, src, keys, old
     scratch, kept by the caller (allocated here when None).
 
     Returns ``(status, idx, old_values, region_size, nonfinite)``: ``status`` is ``OK``, with the sorted
-    positions of ``y`` that changed, their values before and whether a new one is NaN or ±inf; ``TOO_LARGE`` (the region would exceed ``limit`` values, -1: no limit),
-    or ``NAN_ENTRY`` (a changed entry is NaN now), both with ``y`` untouched and ``idx`` None. Raises
-    ``ValueError("closure does not converge")`` after more than n + 1 FIFO rounds (``y`` then partly updated).
+    positions of ``y`` that changed, their values before (in ``y``'s dtype: bool stays bool) and whether a new one is NaN or ±inf; ``TOO_LARGE`` (the
+    region would exceed ``limit`` values, -1: no limit), or ``NAN_ENTRY`` (a changed entry is NaN now), both with
+    ``y`` untouched and ``idx`` None. Raises ``ValueError("closure does not converge")`` after more than n + 1
+    FIFO rounds (``y`` then partly updated).
     """
+    cdef RepairCall a
+    cdef int status, elem = -1
+    cdef int typenum = cnp.PyArray_TYPE(<cnp.ndarray>y) if cnp.PyArray_Check(y) else cnp.NPY_NOTYPE
+    cdef bint wide, fast = False
+    cdef Py_ssize_t n
+    cdef char cbuf[16]
     consts = None
-    if (_vec(y, None) and y.flags.writeable and _vec(indptr, _I64) and _vec(indptr_t, _I64)
-            and _vec(indices, None) and _vec(indices_t, indices.dtype) and (indices.dtype == _I32
-                                                                           or indices.dtype == _I64)
-            and _vec(data, y.dtype) and _vec(data_t, y.dtype) and _vec(src, y.dtype) and _vec(keys, _I64)
-            and _vec(old, y.dtype) and _vec(mark, _U8) and mark.flags.writeable and _vec(old_out, y.dtype)
-            and old_out.flags.writeable and (add_op == 2 or add_op == 3) and 0 <= mul_op <= 3
-            and src.shape[0] == y.shape[0] == mark.shape[0] == old_out.shape[0] and old.shape[0] == keys.shape[0]
-            and _csr_ok(indptr, indices, data, y.shape[0]) and _csr_ok(indptr_t, indices_t, data_t, y.shape[0])):
-        consts = _fast_consts(zero, free, y.dtype)
-    if consts is not None:
+    if _arr(y, -1, True):
+        elem = _elem(<cnp.ndarray>y)
+        n = _len(y)
+        if (_arr(indptr, E_I64) and _arr(indptr_t, E_I64) and _index_arr(indices)
+                and _arr(indices_t, _elem(<cnp.ndarray>indices)) and _arr(data, elem) and _arr(data_t, elem)
+                and _arr(src, elem) and _arr(keys, E_I64) and _arr(old, elem) and _arr(mark, E_U8, True)
+                and _arr(old_out, elem, True) and (add_op == 2 or add_op == 3) and 0 <= mul_op <= 3
+                and _len(src) == n and _len(mark) == n and _len(old_out) == n and _len(old) == _len(keys)
+                and _csr_ok(indptr, indices, data, n) and _csr_ok(indptr_t, indices_t, data_t, n)):
+            fast = _fast_consts(zero, free, elem, cbuf)
+    if fast:
         has_free = free is not None
     else:
         (indptr, indices, data, indptr_t, indices_t, data_t, y, src, keys, old, consts, has_free, mark,
          old_out) = repair_args(indptr, indices, data, indptr_t, indices_t, data_t, y, src, keys, old, add_op,
                                 mul_op, zero, free, mark, old_out)
-    if indices.dtype == np.int32 and indices_t.dtype == np.int32:
-        return _repair_typed32(indptr, indices, data, indptr_t, indices_t, data_t, y, src, keys, old, add_op,
-                               mul_op, consts, has_free, limit, mark, old_out, y.dtype)
-    return _repair_typed(indptr, _wide(indices), data, indptr_t, _wide(indices_t), data_t, y, src, keys, old,
-                         add_op, mul_op, consts, has_free, limit, mark, old_out, y.dtype)
+        if indices.dtype != indices_t.dtype:
+            indices, indices_t = indices.astype(np.int64), indices_t.astype(np.int64)
+        elem = _elem(<cnp.ndarray>y)
+    wide = cnp.PyArray_ITEMSIZE(<cnp.ndarray>indices) == 8
+    a.indptr, a.indices, a.data, a.nnz = <const int64_t *>_ptr(indptr), _ptr(indices), _ptr(data), _len(indices)
+    a.indptr_t, a.indices_t, a.data_t = <const int64_t *>_ptr(indptr_t), _ptr(indices_t), _ptr(data_t)
+    a.nnz_t, a.y, a.src, a.n = _len(indices_t), _ptr(y), _ptr(src), _len(y)
+    a.keys, a.old, a.count = <const int64_t *>_ptr(keys), _ptr(old), _len(keys)
+    a.add_op, a.mul_op, a.has_free, a.limit = add_op, mul_op, has_free, limit
+    a.consts = <void *>cbuf if fast else _ptr(consts)
+    a.mark, a.old_out = <uint8_t *>_ptr(mark), _ptr(old_out)
+    a.touched.ptr, a.touched.size, a.touched.cap = NULL, 0, 0
+    a.olds, a.moved, a.nregion, a.nonfinite = NULL, 0, 0, False
+    try:
+        with nogil:
+            status = _dispatch(K_REPAIR, elem, wide, &a)
+        if status in (ST_TOO_LARGE, ST_NAN):
+            return status, None, None, 0, False
+        _raise_status(status)
+        idx = _empty(a.moved, cnp.NPY_INT64)
+        olds = _empty(a.moved, typenum)
+        if a.moved:
+            memcpy(_ptr(idx), a.touched.ptr, <size_t>a.moved * sizeof(int64_t))
+            memcpy(_ptr(olds), a.olds, <size_t>a.moved * cnp.PyArray_ITEMSIZE(<cnp.ndarray>y))
+    finally:                                # (``free`` is the argument here)
+        _release(a.touched.ptr)
+        _release(a.olds)
+    return ST_OK, idx, olds, a.nregion, a.nonfinite
 
 
-def _wide(indices):
-    return indices if indices.dtype == np.int64 else indices.astype(np.int64)
+# ------------------------------------------------------------------------------------------------ typed dispatch
+
+cdef enum:
+    K_UPDATE = 0
+    K_REPAIR = 1
+
+
+cdef int _run(int kernel, numeric_t *elem, index_t *width, void *call) noexcept nogil:
+    """One kernel's typed entry (``elem`` and ``width`` only pick the types)."""
+    if kernel == K_UPDATE:
+        return _update_call(elem, width, <UpdateCall *>call)
+    return _repair_call(elem, width, <RepairCall *>call)
+
+
+cdef int _run_elem(int kernel, int elem, index_t *width, void *call) noexcept nogil:
+    if elem == E_F64:
+        return _run(kernel, <double *>NULL, width, call)
+    if elem == E_F32:
+        return _run(kernel, <float *>NULL, width, call)
+    if elem == E_I64:
+        return _run(kernel, <int64_t *>NULL, width, call)
+    if elem == E_I32:
+        return _run(kernel, <int32_t *>NULL, width, call)
+    if elem == E_I16:
+        return _run(kernel, <int16_t *>NULL, width, call)
+    if elem == E_I8:
+        return _run(kernel, <int8_t *>NULL, width, call)
+    if elem == E_U64:
+        return _run(kernel, <uint64_t *>NULL, width, call)
+    if elem == E_U32:
+        return _run(kernel, <uint32_t *>NULL, width, call)
+    if elem == E_U16:
+        return _run(kernel, <uint16_t *>NULL, width, call)
+    if elem == E_U8:
+        return _run(kernel, <uint8_t *>NULL, width, call)
+    return ST_BAD_INDEX
+
+
+cdef int _dispatch(int kernel, int elem, bint wide, void *call) noexcept nogil:
+    """Run ``kernel`` on ``call`` typed for the element type ``elem`` and int64 (``wide``) or int32 indices."""
+    if wide:
+        return _run_elem(kernel, elem, <int64_t *>NULL, call)
+    return _run_elem(kernel, elem, <int32_t *>NULL, call)
 
 
 cdef object _raise_status(int status):
@@ -918,7 +1037,7 @@ cdef int _reach_touch(uint8_t *y, uint8_t *old_out, uint8_t *mark, IdList *touch
         return 0
     mark[i] |= R_TOUCHED
     old_out[i] = y[i]
-    return _push_id(touched, i)
+    return push_id(touched, i)
 
 
 cdef struct LevelQueue:
@@ -998,12 +1117,12 @@ cdef int _reach_kernel(const int64_t *indptr, const index_t *indices, const uint
         if now:                                        # a new entry c -> r: r may get a lower level
             if not src[r] and not (mark[r] & R_PULL):
                 mark[r] |= R_PULL
-                if _push_id(pulls, r):
+                if push_id(pulls, r):
                     return ST_NO_MEMORY
         elif lev[c] != INF and lev[r] != INF and lev[r] == lev[c] + 1 and not src[r] \
                 and not (mark[r] & R_CAND):
             mark[r] |= R_CAND
-            if _push_id(cand, r) or _push_id(&lq.init, <int64_t>lev[r] * n + r):
+            if push_id(cand, r) or push_id(&lq.init, <int64_t>lev[r] * n + r):
                 return ST_NO_MEMORY
     for k in range(npoints):
         v = points[k]
@@ -1012,11 +1131,11 @@ cdef int _reach_kernel(const int64_t *indptr, const index_t *indices, const uint
         if src[v]:
             if lev[v] != 0 and not (mark[v] & R_PULL):
                 mark[v] |= R_PULL
-                if _push_id(pulls, v):
+                if push_id(pulls, v):
                     return ST_NO_MEMORY
         elif lev[v] == 0 and not (mark[v] & R_CAND):
             mark[v] |= R_CAND
-            if _push_id(cand, v) or _push_id(&lq.init, v):
+            if push_id(cand, v) or push_id(&lq.init, v):
                 return ST_NO_MEMORY
     # 2. in level order: a candidate with no unaffected in-neighbour one level below is affected, and so become
     #    candidates its out-neighbours one level above (their other supports are all decided by then)
@@ -1038,7 +1157,7 @@ cdef int _reach_kernel(const int64_t *indptr, const index_t *indices, const uint
         if supported:
             continue
         mark[v] |= R_AFFECTED
-        if _push_id(region, v):
+        if push_id(region, v):
             return ST_NO_MEMORY
         if not _row_ok(indptr_t, v, nnz_t):
             return ST_BAD_INDEX
@@ -1048,7 +1167,7 @@ cdef int _reach_kernel(const int64_t *indptr, const index_t *indices, const uint
                 return ST_BAD_INDEX
             if data_t[p] != 0 and lev[w] == l + 1 and not src[w] and not (mark[w] & R_CAND):
                 mark[w] |= R_CAND
-                if _push_id(cand, w) or _push_id(&lq.gen, (l + 1) * n + w):
+                if push_id(cand, w) or push_id(&lq.gen, (l + 1) * n + w):
                     return ST_NO_MEMORY
     if lq.bad:
         return ST_BAD_INDEX
@@ -1060,7 +1179,7 @@ cdef int _reach_kernel(const int64_t *indptr, const index_t *indices, const uint
         lev[v] = INF
         if not (mark[v] & R_PULL):
             mark[v] |= R_PULL
-            if _push_id(pulls, v):
+            if push_id(pulls, v):
                 return ST_NO_MEMORY
     lq.init.size = 0
     for q in range(pulls.size):
@@ -1078,7 +1197,7 @@ cdef int _reach_kernel(const int64_t *indptr, const index_t *indices, const uint
                 if data[p] != 0 and lev[u] != INF and lev[u] + 1 < t:
                     t = lev[u] + 1
         if t < lev[v]:
-            if (lev[v] == INF and _reach_touch(y, old_out, mark, touched, v)) or _push_id(&lq.init, t * n + v):
+            if (lev[v] == INF and _reach_touch(y, old_out, mark, touched, v)) or push_id(&lq.init, t * n + v):
                 return ST_NO_MEMORY
             lev[v] = <level_t>t
     # 4. breadth first from the lowered levels, in level order
@@ -1096,7 +1215,7 @@ cdef int _reach_kernel(const int64_t *indptr, const index_t *indices, const uint
                 return ST_BAD_INDEX
             if data_t[p] != 0 and l + 1 < lev[w]:
                 if (lev[w] == INF and _reach_touch(y, old_out, mark, touched, w)) \
-                        or _push_id(&lq.gen, (l + 1) * n + w):
+                        or push_id(&lq.gen, (l + 1) * n + w):
                     return ST_NO_MEMORY
                 lev[w] = <level_t>(l + 1)
     if lq.bad:
@@ -1199,77 +1318,98 @@ def reach_build(indptr_t, indices_t, data_t, y, src, level):
     return _reach_build_typed(indptr_t, indices_t, data_t, y, src, level)
 
 
-def _reach_typed(const int64_t[::1] indptr, const index_t[::1] indices, const uint8_t[::1] data,
-                 const int64_t[::1] indptr_t, const index_t[::1] indices_t, const uint8_t[::1] data_t,
-                 uint8_t[::1] y, const uint8_t[::1] src, level_t[::1] lev, const int64_t[::1] keys,
-                 const uint8_t[::1] old, const int64_t[::1] points, uint8_t[::1] mark, uint8_t[::1] old_out):
-    """Typed entry point of reach."""
-    cdef IdList cand, region, pulls, touched
+cdef struct ReachCall:
+    # A, its transpose, the sources, the levels, the changes, the closure, the scratch (see reach)
+    const int64_t *indptr
+    const void *indices
+    const uint8_t *data
+    int64_t nnz
+    const int64_t *indptr_t
+    const void *indices_t
+    const uint8_t *data_t
+    int64_t nnz_t
+    const uint8_t *src
+    void *level
+    int64_t n
+    const int64_t *keys
+    const uint8_t *old
+    int64_t count
+    const int64_t *points
+    int64_t npoints
+    uint8_t *y
+    uint8_t *mark
+    uint8_t *old_out
+    # out: the positions of y that changed (sorted, in touched.ptr[:moved]), their values before (olds, malloc'd),
+    # how many vertices were affected
+    IdList touched
+    uint8_t *olds
+    int64_t moved
+    int64_t nregion
+
+
+cdef int _reach_call(index_t *width, level_t *lw, ReachCall *a) noexcept nogil:
+    """The level repair on the call's arrays, typed (``width`` and ``lw`` only pick the index and level types); the
+    marks are left clear, y set where a level went to or from unreached, those positions sorted and compacted in
+    ``a.touched`` with their old values in ``a.olds``."""
+    cdef IdList cand, region, pulls
     cdef LevelQueue lq
-    cdef int status
-    cdef Py_ssize_t q, t, moved = 0
-    cdef int64_t n = y.shape[0], i
+    cdef level_t *lev = <level_t *>a.level
+    cdef level_t INF = _level_inf(lev)
     cdef int64_t *tmp = NULL
-    cdef uint8_t a
-    cdef level_t INF
-    cdef int64_t[::1] idx_v
-    cdef uint8_t[::1] old_v
-    if n == 0:
-        if keys.shape[0] or points.shape[0]:
-            raise ValueError("matrix indices/indptr or entry keys out of range")
-        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.uint8), 0
-    INF = _level_inf(&lev[0])
-    cand.ptr = region.ptr = pulls.ptr = touched.ptr = NULL
-    cand.size = region.size = pulls.size = touched.size = 0
-    cand.cap = region.cap = pulls.cap = touched.cap = 0
+    cdef Py_ssize_t q, t, moved = 0
+    cdef int64_t i
+    cdef uint8_t u
+    cdef int status
+    cand.ptr = region.ptr = pulls.ptr = NULL
+    cand.size = region.size = pulls.size = cand.cap = region.cap = pulls.cap = 0
     lq.init.ptr = lq.gen.ptr = NULL
     lq.init.size = lq.gen.size = lq.init.cap = lq.gen.cap = 0
-    try:
-        with nogil:
-            status = _reach_kernel(&indptr[0], &indices[0] if indices.shape[0] else NULL,
-                                   &data[0] if data.shape[0] else NULL, indices.shape[0], &indptr_t[0],
-                                   &indices_t[0] if indices_t.shape[0] else NULL,
-                                   &data_t[0] if data_t.shape[0] else NULL, indices_t.shape[0], &src[0], &lev[0],
-                                   n, &keys[0] if keys.shape[0] else NULL, &old[0] if old.shape[0] else NULL,
-                                   keys.shape[0], &points[0] if points.shape[0] else NULL, points.shape[0],
-                                   &y[0], &mark[0], &old_out[0], &cand, &region, &pulls, &touched, &lq)
-        t = touched.size
-        idx = np.empty(t, dtype=np.int64)
-        olds = np.empty(t, dtype=np.uint8)
-        if status == ST_OK and t:
-            idx_v = idx
-            old_v = olds
-            with nogil:
-                tmp = <int64_t *>malloc(<size_t>t * sizeof(int64_t))
-                if tmp == NULL:
-                    status = ST_NO_MEMORY
-                else:
-                    _sort_ids(touched.ptr, tmp, t, n)
-                    for q in range(t):
-                        i = touched.ptr[q]
-                        a = lev[i] != INF
-                        if a != old_out[i]:
-                            y[i] = a
-                            idx_v[moved] = i
-                            old_v[moved] = old_out[i]
-                            moved += 1
-                    free(tmp)
-        nregion = region.size
-    finally:
-        for q in range(cand.size):
-            mark[cand.ptr[q]] = 0
-        for q in range(pulls.size):
-            mark[pulls.ptr[q]] = 0
-        for q in range(touched.size):
-            mark[touched.ptr[q]] = 0
-        free(cand.ptr)
-        free(region.ptr)
-        free(pulls.ptr)
-        free(touched.ptr)
-        free(lq.init.ptr)
-        free(lq.gen.ptr)
-    _raise_status(status)
-    return idx[:moved], olds[:moved], nregion
+    status = _reach_kernel(a.indptr, <const index_t *>a.indices, a.data, a.nnz, a.indptr_t,
+                           <const index_t *>a.indices_t, a.data_t, a.nnz_t, a.src, lev, a.n, a.keys, a.old, a.count,
+                           a.points, a.npoints, a.y, a.mark, a.old_out, &cand, &region, &pulls, &a.touched, &lq)
+    t = a.touched.size
+    for q in range(cand.size):
+        a.mark[cand.ptr[q]] = 0
+    for q in range(pulls.size):
+        a.mark[pulls.ptr[q]] = 0
+    for q in range(t):
+        a.mark[a.touched.ptr[q]] = 0
+    a.nregion = region.size
+    free(cand.ptr)
+    free(region.ptr)
+    free(pulls.ptr)
+    free(lq.init.ptr)
+    free(lq.gen.ptr)
+    if status != ST_OK or t == 0:
+        return status
+    tmp = <int64_t *>malloc(<size_t>t * sizeof(int64_t))
+    a.olds = <uint8_t *>malloc(<size_t>t)
+    if tmp == NULL or a.olds == NULL:
+        free(tmp)
+        return ST_NO_MEMORY
+    _sort_ids(a.touched.ptr, tmp, t, a.n)
+    free(tmp)
+    for q in range(t):
+        i = a.touched.ptr[q]
+        u = lev[i] != INF
+        if u != a.old_out[i]:
+            a.y[i] = u
+            a.touched.ptr[moved] = i
+            a.olds[moved] = a.old_out[i]
+            moved += 1
+    a.moved = moved
+    return ST_OK
+
+
+cdef int _reach_dispatch(bint wide, bint wide_level, ReachCall *a) noexcept nogil:
+    """Run the level repair typed for int64 (``wide``) or int32 indices and int64 or int32 levels."""
+    if wide:
+        if wide_level:
+            return _reach_call(<int64_t *>NULL, <int64_t *>NULL, a)
+        return _reach_call(<int64_t *>NULL, <int32_t *>NULL, a)
+    if wide_level:
+        return _reach_call(<int32_t *>NULL, <int64_t *>NULL, a)
+    return _reach_call(<int32_t *>NULL, <int32_t *>NULL, a)
 
 
 def reach(indptr, indices, data, indptr_t, indices_t, data_t, y, src, level, keys, old, points, mark=None,
@@ -1295,17 +1435,46 @@ def reach(indptr, indices, data, indptr_t, indices_t, data_t, y, src, level, key
     changed, their values before (uint8) and how many vertices were affected. Raises ``ValueError`` on malformed
     arguments or out-of-range indices, keys or points; ``y`` is then untouched and ``level`` must be rebuilt.
     """
-    if not (_vec(y, _U8) and y.flags.writeable and _vec(src, _U8) and _vec(data, _U8) and _vec(data_t, _U8)
-            and _vec(old, _U8) and _vec(indptr, _I64) and _vec(indptr_t, _I64) and _vec(keys, _I64)
-            and _vec(points, _I64) and _vec(indices, None) and _vec(indices_t, indices.dtype)
-            and (indices.dtype == _I32 or indices.dtype == _I64) and _vec(mark, _U8) and mark.flags.writeable
-            and _vec(old_out, _U8) and old_out.flags.writeable
-            and (_vec(level, _I64) or _vec(level, _I32)) and level.flags.writeable and y.shape[0] < 0x7FFFFFFF
-            and src.shape[0] == y.shape[0] == mark.shape[0] == old_out.shape[0] == level.shape[0]
-            and old.shape[0] == keys.shape[0] and _csr_ok(indptr, indices, data, y.shape[0])
-            and _csr_ok(indptr_t, indices_t, data_t, y.shape[0])):
+    if not (_arr(y, E_U8, True) and _arr(src, E_U8) and _arr(data, E_U8) and _arr(data_t, E_U8) and _arr(old, E_U8)
+            and _arr(indptr, E_I64) and _arr(indptr_t, E_I64) and _arr(keys, E_I64) and _arr(points, E_I64)
+            and _index_arr(indices) and _arr(indices_t, _elem(<cnp.ndarray>indices)) and _arr(mark, E_U8, True)
+            and _arr(old_out, E_U8, True) and (_arr(level, E_I64, True) or _arr(level, E_I32, True))
+            and _len(y) < 0x7FFFFFFF and _len(src) == _len(y) == _len(mark) == _len(old_out) == _len(level)
+            and _len(old) == _len(keys) and _csr_ok(indptr, indices, data, _len(y))
+            and _csr_ok(indptr_t, indices_t, data_t, _len(y))):
         (indptr, indices, data, indptr_t, indices_t, data_t, y, src, level, keys, old, points, mark,
          old_out) = reach_args(indptr, indices, data, indptr_t, indices_t, data_t, y, src, level, keys, old,
                                points, mark, old_out)
-    return _reach_typed(indptr, indices, data, indptr_t, indices_t, data_t, y, src, level, keys, old, points,
-                        mark, old_out)
+        if indices.dtype != indices_t.dtype:
+            indices, indices_t = indices.astype(np.int64), indices_t.astype(np.int64)
+    cdef ReachCall a
+    cdef int status
+    cdef bint wide, wide_level
+    if _len(y) == 0:
+        if _len(keys) or _len(points):
+            raise ValueError("matrix indices/indptr or entry keys out of range")
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.uint8), 0
+    a.indptr, a.indices, a.data, a.nnz = <const int64_t *>_ptr(indptr), _ptr(indices), <uint8_t *>_ptr(data), \
+        _len(indices)
+    a.indptr_t, a.indices_t, a.data_t = <const int64_t *>_ptr(indptr_t), _ptr(indices_t), <uint8_t *>_ptr(data_t)
+    a.nnz_t, a.src, a.level, a.n = _len(indices_t), <uint8_t *>_ptr(src), _ptr(level), _len(y)
+    a.keys, a.old, a.count = <const int64_t *>_ptr(keys), <uint8_t *>_ptr(old), _len(keys)
+    a.points, a.npoints = <const int64_t *>_ptr(points), _len(points)
+    a.y, a.mark, a.old_out = <uint8_t *>_ptr(y), <uint8_t *>_ptr(mark), <uint8_t *>_ptr(old_out)
+    a.touched.ptr, a.touched.size, a.touched.cap = NULL, 0, 0
+    a.olds, a.moved, a.nregion = NULL, 0, 0
+    wide = cnp.PyArray_ITEMSIZE(<cnp.ndarray>indices) == 8
+    wide_level = cnp.PyArray_ITEMSIZE(<cnp.ndarray>level) == 8
+    try:
+        with nogil:
+            status = _reach_dispatch(wide, wide_level, &a)
+        _raise_status(status)
+        idx = _empty(a.moved, cnp.NPY_INT64)
+        olds = _empty(a.moved, cnp.NPY_UINT8)
+        if a.moved:
+            memcpy(_ptr(idx), a.touched.ptr, <size_t>a.moved * sizeof(int64_t))
+            memcpy(_ptr(olds), a.olds, <size_t>a.moved)
+    finally:
+        _release(a.touched.ptr)
+        _release(a.olds)
+    return idx, olds, a.nregion

@@ -15,8 +15,9 @@ cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.math cimport signbit
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
-from libc.stdlib cimport calloc, free, malloc, realloc
+from libc.stdlib cimport calloc, free, malloc
 
+from mmsb._ext._heap cimport IdList, better, heap_pop, heap_push, push_id
 from mmsb._ext._types cimport OP_MAX, OP_MIN, OP_PLUS, OP_TIMES, apply_op, index_t, numeric_t
 
 from mmsb._validate import closure_args, push_args, spmv_args, spmv_old_out
@@ -190,55 +191,44 @@ cdef enum:
 
 
 cdef struct IndexBuf:
-    int64_t *ptr
+    IdList ids
     uint8_t *mark
-    Py_ssize_t size
-    Py_ssize_t cap
     Py_ssize_t n
 
 
 cdef int _buf_init(IndexBuf *buf, Py_ssize_t n) noexcept:
     """An empty set of indices in [0, n) (a calloc'd bitmap plus a growable list); -1 when out of memory."""
-    buf.ptr = NULL
-    buf.size = buf.cap = 0
+    buf.ids.ptr = NULL
+    buf.ids.size = buf.ids.cap = 0
     buf.n = n
     buf.mark = <uint8_t *>calloc(n if n else 1, sizeof(uint8_t))
     return -1 if buf.mark == NULL else 0
 
 
 cdef inline int _buf_add(IndexBuf *buf, int64_t value) noexcept nogil:
-    """Add value (once), growing the list geometrically; -1 when out of memory."""
-    cdef Py_ssize_t cap
-    cdef int64_t *ptr
+    """Add value (once); -1 when out of memory."""
     if buf.mark[value]:
         return 0
-    if buf.size == buf.cap:
-        cap = buf.cap * 2 if buf.cap else 256
-        ptr = <int64_t *>realloc(buf.ptr, cap * sizeof(int64_t))
-        if ptr == NULL:
-            return -1
-        buf.ptr = ptr
-        buf.cap = cap
+    if push_id(&buf.ids, value):
+        return -1
     buf.mark[value] = 1
-    buf.ptr[buf.size] = value
-    buf.size += 1
     return 0
 
 
 cdef object _buf_sorted(IndexBuf *buf):
     """The entries of buf as a new sorted int64 array (a bitmap scan when dense, a sort otherwise); frees buf."""
     try:
-        if buf.size == 0:
+        if buf.ids.size == 0:
             return np.empty(0, dtype=np.int64)
-        if buf.size > (buf.n >> 5):
+        if buf.ids.size > (buf.n >> 5):
             return np.flatnonzero(np.asarray(<uint8_t[:buf.n]> buf.mark)).astype(np.int64, copy=False)
-        return np.sort(np.asarray(<int64_t[:buf.size]> buf.ptr))
+        return np.sort(np.asarray(<int64_t[:buf.ids.size]> buf.ids.ptr))
     finally:
-        free(buf.ptr)
+        free(buf.ids.ptr)
         free(buf.mark)
-        buf.ptr = NULL
+        buf.ids.ptr = NULL
         buf.mark = NULL
-        buf.size = buf.cap = 0
+        buf.ids.size = buf.ids.cap = 0
 
 
 cdef object _raise_status(int status):
@@ -505,68 +495,6 @@ def push(indptr_t, indices_t, data_t, idx, vals, y, int add_op, int mul_op, zero
 
 # ------------------------------------------------------------------------------------------------- closure
 
-cdef inline bint _better(numeric_t a, numeric_t b, bint maxfirst) noexcept nogil:
-    """a strictly better than b for the ⊕ order (larger for max, smaller for min)."""
-    return a > b if maxfirst else a < b
-
-
-cdef int _heap_push(numeric_t **keys, int64_t **ids, Py_ssize_t *size, Py_ssize_t *cap, numeric_t key,
-                    int64_t ident, bint maxfirst) noexcept nogil:
-    """Insert (key, ident) into the binary heap ordered by _better; -1 when out of memory."""
-    cdef Py_ssize_t pos, parent, newcap
-    cdef numeric_t *nk
-    cdef int64_t *ni
-    if size[0] == cap[0]:
-        newcap = cap[0] * 2 if cap[0] else 256
-        nk = <numeric_t *>realloc(keys[0], newcap * sizeof(numeric_t))
-        if nk == NULL:
-            return -1
-        keys[0] = nk
-        ni = <int64_t *>realloc(ids[0], newcap * sizeof(int64_t))
-        if ni == NULL:
-            return -1
-        ids[0] = ni
-        cap[0] = newcap
-    nk = keys[0]
-    ni = ids[0]
-    pos = size[0]
-    size[0] += 1
-    while pos > 0:
-        parent = (pos - 1) >> 1
-        if not _better(key, nk[parent], maxfirst):
-            break
-        nk[pos] = nk[parent]
-        ni[pos] = ni[parent]
-        pos = parent
-    nk[pos] = key
-    ni[pos] = ident
-    return 0
-
-
-cdef void _heap_pop(numeric_t *keys, int64_t *ids, Py_ssize_t *size, bint maxfirst) noexcept nogil:
-    """Remove the top of the heap."""
-    cdef Py_ssize_t n = size[0] - 1
-    cdef Py_ssize_t pos = 0
-    cdef Py_ssize_t child
-    cdef numeric_t key = keys[n]
-    cdef int64_t ident = ids[n]
-    size[0] = n
-    while True:
-        child = 2 * pos + 1
-        if child >= n:
-            break
-        if child + 1 < n and _better(keys[child + 1], keys[child], maxfirst):
-            child += 1
-        if not _better(keys[child], key, maxfirst):
-            break
-        keys[pos] = keys[child]
-        ids[pos] = ids[child]
-        pos = child
-    if n > 0:
-        keys[pos] = key
-        ids[pos] = ident
-
-
 cdef inline int _relax(numeric_t *x, int64_t i, int64_t n, numeric_t w, numeric_t v, int add_op, int mul_op,
                        IndexBuf *changed, numeric_t *old_out) noexcept nogil:
     """x[i] = x[i] ⊕ (w ⊗ v), recording i (and its first old value) when it changes.
@@ -594,7 +522,7 @@ cdef int _closure_kernel(const int64_t *indptr_t, const index_t *indices_t, cons
     The heap phase is Dijkstra's order for monotone semirings ((min, plus) with weights >= 0, (max, min),
     (min, max), ...); the first improvement that beats the value being pushed proves the order invalid, and
     the remaining work continues as a FIFO label-correcting worklist (with an in-queue bitmap) whose rounds
-    are capped at n + 1.
+    are capped at n + 1. One loop: only where an entry is popped from and pushed to switches.
     """
     cdef bint maxfirst = add_op == OP_MAX
     cdef numeric_t *hkeys = NULL
@@ -605,75 +533,56 @@ cdef int _closure_kernel(const int64_t *indptr_t, const index_t *indices_t, cons
     cdef int64_t head = 0, qlen = 0, in_round = 0, rounds = 0
     cdef int64_t r, j, k, i, ks, ke
     cdef numeric_t v, new
-    cdef bint ordered = True
+    cdef bint ordered = True, from_heap
     cdef int status = ST_OK, rc
     for r in range(count):
         j = frontier[r]
-        if x[j] != zero and _heap_push(&hkeys, &hids, &hsize, &hcap, x[j], j, maxfirst):
+        if x[j] != zero and heap_push(&hkeys, &hids, &hsize, &hcap, x[j], j, maxfirst):
             status = ST_NO_MEMORY
             break
-    while status == ST_OK and ordered and hsize:
-        j = hids[0]
-        v = hkeys[0]
-        _heap_pop(hkeys, hids, &hsize, maxfirst)
-        if hsize:
-            MMSB_SPMV_PREFETCH(&indptr_t[hids[0]])
-            MMSB_SPMV_PREFETCH(&x[hids[0]])
-        if v != x[j] or v == zero:
-            continue
-        ks = indptr_t[j]
-        ke = indptr_t[j + 1]
-        if ks < 0 or ke > nnz or ks > ke:
-            status = ST_BAD_INDEX
-            break
-        for k in range(ks, ke):
-            i = indices_t[k]
-            rc = _relax(x, i, n, data_t[k], v, add_op, mul_op, changed, old_out)
-            if rc == 0:
+    while status == ST_OK:
+        if ordered:                                 # Dijkstra's order, while it holds
+            if not hsize:
+                break
+            j = hids[0]
+            v = hkeys[0]
+            heap_pop(hkeys, hids, &hsize, maxfirst)
+            if hsize:
+                MMSB_SPMV_PREFETCH(&indptr_t[hids[0]])
+                MMSB_SPMV_PREFETCH(&x[hids[0]])
+            if v != x[j]:
                 continue
-            if rc < 0:
-                status = ST_BAD_INDEX if rc == -1 else ST_NO_MEMORY
-                break
-            new = x[i]
-            if _heap_push(&hkeys, &hids, &hsize, &hcap, new, i, maxfirst):
-                status = ST_NO_MEMORY
-                break
-            if _better(new, v, maxfirst):
-                ordered = False
-        if hsize:
-            ks = indptr_t[hids[0]]
-            if 0 <= ks < nnz:
-                MMSB_SPMV_PREFETCH(&indices_t[ks])
-                MMSB_SPMV_PREFETCH(&data_t[ks])
-    if status == ST_OK and hsize:
-        inq = <uint8_t *>calloc(n, sizeof(uint8_t))
-        queue = <int64_t *>malloc(n * sizeof(int64_t))
-        if inq == NULL or queue == NULL:
-            status = ST_NO_MEMORY
         else:
-            for h in range(hsize):
-                j = hids[h]
-                if hkeys[h] == x[j] and not inq[j]:
-                    inq[j] = 1
-                    queue[qlen] = j
-                    qlen += 1
-    free(hkeys)
-    free(hids)
-    while status == ST_OK and qlen:
-        if in_round == 0:
-            rounds += 1
-            if rounds > n + 1:
-                status = ST_NO_CONVERGENCE
+            if queue == NULL:                       # the order broke: the heap's live entries start the FIFO
+                inq = <uint8_t *>calloc(n, sizeof(uint8_t))
+                queue = <int64_t *>malloc(n * sizeof(int64_t))
+                if inq == NULL or queue == NULL:
+                    status = ST_NO_MEMORY
+                    break
+                for h in range(hsize):
+                    j = hids[h]
+                    if hkeys[h] == x[j] and not inq[j]:
+                        inq[j] = 1
+                        queue[qlen] = j
+                        qlen += 1
+                hsize = 0
+            if not qlen:
                 break
-            in_round = qlen
-        j = queue[head]
-        head = head + 1 if head + 1 < n else 0
-        qlen -= 1
-        in_round -= 1
-        inq[j] = 0
-        v = x[j]
+            if in_round == 0:
+                rounds += 1
+                if rounds > n + 1:
+                    status = ST_NO_CONVERGENCE
+                    break
+                in_round = qlen
+            j = queue[head]
+            head = head + 1 if head + 1 < n else 0
+            qlen -= 1
+            in_round -= 1
+            inq[j] = 0
+            v = x[j]
         if v == zero:
             continue
+        from_heap = ordered                          # (the row pushes to where j came from)
         ks = indptr_t[j]
         ke = indptr_t[j + 1]
         if ks < 0 or ke > nnz or ks > ke:
@@ -687,36 +596,28 @@ cdef int _closure_kernel(const int64_t *indptr_t, const index_t *indices_t, cons
             if rc < 0:
                 status = ST_BAD_INDEX if rc == -1 else ST_NO_MEMORY
                 break
-            if not inq[i]:
+            if from_heap:
+                new = x[i]
+                if heap_push(&hkeys, &hids, &hsize, &hcap, new, i, maxfirst):
+                    status = ST_NO_MEMORY
+                    break
+                if better(new, v, maxfirst):
+                    ordered = False
+            elif not inq[i]:
                 inq[i] = 1
                 r = head + qlen
                 queue[r if r < n else r - n] = i
                 qlen += 1
+        if ordered and hsize:
+            ks = indptr_t[hids[0]]
+            if 0 <= ks < nnz:
+                MMSB_SPMV_PREFETCH(&indices_t[ks])
+                MMSB_SPMV_PREFETCH(&data_t[ks])
+    free(hkeys)
+    free(hids)
     free(inq)
     free(queue)
     return status
-
-
-cdef struct Bucket:
-    int64_t *ids
-    Py_ssize_t size
-    Py_ssize_t cap
-
-
-cdef inline int _bucket_push(Bucket *b, int64_t ident) noexcept nogil:
-    """Append ident to bucket b; -1 when out of memory."""
-    cdef int64_t *p
-    cdef Py_ssize_t cap
-    if b.size == b.cap:
-        cap = b.cap * 2 if b.cap else 64
-        p = <int64_t *>realloc(b.ids, cap * sizeof(int64_t))
-        if p == NULL:
-            return -1
-        b.ids = p
-        b.cap = cap
-    b.ids[b.size] = ident
-    b.size += 1
-    return 0
 
 
 cdef int _closure_buckets(const int64_t *indptr_t, const index_t *indices_t, const numeric_t *data_t,
@@ -731,8 +632,8 @@ cdef int _closure_buckets(const int64_t *indptr_t, const index_t *indices_t, con
     window (integer wrap-around): the caller then finishes with the general kernel.
     """
     cdef int64_t nb = <int64_t>(wmax / wmin) + 2
-    cdef Bucket *bk = <Bucket *>calloc(nb, sizeof(Bucket))
-    cdef Bucket *b
+    cdef IdList *bk = <IdList *>calloc(nb, sizeof(IdList))
+    cdef IdList *b
     cdef double base
     cdef int64_t cur = 0, fi = 0, pending = 0, bi, j, i, k, ks, ke
     cdef Py_ssize_t q
@@ -743,7 +644,7 @@ cdef int _closure_buckets(const int64_t *indptr_t, const index_t *indices_t, con
     base = <double>x[frontier[0]]
     while status == ST_OK:
         while fi < count and <int64_t>((<double>x[frontier[fi]] - base) / wmin) <= cur:
-            if _bucket_push(&bk[cur % nb], frontier[fi]):
+            if push_id(&bk[cur % nb], frontier[fi]):
                 status = ST_NO_MEMORY
                 break
             pending += 1
@@ -758,7 +659,7 @@ cdef int _closure_buckets(const int64_t *indptr_t, const index_t *indices_t, con
         b = &bk[cur % nb]
         q = 0
         while q < b.size and status == ST_OK:
-            j = b.ids[q]
+            j = b.ptr[q]
             q += 1
             v = x[j]
             if v == zero or <int64_t>((<double>v - base) / wmin) != cur:
@@ -780,7 +681,7 @@ cdef int _closure_buckets(const int64_t *indptr_t, const index_t *indices_t, con
                 if bi < cur or bi >= cur + nb:
                     disordered[0] = True
                     continue
-                if _bucket_push(&bk[bi % nb], i):
+                if push_id(&bk[bi % nb], i):
                     status = ST_NO_MEMORY
                     break
                 pending += 1
@@ -788,7 +689,7 @@ cdef int _closure_buckets(const int64_t *indptr_t, const index_t *indices_t, con
         b.size = 0
         cur += 1
     for k in range(nb):
-        free(bk[k].ids)
+        free(bk[k].ptr)
     free(bk)
     return status
 
@@ -818,7 +719,7 @@ cdef _closure_run(const int64_t[::1] indptr_t, const index_t[::1] indices_t, con
                                          &changed, old_ptr)
         if disordered and status == ST_OK:
             # values left the bucket window (wrap-around): converge from everything touched, generally
-            again = np.concatenate([np.asarray(frontier), np.asarray(<int64_t[:changed.size]> changed.ptr)])
+            again = np.concatenate([np.asarray(frontier), np.asarray(<int64_t[:changed.ids.size]> changed.ids.ptr)])
             with nogil:
                 status = _closure_kernel(&indptr_t[0], &indices_t[0] if indices_t.shape[0] else NULL,
                                          &data_t[0] if data_t.shape[0] else NULL, indices_t.shape[0], &x[0],
@@ -888,8 +789,8 @@ def _closure_parallel(const int64_t[::1] indptr_t, const index_t[::1] indices_t,
         if status == ST_OK and old_out.shape[0]:
             for k in range(nids):
                 old_out[ids[k]] = before[ids[k]]
-    changed.ptr = ids
-    changed.size = changed.cap = nids
+    changed.ids.ptr = ids
+    changed.ids.size = changed.ids.cap = nids
     out = _buf_sorted(&changed)
     _raise_status(status)
     return out

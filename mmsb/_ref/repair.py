@@ -1,7 +1,8 @@
 """Pure-numpy twins of the matrix-page kernels in ``mmsb._ext.repair`` (same API, same results).
 
 A matrix is given in CSR form by ``indptr`` / ``indices`` / ``data`` (and, for ``repair``, its transpose); a
-semiring by its op codes (those of ``mmsb._ops``) and its ``zero``. Bool arrays are handled as uint8 views.
+semiring by its op codes (those of ``mmsb._ops``) and its ``zero``. Bool arrays are handled as uint8 views; the
+values ``repair`` and ``update`` give back are in the dtype of the array given (bool stays bool).
 """
 from __future__ import annotations
 
@@ -27,6 +28,11 @@ def _expand(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
 def _nan(a: np.ndarray) -> np.ndarray:
     """Where ``a`` is NaN (nowhere for integers)."""
     return np.isnan(a) if a.dtype.kind == "f" else np.zeros(a.shape, dtype=bool)
+
+
+def _as(values: np.ndarray, dtype) -> np.ndarray:
+    """Values computed on the kernels' view returned in the dtype given (bool, viewed as uint8, stays bool)."""
+    return values.view(dtype) if dtype == np.bool_ and values.dtype == np.uint8 else values
 
 
 def _bad_rows(indptr: np.ndarray, rows: np.ndarray, nnz: int) -> bool:
@@ -113,6 +119,7 @@ def _region(indptr_t, indices_t, data_t, y, seeds, mul_op, zero, limit):
 def repair(indptr, indices, data, indptr_t, indices_t, data_t, y, src, keys, old, add_op, mul_op, zero,
            free=None, limit=-1, mark=None, old_out=None):
     """Repair the closure ``y = src ⊕ A ⊗ y`` after the entries ``keys`` of A changed (see the compiled one)."""
+    out_dt = getattr(y, "dtype", None)
     (indptr, indices, data, indptr_t, indices_t, data_t, y, src, keys, old, consts, has_free, mark,
      old_out) = repair_args(indptr, indices, data, indptr_t, indices_t, data_t, y, src, keys, old, add_op, mul_op,
                             zero, free, mark, old_out)
@@ -147,7 +154,7 @@ def repair(indptr, indices, data, indptr_t, indices_t, data_t, y, src, keys, old
     idx = np.flatnonzero(moved).astype(np.int64)
     old_out[idx] = before[idx]
     nonfinite = bool(y.dtype.kind == "f" and not np.isfinite(y[idx]).all())
-    return OK, idx, before[idx], int(region.size), nonfinite
+    return OK, idx, _as(before[idx], out_dt), int(region.size), nonfinite
 
 
 def assign(indptr, indices, data, ncols, rows, cols, vals, present, pos=None, free=None):
@@ -191,6 +198,7 @@ def update(indptr, indices, data, ncols, keys, vals, op, zero, free=None, indptr
     """Merge entries into a CSR matrix and its transpose, in place (see the compiled one)."""
     from mmsb._validate import update_args
 
+    out_dt = getattr(data, "dtype", None)
     (indptr, indices, data, indptr_t, indices_t, data_t, has_t, keys, vals, nrows, consts,
      has_free) = update_args(indptr, indices, data, ncols, keys, vals, op, zero, free, indptr_t, indices_t, data_t)
     z, free_val = consts
@@ -218,8 +226,8 @@ def update(indptr, indices, data, ncols, keys, vals, op, zero, free=None, indptr
     if has_t:
         misses_t, claimed_t, pos_t, miss_t = assign(indptr_t, indices_t, data_t, nrows, cols, rows, new, present,
                                                     None, free_val if has_free else None)
-    return (idx, rows, cols, old, new, present, pos, pos_t, miss, miss_t, misses, claimed, misses_t, claimed_t,
-            stats)
+    return (idx, rows, cols, _as(old, out_dt), _as(new, out_dt), present, pos, pos_t, miss, miss_t, misses, claimed,
+            misses_t, claimed_t, stats)
 
 
 def _unreached(level: np.ndarray) -> int:
