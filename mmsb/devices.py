@@ -98,16 +98,21 @@ class CPUBackend(DeviceBackend):
     def _assign_all(buf: "Buffer", page: "Page", arr: np.ndarray, values: np.ndarray,
                     undo: Optional["UndoLog"]) -> Optional["Change"]:
         """A whole-page assignment whose changed positions are needed: two copies and one comparison (streaming),
-        not an indexed merge over every position."""
+        not an indexed merge over every position. The old values go to an array of the undo log's pool (kept
+        faulted in across commits) when nothing else holds it."""
         from mmsb.delta import full_index
-        from mmsb.propagate import Change, changed_positions
+        from mmsb.propagate import Change
 
-        old = arr.copy()
+        old = undo.scratch(arr) if undo is not None else np.empty_like(arr)
+        np.copyto(old, arr)
         np.copyto(arr, values.reshape(arr.shape))
         if undo is not None:
             undo.record(_storage(buf, page.name), slice(None), old)
-        moved = changed_positions(arr, old)
+        moved = arr != old
         count = int(np.count_nonzero(moved))
+        if count and arr.dtype.kind == "f" and np.isnan(arr.min()):
+            moved &= ~(np.isnan(arr) & np.isnan(old))          # NaN equal to NaN (as changed_positions)
+            count = int(np.count_nonzero(moved))
         if count == 0:
             return None
         if count == arr.size:
@@ -122,7 +127,8 @@ class CPUBackend(DeviceBackend):
         from mmsb.propagate import Change
 
         arr = buf._memory.array(page)
-        old = arr.copy()
+        old = undo.scratch(arr) if undo is not None else np.empty_like(arr)
+        np.copyto(old, arr)
         np.copyto(arr, values.reshape(arr.shape))
         if undo is not None:
             undo.record(_storage(buf, page.name), slice(None), old)
