@@ -41,22 +41,33 @@ def test_the_pool_lends_an_array_again_once_nothing_references_it():
     del c
 
 
-@pytest.mark.parametrize("hold", ["list", "view", "slice", "memoryview", "change"])
-def test_the_pool_never_lends_an_array_that_something_still_holds(hold):
+def _hold(a, how):
+    """Something that keeps ``a`` (or part of it) alive, and the values it shows."""
+    if how == "list":
+        return [a], lambda k: k[0]
+    if how == "view":
+        return a.view(), lambda k: k
+    if how == "slice":
+        return a[2:5], lambda k: k
+    if how == "memoryview":
+        return memoryview(a), np.asarray
     from mmsb.propagate import Change
 
+    return Change(np.arange(a.size), a), lambda k: k.old
+
+
+@pytest.mark.parametrize("how", ["list", "view", "slice", "memoryview", "change"])
+def test_the_pool_never_lends_an_array_that_something_still_holds(how):
     pool = ScratchPool(per_shape=1)
     a = pool.take(np.zeros(8))
     a[:] = np.arange(8.0)
-    keep = {"list": lambda: [a], "view": lambda: a.view(), "slice": lambda: a[2:5],
-            "memoryview": lambda: memoryview(a), "change": lambda: Change(np.arange(8), a)}[hold]()
+    keep, shown = _hold(a, how)
     del a
     gc.collect()
     b = pool.take(np.zeros(8))
     b[:] = -1.0
-    held = {"list": lambda: keep[0], "view": lambda: keep, "slice": lambda: keep,
-            "memoryview": lambda: np.asarray(keep), "change": lambda: keep.old}[hold]()
-    np.testing.assert_array_equal(held, np.arange(8.0)[2:5] if hold == "slice" else np.arange(8.0))
+    held = shown(keep)
+    np.testing.assert_array_equal(held, np.arange(8.0)[2:5] if how == "slice" else np.arange(8.0))
     assert not np.shares_memory(b, np.asarray(held))
 
 
