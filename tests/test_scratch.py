@@ -209,3 +209,37 @@ def test_no_pool_under_a_memory_limit():
         buf.write(x, _ints(N, k))
     np.testing.assert_array_equal(y.read(), A @ _ints(N, 2))
     assert buf._pipe.scratch.nbytes == 0
+
+
+def _matvec(A, x, sr):
+    """A ⊗ x under plus_times, min_plus or max_plus, from the CSR arrays (rows without entries: ⊕'s zero)."""
+    if sr == "plus_times":
+        return A @ x
+    add, zero = (np.minimum, np.inf) if sr == "min_plus" else (np.maximum, -np.inf)
+    out = np.full(A.shape[0], zero)
+    terms = A.data + x[A.indices]
+    rows = np.repeat(np.arange(A.shape[0]), np.diff(A.indptr))
+    add.at(out, rows, terms)
+    return out
+
+
+@pytest.mark.parametrize("sr, op", [("plus_times", np.add), ("min_plus", np.minimum), ("max_plus", np.maximum)])
+def test_whole_page_accumulate_and_partial_assign_match_numpy(sr, op):
+    """Whole-page deltas take the dense merge kernel: accumulated with ⊕, or assigned with only some positions
+    changing; the link downstream sees exactly the changed positions."""
+    buf = mmsb.open(None)
+    x, y = buf.create_page("x", N, semiring=sr), buf.create_page("y", N, semiring=sr)
+    A = _matrix(N)
+    buf.link(y, x, A)
+    ref = x.read()
+    for k in range(1, 5):
+        v = _ints(N, k) * (-1.0 if sr == "min_plus" else 1.0)       # every step changes every position
+        buf.write(x, v, accumulate=True)
+        ref = op(ref, v)
+        np.testing.assert_array_equal(x.read(), ref)
+        np.testing.assert_array_equal(y.read(), _matvec(A, ref, sr))
+    part = ref.copy()
+    part[::3] = 7.0                                        # a whole-page assignment changing a third of x
+    buf.write(x, part)
+    np.testing.assert_array_equal(x.read(), part)
+    np.testing.assert_array_equal(y.read(), _matvec(A, part, sr))
