@@ -25,6 +25,7 @@ from mmsb.delta import Delta, Txn, covers_page
 from mmsb.devices import CPU, POINT_VALUES, backend_of
 from mmsb.errors import InvalidDeltaError, MMSBError, PageNotFoundError
 from mmsb.propagate import Change, UndoLog
+from mmsb.scratch import ScratchPool
 
 if TYPE_CHECKING:  # pragma: no cover
     from mmsb.buffer import Buffer
@@ -157,6 +158,7 @@ class CommitPipeline:
                          "torn_tail_bytes": 0}
         self.after_commit: list[Callable[[int], None]] = []
         self.lock = BufferLock(self.counters)
+        self.scratch = ScratchPool()        # whole-page old values of the general path (see _apply)
 
     # -- the pipeline ---------------------------------------------------------------------------------------
     def commit(self, ops: list, tx: Optional["Transaction"] = None, *, propagate: bool = False,
@@ -308,9 +310,15 @@ class CommitPipeline:
         return token
 
     def _apply(self, ops: list, c: _Commit) -> None:
-        """Apply every operation in order, recording undo steps; collect the changed positions per page."""
+        """Apply every operation in order, recording undo steps; collect the changed positions per page.
+
+        Whole-page old values (of a page written entirely, or of a link target recomputed in full by the wave)
+        go to arrays of the pipeline's scratch pool, reused once nothing references them, unless a memory limit
+        is set (the pool's arrays are not counted against it)."""
         buf = self.buf
         graph = buf._graph
+        if buf._memory.limit is None:
+            c.undo.pool = self.scratch
         pre = {}
         if len(ops) > 1:
             for op in ops:

@@ -81,8 +81,10 @@ class CPUBackend(DeviceBackend):
         from mmsb.propagate import Change
 
         arr = buf._memory.array(page)
-        if not delta.accumulate and delta.mask is not None and covers_page(delta.mask):
-            return self._assign_all(buf, page, arr, delta.values, undo)
+        if delta.mask is not None and covers_page(delta.mask) and arr.dtype in _DENSE_DTYPES:
+            codes = page.semiring.codes_for(page.dtype) if delta.accumulate else None
+            if codes is not None or not delta.accumulate:
+                return self._merge_all(buf, page, arr, delta.values, codes[0] if codes else _ops.OP_ASSIGN, undo)
         idx, vals = delta.sparse()
         old, changed = merge_into(arr, idx, vals, page.semiring, delta.accumulate)
         if undo is not None:
@@ -95,24 +97,24 @@ class CPUBackend(DeviceBackend):
         return Change(idx[changed], old[changed])
 
     @staticmethod
-    def _assign_all(buf: "Buffer", page: "Page", arr: np.ndarray, values: np.ndarray,
-                    undo: Optional["UndoLog"]) -> Optional["Change"]:
-        """A whole-page assignment whose changed positions are needed: two copies and one comparison (streaming),
-        not an indexed merge over every position."""
+    def _merge_all(buf: "Buffer", page: "Page", arr: np.ndarray, values: np.ndarray, op: int,
+                   undo: Optional["UndoLog"]) -> Optional["Change"]:
+        """A whole-page delta (assigned, or merged with the op code ``op``) whose changed positions are needed: one
+        streaming pass of the dense merge kernel keeps the old values and counts the changes, not an indexed merge
+        over every position. The old values go to an array of the undo log's pool (kept faulted in across
+        commits) when nothing else holds it."""
         from mmsb.delta import full_index
         from mmsb.propagate import Change, changed_positions
 
-        old = arr.copy()
-        np.copyto(arr, values.reshape(arr.shape))
+        old = undo.scratch(arr) if undo is not None else np.empty_like(arr)
+        count = _kernels.merge.merge_dense(arr, values.reshape(arr.shape), op, old)
         if undo is not None:
             undo.record(_storage(buf, page.name), slice(None), old)
-        moved = changed_positions(arr, old)
-        count = int(np.count_nonzero(moved))
         if count == 0:
             return None
         if count == arr.size:
             return Change(full_index(arr.size), old)
-        idx = np.flatnonzero(moved)
+        idx = np.flatnonzero(changed_positions(arr, old))
         return Change(idx, old[idx])
 
     def overwrite(self, buf: "Buffer", page: "Page", values: np.ndarray, undo: Optional["UndoLog"]) -> "Change":
@@ -122,7 +124,8 @@ class CPUBackend(DeviceBackend):
         from mmsb.propagate import Change
 
         arr = buf._memory.array(page)
-        old = arr.copy()
+        old = undo.scratch(arr) if undo is not None else np.empty_like(arr)
+        np.copyto(old, arr)
         np.copyto(arr, values.reshape(arr.shape))
         if undo is not None:
             undo.record(_storage(buf, page.name), slice(None), old)
@@ -160,6 +163,10 @@ class CPUBackend(DeviceBackend):
     def stats(self, buf: "Buffer") -> dict:
         return _kernels.cpu.features()
 
+
+_DENSE_DTYPES = frozenset(np.dtype(t) for t in (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16,
+                                                 np.uint32, np.uint64, np.float32, np.float64))
+"""Page dtypes of the dense merge kernel (``_kernels.merge.merge_dense``)."""
 
 POINT_VALUES = 16   # a sparse merge of at most this many float64 values takes the point kernel
 

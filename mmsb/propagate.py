@@ -26,6 +26,7 @@ from mmsb.devices import backend_for
 from mmsb.graph import Graph
 from mmsb import csr
 from mmsb.rules import CSR, Rule
+from mmsb.scratch import ScratchPool
 from mmsb.semiring import Semiring, _is_ufunc, _kview
 
 _MISSING = object()
@@ -211,10 +212,21 @@ def _wrap_foreign(step: Callable) -> Callable:
 
 
 class UndoLog:
-    """Old values of every position a commit touched, to restore the pages if the commit fails."""
+    """Old values of every position a commit touched, to restore the pages if the commit fails.
 
-    def __init__(self) -> None:
+    ``pool``: where :meth:`scratch` takes arrays for whole-page old values (None: fresh arrays); the commit
+    pipeline lends its :class:`~mmsb.scratch.ScratchPool`.
+    """
+
+    def __init__(self, pool: Optional[ScratchPool] = None) -> None:
         self.steps: list[Callable[[], None]] = []
+        self.pool = pool
+
+    def scratch(self, like: np.ndarray) -> np.ndarray:
+        """An uninitialised array like ``like`` for old values that this commit's undo steps and changes keep: from
+        the pool (reused across commits once nothing references it) or fresh."""
+        pool = self.pool
+        return np.empty(like.shape, dtype=like.dtype) if pool is None else pool.take(like)
 
     def record(self, get: Callable[[], np.ndarray], idx: np.ndarray, old: np.ndarray) -> None:
         """Remember ``old`` values at ``idx`` of the array that ``get()`` returns."""
@@ -607,13 +619,14 @@ class Engine:
         if codes is not None and len(rules) == 1:
             # one kernel pass keeps the old values and counts the changed rows (no separate copy and compare)
             A = rules[0].matrix
-            before = np.empty_like(y)
+            before = undo.scratch(y)
             count = _kernels.spmv.spmv(A.indptr, A.indices, _kview(A.data), _kview(self._x(rules[0], y.dtype)),
                                        _kview(y), codes[0], codes[1], _kview(np.array([sr.zero_for(y.dtype)]))[0],
                                        None, self.nthreads, _kview(before))
             moved = None
         else:
-            before = y.copy()
+            before = undo.scratch(y)
+            np.copyto(before, y)
             self._pull_rows(rules, None, y, sr)
             moved = changed_positions(y, before)
             count = int(np.count_nonzero(moved))

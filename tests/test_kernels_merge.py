@@ -338,3 +338,81 @@ def test_signed_zero_ties_keep_the_first_value(impl, op):
             folded[i] = _seq(op, folded[i], v) if i in folded else v
         assert idx.tolist() == sorted(folded)
         assert vals.tobytes() == np.array([folded[i] for i in sorted(folded)]).tobytes()
+
+
+def _dense_case(page, seed, nan):
+    """Values for every position of ``page`` (some equal to the page's, NaN and signed zeros where asked)."""
+    rng = np.random.default_rng(seed)
+    values = rng.permutation(page)
+    same = rng.random(page.shape[0]) < 0.3
+    values[same] = page[same]
+    if nan and page.dtype.kind == "f":
+        page, values = page.copy(), values.copy()
+        page[rng.random(page.shape[0]) < 0.2] = np.nan
+        values[rng.random(page.shape[0]) < 0.2] = np.nan
+        values[rng.random(page.shape[0]) < 0.1] = -0.0
+    return page, values
+
+
+def _oracle_moved(new, old):
+    moved = new != old
+    if new.dtype.kind == "f":
+        moved &= ~(np.isnan(new) & np.isnan(old))
+    return int(np.count_nonzero(moved))
+
+
+@settings(max_examples=150, deadline=None)
+@given(cases(), st.integers(0, 2 ** 32 - 1), st.booleans())
+def test_merge_dense_matches_oracle(case, seed, nan):
+    page, _, _, op = case
+    page, values = _dense_case(page, seed, nan)
+    expected = page.copy()
+    for i, (a, v) in enumerate(zip(page, values)):
+        if op == OP_MIN:                # the update wins only where it is smaller (a NaN update never does)
+            expected[i] = v if v < a else a
+        elif op == OP_MAX:
+            expected[i] = v if v > a else a
+        else:
+            expected[i:i + 1] = _oracle_scatter(page[i:i + 1], np.zeros(1, np.int64), values[i:i + 1], op)
+    for impl in IMPLS:
+        got, old = page.copy(), np.empty_like(page)
+        count = impl.merge_dense(got, values, op, old)
+        _eq(got, expected)
+        assert old.tobytes() == page.tobytes()                    # bit for bit (NaN payloads, -0.0)
+        assert count == _oracle_moved(expected, page)
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("dtype", ["float64", "int32", "uint8", "bool"])
+def test_merge_dense_large_parallel_path(ext, op, dtype):
+    if dtype == "bool" and op not in BOOL_OPS:
+        pytest.skip("bool pages take assign, min and max")
+    rng = np.random.default_rng(7)
+    n = 8 * 65536 + 321                                           # several chunks and a ragged end
+    page = (rng.random(n) < 0.5) if dtype == "bool" else rng.integers(0, 100, n).astype(dtype)
+    page, values = _dense_case(page, 3, nan=True)
+    want, want_old = page.copy(), np.empty_like(page)
+    count = ref.merge_dense(want, values, op, want_old)
+    got, old = page.copy(), np.empty_like(page)
+    assert ext.merge_dense(got, values, op, old) == count
+    _eq(got, want)
+    assert old.tobytes() == page.tobytes()
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=lambda m: m.__name__)
+def test_merge_dense_validation(impl):
+    page = np.zeros(4)
+    for bad, match in (((page, np.zeros(3), OP_ASSIGN, np.zeros(4)), "lengths differ"),
+                       ((page, np.zeros(4, np.float32), OP_ASSIGN, np.zeros(4)), "dtype"),
+                       ((page, np.zeros(4), OP_ASSIGN, np.zeros(4, np.int64)), "dtype"),
+                       ((page, np.zeros(4), 9, np.zeros(4)), "unknown op"),
+                       ((page, page[::-1], OP_ASSIGN, np.zeros(4)), "share memory"),
+                       ((page, np.zeros(4), OP_ASSIGN, page), "share memory")):
+        with pytest.raises(ValueError, match=match):
+            impl.merge_dense(*bad)
+    ro = np.zeros(4)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="writable"):
+        impl.merge_dense(ro, np.zeros(4), OP_ASSIGN, np.zeros(4))
+    np.testing.assert_array_equal(page, 0.0)                      # refused calls change nothing
+    assert impl.merge_dense(np.zeros(0), np.zeros(0), OP_PLUS, np.zeros(0)) == 0

@@ -250,6 +250,55 @@ cdef void _masked_kernel(numeric_t[::1] page, const uint8_t[::1] mask, const num
         _masked_range(&page[0], &mask[0], &values[0], start, stop, op)
 
 
+cdef inline int64_t _moved(numeric_t a, numeric_t r) noexcept nogil:
+    """1 where ``r`` differs from ``a`` (NaN -> NaN and -0.0 <-> +0.0 count as unchanged)."""
+    if numeric_t is float or numeric_t is double:
+        return (r != a) and not (r != r and a != a)
+    return r != a
+
+
+cdef int64_t _dense_range(numeric_t *page, const numeric_t *values, numeric_t *old, Py_ssize_t start,
+                          Py_ssize_t stop, int op) noexcept nogil:
+    """Positions [start, stop) of merge_dense; the number that changed."""
+    cdef Py_ssize_t i
+    cdef int64_t changed = 0
+    cdef numeric_t a, r
+    if op == OP_ASSIGN:
+        for i in range(start, stop):
+            a = page[i]
+            r = values[i]
+            old[i] = a
+            page[i] = r
+            changed += _moved(a, r)
+    else:
+        for i in range(start, stop):
+            a = page[i]
+            r = apply_op(op, a, values[i])
+            old[i] = a
+            page[i] = r
+            changed += _moved(a, r)
+    return changed
+
+
+cdef int64_t _dense_kernel(numeric_t[::1] page, const numeric_t[::1] values, numeric_t[::1] old,
+                           int op) noexcept nogil:
+    cdef Py_ssize_t n = page.shape[0], nchunks, c, start, stop
+    cdef int parts = _parts()
+    cdef int64_t changed = 0
+    if n == 0:
+        return 0
+    if parts == 1 or n < 4 * MASK_CHUNK:
+        return _dense_range(&page[0], &values[0], &old[0], 0, n, op)
+    nchunks = (n + MASK_CHUNK - 1) // MASK_CHUNK
+    for c in prange(nchunks, num_threads=parts, schedule='static'):
+        start = c * MASK_CHUNK
+        stop = start + MASK_CHUNK
+        if stop > n:
+            stop = n
+        changed += _dense_range(&page[0], &values[0], &old[0], start, stop, op)
+    return changed
+
+
 cdef Py_ssize_t _combine_sorted(int64_t[::1] index, numeric_t[::1] values, int op) noexcept nogil:
     """Fold runs of equal indices in place (in order); returns the number of unique indices."""
     cdef Py_ssize_t n = index.shape[0], k, m = 0
@@ -338,6 +387,13 @@ def _scatter(numeric_t[::1] page, const int64_t[::1] index, const numeric_t[::1]
 def _masked(numeric_t[::1] page, const uint8_t[::1] mask, const numeric_t[::1] values, int op):
     with nogil:
         _masked_kernel(page, mask, values, op)
+
+
+def _dense(numeric_t[::1] page, const numeric_t[::1] values, numeric_t[::1] old, int op):
+    cdef int64_t changed
+    with nogil:
+        changed = _dense_kernel(page, values, old, op)
+    return changed
 
 
 def _combine(int64_t[::1] index, numeric_t[::1] values, int op):
@@ -442,6 +498,31 @@ def masked_merge(page, mask, values, op):
         return None
     _masked(page, np.ascontiguousarray(mask), np.ascontiguousarray(values), code)
     return None
+
+
+def merge_dense(page, values, op, old_out):
+    """In place, every position: ``page[i] = op(page[i], values[i])`` (``OP_ASSIGN``: ``values[i]``), the value
+    before going to ``old_out[i]``; returns the number of positions whose value changed (NaN -> NaN and
+    -0.0 <-> +0.0 count as unchanged). ``page``, ``values`` and ``old_out`` are 1-D of one length and dtype and
+    share no memory. Large pages run in chunks on OpenMP threads.
+    """
+    cdef int code = _check_op(op)
+    page = _as_kernel(page, "page")
+    values = _as_kernel(np.asarray(values), "values")
+    old_out = _as_kernel(old_out, "old_out")
+    if values.shape[0] != page.shape[0] or old_out.shape[0] != page.shape[0]:
+        raise ValueError(f"page, values and old_out lengths differ: {page.shape[0]}, {values.shape[0]}, "
+                         f"{old_out.shape[0]}")
+    _same_dtype(page, values, "page", "values")
+    _same_dtype(page, old_out, "page", "old_out")
+    if not (page.flags.writeable and old_out.flags.writeable):
+        raise ValueError("page and old_out must be writable")
+    if np.may_share_memory(page, values) or np.may_share_memory(page, old_out) \
+            or np.may_share_memory(values, old_out):
+        raise ValueError("page, values and old_out must not share memory")
+    if page.shape[0] == 0:
+        return 0
+    return _dense(page, np.ascontiguousarray(values), old_out, code)
 
 
 def normalize(index, values, op):

@@ -11,7 +11,7 @@ from mmsb._ops import OP_ASSIGN, OP_MAX, OP_MIN, OP_PLUS, OP_TIMES
 
 _UFUNCS = {OP_PLUS: np.add, OP_TIMES: np.multiply, OP_MIN: np.minimum, OP_MAX: np.maximum}
 
-__all__ = ["scatter", "masked_merge", "normalize", "merge_sparse", "apply_normalized"]
+__all__ = ["scatter", "masked_merge", "merge_dense", "normalize", "merge_sparse", "apply_normalized"]
 
 
 def _check_op(op) -> int:
@@ -145,6 +145,33 @@ def masked_merge(page, mask, values, op) -> None:
         return None
     _UFUNCS[code](page, values, out=page, where=where)
     return None
+
+
+def merge_dense(page, values, op, old_out) -> int:
+    """In place, every position: ``page[i] = op(page[i], values[i])`` (``OP_ASSIGN``: ``values[i]``), the value
+    before going to ``old_out[i]``; returns the number of positions whose value changed (NaN -> NaN and
+    -0.0 <-> +0.0 count as unchanged)."""
+    code = _check_op(op)
+    page = _as_kernel(page, "page")
+    values = _as_kernel(np.asarray(values), "values")
+    old_out = _as_kernel(old_out, "old_out")
+    if values.shape[0] != page.shape[0] or old_out.shape[0] != page.shape[0]:
+        raise ValueError(f"page, values and old_out lengths differ: {page.shape[0]}, {values.shape[0]}, "
+                         f"{old_out.shape[0]}")
+    _same_dtype(page, values, "page", "values")
+    _same_dtype(page, old_out, "page", "old_out")
+    if not (page.flags.writeable and old_out.flags.writeable):
+        raise ValueError("page and old_out must be writable")
+    if np.may_share_memory(page, values) or np.may_share_memory(page, old_out) \
+            or np.may_share_memory(values, old_out):
+        raise ValueError("page, values and old_out must not share memory")
+    np.copyto(old_out, page)
+    with np.errstate(over="ignore", invalid="ignore"):
+        page[...] = _binop(code, old_out, values)
+    moved = page != old_out
+    if page.dtype.kind == "f":
+        moved &= ~(np.isnan(page) & np.isnan(old_out))
+    return int(np.count_nonzero(moved))
 
 
 def normalize(index, values, op) -> tuple[np.ndarray, np.ndarray]:
