@@ -328,10 +328,9 @@ class Buffer:
         """
         if self._closed or self._readonly or self._log.poisoned is not None:
             self._check_writable()              # (raises the error that says which)
-        name = p.name if isinstance(p, Page) else p
-        page = self._pages.get(name) if isinstance(name, str) else None
-        if page is None or (page is not p and isinstance(p, Page)):
-            page = self._page(p)            # (raises PageNotFoundError)
+        page = self._pages.get(p) if type(p) is str else self._pages.get(p.name) if isinstance(p, Page) else None
+        if page is None or (page is not p and type(p) is not str):
+            page = self._page(p)            # (a page of another name form, or PageNotFoundError)
         delta = self._prepare(page, values, index, mask, accumulate, source, metadata)
         if self._blocks_open:                   # the innermost batch or transaction block of this thread, if any
             stack = getattr(self._local, "stack", None)

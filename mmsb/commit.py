@@ -211,7 +211,7 @@ class CommitPipeline:
         finally:
             lock.release()
         log = buf._log
-        if getattr(log, "sync_needed", True):       # (only an fsync log has work left once append returned)
+        if log.sync_needed:                     # (only an fsync log has work left once append returned)
             log.sync(token)
         for hook in self.after_commit:
             hook(c.epoch)

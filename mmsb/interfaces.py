@@ -28,6 +28,10 @@ class Log(Protocol):
     durability: str
     #: True when the log keeps the Delta objects it is given (a sparse delta may arrive unsorted)
     keeps_deltas: bool
+    #: whether :meth:`sync` can have anything left to do once :meth:`append` returned (fsync durability)
+    sync_needed: bool
+    #: why the log refuses commits (a failed write or fsync), or None
+    poisoned: Optional[str]
 
     def append(self, txn: "Txn") -> Any:
         """Add a committed transaction; returns a token for :meth:`sync`."""
