@@ -36,6 +36,29 @@ class ProtocolError(ConnectionError):
     """A connection sent something that is not a frame of this protocol (or the wrong token)."""
 
 
+_REMOTE = "_mmsb_remote"
+
+
+def is_remote(exc: BaseException) -> bool:
+    """Whether ``exc`` came back in an error reply: raised by the code the actor ran (an application error, even
+    an ``OSError``: the connection is fine), not by the connection itself (a transport failure)."""
+    return getattr(exc, _REMOTE, False) is True
+
+
+def _remote(exc: Any, endpoint: tuple) -> BaseException:
+    """The exception of an error reply, marked as such (see :func:`is_remote`)."""
+    if not isinstance(exc, BaseException):
+        raise ProtocolError(f"an error reply from {endpoint} that is not an exception: {type(exc).__name__}")
+    try:
+        setattr(exc, _REMOTE, True)
+    except (AttributeError, TypeError):         # (an exception type without a __dict__: wrapped, then marked)
+        from mmsb.errors import MMSBError
+
+        exc = MMSBError(f"{type(exc).__name__}: {exc}")
+        setattr(exc, _REMOTE, True)
+    return exc
+
+
 def _recv_exact(sock: socket.socket, mv: memoryview) -> None:
     while mv.nbytes:
         n = sock.recv_into(mv)
@@ -258,7 +281,8 @@ class Conn:
         return n
 
     def recv(self) -> Any:
-        """The reply to the oldest request sent; a remote exception is raised here."""
+        """The reply to the oldest request sent; a remote exception is raised here, marked (:func:`is_remote`) so
+        that the caller tells it from a failure of the connection (which raises ``OSError`` unmarked)."""
         try:
             kind, obj = recv_frame(self.sock)
         except BaseException:
@@ -266,7 +290,7 @@ class Conn:
             raise
         self.waiting -= 1
         if kind == ERROR:
-            raise obj
+            raise _remote(obj, self.endpoint)
         if kind != OK:
             self.broken = True
             raise ProtocolError(f"unexpected frame kind {kind} from {self.endpoint}")
