@@ -484,3 +484,22 @@ def test_error_replies_are_told_from_connection_failures():
     finally:
         conn.close()
         server.close()
+
+
+@pytest.mark.parametrize("address, host", [
+    ("tcp://10.1.2.3:4000", "10.1.2.3"), ("ucx://10.1.2.3:4000", "10.1.2.3"), ("ucxx://10.1.2.4:1", "10.1.2.4"),
+    ("ucx://[fe80::1]:4000", "fe80::1"), ("tls://[::1]:99", "::1"), ("ws://node7.example:80", "node7.example"),
+    ("wss://node8:443", "node8"), ("ucx://10.0.0.5", "10.0.0.5"), ("inproc://10.0.0.1/123/4", "127.0.0.1"),
+])
+def test_actor_listens_on_the_host_of_its_worker_address(address, host):
+    from mmsb.dask import _rpc
+
+    assert _rpc.bind_host(address) == host
+
+
+@pytest.mark.parametrize("address", ["udp://1.2.3.4:5", "10.1.2.3:4000", "tcp://", "ucx://:4000", "ucx://[:4"])
+def test_an_address_without_a_host_to_listen_on_is_refused(address):
+    from mmsb.dask import _rpc
+
+    with pytest.raises(ValueError, match="worker address"):
+        _rpc.bind_host(address)

@@ -128,14 +128,29 @@ def _nodelay(sock: socket.socket) -> None:
                 pass
 
 
+#: the Dask protocols whose addresses name a host the actor's TCP socket can listen on
+HOST_PROTOCOLS = frozenset(("tcp", "tls", "ws", "wss", "ucx", "ucxx"))
+
+
 def bind_host(address: str) -> str:
-    """The interface a worker's actor listens on: the host of the worker's own Dask address (loopback for an
-    in-process worker)."""
-    proto, _, rest = address.partition("://")
-    if proto not in ("tcp", "tls", "ws", "wss") or not rest:
+    """The interface a worker's actor listens on: the host of the worker's own Dask address (``tcp``, ``tls``,
+    ``ws``, ``wss``, ``ucx``, ``ucxx``; an IPv6 host without its brackets), loopback for an in-process worker
+    (``inproc``). ValueError for an address of another protocol, or one that names no host: the actor would
+    listen where its peers cannot reach it."""
+    proto, sep, rest = address.partition("://")
+    if proto == "inproc" and sep:
         return "127.0.0.1"
-    host = rest.rsplit(":", 1)[0]
-    return host.strip("[]") or "127.0.0.1"
+    if proto not in HOST_PROTOCOLS or not sep:
+        raise ValueError(f"mmsb shard actors: cannot tell the host of the worker address {address!r} (protocols "
+                         f"{', '.join(sorted(HOST_PROTOCOLS))} or inproc)")
+    where = rest.split("/", 1)[0]                   # host[:port] or [v6 host][:port]
+    if where.startswith("["):
+        host = where[1:where.find("]")] if "]" in where else ""
+    else:
+        host = where.rsplit(":", 1)[0]
+    if not host:
+        raise ValueError(f"mmsb shard actors: the worker address {address!r} names no host")
+    return host
 
 
 class Server:
