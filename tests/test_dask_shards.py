@@ -4,11 +4,11 @@ import os
 import pickle
 import socket
 import struct
-import sys
 import tempfile
 
 import numpy as np
 import pytest
+from _localcluster import client_fixture
 
 import mmsb
 from mmsb.errors import InvalidDeltaError, MMSBError
@@ -17,7 +17,6 @@ distributed = pytest.importorskip("distributed")
 sp = pytest.importorskip("scipy.sparse")
 csgraph = pytest.importorskip("scipy.sparse.csgraph")
 import mmsb.dask  # noqa: E402
-
 
 KILL_MARKER = os.path.join(tempfile.gettempdir(), "mmsb-dask-shards-kill-marker")
 
@@ -44,12 +43,7 @@ def killer(a):
     return a * 2.0
 
 
-@pytest.fixture(scope="module")
-def client():
-    from _localcluster import local_client
-
-    with local_client(by_value=sys.modules[__name__]) as c:
-        yield c
+client = client_fixture(__name__)
 
 
 def _grid(rng, side):
