@@ -440,6 +440,10 @@ def update(indptr, indices, data, ncols, keys, vals, op, zero, free=None, indptr
     transpose, the changes left undone in A and in the transpose and their counts (see ``assign``), whether a
     free slot was taken in each, and ``(lo, hi, any NaN, any ±inf, count)`` of the stored new values (lo and hi
     over those not NaN: inf and -inf when none).
+
+    Raises ``ValueError`` with A and its transpose unchanged on a key out of range, on a malformed row of A or of
+    the transpose that a change touches (all checked before anything is written), and on a transpose whose
+    dtypes differ from A's (the two are changed by one typed kernel: see ``mmsb.csr.index_dtype``).
     """
     cdef UpdateCall a
     cdef int status, elem, typenum
@@ -895,8 +899,8 @@ def repair(indptr, indices, data, indptr_t, indices_t, data_t, y, src, keys, old
     The values tight through an entry under its old value (``y[r] == old ⊗ y[c]``, ``y[c] != zero``), when one
     of those entries got worse, and then every value tight through a value already in that region, are reset to
     ``src``, pulled from their neighbours, and the closure converges from them and from the heads ``c`` of the
-    entries that improved. ``mark`` (uint8, length n, all zero, left all zero) and ``old_out`` (like ``y``) are
-    scratch, kept by the caller (allocated here when None).
+    entries that improved. ``mark`` (uint8, length n, all zero, left all zero, also when the call raises) and
+    ``old_out`` (like ``y``) are scratch, kept by the caller (allocated here when None).
 
     Returns ``(status, idx, old_values, region_size, nonfinite)``: ``status`` is ``OK``, with the sorted
     positions of ``y`` that changed, their values before (in ``y``'s dtype: bool stays bool) and whether a new one is NaN or ±inf; ``TOO_LARGE`` (the
@@ -1445,8 +1449,8 @@ def reach(indptr, indices, data, indptr_t, indices_t, data_t, y, src, level, key
     in-neighbours, and a breadth-first search in level order lowers the levels from there. A vertex is reachable
     iff its level is finite.
 
-    ``mark`` (uint8, length n, all zero, left all zero) and ``old_out`` (uint8, length n) are scratch kept by the
-    caller (allocated when None). Returns ``(idx, old_values, region)``: the sorted positions of ``y`` that
+    ``mark`` (uint8, length n, all zero, left all zero, also when the call raises) and ``old_out`` (uint8, length n)
+    are scratch kept by the caller (allocated when None). Returns ``(idx, old_values, region)``: the sorted positions of ``y`` that
     changed, their values before (uint8) and how many vertices were affected. Raises ``ValueError`` on malformed
     arguments or out-of-range indices, keys or points; ``y`` is then untouched and ``level`` must be rebuilt.
     """
