@@ -23,11 +23,20 @@ from mmsb.semiring import _kview
 _NARROW = frozenset((np.dtype(np.float64), np.dtype(np.float32), np.dtype(np.bool_)))
 
 
-def index_dtype(ncols: int, dtype: Any) -> np.dtype:
-    """The column-index dtype of a CSR with ``ncols`` columns and values of ``dtype``: int32 where the columns fit
-    and the kernels are specialised for it (float64, float32, bool: a third less memory traffic than int64),
-    int64 otherwise."""
-    return np.dtype(np.int32) if ncols < 2**31 - 1 and np.dtype(dtype) in _NARROW else np.dtype(np.int64)
+#: the dimensions below which int32 column indices are used
+INT32_DIMS = 2**31 - 1
+
+
+def index_dtype(shape: tuple | int, dtype: Any) -> np.dtype:
+    """The column-index dtype of a CSR of ``shape`` (rows, columns; an int: the size of a square matrix) with
+    values of ``dtype``: int32 where the kernels are specialised for it (float64, float32, bool: a third less
+    memory traffic than int64) and both dimensions fit, int64 otherwise.
+
+    Both dimensions, not only the columns: a matrix and its transpose (whose column indices are the matrix's rows)
+    then get the same dtype, which the kernels that change the pair in one call (``repair.update``) require."""
+    dims = (shape, shape) if isinstance(shape, (int, np.integer)) else tuple(shape)
+    fits = max(dims, default=0) < INT32_DIMS
+    return np.dtype(np.int32) if fits and np.dtype(dtype) in _NARROW else np.dtype(np.int64)
 
 
 @dataclass
@@ -80,10 +89,16 @@ class CSR:
             order = np.argsort(self.indices, kind="stable")
             indptr_t = np.zeros(m + 1, dtype=np.int64)
             np.cumsum(np.bincount(self.indices, minlength=m), out=indptr_t[1:])
-            self._t = CSR((m, n), indptr_t, rows[order].astype(index_dtype(n, self.data.dtype)), self.data[order],
+            self._t = CSR((m, n), indptr_t, rows[order].astype(self._t_index_dtype()), self.data[order],
                           free=self.free)
             self._t._t = self
         return self._t
+
+    def _t_index_dtype(self) -> np.dtype:
+        """The transpose's column-index dtype: the matrix's own (the pair must agree, see :func:`index_dtype`), or
+        int64 where int32 cannot hold the matrix's row numbers."""
+        own = np.dtype(self.indices.dtype)
+        return own if own == np.int64 or self.shape[0] < INT32_DIMS else np.dtype(np.int64)
 
     @property
     def abs_T(self) -> "CSR":
@@ -194,7 +209,7 @@ def as_csr(matrix: Any, shape: tuple, dtype: np.dtype, what: str) -> CSR:
         raise InvalidDeltaError(f"{what}: malformed CSR indptr")
     if indices.dtype.kind not in "iu" or (indices.size and (indices.min() < 0 or indices.max() >= m)):
         raise InvalidDeltaError(f"{what}: CSR column index out of range")
-    indices = np.ascontiguousarray(indices, dtype=index_dtype(m, dtype))
+    indices = np.ascontiguousarray(indices, dtype=index_dtype((n, m), dtype))
     return CSR((n, m), indptr, indices, np.ascontiguousarray(cast))
 
 
@@ -227,8 +242,8 @@ def build_csr(shape: tuple, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray
     np.cumsum(cap, out=indptr[1:])
     total = int(indptr[-1])
     if cap is counts:                                    # (its own arrays: entries change in place later)
-        return CSR((n, m), indptr, np.array(cols, dtype=index_dtype(m, vals.dtype)), np.array(vals), free=free)
-    indices = np.repeat((np.arange(n, dtype=np.int64) % m).astype(index_dtype(m, vals.dtype)), cap)
+        return CSR((n, m), indptr, np.array(cols, dtype=index_dtype((n, m), vals.dtype)), np.array(vals), free=free)
+    indices = np.repeat((np.arange(n, dtype=np.int64) % m).astype(index_dtype((n, m), vals.dtype)), cap)
     data = np.full(total, free, dtype=vals.dtype)
     gap = cap - counts                                   # each row's entries first, then its free slots
     pos = np.arange(rows.size, dtype=np.int64) + np.repeat(np.cumsum(gap) - gap, counts)

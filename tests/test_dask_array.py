@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from _localcluster import client_fixture
 
 import mmsb
 
@@ -9,13 +10,7 @@ distributed = pytest.importorskip("distributed")
 da = pytest.importorskip("dask.array")
 import mmsb.dask  # noqa: E402
 
-
-@pytest.fixture(scope="module")
-def client():
-    from _localcluster import local_client
-
-    with local_client() as c:
-        yield c
+client = client_fixture()
 
 
 def test_round_trip_uneven_chunks(client):

@@ -6,11 +6,13 @@ import tempfile
 
 import numpy as np
 import pytest
+from _localcluster import client_fixture
 
 import mmsb
 
 distributed = pytest.importorskip("distributed")
 import mmsb.dask  # noqa: E402
+
 sp = pytest.importorskip("scipy.sparse")
 
 KILL_MARKER = os.path.join(tempfile.gettempdir(), "mmsb-dask-test-kill-marker")
@@ -33,12 +35,7 @@ def killer(a):
     return a * 2.0
 
 
-@pytest.fixture(scope="module")
-def client():
-    from _localcluster import local_client
-
-    with local_client(by_value=sys.modules[__name__]) as c:
-        yield c
+client = client_fixture(__name__)
 
 
 def _random_dag(buf, rng, n_pages=8, size=300):

@@ -4,11 +4,11 @@ import os
 import pickle
 import socket
 import struct
-import sys
 import tempfile
 
 import numpy as np
 import pytest
+from _localcluster import client_fixture
 
 import mmsb
 from mmsb.errors import InvalidDeltaError, MMSBError
@@ -17,7 +17,6 @@ distributed = pytest.importorskip("distributed")
 sp = pytest.importorskip("scipy.sparse")
 csgraph = pytest.importorskip("scipy.sparse.csgraph")
 import mmsb.dask  # noqa: E402
-
 
 KILL_MARKER = os.path.join(tempfile.gettempdir(), "mmsb-dask-shards-kill-marker")
 
@@ -44,12 +43,7 @@ def killer(a):
     return a * 2.0
 
 
-@pytest.fixture(scope="module")
-def client():
-    from _localcluster import local_client
-
-    with local_client(by_value=sys.modules[__name__]) as c:
-        yield c
+client = client_fixture(__name__)
 
 
 def _grid(rng, side):
@@ -424,3 +418,82 @@ def test_a_raised_source_on_one_worker_is_repaired_in_the_same_commit(client):
         np.testing.assert_array_equal(bufs[1]["dist"].read(), bufs[0]["dist"].read())
     for b in bufs:
         b.close()
+
+
+def _spill_error_on_read(on: bool) -> None:
+    """On a worker: the actors' ``read`` raises an OSError (as a spill file that cannot be read would), or no
+    more."""
+    from mmsb.dask._shard_worker import ShardActor
+
+    if on:
+        def read(self, name, parts):
+            raise PermissionError(13, "spill file unreadable", f"/spill/{name}.blk")
+        ShardActor._test_read, ShardActor.read = ShardActor.read, read
+    elif hasattr(ShardActor, "_test_read"):
+        ShardActor.read = ShardActor._test_read
+        del ShardActor._test_read
+
+
+def test_an_oserror_raised_on_a_worker_is_an_error_not_a_lost_worker(client):
+    """An OSError that the actor's code raised comes back in a reply: the caller gets it, with its type and the
+    worker's traceback, and the worker is neither taken for dead nor rebuilt (its connection is fine)."""
+    buf = mmsb.open(None, cluster=client)
+    buf.create_page("a", 100, shards=2)
+    buf.write("a", np.arange(100.0))
+    mgr = buf._cluster.engine.shards
+    client.run(_spill_error_on_read, True)
+    try:
+        with pytest.raises(PermissionError, match="spill file unreadable") as info:
+            buf["a"].read()
+    finally:
+        client.run(_spill_error_on_read, False)
+    assert any("on the worker" in note for note in getattr(info.value, "__notes__", []))
+    assert mgr._dead == set()
+    assert buf.stats()["cluster"]["shards"]["rebuilds"] == 0 and mgr.counters["retries"] == 0
+    np.testing.assert_array_equal(buf["a"].read(), np.arange(100.0))
+    buf.close()
+
+
+def test_error_replies_are_told_from_connection_failures():
+    """The data plane alone: an exception raised by the handler (an OSError here) is raised by ``recv`` marked
+    as remote, the connection still usable; a connection that breaks raises an unmarked OSError."""
+    from mmsb.dask import _rpc
+
+    def handle(meth, args):
+        if meth == "fail":
+            raise FileNotFoundError(2, "no such spill file", args[0])
+        return args
+
+    server = _rpc.Server("127.0.0.1", b"t" * 32, handle, lambda m, a: None, lambda: None, lambda: True)
+    conn = _rpc.Conn(server.endpoint, b"t" * 32, "driver", 10, pickle.dumps)
+    try:
+        with pytest.raises(FileNotFoundError) as info:
+            conn.call("fail", "/spill/x")
+        assert _rpc.is_remote(info.value) and not conn.broken
+        assert conn.call("echo", 1, 2) == (1, 2)
+        server.close()
+        with pytest.raises(OSError) as info:
+            conn.call("echo", 3)
+        assert not _rpc.is_remote(info.value) and conn.broken
+    finally:
+        conn.close()
+        server.close()
+
+
+@pytest.mark.parametrize("address, host", [
+    ("tcp://10.1.2.3:4000", "10.1.2.3"), ("ucx://10.1.2.3:4000", "10.1.2.3"), ("ucxx://10.1.2.4:1", "10.1.2.4"),
+    ("ucx://[fe80::1]:4000", "fe80::1"), ("tls://[::1]:99", "::1"), ("ws://node7.example:80", "node7.example"),
+    ("wss://node8:443", "node8"), ("ucx://10.0.0.5", "10.0.0.5"), ("inproc://10.0.0.1/123/4", "127.0.0.1"),
+])
+def test_actor_listens_on_the_host_of_its_worker_address(address, host):
+    from mmsb.dask import _rpc
+
+    assert _rpc.bind_host(address) == host
+
+
+@pytest.mark.parametrize("address", ["udp://1.2.3.4:5", "10.1.2.3:4000", "tcp://", "ucx://:4000", "ucx://[:4"])
+def test_an_address_without_a_host_to_listen_on_is_refused(address):
+    from mmsb.dask import _rpc
+
+    with pytest.raises(ValueError, match="worker address"):
+        _rpc.bind_host(address)

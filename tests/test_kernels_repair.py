@@ -429,3 +429,155 @@ def test_a_matrix_of_a_dtype_without_kernels_is_refused_at_creation():
     with pytest.raises(InvalidDeltaError, match="no matrix kernels"):
         buf.create_matrix("M", (3, 3), dtype=np.longdouble)
     assert "M" not in buf
+
+
+# ------------------------------------------------------------------------------------ index dtypes, validation
+
+def test_a_matrix_and_its_transpose_get_one_index_dtype():
+    """The index dtype depends on both dimensions, so that a matrix with one dimension of 2**31 - 1 or more and
+    its transpose agree (``update`` changes the pair in one call and requires it)."""
+    from mmsb.csr import index_dtype
+
+    big = 2**31 - 1
+    for dtype in ("float64", "float32", "bool", "int64", "uint8"):
+        for shape in ((3, big), (3, big + 1), (big, 3), (3, big - 1), (5, 7), (0, 0)):
+            assert index_dtype(shape, dtype) == index_dtype(shape[::-1], dtype)
+        assert index_dtype((3, big), dtype) == np.int64
+        assert index_dtype(5, dtype) == index_dtype((5, 5), dtype)
+    assert index_dtype((3, big - 1), "float64") == np.int32
+    assert index_dtype((3, big), "float64") == np.int64
+    assert index_dtype((5, 7), "int64") == np.int64
+
+
+def test_a_transpose_keeps_the_matrix_index_dtype_and_update_takes_the_pair():
+    """A CSR whose indices are int64 (as one with a dimension past int32 has) gets a transpose with int64
+    indices too, and ``update`` changes both (a small matrix stands for the large one: only the dtypes matter)."""
+    from mmsb.csr import CSR
+
+    dense = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 2.0], [3.0, 0.0, 4.0]])
+    S = sp.csr_array(dense)
+    A = CSR((3, 3), S.indptr.astype(np.int64), S.indices.astype(np.int64), S.data.copy())
+    T = A.T
+    assert T.indices.dtype == A.indices.dtype == np.int64
+    got = _kernels.repair.update(A.indptr, A.indices, A.data, 3, np.array([1 * 3 + 2]), np.array([7.0]),
+                                 OP_ASSIGN, np.float64(0), None, T.indptr, T.indices, T.data)
+    assert got is not None and got[10] == 0 and got[12] == 0          # no misses: both changed in place
+    dense[1, 2] = 7.0
+    np.testing.assert_array_equal(sp.csr_array((A.data, A.indices, A.indptr), shape=(3, 3)).toarray(), dense)
+    np.testing.assert_array_equal(sp.csr_array((T.data, T.indices, T.indptr), shape=(3, 3)).toarray(), dense.T)
+
+
+def _pair(index_t=np.int32):
+    """A = [[0, 1, 0], [0, 0, 2], [3, 0, 0]] in CSR and its transpose (indices of ``index_t``)."""
+    A = (np.array([0, 1, 2, 3], np.int64), np.array([1, 2, 0], np.int32), np.array([1.0, 2.0, 3.0]))
+    T = (np.array([0, 1, 2, 3], np.int64), np.array([2, 0, 1], index_t), np.array([3.0, 1.0, 2.0]))
+    return A, T
+
+
+@pytest.mark.parametrize("kern", KERNELS, ids=IDS)
+def test_update_refuses_mixed_index_dtypes_and_changes_nothing(kern):
+    (ip, ix, dv), (ipt, ixt, dvt) = _pair(np.int64)
+    before = [a.copy() for a in (ix, dv, ixt, dvt)]
+    with pytest.raises(ValueError, match="dtypes of the matrix"):
+        kern.update(ip, ix, dv, 3, np.array([1]), np.array([5.0]), OP_ASSIGN, np.float64(0), None, ipt, ixt, dvt)
+    for a, b in zip((ix, dv, ixt, dvt), before):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("kern", KERNELS, ids=IDS)
+@pytest.mark.parametrize("free", [None, np.inf])
+def test_update_checks_the_transpose_before_changing_the_matrix(kern, free):
+    """A transpose whose row of a changed column is malformed (it starts past its end; the row pointers still
+    start at 0 and end at its length) is refused before the matrix changes, by the kernel and its twin."""
+    (ip, ix, dv), (ipt, ixt, dvt) = _pair()
+    if free is not None:
+        dv, dvt = dv.copy(), dvt.copy()
+    ipt = np.array([0, 2, 1, 3], np.int64)              # row 1 of the transpose (column 1 of A): [2, 1)
+    before = [a.copy() for a in (ix, dv, ixt, dvt)]
+    for key, val in ((0 * 3 + 1, 5.0), (2 * 3 + 1, 6.0)):  # a change in place, an insertion (column 1 both)
+        with pytest.raises(ValueError, match="out of range"):
+            kern.update(ip, ix, dv, 3, np.array([key]), np.array([val]), OP_ASSIGN, np.float64(np.inf)
+                        if free is not None else np.float64(0), free, ipt, ixt, dvt)
+        for a, b in zip((ix, dv, ixt, dvt), before):
+            np.testing.assert_array_equal(a, b)
+
+
+# ------------------------------------------------------------------------------------------- out of memory
+
+_OOM_SCRIPT = r"""
+import json, resource, sys
+import numpy as np
+from mmsb import _kernels
+
+rep = _kernels.repair
+n = 1 << 21
+ids = np.arange(n, dtype=np.int64)
+# the chain 0 -> 1 -> ... -> n-1 (A[i + 1, i]): row i of A holds column i - 1, row i of A.T column i + 1
+ip = np.r_[0, np.arange(n, dtype=np.int64)]
+ix = np.arange(n - 1, dtype=np.int32)
+ipt = np.r_[np.arange(n, dtype=np.int64), n - 1]
+ixt = np.arange(1, n, dtype=np.int32)
+src = np.full(n, np.inf)
+src[0] = 0.0
+bsrc = np.zeros(n, np.uint8)
+bsrc[0] = 1
+mark = np.zeros(n, np.uint8)
+old_out = np.empty(n)
+bold_out = np.empty(n, np.uint8)
+# the entry 1 <- 0 removed (stored as a free slot, inf / False): everything downstream is in the region
+dv = np.ones(n - 1)
+dv[0] = np.inf
+bdv = np.ones(n - 1, np.uint8)
+bdv[0] = 0
+
+
+def vm_bytes():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+
+
+def attempt(kind, budget):
+    y = ids.astype(np.float64)
+    by, lev = np.ones(n, np.uint8), ids.astype(np.int32)
+    hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+    resource.setrlimit(resource.RLIMIT_AS, (vm_bytes() + budget, hard))
+    err = ""
+    try:
+        if kind == "repair":
+            rep.repair(ip, ix, dv, ipt, ixt, dv, y, src, np.array([n]), np.array([1.0]), 2, 0, np.inf, np.inf,
+                       -1, mark, old_out)
+        else:
+            rep.reach(ip, ix, bdv, ipt, ixt, bdv, by, bsrc, lev, np.array([n]), np.array([1], np.uint8),
+                      np.zeros(0, np.int64), mark, bold_out)
+    except MemoryError as exc:
+        err = str(exc) or "MemoryError"
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
+    return {"kind": kind, "budget": budget, "error": err, "marks_left": int(np.count_nonzero(mark))}
+
+
+out = [attempt(kind, 1 << b) for kind in ("repair", "reach") for b in range(16, 28)]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(_kernels.KIND != "compiled", reason="the compiled kernels' own allocations")
+def test_out_of_memory_in_the_kernels_leaves_the_marks_clear():
+    """A repair (and a reach) whose worklists cannot grow under an address-space limit raises MemoryError with
+    the caller's ``mark`` scratch all clear (a subprocess, so that the limit touches no other test)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    run = subprocess.run([sys.executable, "-c", _OOM_SCRIPT], capture_output=True, text=True, env=env, timeout=300,
+                         check=False)
+    assert run.returncode == 0, run.stderr[-2000:]
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    for kind in ("repair", "reach"):
+        in_kernel = [g for g in got if g["kind"] == kind and "out of memory" in g["error"]]
+        assert in_kernel, f"{kind}: no limit made the kernel run out of memory: {got}"
+    assert all(g["marks_left"] == 0 for g in got), [g for g in got if g["marks_left"]]

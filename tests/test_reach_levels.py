@@ -251,3 +251,122 @@ def test_levels_are_dropped_with_the_rule_and_rebuilt_after_reopen(tmp_path):
     level = buf._engine._levels["y"][1]
     np.testing.assert_array_equal(np.where(level == np.iinfo(level.dtype).max, np.inf, level), hops(D, src))
     buf.close()
+
+
+# ------------------------------------------------------- the kernel's repair against a BFS from scratch (scipy)
+
+def _family(rng, family, n):
+    """A bool adjacency ``D[r, c]`` (edge c -> r): a random graph, a path with shortcuts, a random tree with a few
+    extra edges, or a two-way grid (the last three with deep levels, where a removed support cascades)."""
+    D = np.zeros((n, n), dtype=bool)
+    if family == "random":
+        D = rng.random((n, n)) < rng.uniform(0.02, 0.2)
+    elif family == "path":
+        D[np.arange(1, n), np.arange(n - 1)] = True
+        k = int(rng.integers(0, n // 4 + 1))
+        D[rng.integers(0, n, k), rng.integers(0, n, k)] = True
+    elif family == "tree":
+        parent = np.array([int(rng.integers(0, v)) for v in range(1, n)], dtype=np.int64)
+        D[np.arange(1, n), parent] = True
+        k = int(rng.integers(0, n // 5 + 1))
+        D[rng.integers(0, n, k), rng.integers(0, n, k)] = True
+    else:
+        side = max(int(np.sqrt(n)), 1)
+        ids = np.arange(side * side).reshape(side, side)
+        for a, b in ((ids[:, :-1], ids[:, 1:]), (ids[:-1, :], ids[1:, :])):
+            D[b.ravel(), a.ravel()] = True
+            D[a.ravel(), b.ravel()] = True
+    return D
+
+
+def _csr(D, ghosts, index_t):
+    """``D`` in CSR form (int64 row pointers, ``index_t`` indices, uint8 values) with the removed entries
+    ``ghosts`` kept as explicit False slots (as a matrix page keeps them), and its transpose."""
+    n = D.shape[0]
+    r, c = np.nonzero(D | ghosts)
+    A = sp.csr_array((D[r, c].astype(np.uint8), (r, c)), shape=(n, n))
+    T = sp.csr_array((D[r, c].astype(np.uint8), (c, r)), shape=(n, n))
+    out = []
+    for M in (A, T):
+        M.has_canonical_format = False
+        M.sort_indices()
+        out += [M.indptr.astype(np.int64), M.indices.astype(index_t), M.data.astype(np.uint8)]
+    return out
+
+
+def _affected(D, src, level):
+    """The vertices that lose their level: a finite old level and no chain of supports (edges c -> r of the new
+    graph with ``level[r] == level[c] + 1`` under the old levels) from a new source, found by scipy's
+    breadth_first_order from a super-source over the support edges."""
+    n = D.shape[0]
+    inf = np.iinfo(level.dtype).max
+    r, c = np.nonzero(D)
+    sup = (level[r] != inf) & (level[c] != inf) & (level[r].astype(np.int64) == level[c].astype(np.int64) + 1)
+    s = np.flatnonzero(src)
+    G = sp.csr_array((np.ones(int(sup.sum()) + s.size), (np.r_[c[sup], np.full(s.size, n)], np.r_[r[sup], s])),
+                     shape=(n + 1, n + 1))
+    held = np.zeros(n + 1, dtype=bool)
+    held[csgraph.breadth_first_order(G, n, directed=True, return_predecessors=False)] = True
+    return np.flatnonzero((level != inf) & ~held[:n])
+
+
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(2, 60),
+       family=st.sampled_from(["random", "path", "tree", "grid"]),
+       mode=st.sampled_from(["delete", "insert", "mixed", "sources"]), wide_index=st.booleans(),
+       wide_level=st.booleans(), steps=st.integers(1, 8))
+@SETTINGS
+def test_compiled_reach_repairs_levels_as_a_fresh_bfs_finds_them(seed, n, family, mode, wide_index, wide_level,
+                                                                  steps):
+    """The kernel's level repair (not the twin, which rebuilds its levels), step after step of edge removals
+    (supports preferred: deep cascades), insertions and source switches: the levels equal scipy's unweighted
+    shortest paths from the sources, y its breadth_first_order reachability, the affected count the vertices
+    left without a chain of supports, the changes reported those of y, the scratch clear after every call."""
+    kern = _kernels.repair
+    rng = np.random.default_rng(seed)
+    D = _family(rng, family, n)
+    src = np.zeros(n, dtype=bool)
+    src[rng.choice(n, size=int(rng.integers(1, 3)), replace=False)] = True
+    index_t, level_t = (np.int64 if wide_index else np.int32), (np.int64 if wide_level else np.int32)
+    ghosts = np.zeros((n, n), dtype=bool)
+    y, level = np.zeros(n, np.uint8), np.zeros(n, level_t)
+    _, _, _, ipt, ixt, dvt = _csr(D, ghosts, index_t)
+    kern.reach_build(ipt, ixt, dvt, y, src, level)
+    mark, old_out = np.zeros(n, np.uint8), np.empty(n, np.uint8)
+    for _ in range(steps):
+        inf = np.iinfo(level_t).max
+        r, c = np.nonzero(D)
+        keys = []
+        if mode in ("delete", "mixed") and r.size:
+            sup = np.flatnonzero((level[r] != inf) & (level[r].astype(np.int64) == level[c].astype(np.int64) + 1))
+            pool = sup if sup.size and rng.random() < 0.7 else np.arange(r.size)
+            pick = rng.choice(pool, size=min(int(rng.integers(1, 4)), pool.size), replace=False)
+            keys += (r[pick] * n + c[pick]).tolist()
+        if mode in ("insert", "mixed"):
+            k = int(rng.integers(1, 4))
+            keys += (rng.integers(0, n, k) * n + rng.integers(0, n, k)).tolist()
+        keys = np.unique(np.array(keys, dtype=np.int64))
+        kr, kc = np.divmod(keys, n)
+        old = D[kr, kc].copy()
+        if mode == "insert":
+            D[kr, kc] = True
+        elif mode == "mixed":
+            D[kr, kc] = ~old
+        else:
+            D[kr, kc] = False
+        ghosts |= ~D & (ghosts | np.isin(np.arange(n * n), keys[old]).reshape(n, n))
+        points = np.zeros(0, np.int64)
+        if mode == "sources" or rng.random() < 0.3:
+            points = rng.integers(0, n, int(rng.integers(1, 3))).astype(np.int64)
+            src[points] = rng.random(points.size) < 0.5
+        want_region = _affected(D, src, level)
+        y0 = y.copy()
+        idx, olds, region = kern.reach(*_csr(D, ghosts, index_t), y, src, level, keys, old.astype(np.uint8), points,
+                                       mark, old_out)
+        assert not mark.any()
+        want = hops(D, src)
+        got = np.where(level == inf, np.inf, level.astype(np.float64))
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(y.astype(bool), reached(D, src))
+        np.testing.assert_array_equal(idx, np.flatnonzero(y != y0))
+        np.testing.assert_array_equal(olds, y0[idx])
+        assert region == want_region.size

@@ -363,6 +363,11 @@ cdef int _update_kernel(const int64_t *indptr, index_t *indices, numeric_t *data
     moved[0] = m
     if m == 0:
         return ST_OK
+    if has_t:                                   # (the transpose's rows checked too: A changes only when both can)
+        for k in range(m):
+            c = cols[k]
+            if indptr_t[c] < 0 or indptr_t[c + 1] > nnz_t or indptr_t[c] > indptr_t[c + 1]:
+                return ST_BAD_INDEX
     status = _assign_kernel(indptr, indices, data, nrows, ncols, nnz, rows, cols, new, present, pos, True, m,
                             has_free, free_val, miss, &counts[0], &claimed)
     counts[1] = claimed
@@ -435,6 +440,10 @@ def update(indptr, indices, data, ncols, keys, vals, op, zero, free=None, indptr
     transpose, the changes left undone in A and in the transpose and their counts (see ``assign``), whether a
     free slot was taken in each, and ``(lo, hi, any NaN, any ±inf, count)`` of the stored new values (lo and hi
     over those not NaN: inf and -inf when none).
+
+    Raises ``ValueError`` with A and its transpose unchanged on a key out of range, on a malformed row of A or of
+    the transpose that a change touches (all checked before anything is written), and on a transpose whose
+    dtypes differ from A's (the two are changed by one typed kernel: see ``mmsb.csr.index_dtype``).
     """
     cdef UpdateCall a
     cdef int status, elem, typenum
@@ -526,12 +535,14 @@ cdef int _queue_push(Queue *q, int64_t value) noexcept nogil:
 
 
 cdef inline int _touch(numeric_t *y, numeric_t *old_out, uint8_t *mark, IdList *touched, int64_t i) noexcept nogil:
-    """Record y[i]'s value before the call (once); -1 when out of memory."""
+    """Record y[i]'s value before the call (once); -1 when out of memory (mark[i] then left as it was)."""
     if mark[i] & M_TOUCHED:
         return 0
+    if push_id(touched, i):
+        return -1
     mark[i] |= M_TOUCHED
     old_out[i] = y[i]
-    return push_id(touched, i)
+    return 0
 
 
 cdef int _converge(const int64_t *indptr_t, const index_t *indices_t, const numeric_t *data_t, int64_t nnz,
@@ -571,10 +582,10 @@ cdef int _converge(const int64_t *indptr_t, const index_t *indices_t, const nume
                 for h in range(hsize):
                     j = hids[h]
                     if hkeys[h] == y[j] and not (mark[j] & M_QUEUED):
-                        mark[j] |= M_QUEUED
                         if _queue_push(&q, j):
                             status = ST_NO_MEMORY
                             break
+                        mark[j] |= M_QUEUED
                 free(hkeys)
                 free(hids)
                 hkeys = NULL
@@ -624,10 +635,10 @@ cdef int _converge(const int64_t *indptr_t, const index_t *indices_t, const nume
                 if better(new, v, maxfirst):
                     ordered = False
             elif not (mark[i] & M_QUEUED):
-                mark[i] |= M_QUEUED
                 if _queue_push(&q, i):
                     status = ST_NO_MEMORY
                     break
+                mark[i] |= M_QUEUED
     free(hkeys)
     free(hids)
     free(q.ptr)
@@ -702,9 +713,9 @@ cdef int _repair_kernel(const int64_t *indptr, const index_t *indices, const num
         w = old[k]
         if apply_op(add_op, w, nw) == nw:              # improved (or equal): push from its head
             if not (mark[c] & M_FRONT):
-                mark[c] |= M_FRONT
                 if push_id(front, c):
                     return ST_NO_MEMORY
+                mark[c] |= M_FRONT
             better = True
         else:
             better = False
@@ -712,9 +723,9 @@ cdef int _repair_kernel(const int64_t *indptr, const index_t *indices, const num
         if yj != zero and w != zero and apply_op(mul_op, w, yj) == y[r]:
             worse_tight = worse_tight or not better
             if not (mark[r] & M_REGION):
-                mark[r] |= M_REGION
                 if push_id(region, r):
                     return ST_NO_MEMORY
+                mark[r] |= M_REGION
     if not worse_tight:                                # no value depended on a worsened entry
         for q in range(region.size):
             mark[region.ptr[q]] &= ~M_REGION
@@ -741,9 +752,9 @@ cdef int _repair_kernel(const int64_t *indptr, const index_t *indices, const num
                 continue
             w = data_t[p]
             if w != zero and apply_op(mul_op, w, yj) == y[i]:
-                mark[i] |= M_REGION
                 if push_id(region, i):
                     return ST_NO_MEMORY
+                mark[i] |= M_REGION
     if limit >= 0 and region.size > limit:
         return ST_TOO_LARGE
     if region.size == 0:
@@ -778,10 +789,10 @@ cdef int _repair_kernel(const int64_t *indptr, const index_t *indices, const num
         j = region.ptr[q]
         y[j] = apply_op(add_op, y[j], pulled[q])
         if not (mark[j] & M_FRONT):
-            mark[j] |= M_FRONT
             if push_id(front, j):
                 free(pulled)
                 return ST_NO_MEMORY
+            mark[j] |= M_FRONT
     free(pulled)
     # 4. converge from the region and the heads of the improved entries
     return _converge(indptr_t, indices_t, data_t, nnz_t, y, n, front, add_op, mul_op, zero, mark, old_out,
@@ -888,8 +899,8 @@ def repair(indptr, indices, data, indptr_t, indices_t, data_t, y, src, keys, old
     The values tight through an entry under its old value (``y[r] == old ⊗ y[c]``, ``y[c] != zero``), when one
     of those entries got worse, and then every value tight through a value already in that region, are reset to
     ``src``, pulled from their neighbours, and the closure converges from them and from the heads ``c`` of the
-    entries that improved. ``mark`` (uint8, length n, all zero, left all zero) and ``old_out`` (like ``y``) are
-    scratch, kept by the caller (allocated here when None).
+    entries that improved. ``mark`` (uint8, length n, all zero, left all zero, also when the call raises) and
+    ``old_out`` (like ``y``) are scratch, kept by the caller (allocated here when None).
 
     Returns ``(status, idx, old_values, region_size, nonfinite)``: ``status`` is ``OK``, with the sorted
     positions of ``y`` that changed, their values before (in ``y``'s dtype: bool stays bool) and whether a new one is NaN or ±inf; ``TOO_LARGE`` (the
@@ -1032,12 +1043,14 @@ cdef inline bint _row_ok(const int64_t *indptr, int64_t r, int64_t nnz) noexcept
 
 
 cdef int _reach_touch(uint8_t *y, uint8_t *old_out, uint8_t *mark, IdList *touched, int64_t i) noexcept nogil:
-    """Record y[i]'s value before the call (once); -1 when out of memory."""
+    """Record y[i]'s value before the call (once); -1 when out of memory (mark[i] then left as it was)."""
     if mark[i] & R_TOUCHED:
         return 0
+    if push_id(touched, i):
+        return -1
     mark[i] |= R_TOUCHED
     old_out[i] = y[i]
-    return push_id(touched, i)
+    return 0
 
 
 cdef struct LevelQueue:
@@ -1116,13 +1129,15 @@ cdef int _reach_kernel(const int64_t *indptr, const index_t *indices, const uint
             continue
         if now:                                        # a new entry c -> r: r may get a lower level
             if not src[r] and not (mark[r] & R_PULL):
-                mark[r] |= R_PULL
                 if push_id(pulls, r):
                     return ST_NO_MEMORY
+                mark[r] |= R_PULL
         elif lev[c] != INF and lev[r] != INF and lev[r] == lev[c] + 1 and not src[r] \
                 and not (mark[r] & R_CAND):
+            if push_id(cand, r):
+                return ST_NO_MEMORY
             mark[r] |= R_CAND
-            if push_id(cand, r) or push_id(&lq.init, <int64_t>lev[r] * n + r):
+            if push_id(&lq.init, <int64_t>lev[r] * n + r):
                 return ST_NO_MEMORY
     for k in range(npoints):
         v = points[k]
@@ -1130,12 +1145,14 @@ cdef int _reach_kernel(const int64_t *indptr, const index_t *indices, const uint
             return ST_BAD_INDEX
         if src[v]:
             if lev[v] != 0 and not (mark[v] & R_PULL):
-                mark[v] |= R_PULL
                 if push_id(pulls, v):
                     return ST_NO_MEMORY
+                mark[v] |= R_PULL
         elif lev[v] == 0 and not (mark[v] & R_CAND):
+            if push_id(cand, v):
+                return ST_NO_MEMORY
             mark[v] |= R_CAND
-            if push_id(cand, v) or push_id(&lq.init, v):
+            if push_id(&lq.init, v):
                 return ST_NO_MEMORY
     # 2. in level order: a candidate with no unaffected in-neighbour one level below is affected, and so become
     #    candidates its out-neighbours one level above (their other supports are all decided by then)
@@ -1166,8 +1183,10 @@ cdef int _reach_kernel(const int64_t *indptr, const index_t *indices, const uint
             if <uint64_t>w >= <uint64_t>n:
                 return ST_BAD_INDEX
             if data_t[p] != 0 and lev[w] == l + 1 and not src[w] and not (mark[w] & R_CAND):
+                if push_id(cand, w):
+                    return ST_NO_MEMORY
                 mark[w] |= R_CAND
-                if push_id(cand, w) or push_id(&lq.gen, (l + 1) * n + w):
+                if push_id(&lq.gen, (l + 1) * n + w):
                     return ST_NO_MEMORY
     if lq.bad:
         return ST_BAD_INDEX
@@ -1178,9 +1197,9 @@ cdef int _reach_kernel(const int64_t *indptr, const index_t *indices, const uint
             return ST_NO_MEMORY
         lev[v] = INF
         if not (mark[v] & R_PULL):
-            mark[v] |= R_PULL
             if push_id(pulls, v):
                 return ST_NO_MEMORY
+            mark[v] |= R_PULL
     lq.init.size = 0
     for q in range(pulls.size):
         v = pulls.ptr[q]
@@ -1430,8 +1449,8 @@ def reach(indptr, indices, data, indptr_t, indices_t, data_t, y, src, level, key
     in-neighbours, and a breadth-first search in level order lowers the levels from there. A vertex is reachable
     iff its level is finite.
 
-    ``mark`` (uint8, length n, all zero, left all zero) and ``old_out`` (uint8, length n) are scratch kept by the
-    caller (allocated when None). Returns ``(idx, old_values, region)``: the sorted positions of ``y`` that
+    ``mark`` (uint8, length n, all zero, left all zero, also when the call raises) and ``old_out`` (uint8, length n)
+    are scratch kept by the caller (allocated when None). Returns ``(idx, old_values, region)``: the sorted positions of ``y`` that
     changed, their values before (uint8) and how many vertices were affected. Raises ``ValueError`` on malformed
     arguments or out-of-range indices, keys or points; ``y`` is then untouched and ``level`` must be rebuilt.
     """

@@ -220,6 +220,8 @@ def update(indptr, indices, data, ncols, keys, vals, op, zero, free=None, indptr
     num = real[~np.isnan(real)]
     stats = (float(num.min()) if num.size else np.inf, float(num.max()) if num.size else -np.inf,
              bool(num.size < real.size), bool(np.isinf(num).any()), int(real.size))
+    if has_t and _bad_rows(indptr_t, cols, indices_t.size):     # (checked before A changes)
+        raise ValueError("matrix indices/indptr or entry keys out of range")
     misses, claimed, _, miss = assign(indptr, indices, data, ncols, rows, cols, new, present, pos,
                                       free_val if has_free else None)
     misses_t, claimed_t, pos_t, miss_t = 0, False, np.full(idx.size, -1, dtype=np.int64), np.zeros(idx.size, bool)

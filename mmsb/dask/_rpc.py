@@ -36,6 +36,29 @@ class ProtocolError(ConnectionError):
     """A connection sent something that is not a frame of this protocol (or the wrong token)."""
 
 
+_REMOTE = "_mmsb_remote"
+
+
+def is_remote(exc: BaseException) -> bool:
+    """Whether ``exc`` came back in an error reply: raised by the code the actor ran (an application error, even
+    an ``OSError``: the connection is fine), not by the connection itself (a transport failure)."""
+    return getattr(exc, _REMOTE, False) is True
+
+
+def _remote(exc: Any, endpoint: tuple) -> BaseException:
+    """The exception of an error reply, marked as such (see :func:`is_remote`)."""
+    if not isinstance(exc, BaseException):
+        raise ProtocolError(f"an error reply from {endpoint} that is not an exception: {type(exc).__name__}")
+    try:
+        setattr(exc, _REMOTE, True)
+    except (AttributeError, TypeError):         # (an exception type without a __dict__: wrapped, then marked)
+        from mmsb.errors import MMSBError
+
+        exc = MMSBError(f"{type(exc).__name__}: {exc}")
+        setattr(exc, _REMOTE, True)
+    return exc
+
+
 def _recv_exact(sock: socket.socket, mv: memoryview) -> None:
     while mv.nbytes:
         n = sock.recv_into(mv)
@@ -105,14 +128,29 @@ def _nodelay(sock: socket.socket) -> None:
                 pass
 
 
+#: the Dask protocols whose addresses name a host the actor's TCP socket can listen on
+HOST_PROTOCOLS = frozenset(("tcp", "tls", "ws", "wss", "ucx", "ucxx"))
+
+
 def bind_host(address: str) -> str:
-    """The interface a worker's actor listens on: the host of the worker's own Dask address (loopback for an
-    in-process worker)."""
-    proto, _, rest = address.partition("://")
-    if proto not in ("tcp", "tls", "ws", "wss") or not rest:
+    """The interface a worker's actor listens on: the host of the worker's own Dask address (``tcp``, ``tls``,
+    ``ws``, ``wss``, ``ucx``, ``ucxx``; an IPv6 host without its brackets), loopback for an in-process worker
+    (``inproc``). ValueError for an address of another protocol, or one that names no host: the actor would
+    listen where its peers cannot reach it."""
+    proto, sep, rest = address.partition("://")
+    if proto == "inproc" and sep:
         return "127.0.0.1"
-    host = rest.rsplit(":", 1)[0]
-    return host.strip("[]") or "127.0.0.1"
+    if proto not in HOST_PROTOCOLS or not sep:
+        raise ValueError(f"mmsb shard actors: cannot tell the host of the worker address {address!r} (protocols "
+                         f"{', '.join(sorted(HOST_PROTOCOLS))} or inproc)")
+    where = rest.split("/", 1)[0]                   # host[:port] or [v6 host][:port]
+    if where.startswith("["):
+        host = where[1:where.find("]")] if "]" in where else ""
+    else:
+        host = where.rsplit(":", 1)[0]
+    if not host:
+        raise ValueError(f"mmsb shard actors: the worker address {address!r} names no host")
+    return host
 
 
 class Server:
@@ -258,7 +296,8 @@ class Conn:
         return n
 
     def recv(self) -> Any:
-        """The reply to the oldest request sent; a remote exception is raised here."""
+        """The reply to the oldest request sent; a remote exception is raised here, marked (:func:`is_remote`) so
+        that the caller tells it from a failure of the connection (which raises ``OSError`` unmarked)."""
         try:
             kind, obj = recv_frame(self.sock)
         except BaseException:
@@ -266,7 +305,7 @@ class Conn:
             raise
         self.waiting -= 1
         if kind == ERROR:
-            raise obj
+            raise _remote(obj, self.endpoint)
         if kind != OK:
             self.broken = True
             raise ProtocolError(f"unexpected frame kind {kind} from {self.endpoint}")

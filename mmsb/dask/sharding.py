@@ -208,6 +208,11 @@ CALL_TIMEOUT_S = float(os.environ.get("MMSB_SHARD_CALL_TIMEOUT_S", "900"))
 
 
 def _retryable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the workers (or the connections to them) failed, so that a rebuild and a second try
+    may succeed: not an error an actor raised in the code it ran and sent back (even an ``OSError``, e.g. of a
+    spill file), unless the actor says its own state is gone (``ShardStateError``)."""
+    if _rpc.is_remote(exc):
+        return isinstance(exc, ShardStateError)
     if isinstance(exc, (ShardStateError, ClusterError, OSError, TimeoutError, ConnectionError)):
         return True
     mod = type(exc).__module__ or ""
@@ -339,10 +344,10 @@ class ShardManager:
         for w in sent:
             try:
                 out[w] = conns[w].recv()
-            except OSError as exc:
-                self._dead.add(w)
-                err = err or ShardStateError(f"the shard actor on worker {w} is gone: {type(exc).__name__}: {exc}")
             except BaseException as exc:
+                if isinstance(exc, OSError) and not _rpc.is_remote(exc):     # the connection, not the actor's code
+                    self._dead.add(w)
+                    exc = ShardStateError(f"the shard actor on worker {w} is gone: {type(exc).__name__}: {exc}")
                 err = err or exc
         self.counters["worker_calls"] += len(sent)
         if err is not None:
