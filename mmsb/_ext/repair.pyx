@@ -27,9 +27,23 @@ from mmsb._ext._types cimport OP_MAX, apply_op, index_t, numeric_t
 
 from mmsb._validate import assign_args, locate_args, reach_args, reach_build_args, repair_args, update_args
 
+cdef extern from *:
+    """
+    #if defined(__GNUC__) || defined(__clang__)
+    #define MMSB_REPAIR_PREFETCH(p) __builtin_prefetch((const void *)(p), 0, 1)
+    #else
+    #define MMSB_REPAIR_PREFETCH(p) ((void)0)
+    #endif
+    """
+    void MMSB_REPAIR_PREFETCH(const void *p) noexcept nogil
+
 cnp.import_array()
 
 __all__ = ["assign", "locate", "reach", "reach_build", "repair", "update"]
+
+cdef enum:
+    AHEAD_ROW = 32      # update: keys ahead whose indptr entry is prefetched ...
+    AHEAD_ENTRY = 12    # ... and keys ahead whose row's first index and value are (their indptr line is in by then)
 
 cdef enum:
     ST_OK = 0
@@ -324,14 +338,25 @@ cdef int _update_kernel(const int64_t *indptr, index_t *indices, numeric_t *data
                         double *stats) noexcept nogil:
     """locate, merge (assign or ``op``), keep what changed, set in A and in its transpose; stats: the range of the
     stored values and whether one is NaN / not finite."""
-    cdef int64_t k, r, c, p, m = 0
+    cdef int64_t k, r, c, p, s, m = 0
     cdef numeric_t o, v
     cdef int status
     cdef bint claimed = False
+    # the rows first (rows[m] is written only for m <= k, after rows[k] was read): the loop below prefetches the
+    # CSR lines of the keys ahead of it, so that a large change keeps many misses in flight
     for k in range(count):
+        rows[k] = keys[k] // ncols if ncols else 0
+    for k in range(count):
+        if k + AHEAD_ROW < count and <uint64_t>rows[k + AHEAD_ROW] < <uint64_t>nrows:
+            MMSB_REPAIR_PREFETCH(&indptr[rows[k + AHEAD_ROW]])
+        if k + AHEAD_ENTRY < count and <uint64_t>rows[k + AHEAD_ENTRY] < <uint64_t>nrows:
+            s = indptr[rows[k + AHEAD_ENTRY]]
+            if 0 <= s < nnz:
+                MMSB_REPAIR_PREFETCH(&indices[s])
+                MMSB_REPAIR_PREFETCH(&data[s])
         if <uint64_t>keys[k] >= <uint64_t>(nrows * ncols):
             return ST_BAD_INDEX
-        r = keys[k] // ncols
+        r = rows[k]
         c = keys[k] - r * ncols
         if r < 0 or r >= nrows or indptr[r] < 0 or indptr[r + 1] > nnz or indptr[r] > indptr[r + 1]:
             return ST_BAD_INDEX
