@@ -14,6 +14,7 @@ from mmsb import propagate
 from mmsb._ops import OP_ASSIGN, OP_MAX, OP_MIN, OP_PLUS, OP_TIMES
 from mmsb._ref import merge as ref_merge
 from mmsb._ref import point as ref
+from mmsb._ref import repair as ref_repair
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 TOL = propagate.REL_TOL
@@ -317,3 +318,52 @@ def test_normalize_of_many_keys_equals_twin(seed, n, span, op):
     i2, v2 = ref_merge.normalize(keys, vals, op)
     np.testing.assert_array_equal(i1, i2)
     np.testing.assert_array_equal(v1, v2)
+
+
+@pytest.mark.parametrize("kern", [pytest.param(ref_repair, id="ref")] + (
+    [pytest.param(_compiled("repair"), id="compiled")] if _compiled("repair") else []))
+def test_update_of_stored_values_changes_nothing_when_a_later_row_is_malformed(kern):
+    """The update kernel sets changed values of stored entries in place as it finds them; a malformed row met
+    later takes them back: the error changes nothing."""
+    indptr = np.array([0, 2, 1, 3], dtype=np.int64)           # row 1 ends before it starts
+    indices = np.array([0, 1, 2], dtype=np.int32)
+    data = np.array([1.0, 2.0, 3.0])
+    with pytest.raises(ValueError):
+        kern.update(indptr, indices, data, 3, np.array([0, 1, 4], dtype=np.int64), np.array([5.0, 6.0, 7.0]),
+                    OP_ASSIGN, 0.0, None)
+    np.testing.assert_array_equal(data, [1.0, 2.0, 3.0])
+
+
+@pytest.mark.parametrize("kern", [pytest.param(ref_repair, id="ref")] + (
+    [pytest.param(_compiled("repair"), id="compiled")] if _compiled("repair") else []))
+@SETTINGS
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 40), k=st.integers(0, 200), removals=st.booleans())
+def test_update_in_place_and_structural_changes_equal_a_dense_model(kern, seed, n, k, removals):
+    """Value changes of stored entries (set in place in one pass), mixed or not with insertions and removals
+    (left to the assign kernel), against a dense numpy model; the returned changes list exactly the entries
+    whose value moved, with their old and new values."""
+    rng = np.random.default_rng(seed)
+    dense = np.where(rng.random((n, n)) < 0.3, rng.integers(1, 9, (n, n)).astype(float), 0.0)
+    A = sp.csr_array(dense)
+    indptr, indices, data = A.indptr.astype(np.int64), A.indices.astype(np.int32), A.data.copy()
+    keys = np.unique(rng.integers(0, n * n, k)).astype(np.int64)
+    r, c = np.divmod(keys, n)
+    vals = rng.integers(0 if removals else 1, 9, keys.size).astype(float)
+    if not removals:                                  # stored entries only: the in-place path
+        stored = dense[r, c] != 0
+        keys, r, c, vals = keys[stored], r[stored], c[stored], vals[stored]
+    before = dense.copy()
+    got = kern.update(indptr, indices, data, n, keys, vals, OP_ASSIGN, 0.0, None)
+    moved = before[r, c] != vals
+    if not moved.any():
+        assert got is None
+        return
+    idx, rows, cols, old, new = got[:5]
+    np.testing.assert_array_equal(idx, keys[moved])
+    np.testing.assert_array_equal(old, before[r, c][moved])
+    np.testing.assert_array_equal(new, vals[moved])
+    misses = got[10]
+    if not misses:                                    # every change made in place: the arrays hold the model
+        dense[r, c] = vals
+        rebuilt = sp.csr_array((data, indices, indptr), shape=(n, n)).toarray()
+        np.testing.assert_array_equal(rebuilt, dense)

@@ -341,25 +341,30 @@ cdef int _update_kernel(const int64_t *indptr, index_t *indices, numeric_t *data
     cdef int64_t k, r, c, p, s, m = 0
     cdef numeric_t o, v
     cdef int status
-    cdef bint claimed = False
+    cdef bint claimed = False, in_place
     # the rows first (rows[m] is written only for m <= k, after rows[k] was read): the loop below prefetches the
     # CSR lines of the keys ahead of it, so that a large change keeps many misses in flight
     for k in range(count):
-        rows[k] = keys[k] // ncols if ncols else 0
+        if <uint64_t>keys[k] >= <uint64_t>(nrows * ncols):
+            return ST_BAD_INDEX
+        rows[k] = keys[k] // ncols
+    # one pass: locate, merge, keep what changed, and set a changed value of a stored entry in place at once
+    # (taken back if a later row turns out malformed); insertions and removals are left to the assign kernel
+    status = ST_OK
+    in_place = True
     for k in range(count):
-        if k + AHEAD_ROW < count and <uint64_t>rows[k + AHEAD_ROW] < <uint64_t>nrows:
+        if k + AHEAD_ROW < count:
             MMSB_REPAIR_PREFETCH(&indptr[rows[k + AHEAD_ROW]])
-        if k + AHEAD_ENTRY < count and <uint64_t>rows[k + AHEAD_ENTRY] < <uint64_t>nrows:
+        if k + AHEAD_ENTRY < count:
             s = indptr[rows[k + AHEAD_ENTRY]]
             if 0 <= s < nnz:
                 MMSB_REPAIR_PREFETCH(&indices[s])
                 MMSB_REPAIR_PREFETCH(&data[s])
-        if <uint64_t>keys[k] >= <uint64_t>(nrows * ncols):
-            return ST_BAD_INDEX
         r = rows[k]
         c = keys[k] - r * ncols
-        if r < 0 or r >= nrows or indptr[r] < 0 or indptr[r + 1] > nnz or indptr[r] > indptr[r + 1]:
-            return ST_BAD_INDEX
+        if indptr[r] < 0 or indptr[r + 1] > nnz or indptr[r] > indptr[r + 1]:
+            status = ST_BAD_INDEX
+            break
         p = _find(indptr, indices, data, r, c, has_free, free_val)
         o = data[p] if p >= 0 else zero
         v = vals[k] if op < 0 else apply_op(op, o, vals[k])
@@ -372,6 +377,10 @@ cdef int _update_kernel(const int64_t *indptr, index_t *indices, numeric_t *data
         new[m] = v
         pos[m] = p
         present[m] = v != zero
+        if p >= 0 and present[m]:
+            data[p] = v
+        else:
+            in_place = False
         if present[m] and not (has_free and v == free_val):
             stats[4] += 1
             if _float_nan(v):
@@ -386,10 +395,18 @@ cdef int _update_kernel(const int64_t *indptr, index_t *indices, numeric_t *data
                         stats[3] = 1
         m += 1
     moved[0] = m
+    if status == ST_OK and not in_place:
+        # the rest (its positions were found in valid rows above; the values set in place are set again)
+        status = _assign_kernel(indptr, indices, data, nrows, ncols, nnz, rows, cols, new, present, pos, True, m,
+                                has_free, free_val, miss, &counts[0], &claimed)
+    if status != ST_OK:
+        for k in range(m):                  # nothing changes: the values set in place are taken back
+            if pos[k] >= 0 and present[k]:
+                data[pos[k]] = old[k]
+        moved[0] = 0
+        return status
     if m == 0:
         return ST_OK
-    status = _assign_kernel(indptr, indices, data, nrows, ncols, nnz, rows, cols, new, present, pos, True, m,
-                            has_free, free_val, miss, &counts[0], &claimed)
     counts[1] = claimed
     if not has_t:
         for k in range(m):
