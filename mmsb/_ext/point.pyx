@@ -421,27 +421,27 @@ def entry_push(keys, old, new, int64_t ncols, x, y, err, int mul_op, double zero
     cdef double *yv = <double *>cnp.PyArray_DATA(a_y)
     cdef Py_ssize_t q, p, nt = 0, nbad = 0, nout
     cdef int64_t i, c, prev = -1
-    for q in range(n):
+    cdef cnp.npy_intp dim = n
+    cdef cnp.ndarray owner = cnp.PyArray_EMPTY(1, &dim, cnp.NPY_INT64, 0)
+    cdef int64_t *own = <int64_t *>cnp.PyArray_DATA(owner)
+    for q in range(n):                      # every key first (and its row): nothing is written before they hold
         if ks[q] <= prev:
             raise ValueError(f"entry_push: keys must be strictly increasing (key {ks[q]} after {prev})")
-        if ks[q] < 0 or ks[q] // ncols >= ny:
-            raise ValueError(f"entry_push: key {ks[q]} out of range for {ny} rows of {ncols} columns")
         prev = ks[q]
-    cdef cnp.npy_intp dim = n
+        if prev < 0:
+            raise ValueError(f"entry_push: key {prev} out of range for {ny} rows of {ncols} columns")
+        own[q] = prev // ncols
+        if own[q] >= ny:
+            raise ValueError(f"entry_push: key {prev} out of range for {ny} rows of {ncols} columns")
     cdef cnp.ndarray out_rows = cnp.PyArray_EMPTY(1, &dim, cnp.NPY_INT64, 0)
     cdef cnp.ndarray out_before = cnp.PyArray_EMPTY(1, &dim, cnp.NPY_FLOAT64, 0)
     cdef cnp.ndarray bad = cnp.PyArray_EMPTY(1, &dim, cnp.NPY_UINT8, 0)
     cdef int64_t *rows = <int64_t *>cnp.PyArray_DATA(out_rows)
     cdef double *before = <double *>cnp.PyArray_DATA(out_before)
     cdef uint8_t *bv = <uint8_t *>cnp.PyArray_DATA(bad)
-    cdef int64_t *own = <int64_t *>malloc(max(n, 1) * sizeof(int64_t))
-    if own == NULL:
-        raise MemoryError()
     cdef double u = DBL_EPSILON / 2, b, acc, mag, tn, to, bound
     cdef Py_ssize_t cnt
     with nogil:
-        for q in range(n):
-            own[q] = ks[q] // ncols
         q = 0
         while q < n:
             i = own[q]
@@ -486,7 +486,6 @@ def entry_push(keys, old, new, int64_t ncols, x, y, err, int mul_op, double zero
                     rows[nout] = rows[p]
                     before[nout] = before[p]
                     nout += 1
-    free(own)
     if nbad:
         return out_rows[:nt], out_before[:nt], bad[:nt]
     return out_rows[:nout], out_before[:nout], None
