@@ -174,6 +174,16 @@ def merge_dense(page, values, op, old_out) -> int:
     return int(np.count_nonzero(moved))
 
 
+def _stable_argsort(index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(sorted keys, permutation)`` of the int64 ``index``, the permutation that of a stable argsort (twin of the
+    compiled packed sort)."""
+    perm = np.argsort(index, kind="stable")
+    return index[perm], perm
+
+
+_radix_argsort = _stable_argsort        # (the compiled radix sort gives the same results)
+
+
 def normalize(index, values, op) -> tuple[np.ndarray, np.ndarray]:
     """Return new ``(index_out, values_out)``: sorted unique int64 indices, duplicates folded with op in input
     order (``OP_ASSIGN``: last occurrence wins). The inputs are not modified."""
