@@ -289,7 +289,7 @@ def test_stable_sorts_equal_numpy_stable_argsort(kern, seed, n, span, neg):
     rng = np.random.default_rng(seed)
     keys = rng.integers(0, span, n, dtype=np.int64) - (span // 2 if neg else 0)
     perm = np.argsort(keys, kind="stable")
-    for fn in (kern._stable_argsort, kern._radix_argsort):
+    for fn in (kern.sort_keys, kern._radix_argsort):
         out, p = fn(keys)
         np.testing.assert_array_equal(p, perm)
         np.testing.assert_array_equal(out, keys[perm])
@@ -300,7 +300,7 @@ def test_stable_sorts_take_the_extremes_of_int64(kern):
     big, small = np.iinfo(np.int64).max, np.iinfo(np.int64).min
     keys = np.array([big, small, 0, -1, big, 5, small] * 50, dtype=np.int64)
     perm = np.argsort(keys, kind="stable")
-    for fn in (kern._stable_argsort, kern._radix_argsort):
+    for fn in (kern.sort_keys, kern._radix_argsort):
         out, p = fn(keys)
         np.testing.assert_array_equal(p, perm)
         np.testing.assert_array_equal(out, keys[perm])

@@ -522,7 +522,7 @@ def _radix_argsort(const int64_t[::1] index):
     return out, perm
 
 
-def _stable_argsort(const int64_t[::1] index):
+def sort_keys(const int64_t[::1] index):
     """``(sorted keys, permutation)`` of ``index``, the permutation that of a stable argsort.
 
     When the span of the keys and the count fit 64 bits together (flat positions of a matrix delta do), each key
@@ -692,7 +692,7 @@ def normalize(index, values, op):
         val = np.array(values, copy=True, order="C")
     else:
         if index.shape[0] >= RADIX_MIN:
-            idx, perm = _stable_argsort(index)
+            idx, perm = sort_keys(index)
         else:
             perm = np.argsort(index, kind="stable")
             idx = index[perm]

@@ -248,9 +248,18 @@ cdef int _assign_kernel(const int64_t *indptr, index_t *indices, numeric_t *data
                         int64_t nnz, const int64_t *rows, const int64_t *cols, const numeric_t *vals, const uint8_t *present,
                         int64_t *pos, bint located, int64_t count, bint has_free, numeric_t free_val,
                         uint8_t *miss, int64_t *nmiss, bint *claimed) noexcept nogil:
-    """Entries found first (set, or freed), then insertions into free slots (those just freed included)."""
-    cdef int64_t k, r, p, q
+    """Entries found first (set, or freed), then insertions into free slots (those just freed included). The rows
+    are taken in the caller's order (random in a transpose): the lines of the entries ahead are prefetched."""
+    cdef int64_t k, r, p, q, s
     for k in range(count):
+        if not located:
+            if k + AHEAD_ROW < count and <uint64_t>rows[k + AHEAD_ROW] < <uint64_t>nrows:
+                MMSB_REPAIR_PREFETCH(&indptr[rows[k + AHEAD_ROW]])
+            if k + AHEAD_ENTRY < count and <uint64_t>rows[k + AHEAD_ENTRY] < <uint64_t>nrows:
+                s = indptr[rows[k + AHEAD_ENTRY]]
+                if 0 <= s < nnz:
+                    MMSB_REPAIR_PREFETCH(&indices[s])
+                    MMSB_REPAIR_PREFETCH(&data[s])
         r = rows[k]
         if <uint64_t>r >= <uint64_t>nrows or indptr[r] < 0 or indptr[r + 1] > nnz or indptr[r] > indptr[r + 1] \
                 or <uint64_t>cols[k] >= <uint64_t>ncols:
@@ -261,6 +270,8 @@ cdef int _assign_kernel(const int64_t *indptr, index_t *indices, numeric_t *data
         else:
             pos[k] = _find(indptr, indices, data, r, cols[k], has_free, free_val)
     for k in range(count):
+        if k + AHEAD_ENTRY < count and 0 <= pos[k + AHEAD_ENTRY] < nnz:
+            MMSB_REPAIR_PREFETCH(&data[pos[k + AHEAD_ENTRY]])
         p = pos[k]
         miss[k] = 0
         if p < 0:
