@@ -276,7 +276,7 @@ class MatrixBackend(DeviceBackend):
                             (misses_t, claimed_t, pos_t, miss_t) if t is not None else None, stats)
         for v, _, _ in page._views.values():
             _csr.set_entries(v, rows, cols, new.astype(v.data.dtype), present)
-        return Change(idx, old)
+        return Change(idx, old, new)
 
     @staticmethod
     def _apply_numpy(page: MatrixPage, idx: np.ndarray, vals: np.ndarray, undo: Optional["UndoLog"]) \
@@ -294,7 +294,7 @@ class MatrixBackend(DeviceBackend):
         if undo is not None:                    # first: a failure inside set() is rolled back too
             undo.action(lambda: page.set(rows, cols, old))
         page.set(rows, cols, new, pos)
-        return Change(idx, old)
+        return Change(idx, old, new)
 
     def values_at(self, buf: "Buffer", page: "Page", idx: np.ndarray) -> np.ndarray:
         page.use()

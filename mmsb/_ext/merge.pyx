@@ -8,6 +8,8 @@ import numpy as np
 
 from cython.parallel cimport parallel, prange, threadid
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
+from libc.stdlib cimport free, malloc
+from libc.string cimport memset
 
 from mmsb._ext._types cimport (OP_ASSIGN, OP_MAX, OP_MIN, OP_PLUS, OP_TIMES, apply_op, numeric_t, op_max,
                                op_min, op_plus, op_times, valid_op)
@@ -417,6 +419,152 @@ def _apply(numeric_t[::1] page, const int64_t[::1] index, const numeric_t[::1] v
         _apply_kernel(page, index, values, old, changed, op)
 
 
+cdef enum:
+    RADIX_BITS = 11         # digit width of the radix sort (2048 buckets: the counts stay in L1)
+    RADIX_MIN = 256         # fewer keys than this: numpy's stable argsort
+
+
+cdef int _radix_sort(const int64_t *keys, Py_ssize_t n, int64_t *out_keys, int64_t *perm) noexcept nogil:
+    """Stable LSD radix sort of ``keys[:n]``: ``out_keys`` the keys in order, ``perm`` their positions in ``keys``.
+
+    The keys are offset by their minimum and only the digits of the span are sorted (balanced digits of at most
+    RADIX_BITS bits): flat positions of a matrix take 3-4 passes. Returns -1 when out of memory, else 0."""
+    cdef Py_ssize_t i, b
+    cdef int64_t lo = keys[0], hi = keys[0]
+    cdef uint64_t span, d
+    cdef int bits = 0, passes, width, shift, ps
+    cdef uint64_t mask
+    cdef Py_ssize_t counts[1 << RADIX_BITS]
+    cdef Py_ssize_t total, c
+    for i in range(1, n):
+        if keys[i] < lo:
+            lo = keys[i]
+        elif keys[i] > hi:
+            hi = keys[i]
+    span = <uint64_t>hi - <uint64_t>lo
+    while bits < 64 and (span >> bits) != 0:
+        bits += 1
+    if bits == 0:
+        for i in range(n):
+            out_keys[i] = keys[i]
+            perm[i] = i
+        return 0
+    passes = (bits + RADIX_BITS - 1) // RADIX_BITS
+    width = (bits + passes - 1) // passes
+    mask = (<uint64_t>1 << width) - 1
+    cdef uint64_t *ka = <uint64_t *>malloc(n * sizeof(uint64_t))
+    cdef uint64_t *kb = <uint64_t *>malloc(n * sizeof(uint64_t))
+    cdef int64_t *pb = <int64_t *>malloc(n * sizeof(int64_t))
+    cdef uint64_t *ksrc
+    cdef uint64_t *kdst
+    cdef uint64_t *kt
+    cdef int64_t *psrc
+    cdef int64_t *pdst
+    cdef int64_t *pt
+    if ka == NULL or kb == NULL or pb == NULL:
+        free(ka)
+        free(kb)
+        free(pb)
+        return -1
+    for i in range(n):
+        ka[i] = <uint64_t>keys[i] - <uint64_t>lo
+        perm[i] = i
+    # ping-pong between (ka, perm) and (kb, pb); the last pass lands in perm when the pass count is even
+    ksrc, kdst = ka, kb
+    if passes % 2:
+        psrc, pdst = pb, perm
+        for i in range(n):
+            pb[i] = i
+    else:
+        psrc, pdst = perm, pb
+    for ps in range(passes):
+        shift = ps * width
+        memset(counts, 0, sizeof(counts))
+        for i in range(n):
+            counts[(ksrc[i] >> shift) & mask] += 1
+        total = 0
+        for b in range(<Py_ssize_t>1 << width):
+            c = counts[b]
+            counts[b] = total
+            total += c
+        for i in range(n):
+            d = (ksrc[i] >> shift) & mask
+            kdst[counts[d]] = ksrc[i]
+            pdst[counts[d]] = psrc[i]
+            counts[d] += 1
+        kt = ksrc
+        ksrc = kdst
+        kdst = kt
+        pt = psrc
+        psrc = pdst
+        pdst = pt
+    for i in range(n):
+        out_keys[i] = <int64_t>(ksrc[i] + <uint64_t>lo)
+    free(ka)
+    free(kb)
+    free(pb)
+    return 0
+
+
+def _radix_argsort(const int64_t[::1] index):
+    """``(sorted keys, permutation)`` of ``index`` by the stable radix sort (the permutation of a stable argsort)."""
+    cdef Py_ssize_t n = index.shape[0]
+    out = np.empty(n, dtype=np.int64)
+    perm = np.empty(n, dtype=np.int64)
+    cdef int64_t[::1] o = out
+    cdef int64_t[::1] p = perm
+    cdef int status = 0
+    if n:
+        with nogil:
+            status = _radix_sort(&index[0], n, &o[0], &p[0])
+    if status:
+        raise MemoryError()
+    return out, perm
+
+
+def sort_keys(const int64_t[::1] index):
+    """``(sorted keys, permutation)`` of ``index``, the permutation that of a stable argsort.
+
+    When the span of the keys and the count fit 64 bits together (flat positions of a matrix delta do), each key
+    becomes ``(key - min) << b | position`` and numpy's (vectorised) sort of those integers is stable by
+    construction; otherwise the radix sort."""
+    cdef Py_ssize_t n = index.shape[0], i
+    cdef int64_t lo, hi
+    cdef uint64_t span
+    cdef int bits = 0, pbits = 0
+    if n == 0:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+    lo = hi = index[0]
+    for i in range(1, n):
+        if index[i] < lo:
+            lo = index[i]
+        elif index[i] > hi:
+            hi = index[i]
+    span = <uint64_t>hi - <uint64_t>lo
+    while bits < 64 and (span >> bits) != 0:
+        bits += 1
+    while pbits < 64 and (<uint64_t>(n - 1) >> pbits) != 0:
+        pbits += 1
+    if bits + pbits > 63:
+        return _radix_argsort(index)
+    packed = np.empty(n, dtype=np.int64)
+    cdef int64_t[::1] pk = packed
+    with nogil:
+        for i in range(n):
+            pk[i] = <int64_t>(((<uint64_t>index[i] - <uint64_t>lo) << pbits) | <uint64_t>i)
+    packed.sort()
+    out = np.empty(n, dtype=np.int64)
+    perm = np.empty(n, dtype=np.int64)
+    cdef int64_t[::1] o = out
+    cdef int64_t[::1] p = perm
+    cdef uint64_t low = (<uint64_t>1 << pbits) - 1
+    with nogil:
+        for i in range(n):
+            o[i] = <int64_t>((<uint64_t>pk[i] >> pbits) + <uint64_t>lo)
+            p[i] = <int64_t>(<uint64_t>pk[i] & low)
+    return out, perm
+
+
 def _is_ordered(const int64_t[::1] index):
     return _order(index)
 
@@ -543,8 +691,11 @@ def normalize(index, values, op):
         idx = index.copy()
         val = np.array(values, copy=True, order="C")
     else:
-        perm = np.argsort(index, kind="stable")
-        idx = index[perm]
+        if index.shape[0] >= RADIX_MIN:
+            idx, perm = sort_keys(index)
+        else:
+            perm = np.argsort(index, kind="stable")
+            idx = index[perm]
         val = values[perm]
     m = _combine(idx, val, code)
     if m < idx.shape[0]:

@@ -20,7 +20,7 @@ from mmsb._ext._types cimport OP_MAX, OP_MIN, OP_PLUS, OP_TIMES, apply_op
 
 cnp.import_array()
 
-__all__ = ["apply_few", "entry_keys", "link_push"]
+__all__ = ["apply_few", "entry_keys", "entry_push", "link_push"]
 
 
 cdef int _cmp_i64(const void *a, const void *b) noexcept nogil:
@@ -357,3 +357,135 @@ def entry_keys(rows, cols, vals, int64_t nrows, int64_t ncols, int fold_op):
     if nout == k:
         return keys, out
     return keys[:nout].copy(), out[:nout].copy()
+
+
+cdef extern from *:
+    """
+    #if defined(__GNUC__) || defined(__clang__)
+    #define MMSB_POINT_PREFETCH(p) __builtin_prefetch((const void *)(p), 0, 1)
+    #else
+    #define MMSB_POINT_PREFETCH(p) ((void)0)
+    #endif
+    """
+    void MMSB_POINT_PREFETCH(const void *p) noexcept nogil
+
+cdef enum:
+    PUSH_AHEAD = 16         # entry_push: entries ahead whose x, y and bound lines are prefetched
+
+
+def entry_push(keys, old, new, int64_t ncols, x, y, err, int mul_op, double zero, double tol):
+    """One link step ``y += (A' - A) ⊗ x`` after entries of A changed (float64 pages, ⊕ = plus), fused.
+
+    ``keys`` are the changed entries' flat positions ``row * ncols + col`` (strictly increasing), ``old`` and
+    ``new`` their values before and after (float64; ``zero``, ⊕'s zero, is an absent entry and contributes
+    nothing), ``x`` the source (``ncols`` values), ``y`` the target (updated in place). Each touched row ``i`` gets
+    ``y[i] + Σ_k (new_k ⊗ x[c_k] - old_k ⊗ x[c_k])``, summed in key order, and, when ``err`` (per-row bounds) is
+    given, its rounding bound grows by ``(k_i + 2) u (|y_before| + Σ_k |new_k ⊗ x[c_k]| + |old_k ⊗ x[c_k]|)`` over
+    its ``k_i`` changed entries; a row whose bound exceeds ``tol * |y|``, or whose value is not finite, is "bad":
+    it must be recomputed (its bound is left unchanged).
+
+    Returns ``(rows, before, bad)``: with ``bad`` None, the sorted rows of ``y`` that changed and their old values;
+    otherwise every touched row, its old value and a uint8 mask of the bad rows. Every argument is checked before
+    anything is written.
+    """
+    cdef cnp.ndarray a_keys = _array(keys, "keys", cnp.NPY_INT64)
+    cdef cnp.ndarray a_old = _array(old, "old", cnp.NPY_FLOAT64)
+    cdef cnp.ndarray a_new = _array(new, "new", cnp.NPY_FLOAT64)
+    cdef cnp.ndarray a_x = _array(x, "x", cnp.NPY_FLOAT64)
+    cdef cnp.ndarray a_y = _array(y, "y", cnp.NPY_FLOAT64, True)
+    cdef cnp.ndarray a_err
+    cdef Py_ssize_t n = cnp.PyArray_DIM(a_keys, 0), ny = cnp.PyArray_DIM(a_y, 0)
+    if cnp.PyArray_DIM(a_old, 0) != n or cnp.PyArray_DIM(a_new, 0) != n:
+        raise ValueError(f"entry_push: {n} keys but {cnp.PyArray_DIM(a_old, 0)} old and "
+                         f"{cnp.PyArray_DIM(a_new, 0)} new values")
+    if ncols < 0 or cnp.PyArray_DIM(a_x, 0) != ncols:
+        raise ValueError(f"entry_push: x has {cnp.PyArray_DIM(a_x, 0)} values, the matrix {ncols} columns")
+    if n and ncols == 0:
+        raise ValueError("entry_push: keys given for a matrix of no columns")
+    if mul_op < OP_PLUS or mul_op > OP_MAX:
+        raise ValueError(f"entry_push: unknown mul_op {mul_op}")
+    cdef bint track = err is not None
+    cdef double *e = NULL
+    if track:
+        a_err = _array(err, "err", cnp.NPY_FLOAT64, True)
+        if cnp.PyArray_DIM(a_err, 0) != ny:
+            raise ValueError(f"entry_push: err has {cnp.PyArray_DIM(a_err, 0)} entries, y has {ny}")
+        e = <double *>cnp.PyArray_DATA(a_err)
+    _check_apart(a_y, (a_keys, a_old, a_new, a_x) + ((a_err,) if track else ()), "entry_push")
+    if track:
+        _check_apart(a_err, (a_keys, a_old, a_new, a_x, a_y), "entry_push")
+    cdef const int64_t *ks = <const int64_t *>cnp.PyArray_DATA(a_keys)
+    cdef const double *od = <const double *>cnp.PyArray_DATA(a_old)
+    cdef const double *nw = <const double *>cnp.PyArray_DATA(a_new)
+    cdef const double *xv = <const double *>cnp.PyArray_DATA(a_x)
+    cdef double *yv = <double *>cnp.PyArray_DATA(a_y)
+    cdef Py_ssize_t q, p, nt = 0, nbad = 0, nout
+    cdef int64_t i, c, prev = -1
+    cdef cnp.npy_intp dim = n
+    cdef cnp.ndarray owner = cnp.PyArray_EMPTY(1, &dim, cnp.NPY_INT64, 0)
+    cdef int64_t *own = <int64_t *>cnp.PyArray_DATA(owner)
+    for q in range(n):                      # every key first (and its row): nothing is written before they hold
+        if ks[q] <= prev:
+            raise ValueError(f"entry_push: keys must be strictly increasing (key {ks[q]} after {prev})")
+        prev = ks[q]
+        if prev < 0:
+            raise ValueError(f"entry_push: key {prev} out of range for {ny} rows of {ncols} columns")
+        own[q] = prev // ncols
+        if own[q] >= ny:
+            raise ValueError(f"entry_push: key {prev} out of range for {ny} rows of {ncols} columns")
+    cdef cnp.ndarray out_rows = cnp.PyArray_EMPTY(1, &dim, cnp.NPY_INT64, 0)
+    cdef cnp.ndarray out_before = cnp.PyArray_EMPTY(1, &dim, cnp.NPY_FLOAT64, 0)
+    cdef cnp.ndarray bad = cnp.PyArray_EMPTY(1, &dim, cnp.NPY_UINT8, 0)
+    cdef int64_t *rows = <int64_t *>cnp.PyArray_DATA(out_rows)
+    cdef double *before = <double *>cnp.PyArray_DATA(out_before)
+    cdef uint8_t *bv = <uint8_t *>cnp.PyArray_DATA(bad)
+    cdef double u = DBL_EPSILON / 2, b, acc, mag, tn, to, bound
+    cdef Py_ssize_t cnt
+    with nogil:
+        q = 0
+        while q < n:
+            i = own[q]
+            b = yv[i]
+            acc = b
+            mag = 0.0
+            cnt = 0
+            while q < n and own[q] == i:
+                if q + PUSH_AHEAD < n:
+                    p = q + PUSH_AHEAD
+                    MMSB_POINT_PREFETCH(&xv[ks[p] - own[p] * ncols])
+                    MMSB_POINT_PREFETCH(&yv[own[p]])
+                    if track:
+                        MMSB_POINT_PREFETCH(&e[own[p]])
+                c = ks[q] - i * ncols
+                tn = apply_op(mul_op, nw[q], xv[c]) if nw[q] != zero else 0.0
+                to = apply_op(mul_op, od[q], xv[c]) if od[q] != zero else 0.0
+                acc = acc + (tn - to)
+                mag = mag + fabs(tn) + fabs(to)
+                cnt += 1
+                q += 1
+            yv[i] = acc
+            rows[nt] = i
+            before[nt] = b
+            bv[nt] = 0
+            if not isfinite(acc):
+                bv[nt] = 1
+                nbad += 1
+            elif track:
+                bound = e[i] + (cnt + 2) * u * (fabs(b) + mag)
+                if bound <= tol * fabs(acc):
+                    e[i] = bound
+                else:
+                    bv[nt] = 1
+                    nbad += 1
+            nt += 1
+        nout = nt
+        if not nbad:                        # the rows that changed
+            nout = 0
+            for p in range(nt):
+                if yv[rows[p]] != before[p]:
+                    rows[nout] = rows[p]
+                    before[nout] = before[p]
+                    nout += 1
+    if nbad:
+        return out_rows[:nt], out_before[:nt], bad[:nt]
+    return out_rows[:nout], out_before[:nout], None

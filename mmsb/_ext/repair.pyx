@@ -27,9 +27,23 @@ from mmsb._ext._types cimport OP_MAX, apply_op, index_t, numeric_t
 
 from mmsb._validate import assign_args, locate_args, reach_args, reach_build_args, repair_args, update_args
 
+cdef extern from *:
+    """
+    #if defined(__GNUC__) || defined(__clang__)
+    #define MMSB_REPAIR_PREFETCH(p) __builtin_prefetch((const void *)(p), 0, 1)
+    #else
+    #define MMSB_REPAIR_PREFETCH(p) ((void)0)
+    #endif
+    """
+    void MMSB_REPAIR_PREFETCH(const void *p) noexcept nogil
+
 cnp.import_array()
 
 __all__ = ["assign", "locate", "reach", "reach_build", "repair", "update"]
+
+cdef enum:
+    AHEAD_ROW = 32      # update: keys ahead whose indptr entry is prefetched ...
+    AHEAD_ENTRY = 12    # ... and keys ahead whose row's first index and value are (their indptr line is in by then)
 
 cdef enum:
     ST_OK = 0
@@ -234,9 +248,18 @@ cdef int _assign_kernel(const int64_t *indptr, index_t *indices, numeric_t *data
                         int64_t nnz, const int64_t *rows, const int64_t *cols, const numeric_t *vals, const uint8_t *present,
                         int64_t *pos, bint located, int64_t count, bint has_free, numeric_t free_val,
                         uint8_t *miss, int64_t *nmiss, bint *claimed) noexcept nogil:
-    """Entries found first (set, or freed), then insertions into free slots (those just freed included)."""
-    cdef int64_t k, r, p, q
+    """Entries found first (set, or freed), then insertions into free slots (those just freed included). The rows
+    are taken in the caller's order (random in a transpose): the lines of the entries ahead are prefetched."""
+    cdef int64_t k, r, p, q, s
     for k in range(count):
+        if not located:
+            if k + AHEAD_ROW < count and <uint64_t>rows[k + AHEAD_ROW] < <uint64_t>nrows:
+                MMSB_REPAIR_PREFETCH(&indptr[rows[k + AHEAD_ROW]])
+            if k + AHEAD_ENTRY < count and <uint64_t>rows[k + AHEAD_ENTRY] < <uint64_t>nrows:
+                s = indptr[rows[k + AHEAD_ENTRY]]
+                if 0 <= s < nnz:
+                    MMSB_REPAIR_PREFETCH(&indices[s])
+                    MMSB_REPAIR_PREFETCH(&data[s])
         r = rows[k]
         if <uint64_t>r >= <uint64_t>nrows or indptr[r] < 0 or indptr[r + 1] > nnz or indptr[r] > indptr[r + 1] \
                 or <uint64_t>cols[k] >= <uint64_t>ncols:
@@ -247,6 +270,8 @@ cdef int _assign_kernel(const int64_t *indptr, index_t *indices, numeric_t *data
         else:
             pos[k] = _find(indptr, indices, data, r, cols[k], has_free, free_val)
     for k in range(count):
+        if k + AHEAD_ENTRY < count and 0 <= pos[k + AHEAD_ENTRY] < nnz:
+            MMSB_REPAIR_PREFETCH(&data[pos[k + AHEAD_ENTRY]])
         p = pos[k]
         miss[k] = 0
         if p < 0:
@@ -324,17 +349,33 @@ cdef int _update_kernel(const int64_t *indptr, index_t *indices, numeric_t *data
                         double *stats) noexcept nogil:
     """locate, merge (assign or ``op``), keep what changed, set in A and in its transpose; stats: the range of the
     stored values and whether one is NaN / not finite."""
-    cdef int64_t k, r, c, p, m = 0
+    cdef int64_t k, r, c, p, s, m = 0
     cdef numeric_t o, v
     cdef int status
-    cdef bint claimed = False
+    cdef bint claimed = False, in_place
+    # the rows first (rows[m] is written only for m <= k, after rows[k] was read): the loop below prefetches the
+    # CSR lines of the keys ahead of it, so that a large change keeps many misses in flight
     for k in range(count):
         if <uint64_t>keys[k] >= <uint64_t>(nrows * ncols):
             return ST_BAD_INDEX
-        r = keys[k] // ncols
+        rows[k] = keys[k] // ncols
+    # one pass: locate, merge, keep what changed, and set a changed value of a stored entry in place at once
+    # (taken back if a later row turns out malformed); insertions and removals are left to the assign kernel
+    status = ST_OK
+    in_place = True
+    for k in range(count):
+        if k + AHEAD_ROW < count:
+            MMSB_REPAIR_PREFETCH(&indptr[rows[k + AHEAD_ROW]])
+        if k + AHEAD_ENTRY < count:
+            s = indptr[rows[k + AHEAD_ENTRY]]
+            if 0 <= s < nnz:
+                MMSB_REPAIR_PREFETCH(&indices[s])
+                MMSB_REPAIR_PREFETCH(&data[s])
+        r = rows[k]
         c = keys[k] - r * ncols
-        if r < 0 or r >= nrows or indptr[r] < 0 or indptr[r + 1] > nnz or indptr[r] > indptr[r + 1]:
-            return ST_BAD_INDEX
+        if indptr[r] < 0 or indptr[r + 1] > nnz or indptr[r] > indptr[r + 1]:
+            status = ST_BAD_INDEX
+            break
         p = _find(indptr, indices, data, r, c, has_free, free_val)
         o = data[p] if p >= 0 else zero
         v = vals[k] if op < 0 else apply_op(op, o, vals[k])
@@ -347,6 +388,10 @@ cdef int _update_kernel(const int64_t *indptr, index_t *indices, numeric_t *data
         new[m] = v
         pos[m] = p
         present[m] = v != zero
+        if p >= 0 and present[m]:
+            data[p] = v
+        else:
+            in_place = False
         if present[m] and not (has_free and v == free_val):
             stats[4] += 1
             if _float_nan(v):
@@ -361,15 +406,24 @@ cdef int _update_kernel(const int64_t *indptr, index_t *indices, numeric_t *data
                         stats[3] = 1
         m += 1
     moved[0] = m
-    if m == 0:
-        return ST_OK
-    if has_t:                                   # (the transpose's rows checked too: A changes only when both can)
+    if status == ST_OK and has_t:              # (the transpose's rows checked too: A changes only when both can)
         for k in range(m):
             c = cols[k]
             if indptr_t[c] < 0 or indptr_t[c + 1] > nnz_t or indptr_t[c] > indptr_t[c + 1]:
-                return ST_BAD_INDEX
-    status = _assign_kernel(indptr, indices, data, nrows, ncols, nnz, rows, cols, new, present, pos, True, m,
-                            has_free, free_val, miss, &counts[0], &claimed)
+                status = ST_BAD_INDEX
+                break
+    if status == ST_OK and not in_place:
+        # the rest (its positions were found in valid rows above; the values set in place are set again)
+        status = _assign_kernel(indptr, indices, data, nrows, ncols, nnz, rows, cols, new, present, pos, True, m,
+                                has_free, free_val, miss, &counts[0], &claimed)
+    if status != ST_OK:
+        for k in range(m):                  # nothing changes: the values set in place are taken back
+            if pos[k] >= 0 and present[k]:
+                data[pos[k]] = old[k]
+        moved[0] = 0
+        return status
+    if m == 0:
+        return ST_OK
     counts[1] = claimed
     if not has_t:
         for k in range(m):

@@ -11,7 +11,7 @@ from mmsb._ops import OP_ASSIGN, OP_MAX, OP_MIN, OP_PLUS, OP_TIMES
 
 _UFUNCS = {OP_PLUS: np.add, OP_TIMES: np.multiply, OP_MIN: np.minimum, OP_MAX: np.maximum}
 
-__all__ = ["scatter", "masked_merge", "merge_dense", "normalize", "merge_sparse", "apply_normalized"]
+__all__ = ["scatter", "masked_merge", "merge_dense", "normalize", "merge_sparse", "apply_normalized", "sort_keys"]
 
 
 def _check_op(op) -> int:
@@ -172,6 +172,16 @@ def merge_dense(page, values, op, old_out) -> int:
     if page.dtype.kind == "f":
         moved &= ~(np.isnan(page) & np.isnan(old_out))
     return int(np.count_nonzero(moved))
+
+
+def sort_keys(index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(sorted keys, permutation)`` of the int64 ``index``, the permutation that of a stable argsort (twin of the
+    compiled packed sort)."""
+    perm = np.argsort(index, kind="stable")
+    return index[perm], perm
+
+
+_radix_argsort = sort_keys     # (the compiled radix sort gives the same results)
 
 
 def normalize(index, values, op) -> tuple[np.ndarray, np.ndarray]:

@@ -7,7 +7,7 @@ import numpy as np
 
 from mmsb._ops import OP_MAX, OP_MIN, OP_PLUS, OP_TIMES
 
-__all__ = ["apply_few", "entry_keys", "link_push"]
+__all__ = ["apply_few", "entry_keys", "entry_push", "link_push"]
 
 _UFUNCS = {OP_PLUS: np.add, OP_TIMES: np.multiply, OP_MIN: np.minimum, OP_MAX: np.maximum}
 
@@ -162,3 +162,72 @@ def entry_keys(rows, cols, vals, nrows: int, ncols: int, fold_op: int) -> Option
             out_k.append(key)
             out_v.append(val)
     return np.array(out_k, dtype=np.int64), np.array(out_v, dtype=np.float64)
+
+
+#: ⊗ as the kernels apply it: min and max ignore a NaN second operand (``b if b < a else a``)
+_KERNEL_MUL = {OP_MIN: lambda a, b: np.where(b < a, b, a), OP_MAX: lambda a, b: np.where(b > a, b, a)}
+
+
+def entry_push(keys, old, new, ncols: int, x, y, err, mul_op: int, zero: float, tol: float) -> tuple:
+    """One link step ``y += (A' - A) ⊗ x`` after entries of A changed, fused (see the compiled kernel)."""
+    ks = _array(keys, "keys", np.int64)
+    od = _array(old, "old", np.float64)
+    nw = _array(new, "new", np.float64)
+    xv = _array(x, "x", np.float64)
+    yv = _array(y, "y", np.float64, True)
+    n, ny = ks.size, yv.size
+    if od.size != n or nw.size != n:
+        raise ValueError(f"entry_push: {n} keys but {od.size} old and {nw.size} new values")
+    if ncols < 0 or xv.size != ncols:
+        raise ValueError(f"entry_push: x has {xv.size} values, the matrix {ncols} columns")
+    if n and ncols == 0:
+        raise ValueError("entry_push: keys given for a matrix of no columns")
+    if mul_op not in _UFUNCS:
+        raise ValueError(f"entry_push: unknown mul_op {mul_op}")
+    track = err is not None
+    if track:
+        e = _array(err, "err", np.float64, True)
+        if e.size != ny:
+            raise ValueError(f"entry_push: err has {e.size} entries, y has {ny}")
+    _check_apart(yv, (ks, od, nw, xv, e if track else None), "entry_push")
+    if track:
+        _check_apart(e, (ks, od, nw, xv, yv), "entry_push")
+    if n:
+        prev = np.r_[-1, ks[:-1]]
+        wrong = np.flatnonzero(ks <= prev)
+        if wrong.size:
+            q = int(wrong[0])
+            raise ValueError(f"entry_push: keys must be strictly increasing (key {int(ks[q])} after {int(prev[q])})")
+        out = np.flatnonzero((ks < 0) | (ks // ncols >= ny))
+        if out.size:
+            raise ValueError(f"entry_push: key {int(ks[out[0]])} out of range for {ny} rows of {ncols} columns")
+    own, c = np.divmod(ks, max(ncols, 1))
+    mul = _KERNEL_MUL.get(mul_op, _UFUNCS[mul_op])
+    with np.errstate(all="ignore"):
+        tn = np.where(nw != zero, mul(nw, xv[c]), 0.0)
+        to = np.where(od != zero, mul(od, xv[c]), 0.0)
+    start = np.r_[True, own[1:] != own[:-1]] if n else np.zeros(0, dtype=bool)
+    first = np.flatnonzero(start)
+    rows = own[first]
+    cnt = np.diff(np.r_[first, n])
+    before = yv[rows].copy()
+    acc = before.copy()
+    mag = np.zeros(rows.size)
+    rank = np.arange(n) - np.repeat(first, cnt)
+    with np.errstate(all="ignore"):
+        for j in range(int(cnt.max()) if n else 0):      # the j-th changed entry of every row, in key order
+            at = rank == j
+            g = np.repeat(np.arange(rows.size), cnt)[at]
+            acc[g] = acc[g] + (tn[at] - to[at])
+            mag[g] = mag[g] + np.abs(tn[at]) + np.abs(to[at])
+    yv[rows] = acc
+    bad = ~np.isfinite(acc)
+    if track:
+        with np.errstate(all="ignore"):
+            bound = e[rows] + (cnt + 2) * (float(np.finfo(np.float64).eps) / 2) * (np.abs(before) + mag)
+        bad |= ~(bound <= tol * np.abs(acc))
+        e[rows[~bad]] = bound[~bad]
+    if bad.any():
+        return rows, before, bad.astype(np.uint8)
+    changed = acc != before
+    return rows[changed], before[changed], None
