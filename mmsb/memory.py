@@ -586,17 +586,19 @@ class MemoryManager:
 
     def _release_matrix(self, M: "MatrixPage") -> None:
         with self._lock:
+            rec = M._mspill                 # (its own spill file goes even when a new page took its name)
+            if rec is not None:
+                _unlink(rec.path)
+                self.spilled_bytes -= rec.nbytes
+                M._mspill = None
+            ent = self._mclean.get(M.name)
+            if ent is not None and ent[0] is M:
+                del self._mclean[M.name]
+                _unlink(ent[1])
             if self._matrices.get(M.name) is not M:
                 return
             del self._matrices[M.name]
             self._lru.pop(M.name, None)
-            rec = M._mspill
-            if rec is not None:
-                _unlink(rec.path)
-                self.spilled_bytes -= rec.nbytes
-            ent = self._mclean.pop(M.name, None)
-            if ent is not None:
-                _unlink(ent[1])
 
     def close(self) -> None:
         if self._own_tmp is not None:

@@ -581,3 +581,25 @@ def test_out_of_memory_in_the_kernels_leaves_the_marks_clear():
         in_kernel = [g for g in got if g["kind"] == kind and "out of memory" in g["error"]]
         assert in_kernel, f"{kind}: no limit made the kernel run out of memory: {got}"
     assert all(g["marks_left"] == 0 for g in got), [g for g in got if g["marks_left"]]
+
+
+@pytest.mark.parametrize("kern", KERNELS, ids=lambda k: k.__name__)
+def test_update_refuses_an_empty_row_pointer(kern):
+    """An ``indptr`` with no entry is no CSR: refused before anything is read (the words around an empty view are
+    not the matrix's)."""
+    base = np.zeros(4, np.int64)
+    for key in (1, 3 * 10**9):
+        with pytest.raises(ValueError):
+            kern.update(base[2:2], np.empty(0, np.int32), np.empty(0), 3, np.array([key]), np.array([1.0]), -1,
+                        np.float64(0))
+
+
+@pytest.mark.parametrize("kern", KERNELS, ids=lambda k: k.__name__)
+def test_update_error_takes_back_a_repeated_key(kern):
+    """Keys should be unique; a repeated one, refused later by a malformed transpose, still leaves A as it was."""
+    A = sp.csr_array(np.array([[1.0, 0.0], [0.0, 0.0]]))
+    ip, ind, d = A.indptr.astype(np.int64), A.indices.copy(), A.data.copy()
+    with pytest.raises(ValueError):
+        kern.update(ip, ind, d, 2, np.array([0, 0]), np.array([5.0, 7.0]), -1, np.float64(0),
+                    indptr_t=np.array([0, 0, 5]), indices_t=ind.copy(), data_t=d.copy())
+    np.testing.assert_array_equal(d, [1.0])

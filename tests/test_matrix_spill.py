@@ -485,3 +485,25 @@ def test_pinning_a_spilled_matrix_reloads_it():
             buf.write(B, 5.0, index=([0], [0]))          # B comes back; A, pinned, stays
             assert A._mspill is None
         np.testing.assert_array_equal(A.read().toarray(), np.diag(np.arange(1, N + 1, dtype=float)))
+
+
+def test_a_spilled_matrix_dropped_and_created_again_in_one_batch_leaves_no_spill_behind():
+    with mmsb.open(None) as probe:
+        one = probe.create_matrix("A", (N, N), "float64", "min_plus",
+                                  data=sp.diags(np.arange(1, N + 1, dtype=float), 0, shape=(N, N))).memory_bytes
+    with mmsb.open(None, memory_limit=int(1.5 * one)) as buf:
+        buf.create_matrix("A", (N, N), "float64", "min_plus",
+                          data=sp.diags(np.arange(1, N + 1, dtype=float), 0, shape=(N, N)))
+        buf.create_matrix("B", (N, N), "float64", "min_plus",
+                          data=sp.diags(np.ones(N), 0, shape=(N, N)))
+        A = buf["A"]
+        assert A._mspill is not None
+        spilled = A._mspill.path
+        with buf.batch():
+            buf.drop_page("A")
+            buf.create_matrix("A", (N, N), "float64", "min_plus", data=sp.diags(np.ones(N), 0, shape=(N, N)))
+        assert not os.path.exists(spilled)
+        mem = buf.stats()["memory"]
+        expect = sum(m._mspill.nbytes for m in (buf["A"], buf["B"]) if m._mspill is not None)
+        assert mem["spilled_bytes"] == expect
+        np.testing.assert_array_equal(buf["A"].read().toarray(), np.eye(N))

@@ -135,7 +135,7 @@ cdef inline bint _csr_ok(object indptr, object indices, object data, Py_ssize_t 
     """The O(1) CSR checks on arrays that passed ``_arr``: nrows + 1 row pointers from 0 to len(indices) ==
     len(data)."""
     cdef const int64_t *p = <const int64_t *>_ptr(indptr)
-    return (_len(indptr) == nrows + 1 and _len(indices) == _len(data) and p[0] == 0
+    return (nrows >= 0 and _len(indptr) == nrows + 1 and _len(indices) == _len(data) and p[0] == 0
             and p[nrows] == _len(indices))
 
 
@@ -355,6 +355,8 @@ cdef int _update_kernel(const int64_t *indptr, index_t *indices, numeric_t *data
     cdef bint claimed = False, in_place
     # the rows first (rows[m] is written only for m <= k, after rows[k] was read): the loop below prefetches the
     # CSR lines of the keys ahead of it, so that a large change keeps many misses in flight
+    if nrows < 0 or ncols < 0:
+        return ST_BAD_INDEX
     for k in range(count):
         if <uint64_t>keys[k] >= <uint64_t>(nrows * ncols):
             return ST_BAD_INDEX
@@ -417,7 +419,7 @@ cdef int _update_kernel(const int64_t *indptr, index_t *indices, numeric_t *data
         status = _assign_kernel(indptr, indices, data, nrows, ncols, nnz, rows, cols, new, present, pos, True, m,
                                 has_free, free_val, miss, &counts[0], &claimed)
     if status != ST_OK:
-        for k in range(m):                  # nothing changes: the values set in place are taken back
+        for k in range(m - 1, -1, -1):      # nothing changes: the values set in place are taken back, newest first
             if pos[k] >= 0 and present[k]:
                 data[pos[k]] = old[k]
         moved[0] = 0
