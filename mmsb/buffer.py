@@ -316,7 +316,9 @@ class Buffer:
             ops = [SchemaOp("rule_removed", {"id": r.id, "dst": r.dst})
                    for r in readers + self._graph.rules_into(page.name)]
             ops.append(SchemaOp("page_dropped", {"name": page.name}))
-            return self._pipe.commit(ops)
+            epoch = self._pipe.commit(ops)
+            self._pipe.scratch.clear()          # (arrays shaped for the pages written so far: free them with a page)
+            return epoch
 
     # -- writes -----------------------------------------------------------------------------------------------
     @_observed
@@ -1134,6 +1136,7 @@ class Buffer:
                 self._closed = True
                 for p in list(self._pages.values()):
                     self._memory.release(p)
+                self._pipe.scratch.clear()
                 self._memory.close()
                 if self._cluster is not None:
                     self._cluster.close()

@@ -628,6 +628,10 @@ class Engine:
         old, new = mch.old, mch.new
         pzero = self.semiring(mp).zero_for(old.dtype)
         if old.dtype != y.dtype or pzero != zero:       # the page's entries as the rule's view holds them
+            # a stored entry equal to the rule's zero is an entry of the view that the push would skip (0 ⊗ inf is
+            # NaN in a recompute): then the touched rows are recomputed
+            if pzero != zero and (((old == zero) & (old != pzero)).any() or ((new == zero) & (new != pzero)).any()):
+                return _MISSING
             old = np.where(old == pzero, zero, old.astype(y.dtype))
             new = np.where(new == pzero, zero, new.astype(y.dtype))
         err = self._errors.get(name)

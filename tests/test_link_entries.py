@@ -368,3 +368,21 @@ def test_update_in_place_and_structural_changes_equal_a_dense_model(kern, seed, 
         dense[r, c] = vals
         rebuilt = sp.csr_array((data, indices, indptr), shape=(n, n)).toarray()
         np.testing.assert_array_equal(rebuilt, dense)
+
+
+def test_a_view_that_stores_the_rules_zero_is_recomputed():
+    """A plus_times link over a min_plus matrix page: a stored 0.0 is an entry of the view (0 ⊗ inf is NaN), which
+    the entry push would skip; the touched rows are recomputed instead."""
+    b = mmsb.open(None)
+    x = b.create_page("x", 2)
+    b.write(x, np.array([np.inf, 1.0]))
+    M = b.create_matrix("M", (2, 2), semiring="min_plus",
+                        data=sp.csr_array((np.array([1.0, 1.0]), ([0, 1], [1, 1])), shape=(2, 2)))
+    y = b.create_page("y", 2)
+    b.link(y, x, M, semiring="plus_times")
+    one = np.array([0], dtype=np.int64)
+    b.write(M, 2.0, index=(one, one + 1))
+    b.write(M, 0.0, index=(one, one))
+    with np.errstate(invalid="ignore"):
+        expect = [0.0 * np.inf + 2.0 * 1.0, 1.0 * 1.0]       # the view's stored entries times x, by hand
+    np.testing.assert_array_equal(y.read(), expect)

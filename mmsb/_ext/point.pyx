@@ -48,7 +48,7 @@ cdef inline int64_t _index(const void *p, bint wide, Py_ssize_t k) noexcept nogi
 cdef object _array(object a, str what, int typenum, bint writable=False):
     """``a`` checked to be a contiguous 1-d numpy array of ``typenum`` (int64 or float64)."""
     if not cnp.PyArray_Check(a):
-        raise TypeError(f"link_push: {what} must be a numpy array")
+        raise TypeError(f"point kernel: {what} must be a numpy array")
     cdef cnp.ndarray arr = <cnp.ndarray>a
     if not cnp.PyArray_EquivTypenums(cnp.PyArray_TYPE(arr), typenum) or cnp.PyArray_NDIM(arr) != 1 \
             or not cnp.PyArray_IS_C_CONTIGUOUS(arr) or not cnp.PyArray_ISNOTSWAPPED(arr):
