@@ -19,8 +19,8 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 
-import mmsb
-from mmsb import spill
+import mmsb  # noqa: E402
+from mmsb import spill  # noqa: E402
 
 NAME = "matrix_spill_v1"
 
