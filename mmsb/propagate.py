@@ -570,9 +570,9 @@ class Engine:
         if k.inv:
             if sr.add is not np.add:
                 return _MISSING
-            err = self._errors.get(name)
+            err = self._errors.get(name)         # (the hot path's lookup; _bounds starts the array)
             if err is None or err.size != y.size:
-                err = self._errors[name] = REL_TOL * np.abs(y)
+                err = self._bounds(name, y)
         t = k.t if k.t is not None else k.transpose()
         try:
             got = _kernels.point.link_push(t.indptr, t.indices, t.data, ch.idx, x[ch.idx], ch.old, y, err,
@@ -583,11 +583,28 @@ class Engine:
             return _MISSING
         rows, before, bad = got
         self.stats.entries_pushed += int(ch.idx.size)
+        return self._pushed(name, [rule], y, sr, rows, before, bad, err, undo)
+
+    def _bounds(self, name: str, y: np.ndarray) -> np.ndarray:
+        """The per-row rounding-error bounds (float64) of float plus link target ``name``. A page this engine has
+        not computed yet (e.g. after reopening a store) starts from the largest bound the invariant allows,
+        ``REL_TOL * |y|``."""
+        err = self._errors.get(name)
+        if err is None or err.size != y.size:
+            err = self._errors[name] = REL_TOL * np.abs(y, dtype=np.float64)
+        return err
+
+    def _pushed(self, name: str, rules: list[Rule], y: np.ndarray, sr: Semiring, rows: np.ndarray,
+                before: np.ndarray, bad: Optional[np.ndarray], err: Optional[np.ndarray],
+                undo: UndoLog) -> Optional[Change]:
+        """The end of a fused push into ``name``: the candidate ``rows`` (values ``before``) it touched; the rows
+        marked ``bad`` (None: none) are recomputed from ``rules`` with their bounds reset (undo-logged); returns
+        the rows that changed."""
         if bad is not None:
             try:
                 redo = rows[bad.view(np.bool_)]
                 undo.record(lambda a=err: a, redo, err[redo])
-                self._pull_rows([rule], redo, y, sr)
+                self._pull_rows(rules, redo, y, sr)
                 self.stats.rows_recomputed += int(redo.size)
                 err[redo] = 0.0
             except BaseException:
@@ -634,30 +651,14 @@ class Engine:
                 return _MISSING
             old = np.where(old == pzero, zero, old.astype(y.dtype))
             new = np.where(new == pzero, zero, new.astype(y.dtype))
-        err = self._errors.get(name)
-        if err is None or err.size != y.size:
-            err = self._errors[name] = REL_TOL * np.abs(y)
+        err = self._bounds(name, y)
         try:
             rows, before, bad = _kernels.point.entry_push(mch.idx, old, new, rule.matrix.shape[1], x, y, err,
                                                           codes[1], float(zero), REL_TOL)
         except TypeError:                       # a layout the kernel does not take (checked before any write)
             return _MISSING
         self.stats.entries_pushed += int(mch.idx.size)
-        if bad is not None:
-            try:
-                redo = rows[bad.view(np.bool_)]
-                undo.record(lambda a=err: a, redo, err[redo])
-                self._pull_rows(rules, redo, y, sr)
-                self.stats.rows_recomputed += int(redo.size)
-                err[redo] = 0.0
-            except BaseException:
-                y[rows] = before
-                raise
-            diff = changed_positions(y[rows], before)
-            rows, before = rows[diff], before[diff]
-        if not rows.size:
-            return None
-        return self._record(name, rows, before, undo)
+        return self._pushed(name, rules, y, sr, rows, before, bad, err, undo)
 
     def _refuse_nan_entries(self, name: str, rule: Rule, mch: Change) -> None:
         """Refuse NaN entries of a matrix page entering an idempotent ⊕ (through a view in another semiring)."""
@@ -775,15 +776,9 @@ class Engine:
         return out
 
     def _error_bounds(self, name: str, y: np.ndarray, cand: np.ndarray, undo: UndoLog) -> np.ndarray:
-        """The per-row rounding-error bounds of float page ``name``; their values at ``cand`` are undo-logged.
-
-        A page this engine has not computed yet (e.g. after reopening a store) starts from the largest bound the
-        invariant allows, ``REL_TOL * |y|``.
-        """
-        err = self._errors.get(name)
-        if err is None or err.size != y.size:
-            err = REL_TOL * np.abs(y.astype(np.float64))
-            self._errors[name] = err
+        """The per-row rounding-error bounds of float page ``name`` (:meth:`_bounds`); their values at ``cand``
+        are undo-logged."""
+        err = self._bounds(name, y)
         undo.record(lambda a=err: a, cand, err[cand])
         return err
 

@@ -76,6 +76,21 @@ cdef _check_apart(cnp.ndarray out, tuple inputs, str fn):
             raise ValueError(f"{fn}: an output array shares memory with an input")
 
 
+cdef object _outputs(cnp.ndarray a_y, object err, tuple inputs, str fn):
+    """The rounding bounds ``err`` of a push into ``y`` checked (None: none; else a writable contiguous float64
+    array, one entry per row of ``y``), and neither output sharing memory with an input or with the other.
+    Returns the bounds array or None."""
+    if err is None:
+        _check_apart(a_y, inputs, fn)
+        return None
+    cdef cnp.ndarray a_err = _array(err, "err", cnp.NPY_FLOAT64, True)
+    if cnp.PyArray_DIM(a_err, 0) != cnp.PyArray_DIM(a_y, 0):
+        raise ValueError(f"{fn}: err has {cnp.PyArray_DIM(a_err, 0)} entries, y has {cnp.PyArray_DIM(a_y, 0)}")
+    _check_apart(a_y, inputs + (a_err,), fn)
+    _check_apart(a_err, inputs + (a_y,), fn)
+    return a_err
+
+
 def link_push(indptr_t, indices_t, data_t, idx, new, old, y, err, int add_op, int mul_op, double tol):
     """One link step ``y ⊕= A ⊗ Δx`` for the changed source positions ``idx`` (sorted, unique), fused.
 
@@ -120,16 +135,9 @@ def link_push(indptr_t, indices_t, data_t, idx, new, old, y, err, int add_op, in
     if cnp.PyArray_DIM(a_new, 0) != k or cnp.PyArray_DIM(a_old, 0) != k:
         raise ValueError(f"link_push: {k} positions but {cnp.PyArray_DIM(a_new, 0)} new and "
                          f"{cnp.PyArray_DIM(a_old, 0)} old values")
-    cdef bint track = err is not None
-    cdef double *e = NULL
-    if track:
-        a_err = _array(err, "err", cnp.NPY_FLOAT64, True)
-        if cnp.PyArray_DIM(a_err, 0) != ny:
-            raise ValueError(f"link_push: err has {cnp.PyArray_DIM(a_err, 0)} entries, y has {ny}")
-        e = <double *>cnp.PyArray_DATA(a_err)
-    _check_apart(a_y, (a_ptr, a_ind, a_data, a_idx, a_new, a_old) + ((a_err,) if track else ()), "link_push")
-    if track:
-        _check_apart(a_err, (a_ptr, a_ind, a_data, a_idx, a_new, a_old, a_y), "link_push")
+    a_err = _outputs(a_y, err, (a_ptr, a_ind, a_data, a_idx, a_new, a_old), "link_push")
+    cdef bint track = a_err is not None
+    cdef double *e = <double *>cnp.PyArray_DATA(a_err) if track else NULL
     if add_op != OP_PLUS and add_op != OP_MIN and add_op != OP_MAX:
         return None
     if mul_op < OP_PLUS or mul_op > OP_MAX:
@@ -404,16 +412,9 @@ def entry_push(keys, old, new, int64_t ncols, x, y, err, int mul_op, double zero
         raise ValueError("entry_push: keys given for a matrix of no columns")
     if mul_op < OP_PLUS or mul_op > OP_MAX:
         raise ValueError(f"entry_push: unknown mul_op {mul_op}")
-    cdef bint track = err is not None
-    cdef double *e = NULL
-    if track:
-        a_err = _array(err, "err", cnp.NPY_FLOAT64, True)
-        if cnp.PyArray_DIM(a_err, 0) != ny:
-            raise ValueError(f"entry_push: err has {cnp.PyArray_DIM(a_err, 0)} entries, y has {ny}")
-        e = <double *>cnp.PyArray_DATA(a_err)
-    _check_apart(a_y, (a_keys, a_old, a_new, a_x) + ((a_err,) if track else ()), "entry_push")
-    if track:
-        _check_apart(a_err, (a_keys, a_old, a_new, a_x, a_y), "entry_push")
+    a_err = _outputs(a_y, err, (a_keys, a_old, a_new, a_x), "entry_push")
+    cdef bint track = a_err is not None
+    cdef double *e = <double *>cnp.PyArray_DATA(a_err) if track else NULL
     cdef const int64_t *ks = <const int64_t *>cnp.PyArray_DATA(a_keys)
     cdef const double *od = <const double *>cnp.PyArray_DATA(a_old)
     cdef const double *nw = <const double *>cnp.PyArray_DATA(a_new)

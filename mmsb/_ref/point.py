@@ -30,6 +30,19 @@ def _check_apart(out: np.ndarray, inputs: tuple, fn: str) -> None:
             raise ValueError(f"{fn}: an output array shares memory with an input")
 
 
+def _outputs(yv: np.ndarray, err, inputs: tuple, fn: str):
+    """The rounding bounds ``err`` checked as the compiled kernels check them (None: none); returns the array."""
+    if err is None:
+        _check_apart(yv, inputs, fn)
+        return None
+    e = _array(err, "err", np.float64, True)
+    if e.size != yv.size:
+        raise ValueError(f"{fn}: err has {e.size} entries, y has {yv.size}")
+    _check_apart(yv, inputs + (e,), fn)
+    _check_apart(e, inputs + (yv,), fn)
+    return e
+
+
 def apply_few(page, idx, vals, op: int) -> tuple[np.ndarray, np.ndarray]:
     """Merge ``vals`` at the sorted, unique positions ``idx`` into the float64 ``page`` in place (see the compiled
     kernel): ``(old, changed, count)``."""
@@ -77,14 +90,8 @@ def link_push(indptr_t, indices_t, data_t, idx, new, old, y, err, add_op: int, m
         raise ValueError("link_push: indptr_t is empty")
     if nw.size != k or od.size != k:
         raise ValueError(f"link_push: {k} positions but {nw.size} new and {od.size} old values")
-    track = err is not None
-    if track:
-        e = _array(err, "err", np.float64, True)
-        if e.size != ny:
-            raise ValueError(f"link_push: err has {e.size} entries, y has {ny}")
-    _check_apart(yv, (ptr, indices_t, data, cols, nw, od, e if track else None), "link_push")
-    if track:
-        _check_apart(e, (ptr, indices_t, data, cols, nw, od, yv), "link_push")
+    e = _outputs(yv, err, (ptr, indices_t, data, cols, nw, od), "link_push")
+    track = e is not None
     if add_op not in (OP_PLUS, OP_MIN, OP_MAX):
         return None
     if mul_op not in _UFUNCS:
@@ -184,14 +191,8 @@ def entry_push(keys, old, new, ncols: int, x, y, err, mul_op: int, zero: float, 
         raise ValueError("entry_push: keys given for a matrix of no columns")
     if mul_op not in _UFUNCS:
         raise ValueError(f"entry_push: unknown mul_op {mul_op}")
-    track = err is not None
-    if track:
-        e = _array(err, "err", np.float64, True)
-        if e.size != ny:
-            raise ValueError(f"entry_push: err has {e.size} entries, y has {ny}")
-    _check_apart(yv, (ks, od, nw, xv, e if track else None), "entry_push")
-    if track:
-        _check_apart(e, (ks, od, nw, xv, yv), "entry_push")
+    e = _outputs(yv, err, (ks, od, nw, xv), "entry_push")
+    track = e is not None
     if n:
         prev = np.r_[-1, ks[:-1]]
         wrong = np.flatnonzero(ks <= prev)
