@@ -634,16 +634,17 @@ cdef int _closure_buckets(const int64_t *indptr_t, const index_t *indices_t, con
     cdef int64_t nb = <int64_t>(wmax / wmin) + 2
     cdef IdList *bk = <IdList *>calloc(nb, sizeof(IdList))
     cdef IdList *b
-    cdef double base
+    cdef double base, inv
     cdef int64_t cur = 0, fi = 0, pending = 0, bi, j, i, k, ks, ke
     cdef Py_ssize_t q
     cdef numeric_t v
     cdef int status = ST_OK, rc
     if bk == NULL:
         return ST_NO_MEMORY
+    inv = 1.0 / wmin
     base = <double>x[frontier[0]]
     while status == ST_OK:
-        while fi < count and <int64_t>((<double>x[frontier[fi]] - base) / wmin) <= cur:
+        while fi < count and <int64_t>((<double>x[frontier[fi]] - base) * inv) <= cur:
             if push_id(&bk[cur % nb], frontier[fi]):
                 status = ST_NO_MEMORY
                 break
@@ -654,7 +655,7 @@ cdef int _closure_buckets(const int64_t *indptr_t, const index_t *indices_t, con
         if pending == 0:
             if fi >= count:
                 break
-            cur = <int64_t>((<double>x[frontier[fi]] - base) / wmin)
+            cur = <int64_t>((<double>x[frontier[fi]] - base) * inv)
             continue
         b = &bk[cur % nb]
         q = 0
@@ -662,7 +663,7 @@ cdef int _closure_buckets(const int64_t *indptr_t, const index_t *indices_t, con
             j = b.ptr[q]
             q += 1
             v = x[j]
-            if v == zero or <int64_t>((<double>v - base) / wmin) != cur:
+            if v == zero or <int64_t>((<double>v - base) * inv) != cur:
                 continue
             ks = indptr_t[j]
             ke = indptr_t[j + 1]
@@ -671,13 +672,13 @@ cdef int _closure_buckets(const int64_t *indptr_t, const index_t *indices_t, con
                 break
             for k in range(ks, ke):
                 i = indices_t[k]
-                rc = _relax(x, i, n, data_t[k], v, add_op, mul_op, changed, old_out)
+                rc = _relax(x, i, n, data_t[k], v, OP_MIN, OP_PLUS, changed, old_out)
                 if rc == 0:
                     continue
                 if rc < 0:
                     status = ST_BAD_INDEX if rc == -1 else ST_NO_MEMORY
                     break
-                bi = <int64_t>((<double>x[i] - base) / wmin)
+                bi = <int64_t>((<double>x[i] - base) * inv)
                 if bi < cur or bi >= cur + nb:
                     disordered[0] = True
                     continue
