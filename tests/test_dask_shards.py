@@ -497,3 +497,90 @@ def test_an_address_without_a_host_to_listen_on_is_refused(address):
 
     with pytest.raises(ValueError, match="worker address"):
         _rpc.bind_host(address)
+
+
+_DRIVER = r'''
+import sys
+import numpy as np
+import scipy.sparse as sp
+import distributed
+import mmsb
+
+path, address = sys.argv[1], sys.argv[2]
+client = distributed.Client(address, timeout=60)
+sys.path.insert(0, sys.argv[3])
+from test_dask_shards import _driver_history, _driver_schema
+
+buf = mmsb.open(path, mode="w", cluster=client, durability="flush")
+_driver_schema(buf, 2)
+print("ready", buf.epoch, flush=True)
+for i, (page, vals, index, acc) in enumerate(_driver_history()):
+    e = buf.write(page, vals, index=index, accumulate=acc)
+    print("acked", i, e, flush=True)
+print("done", flush=True)
+sys.stdin.read()
+'''
+
+
+def _driver_schema(buf, k):
+    """The sharded pages of the driver kill test (``k`` shards; 0: in-process pages)."""
+    rng = np.random.default_rng(21)
+    side = 10
+    n = side * side
+    kw = {"shards": k} if k else {}
+    buf.create_page("src", n, semiring="min_plus", **kw)
+    buf.create_page("dist", n, semiring="min_plus", **kw)
+    buf.create_matrix("W", (n, n), semiring="min_plus", data=_grid(rng, side), **kw)
+    buf.closure("dist", "src", "W")
+    buf.create_page("x", n, **kw)
+    buf.create_page("y", n, **kw)
+    buf.create_matrix("A", (n, n), data=sp.random(n, n, density=4 / n, random_state=4, format="csr"), **kw)
+    buf.link("y", "x", "A")
+
+
+def _driver_history():
+    rng = np.random.default_rng(22)
+    return [(p, v, i, a) for p, v, i, a in _history(rng, 100, 400) if p in ("src", "x", "W", "A")]
+
+
+def test_driver_killed_loses_no_acknowledged_commit(client, tmp_path):
+    """kill -9 of the driver mid-history: a reopen without the cluster holds every commit the driver acknowledged,
+    each equal at its epoch to the same history run in process."""
+    import signal
+    import subprocess
+    import sys
+
+    path = str(tmp_path / "store")
+    script = tmp_path / "driver.py"
+    script.write_text(_DRIVER)
+    child = subprocess.Popen([sys.executable, str(script), path, client.scheduler.address,
+                              os.path.dirname(__file__)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    acked = {}
+    try:
+        for line in child.stdout:
+            words = line.split()
+            if words[0] == "acked":
+                acked[int(words[1])] = int(words[2])
+                if len(acked) == 60:
+                    break
+            elif words[0] == "done":
+                break
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()
+    assert len(acked) == 60, "the driver did not acknowledge 60 commits"
+    ref = mmsb.open(None)
+    _driver_schema(ref, 0)
+    want = {}
+    for i, (page, vals, index, acc) in enumerate(_driver_history()):
+        if i in acked:
+            ref.write(page, vals, index=index, accumulate=acc)
+            want[i] = {p: ref[p].read() for p in ("dist", "y")}
+    with mmsb.open(path) as plain:
+        assert plain._cluster is None
+        assert plain.epoch >= acked[59]
+        for i in (0, 30, 59):
+            got = plain.at(acked[i])
+            np.testing.assert_array_equal(got["dist"].read(), want[i]["dist"])
+            np.testing.assert_allclose(got["y"].read(), want[i]["y"], rtol=1e-9, atol=1e-12)
