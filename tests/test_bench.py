@@ -29,3 +29,36 @@ def test_bench_unknown_group():
     from mmsb.bench import main
 
     assert main(quick=True, only="nope") == 2
+
+
+def _children() -> int:
+    """Processes whose parent is this one (Linux /proc; -1 elsewhere)."""
+    import os
+
+    if not os.path.isdir("/proc"):
+        return -1
+    me, n = os.getpid(), 0
+    for p in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{p}/stat") as fh:
+                n += int(fh.read().rsplit(")", 1)[1].split()[1]) == me
+        except (OSError, ValueError, IndexError):
+            pass
+    return n
+
+
+def test_load_group_takes_the_best_ratio_of_each_state_and_stops_its_competitor():
+    from mmsb.bench import load
+
+    seen = []
+    calls = iter([{"k": 2.0}, {"k": 1.0}, {"k": 3.0}, {"k": 1.5}])
+
+    def ratios():
+        seen.append(_children())
+        return next(calls)
+
+    quiet, loaded = load.quiet_and_loaded(ratios, cycles=2)
+    assert quiet == {"k": 3.0} and loaded == {"k": 1.5}
+    if seen[0] >= 0:                      # the competitor runs beside the loaded calls only, and is gone after
+        b = seen[0]
+        assert seen == [b, b + 1, b, b + 1] and _children() == b

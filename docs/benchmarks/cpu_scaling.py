@@ -13,14 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
-import time
 
 import numpy as np
 from scipy.sparse import csgraph
 
 from mmsb import _kernels, _ops
+from mmsb.bench import load
 from mmsb.bench._common import best_of, pair
 from mmsb.bench.closure import grid
 from mmsb.bench.spmv import random_graph
@@ -169,61 +167,10 @@ def simd_levels(quick: bool, out: list) -> None:
             print(json.dumps(row), flush=True)
 
 
-def kernel_ratios(quick: bool) -> dict:
-    """One ratio (baseline / mmsb) per kernel at the default thread policy."""
-    res = {}
-    n, m = (100_000, 1_000_000) if quick else (1_000_000, 10_000_000)
-    A = random_graph(n, m)
-    ip, ix, data = A.indptr.astype(np.int64), A.indices.astype(np.int64), A.data
-    x = np.random.default_rng(4).random(n)
-    y = np.empty(n)
-    t_m, t_b = pair(lambda: _kernels.spmv.spmv(ip, ix, data, x, y, _ops.OP_PLUS, _ops.OP_TIMES, 0.0), lambda: A @ x, 7)
-    res["spmv plus_times vs scipy A@x"] = t_b / t_m
-    page_n, upd_n = (1_000_000, 100_000) if quick else (10_000_000, 1_000_000)
-    rng = np.random.default_rng(42)
-    pg = rng.random(page_n)
-    index = rng.integers(0, page_n, upd_n, dtype=np.int64)
-    values = rng.random(upd_n)
-    t_m, t_b = pair(lambda: _kernels.merge.scatter(pg, index, values, _ops.OP_MIN, False),
-                    lambda: np.minimum.at(pg, index, values), 7)
-    res["scatter min vs np.minimum.at"] = t_b / t_m
-    mask = rng.random(page_n) < 0.5
-    dense = rng.random(page_n)
-    t_m, t_b = pair(lambda: _kernels.merge.masked_merge(pg, mask, dense, _ops.OP_MIN),
-                    lambda: np.where(mask, np.minimum(pg, dense), pg), 7)
-    res["masked_merge min vs np.where"] = t_b / t_m
-    side, nsrc = (300, 1000) if quick else (1000, 10_000)
-    W = grid(side)
-    nn = side * side
-    src = np.sort(np.random.default_rng(12).permutation(nn)[:nsrc]).astype(np.int64)
-    wip, wix = W.indptr.astype(np.int64), W.indices.astype(np.int64)
-    wr = (float(W.data.min()), float(W.data.max()))
-
-    def build():
-        xx = np.full(nn, np.inf)
-        xx[src] = 0.0
-        _kernels.spmv.closure(wip, wix, W.data, xx, src, _ops.OP_MIN, _ops.OP_PLUS, np.inf, weight_range=wr)
-    t_m, t_b = pair(build, lambda: csgraph.dijkstra(W, directed=True, indices=src, min_only=True), 3)
-    res["closure build vs dijkstra"] = t_b / t_m
-    return res
-
-
 def under_load(quick: bool, out: list, cycles: int = 2) -> None:
-    """Each kernel ratio quiet and beside one busy process, alternating ``cycles`` times (best ratio of each)."""
+    """Each kernel ratio quiet and beside one busy process (``mmsb bench --only load`` without its pinning)."""
     _kernels.set_threads(None, adapt=True)
-    quiet: dict = {}
-    loaded: dict = {}
-    for _ in range(cycles):
-        for k, v in kernel_ratios(quick).items():
-            quiet[k] = max(quiet.get(k, 0.0), v)
-        hog = subprocess.Popen([sys.executable, "-c", "while 1: pass"])
-        try:
-            time.sleep(1.0)
-            for k, v in kernel_ratios(quick).items():
-                loaded[k] = max(loaded.get(k, 0.0), v)
-        finally:
-            hog.kill()
-            hog.wait()
+    quiet, loaded = load.quiet_and_loaded(lambda: load.kernel_ratios(quick), cycles)
     for k in quiet:
         row = {"what": k, "threads_cap": _kernels.THREADS, "quiet_ratio": quiet[k], "loaded_ratio": loaded[k],
                "loaded_vs_quiet": loaded[k] / quiet[k]}

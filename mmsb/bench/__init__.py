@@ -20,7 +20,7 @@ from typing import Iterable, Optional, Sequence, Union
 
 from mmsb.bench._common import Row, fmt_load, fmt_ratio, fmt_value, machine_load
 
-GROUPS = ("path", "merge", "alloc", "spmv", "closure", "log", "checkpoint", "txn", "dynamic")
+GROUPS = ("path", "merge", "alloc", "spmv", "closure", "log", "checkpoint", "txn", "dynamic", "load")
 
 __all__ = ["GROUPS", "Row", "main", "run", "environment"]
 

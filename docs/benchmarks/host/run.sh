@@ -22,8 +22,8 @@ case "${1:-}" in
     timeout 150 python3 docs/benchmarks/host/spmv_variants.py
     echo "== mmsb bench --only spmv,closure"
     timeout 200 python3 -m mmsb bench --only spmv,closure
-    echo "== one busy process on the same 2 CPUs: quiet vs loaded kernel ratios"
-    taskset -c 0,1 timeout 120 python3 docs/benchmarks/cpu_scaling.py --quick --parts load
+    echo "== mmsb bench --only load (one busy process on 2 pinned CPUs: quiet vs loaded kernel ratios)"
+    timeout 150 python3 -m mmsb bench --only load
     echo "== mmsb bench --only path"
     timeout 150 python3 -m mmsb bench --only path
     ;;
