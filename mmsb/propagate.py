@@ -36,7 +36,7 @@ _PULL_MIN = 4096            # ... once it is big enough for the pull's fixed cos
 _SELECTIVE = (np.minimum, np.maximum, np.fmin, np.fmax, np.logical_or)
 
 
-@dataclass
+@dataclass(slots=True)
 class Change:
     """Positions of one page that changed in a commit (sorted, unique, flat) and their values before it; ``new``,
     where the page kind gives it (a matrix page's entry update), their values after it (None: read the page)."""
