@@ -20,7 +20,7 @@ from mmsb.errors import (ClosedError, ConflictError, CorruptionError, Dependency
                          SemiringError)
 from mmsb.graph import Graph
 from mmsb.memory import MemoryManager
-from mmsb.observe import observed
+from mmsb.observe import observed, report
 from mmsb.pages import Page
 from mmsb.propagate import Change, UndoLog
 from mmsb.rules import Rule, as_csr
@@ -321,25 +321,28 @@ class Buffer:
             return epoch
 
     # -- writes -----------------------------------------------------------------------------------------------
-    @_observed
     def write(self, p: PageLike, values: Any, index: Any = None, mask: Any = None, accumulate: bool = False,
               source: Optional[str] = None, metadata: Optional[dict] = None) -> Optional[int]:
         """Write one delta: sparse (``index``), dense (``mask``) or the whole page; assign or ``accumulate``.
 
         Returns the epoch of its commit, or None inside :meth:`batch` or a transaction block.
         """
-        if self._closed or self._readonly or self._log.poisoned is not None:
-            self._check_writable()              # (raises the error that says which)
-        page = self._pages.get(p) if type(p) is str else self._pages.get(p.name) if isinstance(p, Page) else None
-        if page is None or (page is not p and type(p) is not str):
-            page = self._page(p)            # (a page of another name form, or PageNotFoundError)
-        delta = self._prepare(page, values, index, mask, accumulate, source, metadata)
-        if self._blocks_open:                   # the innermost batch or transaction block of this thread, if any
-            stack = getattr(self._local, "stack", None)
-            if stack:
-                stack[-1].ops.append(delta)
-                return None
-        return self._pipe.commit([delta])
+        try:                                    # (observed as the decorator does, without its frame on every write)
+            if self._closed or self._readonly or self._log.poisoned is not None:
+                self._check_writable()          # (raises the error that says which)
+            page = self._pages.get(p) if type(p) is str else self._pages.get(p.name) if isinstance(p, Page) else None
+            if page is None or (page is not p and type(p) is not str):
+                page = self._page(p)            # (a page of another name form, or PageNotFoundError)
+            delta = self._prepare(page, values, index, mask, accumulate, source, metadata)
+            if self._blocks_open:               # the innermost batch or transaction block of this thread, if any
+                stack = getattr(self._local, "stack", None)
+                if stack:
+                    stack[-1].ops.append(delta)
+                    return None
+            return self._pipe.commit([delta])
+        except MMSBError as exc:
+            report(exc, "write", self)
+            raise
 
     def _prepare(self, page: Page, values: Any, index: Any, mask: Any, accumulate: bool, source: Optional[str],
                  metadata: Optional[dict]) -> Delta:
@@ -381,9 +384,14 @@ class Buffer:
                 if hi >= page.size:
                     raise InvalidDeltaError(f"page {name!r}: index {hi} out of range [0, {page.size})")
             if one:
-                idx = np.array(index, dtype=np.int64)
+                idx = np.empty(1, _I64)         # (empty, then set: half the time of np.array on a list)
+                idx[0] = lo
             if type(vals) is float:
-                vals = np.array((vals,), dtype=dt) if n == 1 else np.full(n, vals, dtype=dt)
+                if n == 1:
+                    v, vals = vals, np.empty(1, dt)
+                    vals[0] = v
+                else:
+                    vals = np.full(n, vals, dtype=dt)
             elif vals.ndim == 0:
                 vals = np.array(vals, dtype=dt, ndmin=1) if n == 1 else np.full(n, vals, dtype=dt)
             else:
@@ -400,8 +408,10 @@ class Buffer:
                 ordered = True
             else:
                 ordered = n < 2 or bool((idx[1:] > idx[:-1]).all())
-            d = Delta(name, vals, index=idx, accumulate=bool(accumulate), source=source, metadata=meta,
-                      normalized=ordered, fold_op=codes[0] if (accumulate and codes) else _ops.OP_ASSIGN)
+            # (positional: the fields in order, page values index mask accumulate source metadata derived epoch
+            # normalized fold_op; keywords cost a dataclass __init__ about half as much again)
+            d = Delta(name, vals, idx, None, bool(accumulate), source, meta, False, None, ordered,
+                      codes[0] if (accumulate and codes) else _ops.OP_ASSIGN)
             return d if ordered or n > _RAW_MIN else d.normalize()
         if type(vals) is float:
             vals = np.asarray(vals, dtype=dt)
@@ -636,7 +646,7 @@ class Buffer:
         """Apply a schema operation; ``c`` is the pipeline's commit in flight (its undo log, forced pages and
         pages to release), or None when replaying the log."""
         kind, pl = op.kind, op.payload
-        undo = c.undo if c is not None else None
+        undo = c            # (the commit in flight is its undo log)
         if kind in ("page_created", "matrix_created") and self._cluster is not None \
                 and (pl.get("metadata") or {}).get("shards") is not None:
             self._cluster.create_sharded(op, c)     # sharded page (mmsb.dask): its blocks live on the workers
@@ -1201,6 +1211,7 @@ class _NullLog:
 
 #: a sparse delta of more entries than this is kept in the order given until something needs it sorted
 _RAW_MIN = 4096
+_I64 = np.dtype(np.int64)
 _FEW_ENTRIES = 64          # a matrix delta of at most this many entries takes the point kernel (_few_entries)
 _F64, _I64 = np.dtype(np.float64), np.dtype(np.int64)
 

@@ -129,14 +129,16 @@ class BufferLock:
         self.rlock.release()
 
 
-class _Commit:
-    """The state of one commit in flight."""
+class _Commit(UndoLog):
+    """The state of one commit in flight; it is its own undo log (:class:`~mmsb.propagate.UndoLog`: what a step
+    changed, to restore if the commit fails)."""
 
-    __slots__ = ("epoch", "undo", "changes", "force", "logged", "n_user", "released")
+    __slots__ = ("epoch", "changes", "force", "logged", "n_user", "released")
 
     def __init__(self, epoch: int) -> None:
+        self.steps: list[Callable[[], None]] = []
+        self.pool = None
         self.epoch = epoch
-        self.undo = UndoLog()
         self.changes: dict[str, Change] = {}
         self.force: set[str] = set()
         self.logged: list = []
@@ -201,11 +203,11 @@ class CommitPipeline:
                         vals = backend_of(page).values_at(buf, page, ch.idx)
                         c.logged.append(Delta(name, vals, index=ch.idx, derived=True))
                     if skip_empty and not c.logged:
-                        c.undo.rollback()
+                        c.rollback()
                         return self.epoch
                     token = self._append(c)
                 except BaseException:
-                    c.undo.rollback()
+                    c.rollback()
                     raise
                 self._publish(c, derived)
         finally:
@@ -277,16 +279,18 @@ class CommitPipeline:
             else:
                 moved = moved.view(np.bool_)
                 ch = Change(idx[moved], old[moved]) if count else None
-            derived = buf._engine.point_wave(page.name, ch, c.undo) if ch is not None else {}
-            pages = buf._pages
-            for name, dch in derived.items():
-                dst = pages[name]
-                data = dst._data if dst.backend is None and dst.device == "cpu" else None
-                vals = data[dch.idx] if data is not None else backend_of(dst).values_at(buf, dst, dch.idx)
-                c.logged.append(Delta(name, vals, index=dch.idx, derived=True))
+            derived = buf._engine.point_wave(page.name, ch, c) if ch is not None else {}
+            if derived:
+                pages = buf._pages
+                for name, dch in derived.items():
+                    dst = pages[name]
+                    data = dst._data if dst.backend is None and dst.device == "cpu" else None
+                    vals = data[dch.idx] if data is not None else backend_of(dst).values_at(buf, dst, dch.idx)
+                    # (positional, as Buffer._prepare: page values index mask accumulate source metadata derived)
+                    c.logged.append(Delta(name, vals, dch.idx, None, False, None, None, True))
             token = self._append(c)
         except BaseException:
-            c.undo.rollback()
+            c.rollback()
             arr[idx] = old
             raise
         if ch is not None:
@@ -318,13 +322,13 @@ class CommitPipeline:
         buf = self.buf
         graph = buf._graph
         if buf._memory.limit is None:
-            c.undo.pool = self.scratch
+            c.pool = self.scratch
         pre = {}
         if len(ops) > 1:
             for op in ops:
                 if type(op) is Delta and not op.normalized:
                     op.normalize()
-            pre = self._device_batches(ops, c.undo)
+            pre = self._device_batches(ops, c)
         for op in ops:
             if type(op) is Delta:
                 c.n_user += 1
@@ -341,9 +345,9 @@ class CommitPipeline:
                 elif not op.accumulate and backend_of(page) is CPU and not self.history.tracking \
                         and not graph.has_rules_from(name) and covers_page(op.mask):
                     # nobody needs the changed positions: two copies instead of the per-element kernel
-                    ch = CPU.overwrite(buf, page, op.values, c.undo)
+                    ch = CPU.overwrite(buf, page, op.values, c)
                 else:
-                    ch = backend_of(page).apply_delta(buf, page, op, c.undo)
+                    ch = backend_of(page).apply_delta(buf, page, op, c)
                 if ch is not None:
                     c.changes[name] = c.changes[name].merged_after(ch) if name in c.changes else ch
             else:
@@ -364,19 +368,19 @@ class CommitPipeline:
         """The derived changes of this commit: from the engine (eager, or the deferred queue) or a device."""
         buf = self.buf
         if device_wave is not None:
-            return device_wave(c.undo)
+            return device_wave(c)
         pending = self.pending
         if propagate or (self.eager and (pending.changes or pending.force)):
-            changes, force = self.pending.take(c.undo)
+            changes, force = self.pending.take(c)
             for name, ch in c.changes.items():
                 changes[name] = changes[name].merged_after(ch) if name in changes else ch
             force |= c.force
-            return buf._engine.wave(changes, c.undo, force)
+            return buf._engine.wave(changes, c, force)
         if self.eager:
             if not c.changes and not c.force:
                 return {}                   # (a schema change that moves nothing: no wave to run)
-            return buf._engine.wave(c.changes, c.undo, c.force)
-        self.pending.add(c.changes, c.force, c.undo, buf._graph.has_rules_from)
+            return buf._engine.wave(c.changes, c, c.force)
+        self.pending.add(c.changes, c.force, c, buf._graph.has_rules_from)
         return {}
 
     def _append(self, c: _Commit) -> int:

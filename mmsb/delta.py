@@ -52,7 +52,7 @@ def full_index(n: int) -> np.ndarray:
     return hit[1] if hit is not None else np.arange(n, dtype=np.int64)
 
 
-@dataclass
+@dataclass(slots=True)
 class Delta:
     """A change to one page.
 
@@ -131,7 +131,7 @@ SCHEMA_KINDS = ("page_created", "page_dropped", "rule_added", "rule_removed")
 Op = Union[Delta, SchemaOp]
 
 
-@dataclass
+@dataclass(slots=True)
 class Txn:
     """A committed transaction: its epoch, a transaction id and its operations in order."""
 

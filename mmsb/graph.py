@@ -30,6 +30,8 @@ class Graph:
         self._order_cache: Optional[list[str]] = None
         self._pos_cache: Optional[dict[str, int]] = None
         self._plans: dict[tuple, list] = {}
+        #: bumped whenever the rules or pages change: caches built from plans compare it
+        self.generation = 0
 
     # -- structure -----------------------------------------------------------------------------------------
     def add_node(self, name: str) -> None:
@@ -51,6 +53,7 @@ class Graph:
         self._order_cache = None
         self._pos_cache = None
         self._plans.clear()
+        self.generation += 1
 
     def _check(self, p: Any) -> str:
         n = _name(p)

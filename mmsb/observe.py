@@ -21,14 +21,21 @@ def observed(fn: Optional[F] = None, *, op: Optional[str] = None) -> Any:
             try:
                 return f(self, *args, **kwargs)
             except MMSBError as exc:
-                from mmsb import plugins
-
-                plugins.notify_error(exc, {"op": name, "target": _describe(self)})
+                report(exc, name, self)
                 raise
 
         return wrapper  # type: ignore[return-value]
 
     return deco(fn) if fn is not None else deco
+
+
+def report(exc: MMSBError, op: str, target: Any) -> None:
+    """Report ``exc``, raised by the public call ``op`` on ``target``, to the ``mmsb_on_error`` observers (what
+    :func:`observed` does; a hot verb whose own body catches its errors calls it, with no wrapper frame on every
+    call)."""
+    from mmsb import plugins
+
+    plugins.notify_error(exc, {"op": op, "target": _describe(target)})
 
 
 def _describe(obj: Any) -> str:

@@ -36,7 +36,7 @@ _PULL_MIN = 4096            # ... once it is big enough for the pull's fixed cos
 _SELECTIVE = (np.minimum, np.maximum, np.fmin, np.fmax, np.logical_or)
 
 
-@dataclass
+@dataclass(slots=True)
 class Change:
     """Positions of one page that changed in a commit (sorted, unique, flat) and their values before it; ``new``,
     where the page kind gives it (a matrix page's entry update), their values after it (None: read the page)."""
@@ -220,6 +220,8 @@ class UndoLog:
     pipeline lends its :class:`~mmsb.scratch.ScratchPool`.
     """
 
+    __slots__ = ("pool", "steps")
+
     def __init__(self, pool: Optional[ScratchPool] = None) -> None:
         self.steps: list[Callable[[], None]] = []
         self.pool = pool
@@ -279,6 +281,9 @@ class Engine:
         self._levels: dict[str, tuple[weakref.ref, np.ndarray]] = {}
         # closures over a matrix page: how a matrix change updates each (see _matrix_plan)
         self._matrix_plans: dict[str, tuple] = {}
+        # the point strategy's route from each written page (see point_wave), for the graph generation named
+        self._routes: dict[str, tuple[str, Rule] | None] = {}
+        self._routes_gen = -1
 
     # -- a wave -----------------------------------------------------------------------------------------------
     def wave(self, changes: dict[str, Change], undo: UndoLog, force: Optional[set] = None) -> dict[str, Change]:
@@ -319,11 +324,16 @@ class Engine:
         """:meth:`wave` for a change of a few values of page ``name`` (the commit pipeline's point strategy): when
         the whole wave is one ``link`` from ``name`` under a built-in semiring, over a matrix of its own, into a CPU
         page, that link's step goes straight to the fused kernel; anything else takes :meth:`wave`."""
-        plan = self.graph.plan((name,), ())
-        if len(plan) == 1 and len(plan[0][1]) == 1:
-            dst, (rule,) = plan[0]
-            if rule.kind == "link" and rule.srcs[0] == name and rule.semiring.builtin and rule.matrix_page is None \
-                    and (self._pages is None or self._pages(dst).device == "cpu"):
+        gen = self.graph.generation
+        if self._routes_gen != gen:
+            self._routes.clear()
+            self._routes_gen = gen
+        route = self._routes.get(name, _MISSING)
+        if route is _MISSING:
+            route = self._routes[name] = self._point_route(name)
+        if route is not None:
+            dst, rule = route
+            if self._pages is None or self._pages(dst).device == "cpu":
                 t0 = time.perf_counter()
                 got = self._links_few(dst, rule, {name: ch}, self.array(dst), rule.semiring, undo)
                 if got is not _MISSING:
@@ -333,6 +343,16 @@ class Engine:
                     stats.seconds += time.perf_counter() - t0
                     return {dst: got} if got is not None else {}
         return self.wave({name: ch}, undo)
+
+    def _point_route(self, name: str) -> tuple[str, Rule] | None:
+        """``(dst, rule)`` where the whole wave of a change of page ``name`` is that one ``link`` rule under a
+        built-in semiring, over a matrix of its own (kept per graph generation by :meth:`point_wave`); else None."""
+        plan = self.graph.plan((name,), ())
+        if len(plan) == 1 and len(plan[0][1]) == 1:
+            dst, (rule,) = plan[0]
+            if rule.kind == "link" and rule.srcs[0] == name and rule.semiring.builtin and rule.matrix_page is None:
+                return dst, rule
+        return None
 
     def page(self, name: str, default: Any = _MISSING) -> Any:
         """The Page object named ``name`` (``default``, or KeyError, when there is none)."""
@@ -583,6 +603,8 @@ class Engine:
             return _MISSING
         rows, before, bad = got
         self.stats.entries_pushed += int(ch.idx.size)
+        if bad is None:                         # (the common ending of _pushed, without its call)
+            return self._record(name, rows, before, undo) if rows.size else None
         return self._pushed(name, [rule], y, sr, rows, before, bad, err, undo)
 
     def _bounds(self, name: str, y: np.ndarray) -> np.ndarray:

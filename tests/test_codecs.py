@@ -40,6 +40,21 @@ def test_index_identical_and_round_trip(idx):
 
 @needs_ext
 @FAST
+@given(sorted_idx)
+def test_index_identical_for_every_layout_the_caller_may_pass(idx):
+    """The compiled encoder takes a contiguous native int64 array as it is and converts anything else: a strided
+    view, a 2-d array, another integer dtype, big-endian int64 and a list all give the numpy twin's bytes."""
+    want = ref.encode_index(idx)
+    wide = np.repeat(idx, 2)
+    forms = [idx, wide[::2], idx.reshape(1, -1), idx.astype(">i8"), idx.tolist()]
+    if idx.size == 0 or (idx.min() >= -2**31 and idx.max() < 2**31):
+        forms.append(idx.astype(np.int32))
+    for form in forms:
+        assert ext.encode_index(form) == want
+
+
+@needs_ext
+@FAST
 @given(masks)
 def test_mask_identical_and_round_trip(m):
     assert ext.encode_mask_rle(m) == ref.encode_mask_rle(m)

@@ -251,3 +251,40 @@ def test_an_empty_write_runs_no_wave_on_the_point_path():
     e = buf.write(x, np.array([]), index=np.array([], dtype=np.int64))
     assert len(calls) == n and e == buf.epoch
     np.testing.assert_array_equal(y.read(), np.ones(4))
+
+
+def test_the_point_route_follows_the_rules_as_they_change():
+    """The point strategy keeps, per written page, the one link its wave runs; adding a second link from the page,
+    dropping a rule, and dropping a target page and creating another of its name all change that route: every
+    target equals its numpy recompute after each single-entry write."""
+    import scipy.sparse as sp
+
+    n = 50
+    rng = np.random.default_rng(3)
+    A = sp.random(n, n, density=0.1, random_state=5, format="csr")
+    B = sp.random(n, n, density=0.1, random_state=6, format="csr")
+    buf = mmsb.open(None)
+    x = buf.create_page("x", n)
+    xs = np.zeros(n)
+
+    def write_and_check(targets):
+        for _ in range(5):
+            j = int(rng.integers(0, n))
+            v = float(rng.uniform(-2, 2))
+            buf.write(x, v, index=[j], accumulate=True)
+            xs[j] += v
+        for name, M in targets.items():
+            np.testing.assert_allclose(buf[name].read(), M @ xs, rtol=1e-9, atol=1e-12)
+
+    y = buf.create_page("y", n)
+    buf.link(y, x, A)
+    write_and_check({"y": A})
+    z = buf.create_page("z", n)
+    buf.link(z, x, B)                                   # two links from x: the general wave
+    write_and_check({"y": A, "z": B})
+    buf.drop_page("y", cascade=True)                    # one link again
+    write_and_check({"z": B})
+    buf.drop_page("z", cascade=True)
+    z = buf.create_page("z", n)                         # a new page of the old name, linked through A
+    buf.link(z, x, A)
+    write_and_check({"z": A})

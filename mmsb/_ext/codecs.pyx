@@ -8,6 +8,7 @@ import numpy as np
 cimport numpy as cnp
 from libc.stdint cimport uint8_t, uint64_t, int64_t
 from libc.string cimport memset
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 
 from mmsb.errors import CorruptionError
 
@@ -50,12 +51,18 @@ cdef inline uint64_t _get_bits(const uint8_t* data, Py_ssize_t pos, int w) noexc
 
 
 def encode_index(idx):
-    cdef cnp.ndarray[int64_t, ndim=1] a = np.ascontiguousarray(idx, dtype=np.int64).reshape(-1)
-    cdef Py_ssize_t n = a.shape[0], i
+    cdef cnp.ndarray a
+    if cnp.PyArray_CheckExact(idx) and cnp.PyArray_TYPE(<cnp.ndarray>idx) == cnp.NPY_INT64 \
+            and cnp.PyArray_NDIM(<cnp.ndarray>idx) == 1 and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>idx) \
+            and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>idx):
+        a = <cnp.ndarray>idx                # (the common case: the delta's own index, taken as it is)
+    else:
+        a = np.ascontiguousarray(idx, dtype=np.int64).reshape(-1)
+    cdef Py_ssize_t n = cnp.PyArray_DIM(a, 0), i
     cdef const int64_t* p
     cdef uint64_t g, mx = 0
     cdef int w
-    cdef bytearray out
+    cdef bytes out
     cdef uint8_t* o
     cdef int64_t first
     if n == 0:
@@ -63,11 +70,12 @@ def encode_index(idx):
     p = <const int64_t*>cnp.PyArray_DATA(a)
     first = p[0]
     if n == 1:
-        out = bytearray(9)
-        o = out
+        out = PyBytes_FromStringAndSize(NULL, 9)
+        o = <uint8_t*>PyBytes_AS_STRING(out)
+        o[0] = 0
         for i in range(8):
             o[1 + i] = <uint8_t>((<uint64_t>first) >> (8 * i))
-        return bytes(out)
+        return out
     for i in range(1, n):
         if p[i] < p[i - 1]:
             raise ValueError("encode_index needs a non-decreasing index")
@@ -78,15 +86,16 @@ def encode_index(idx):
     if w < 1:
         w = 1
     cdef Py_ssize_t nbytes = 9 + ((n - 1) * w + 7) // 8
-    out = bytearray(nbytes)
-    o = out
+    out = PyBytes_FromStringAndSize(NULL, nbytes)      # (a fresh bytes object: filled here before anyone sees it)
+    o = <uint8_t*>PyBytes_AS_STRING(out)
+    memset(o, 0, nbytes)
     o[0] = <uint8_t>w
     for i in range(8):
         o[1 + i] = <uint8_t>((<uint64_t>first) >> (8 * i))
     with nogil:
         for i in range(1, n):
             _put_bits(o + 9, (i - 1) * w, <uint64_t>p[i] - <uint64_t>p[i - 1], w)
-    return bytes(out)
+    return out
 
 
 def decode_index(buf, Py_ssize_t n):

@@ -411,7 +411,7 @@ class ShardManager:
                 buf._forget_page(page)
                 if self.infos.get(name) is info:
                     del self.infos[name]
-            c.undo.action(forget)
+            c.action(forget)
         return page
 
     def _create_blocks(self, info: ShardInfo, op: Any) -> None:

@@ -135,6 +135,9 @@ def encode_txn(ops: list, epoch: int, txid: int, salt: Optional[bytes], commit: 
     bq = _BQ.pack
     fast = FAST_ENCODE and C._LITTLE
     av = R._VALUES
+    miss_of = av._miss
+    small_bytes, max_ndim, chunk = C.SMALL, R.MAX_NDIM, C.BLOSC_CHUNK
+    f_acc, f_der, f_src, f_sparse, delta_rec = R.F_ACCUMULATE, R.F_DERIVED, R.F_SOURCE, R.F_SPARSE, R.DELTA
     records: list = []
     raw = enc = 0
     for op in ops:
@@ -151,9 +154,9 @@ def encode_txn(ops: list, epoch: int, txid: int, salt: Optional[bytes], commit: 
             dt = _DTYPES.get(a.dtype, False)
             if dt is False:
                 dt = _dtype_head(a.dtype)
-            simple = (dt is not None and a.ndim <= R.MAX_NDIM and a.nbytes <= C.BLOSC_CHUNK
+            simple = (dt is not None and a.ndim <= max_ndim and a.nbytes <= chunk
                       and len(name) <= _MAX_STR and (src is None or len(src) <= _MAX_STR)
-                      and (idx is None or idx.ndim <= R.MAX_NDIM))
+                      and (idx is None or idx.ndim <= max_ndim))
         if not simple:
             rtype, pieces, r, e = R.op_pieces(op)
             raw += r
@@ -161,13 +164,13 @@ def encode_txn(ops: list, epoch: int, txid: int, salt: Optional[bytes], commit: 
             records.append((rtype, pieces))
             continue
         # name, flags, source (records._delta_head)
-        flags = (R.F_ACCUMULATE if op.accumulate else 0) | (R.F_DERIVED if op.derived else 0)
+        flags = (f_acc if op.accumulate else 0) | (f_der if op.derived else 0)
         if src is not None:
-            flags |= R.F_SOURCE
+            flags |= f_src
         if idx is not None:
-            flags |= R.F_SPARSE
+            flags |= f_sparse
         nbytes = a.nbytes
-        if nbytes < C.SMALL and a.ndim == 1 and a.flags.c_contiguous and (idx is None or (
+        if nbytes < small_bytes and a.ndim == 1 and a.flags.c_contiguous and (idx is None or (
                 idx.ndim == 1 and idx.flags.c_contiguous)):
             # values stored raw (too small to try a codec) and 1-d arrays: the whole payload in one compiled call
             packed = None
@@ -178,12 +181,12 @@ def encode_txn(ops: list, epoch: int, txid: int, salt: Optional[bytes], commit: 
                     pass
             payload, nidx = _small(name, flags, src, idx, packed, dt[1], a, _RAW, _INDEX_DELTA_PACK)
             key = (op.page, dt[0])
-            av._miss[key] = av._miss.get(key, 0) + 1     # (a raw store is a miss of the adaptive codec)
+            miss_of[key] = miss_of.get(key, 0) + 1     # (a raw store is a miss of the adaptive codec)
             raw += nbytes
             enc += nbytes + nidx
             if idx is not None:
                 raw += idx.nbytes
-            records.append((R.DELTA, [payload]))
+            records.append((delta_rec, [payload]))
             continue
         head = _H.pack(len(name)) + name + _B.pack(flags)
         if src is not None:
@@ -208,7 +211,7 @@ def encode_txn(ops: list, epoch: int, txid: int, salt: Optional[bytes], commit: 
             enc += len(data)
         # values: dtype, shape, then blosc2 when the page's stream is worth trying and it saves, else raw: a copy
         # when small, else a view (records.values_pieces, codecs.AdaptiveValues.encode, codecs.encode_values)
-        small = nbytes < C.SMALL
+        small = nbytes < small_bytes
         if small:
             data = a.tobytes()
         else:
@@ -233,7 +236,7 @@ def encode_txn(ops: list, epoch: int, txid: int, salt: Optional[bytes], commit: 
         head += dt[1] + shape + bq(cid, len(data))
         raw += nbytes
         enc += len(data)
-        records.append((R.DELTA, [head, data]))
+        records.append((delta_rec, [head, data]))
     if commit:
         records.append((R.COMMIT, [_U32.pack(len(ops))]))
     if salt is None:
@@ -653,7 +656,9 @@ class DurableLog(LogBase):
         fd = self._fd
         if total <= _JOIN_BYTES:                # a small commit: one joined copy costs less than the iovecs
             bufs = [b"".join(bufs)]
-        done = os.writev(fd, bufs) if len(bufs) <= _IOV_MAX else 0
+            done = os.write(fd, bufs[0])
+        else:
+            done = os.writev(fd, bufs) if len(bufs) <= _IOV_MAX else 0
         if done != total:
             _gathered(bufs, lambda iov: os.writev(fd, iov), done)
 

@@ -57,7 +57,9 @@ class MemoryLog(LogBase):
             fill = ops[0].arrays["fill"]
             return self.append_page_created(int(txn.epoch), int(txn.txid), pl["name"], tuple(pl["shape"]),
                                             fill.dtype, pl["semiring"], pl["device"], fill[0])
-        epoch, txid = int(txn.epoch), int(txn.txid)
+        epoch, txid = txn.epoch, txn.txid
+        if type(epoch) is not int or type(txid) is not int:
+            epoch, txid = int(epoch), int(txid)
         with self._lock:
             if self._closed:
                 raise ClosedError("the log is closed")
