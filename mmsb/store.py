@@ -121,6 +121,7 @@ class Store:
         self._alloc = None          # allocator whose blocks the copies use under a memory limit
         self._spares: list = []     # resident copy buffers (uint8 arrays) the next automatic checkpoint reuses
         self._spare_lock = threading.Lock()
+        self._spare_cap = 0         # bytes of the large pages at the newest automatic checkpoint
         self._prep: Optional[threading.Thread] = None   # the helper that makes the first copy buffers
 
     @property
@@ -319,6 +320,7 @@ class Store:
         base = self._layout[1] if self._layout is not None and self._layout[0] in self.checkpoints else {}
         pages = []
         matrices = []
+        cap = 0
         for p in buf._pages.values():
             if p.kind == "matrix":
                 matrices.append(p.to_schema())
@@ -330,6 +332,8 @@ class Store:
                 # values are recomputed, not logged, so its epoch does not show every change
                 pages.append((meta, backend.host_copy(p).reshape(p.shape)))
                 continue
+            if lent is not None and p.nbytes >= _COPY_BLOCK:
+                cap += p.nbytes
             prev = base.get(p.name)
             if prev is not None and prev[0] == p.epoch and prev[1].dtype == meta["dtype"] \
                     and list(prev[1].shape) == list(meta["shape"]) and prev[1].files <= set(self.checkpoints):
@@ -353,6 +357,8 @@ class Store:
                 out = arr.reshape(p.shape).copy()
             pages.append((meta, out))
         rules = matrices + [r.to_schema() for r in buf._graph.rules()]
+        if lent is not None:
+            self._spare_cap = cap
         return pages, rules
 
     def _run_auto(self, log: DurableLog, ep: int, pages, rules, extra: dict, fsync: bool, lent: list) -> None:
@@ -387,16 +393,15 @@ class Store:
         return resident_buffer(nbytes)
 
     def _return_spares(self, lent: list) -> None:
-        """Keep the buffers an automatic checkpoint used for the next one (and as many kept ones of other sizes
-        as it used bytes, newest first: nothing grows beyond one copy of the large pages)."""
+        """Keep the buffers an automatic checkpoint used for the next one, and of the others kept (pages that
+        checkpoint did not copy) as many as fit beside them in one copy of the large pages (``_spare_cap``)."""
         if not lent:
             return
         with self._spare_lock:
-            cap = sum(b.nbytes for b in lent)
             keep = list(lent)
-            total = cap
+            total = sum(b.nbytes for b in lent)
             for b in self._spares:
-                if total + b.nbytes <= cap:
+                if total + b.nbytes <= self._spare_cap:
                     keep.append(b)
                     total += b.nbytes
             self._spares = keep

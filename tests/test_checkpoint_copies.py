@@ -1,0 +1,143 @@
+"""The copies behind automatic checkpoints (mmsb.store): a changed large page is copied under the buffer lock into
+a resident buffer the store keeps for the next checkpoint (the first made by a helper thread at half the
+threshold), and the kernels leave a CPU to the background writer while it runs. Every checkpoint must still hold
+exactly the state at its epoch while commits go on, the buffers must stay bounded, and close releases them."""
+import threading
+import time
+
+import numpy as np
+
+import mmsb
+from mmsb import _kernels
+from mmsb import checkpoint as C
+from mmsb import store as D
+
+
+def _pages(root, epoch):
+    return {m["name"]: a for m, a in C.load_checkpoint(root, epoch=epoch).pages}
+
+
+def _count_buffers(monkeypatch):
+    """Record the thread that made each resident buffer."""
+    made = []
+    real = D.resident_buffer
+
+    def counted(nbytes):
+        made.append((threading.current_thread().name, nbytes))
+        return real(nbytes)
+
+    monkeypatch.setattr(D, "resident_buffer", counted)
+    return made
+
+
+def _slow_writer(monkeypatch, seconds=0.004):
+    """The background writer waits before it writes: commits go on while each checkpoint is in flight."""
+    real = D.write_checkpoint
+
+    def slow(*a, **kw):
+        time.sleep(seconds)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(D, "write_checkpoint", slow)
+
+
+def test_checkpoints_taken_while_commits_go_on_equal_the_state_at_their_epoch(tmp_path, monkeypatch):
+    monkeypatch.setattr(D, "AUTO_CHECKPOINT_MIN_BYTES", 1)
+    monkeypatch.setattr(D, "_COPY_BLOCK", 1)           # every page goes through the resident buffers
+    made = _count_buffers(monkeypatch)
+    _slow_writer(monkeypatch)
+    reserved = []
+    real_run = D.Store._run_auto
+
+    def run(self, *a):
+        reserved.append(_kernels.RESERVED)
+        real_run(self, *a)
+
+    monkeypatch.setattr(D.Store, "_run_auto", run)
+    root = str(tmp_path / "s")
+    rng = np.random.default_rng(5)
+    states = {}
+    names = ("hot", "grid", "cold")
+    with mmsb.open(root, "w", durability="flush", auto_checkpoint=1e-9) as buf:
+        hot = buf.create_page("hot", 4000)
+        grid = buf.create_page("grid", (30, 40), dtype="float32")
+        cold = buf.create_page("cold", 5000, dtype="int32")
+        buf.write(cold, rng.integers(0, 1000, 5000).astype(np.int32))
+        for k in range(80):
+            e = buf.write(hot, rng.random(60), index=rng.choice(4000, 60, replace=False))
+            if k % 3 == 0:
+                e = buf.write(grid, rng.random((30, 40)).astype(np.float32))
+            states[e] = {n: buf[n].read() for n in names}
+            if k % 4 == 3:              # the policy skips commits while one is written: start the next one now
+                buf._store.wait_background()
+                buf._store.after_commit(buf, e)
+        buf._store.wait_background()
+        st = buf.stats()["store"]
+        store = buf._store
+        kept = sum(b.nbytes for b in store._spares)
+    assert st["auto_checkpoint_error"] is None
+    ckpts = [e for e in st["checkpoints"] if e in states]
+    assert len(ckpts) >= 5, st
+    for e in ckpts:
+        got = _pages(root, e)
+        for n in names:
+            np.testing.assert_array_equal(got[n].reshape(-1), states[e][n].reshape(-1), err_msg=f"{n} at {e}")
+    # the buffers are reused: a few made (the first checkpoint's three pages, a page that one checkpoint did
+    # not copy made again at most now and then), not one per copy; never more than one copy of the pages kept
+    assert len(made) < len(ckpts), (len(made), len(ckpts))
+    assert kept <= 4000 * 8 + 30 * 40 * 4 + 5000 * 4
+    assert store._spares == []                          # released at close
+    assert reserved and all(r >= 1 for r in reserved) and _kernels.RESERVED == 0
+
+
+def test_the_first_copy_buffers_are_made_by_the_helper(tmp_path, monkeypatch):
+    monkeypatch.setattr(D, "AUTO_CHECKPOINT_MIN_BYTES", 1)
+    monkeypatch.setattr(D, "_COPY_BLOCK", 1)
+    made = _count_buffers(monkeypatch)
+    root = str(tmp_path / "s")
+    rng = np.random.default_rng(6)
+    with mmsb.open(root, "w", durability="flush", auto_checkpoint=1.0) as buf:
+        p = buf.create_page("x", 20000)
+        buf.write(p, rng.random(20000))
+        states = {}
+        while buf._store._prep is None:
+            e = buf.write(p, rng.random(200), index=rng.choice(20000, 200, replace=False))
+            states[e] = buf["x"].read()
+            assert buf._store._bg is None               # (no automatic checkpoint before half the threshold)
+        buf._store._prep.join()
+        assert [t for t, _ in made] == ["mmsb-checkpoint-buffers"] and made[0][1] == 20000 * 8
+        while buf._store._bg is None:
+            e = buf.write(p, rng.random(200), index=rng.choice(20000, 200, replace=False))
+            states[e] = buf["x"].read()
+        buf._store.wait_background()
+        first = buf._store.checkpoints[0]
+        assert first == e and len(made) == 1            # the first copy took the helper's buffer
+    np.testing.assert_array_equal(_pages(root, first)["x"], states[first])
+
+
+def test_no_copy_buffers_are_kept_under_a_memory_limit(tmp_path, monkeypatch):
+    monkeypatch.setattr(D, "AUTO_CHECKPOINT_MIN_BYTES", 1)
+    monkeypatch.setattr(D, "_COPY_BLOCK", 1)
+    made = _count_buffers(monkeypatch)
+    root = str(tmp_path / "s")
+    rng = np.random.default_rng(7)
+    states = {}
+    with mmsb.open(root, "w", durability="flush", auto_checkpoint=1e-9, memory_limit=1 << 24) as buf:
+        p = buf.create_page("x", 3000)
+        for _ in range(20):
+            e = buf.write(p, rng.random(40), index=rng.choice(3000, 40, replace=False))
+            states[e] = buf["x"].read()
+            buf._store.wait_background()
+            assert buf._store._spares == []
+        ckpts = [e for e in buf._store.checkpoints if e in states]
+    assert made == [] and len(ckpts) >= 5
+    for e in ckpts:
+        np.testing.assert_array_equal(_pages(root, e)["x"], states[e])
+
+
+def test_resident_buffer_is_aligned_writable_and_exact():
+    b = D.resident_buffer(3 * 4096 + 5)
+    assert b.dtype == np.uint8 and b.nbytes == 3 * 4096 + 5 and b.flags.writeable
+    assert b.ctypes.data % 4096 == 0                    # O_DIRECT writes need page-aligned memory
+    b[:] = 7
+    assert int(b.sum()) == 7 * b.nbytes
