@@ -50,6 +50,7 @@ _COPY_BLOCK = 2**20          # pages of this size or more are copied into reside
 # helper thread once the log holds half the threshold, so that even the first copy faults nothing. They are held
 # while the store is open with the policy on (about one copy of the large changed pages; none under a memory
 # limit, where the allocator's blocks are used as before) and released at close.
+_PACE_BYTES = 4 * 2**20      # the background flush writes the log back this many bytes at a time (fileio)
 # A clean close checkpoints (incrementally) when the log since the newest checkpoint holds at least
 # SHUTDOWN_CHECKPOINT_MIN_BYTES and SHUTDOWN_CHECKPOINT_FRACTION x the page bytes, as PostgreSQL writes a shutdown
 # checkpoint: the next open then replays almost nothing. A crash leaves the tail the automatic policy bounds. On
@@ -366,7 +367,9 @@ class Store:
         back once the checkpoint is written (nothing reads them after that)."""
         try:
             try:
-                log.flush(fsync)          # the log on disk up to the checkpoint before it is published
+                # the log on disk up to the checkpoint before it is published; paced, so that a commit that rolls
+                # a segment meanwhile does not wait behind the whole log's writeback
+                log.flush(fsync, paced=_PACE_BYTES)
             except ClosedError:
                 pass                      # closing synced it (unless poisoned: checked next)
             if log.poisoned is not None:

@@ -141,3 +141,43 @@ def test_resident_buffer_is_aligned_writable_and_exact():
     assert b.ctypes.data % 4096 == 0                    # O_DIRECT writes need page-aligned memory
     b[:] = 7
     assert int(b.sum()) == 7 * b.nbytes
+
+
+def test_paced_log_flush_writes_back_every_segment_before_its_fsync(tmp_path, monkeypatch):
+    """The background flush (paced) writes each segment written since the last flush back piece by piece, then
+    fsyncs it: every segment is still synced, each after its own paced writeback."""
+    import os
+
+    from mmsb.log import durable as LD
+
+    events = []
+
+    def name(fd):
+        return os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
+
+    real_paced, real_fsync = LD.write_back_paced, LD.os.fsync
+
+    def paced(fd, step):
+        events.append(("paced", name(fd), step))
+        return real_paced(fd, step)
+
+    def fsync(fd):
+        events.append(("fsync", name(fd)))
+        return real_fsync(fd)
+
+    root = str(tmp_path / "s")
+    with mmsb.open(root, "w", durability="flush", segment_bytes=600, auto_checkpoint=False) as buf:
+        buf.create_page("x", 50)
+        for k in range(12):
+            buf.write("x", float(k), index=[k])
+        segs = sorted(n for n in os.listdir(os.path.join(root, "log")) if n.endswith(".seg"))
+        assert len(segs) >= 3
+        monkeypatch.setattr(LD, "write_back_paced", paced)
+        monkeypatch.setattr(LD.os, "fsync", fsync)
+        buf._log.flush(True, paced=4096)
+        monkeypatch.undo()
+    synced = [e[1] for e in events if e[0] == "fsync"]
+    assert set(segs) <= set(synced), (segs, events)
+    for i, e in enumerate(events):
+        if e[0] == "fsync":
+            assert events[i - 1] == ("paced", e[1], 4096)
