@@ -28,6 +28,7 @@ from mmsb.layout import LOCK_FILE, LOG_DIR, MANIFEST_FILE, SPILL_DIR, STORE_FILE
 from mmsb.log import DurableLog
 from mmsb.log import segment as S
 from mmsb.manifest import Manifest, new_manifest, read_manifest, reconcile
+from mmsb.memory import default_block_cache
 
 
 # Automatic checkpoints (issue #16.11): after a commit, once the log written since the newest checkpoint holds
@@ -48,8 +49,9 @@ _COPY_BLOCK = 2**20          # pages of this size or more are copied into reside
 # the next: a copy into fresh or lazily freed memory (MADV_FREE, the allocator's block cache) costs page faults or
 # page-table updates for every 4 KiB, about as much again as the copy itself. The first buffers are made by a
 # helper thread once the log holds half the threshold, so that even the first copy faults nothing. They are held
-# while the store is open with the policy on (about one copy of the large changed pages; none under a memory
-# limit, where the allocator's blocks are used as before) and released at close.
+# while the store is open with the policy on (at most one copy of the large pages, within the allocator's budget
+# for freed blocks, spare_budget; none under a memory limit, where the allocator's blocks are used as before) and
+# released at close.
 _PACE_BYTES = 4 * 2**20      # the background flush writes the log back this many bytes at a time (fileio)
 # A clean close checkpoints (incrementally) when the log since the newest checkpoint holds at least
 # SHUTDOWN_CHECKPOINT_MIN_BYTES and SHUTDOWN_CHECKPOINT_FRACTION x the page bytes, as PostgreSQL writes a shutdown
@@ -59,6 +61,12 @@ SHUTDOWN_CHECKPOINT = os.environ.get("MMSB_SHUTDOWN_CHECKPOINT", "on").strip().l
     "off", "0", "false", "no")
 SHUTDOWN_CHECKPOINT_MIN_BYTES = int(os.environ.get("MMSB_SHUTDOWN_CHECKPOINT_MIN_BYTES", 2**20))
 SHUTDOWN_CHECKPOINT_FRACTION = 0.05
+
+
+def spare_budget() -> int:
+    """The most bytes of copy buffers a store keeps between automatic checkpoints: the allocator's budget for
+    freed large blocks (``MMSB_BLOCK_CACHE``, :func:`mmsb.memory.default_block_cache`; 0 keeps none)."""
+    return default_block_cache()
 
 
 def resident_buffer(nbytes: int) -> np.ndarray:
@@ -397,14 +405,16 @@ class Store:
 
     def _return_spares(self, lent: list) -> None:
         """Keep the buffers an automatic checkpoint used for the next one, and of the others kept (pages that
-        checkpoint did not copy) as many as fit beside them in one copy of the large pages (``_spare_cap``)."""
+        checkpoint did not copy) as many as fit beside them in one copy of the large pages (``_spare_cap``), all
+        within :func:`spare_budget`."""
         if not lent:
             return
+        cap = min(self._spare_cap, spare_budget())
         with self._spare_lock:
-            keep = list(lent)
-            total = sum(b.nbytes for b in lent)
-            for b in self._spares:
-                if total + b.nbytes <= self._spare_cap:
+            keep = []
+            total = 0
+            for b in list(lent) + self._spares:
+                if total + b.nbytes <= cap:
                     keep.append(b)
                     total += b.nbytes
             self._spares = keep
@@ -424,6 +434,8 @@ class Store:
                 have.remove(p.nbytes)
             else:
                 sizes.append(p.nbytes)
+        if sum(sizes) > spare_budget():
+            return
 
         def make() -> None:
             made = []

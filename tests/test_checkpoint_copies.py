@@ -96,7 +96,8 @@ def test_the_first_copy_buffers_are_made_by_the_helper(tmp_path, monkeypatch):
     made = _count_buffers(monkeypatch)
     root = str(tmp_path / "s")
     rng = np.random.default_rng(6)
-    with mmsb.open(root, "w", durability="flush", auto_checkpoint=1.0) as buf:
+    # factor 2: the first write (at most about the page's bytes of log) cannot reach the threshold by itself
+    with mmsb.open(root, "w", durability="flush", auto_checkpoint=2.0) as buf:
         p = buf.create_page("x", 20000)
         buf.write(p, rng.random(20000))
         states = {}
@@ -133,6 +134,37 @@ def test_no_copy_buffers_are_kept_under_a_memory_limit(tmp_path, monkeypatch):
     assert made == [] and len(ckpts) >= 5
     for e in ckpts:
         np.testing.assert_array_equal(_pages(root, e)["x"], states[e])
+
+
+def test_copy_buffers_stay_within_the_block_budget(tmp_path, monkeypatch):
+    """Kept buffers never exceed the allocator's budget for freed blocks (MMSB_BLOCK_CACHE); with none, nothing is
+    kept or prepared, and the checkpoints are still exact."""
+    monkeypatch.setattr(D, "AUTO_CHECKPOINT_MIN_BYTES", 1)
+    monkeypatch.setattr(D, "_COPY_BLOCK", 1)
+    monkeypatch.setenv("MMSB_BLOCK_CACHE", "40000")     # the hot page (32000 bytes) fits, not both pages
+    root = str(tmp_path / "s")
+    rng = np.random.default_rng(8)
+    states = {}
+    with mmsb.open(root, "w", durability="flush", auto_checkpoint=1e-9) as buf:
+        hot = buf.create_page("hot", 4000)
+        warm = buf.create_page("warm", 2000)
+        for k in range(24):
+            if k == 12:
+                monkeypatch.setenv("MMSB_BLOCK_CACHE", "0")
+            e = buf.write(hot, rng.random(30), index=rng.choice(4000, 30, replace=False))
+            e = buf.write(warm, rng.random(30), index=rng.choice(2000, 30, replace=False))
+            states[e] = {"hot": buf["hot"].read(), "warm": buf["warm"].read()}
+            buf._store.wait_background()
+            buf._store.after_commit(buf, e)
+            buf._store.wait_background()
+            kept = sum(b.nbytes for b in buf._store._spares)
+            assert kept <= (40000 if k < 12 else 0), (k, kept)
+        ckpts = [e for e in buf._store.checkpoints if e in states]
+    assert len(ckpts) >= 10
+    for e in ckpts:
+        got = _pages(root, e)
+        for n in ("hot", "warm"):
+            np.testing.assert_array_equal(got[n], states[e][n])
 
 
 def test_resident_buffer_is_aligned_writable_and_exact():
