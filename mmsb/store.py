@@ -6,6 +6,7 @@ Layout (mmsb.layout, docs/FORMAT.md): ``LOCK`` (the writer's OS lock, no data), 
 from __future__ import annotations
 
 import fcntl
+import mmap
 import os
 import uuid
 import shutil
@@ -15,6 +16,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from mmsb import _kernels
 from mmsb.buffer import Buffer, _NullLog
 from mmsb.checkpoint import (checkpoint_digest, checkpoint_path, checkpoint_refs, checkpoint_store_id,
                              list_checkpoints, load_checkpoint, remove_checkpoint, write_checkpoint)
@@ -26,6 +28,7 @@ from mmsb.layout import LOCK_FILE, LOG_DIR, MANIFEST_FILE, SPILL_DIR, STORE_FILE
 from mmsb.log import DurableLog
 from mmsb.log import segment as S
 from mmsb.manifest import Manifest, new_manifest, read_manifest, reconcile
+from mmsb.memory import default_block_cache
 
 
 # Automatic checkpoints (issue #16.11): after a commit, once the log written since the newest checkpoint holds
@@ -40,7 +43,16 @@ AUTO_CHECKPOINT_MIN_BYTES = int(os.environ.get("MMSB_AUTO_CHECKPOINT_MIN_BYTES",
 # (a committing thread that has to wait for it would lose more than the pools gain). It runs at the process's
 # priority: lowering it (nice) made commits wait for the GIL while the lowered thread, holding it, was not
 # scheduled.
-_COPY_BLOCK = 2**20          # pages of this size or more are copied into allocator blocks (reused, see alloc)
+_COPY_BLOCK = 2**20          # pages of this size or more are copied into resident copy buffers (see below)
+# The copy of a changed large page is taken under the buffer lock, so it is on the committing thread's clock. It
+# goes into a resident buffer (mmap'd, faulted in when made) that the store keeps from one automatic checkpoint to
+# the next: a copy into fresh or lazily freed memory (MADV_FREE, the allocator's block cache) costs page faults or
+# page-table updates for every 4 KiB, about as much again as the copy itself. The first buffers are made by a
+# helper thread once the log holds half the threshold, so that even the first copy faults nothing. They are held
+# while the store is open with the policy on (at most one copy of the large pages, within the allocator's budget
+# for freed blocks, spare_budget; none under a memory limit, where the allocator's blocks are used as before) and
+# released at close.
+_PACE_BYTES = 4 * 2**20      # the background flush writes the log back this many bytes at a time (fileio)
 # A clean close checkpoints (incrementally) when the log since the newest checkpoint holds at least
 # SHUTDOWN_CHECKPOINT_MIN_BYTES and SHUTDOWN_CHECKPOINT_FRACTION x the page bytes, as PostgreSQL writes a shutdown
 # checkpoint: the next open then replays almost nothing. A crash leaves the tail the automatic policy bounds. On
@@ -49,6 +61,23 @@ SHUTDOWN_CHECKPOINT = os.environ.get("MMSB_SHUTDOWN_CHECKPOINT", "on").strip().l
     "off", "0", "false", "no")
 SHUTDOWN_CHECKPOINT_MIN_BYTES = int(os.environ.get("MMSB_SHUTDOWN_CHECKPOINT_MIN_BYTES", 2**20))
 SHUTDOWN_CHECKPOINT_FRACTION = 0.05
+
+
+def spare_budget() -> int:
+    """The most bytes of copy buffers a store keeps between automatic checkpoints: the allocator's budget for
+    freed large blocks (``MMSB_BLOCK_CACHE``, :func:`mmsb.memory.default_block_cache`; 0 keeps none)."""
+    return default_block_cache()
+
+
+def resident_buffer(nbytes: int) -> np.ndarray:
+    """A page-aligned, writable uint8 array of ``nbytes`` in its own anonymous mapping, faulted in now where the
+    platform can (MAP_POPULATE; the mapping call releases the GIL), released when the array is dropped."""
+    flags = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0)
+    if flags:
+        m = mmap.mmap(-1, nbytes, flags=flags | getattr(mmap, "MAP_POPULATE", 0))
+    else:                                             # pragma: no cover - Windows: an anonymous mapping
+        m = mmap.mmap(-1, nbytes)
+    return np.frombuffer(m, np.uint8, nbytes)
 
 
 def auto_checkpoint_factor(value: Any = None) -> Optional[float]:
@@ -98,7 +127,11 @@ class Store:
         self.incremental_checkpoints = 0
         self.borrowed_pages = 0
         self.shutdown_checkpoints = 0
-        self._alloc = None          # allocator whose freed blocks the next checkpoint's copies reuse
+        self._alloc = None          # allocator whose blocks the copies use under a memory limit
+        self._spares: list = []     # resident copy buffers (uint8 arrays) the next automatic checkpoint reuses
+        self._spare_lock = threading.Lock()
+        self._spare_cap = 0         # bytes of the large pages at the newest automatic checkpoint
+        self._prep: Optional[threading.Thread] = None   # the helper that makes the first copy buffers
 
     @property
     def lost_ranges(self) -> list:
@@ -134,6 +167,7 @@ class Store:
         that a writer opening right after never sees them removed under it."""
         try:
             self.wait_background()
+            self._drop_spares()
             if self.before_unlock is not None:
                 hook, self.before_unlock = self.before_unlock, None
                 hook()
@@ -224,21 +258,34 @@ class Store:
             return
         pages = list(buf._pages.values())
         state = sum(p.nbytes for p in pages)
-        if since < f * state or not all(p.checkpointable for p in pages):
+        if not all(p.checkpointable for p in pages):
             return          # (a sharded page, mmsb.dask, is not checkpointed: its history is the log)
+        if since < f * state:
+            if 2 * since >= f * state:
+                self._prepare_spares(buf, pages)
+            return
         with buf._locked():
             if buf._closed or buf.epoch in self.checkpoints or (self._bg is not None and self._bg.is_alive()):
                 return
             ep = buf.epoch
-            pages, rules = self._incremental_snapshot(buf)
+            lent: list = []
+            pages, rules = self._incremental_snapshot(buf, lent=lent)
             extra = self._extra(buf)
             self._ckpt_log_end = log.logical_end
             fsync = log.durability != "none"
             # started under the buffer lock: every join (checkpoint, compact, close, here) holds it too
             self.wait_background()
-            self._bg = threading.Thread(target=self._run_auto, args=(log, ep, pages, rules, extra, fsync),
-                                        name="mmsb-auto-checkpoint", daemon=True)
-            self._bg.start()
+            # the writer keeps a CPU busy: the kernels' thread teams leave it to it (see _run_auto's end)
+            _kernels.reserve_cpus(1)
+            try:
+                self._bg = threading.Thread(target=self._run_auto,
+                                            args=(log, ep, pages, rules, extra, fsync, lent),
+                                            name="mmsb-auto-checkpoint", daemon=True)
+                self._bg.start()
+            except BaseException:
+                self._bg = None
+                _kernels.reserve_cpus(-1)
+                raise
 
     def shutdown_checkpoint(self, buf: Buffer) -> None:
         """Called by a clean close while the log is still open (under the buffer lock): wait for the automatic
@@ -270,18 +317,19 @@ class Store:
             warnings.warn(f"mmsb: the shutdown checkpoint of {self.root} failed ({exc}); the next open replays "
                           "the log since the previous checkpoint", RuntimeWarning, stacklevel=2)
 
-    def _incremental_snapshot(self, buf: Buffer, copy: bool = True) -> tuple:
+    def _incremental_snapshot(self, buf: Buffer, copy: bool = True, lent: Optional[list] = None) -> tuple:
         """``(pages, rules)`` of the committed state for an automatic checkpoint (under the buffer lock): a page
         whose epoch is the one the newest checkpoint recorded for it (no logged delta touched it since: every
         change to a page is a logged delta, which sets its epoch) is a PageRef to the chunks that hold it; the
-        others are copied (large ones into allocator blocks, whose pages the next copy reuses; ``copy=False``:
-        live views, for a caller that holds the buffer lock until the checkpoint is written and no memory limit
-        is set). A spilled, unchanged page is not reloaded."""
-        from mmsb import _kernels
-
+        others are copied (``copy=False``: live views, for a caller that holds the buffer lock until the
+        checkpoint is written and no memory limit is set). Large ones are copied into the store's resident copy
+        buffers, which are appended to ``lent`` (the caller hands them back with :meth:`_return_spares` once the
+        checkpoint is written), or, under a memory limit or without ``lent``, into allocator blocks. A spilled,
+        unchanged page is not reloaded."""
         base = self._layout[1] if self._layout is not None and self._layout[0] in self.checkpoints else {}
         pages = []
         matrices = []
+        cap = 0
         for p in buf._pages.values():
             if p.kind == "matrix":
                 matrices.append(p.to_schema())
@@ -293,6 +341,8 @@ class Store:
                 # values are recomputed, not logged, so its epoch does not show every change
                 pages.append((meta, backend.host_copy(p).reshape(p.shape)))
                 continue
+            if lent is not None and p.nbytes >= _COPY_BLOCK:
+                cap += p.nbytes
             prev = base.get(p.name)
             if prev is not None and prev[0] == p.epoch and prev[1].dtype == meta["dtype"] \
                     and list(prev[1].shape) == list(meta["shape"]) and prev[1].files <= set(self.checkpoints):
@@ -301,6 +351,11 @@ class Store:
             arr = buf._memory.array(p)
             if not copy and buf._memory.limit is None:
                 out = arr.reshape(p.shape)
+            elif arr.nbytes >= _COPY_BLOCK and lent is not None and buf._memory.limit is None:
+                block = self._take_spare(arr.nbytes)
+                lent.append(block)
+                out = block.view(arr.dtype).reshape(p.shape)
+                np.copyto(out.reshape(-1), arr.reshape(-1))
             elif arr.nbytes >= _COPY_BLOCK:
                 if self._alloc is None:
                     self._alloc = _kernels.alloc.Allocator()
@@ -311,13 +366,18 @@ class Store:
                 out = arr.reshape(p.shape).copy()
             pages.append((meta, out))
         rules = matrices + [r.to_schema() for r in buf._graph.rules()]
+        if lent is not None:
+            self._spare_cap = cap
         return pages, rules
 
-    def _run_auto(self, log: DurableLog, ep: int, pages, rules, extra: dict, fsync: bool) -> None:
-        """The background half of an automatic checkpoint."""
+    def _run_auto(self, log: DurableLog, ep: int, pages, rules, extra: dict, fsync: bool, lent: list) -> None:
+        """The background half of an automatic checkpoint; ``lent``: the copy buffers that hold ``pages``, handed
+        back once the checkpoint is written (nothing reads them after that)."""
         try:
             try:
-                log.flush(fsync)          # the log on disk up to the checkpoint before it is published
+                # the log on disk up to the checkpoint before it is published; paced, so that a commit that rolls
+                # a segment meanwhile does not wait behind the whole log's writeback
+                log.flush(fsync, paced=_PACE_BYTES)
             except ClosedError:
                 pass                      # closing synced it (unless poisoned: checked next)
             if log.poisoned is not None:
@@ -330,6 +390,71 @@ class Store:
                 self.borrowed_pages += borrowed
         except Exception as exc:          # noqa: BLE001 - reported in stats; the previous checkpoints stand
             self.auto_checkpoint_error = f"{type(exc).__name__}: {exc}"
+        finally:
+            self._return_spares(lent)
+            _kernels.reserve_cpus(-1)
+
+    # -- resident copy buffers --------------------------------------------------------------------------------
+    def _take_spare(self, nbytes: int) -> np.ndarray:
+        """A resident copy buffer of ``nbytes`` bytes: a kept one, or a new one (faulted in now)."""
+        with self._spare_lock:
+            for i, b in enumerate(self._spares):
+                if b.nbytes == nbytes:
+                    return self._spares.pop(i)
+        return resident_buffer(nbytes)
+
+    def _return_spares(self, lent: list) -> None:
+        """Keep the buffers an automatic checkpoint used for the next one, and of the others kept (pages that
+        checkpoint did not copy) as many as fit beside them in one copy of the large pages (``_spare_cap``), all
+        within :func:`spare_budget`."""
+        if not lent:
+            return
+        cap = min(self._spare_cap, spare_budget())
+        with self._spare_lock:
+            keep = []
+            total = 0
+            for b in list(lent) + self._spares:
+                if total + b.nbytes <= cap:
+                    keep.append(b)
+                    total += b.nbytes
+            self._spares = keep
+
+    def _prepare_spares(self, buf: Buffer, pages: list) -> None:
+        """Once per store, make the first copy buffers on a helper thread (no memory limit; the large pages of
+        the host that have none yet), so that the first automatic checkpoint's copy faults in nothing."""
+        if self._prep is not None or buf._memory.limit is not None:
+            return
+        with self._spare_lock:
+            have = [b.nbytes for b in self._spares]
+        sizes = []
+        for p in pages:
+            if p.kind == "matrix" or getattr(p, "backend", None) is not None or p.nbytes < _COPY_BLOCK:
+                continue
+            if p.nbytes in have:
+                have.remove(p.nbytes)
+            else:
+                sizes.append(p.nbytes)
+        if sum(sizes) > spare_budget():
+            return
+
+        def make() -> None:
+            made = []
+            try:
+                made = [resident_buffer(n) for n in sizes]
+            except (MemoryError, OSError):
+                pass                      # the copies are then made into new buffers, as without this helper
+            with self._spare_lock:
+                self._spares.extend(made)
+
+        self._prep = threading.Thread(target=make, name="mmsb-checkpoint-buffers", daemon=True)
+        self._prep.start()
+
+    def _drop_spares(self) -> None:
+        """Release the copy buffers (at close)."""
+        if self._prep is not None:
+            self._prep.join()
+        with self._spare_lock:
+            self._spares = []
 
     def _drop_cold_cache(self, buf: Buffer) -> None:
         if not hasattr(os, "posix_fadvise"):

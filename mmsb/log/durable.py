@@ -28,7 +28,7 @@ import numpy as np
 from mmsb import _kernels
 from mmsb import codecs as C
 from mmsb.log.base import LogBase
-from mmsb.fileio import fsync_dir
+from mmsb.fileio import fsync_dir, write_back_paced
 from mmsb.layout import LOCK_FILE, LOG_DIR
 from mmsb.delta import Delta, Txn
 from mmsb.errors import CorruptionError, LogPoisonedError, ReadOnlyError, TornWriteWarning, ClosedError
@@ -860,14 +860,16 @@ class DurableLog(LogBase):
             self.logical_end = seg.start + seg.size
             return self.logical_end
 
-    def flush(self, fsync: bool = True) -> None:
+    def flush(self, fsync: bool = True, paced: int = 0) -> None:
         """With ``fsync``, make every record written so far durable (e.g. before a checkpoint is published):
         the segment being appended to and the segments rolled since the last flush (under durability "flush"
         and "none" a roll does not sync the closed segment). Records reach the OS as they are appended, in
         every durability mode.
 
         The fsyncs run on duplicates of the descriptors taken under the append lock and release it: commits go on
-        while the disk catches up (an automatic checkpoint's flush would otherwise stall every commit behind it)."""
+        while the disk catches up (an automatic checkpoint's flush would otherwise stall every commit behind it).
+        ``paced``: write the cached data back that many bytes at a time before each fsync (a background flush:
+        the small synchronous writes of a segment roll beside it then do not queue behind all of it)."""
         with self._lock:
             self._check_writable()
             if not fsync:
@@ -880,6 +882,8 @@ class DurableLog(LogBase):
                 raise self._poison("log flush", exc) from exc
         try:
             for fd in fds:
+                if paced:
+                    write_back_paced(fd, paced)
                 os.fsync(fd)
                 self._stats["fsyncs"] += 1
         except OSError as exc:
