@@ -11,10 +11,7 @@ in use, ``SIMD_LEVELS`` the usable ones; ``cpu.features()`` (``buf.stats()["devi
 Threads: ``MMSB_THREADS=N`` caps the OpenMP threads of one kernel call (default: the CPUs of this process's
 affinity mask, lowered to a cgroup CPU quota where one is set). While other processes keep the machine's CPUs
 busy a kernel uses fewer (``MMSB_ADAPT_THREADS=0`` turns that off); idle threads sleep (``OMP_WAIT_POLICY=passive``
-unless the user set it). ``set_threads`` changes both at run time. While the process's own background work keeps
-CPUs busy (an automatic checkpoint's writer, mmsb.store) those CPUs are reserved (``reserve_cpus``): a kernel call
-then takes at most ``THREADS - reserved`` threads (at least one), so that no thread of its team waits behind that
-work at a barrier.
+unless the user set it). ``set_threads`` changes both at run time.
 """
 from __future__ import annotations
 
@@ -88,8 +85,7 @@ def _load_level(level: str) -> Optional[types.SimpleNamespace]:
 
 THREADS = 1
 ADAPT = True
-RESERVED = 0                  # CPUs the process's own background work keeps busy now (reserve_cpus)
-_RESERVE_LOCK = threading.Lock()
+_THREADS_LOCK = threading.Lock()
 SIMD = "none"
 SIMD_LEVELS: list[str] = []
 _LEVELS: dict[str, types.SimpleNamespace] = {}
@@ -116,7 +112,7 @@ def set_threads(n: Optional[int] = None, adapt: Optional[bool] = None) -> int:
     """Cap the threads of one kernel call at ``n`` (None: the default) and turn the busy-machine fallback on or
     off (None: keep); returns the cap."""
     global THREADS, ADAPT
-    with _RESERVE_LOCK:
+    with _THREADS_LOCK:
         THREADS = default_threads() if n is None else max(1, int(n))
         if adapt is not None:
             ADAPT = bool(adapt)
@@ -124,22 +120,9 @@ def set_threads(n: Optional[int] = None, adapt: Optional[bool] = None) -> int:
     return THREADS
 
 
-def reserve_cpus(n: int) -> int:
-    """Reserve (``n > 0``) or give back (``n < 0``) CPUs that this process's own background work keeps busy:
-    while any are reserved a kernel call takes at most ``THREADS - RESERVED`` threads (at least one). Returns
-    the reservation now."""
-    global RESERVED
-    with _RESERVE_LOCK:
-        if RESERVED + int(n) < 0:
-            raise ValueError(f"reserve_cpus({n}): only {RESERVED} CPUs are reserved")
-        RESERVED += int(n)
-        _configure()
-        return RESERVED
-
-
 def _configure() -> None:
-    """Hand the cap (THREADS less the reserved CPUs) and the fallback setting to the threaded modules."""
-    cap = max(1, THREADS - RESERVED)
+    """Hand the cap and the fallback setting to the threaded modules."""
+    cap = THREADS
     cpus = os.cpu_count() or THREADS
     for ns in _LEVELS.values():
         for mod in (ns.merge, ns.spmv):
@@ -183,5 +166,5 @@ if KIND == "compiled":
     cpu.set_dispatch(SIMD, SIMD_LEVELS, threads_now)
 
 __all__ = ["KIND", "SIMD", "SIMD_LEVELS", "THREADS", "alloc", "codecs", "compiled_levels", "cpu", "default_threads",
-           "logframe", "merge", "packed", "point", "repair", "reserve_cpus", "set_threads", "spmv",
+           "logframe", "merge", "packed", "point", "repair", "set_threads", "spmv",
            "threads_now"]

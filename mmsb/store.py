@@ -275,17 +275,9 @@ class Store:
             fsync = log.durability != "none"
             # started under the buffer lock: every join (checkpoint, compact, close, here) holds it too
             self.wait_background()
-            # the writer keeps a CPU busy: the kernels' thread teams leave it to it (see _run_auto's end)
-            _kernels.reserve_cpus(1)
-            try:
-                self._bg = threading.Thread(target=self._run_auto,
-                                            args=(log, ep, pages, rules, extra, fsync, lent),
-                                            name="mmsb-auto-checkpoint", daemon=True)
-                self._bg.start()
-            except BaseException:
-                self._bg = None
-                _kernels.reserve_cpus(-1)
-                raise
+            self._bg = threading.Thread(target=self._run_auto, args=(log, ep, pages, rules, extra, fsync, lent),
+                                        name="mmsb-auto-checkpoint", daemon=True)
+            self._bg.start()
 
     def shutdown_checkpoint(self, buf: Buffer) -> None:
         """Called by a clean close while the log is still open (under the buffer lock): wait for the automatic
@@ -392,7 +384,6 @@ class Store:
             self.auto_checkpoint_error = f"{type(exc).__name__}: {exc}"
         finally:
             self._return_spares(lent)
-            _kernels.reserve_cpus(-1)
 
     # -- resident copy buffers --------------------------------------------------------------------------------
     def _take_spare(self, nbytes: int) -> np.ndarray:

@@ -8,7 +8,6 @@ import time
 import numpy as np
 
 import mmsb
-from mmsb import _kernels
 from mmsb import checkpoint as C
 from mmsb import store as D
 
@@ -46,14 +45,6 @@ def test_checkpoints_taken_while_commits_go_on_equal_the_state_at_their_epoch(tm
     monkeypatch.setattr(D, "_COPY_BLOCK", 1)           # every page goes through the resident buffers
     made = _count_buffers(monkeypatch)
     _slow_writer(monkeypatch)
-    reserved = []
-    real_run = D.Store._run_auto
-
-    def run(self, *a):
-        reserved.append(_kernels.RESERVED)
-        real_run(self, *a)
-
-    monkeypatch.setattr(D.Store, "_run_auto", run)
     root = str(tmp_path / "s")
     rng = np.random.default_rng(5)
     states = {}
@@ -87,7 +78,6 @@ def test_checkpoints_taken_while_commits_go_on_equal_the_state_at_their_epoch(tm
     assert len(made) < len(ckpts), (len(made), len(ckpts))
     assert kept <= 4000 * 8 + 30 * 40 * 4 + 5000 * 4
     assert store._spares == []                          # released at close
-    assert reserved and all(r >= 1 for r in reserved) and _kernels.RESERVED == 0
 
 
 def test_the_first_copy_buffers_are_made_by_the_helper(tmp_path, monkeypatch):

@@ -147,29 +147,6 @@ def test_set_threads_bounds_the_policy():
     assert 1 <= _kernels.default_threads() <= (os.cpu_count() or 1)
 
 
-@needs_ext
-def test_reserved_cpus_lower_the_cap_and_come_back():
-    """The process's own background work (an automatic checkpoint's writer) reserves CPUs: a kernel call then
-    takes at most THREADS - reserved threads, never fewer than one; set_threads keeps the reservation."""
-    before = _kernels.THREADS
-    base = _kernels.RESERVED              # (0 unless a checkpoint of another test is still being written)
-    try:
-        _kernels.set_threads(3 + base, adapt=False)
-        assert _kernels.reserve_cpus(1) == base + 1 and _kernels.threads_now() == 2
-        assert _kernels.reserve_cpus(1) == base + 2 and _kernels.threads_now() == 1
-        assert _kernels.reserve_cpus(5) == base + 7 and _kernels.threads_now() == 1     # at least one thread
-        _kernels.set_threads(4 + base, adapt=False)
-        assert _kernels.threads_now() == 1
-        assert _kernels.reserve_cpus(-6) == base + 1 and _kernels.threads_now() == 3
-        with pytest.raises(ValueError, match=f"only {base + 1} CPUs are reserved"):
-            _kernels.reserve_cpus(-(base + 2))
-        assert _kernels.RESERVED == base + 1 and _kernels.threads_now() == 3           # the refusal changed nothing
-        assert _kernels.reserve_cpus(-1) == base and _kernels.threads_now() == 4
-    finally:
-        _kernels.reserve_cpus(base - _kernels.RESERVED)
-        _kernels.set_threads(before, adapt=True)
-
-
 def test_compiled_spmv_does_not_import_its_twin():
     out, _ = _run("import sys, mmsb._ext.spmv, mmsb._ext.merge; "
                   "print(sorted(m for m in sys.modules if m.startswith('mmsb._ref')))")
