@@ -1211,7 +1211,6 @@ class _NullLog:
 
 #: a sparse delta of more entries than this is kept in the order given until something needs it sorted
 _RAW_MIN = 4096
-_I64 = np.dtype(np.int64)
 _FEW_ENTRIES = 64          # a matrix delta of at most this many entries takes the point kernel (_few_entries)
 _F64, _I64 = np.dtype(np.float64), np.dtype(np.int64)
 
