@@ -146,6 +146,7 @@ def _configure() -> None:
             mod.set_threads(cap, cpus, ADAPT)
     if KIND == "compiled":                  # the matrix-page kernels (one build, no SIMD levels)
         point.set_threads(cap, cpus, ADAPT)
+        repair.set_threads(cap, cpus, ADAPT)
 
 
 def threads_now() -> int:
