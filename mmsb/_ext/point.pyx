@@ -611,6 +611,7 @@ def entry_push(keys, old, new, int64_t ncols, x, y, err, int mul_op, double zero
                 prev = ks[q]
                 if prev < 0 or prev // ncols >= ny:
                     raise ValueError(f"entry_push: key {prev} out of range for {ny} rows of {ncols} columns")
+            raise ValueError("entry_push: keys out of order or out of range")     # (not reached: the same checks)
         out_rows = cnp.PyArray_EMPTY(1, &dim, cnp.NPY_INT64, 0)
         out_before = cnp.PyArray_EMPTY(1, &dim, cnp.NPY_FLOAT64, 0)
         out_after = cnp.PyArray_EMPTY(1, &dim, cnp.NPY_FLOAT64, 0)

@@ -742,6 +742,10 @@ def update(indptr, indices, data, ncols, keys, vals, op, zero, free=None, indptr
     Raises ``ValueError`` with A and its transpose unchanged on a key out of range, on a malformed row of A or of
     the transpose that a change touches (all checked before anything is written), and on a transpose whose
     dtypes differ from A's (the two are changed by one typed kernel: see ``mmsb.csr.index_dtype``).
+
+    From :func:`set_parallel_min` increasing keys on (2**14 by default) the work runs on OpenMP threads (the thread
+    policy of mmsb/_ext/_threads.h, :func:`set_threads`), in parts cut at row boundaries of A; the results are
+    those of one thread, bit for bit and in the same order.
     """
     cdef UpdateCall a
     cdef int status, elem, typenum
