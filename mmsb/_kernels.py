@@ -127,6 +127,9 @@ def _configure() -> None:
     for ns in _LEVELS.values():
         for mod in (ns.merge, ns.spmv):
             mod.set_threads(cap, cpus, ADAPT)
+    if KIND == "compiled":                  # the matrix-page kernels (one build, no SIMD levels)
+        point.set_threads(cap, cpus, ADAPT)
+        repair.set_threads(cap, cpus, ADAPT)
 
 
 def threads_now() -> int:

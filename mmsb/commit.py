@@ -200,7 +200,7 @@ class CommitPipeline:
                     pages = buf._pages
                     for name, ch in derived.items():
                         page = pages[name]
-                        vals = backend_of(page).values_at(buf, page, ch.idx)
+                        vals = ch.new if ch.new is not None else backend_of(page).values_at(buf, page, ch.idx)
                         c.logged.append(Delta(name, vals, index=ch.idx, derived=True))
                     if skip_empty and not c.logged:
                         c.rollback()

@@ -126,8 +126,10 @@ class MatrixPage(Page):
     # -- entries --------------------------------------------------------------------------------------------
     def keys(self, index: Any) -> np.ndarray:
         """Flat positions ``row * ncols + col`` of ``index = (rows, cols)``; InvalidDeltaError names the matrix."""
-        rows, cols = entry_index(self, index)
-        return rows * self.shape[1] + cols
+        rows, cols = entry_index(self, index, copy=False)
+        keys = rows * self.shape[1]
+        keys += cols
+        return keys
 
     def view(self, sr: Semiring, dtype: np.dtype) -> CSR:
         """The matrix as a rule in semiring ``sr`` over pages of ``dtype`` reads it: the page's own CSR when both
@@ -178,8 +180,9 @@ def matrix_payload(name: str, shape: tuple, dtype: np.dtype, semiring: str, meta
     return pl
 
 
-def entry_index(page: MatrixPage, index: Any) -> tuple[np.ndarray, np.ndarray]:
-    """``index = (rows, cols)`` as two int64 arrays, checked against the matrix's shape."""
+def entry_index(page: MatrixPage, index: Any, copy: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """``index = (rows, cols)`` as two int64 arrays, checked against the matrix's shape (``copy=False``: the
+    caller's arrays themselves where they are int64 already, for a caller that only reads them)."""
     n, m = page.shape
     name = page.name
     if not isinstance(index, tuple) or len(index) != 2:
@@ -189,7 +192,7 @@ def entry_index(page: MatrixPage, index: Any) -> tuple[np.ndarray, np.ndarray]:
         a = np.asarray(arr)
         if a.dtype.kind not in "iu" and not (a.size == 0 and a.dtype.kind == "f"):
             raise InvalidDeltaError(f"matrix {name!r}: {what} indices must be integers, got dtype {a.dtype}")
-        a = np.array(a.reshape(-1), dtype=np.int64)
+        a = np.array(a.reshape(-1), dtype=np.int64) if copy else np.asarray(a.reshape(-1), dtype=np.int64)
         if a.size:
             lo, hi = int(a.min()), int(a.max())
             if lo < 0 or hi >= bound:

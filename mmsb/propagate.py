@@ -39,7 +39,8 @@ _SELECTIVE = (np.minimum, np.maximum, np.fmin, np.fmax, np.logical_or)
 @dataclass(slots=True)
 class Change:
     """Positions of one page that changed in a commit (sorted, unique, flat) and their values before it; ``new``,
-    where the page kind gives it (a matrix page's entry update), their values after it (None: read the page)."""
+    where the step that made it has them (a matrix page's entry update, a link's difference push after a matrix
+    change), their values after it (None: read the page)."""
 
     idx: np.ndarray
     old: np.ndarray
@@ -440,10 +441,12 @@ class Engine:
                 new = self.array(r.srcs[0])[ch.idx].astype(dtype, copy=False)
                 self._check_nan_columns(name, r, sr, ch.idx, new)
 
-    def _record(self, name: str, idx: np.ndarray, old: np.ndarray, undo: UndoLog) -> Change:
-        """The change of page ``name`` at ``idx`` (values before: ``old``), undo-logged (as UndoLog.record)."""
+    def _record(self, name: str, idx: np.ndarray, old: np.ndarray, undo: UndoLog,
+                new: Optional[np.ndarray] = None) -> Change:
+        """The change of page ``name`` at ``idx`` (values before: ``old``; after: ``new`` where the step has them),
+        undo-logged (as UndoLog.record)."""
         undo.steps.append(lambda: self.array(name).__setitem__(idx, old))
-        return Change(idx, old)
+        return Change(idx, old, new)
 
     # -- derive ---------------------------------------------------------------------------------------------
     def _derive(self, name: str, rule: Rule, undo: UndoLog) -> Optional[Change]:
@@ -675,11 +678,15 @@ class Engine:
             new = np.where(new == pzero, zero, new.astype(y.dtype))
         err = self._bounds(name, y)
         try:
-            rows, before, bad = _kernels.point.entry_push(mch.idx, old, new, rule.matrix.shape[1], x, y, err,
-                                                          codes[1], float(zero), REL_TOL)
+            rows, before, bad, after = _kernels.point.entry_push(mch.idx, old, new, rule.matrix.shape[1], x, y, err,
+                                                                 codes[1], float(zero), REL_TOL, True)
         except TypeError:                       # a layout the kernel does not take (checked before any write)
             return _MISSING
         self.stats.entries_pushed += int(mch.idx.size)
+        if bad is None:                         # (the values after go to the log: no gather of y[rows] there)
+            if not rows.size:
+                return None
+            return self._record(name, rows, before, undo, after)
         return self._pushed(name, rules, y, sr, rows, before, bad, err, undo)
 
     def _refuse_nan_entries(self, name: str, rule: Rule, mch: Change) -> None:

@@ -3,7 +3,7 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["entry_push", "link_push"]
+__all__ = ["entry_push", "link_push", "set_parallel_min", "set_threads", "threads"]
 
 def link_push(
     indptr_t: np.ndarray,
@@ -32,6 +32,16 @@ def entry_push(
     mul_op: int,
     zero: float,
     tol: float,
-) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+    after: bool = False,
+) -> tuple:
     """One link step ``y += (A' - A) ⊗ x`` after entries of A changed (float64, ⊕ = plus), fused: ``(rows, before,
-    bad)`` (see the compiled kernel)."""
+    bad)``, and ``y[rows]`` after the push when ``after`` (see the compiled kernel); threaded for large changes."""
+
+def set_threads(max_threads: int, cpus: int, adapt: bool = True) -> None:
+    """Configure the thread policy of the threaded entry_push (mmsb/_ext/_threads.h)."""
+
+def threads() -> int:
+    """The number of threads a parallel kernel of this module would use now."""
+
+def set_parallel_min(n: int) -> int:
+    """The number of keys from which entry_push runs on several threads; returns the previous one."""

@@ -15,12 +15,19 @@ from libc.float cimport DBL_EPSILON
 from libc.math cimport fabs, isfinite
 from libc.stdint cimport int32_t, int64_t, uint8_t
 from libc.stdlib cimport free, malloc, qsort
+from libc.string cimport memmove, memset
+from cython.parallel cimport prange
 
 from mmsb._ext._types cimport OP_MAX, OP_MIN, OP_PLUS, OP_TIMES, apply_op
 
+cdef extern from "_threads.h":
+    int mmsb_threads() noexcept nogil
+    int mmsb_threads_dynamic() noexcept nogil
+    void mmsb_threads_set(int max_threads, int cpus, int adapt) noexcept nogil
+
 cnp.import_array()
 
-__all__ = ["apply_few", "entry_keys", "entry_push", "link_push"]
+__all__ = ["apply_few", "entry_keys", "entry_push", "link_push", "set_parallel_min", "set_threads", "threads"]
 
 
 cdef int _cmp_i64(const void *a, const void *b) noexcept nogil:
@@ -381,7 +388,141 @@ cdef enum:
     PUSH_AHEAD = 16         # entry_push: entries ahead whose x, y and bound lines are prefetched
 
 
-def entry_push(keys, old, new, int64_t ncols, x, y, err, int mul_op, double zero, double tol):
+cdef struct PushPart:
+    # one part of a threaded entry_push: the keys [lo, hi) (whole rows), its outputs written from lo on
+    Py_ssize_t lo
+    Py_ssize_t hi
+    Py_ssize_t nt           # rows touched
+    Py_ssize_t nbad         # of them bad
+    Py_ssize_t nchg         # of them changed (when none is bad: what is returned)
+    bint wrong              # a key out of order or out of range (the serial check then says which)
+
+
+cdef inline int64_t _row_of(int64_t key, int64_t ncols, double inv) noexcept nogil:
+    """``key // ncols`` for ``0 <= key``, ``ncols > 0``: one multiply and a correction below 2**52 (exact: the
+    float quotient is off by less than one), the integer division above."""
+    cdef int64_t r
+    if key >= (<int64_t>1 << 52):
+        return key // ncols
+    r = <int64_t>(<double>key * inv)
+    if r * ncols > key:
+        r -= 1
+    elif (r + 1) * ncols <= key:
+        r += 1
+    return r
+
+
+cdef void _push_check(const int64_t *ks, int64_t *own, int64_t ncols, Py_ssize_t ny, PushPart *part) noexcept nogil:
+    """The keys of ``part`` strictly increasing (the first against the key before it) and in range; their rows into
+    ``own``. Sets ``part.wrong`` on the first that is not."""
+    cdef Py_ssize_t q
+    cdef int64_t prev = ks[part.lo - 1] if part.lo > 0 else -1
+    cdef double inv = 1.0 / <double>ncols if ncols > 0 else 0.0
+    for q in range(part.lo, part.hi):
+        if ks[q] <= prev or ks[q] < 0:
+            part.wrong = True
+            return
+        prev = ks[q]
+        own[q] = _row_of(prev, ncols, inv)
+        if own[q] >= ny:
+            part.wrong = True
+            return
+
+
+cdef void _push_part(const int64_t *ks, const int64_t *own, const double *od, const double *nw, const double *xv,
+                     double *yv, double *e, bint track, int64_t ncols, int mul_op, double zero, double tol,
+                     int64_t *rows, double *before, double *after, uint8_t *bv, PushPart *part) noexcept nogil:
+    """entry_push's push over the keys of ``part`` (whole rows of ``y``): every touched row, its value before and
+    after and whether it is bad, written from ``part.lo`` on; the counts into ``part``."""
+    cdef Py_ssize_t q = part.lo, p, hi = part.hi, nt = part.lo, nbad = 0, nchg = 0, cnt
+    cdef int64_t i, c
+    cdef double u = DBL_EPSILON / 2, b, acc, mag, tn, to, bound
+    while q < hi:
+        i = own[q]
+        b = yv[i]
+        acc = b
+        mag = 0.0
+        cnt = 0
+        while q < hi and own[q] == i:
+            if q + PUSH_AHEAD < hi:
+                p = q + PUSH_AHEAD
+                MMSB_POINT_PREFETCH(&xv[ks[p] - own[p] * ncols])
+                MMSB_POINT_PREFETCH(&yv[own[p]])
+                if track:
+                    MMSB_POINT_PREFETCH(&e[own[p]])
+            c = ks[q] - i * ncols
+            tn = apply_op(mul_op, nw[q], xv[c]) if nw[q] != zero else 0.0
+            to = apply_op(mul_op, od[q], xv[c]) if od[q] != zero else 0.0
+            acc = acc + (tn - to)
+            mag = mag + fabs(tn) + fabs(to)
+            cnt += 1
+            q += 1
+        yv[i] = acc
+        rows[nt] = i
+        before[nt] = b
+        after[nt] = acc
+        bv[nt] = 0
+        if not isfinite(acc):
+            bv[nt] = 1
+            nbad += 1
+        elif track:
+            bound = e[i] + (cnt + 2) * u * (fabs(b) + mag)
+            if bound <= tol * fabs(acc):
+                e[i] = bound
+            else:
+                bv[nt] = 1
+                nbad += 1
+        if acc != b:
+            nchg += 1
+        nt += 1
+    part.nt = nt - part.lo
+    part.nbad = nbad
+    part.nchg = nchg
+
+
+cdef enum:
+    PUSH_MAX_PARTS = 256    # parts of a threaded entry_push (several per thread, taken dynamically)
+    PUSH_SPLIT = 4          # parts per thread
+
+cdef Py_ssize_t _push_par_min = 1 << 14
+
+
+def set_threads(int max_threads, int cpus, bint adapt=True):
+    """Configure the thread policy: at most ``max_threads`` threads (0: OpenMP's default), ``cpus`` on the machine,
+    ``adapt``: use fewer while other processes keep the CPUs busy (see mmsb/_ext/_threads.h)."""
+    mmsb_threads_set(max_threads, cpus, adapt)
+
+
+def threads():
+    """The number of threads a parallel kernel of this module would use now."""
+    return mmsb_threads()
+
+
+def set_parallel_min(Py_ssize_t n):
+    """The number of keys from which ``entry_push`` runs on several threads (default 2**14); returns the previous
+    one. The result does not depend on it (tests lower it to run the threaded path on small inputs)."""
+    global _push_par_min
+    cdef Py_ssize_t was = _push_par_min
+    _push_par_min = n if n > 1 else 1
+    return was
+
+
+cdef void _push_cut(const int64_t *own, Py_ssize_t n, PushPart *parts, int nparts) noexcept nogil:
+    """Cut the keys [0, n) into ``nparts`` parts of about equal size, each ending at a row boundary (by ``own``)."""
+    cdef int t
+    cdef Py_ssize_t b, prev = 0
+    for t in range(nparts):
+        parts[t].lo = prev
+        b = n * (t + 1) // nparts
+        if b < prev:
+            b = prev
+        while 0 < b < n and own[b] == own[b - 1]:
+            b += 1
+        parts[t].hi = b
+        prev = b
+
+
+def entry_push(keys, old, new, int64_t ncols, x, y, err, int mul_op, double zero, double tol, bint after=False):
     """One link step ``y += (A' - A) ⊗ x`` after entries of A changed (float64 pages, ⊕ = plus), fused.
 
     ``keys`` are the changed entries' flat positions ``row * ncols + col`` (strictly increasing), ``old`` and
@@ -393,8 +534,12 @@ def entry_push(keys, old, new, int64_t ncols, x, y, err, int mul_op, double zero
     it must be recomputed (its bound is left unchanged).
 
     Returns ``(rows, before, bad)``: with ``bad`` None, the sorted rows of ``y`` that changed and their old values;
-    otherwise every touched row, its old value and a uint8 mask of the bad rows. Every argument is checked before
-    anything is written.
+    otherwise every touched row, its old value and a uint8 mask of the bad rows. ``after=True`` appends the rows'
+    values after the push (``y[rows]``). Every argument is checked before anything is written.
+
+    From :func:`set_parallel_min` keys on (2**14 by default) the keys are cut at row boundaries into parts that
+    OpenMP threads push (the thread policy of mmsb/_ext/_threads.h, :func:`set_threads`): each row is summed by one
+    thread in key order, so the results are those of one thread, bit for bit.
     """
     cdef cnp.ndarray a_keys = _array(keys, "keys", cnp.NPY_INT64)
     cdef cnp.ndarray a_old = _array(old, "old", cnp.NPY_FLOAT64)
@@ -420,73 +565,95 @@ def entry_push(keys, old, new, int64_t ncols, x, y, err, int mul_op, double zero
     cdef const double *nw = <const double *>cnp.PyArray_DATA(a_new)
     cdef const double *xv = <const double *>cnp.PyArray_DATA(a_x)
     cdef double *yv = <double *>cnp.PyArray_DATA(a_y)
-    cdef Py_ssize_t q, p, nt = 0, nbad = 0, nout
-    cdef int64_t i, c, prev = -1
+    cdef Py_ssize_t q, p, nt = 0, nbad = 0, nchg = 0, nout
+    cdef int64_t prev = -1
+    cdef int nparts = 1, t, nthreads = 1
+    cdef bint wrong = False
+    cdef cnp.ndarray out_rows, out_before, out_after, bad
+    cdef int64_t *rows
+    cdef double *before
+    cdef double *aft
+    cdef uint8_t *bv
+    cdef PushPart one
+    cdef PushPart *parts = &one
     cdef cnp.npy_intp dim = n
     cdef cnp.ndarray owner = cnp.PyArray_EMPTY(1, &dim, cnp.NPY_INT64, 0)
     cdef int64_t *own = <int64_t *>cnp.PyArray_DATA(owner)
-    for q in range(n):                      # every key first (and its row): nothing is written before they hold
-        if ks[q] <= prev:
-            raise ValueError(f"entry_push: keys must be strictly increasing (key {ks[q]} after {prev})")
-        prev = ks[q]
-        if prev < 0:
-            raise ValueError(f"entry_push: key {prev} out of range for {ny} rows of {ncols} columns")
-        own[q] = prev // ncols
-        if own[q] >= ny:
-            raise ValueError(f"entry_push: key {prev} out of range for {ny} rows of {ncols} columns")
-    cdef cnp.ndarray out_rows = cnp.PyArray_EMPTY(1, &dim, cnp.NPY_INT64, 0)
-    cdef cnp.ndarray out_before = cnp.PyArray_EMPTY(1, &dim, cnp.NPY_FLOAT64, 0)
-    cdef cnp.ndarray bad = cnp.PyArray_EMPTY(1, &dim, cnp.NPY_UINT8, 0)
-    cdef int64_t *rows = <int64_t *>cnp.PyArray_DATA(out_rows)
-    cdef double *before = <double *>cnp.PyArray_DATA(out_before)
-    cdef uint8_t *bv = <uint8_t *>cnp.PyArray_DATA(bad)
-    cdef double u = DBL_EPSILON / 2, b, acc, mag, tn, to, bound
-    cdef Py_ssize_t cnt
-    with nogil:
-        q = 0
-        while q < n:
-            i = own[q]
-            b = yv[i]
-            acc = b
-            mag = 0.0
-            cnt = 0
-            while q < n and own[q] == i:
-                if q + PUSH_AHEAD < n:
-                    p = q + PUSH_AHEAD
-                    MMSB_POINT_PREFETCH(&xv[ks[p] - own[p] * ncols])
-                    MMSB_POINT_PREFETCH(&yv[own[p]])
-                    if track:
-                        MMSB_POINT_PREFETCH(&e[own[p]])
-                c = ks[q] - i * ncols
-                tn = apply_op(mul_op, nw[q], xv[c]) if nw[q] != zero else 0.0
-                to = apply_op(mul_op, od[q], xv[c]) if od[q] != zero else 0.0
-                acc = acc + (tn - to)
-                mag = mag + fabs(tn) + fabs(to)
-                cnt += 1
-                q += 1
-            yv[i] = acc
-            rows[nt] = i
-            before[nt] = b
-            bv[nt] = 0
-            if not isfinite(acc):
-                bv[nt] = 1
-                nbad += 1
-            elif track:
-                bound = e[i] + (cnt + 2) * u * (fabs(b) + mag)
-                if bound <= tol * fabs(acc):
-                    e[i] = bound
+    if n >= _push_par_min and n >= 2:
+        nthreads = mmsb_threads_dynamic()
+        if nthreads > 1:
+            nparts = nthreads * PUSH_SPLIT
+            if nparts > PUSH_MAX_PARTS:
+                nparts = PUSH_MAX_PARTS
+            if nparts > n:
+                nparts = <int>n
+    if nparts > 1:
+        parts = <PushPart *>malloc(nparts * sizeof(PushPart))
+        if parts == NULL:
+            raise MemoryError("entry_push: out of memory")
+    try:
+        memset(parts, 0, nparts * sizeof(PushPart))
+        for t in range(nparts):             # (even cuts for the checks; rows are cut below, once known)
+            parts[t].lo = n * t // nparts
+            parts[t].hi = n * (t + 1) // nparts
+        if nparts > 1:
+            for t in prange(nparts, nogil=True, num_threads=nthreads, schedule="dynamic", chunksize=1):
+                _push_check(ks, own, ncols, ny, &parts[t])
+        else:
+            with nogil:
+                _push_check(ks, own, ncols, ny, parts)
+        for t in range(nparts):
+            wrong = wrong or parts[t].wrong
+        if wrong:                           # the first key that is wrong, named (nothing was written)
+            for q in range(n):
+                if ks[q] <= prev:
+                    raise ValueError(f"entry_push: keys must be strictly increasing (key {ks[q]} after {prev})")
+                prev = ks[q]
+                if prev < 0 or prev // ncols >= ny:
+                    raise ValueError(f"entry_push: key {prev} out of range for {ny} rows of {ncols} columns")
+            raise ValueError("entry_push: keys out of order or out of range")     # (not reached: the same checks)
+        out_rows = cnp.PyArray_EMPTY(1, &dim, cnp.NPY_INT64, 0)
+        out_before = cnp.PyArray_EMPTY(1, &dim, cnp.NPY_FLOAT64, 0)
+        out_after = cnp.PyArray_EMPTY(1, &dim, cnp.NPY_FLOAT64, 0)
+        bad = cnp.PyArray_EMPTY(1, &dim, cnp.NPY_UINT8, 0)
+        rows = <int64_t *>cnp.PyArray_DATA(out_rows)
+        before = <double *>cnp.PyArray_DATA(out_before)
+        aft = <double *>cnp.PyArray_DATA(out_after)
+        bv = <uint8_t *>cnp.PyArray_DATA(bad)
+        if nparts > 1:
+            with nogil:
+                _push_cut(own, n, parts, nparts)
+            for t in prange(nparts, nogil=True, num_threads=nthreads, schedule="dynamic", chunksize=1):
+                _push_part(ks, own, od, nw, xv, yv, e, track, ncols, mul_op, zero, tol, rows, before, aft, bv,
+                           &parts[t])
+        else:
+            with nogil:
+                _push_part(ks, own, od, nw, xv, yv, e, track, ncols, mul_op, zero, tol, rows, before, aft, bv,
+                           parts)
+        for t in range(nparts):
+            nbad += parts[t].nbad
+            nchg += parts[t].nchg
+        with nogil:                         # the parts' outputs one after another: every touched row, or those
+            for t in range(nparts):         # that changed when none is bad
+                if nbad or parts[t].nchg == parts[t].nt:
+                    if nt != parts[t].lo:
+                        memmove(&rows[nt], &rows[parts[t].lo], parts[t].nt * sizeof(int64_t))
+                        memmove(&before[nt], &before[parts[t].lo], parts[t].nt * sizeof(double))
+                        memmove(&aft[nt], &aft[parts[t].lo], parts[t].nt * sizeof(double))
+                        memmove(&bv[nt], &bv[parts[t].lo], parts[t].nt * sizeof(uint8_t))
+                    nt += parts[t].nt
                 else:
-                    bv[nt] = 1
-                    nbad += 1
-            nt += 1
-        nout = nt
-        if not nbad:                        # the rows that changed
-            nout = 0
-            for p in range(nt):
-                if yv[rows[p]] != before[p]:
-                    rows[nout] = rows[p]
-                    before[nout] = before[p]
-                    nout += 1
+                    for p in range(parts[t].lo, parts[t].lo + parts[t].nt):
+                        if aft[p] != before[p]:
+                            rows[nt] = rows[p]
+                            before[nt] = before[p]
+                            aft[nt] = aft[p]
+                            nt += 1
+    finally:
+        if parts != &one:
+            free(parts)
     if nbad:
-        return out_rows[:nt], out_before[:nt], bad[:nt]
-    return out_rows[:nout], out_before[:nout], None
+        got = (out_rows[:nt], out_before[:nt], bad[:nt])
+    else:
+        got = (out_rows[:nt], out_before[:nt], None)
+    return got + (out_after[:nt],) if after else got

@@ -4,7 +4,8 @@ from typing import Any, Optional
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["assign", "locate", "reach", "reach_build", "repair", "update"]
+__all__ = ["assign", "locate", "reach", "reach_build", "repair", "set_parallel_min", "set_threads", "threads",
+           "update"]
 
 OK: int
 TOO_LARGE: int
@@ -43,3 +44,13 @@ def reach(indptr: npt.ArrayLike, indices: npt.ArrayLike, data: npt.ArrayLike, in
           old_out: Optional[np.ndarray] = None) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint8], int]:
     """Repair a reachability closure and its levels after entries and sources changed; ``(idx, old_values,
     region)``."""
+
+
+def set_threads(max_threads: int, cpus: int, adapt: bool = True) -> None:
+    """Configure the thread policy of the threaded update (mmsb/_ext/_threads.h)."""
+
+def threads() -> int:
+    """The number of threads a parallel kernel of this module would use now."""
+
+def set_parallel_min(n: int) -> int:
+    """The number of keys from which update runs on several threads; returns the previous one."""

@@ -20,7 +20,8 @@ import numpy as np
 cimport numpy as cnp
 from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
-from libc.string cimport memcpy, memset
+from libc.string cimport memcpy, memmove, memset
+from cython.parallel cimport prange
 
 from mmsb._ext._heap cimport IdList, better, heap_pop, heap_push, push_id
 from mmsb._ext._types cimport OP_MAX, apply_op, index_t, numeric_t
@@ -37,9 +38,15 @@ cdef extern from *:
     """
     void MMSB_REPAIR_PREFETCH(const void *p) noexcept nogil
 
+cdef extern from "_threads.h":
+    int mmsb_threads() noexcept nogil
+    int mmsb_threads_dynamic() noexcept nogil
+    void mmsb_threads_set(int max_threads, int cpus, int adapt) noexcept nogil
+
 cnp.import_array()
 
-__all__ = ["assign", "locate", "reach", "reach_build", "repair", "update"]
+__all__ = ["assign", "locate", "reach", "reach_build", "repair", "set_parallel_min", "set_threads", "threads",
+           "update"]
 
 cdef enum:
     AHEAD_ROW = 32      # update: keys ahead whose indptr entry is prefetched ...
@@ -244,18 +251,18 @@ def locate(indptr, indices, data, rows, cols, zero, free=None):
     return out, pos
 
 
-cdef int _assign_kernel(const int64_t *indptr, index_t *indices, numeric_t *data, int64_t nrows, int64_t ncols,
-                        int64_t nnz, const int64_t *rows, const int64_t *cols, const numeric_t *vals, const uint8_t *present,
-                        int64_t *pos, bint located, int64_t count, bint has_free, numeric_t free_val,
-                        uint8_t *miss, int64_t *nmiss, bint *claimed) noexcept nogil:
-    """Entries found first (set, or freed), then insertions into free slots (those just freed included). The rows
-    are taken in the caller's order (random in a transpose): the lines of the entries ahead are prefetched."""
-    cdef int64_t k, r, p, q, s
-    for k in range(count):
+cdef int _assign_find(const int64_t *indptr, index_t *indices, numeric_t *data, int64_t nrows, int64_t ncols,
+                      int64_t nnz, const int64_t *rows, const int64_t *cols, const numeric_t *vals,
+                      const uint8_t *present, int64_t *pos, bint located, int64_t lo, int64_t hi, bint has_free,
+                      numeric_t free_val, uint8_t *miss, int64_t *nmiss) noexcept nogil:
+    """The first two passes of ``_assign_kernel`` over the changes [lo, hi): their entries found (or their
+    positions checked), then set or freed where found."""
+    cdef int64_t k, r, p, s
+    for k in range(lo, hi):
         if not located:
-            if k + AHEAD_ROW < count and <uint64_t>rows[k + AHEAD_ROW] < <uint64_t>nrows:
+            if k + AHEAD_ROW < hi and <uint64_t>rows[k + AHEAD_ROW] < <uint64_t>nrows:
                 MMSB_REPAIR_PREFETCH(&indptr[rows[k + AHEAD_ROW]])
-            if k + AHEAD_ENTRY < count and <uint64_t>rows[k + AHEAD_ENTRY] < <uint64_t>nrows:
+            if k + AHEAD_ENTRY < hi and <uint64_t>rows[k + AHEAD_ENTRY] < <uint64_t>nrows:
                 s = indptr[rows[k + AHEAD_ENTRY]]
                 if 0 <= s < nnz:
                     MMSB_REPAIR_PREFETCH(&indices[s])
@@ -269,8 +276,8 @@ cdef int _assign_kernel(const int64_t *indptr, index_t *indices, numeric_t *data
                 return ST_BAD_INDEX
         else:
             pos[k] = _find(indptr, indices, data, r, cols[k], has_free, free_val)
-    for k in range(count):
-        if k + AHEAD_ENTRY < count and 0 <= pos[k + AHEAD_ENTRY] < nnz:
+    for k in range(lo, hi):
+        if k + AHEAD_ENTRY < hi and 0 <= pos[k + AHEAD_ENTRY] < nnz:
             MMSB_REPAIR_PREFETCH(&data[pos[k + AHEAD_ENTRY]])
         p = pos[k]
         miss[k] = 0
@@ -283,7 +290,16 @@ cdef int _assign_kernel(const int64_t *indptr, index_t *indices, numeric_t *data
         else:
             miss[k] = 1
             nmiss[0] += 1
-    for k in range(count):
+    return ST_OK
+
+
+cdef void _assign_insert(const int64_t *indptr, index_t *indices, numeric_t *data, const int64_t *rows,
+                         const int64_t *cols, const numeric_t *vals, const uint8_t *present, const int64_t *pos,
+                         int64_t lo, int64_t hi, bint has_free, numeric_t free_val, uint8_t *miss, int64_t *nmiss,
+                         bint *claimed) noexcept nogil:
+    """The last pass of ``_assign_kernel`` over the changes [lo, hi): insertions into free slots, in order."""
+    cdef int64_t k, r, p, q
+    for k in range(lo, hi):
         if pos[k] >= 0 or not present[k]:
             continue
         r = rows[k]
@@ -300,6 +316,20 @@ cdef int _assign_kernel(const int64_t *indptr, index_t *indices, numeric_t *data
         else:
             miss[k] = 1
             nmiss[0] += 1
+
+
+cdef int _assign_kernel(const int64_t *indptr, index_t *indices, numeric_t *data, int64_t nrows, int64_t ncols,
+                        int64_t nnz, const int64_t *rows, const int64_t *cols, const numeric_t *vals, const uint8_t *present,
+                        int64_t *pos, bint located, int64_t count, bint has_free, numeric_t free_val,
+                        uint8_t *miss, int64_t *nmiss, bint *claimed) noexcept nogil:
+    """Entries found first (set, or freed), then insertions into free slots (those just freed included). The rows
+    are taken in the caller's order (random in a transpose): the lines of the entries ahead are prefetched."""
+    cdef int status = _assign_find(indptr, indices, data, nrows, ncols, nnz, rows, cols, vals, present, pos, located,
+                                   0, count, has_free, free_val, miss, nmiss)
+    if status != ST_OK:
+        return status
+    _assign_insert(indptr, indices, data, rows, cols, vals, present, pos, 0, count, has_free, free_val, miss, nmiss,
+                   claimed)
     return ST_OK
 
 
@@ -340,35 +370,90 @@ def assign(indptr, indices, data, ncols, rows, cols, vals, present, pos=None, fr
     return nmiss, claimed, pos, miss.view(np.bool_)
 
 
-cdef int _update_kernel(const int64_t *indptr, index_t *indices, numeric_t *data, int64_t nrows, int64_t ncols,
-                        int64_t nnz, const int64_t *indptr_t, index_t *indices_t, numeric_t *data_t, int64_t nnz_t,
-                        bint has_t, const int64_t *keys, const numeric_t *vals, int64_t count, int op,
-                        numeric_t zero, bint has_free, numeric_t free_val, int64_t *idx, int64_t *rows,
-                        int64_t *cols, numeric_t *old, numeric_t *new, int64_t *pos, uint8_t *present,
-                        int64_t *pos_t, uint8_t *miss, uint8_t *miss_t, int64_t *moved, int64_t *counts,
-                        double *stats) noexcept nogil:
-    """locate, merge (assign or ``op``), keep what changed, set in A and in its transpose; stats: the range of the
-    stored values and whether one is NaN / not finite."""
-    cdef int64_t k, r, c, p, s, m = 0
+cdef struct UpdPart:
+    # one part of an update call: its changes [lo, hi) (whole rows of A), those that changed written from lo on
+    int64_t lo
+    int64_t hi
+    int64_t m               # changes kept
+    int64_t nmiss           # changes left undone (assign)
+    int status
+    bint unsorted           # a key not above the one before it (the call then runs as one part)
+    bint in_place           # every kept change was set in place
+    bint claimed            # a free slot was taken (assign)
+    double stats[5]         # as the call's
+
+
+cdef enum:
+    UPD_MAX_PARTS = 256     # parts of a threaded update (several per thread, taken dynamically)
+    UPD_SPLIT = 4           # parts per thread
+
+cdef int64_t _update_par_min = 1 << 14
+
+
+def set_threads(int max_threads, int cpus, bint adapt=True):
+    """Configure the thread policy: at most ``max_threads`` threads (0: OpenMP's default), ``cpus`` on the machine,
+    ``adapt``: use fewer while other processes keep the CPUs busy (see mmsb/_ext/_threads.h)."""
+    mmsb_threads_set(max_threads, cpus, adapt)
+
+
+def threads():
+    """The number of threads a parallel kernel of this module would use now."""
+    return mmsb_threads()
+
+
+def set_parallel_min(int64_t n):
+    """The number of keys from which ``update`` runs on several threads (default 2**14); returns the previous one.
+    The result does not depend on it (tests lower it to run the threaded path on small inputs)."""
+    global _update_par_min
+    cdef int64_t was = _update_par_min
+    _update_par_min = n if n > 1 else 1
+    return was
+
+
+cdef inline int64_t _row_of(int64_t key, int64_t ncols, double inv) noexcept nogil:
+    """``key // ncols`` for ``0 <= key``, ``ncols > 0``: one multiply and a correction below 2**52 (exact: the
+    float quotient is off by less than one), the integer division above."""
+    cdef int64_t r
+    if key >= (<int64_t>1 << 52):
+        return key // ncols
+    r = <int64_t>(<double>key * inv)
+    if r * ncols > key:
+        r -= 1
+    elif (r + 1) * ncols <= key:
+        r += 1
+    return r
+
+
+cdef void _update_rows(int64_t nrows, int64_t ncols, const int64_t *keys, int64_t *rows, UpdPart *part) noexcept nogil:
+    """The keys of ``part`` in range (else its status says so), their rows into ``rows``, whether they increase."""
+    cdef int64_t k, total = nrows * ncols
+    cdef double inv = 1.0 / <double>ncols if ncols > 0 else 0.0
+    for k in range(part.lo, part.hi):
+        if <uint64_t>keys[k] >= <uint64_t>total:
+            part.status = ST_BAD_INDEX
+            return
+        rows[k] = _row_of(keys[k], ncols, inv)
+        if k > 0 and keys[k] <= keys[k - 1]:
+            part.unsorted = True
+
+
+cdef void _update_part(const int64_t *indptr, index_t *indices, numeric_t *data, int64_t ncols, int64_t nnz,
+                       const int64_t *indptr_t, int64_t nnz_t, bint has_t, const int64_t *keys,
+                       const numeric_t *vals, int op, numeric_t zero, bint has_free, numeric_t free_val, int64_t *idx,
+                       int64_t *rows, int64_t *cols, numeric_t *old, numeric_t *new, int64_t *pos, uint8_t *present,
+                       UpdPart *part) noexcept nogil:
+    """One pass over the keys of ``part`` (their rows known): locate, merge (assign or ``op``), keep what changed
+    (written from ``part.lo`` on, ``part.m`` of them) and set a changed value of a stored entry in place at once;
+    insertions and removals are left to the assign kernel. Then the transpose's rows of the kept changes checked.
+    A malformed row stops it with ``part.status`` set (what it set in place is then taken back by the caller)."""
+    cdef int64_t k, r, c, p, s, m = part.lo, hi = part.hi
     cdef numeric_t o, v
-    cdef int status
-    cdef bint claimed = False, in_place
-    # the rows first (rows[m] is written only for m <= k, after rows[k] was read): the loop below prefetches the
-    # CSR lines of the keys ahead of it, so that a large change keeps many misses in flight
-    if nrows < 0 or ncols < 0:
-        return ST_BAD_INDEX
-    for k in range(count):
-        if <uint64_t>keys[k] >= <uint64_t>(nrows * ncols):
-            return ST_BAD_INDEX
-        rows[k] = keys[k] // ncols
-    # one pass: locate, merge, keep what changed, and set a changed value of a stored entry in place at once
-    # (taken back if a later row turns out malformed); insertions and removals are left to the assign kernel
-    status = ST_OK
-    in_place = True
-    for k in range(count):
-        if k + AHEAD_ROW < count:
+    cdef double *stats = part.stats
+    part.in_place = True
+    for k in range(part.lo, hi):
+        if k + AHEAD_ROW < hi:
             MMSB_REPAIR_PREFETCH(&indptr[rows[k + AHEAD_ROW]])
-        if k + AHEAD_ENTRY < count:
+        if k + AHEAD_ENTRY < hi:
             s = indptr[rows[k + AHEAD_ENTRY]]
             if 0 <= s < nnz:
                 MMSB_REPAIR_PREFETCH(&indices[s])
@@ -376,7 +461,7 @@ cdef int _update_kernel(const int64_t *indptr, index_t *indices, numeric_t *data
         r = rows[k]
         c = keys[k] - r * ncols
         if indptr[r] < 0 or indptr[r + 1] > nnz or indptr[r] > indptr[r + 1]:
-            status = ST_BAD_INDEX
+            part.status = ST_BAD_INDEX
             break
         p = _find(indptr, indices, data, r, c, has_free, free_val)
         o = data[p] if p >= 0 else zero
@@ -393,7 +478,7 @@ cdef int _update_kernel(const int64_t *indptr, index_t *indices, numeric_t *data
         if p >= 0 and present[m]:
             data[p] = v
         else:
-            in_place = False
+            part.in_place = False
         if present[m] and not (has_free and v == free_val):
             stats[4] += 1
             if _float_nan(v):
@@ -407,35 +492,192 @@ cdef int _update_kernel(const int64_t *indptr, index_t *indices, numeric_t *data
                     if v - v != 0:
                         stats[3] = 1
         m += 1
-    moved[0] = m
-    if status == ST_OK and has_t:              # (the transpose's rows checked too: A changes only when both can)
-        for k in range(m):
+    part.m = m - part.lo
+    if part.status == ST_OK and has_t:      # (the transpose's rows checked too: A changes only when both can)
+        for k in range(part.lo, m):
             c = cols[k]
             if indptr_t[c] < 0 or indptr_t[c + 1] > nnz_t or indptr_t[c] > indptr_t[c + 1]:
-                status = ST_BAD_INDEX
+                part.status = ST_BAD_INDEX
                 break
-    if status == ST_OK and not in_place:
-        # the rest (its positions were found in valid rows above; the values set in place are set again)
-        status = _assign_kernel(indptr, indices, data, nrows, ncols, nnz, rows, cols, new, present, pos, True, m,
-                                has_free, free_val, miss, &counts[0], &claimed)
+
+
+cdef void _cut_rows(const int64_t *rows, int64_t count, UpdPart *parts, int nparts) noexcept nogil:
+    """Cut [0, count) into ``nparts`` parts of about equal size, each ending at a change of ``rows``."""
+    cdef int t
+    cdef int64_t b, prev = 0
+    for t in range(nparts):
+        parts[t].lo = prev
+        b = count * (t + 1) // nparts
+        if b < prev:
+            b = prev
+        while 0 < b < count and rows[b] == rows[b - 1]:
+            b += 1
+        parts[t].hi = b
+        prev = b
+
+
+cdef void _even(int64_t count, UpdPart *parts, int nparts) noexcept nogil:
+    """Cut [0, count) into ``nparts`` parts of about equal size; their counters cleared."""
+    cdef int t
+    memset(parts, 0, nparts * sizeof(UpdPart))
+    for t in range(nparts):
+        parts[t].lo = count * t // nparts
+        parts[t].hi = count * (t + 1) // nparts
+
+
+cdef int _update_kernel(const int64_t *indptr, index_t *indices, numeric_t *data, int64_t nrows, int64_t ncols,
+                        int64_t nnz, const int64_t *indptr_t, index_t *indices_t, numeric_t *data_t, int64_t nnz_t,
+                        bint has_t, const int64_t *keys, const numeric_t *vals, int64_t count, int op,
+                        numeric_t zero, bint has_free, numeric_t free_val, int64_t *idx, int64_t *rows,
+                        int64_t *cols, numeric_t *old, numeric_t *new, int64_t *pos, uint8_t *present,
+                        int64_t *pos_t, uint8_t *miss, uint8_t *miss_t, int64_t *moved, int64_t *counts,
+                        double *stats) noexcept nogil:
+    """locate, merge (assign or ``op``), keep what changed, set in A and in its transpose; stats: the range of the
+    stored values and whether one is NaN / not finite.
+
+    From ``_update_par_min`` increasing keys on, the passes run on OpenMP threads: the keys are cut into parts at
+    row boundaries of A, so that no two threads touch a row of A, and the parts' outputs are put together in key
+    order (as one thread writes them); in the transpose (rows shared between parts) the entries are found and set
+    in parallel (each change has its own slot) and insertions into free slots are made in order by one thread."""
+    cdef int64_t k, m = 0, off
+    cdef int status = ST_OK, t, nparts = 1, nthreads = 1
+    cdef bint claimed = False, in_place = True, unsorted = False
+    cdef UpdPart one
+    cdef UpdPart *parts = &one
+    cdef size_t es = sizeof(numeric_t)
+    if nrows < 0 or ncols < 0:
+        return ST_BAD_INDEX
+    if count >= _update_par_min and count >= 2:
+        nthreads = mmsb_threads_dynamic()
+        if nthreads > 1:
+            nparts = nthreads * UPD_SPLIT
+            if nparts > UPD_MAX_PARTS:
+                nparts = UPD_MAX_PARTS
+            if nparts > count:
+                nparts = <int>count
+            parts = <UpdPart *>malloc(nparts * sizeof(UpdPart))
+            if parts == NULL:
+                parts = &one
+                nparts = 1
+    # the rows first (rows[m] is written only for m <= k, after rows[k] was read): the main pass prefetches the
+    # CSR lines of the keys ahead of it, so that a large change keeps many misses in flight
+    _even(count, parts, nparts)
+    if nparts > 1:
+        for t in prange(nparts, num_threads=nthreads, schedule="dynamic", chunksize=1):
+            _update_rows(nrows, ncols, keys, rows, &parts[t])
+    else:
+        _update_rows(nrows, ncols, keys, rows, parts)
+    for t in range(nparts):
+        if parts[t].status != ST_OK:
+            status = parts[t].status
+        unsorted = unsorted or parts[t].unsorted
+    if status == ST_OK:
+        if unsorted and nparts > 1:         # keys out of order: one part (rows are not cut apart then)
+            nparts = 1
+            _even(count, parts, 1)
+        elif nparts > 1:
+            _cut_rows(rows, count, parts, nparts)
+        for t in range(nparts):
+            parts[t].stats[0], parts[t].stats[1] = stats[0], stats[1]
+            parts[t].stats[2], parts[t].stats[3], parts[t].stats[4] = 0, 0, 0
+        if nparts > 1:
+            for t in prange(nparts, num_threads=nthreads, schedule="dynamic", chunksize=1):
+                _update_part(indptr, indices, data, ncols, nnz, indptr_t, nnz_t, has_t, keys, vals, op, zero,
+                             has_free, free_val, idx, rows, cols, old, new, pos, present, &parts[t])
+        else:
+            _update_part(indptr, indices, data, ncols, nnz, indptr_t, nnz_t, has_t, keys, vals, op, zero, has_free,
+                         free_val, idx, rows, cols, old, new, pos, present, parts)
+        for t in range(nparts):
+            if parts[t].status != ST_OK:
+                status = parts[t].status
+        if status != ST_OK:                 # nothing changes: the values set in place are taken back, newest first
+            for t in range(nparts - 1, -1, -1):
+                for k in range(parts[t].lo + parts[t].m - 1, parts[t].lo - 1, -1):
+                    if pos[k] >= 0 and present[k]:
+                        data[pos[k]] = old[k]
+    if status != ST_OK:
+        if parts != &one:
+            free(parts)
+        moved[0] = 0
+        return status
+    off = 0                                 # the parts' kept changes one after another, in key order
+    for t in range(nparts):
+        if off != parts[t].lo and parts[t].m:
+            k = parts[t].lo
+            memmove(&idx[off], &idx[k], parts[t].m * sizeof(int64_t))
+            memmove(&rows[off], &rows[k], parts[t].m * sizeof(int64_t))
+            memmove(&cols[off], &cols[k], parts[t].m * sizeof(int64_t))
+            memmove(&pos[off], &pos[k], parts[t].m * sizeof(int64_t))
+            memmove(&old[off], &old[k], parts[t].m * es)
+            memmove(&new[off], &new[k], parts[t].m * es)
+            memmove(&present[off], &present[k], parts[t].m * sizeof(uint8_t))
+        parts[t].lo = off
+        parts[t].hi = off + parts[t].m
+        off += parts[t].m
+        in_place = in_place and parts[t].in_place
+        if parts[t].stats[0] < stats[0]:
+            stats[0] = parts[t].stats[0]
+        if parts[t].stats[1] > stats[1]:
+            stats[1] = parts[t].stats[1]
+        if parts[t].stats[2]:
+            stats[2] = 1
+        if parts[t].stats[3]:
+            stats[3] = 1
+        stats[4] += parts[t].stats[4]
+    m = off
+    moved[0] = m
+    if not in_place:
+        # the rest (its positions were found in valid rows above; the values set in place are set again); the
+        # parts keep whole rows of A, so each makes its own insertions
+        if nparts > 1:
+            for t in prange(nparts, num_threads=nthreads, schedule="dynamic", chunksize=1):
+                parts[t].status = _assign_find(indptr, indices, data, nrows, ncols, nnz, rows, cols, new, present,
+                                               pos, True, parts[t].lo, parts[t].hi, has_free, free_val, miss,
+                                               &parts[t].nmiss)
+                if parts[t].status == ST_OK:
+                    _assign_insert(indptr, indices, data, rows, cols, new, present, pos, parts[t].lo, parts[t].hi,
+                                   has_free, free_val, miss, &parts[t].nmiss, &parts[t].claimed)
+            for t in range(nparts):
+                if parts[t].status != ST_OK:
+                    status = parts[t].status
+                counts[0] += parts[t].nmiss
+                claimed = claimed or parts[t].claimed
+        else:
+            status = _assign_kernel(indptr, indices, data, nrows, ncols, nnz, rows, cols, new, present, pos, True, m,
+                                    has_free, free_val, miss, &counts[0], &claimed)
     if status != ST_OK:
         for k in range(m - 1, -1, -1):      # nothing changes: the values set in place are taken back, newest first
             if pos[k] >= 0 and present[k]:
                 data[pos[k]] = old[k]
         moved[0] = 0
-        return status
-    if m == 0:
-        return ST_OK
-    counts[1] = claimed
-    if not has_t:
-        for k in range(m):
-            pos_t[k] = -1
-    if status != ST_OK or not has_t:
-        return status
-    claimed = False
-    status = _assign_kernel(indptr_t, indices_t, data_t, ncols, nrows, nnz_t, cols, rows, new, present, pos_t, False,
-                            m, has_free, free_val, miss_t, &counts[2], &claimed)
-    counts[3] = claimed
+    elif m > 0:
+        counts[1] = claimed
+        if not has_t:
+            for k in range(m):
+                pos_t[k] = -1
+        else:
+            claimed = False
+            if nparts > 1 and m >= 2:
+                if nparts > m:
+                    nparts = <int>m
+                _even(m, parts, nparts)
+                for t in prange(nparts, num_threads=nthreads, schedule="dynamic", chunksize=1):
+                    parts[t].status = _assign_find(indptr_t, indices_t, data_t, ncols, nrows, nnz_t, cols, rows, new,
+                                                   present, pos_t, False, parts[t].lo, parts[t].hi, has_free,
+                                                   free_val, miss_t, &parts[t].nmiss)
+                for t in range(nparts):
+                    if parts[t].status != ST_OK:
+                        status = parts[t].status
+                    counts[2] += parts[t].nmiss
+                if status == ST_OK:         # insertions in order: they share the transpose's rows
+                    _assign_insert(indptr_t, indices_t, data_t, cols, rows, new, present, pos_t, 0, m, has_free,
+                                   free_val, miss_t, &counts[2], &claimed)
+            else:
+                status = _assign_kernel(indptr_t, indices_t, data_t, ncols, nrows, nnz_t, cols, rows, new, present,
+                                        pos_t, False, m, has_free, free_val, miss_t, &counts[2], &claimed)
+            counts[3] = claimed
+    if parts != &one:
+        free(parts)
     return status
 
 
@@ -500,6 +742,10 @@ def update(indptr, indices, data, ncols, keys, vals, op, zero, free=None, indptr
     Raises ``ValueError`` with A and its transpose unchanged on a key out of range, on a malformed row of A or of
     the transpose that a change touches (all checked before anything is written), and on a transpose whose
     dtypes differ from A's (the two are changed by one typed kernel: see ``mmsb.csr.index_dtype``).
+
+    From :func:`set_parallel_min` increasing keys on (2**14 by default) the work runs on OpenMP threads (the thread
+    policy of mmsb/_ext/_threads.h, :func:`set_threads`), in parts cut at row boundaries of A; the results are
+    those of one thread, bit for bit and in the same order.
     """
     cdef UpdateCall a
     cdef int status, elem, typenum

@@ -7,7 +7,7 @@ import numpy as np
 
 from mmsb._ops import OP_MAX, OP_MIN, OP_PLUS, OP_TIMES
 
-__all__ = ["apply_few", "entry_keys", "entry_push", "link_push"]
+__all__ = ["apply_few", "entry_keys", "entry_push", "link_push", "set_parallel_min", "set_threads", "threads"]
 
 _UFUNCS = {OP_PLUS: np.add, OP_TIMES: np.multiply, OP_MIN: np.minimum, OP_MAX: np.maximum}
 
@@ -175,7 +175,8 @@ def entry_keys(rows, cols, vals, nrows: int, ncols: int, fold_op: int) -> Option
 _KERNEL_MUL = {OP_MIN: lambda a, b: np.where(b < a, b, a), OP_MAX: lambda a, b: np.where(b > a, b, a)}
 
 
-def entry_push(keys, old, new, ncols: int, x, y, err, mul_op: int, zero: float, tol: float) -> tuple:
+def entry_push(keys, old, new, ncols: int, x, y, err, mul_op: int, zero: float, tol: float,
+               after: bool = False) -> tuple:
     """One link step ``y += (A' - A) ⊗ x`` after entries of A changed, fused (see the compiled kernel)."""
     ks = _array(keys, "keys", np.int64)
     od = _array(old, "old", np.float64)
@@ -229,6 +230,28 @@ def entry_push(keys, old, new, ncols: int, x, y, err, mul_op: int, zero: float, 
         bad |= ~(bound <= tol * np.abs(acc))
         e[rows[~bad]] = bound[~bad]
     if bad.any():
-        return rows, before, bad.astype(np.uint8)
+        got = (rows, before, bad.astype(np.uint8))
+        return got + (acc,) if after else got
     changed = acc != before
-    return rows[changed], before[changed], None
+    got = (rows[changed], before[changed], None)
+    return got + (acc[changed],) if after else got
+
+
+def set_threads(max_threads: int, cpus: int, adapt: bool = True) -> None:
+    """Accepted for parity with the compiled module (the twin is single-threaded)."""
+
+
+def threads() -> int:
+    """The twin runs on one thread."""
+    return 1
+
+
+def set_parallel_min(n: int) -> int:
+    """Accepted for parity with the compiled module (the twin is single-threaded); returns the value it was given
+    before (2**14 at first)."""
+    global _PAR_MIN
+    was, _PAR_MIN = _PAR_MIN, max(1, int(n))
+    return was
+
+
+_PAR_MIN = 1 << 14

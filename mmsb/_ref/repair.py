@@ -12,7 +12,8 @@ from mmsb._ops import OP_MAX, OP_MIN
 from mmsb._ref.spmv import _UFUNCS, closure, spmv
 from mmsb._validate import locate_args, reach_args, reach_build_args, repair_args
 
-__all__ = ["assign", "locate", "reach", "reach_build", "repair", "update"]
+__all__ = ["assign", "locate", "reach", "reach_build", "repair", "set_parallel_min", "set_threads", "threads",
+           "update"]
 
 OK = 0
 TOO_LARGE = 4
@@ -323,3 +324,23 @@ def reach(indptr, indices, data, indptr_t, indices_t, data_t, y, src, level, key
     idx, olds = _set_reached(y, level)
     old_out[idx] = olds
     return idx, olds, int(region.size)
+
+
+def set_threads(max_threads: int, cpus: int, adapt: bool = True) -> None:
+    """Accepted for parity with the compiled module (the twin is single-threaded)."""
+
+
+def threads() -> int:
+    """The twin runs on one thread."""
+    return 1
+
+
+def set_parallel_min(n: int) -> int:
+    """Accepted for parity with the compiled module (the twin is single-threaded); returns the value it was given
+    before (2**14 at first)."""
+    global _PAR_MIN
+    was, _PAR_MIN = _PAR_MIN, max(1, int(n))
+    return was
+
+
+_PAR_MIN = 1 << 14
