@@ -35,19 +35,19 @@ cdef extern from *:
 cdef extern from "_spmv_sum.h":
     int mmsb_spmv_sum_f64_i32(const int64_t *indptr, const int32_t *indices, const double *data, const double *x,
                               double *y, const int64_t *rows, int64_t count, int64_t nnz, int64_t nx,
-                              int64_t ahead, int nthreads, double *old,
+                              int nthreads, double *old,
                               int64_t *moved) noexcept nogil
     int mmsb_spmv_sum_f64_i64(const int64_t *indptr, const int64_t *indices, const double *data, const double *x,
                               double *y, const int64_t *rows, int64_t count, int64_t nnz, int64_t nx,
-                              int64_t ahead, int nthreads, double *old,
+                              int nthreads, double *old,
                               int64_t *moved) noexcept nogil
     int mmsb_spmv_sum_f32_i32(const int64_t *indptr, const int32_t *indices, const float *data, const float *x,
                               float *y, const int64_t *rows, int64_t count, int64_t nnz, int64_t nx,
-                              int64_t ahead, int nthreads, float *old,
+                              int nthreads, float *old,
                               int64_t *moved) noexcept nogil
     int mmsb_spmv_sum_f32_i64(const int64_t *indptr, const int64_t *indices, const float *data, const float *x,
                               float *y, const int64_t *rows, int64_t count, int64_t nnz, int64_t nx,
-                              int64_t ahead, int nthreads, float *old,
+                              int nthreads, float *old,
                               int64_t *moved) noexcept nogil
     int mmsb_sum_set_vector(int on) noexcept nogil
 
@@ -170,7 +170,7 @@ cdef int _gather_ahead = 24     # stored entries ahead whose x is prefetched in 
 
 def set_gather_ahead(int entries):
     """Set how many stored entries ahead the pull SpMV's scalar loops prefetch x (0: no prefetch); returns the
-    old value."""
+    old value. The float (plus, times) sums do not prefetch (mmsb/_ext/_spmv_sum.h)."""
     global _gather_ahead
     old = _gather_ahead
     _gather_ahead = max(0, entries)
@@ -279,15 +279,15 @@ cdef int _spmv_sum(const int64_t *indptr, const index_t *indices, const numeric_
     every SIMD level; the number of bad rows (other types are not summed here: -1)."""
     if numeric_t is double:
         if index_t is int32_t:
-            return mmsb_spmv_sum_f64_i32(indptr, indices, data, x, y, rows, count, nnz, nx, _gather_ahead, nthreads,
+            return mmsb_spmv_sum_f64_i32(indptr, indices, data, x, y, rows, count, nnz, nx, nthreads,
                                          old, moved)
-        return mmsb_spmv_sum_f64_i64(indptr, indices, data, x, y, rows, count, nnz, nx, _gather_ahead, nthreads,
+        return mmsb_spmv_sum_f64_i64(indptr, indices, data, x, y, rows, count, nnz, nx, nthreads,
                                      old, moved)
     elif numeric_t is float:
         if index_t is int32_t:
-            return mmsb_spmv_sum_f32_i32(indptr, indices, data, x, y, rows, count, nnz, nx, _gather_ahead, nthreads,
+            return mmsb_spmv_sum_f32_i32(indptr, indices, data, x, y, rows, count, nnz, nx, nthreads,
                                          old, moved)
-        return mmsb_spmv_sum_f32_i64(indptr, indices, data, x, y, rows, count, nnz, nx, _gather_ahead, nthreads,
+        return mmsb_spmv_sum_f32_i64(indptr, indices, data, x, y, rows, count, nnz, nx, nthreads,
                                      old, moved)
     return -1
 
