@@ -18,7 +18,6 @@ from __future__ import annotations
 import importlib
 import math
 import os
-import threading
 import types
 import warnings
 from typing import Optional
@@ -85,7 +84,6 @@ def _load_level(level: str) -> Optional[types.SimpleNamespace]:
 
 THREADS = 1
 ADAPT = True
-_THREADS_LOCK = threading.Lock()
 SIMD = "none"
 SIMD_LEVELS: list[str] = []
 _LEVELS: dict[str, types.SimpleNamespace] = {}
@@ -112,24 +110,17 @@ def set_threads(n: Optional[int] = None, adapt: Optional[bool] = None) -> int:
     """Cap the threads of one kernel call at ``n`` (None: the default) and turn the busy-machine fallback on or
     off (None: keep); returns the cap."""
     global THREADS, ADAPT
-    with _THREADS_LOCK:
-        THREADS = default_threads() if n is None else max(1, int(n))
-        if adapt is not None:
-            ADAPT = bool(adapt)
-        _configure()
-    return THREADS
-
-
-def _configure() -> None:
-    """Hand the cap and the fallback setting to the threaded modules."""
-    cap = THREADS
+    THREADS = default_threads() if n is None else max(1, int(n))
+    if adapt is not None:
+        ADAPT = bool(adapt)
     cpus = os.cpu_count() or THREADS
     for ns in _LEVELS.values():
         for mod in (ns.merge, ns.spmv):
-            mod.set_threads(cap, cpus, ADAPT)
+            mod.set_threads(THREADS, cpus, ADAPT)
     if KIND == "compiled":                  # the matrix-page kernels (one build, no SIMD levels)
-        point.set_threads(cap, cpus, ADAPT)
-        repair.set_threads(cap, cpus, ADAPT)
+        point.set_threads(THREADS, cpus, ADAPT)
+        repair.set_threads(THREADS, cpus, ADAPT)
+    return THREADS
 
 
 def threads_now() -> int:
@@ -169,5 +160,4 @@ if KIND == "compiled":
     cpu.set_dispatch(SIMD, SIMD_LEVELS, threads_now)
 
 __all__ = ["KIND", "SIMD", "SIMD_LEVELS", "THREADS", "alloc", "codecs", "compiled_levels", "cpu", "default_threads",
-           "logframe", "merge", "packed", "point", "repair", "set_threads", "spmv",
-           "threads_now"]
+           "logframe", "merge", "packed", "point", "repair", "set_threads", "spmv", "threads_now"]

@@ -20,7 +20,7 @@ from scipy.sparse import csgraph
 from mmsb import _kernels, _ops
 from mmsb.bench import load
 from mmsb.bench._common import best_of, pair
-from mmsb.bench.closure import grid
+from mmsb.bench.closure import closure_build, grid
 from mmsb.bench.spmv import random_graph
 
 
@@ -114,16 +114,8 @@ def spmv_prefetch(quick: bool, out: list) -> None:
 def closure_scaling(quick: bool, out: list) -> None:
     side, nsrc = (300, 1000) if quick else (1000, 10_000)
     W = grid(side)
-    n = side * side
-    src = np.sort(np.random.default_rng(12).permutation(n)[:nsrc]).astype(np.int64)
-    ip, ix = W.indptr.astype(np.int64), W.indices.astype(np.int64)
-    wr = (float(W.data.min()), float(W.data.max()))
-
-    def build(t):
-        x = np.full(n, np.inf)
-        x[src] = 0.0
-        _kernels.spmv.closure(ip, ix, W.data, x, src, _ops.OP_MIN, _ops.OP_PLUS, np.inf, weight_range=wr, nthreads=t)
-        return x
+    src = np.sort(np.random.default_rng(12).permutation(side * side)[:nsrc]).astype(np.int64)
+    build = closure_build(W, src)
 
     ref = csgraph.dijkstra(W, directed=True, indices=src, min_only=True)
     times = {}

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import scipy.sparse as sp
@@ -27,6 +27,26 @@ def grid(side: int, seed: int = 11) -> sp.csr_array:
     return W
 
 
+def closure_build(W: sp.csr_array, sources: np.ndarray, index: Any = np.int64) -> Callable[..., np.ndarray]:
+    """The full (min, plus) closure kernel over ``W`` from ``sources`` (distance 0), as a function of the thread
+    count (0, the default: the thread policy's) that returns the distances; ``index``: the dtype of W's indices as
+    the kernel gets them."""
+    from mmsb import _kernels, _ops
+
+    n = W.shape[0]
+    ip, ix = W.indptr.astype(np.int64), W.indices.astype(index)
+    wr = (float(W.data.min()), float(W.data.max()))
+
+    def build(nthreads: int = 0) -> np.ndarray:
+        x = np.full(n, np.inf)
+        x[sources] = 0.0
+        _kernels.spmv.closure(ip, ix, W.data, x, sources, _ops.OP_MIN, _ops.OP_PLUS, np.inf, weight_range=wr,
+                              nthreads=nthreads)
+        return x
+
+    return build
+
+
 def bellman_ford_graphblas(gb, AT, n: int, sources: np.ndarray):
     """x = min(x, Aᵀ min.plus x) from x₀ = 0 at the sources until nothing changes (SuiteSparse:GraphBLAS)."""
     x = gb.Vector.from_coo(sources, np.zeros(sources.size), size=n)
@@ -41,19 +61,10 @@ def bellman_ford_graphblas(gb, AT, n: int, sources: np.ndarray):
 def _full_build(W: sp.csr_array, base: np.ndarray, side: int) -> Iterator[Row]:
     """The full (min, plus) closure kernel from the sources on every thread (parallel bucketed Bellman-Ford) and on
     one (the serial kernel), against scipy's dijkstra; results checked equal first."""
-    from mmsb import _kernels, _ops
-    n = W.shape[0]
+    from mmsb import _kernels
     from mmsb.csr import index_dtype
-    ip, ix = W.indptr.astype(np.int64), W.indices.astype(index_dtype(n, W.data.dtype))   # as a rule's matrix
-    wr = (float(W.data.min()), float(W.data.max()))
+    build = closure_build(W, base, index_dtype(W.shape[0], W.data.dtype))   # indices as a rule's matrix has them
     cap = _kernels.default_threads()
-
-    def build(t: int) -> np.ndarray:
-        x = np.full(n, np.inf)
-        x[base] = 0.0
-        _kernels.spmv.closure(ip, ix, W.data, x, base, _ops.OP_MIN, _ops.OP_PLUS, np.inf, weight_range=wr,
-                              nthreads=t)
-        return x
     ref = csgraph.dijkstra(W, directed=True, indices=base, min_only=True)
     for t in (cap, 1):
         if not np.array_equal(build(t), ref):

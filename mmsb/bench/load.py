@@ -28,7 +28,7 @@ def kernel_ratios(quick: bool) -> dict[str, float]:
     """One ratio (baseline time / mmsb time) per kernel at the default thread policy, results checked first."""
     from scipy.sparse import csgraph
 
-    from mmsb.bench.closure import grid
+    from mmsb.bench.closure import closure_build, grid
     from mmsb.bench.spmv import random_graph
 
     res = {}
@@ -66,16 +66,8 @@ def kernel_ratios(quick: bool) -> dict[str, float]:
     res["masked_merge min vs np.where"] = t_b / t_m
     side, nsrc = (300, 1000) if quick else (1000, 10_000)
     W = grid(side)
-    nn = side * side
-    src = np.sort(np.random.default_rng(12).permutation(nn)[:nsrc]).astype(np.int64)
-    wip, wix = W.indptr.astype(np.int64), W.indices.astype(np.int64)
-    wr = (float(W.data.min()), float(W.data.max()))
-
-    def build() -> np.ndarray:
-        xx = np.full(nn, np.inf)
-        xx[src] = 0.0
-        _kernels.spmv.closure(wip, wix, W.data, xx, src, _ops.OP_MIN, _ops.OP_PLUS, np.inf, weight_range=wr)
-        return xx
+    src = np.sort(np.random.default_rng(12).permutation(side * side)[:nsrc]).astype(np.int64)
+    build = closure_build(W, src)
 
     def dijkstra() -> np.ndarray:
         return csgraph.dijkstra(W, directed=True, indices=src, min_only=True)
