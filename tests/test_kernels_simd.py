@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from mmsb import _kernels
+from mmsb import _kernels, _ops
 from mmsb._ref import codecs as ref_codecs
 from mmsb.errors import CorruptionError
 
@@ -151,3 +151,72 @@ def test_compiled_spmv_does_not_import_its_twin():
     out, _ = _run("import sys, mmsb._ext.spmv, mmsb._ext.merge; "
                   "print(sorted(m for m in sys.modules if m.startswith('mmsb._ref')))")
     assert out.strip() == "[]"
+
+
+@needs_ext
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2
+                    or not os.path.isdir("/proc/self/task"), reason="needs Linux and two CPUs")
+def test_busy_policy_moves_workers_without_pinning_them():
+    """With the policy told the machine is busy (one CPU configured, so every run queue counts as full) and a busy
+    process beside it, the dynamic kernels move a worker that woke on the starting thread's CPU to another one
+    (mmsb_threads_spread): the results stay exact, and afterwards every thread that existed before has its
+    affinity mask back (moved, never pinned)."""
+    mask = os.sched_getaffinity(0)
+    before = _kernels.THREADS
+    rng = np.random.default_rng(5)
+    page = rng.random(1 << 20)
+    index = rng.integers(0, page.size, 1 << 17)
+    values = rng.random(index.size)
+    dense = rng.random(page.size)
+    sel = rng.random(page.size) < 0.5
+    import scipy.sparse as sp
+
+    A = sp.csr_array((rng.random(1 << 20), (rng.integers(0, 1 << 16, 1 << 20), rng.integers(0, 1 << 16, 1 << 20))),
+                     shape=(1 << 16, 1 << 16))
+    A.sum_duplicates()
+    ip, ix, x = A.indptr.astype(np.int64), A.indices.astype(np.int64), rng.random(1 << 16)
+    want = page.copy()
+    np.minimum.at(want, index, values)
+    want = np.where(sel, np.minimum(want, dense), want)
+
+    def run() -> None:
+        got = page.copy()
+        _kernels.merge.scatter(got, index, values, _ops.OP_MIN, False)
+        _kernels.merge.masked_merge(got, sel, dense, _ops.OP_MIN)
+        np.testing.assert_array_equal(got, want)
+        y = np.empty(x.size)
+        _kernels.spmv.spmv(ip, ix, A.data, x, y, _ops.OP_PLUS, _ops.OP_TIMES, 0.0)
+        np.testing.assert_allclose(y, A @ x, rtol=1e-12)
+
+    def masks() -> dict:
+        out = {}
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                out[int(tid)] = os.sched_getaffinity(int(tid))
+            except ProcessLookupError:
+                pass
+        return out
+
+    try:
+        for ns in _kernels._LEVELS.values():
+            ns.merge.set_threads(2, 1, True)
+            ns.spmv.set_threads(2, 1, True)
+        run()                                          # the worker threads exist now, with the full mask
+        start = masks()
+        # the starting thread on one CPU, a busy process on another: no CPU is idle, so workers wake beside the
+        # starting thread (where the spreading moves them off)
+        first, second = sorted(mask)[:2]
+        hog = subprocess.Popen([sys.executable, "-c", f"import os; os.sched_setaffinity(0, {{{second}}})\nwhile 1: pass"])
+        os.sched_setaffinity(0, {first})
+        for _ in range(100):
+            run()
+    finally:
+        os.sched_setaffinity(0, mask)
+        if "hog" in locals():
+            hog.kill()
+            hog.wait()
+        _kernels.set_threads(before, adapt=True)
+    end = masks()
+    for tid, m in start.items():
+        if tid in end:
+            assert end[tid] == m, f"thread {tid} was left pinned to {end[tid]}"

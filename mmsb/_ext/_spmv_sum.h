@@ -18,6 +18,8 @@
 
 #include <stddef.h>
 #include <stdint.h>
+
+#include "_threads.h"
 #if defined(__AVX512F__) && defined(__AVX512VL__)
 #include <immintrin.h>
 #define MMSB_SUM_VECTOR 1
@@ -127,19 +129,23 @@ static inline int mmsb_rowsum_vector_f64_i32(const int64_t *indptr, const int32_
         int64_t r, i, changed = 0;                                                                                \
         int bad = 0;                                                                                              \
         REAL v, o;                                                                                                \
-        _Pragma("omp parallel for schedule(guided) num_threads(nthreads) reduction(+:bad, changed) private(i, v, o)") \
-        for (r = 0; r < count; r++) {                                                                             \
-            i = rows == NULL ? r : rows[r];                                                                       \
-            if (ROW(indptr, indices, data, x, i, nnz, nx, &v)) {                                                  \
-                bad++;                                                                                            \
-                continue;                                                                                         \
+        _Pragma("omp parallel num_threads(nthreads) reduction(+:bad, changed) private(i, v, o)")                 \
+        {                                                                                                         \
+            mmsb_threads_spread();                                                                                \
+            _Pragma("omp for schedule(guided)")                                                                   \
+            for (r = 0; r < count; r++) {                                                                         \
+                i = rows == NULL ? r : rows[r];                                                                   \
+                if (ROW(indptr, indices, data, x, i, nnz, nx, &v)) {                                              \
+                    bad++;                                                                                        \
+                    continue;                                                                                     \
+                }                                                                                                 \
+                if (old != NULL) {                                                                                \
+                    o = y[i];                                                                                     \
+                    old[i] = o;                                                                                   \
+                    changed += v != o && (v == v || o == o);                                                      \
+                }                                                                                                 \
+                y[i] = v;                                                                                         \
             }                                                                                                     \
-            if (old != NULL) {                                                                                    \
-                o = y[i];                                                                                         \
-                old[i] = o;                                                                                       \
-                changed += v != o && (v == v || o == o);                                                          \
-            }                                                                                                     \
-            y[i] = v;                                                                                             \
         }                                                                                                         \
         if (moved != NULL)                                                                                        \
             *moved = changed;                                                                                     \

@@ -13,11 +13,20 @@
  * it, and the kernel keeps its fair share of that CPU: with one busy process on two CPUs, two threads get about
  * 4/3 of a CPU where one thread gets one. Kernels with many barriers (the parallel closure's rounds) keep
  * mmsb_threads(): there a descheduled thread stalls every round.
+ *
+ * mmsb_threads_spread() is called by the threads of such a pass (at its start, or in each chunk: it checks once
+ * per thread and pass). While the machine is busy there is
+ * no idle CPU to wake a worker on, and the scheduler tends to wake it on the CPU of the thread that started the
+ * pass: the two then split one CPU while the competitor keeps the other to itself, and the pass runs at one
+ * thread's speed. A worker that finds itself there moves to another CPU of its affinity mask and gets the mask
+ * back at once (a move, not a pin: the scheduler is free to place it anywhere afterwards). On a quiet machine it
+ * costs one comparison.
  */
 #ifndef MMSB_THREADS_H
 #define MMSB_THREADS_H
 
 #include <fcntl.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <time.h>
 #include <unistd.h>
@@ -32,6 +41,9 @@ static int mmsb_thr_cpus = 0;       /* CPUs of the whole machine (the run queue 
 static int mmsb_thr_adapt = 1;      /* lower the count while others keep CPUs busy */
 static int mmsb_thr_cached = 0;
 static long long mmsb_thr_next = 0;
+static int mmsb_thr_spread_cpu = -1;   /* CPU of the thread that started the pass while busy; -1: no spreading */
+static int mmsb_thr_pass = 0;          /* counts the passes started while busy */
+static __thread int mmsb_thr_pass_seen = -1;   /* the last pass this thread checked its CPU in */
 
 static int mmsb_threads_configured(void)
 {
@@ -106,7 +118,35 @@ static int mmsb_threads(void)
 static int mmsb_threads_dynamic(void)
 {
     int n = mmsb_threads_configured(), free_cpus = mmsb_threads_free(n);
+#ifdef __linux__
+    if (free_cpus < n) {
+        mmsb_thr_spread_cpu = sched_getcpu();
+        mmsb_thr_pass++;
+    } else {
+        mmsb_thr_spread_cpu = -1;
+    }
+#endif
     return free_cpus < n ? free_cpus + 1 : n;
+}
+
+static void mmsb_threads_spread(void)
+{
+#if defined(__linux__) && defined(_OPENMP)
+    cpu_set_t mask, others;
+    int cpu = mmsb_thr_spread_cpu;
+    if (cpu < 0 || mmsb_thr_pass_seen == mmsb_thr_pass || omp_get_thread_num() == 0)
+        return;
+    mmsb_thr_pass_seen = mmsb_thr_pass;
+    if (sched_getcpu() != cpu)
+        return;
+    if (sched_getaffinity(0, sizeof(mask), &mask) != 0 || !CPU_ISSET(cpu, &mask))
+        return;
+    others = mask;
+    CPU_CLR(cpu, &others);
+    if (CPU_COUNT(&others) == 0 || sched_setaffinity(0, sizeof(others), &others) != 0)
+        return;
+    sched_setaffinity(0, sizeof(mask), &mask);
+#endif
 }
 
 #endif

@@ -44,6 +44,7 @@ cdef extern from *:
 cdef extern from "_threads.h":
     int mmsb_threads() noexcept nogil
     int mmsb_threads_dynamic() noexcept nogil
+    void mmsb_threads_spread() noexcept nogil
     void mmsb_threads_set(int max_threads, int cpus, int adapt) noexcept nogil
 
 cdef enum:
@@ -183,8 +184,10 @@ cdef void _scatter_kernel(numeric_t[::1] page, const int64_t[::1] index, const n
                 cut += 1
             bounds[p] = cut
         bounds[chunks] = n
-        for c in prange(chunks, num_threads=parts, schedule='dynamic'):
-            _scatter_all(&page[0], &index[0], &values[0], bounds[c], bounds[c + 1], op)
+        with parallel(num_threads=parts):
+            mmsb_threads_spread()
+            for c in prange(chunks, schedule='dynamic'):
+                _scatter_all(&page[0], &index[0], &values[0], bounds[c], bounds[c + 1], op)
         return
     # the page is cut into one slice per thread; a thread claims a slice (an atomic flag; its own first, then any
     # left), scans all updates and applies, in order, those that fall in it: per-element order is kept and no
@@ -193,6 +196,7 @@ cdef void _scatter_kernel(numeric_t[::1] page, const int64_t[::1] index, const n
     for c in range(parts):
         claimed[c] = 0
     with parallel(num_threads=parts):
+        mmsb_threads_spread()
         t = threadid()
         for j in range(parts):
             p = (t + j) % parts
@@ -244,12 +248,14 @@ cdef void _masked_kernel(numeric_t[::1] page, const uint8_t[::1] mask, const num
         _masked_range(&page[0], &mask[0], &values[0], 0, n, op)
         return
     nchunks = (n + MASK_CHUNK - 1) // MASK_CHUNK
-    for c in prange(nchunks, num_threads=parts, schedule='dynamic'):
-        start = c * MASK_CHUNK
-        stop = start + MASK_CHUNK
-        if stop > n:
-            stop = n
-        _masked_range(&page[0], &mask[0], &values[0], start, stop, op)
+    with parallel(num_threads=parts):
+        mmsb_threads_spread()
+        for c in prange(nchunks, schedule='dynamic'):
+            start = c * MASK_CHUNK
+            stop = start + MASK_CHUNK
+            if stop > n:
+                stop = n
+            _masked_range(&page[0], &mask[0], &values[0], start, stop, op)
 
 
 cdef inline int64_t _moved(numeric_t a, numeric_t r) noexcept nogil:
@@ -293,6 +299,7 @@ cdef int64_t _dense_kernel(numeric_t[::1] page, const numeric_t[::1] values, num
         return _dense_range(&page[0], &values[0], &old[0], 0, n, op)
     nchunks = (n + MASK_CHUNK - 1) // MASK_CHUNK
     for c in prange(nchunks, num_threads=parts, schedule='static'):
+        mmsb_threads_spread()
         start = c * MASK_CHUNK
         stop = start + MASK_CHUNK
         if stop > n:

@@ -23,6 +23,7 @@ from mmsb._ext._types cimport OP_MAX, OP_MIN, OP_PLUS, OP_TIMES, apply_op
 cdef extern from "_threads.h":
     int mmsb_threads() noexcept nogil
     int mmsb_threads_dynamic() noexcept nogil
+    void mmsb_threads_spread() noexcept nogil
     void mmsb_threads_set(int max_threads, int cpus, int adapt) noexcept nogil
 
 cnp.import_array()
@@ -598,6 +599,7 @@ def entry_push(keys, old, new, int64_t ncols, x, y, err, int mul_op, double zero
             parts[t].hi = n * (t + 1) // nparts
         if nparts > 1:
             for t in prange(nparts, nogil=True, num_threads=nthreads, schedule="dynamic", chunksize=1):
+                mmsb_threads_spread()
                 _push_check(ks, own, ncols, ny, &parts[t])
         else:
             with nogil:
@@ -624,6 +626,7 @@ def entry_push(keys, old, new, int64_t ncols, x, y, err, int mul_op, double zero
             with nogil:
                 _push_cut(own, n, parts, nparts)
             for t in prange(nparts, nogil=True, num_threads=nthreads, schedule="dynamic", chunksize=1):
+                mmsb_threads_spread()
                 _push_part(ks, own, od, nw, xv, yv, e, track, ncols, mul_op, zero, tol, rows, before, aft, bv,
                            &parts[t])
         else:

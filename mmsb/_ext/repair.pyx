@@ -41,6 +41,7 @@ cdef extern from *:
 cdef extern from "_threads.h":
     int mmsb_threads() noexcept nogil
     int mmsb_threads_dynamic() noexcept nogil
+    void mmsb_threads_spread() noexcept nogil
     void mmsb_threads_set(int max_threads, int cpus, int adapt) noexcept nogil
 
 cnp.import_array()
@@ -564,6 +565,7 @@ cdef int _update_kernel(const int64_t *indptr, index_t *indices, numeric_t *data
     _even(count, parts, nparts)
     if nparts > 1:
         for t in prange(nparts, num_threads=nthreads, schedule="dynamic", chunksize=1):
+            mmsb_threads_spread()
             _update_rows(nrows, ncols, keys, rows, &parts[t])
     else:
         _update_rows(nrows, ncols, keys, rows, parts)
@@ -582,6 +584,7 @@ cdef int _update_kernel(const int64_t *indptr, index_t *indices, numeric_t *data
             parts[t].stats[2], parts[t].stats[3], parts[t].stats[4] = 0, 0, 0
         if nparts > 1:
             for t in prange(nparts, num_threads=nthreads, schedule="dynamic", chunksize=1):
+                mmsb_threads_spread()
                 _update_part(indptr, indices, data, ncols, nnz, indptr_t, nnz_t, has_t, keys, vals, op, zero,
                              has_free, free_val, idx, rows, cols, old, new, pos, present, &parts[t])
         else:
@@ -631,6 +634,7 @@ cdef int _update_kernel(const int64_t *indptr, index_t *indices, numeric_t *data
         # parts keep whole rows of A, so each makes its own insertions
         if nparts > 1:
             for t in prange(nparts, num_threads=nthreads, schedule="dynamic", chunksize=1):
+                mmsb_threads_spread()
                 parts[t].status = _assign_find(indptr, indices, data, nrows, ncols, nnz, rows, cols, new, present,
                                                pos, True, parts[t].lo, parts[t].hi, has_free, free_val, miss,
                                                &parts[t].nmiss)
@@ -662,6 +666,7 @@ cdef int _update_kernel(const int64_t *indptr, index_t *indices, numeric_t *data
                     nparts = <int>m
                 _even(m, parts, nparts)
                 for t in prange(nparts, num_threads=nthreads, schedule="dynamic", chunksize=1):
+                    mmsb_threads_spread()
                     parts[t].status = _assign_find(indptr_t, indices_t, data_t, ncols, nrows, nnz_t, cols, rows, new,
                                                    present, pos_t, False, parts[t].lo, parts[t].hi, has_free,
                                                    free_val, miss_t, &parts[t].nmiss)

@@ -54,6 +54,7 @@ cdef extern from "_spmv_sum.h":
 cdef extern from "_threads.h":
     int mmsb_threads() noexcept nogil
     int mmsb_threads_dynamic() noexcept nogil
+    void mmsb_threads_spread() noexcept nogil
     void mmsb_threads_set(int max_threads, int cpus, int adapt) noexcept nogil
 
 cdef extern from "_pclosure.h":
@@ -326,6 +327,7 @@ cdef int _spmv_kernel(const int64_t *indptr, const index_t *indices, const numer
             return ST_BAD_INDEX if bad else ST_OK
         bad = 0
     for r in prange(count, schedule="guided", num_threads=nthreads):
+        mmsb_threads_spread()
         i = r if rows == NULL else rows[r]
         one = 0
         if add_op == OP_PLUS and mul_op == OP_TIMES:
