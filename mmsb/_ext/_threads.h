@@ -14,19 +14,20 @@
  * 4/3 of a CPU where one thread gets one. Kernels with many barriers (the parallel closure's rounds) keep
  * mmsb_threads(): there a descheduled thread stalls every round.
  *
- * mmsb_threads_spread() is called by the threads of such a pass (at its start, or in each chunk: it checks once
- * per thread and pass). While the machine is busy there is
- * no idle CPU to wake a worker on, and the scheduler tends to wake it on the CPU of the thread that started the
- * pass: the two then split one CPU while the competitor keeps the other to itself, and the pass runs at one
- * thread's speed. A worker that finds itself there moves to another CPU of its affinity mask and gets the mask
- * back at once (a move, not a pin: the scheduler is free to place it anywhere afterwards). On a quiet machine it
- * costs one comparison.
+ * mmsb_threads_spread() is called by the threads of such a pass, at its start or in each chunk (it checks once
+ * per thread and pass). While the machine is busy there is no idle CPU to wake a worker on, and the scheduler
+ * tends to wake it on the CPU of the thread that started the pass: the two then split one CPU while the
+ * competitor keeps the other to itself, and the pass runs at one thread's speed. A worker that finds itself there
+ * moves to another CPU of its affinity mask and gets the mask back at once (a move, not a pin: the scheduler is
+ * free to place it anywhere afterwards). On a quiet machine it costs one comparison. Linux only.
  */
 #ifndef MMSB_THREADS_H
 #define MMSB_THREADS_H
 
 #include <fcntl.h>
+#ifdef __linux__
 #include <sched.h>
+#endif
 #include <stdlib.h>
 #include <time.h>
 #include <unistd.h>
@@ -41,9 +42,11 @@ static int mmsb_thr_cpus = 0;       /* CPUs of the whole machine (the run queue 
 static int mmsb_thr_adapt = 1;      /* lower the count while others keep CPUs busy */
 static int mmsb_thr_cached = 0;
 static long long mmsb_thr_next = 0;
+#ifdef __linux__
 static int mmsb_thr_spread_cpu = -1;   /* CPU of the thread that started the pass while busy; -1: no spreading */
 static int mmsb_thr_pass = 0;          /* counts the passes started while busy */
 static __thread int mmsb_thr_pass_seen = -1;   /* the last pass this thread checked its CPU in */
+#endif
 
 static int mmsb_threads_configured(void)
 {
