@@ -137,10 +137,10 @@ static void mmsb_threads_spread(void)
 #if defined(__linux__) && defined(_OPENMP)
     cpu_set_t mask, others;
     int cpu = mmsb_thr_spread_cpu;
-    if (cpu < 0 || mmsb_thr_pass_seen == mmsb_thr_pass || omp_get_thread_num() == 0)
+    if (cpu < 0 || mmsb_thr_pass_seen == mmsb_thr_pass)
         return;
     mmsb_thr_pass_seen = mmsb_thr_pass;
-    if (sched_getcpu() != cpu)
+    if (omp_get_thread_num() == 0 || sched_getcpu() != cpu)
         return;
     if (sched_getaffinity(0, sizeof(mask), &mask) != 0 || !CPU_ISSET(cpu, &mask))
         return;
