@@ -416,3 +416,52 @@ def test_merge_dense_validation(impl):
         impl.merge_dense(ro, np.zeros(4), OP_ASSIGN, np.zeros(4))
     np.testing.assert_array_equal(page, 0.0)                      # refused calls change nothing
     assert impl.merge_dense(np.zeros(0), np.zeros(0), OP_PLUS, np.zeros(0)) == 0
+
+
+COPY_DTYPES = DTYPES + ["complex128", "float16", "datetime64[ns]", "V3", [("a", "<i4"), ("b", "<f8")]]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(COPY_DTYPES), st.lists(st.integers(0, 7), min_size=0, max_size=3),
+       st.integers(0, 2 ** 32 - 1))
+def test_copy_into_copies_every_byte(dtype, shape, seed):
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape))
+    raw = np.random.default_rng(seed).integers(0, 256, n * dtype.itemsize, dtype=np.uint8)
+    src = raw.view(dtype).reshape(shape)
+    for impl in IMPLS:
+        dst = np.zeros(shape, dtype)
+        impl.copy_into(dst, src)
+        assert dst.tobytes() == raw.tobytes()                     # bit for bit: NaN payloads, padding bytes
+        assert src.tobytes() == raw.tobytes()
+
+
+@pytest.mark.parametrize("dtype", ["float64", "int16", "bool"])
+def test_copy_into_large_parallel_path(dtype):
+    n = (9 * 2 ** 20 + 4097) // np.dtype(dtype).itemsize         # several 1 MiB pieces and a ragged end
+    src = np.random.default_rng(5).integers(0, 256, n * np.dtype(dtype).itemsize, dtype=np.uint8).view(dtype)
+    for impl in IMPLS:
+        dst = np.empty_like(src)
+        impl.copy_into(dst, src)
+        assert dst.tobytes() == src.tobytes()
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=lambda m: m.__name__)
+def test_copy_into_validation(impl):
+    dst = np.zeros(4)
+    src = np.arange(4.0)
+    for bad, err, match in (((dst, np.zeros(3)), ValueError, "sizes differ"),
+                            ((dst, src.astype(np.float32)), ValueError, "dtypes differ"),
+                            ((dst, src.reshape(2, 2).T), ValueError, "C-contiguous"),
+                            ((np.zeros(8)[::2], src), ValueError, "C-contiguous"),
+                            ((dst, dst), ValueError, "share memory"),
+                            ((dst, [0.0, 1.0, 2.0, 3.0]), TypeError, "numpy array"),
+                            ((np.zeros(2, object), np.zeros(2, object)), TypeError, "Python objects")):
+        with pytest.raises(err, match=match):
+            impl.copy_into(*bad)
+    ro = np.zeros(4)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="writable"):
+        impl.copy_into(ro, src)
+    np.testing.assert_array_equal(dst, 0.0)                       # refused calls change nothing
+    impl.copy_into(np.zeros(0), np.zeros(0))

@@ -9,7 +9,7 @@ import numpy as np
 from cython.parallel cimport parallel, prange, threadid
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
 from libc.stdlib cimport free, malloc
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 
 from mmsb._ext._types cimport (OP_ASSIGN, OP_MAX, OP_MIN, OP_PLUS, OP_TIMES, apply_op, numeric_t, op_max,
                                op_min, op_plus, op_times, valid_op)
@@ -56,6 +56,7 @@ cdef enum:
     MAX_PARTS = 64
     SORTED_SPLIT = 4        # chunks per thread for sorted scatter (taken dynamically: a stalled thread delays less)
     MASK_CHUNK = 1 << 16
+    COPY_PIECE = 1 << 20    # bytes per piece of copy_into
 
 
 cdef inline int _parts() noexcept nogil:
@@ -678,6 +679,56 @@ def merge_dense(page, values, op, old_out):
     if page.shape[0] == 0:
         return 0
     return _dense(page, np.ascontiguousarray(values), old_out, code)
+
+
+cdef void _copy_bytes(uint8_t *dst, const uint8_t *src, Py_ssize_t n) noexcept nogil:
+    """memcpy of ``n`` bytes, in COPY_PIECE pieces on the thread policy's threads when there are several."""
+    cdef Py_ssize_t npieces, c, start, stop
+    cdef int parts = _parts()
+    if parts == 1 or n < 4 * COPY_PIECE:
+        memcpy(dst, src, n)
+        return
+    npieces = (n + COPY_PIECE - 1) // COPY_PIECE
+    for c in prange(npieces, num_threads=parts, schedule='static'):
+        mmsb_threads_spread()
+        start = c * COPY_PIECE
+        stop = start + COPY_PIECE
+        if stop > n:
+            stop = n
+        memcpy(dst + start, src + start, stop - start)
+
+
+def copy_into(dst, src):
+    """``dst[...] = src`` for two C-contiguous arrays of one dtype and size that share no memory (any dtype
+    without Python objects: the bytes are copied). Large arrays are copied in pieces on OpenMP threads: the copy
+    of a page that a checkpoint takes while commits wait."""
+    cdef const uint8_t[::1] s
+    cdef uint8_t[::1] d
+    _check_copy(dst, src)
+    if dst.nbytes == 0:
+        return
+    d = dst.reshape(-1).view(np.uint8)
+    s = src.reshape(-1).view(np.uint8)
+    with nogil:
+        _copy_bytes(&d[0], &s[0], d.shape[0])
+
+
+cdef _check_copy(object dst, object src):
+    for arr, name in ((dst, "dst"), (src, "src")):
+        if not isinstance(arr, np.ndarray):
+            raise TypeError(f"{name} must be a numpy array, not {type(arr).__name__}")
+        if not arr.flags.c_contiguous:
+            raise ValueError(f"{name} must be C-contiguous")
+    if dst.dtype != src.dtype:
+        raise ValueError(f"dst and src dtypes differ: {dst.dtype} and {src.dtype}")
+    if dst.dtype.hasobject:
+        raise TypeError(f"cannot copy the bytes of dtype {dst.dtype}: it holds Python objects")
+    if dst.size != src.size:
+        raise ValueError(f"dst and src sizes differ: {dst.size} and {src.size}")
+    if not dst.flags.writeable:
+        raise ValueError("dst must be writable")
+    if np.may_share_memory(dst, src):
+        raise ValueError("dst and src must not share memory")
 
 
 def normalize(index, values, op):

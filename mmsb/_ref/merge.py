@@ -11,7 +11,8 @@ from mmsb._ops import OP_ASSIGN, OP_MAX, OP_MIN, OP_PLUS, OP_TIMES
 
 _UFUNCS = {OP_PLUS: np.add, OP_TIMES: np.multiply, OP_MIN: np.minimum, OP_MAX: np.maximum}
 
-__all__ = ["scatter", "masked_merge", "merge_dense", "normalize", "merge_sparse", "apply_normalized", "sort_keys"]
+__all__ = ["scatter", "masked_merge", "merge_dense", "copy_into", "normalize", "merge_sparse", "apply_normalized",
+           "sort_keys"]
 
 
 def _check_op(op) -> int:
@@ -182,6 +183,27 @@ def sort_keys(index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 _radix_argsort = sort_keys     # (the compiled radix sort gives the same results)
+
+
+def copy_into(dst, src) -> None:
+    """``dst[...] = src`` for two C-contiguous arrays of one dtype and size that share no memory (any dtype
+    without Python objects)."""
+    for arr, name in ((dst, "dst"), (src, "src")):
+        if not isinstance(arr, np.ndarray):
+            raise TypeError(f"{name} must be a numpy array, not {type(arr).__name__}")
+        if not arr.flags.c_contiguous:
+            raise ValueError(f"{name} must be C-contiguous")
+    if dst.dtype != src.dtype:
+        raise ValueError(f"dst and src dtypes differ: {dst.dtype} and {src.dtype}")
+    if dst.dtype.hasobject:
+        raise TypeError(f"cannot copy the bytes of dtype {dst.dtype}: it holds Python objects")
+    if dst.size != src.size:
+        raise ValueError(f"dst and src sizes differ: {dst.size} and {src.size}")
+    if not dst.flags.writeable:
+        raise ValueError("dst must be writable")
+    if np.may_share_memory(dst, src):
+        raise ValueError("dst and src must not share memory")
+    np.copyto(dst.reshape(-1), src.reshape(-1))
 
 
 def normalize(index, values, op) -> tuple[np.ndarray, np.ndarray]:
