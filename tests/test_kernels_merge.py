@@ -440,6 +440,7 @@ def test_copy_into_copies_every_byte(dtype, shape, seed):
 def test_copy_into_large_parallel_path(dtype):
     n = (9 * 2 ** 20 + 4097) // np.dtype(dtype).itemsize         # several 1 MiB pieces and a ragged end
     src = np.random.default_rng(5).integers(0, 256, n * np.dtype(dtype).itemsize, dtype=np.uint8).view(dtype)
+    src.flags.writeable = False                                   # (a page may be a read-only mapping)
     for impl in IMPLS:
         dst = np.empty_like(src)
         impl.copy_into(dst, src)
