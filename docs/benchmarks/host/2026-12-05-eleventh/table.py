@@ -1,11 +1,11 @@
-"""Before/after table of one group (argv[1]) from the bench outputs beside this file: medians of the ratios."""
+"""Before/after table of one group from the bench outputs in one folder: ``python3 table.py GROUP FOLDER``
+(GROUP_before_*.txt against GROUP_after_*.txt, medians of the ratios)."""
 import glob
 import os
 import re
 import statistics
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 SKIP = ("   ", "  python=", "  ratio =", "  before:")
 
 
@@ -21,8 +21,8 @@ def parse(path: str) -> dict:
     return rows
 
 
-group = sys.argv[1]
-runs = {w: [parse(f) for f in sorted(glob.glob(os.path.join(HERE, f"{group}_{w}_*.txt")))]
+group, folder = sys.argv[1], sys.argv[2]
+runs = {w: [parse(f) for f in sorted(glob.glob(os.path.join(folder, f"{group}_{w}_*.txt")))]
         for w in ("before", "after")}
 print(f"| {group}: row | before (median of {len(runs['before'])}) | after (median of {len(runs['after'])}) "
       "| after ÷ before |")
