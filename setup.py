@@ -9,8 +9,14 @@ extension printing one progress line.
 MMSB_CYTHON_DEBUG=1 turns bounds checks, wraparound and initialisation checks back on;
 MMSB_EXT_ONLY=merge,spmv builds only those modules (for kernel work); MMSB_NATIVE=1 adds -march=native;
 MMSB_SIMD_LEVELS=avx2,avx512 chooses the extra levels built on x86-64 (empty: baseline only).
+
+Each built extension is kept in build/ext-cache/ under a hash of everything that goes into it (its C source and
+the shared headers, the compiler and linker command lines, the flags, Python's and numpy's versions), so that a
+second build of the same tree (``pip install .`` then ``pip install -e .``) copies it instead of compiling it
+again. MMSB_EXT_CACHE=0 turns the cache off; ``rm -rf build`` empties it.
 """
 import glob
+import hashlib
 import os
 import platform
 import shutil
@@ -80,8 +86,26 @@ def _simd_copy(c_file, level):
     return dst
 
 
+CACHE_DIR = os.path.join("build", "ext-cache")
+USE_CACHE = os.environ.get("MMSB_EXT_CACHE", "1") != "0"
+
+
+def _cache_key(ext, compiler):
+    """A hash of everything that goes into ``ext``'s built file."""
+    h = hashlib.sha256()
+    for part in (sys.version, sys.platform, platform.machine(), np.__version__, ext.name,
+                 getattr(compiler, "compiler_so", None), getattr(compiler, "linker_so", None),
+                 ext.extra_compile_args, ext.extra_link_args, ext.define_macros, ext.include_dirs):
+        h.update(repr(part).encode() + b"\0")
+    for path in list(ext.sources) + sorted(ext.depends):
+        with open(path, "rb") as f:
+            h.update(hashlib.sha256(f.read()).digest())
+    return h.hexdigest()
+
+
 class ParallelBuildExt(build_ext):
-    """build_ext that compiles the extensions in parallel by default and says which one it is on."""
+    """build_ext that compiles the extensions in parallel by default, says which one it is on, and reuses an
+    identical earlier build of an extension from build/ext-cache/."""
 
     def finalize_options(self):
         if self.parallel is None:
@@ -90,8 +114,22 @@ class ParallelBuildExt(build_ext):
 
     def build_extension(self, ext):
         start = time.perf_counter()
+        target = self.get_ext_fullpath(ext.name)
+        cached = None
+        if USE_CACHE and not self.force:
+            cached = os.path.join(CACHE_DIR, _cache_key(ext, self.compiler) + os.path.splitext(target)[1])
+            if os.path.exists(cached):
+                os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+                shutil.copyfile(cached, target)
+                print(f"mmsb: {ext.name} unchanged since an earlier build (build/ext-cache)", flush=True)
+                return
         print(f"mmsb: compiling {ext.name} ...", flush=True)
         super().build_extension(ext)
+        if cached is not None and os.path.exists(target):
+            os.makedirs(CACHE_DIR, exist_ok=True)
+            part = f"{cached}.{os.getpid()}.{id(ext)}.part"
+            shutil.copyfile(target, part)
+            os.replace(part, cached)            # whole or absent, also with parallel builds
         print(f"mmsb: built {ext.name} in {time.perf_counter() - start:.1f} s", flush=True)
 
 
