@@ -95,12 +95,26 @@ def _cache_key(ext, compiler):
     h = hashlib.sha256()
     for part in (sys.version, sys.platform, platform.machine(), np.__version__, ext.name,
                  getattr(compiler, "compiler_so", None), getattr(compiler, "linker_so", None),
-                 ext.extra_compile_args, ext.extra_link_args, ext.define_macros, ext.include_dirs):
+                 ext.extra_compile_args, ext.extra_link_args, ext.define_macros,
+                 # numpy's headers by its version (above): pip builds each time in a fresh temporary environment
+                 [d for d in ext.include_dirs if d != np.get_include()]):
         h.update(repr(part).encode() + b"\0")
+    numpy_include = np.get_include().encode()
     for path in list(ext.sources) + sorted(ext.depends):
-        with open(path, "rb") as f:
-            h.update(hashlib.sha256(f.read()).digest())
+        with open(path, "rb") as f:     # (Cython names numpy's headers by their path in a comment)
+            h.update(hashlib.sha256(f.read().replace(numpy_include, b"<numpy>")).digest())
     return h.hexdigest()
+
+
+def _prune_cache(keep=64):
+    """Keep the ``keep`` most recently used files of the cache (a few builds' worth)."""
+    try:
+        files = sorted((os.path.join(CACHE_DIR, n) for n in os.listdir(CACHE_DIR) if not n.endswith(".part")),
+                       key=os.path.getmtime)
+        for path in files[:-keep]:
+            os.unlink(path)
+    except OSError:
+        pass                                     # another build pruned it meanwhile
 
 
 class ParallelBuildExt(build_ext):
@@ -121,15 +135,19 @@ class ParallelBuildExt(build_ext):
             if os.path.exists(cached):
                 os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
                 shutil.copyfile(cached, target)
+                os.utime(cached)                # recently used: kept by _prune_cache
                 print(f"mmsb: {ext.name} unchanged since an earlier build (build/ext-cache)", flush=True)
                 return
         print(f"mmsb: compiling {ext.name} ...", flush=True)
+        if cached is not None and os.path.exists(target):
+            os.unlink(target)                   # a miss compiles: what is cached matches its key
         super().build_extension(ext)
         if cached is not None and os.path.exists(target):
             os.makedirs(CACHE_DIR, exist_ok=True)
             part = f"{cached}.{os.getpid()}.{id(ext)}.part"
             shutil.copyfile(target, part)
             os.replace(part, cached)            # whole or absent, also with parallel builds
+            _prune_cache()
         print(f"mmsb: built {ext.name} in {time.perf_counter() - start:.1f} s", flush=True)
 
 
