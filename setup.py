@@ -19,6 +19,7 @@ import glob
 import hashlib
 import os
 import platform
+import re
 import shutil
 import sys
 import time
@@ -87,6 +88,9 @@ def _simd_copy(c_file, level):
 
 
 CACHE_DIR = os.path.join("build", "ext-cache")
+# the comment at the top of a Cython-generated C file: the build settings hashed above, with the path of the numpy
+# it was generated against (pip builds each time in a fresh temporary environment)
+_METADATA = re.compile(rb"/\* BEGIN: Cython Metadata.*?END: Cython Metadata \*/", re.S)
 USE_CACHE = os.environ.get("MMSB_EXT_CACHE", "1") != "0"
 
 
@@ -99,10 +103,9 @@ def _cache_key(ext, compiler):
                  # numpy's headers by its version (above): pip builds each time in a fresh temporary environment
                  [d for d in ext.include_dirs if d != np.get_include()]):
         h.update(repr(part).encode() + b"\0")
-    numpy_include = np.get_include().encode()
     for path in list(ext.sources) + sorted(ext.depends):
-        with open(path, "rb") as f:     # (Cython names numpy's headers by their path in a comment)
-            h.update(hashlib.sha256(f.read().replace(numpy_include, b"<numpy>")).digest())
+        with open(path, "rb") as f:
+            h.update(hashlib.sha256(_METADATA.sub(b"", f.read())).digest())
     return h.hexdigest()
 
 
