@@ -88,8 +88,8 @@ def _simd_copy(c_file, level):
 
 
 CACHE_DIR = os.path.join("build", "ext-cache")
-# the comment at the top of a Cython-generated C file: the build settings hashed above, with the path of the numpy
-# it was generated against (pip builds each time in a fresh temporary environment)
+# the comment at the top of a Cython-generated C file: build settings that _cache_key hashes anyway, with the path
+# of the numpy it was generated against (pip builds each time in a fresh temporary environment)
 _METADATA = re.compile(rb"/\* BEGIN: Cython Metadata.*?END: Cython Metadata \*/", re.S)
 USE_CACHE = os.environ.get("MMSB_EXT_CACHE", "1") != "0"
 
@@ -137,7 +137,9 @@ class ParallelBuildExt(build_ext):
             cached = os.path.join(CACHE_DIR, _cache_key(ext, self.compiler) + os.path.splitext(target)[1])
             if os.path.exists(cached):
                 os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
-                shutil.copyfile(cached, target)
+                part = f"{target}.{os.getpid()}.part"
+                shutil.copyfile(cached, part)
+                os.replace(part, target)        # a process that has the old file loaded keeps it intact
                 os.utime(cached)                # recently used: kept by _prune_cache
                 print(f"mmsb: {ext.name} unchanged since an earlier build (build/ext-cache)", flush=True)
                 return
