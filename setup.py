@@ -22,6 +22,7 @@ import platform
 import re
 import shutil
 import sys
+import threading
 import time
 
 import numpy as np
@@ -109,6 +110,13 @@ def _cache_key(ext, compiler):
     return h.hexdigest()
 
 
+def _copy_whole(src, dst):
+    """Copy ``src`` to ``dst`` through a temporary file and a rename: ``dst`` is never seen half written."""
+    part = f"{dst}.{os.getpid()}.{threading.get_ident()}.part"
+    shutil.copyfile(src, part)
+    os.replace(part, dst)
+
+
 def _prune_cache(keep=64):
     """Keep the ``keep`` most recently used files of the cache (a few builds' worth)."""
     try:
@@ -137,9 +145,7 @@ class ParallelBuildExt(build_ext):
             cached = os.path.join(CACHE_DIR, _cache_key(ext, self.compiler) + os.path.splitext(target)[1])
             if os.path.exists(cached):
                 os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
-                part = f"{target}.{os.getpid()}.part"
-                shutil.copyfile(cached, part)
-                os.replace(part, target)        # a process that has the old file loaded keeps it intact
+                _copy_whole(cached, target)     # a process that has the old file loaded keeps it intact
                 os.utime(cached)                # recently used: kept by _prune_cache
                 print(f"mmsb: {ext.name} unchanged since an earlier build (build/ext-cache)", flush=True)
                 return
@@ -149,9 +155,7 @@ class ParallelBuildExt(build_ext):
         super().build_extension(ext)
         if cached is not None and os.path.exists(target):
             os.makedirs(CACHE_DIR, exist_ok=True)
-            part = f"{cached}.{os.getpid()}.{id(ext)}.part"
-            shutil.copyfile(target, part)
-            os.replace(part, cached)            # whole or absent, also with parallel builds
+            _copy_whole(target, cached)         # whole or absent, also with parallel builds
             _prune_cache()
         print(f"mmsb: built {ext.name} in {time.perf_counter() - start:.1f} s", flush=True)
 
